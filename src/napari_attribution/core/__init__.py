@@ -1,0 +1,1 @@
+"""Pure computational core: torch and numpy only (no Qt, no napari)."""

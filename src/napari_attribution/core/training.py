@@ -1,0 +1,245 @@
+"""Training a DCMIX classifier: a generator of progress events returning the result."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .augment import Augmentation
+from .data import ImageSet
+from .dcmix import DCMIXClassifier, ModelConfig
+from .devices import resolve_device
+from .errors import InputError
+from .importance import ChannelImportance, channel_importance
+from .normalization import PercentileNormalizer
+from .progress import Progress, ProgressGenerator
+from .splits import grouped_split
+from .validation import check_not_constant
+
+
+@dataclass
+class TrainConfig:
+    """Training options. Defaults suit small crops (32-128 px) on a CPU."""
+
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1e-3
+    mixing_lr: float = 0.05
+    weight_decay: float = 1e-4
+    backbone: str = "small"
+    width: int | None = None
+    n_heads: int = 1
+    mixing: bool = True
+    entropy_weight: float = 0.1
+    channel_dropout: float = 0.2
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True
+    normalization: str = "per_dataset"
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    augment: bool = True
+    intensity_jitter: float = 0.1
+    ablation_check: bool = True
+    progress_every: int = 10
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "percentiles" in known:
+            known["percentiles"] = tuple(known["percentiles"])
+        return cls(**known)
+
+
+@dataclass
+class TrainResult:
+    """A trained model with everything needed to use and describe it."""
+
+    model: DCMIXClassifier
+    model_config: ModelConfig
+    train_config: TrainConfig
+    normalizer: PercentileNormalizer
+    channel_names: list[str]
+    class_names: list[str]
+    history: list[dict] = field(default_factory=list)
+    importance: ChannelImportance | None = None
+    train_index: np.ndarray | None = None
+    val_index: np.ndarray | None = None
+    seconds: float = 0.0
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.history[-1]["val_accuracy"] if self.history else float("nan")
+
+    def provenance(self) -> dict[str, Any]:
+        from .. import __version__
+
+        return {
+            "method": "DCMIX",
+            "train_config": self.train_config.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "channel_names": self.channel_names,
+            "class_names": self.class_names,
+            "normalization": self.normalizer.to_dict(),
+            "seed": self.train_config.seed,
+            "final_val_accuracy": self.val_accuracy,
+            "epochs_run": len(self.history),
+            "train_seconds": round(self.seconds, 2),
+            "package_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def _set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model: DCMIXClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             amp: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on tensors already on its device."""
+    model.eval()
+    dev = x.device
+    loss, correct = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        with _autocast(dev, amp):
+            logits = model(x[i:i + batch_size]).float()
+        loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+    return loss / x.shape[0], correct / x.shape[0]
+
+
+def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
+                ) -> ProgressGenerator[TrainResult]:
+    """Train a DCMIX classifier on ``data``; yields :class:`Progress`, returns TrainResult.
+
+    The split is grouped by ``data.groups``; normalisation is fitted on the training
+    part only. The mixing logits get their own (larger) learning rate, ``mixing_lr``:
+    with the network's rate the weights barely leave uniform. ``entropy_weight`` adds
+    a prior pushing each head towards few channels, so that weights reflect what the
+    model relies on rather than where they stood when the loss reached zero.
+    """
+    cfg = config or TrainConfig()
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise InputError("epochs and batch size must be at least 1")
+    device = resolve_device(cfg.device)
+    check_not_constant(data.images)
+    t_start = time.perf_counter()
+    _set_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    train_idx, val_idx = grouped_split(data.labels, data.groups, cfg.val_fraction, cfg.seed)
+    if np.unique(data.labels[train_idx]).size < 2:
+        raise InputError("the training split holds a single class; add images of more classes")
+    normalizer = PercentileNormalizer(cfg.normalization, *cfg.percentiles)
+    normalizer.fit(data.images[train_idx], seed=cfg.seed)
+    x_all = torch.from_numpy(normalizer(data.images))
+    y_all = torch.from_numpy(data.labels)
+    x_tr, y_tr = x_all[train_idx].to(device), y_all[train_idx].to(device)
+    x_va, y_va = x_all[val_idx].to(device), y_all[val_idx].to(device)
+
+    mcfg = ModelConfig(n_channels=data.n_channels, n_classes=data.n_classes,
+                       n_heads=cfg.n_heads, backbone=cfg.backbone, width=cfg.width,
+                       mixing=cfg.mixing)
+    model = DCMIXClassifier(mcfg).to(device)
+    mix_params = list(model.mixing.parameters()) if model.mixing is not None else []
+    net_params = list(model.backbone.parameters())
+    groups = [{"params": net_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if mix_params:
+        groups.append({"params": mix_params, "lr": cfg.mixing_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    augment = Augmentation(cfg.augment, cfg.augment, cfg.intensity_jitter if cfg.augment else 0)
+    amp = cfg.mixed_precision and device.type == "cuda"
+    channel_mean = x_tr.mean(dim=(0, 2, 3))
+    history: list[dict] = []
+    step = 0
+    yield Progress(0, total, f"training on {device} ({len(train_idx)} train / "
+                   f"{len(val_idx)} validation images)")
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(train_idx), generator=gen).to(device)
+        run_loss, n_seen = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb = augment(x_tr[idx], gen) if cfg.augment else x_tr[idx]
+            if cfg.channel_dropout > 0:
+                xb = _drop_channels(xb, channel_mean, cfg.channel_dropout, gen)
+            with _autocast(device, amp):
+                logits = model(xb)
+                loss = F.cross_entropy(logits.float(), y_tr[idx])
+                if cfg.entropy_weight > 0 and model.mixing is not None:
+                    loss = loss + cfg.entropy_weight * model.mixing.entropy()
+            if not torch.isfinite(loss):
+                raise InputError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
+                                 "lower the learning rate or check the images")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            run_loss += loss.item() * idx.numel()
+            n_seen += idx.numel()
+            if step % cfg.progress_every == 0 and b + 1 < steps_per_epoch:
+                yield Progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}", {
+                    "epoch": epoch + 1, "loss": run_loss / n_seen,
+                    "channel_weights": _weights(model)})
+        epoch_seconds = time.perf_counter() - t0
+        val_loss, val_acc = evaluate(model, x_va, y_va, 4 * cfg.batch_size, amp)
+        record = {"epoch": epoch + 1, "train_loss": run_loss / n_seen, "val_loss": val_loss,
+                  "val_accuracy": val_acc, "epoch_seconds": epoch_seconds,
+                  "channel_weights": _weights(model)}
+        history.append(record)
+        yield Progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}: loss "
+                       f"{record['train_loss']:.3f}, validation accuracy {val_acc:.3f}",
+                       dict(record))
+
+    model.eval()
+    importance = None
+    if model.mixing is not None or cfg.ablation_check:
+        yield Progress(step, total, "checking channel importance by ablation")
+        importance = channel_importance(model, x_va, y_va, data.channel_names,
+                                        batch_size=4 * cfg.batch_size,
+                                        ablation=cfg.ablation_check)
+    return TrainResult(
+        model=model.cpu(), model_config=mcfg, train_config=cfg, normalizer=normalizer,
+        channel_names=list(data.channel_names), class_names=list(data.class_names),
+        history=history, importance=importance, train_index=train_idx, val_index=val_idx,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _drop_channels(x: torch.Tensor, mean: torch.Tensor, p: float,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Replace each (image, channel) by the channel's mean with probability ``p``."""
+    drop = (torch.rand(x.shape[0], x.shape[1], 1, 1, generator=gen) < p).to(x.device)
+    return torch.where(drop, mean.view(1, -1, 1, 1).to(x.dtype), x)
+
+
+def _weights(model: DCMIXClassifier) -> list[list[float]] | None:
+    w = model.mixing_weights()
+    return None if w is None else w.cpu().tolist()

@@ -1,0 +1,1 @@
+"""Reading and writing: model bundles, images, plates, attribution results."""
