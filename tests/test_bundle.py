@@ -1,0 +1,82 @@
+"""Model bundles: round trip, provenance, and clear errors for bad files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_attribution.core.errors import BundleError
+from napari_attribution.io.bundle import load_bundle, save_training_result
+
+
+@pytest.fixture()
+def bundle_path(tmp_path, trained_cells):
+    return save_training_result(tmp_path / "model", trained_cells)
+
+
+def test_round_trip_preserves_everything(bundle_path, trained_cells, cell_data):
+    assert bundle_path.suffix == ".safetensors"
+    b = load_bundle(bundle_path)
+    assert b.channel_names == cell_data.channel_names
+    assert b.class_names == cell_data.class_names
+    assert b.config == trained_cells.model_config
+    assert b.normalizer.to_dict() == trained_cells.normalizer.to_dict()
+    assert len(b.sha256) == 64
+    prov = b.provenance
+    assert prov["method"] == "DCMIX" and prov["seed"] == 0
+    assert prov["train_config"]["epochs"] == 12
+    np.testing.assert_allclose(b.importance.overall, trained_cells.importance.overall)
+    x = torch.from_numpy(trained_cells.normalizer(cell_data.images[:8]))
+    with torch.no_grad():
+        torch.testing.assert_close(b.model(x), trained_cells.model.eval()(x))
+    probs = b.predict_proba(cell_data.images[:8])
+    assert probs.shape == (8, 2)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+
+
+def test_wrong_channel_count_names_both_counts(bundle_path):
+    b = load_bundle(bundle_path)
+    with pytest.raises(BundleError, match="3 channel.*trained on 4"):
+        b.predict_proba(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_missing_truncated_and_foreign_files(tmp_path, bundle_path):
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nope.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(bundle_path.read_bytes()[:1000])
+    with pytest.raises(BundleError, match="not a readable"):
+        load_bundle(truncated)
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello")
+    with pytest.raises(BundleError, match="not a readable"):
+        load_bundle(text)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(BundleError, match="not a napari-attribution bundle"):
+        load_bundle(other)
+
+
+def test_pickle_file_is_rejected_without_running_it(tmp_path):
+    evil = tmp_path / "model.pt"
+    torch.save({"x": 1}, evil)
+    with pytest.raises(BundleError):
+        load_bundle(evil)
+
+
+def test_inconsistent_weights_are_reported(tmp_path, bundle_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(bundle_path), "pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    m = json.loads(meta["napari_attribution"])
+    m["config"]["n_channels"] = 5
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad), metadata={"napari_attribution": json.dumps(m)})
+    with pytest.raises(BundleError, match="inconsistent"):
+        load_bundle(bad)

@@ -1,0 +1,60 @@
+"""Command line: train, channels and demo smoke runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_attribution.cli import main
+
+
+def test_train_then_channels_in_every_format(tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    rc = main(["train", "--sample", "cells", "--epochs", "1", "--device", "cpu", "-q",
+               "-o", str(out)])
+    assert rc == 0 and out.exists()
+    assert "bundle written" in capsys.readouterr().out
+    assert main(["channels", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Marker" in text and "importance" in text
+    assert main(["channels", str(out), "--format", "json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert {r["channel"] for r in js["channels"]} == {"DNA", "Marker", "Membrane",
+                                                       "Distractor"}
+    assert abs(sum(r["importance"] for r in js["channels"]) - 1) < 1e-6
+    csv_path = tmp_path / "imp.csv"
+    assert main(["channels", str(out), "--format", "csv", "-o", str(csv_path)]) == 0
+    assert csv_path.read_text().splitlines()[0].startswith("channel,importance")
+
+
+def test_train_from_npz(tmp_path, cell_data):
+    npz = tmp_path / "data.npz"
+    sub = cell_data.subset(np.arange(64))
+    np.savez(npz, images=sub.images, labels=sub.labels,
+             channel_names=np.array(sub.channel_names))
+    out = tmp_path / "m.safetensors"
+    assert main(["train", "--npz", str(npz), "--epochs", "1", "--device", "cpu", "-q",
+                 "-o", str(out)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["channels", "missing.safetensors"], "not found"),
+        (["train", "--epochs", "1"], "exactly one of"),
+        (["train", "--sample", "cells", "--device", "quantum", "-q"], "unknown device"),
+    ],
+)
+def test_cli_errors_are_one_line_messages(tmp_path, capsys, argv, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+
+
+def test_demo_without_viewer(tmp_path, capsys):
+    assert main(["demo", "--epochs", "1", "--device", "cpu", "--no-viewer",
+                 "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "demo_model.safetensors").exists()
+    rows = (tmp_path / "channel_importance.csv").read_text().splitlines()
+    assert len(rows) == 5
