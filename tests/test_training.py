@@ -83,6 +83,9 @@ def test_split_with_too_few_groups_is_a_clear_error():
         grouped_split(np.array([0, 1]), np.array(["a", "a"]), 0.5)
 
 
+_RNG = np.random.default_rng(0)
+
+
 def _image_set(images, labels=None, **kw):
     labels = np.arange(len(images)) % 2 if labels is None else labels
     return ImageSet(images=images, labels=labels, **kw)
@@ -94,10 +97,10 @@ def _image_set(images, labels=None, **kw):
         (lambda: _image_set(np.full((4, 2, 8, 8), np.nan, np.float32)), "NaN"),
         (lambda: _image_set(np.zeros((0, 2, 8, 8), np.float32)), "empty"),
         (lambda: _image_set(np.zeros((4, 8, 8), np.float32)), "shape"),
-        (lambda: _image_set(np.random.rand(4, 2, 8, 8), np.zeros(4, int)), "one class"),
-        (lambda: _image_set(np.random.rand(4, 2, 8, 8), channel_names=["a"]),
+        (lambda: _image_set(_RNG.random((4, 2, 8, 8)), np.zeros(4, int)), "one class"),
+        (lambda: _image_set(_RNG.random((4, 2, 8, 8)), channel_names=["a"]),
          "1 channel names given for 2"),
-        (lambda: _image_set(np.random.rand(4, 2, 8, 8), labels=np.array([0, 1, 0])),
+        (lambda: _image_set(_RNG.random((4, 2, 8, 8)), labels=np.array([0, 1, 0])),
          "4 labels"),
     ],
 )
@@ -110,6 +113,6 @@ def test_constant_images_and_unknown_device_are_named():
     data = _image_set(np.ones((8, 2, 8, 8), np.float32))
     with pytest.raises(InputError, match="constant"):
         run_generator(train_dcmix(data, TrainConfig(epochs=1, device="cpu")))
-    data = _image_set(np.random.rand(8, 2, 8, 8).astype(np.float32))
+    data = _image_set(_RNG.random((8, 2, 8, 8)).astype(np.float32))
     with pytest.raises(InputError, match="unknown device"):
         run_generator(train_dcmix(data, TrainConfig(epochs=1, device="tpu")))

@@ -103,7 +103,6 @@ class TrainResult:
 
 def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
 
 
 def _autocast(device: torch.device, enabled: bool):
