@@ -1,0 +1,113 @@
+"""``napari-attribution evaluate``: methods x metrics on one model and image set."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import InputError
+from .cmd_explain import normalise
+from .progress_bar import run_with_bar
+
+COLUMNS = ["method", "deletion_auc", "insertion_auc", "pointing_game", "relevance_mass",
+           "sanity_spearman", "ms_per_image", "batch_size", "n_images"]
+
+
+def load_eval_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None,
+                                                      np.ndarray | None]:
+    """(images, labels or None, masks or None) from ``--npz`` or ``--sample``."""
+    if bool(args.npz) == bool(args.sample):
+        raise InputError("give exactly one of --npz or --sample")
+    if args.sample:
+        from .cmd_train import load_sample
+
+        data = load_sample(args.sample, args.seed)
+        return data.images, data.labels, data.masks
+    if not args.npz.exists():
+        raise InputError(f"file not found: {args.npz}")
+    with np.load(args.npz, allow_pickle=False) as z:
+        if "images" not in z:
+            raise InputError(f"{args.npz} has no 'images' array (found {list(z.keys())})")
+        images = z["images"]
+        labels = z["labels"] if "labels" in z else None
+        masks = z["masks"] if "masks" in z else None
+    return images, labels, masks
+
+
+def format_rows(rows: list[dict], fmt: str) -> str:
+    """Rows as an aligned text table, CSV or JSON (only the columns that were computed)."""
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()
+    head = f"{'method':<22}" + "".join(f"{c[:14]:>15}" for c in cols[1:])
+    lines = [head]
+    for r in rows:
+        cells = []
+        for c in cols[1:]:
+            v = r.get(c)
+            cells.append(f"{'n/a':>15}" if v is None else
+                         f"{v:>15.3f}" if isinstance(v, float) else f"{v:>15}")
+        lines.append(f"{r['method']:<22}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.evaluation import METRICS, evaluate_methods
+    from ..io.models import load_model
+
+    model, info = load_model(args.model, device="cpu")
+    images, labels, masks = load_eval_data(args)
+    if args.n_images:
+        images = images[:args.n_images]
+        labels = None if labels is None else labels[:args.n_images]
+        masks = None if masks is None else masks[:args.n_images]
+    x = normalise(np.asarray(images), info, args.normalize)
+    targets = labels if args.target == "label" and labels is not None else None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else list(METRICS)
+    rows, _ = run_with_bar(evaluate_methods(model, x, targets, masks, methods, metrics,
+                                            device=args.device, batch_size=args.batch_size,
+                                            seed=args.seed), quiet=args.quiet)
+    text = format_rows(rows, args.format)
+    if args.output:
+        args.output.write_text(text + "\n")
+        print(f"written to {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="compare attribution methods with metrics",
+                       description="Deletion/insertion AUC, pointing game, relevance mass "
+                                   "and the randomisation sanity check for several "
+                                   "attribution methods on one model and image set.")
+    p.add_argument("model", type=Path, help="model bundle (.safetensors) or TorchScript file")
+    p.add_argument("--npz", type=Path,
+                   help=".npz with images (N,C,H,W)[, labels, masks (N,H,W)]")
+    p.add_argument("--sample", choices=("cells", "multi-snr"), help="built-in synthetic data")
+    p.add_argument("--methods", default="pcim,integrated_gradients,saliency,occlusion,gradcam")
+    p.add_argument("--metrics", help="comma-separated subset of deletion,insertion,"
+                                     "pointing_game,relevance_mass,sanity (default: all)")
+    p.add_argument("--target", choices=("predicted", "label"), default="predicted")
+    p.add_argument("-n", "--n-images", type=int, default=64)
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text")
+    p.add_argument("-o", "--output", type=Path)
+    p.add_argument("--normalize", choices=("none", "per_image"), default="none",
+                   help="normalisation for TorchScript models (bundles use their own)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=run)

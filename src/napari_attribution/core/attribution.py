@@ -1,0 +1,248 @@
+"""One entry point for pixel attribution: :func:`explain` over a registry of methods.
+
+``explain`` validates the input, picks targets (the predicted class by default),
+splits the images into batches (and each image into overlapping tiles when it is
+larger than the model's ``input_size``), runs the chosen method as a generator of
+:class:`Progress` events and returns an :class:`AttributionResult`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import baselines
+from .devices import resolve_device
+from .errors import InputError
+from .pcim import PCIMConfig, pcim_batch
+from .progress import Progress
+from .tiling import TileBlender, tile_grid
+from .validation import check_images
+
+
+@dataclass
+class AttributionResult:
+    """Attribution maps for N images with what is needed to trust and reproduce them."""
+
+    maps: np.ndarray
+    targets: np.ndarray
+    probabilities: np.ndarray
+    method: str
+    params: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def provenance(self) -> dict:
+        """Method, parameters, targets, timing, package version and time (JSON-ready)."""
+        from .. import __version__
+
+        return {
+            "method": self.method,
+            "params": _jsonable(self.params),
+            "targets": [int(t) for t in self.targets],
+            "seconds": float(self.seconds),
+            "package": "napari-attribution",
+            "version": __version__,
+            "torch_version": torch.__version__,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj)
+
+
+def _pcim(model, x, targets, per_channel=False, **params):
+    cfg = PCIMConfig.from_params(params)
+    return (yield from pcim_batch(model, x, targets, cfg, per_channel))
+
+
+def _method_params(method: str, params: dict) -> dict:
+    """Every parameter the method will use: its defaults overlaid with ``params``."""
+    if method == "pcim":
+        return PCIMConfig.from_params(params).to_dict()
+    sig = inspect.signature(METHODS[method])
+    out = {k: v.default for k, v in sig.parameters.items()
+           if v.default is not inspect.Parameter.empty and k != "per_channel"}
+    out.update(params)
+    return out
+
+
+#: registry: name -> batch generator ``fn(model, x, targets, per_channel, **params)``
+METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
+    "pcim": _pcim,
+    "saliency": baselines.saliency,
+    "integrated_gradients": baselines.integrated_gradients,
+    "occlusion": baselines.occlusion,
+    "gradcam": baselines.gradcam,
+    "rise": baselines.rise,
+    "extremal_mask": baselines.extremal_mask,
+}
+
+#: methods whose result depends on gradients (need a differentiable model)
+NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "gradcam", "extremal_mask"}
+
+
+def available_methods() -> list[str]:
+    """Names accepted by :func:`explain`."""
+    return list(METHODS)
+
+
+def _resolve_targets(targets, n: int, n_classes: int, predicted: np.ndarray) -> np.ndarray:
+    if targets is None:
+        return predicted.astype(np.int64)
+    arr = np.atleast_1d(np.asarray(targets))
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"target classes must be integers; got {arr.dtype}")
+    if arr.ndim != 1 or (arr.size != 1 and arr.size != n):
+        raise InputError(f"give one target class or one per image ({n}); got {arr.size}")
+    if arr.min() < 0 or arr.max() >= n_classes:
+        bad = int(arr[(arr < 0) | (arr >= n_classes)][0])
+        raise InputError(f"target class {bad} is out of range: the model has {n_classes} "
+                         f"classes (0..{n_classes - 1})")
+    return np.broadcast_to(arr, (n,)).astype(np.int64).copy()
+
+
+def _model_channels(model: torch.nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "n_channels", None)
+    if n is not None:
+        return int(n)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            return int(m.in_channels)
+    return None
+
+
+def _probe(model, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``x``, turning shape errors deep inside the model into InputError."""
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except InputError:
+        raise
+    except RuntimeError as err:
+        raise InputError(f"the model cannot run on images of shape {tuple(x.shape[1:])} "
+                         f"(channels, height, width): {str(err).splitlines()[0]}") from None
+    if out.ndim != 2:
+        raise InputError(f"the model must map (B, C, H, W) to logits (B, n_classes); it "
+                         f"returned shape {tuple(out.shape)}")
+    return out
+
+
+def explain(model: torch.nn.Module, images: np.ndarray,
+            targets: int | Sequence[int] | None = None, method: str = "pcim",
+            per_channel: bool = False, device: str = "auto", batch_size: int = 32,
+            input_size: int | None = None, tile_overlap: int | None = None,
+            **params) -> Generator[Progress, None, AttributionResult]:
+    """Attribution maps for normalised float images (N, C, H, W) under ``model``.
+
+    ``targets``: one class for all, one per image, or None for the predicted class.
+    ``input_size``: the side of the square input the model was trained on; larger
+    images are split into overlapping tiles (``tile_overlap``, default a quarter tile)
+    whose maps are blended, one batch of tiles at a time; smaller images are refused.
+    ``params`` go to the method (see ``METHODS``). Cancel by closing the generator.
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise InputError(f"unknown attribution method {method!r}; choose one of "
+                         f"{available_methods()}")
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1; got {batch_size}")
+    x_np = check_images(images, _model_channels(model))
+    n, c, h, w = x_np.shape
+    if input_size is not None:
+        input_size = int(input_size)
+        if min(h, w) < input_size:
+            raise InputError(f"images are {h}x{w} pixels but the model needs at least "
+                             f"{input_size}x{input_size}")
+    tiled = input_size is not None and max(h, w) > input_size
+    overlap = 0
+    if tiled:
+        overlap = int(tile_overlap if tile_overlap is not None else input_size // 4)
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    grad_flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return (yield from _explain(model, x_np, targets, method, per_channel, dev, batch_size,
+                                    input_size, overlap, tiled, params, t0))
+    finally:
+        for p, flag in zip(model.parameters(), grad_flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_size,
+             overlap, tiled, params, t0) -> Generator[Progress, None, AttributionResult]:
+    n, c, h, w = x_np.shape
+    fn = METHODS[method]
+    all_params = _method_params(method, params)
+
+    # Probabilities on the unmodified input (whole image, or mean over its tiles).
+    grid = tile_grid(h, w, input_size, overlap) if tiled else [(0, 0)]
+    side_h, side_w = (input_size, input_size) if tiled else (h, w)
+    probs = []
+    for i in range(n):
+        xi = torch.from_numpy(x_np[i]).to(dev)
+        tiles = torch.stack([xi[:, y:y + side_h, x:x + side_w] for y, x in grid])
+        p = torch.cat([torch.softmax(_probe(model, tiles[j:j + batch_size]), 1)
+                       for j in range(0, len(grid), batch_size)]).mean(0)
+        probs.append(p.cpu().numpy())
+    probabilities = np.stack(probs).astype(np.float32)
+    tgt = _resolve_targets(targets, n, probabilities.shape[1], probabilities.argmax(1))
+
+    shape = (c, h, w) if per_channel else (h, w)
+    maps = np.zeros((n, *shape), np.float32)
+    # Work items: (image, tile origin); processed batch_size at a time.
+    items = [(i, yx) for i in range(n) for yx in grid]
+    blenders = {i: TileBlender(shape, input_size, overlap) for i in range(n)} if tiled else {}
+    n_batches = (len(items) + batch_size - 1) // batch_size
+    for b in range(n_batches):
+        chunk = items[b * batch_size:(b + 1) * batch_size]
+        xb = torch.stack([torch.from_numpy(x_np[i, :, y:y + side_h, x:x + side_w])
+                          for i, (y, x) in chunk]).to(dev)
+        tb = torch.as_tensor(tgt[[i for i, _ in chunk]], device=dev)
+        gen = fn(model, xb, tb, per_channel, **params)
+        try:
+            while True:
+                ev = next(gen)
+                frac = (b + ev.fraction) / n_batches
+                yield Progress(int(round(1000 * frac)), 1000,
+                               f"{method}: batch {b + 1}/{n_batches} — {ev.message}",
+                               partial={"batch": b, "n_batches": n_batches, **ev.partial})
+        except StopIteration as stop:
+            out = stop.value.detach().float().cpu().numpy()
+        finally:
+            gen.close()
+        for k, (i, (y, x)) in enumerate(chunk):
+            if tiled:
+                blenders[i].add(out[k], y, x)
+            else:
+                maps[i] = out[k]
+    for i, bl in blenders.items():
+        maps[i] = bl.result()
+    all_params.update({"per_channel": bool(per_channel), "batch_size": int(batch_size),
+                       "device": str(dev), "input_size": input_size,
+                       "tile_overlap": overlap if tiled else None})
+    return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
+                             method=method, params=_jsonable(all_params),
+                             seconds=time.perf_counter() - t0)

@@ -1,0 +1,250 @@
+"""PCIM: pixel-wise channel isolation mixing (pixel attribution by learned blending).
+
+Every pixel p of an image x is isolated as its own "channel" x ⊙ e_p. PCIM learns
+non-negative blending weights ``a`` over these H·W pixel-channels (C·H·W with
+``per_channel``), ``a = N · softmax(l)`` so that their mean is one and uniform weights
+reproduce the input exactly, feeds the blended image ``s + a ⊙ (x - s)`` to a frozen
+classifier and lowers the target's loss. ``s`` is the substrate a pixel fades to when
+its weight drops to zero (zero, the blurred image or the channel means). The learned
+``a`` is the attribution map.
+
+Defaults (chosen with ``benchmarks/pixel_attribution.py``, see docs/pixel_attribution.md):
+
+* ``game="hybrid"``: even steps play the *preservation* game (weights ``softmax(l)``
+  must keep the target), odd steps the *deletion* game (weights ``softmax(-l)``, i.e.
+  the high-``l`` pixels removed, must destroy it). Preservation alone drifts towards
+  a few amplified pixels that suffice for the class (good insertion, poor deletion);
+  the alternation keeps the ranking faithful to both, at one forward/backward per step.
+* ``loss="lse_margin"``: target logit minus log-sum-exp of the others; it does not
+  saturate when the model is confident (cross-entropy's gradient vanishes there).
+* ``optimizer="normalized"``: per image, the largest logit update is ``lr``; this
+  keeps the ranking carried by the gradient magnitudes (Adam's first steps are
+  sign-like and flatten it, so its result depends mostly on the learning rate).
+* ``scales``: logits as a sum of maps at several resolutions (coarse = smooth);
+  full resolution only by default.
+
+Images in a batch are independent: each has its own map, converges on its own and is
+frozen once its map stops changing (``tol``); one forward/backward serves the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn import functional as F
+
+from .errors import InputError
+from .progress import Progress
+
+SUBSTRATES = ("zero", "blur", "mean")
+OPTIMIZERS = ("normalized", "adam")
+LOSSES = ("lse_margin", "margin", "ce", "logit")
+GAMES = ("hybrid", "preserve")
+READOUTS = ("log", "weights")
+
+
+@dataclass
+class PCIMConfig:
+    """PCIM options; the defaults were chosen with ``benchmarks/pixel_attribution.py``."""
+
+    steps: int = 8
+    lr: float = 0.5
+    optimizer: str = "normalized"
+    scales: tuple[int, ...] = (1,)
+    substrate: str = "zero"
+    blur_sigma: float = 5.0
+    max_weight: float | None = None
+    tv_weight: float = 0.0
+    sparsity_weight: float = 0.0
+    tol: float = 1e-3
+    min_steps: int = 3
+    readout: str = "log"
+    loss: str = "lse_margin"
+    game: str = "hybrid"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise InputError(f"PCIM needs at least one step; got steps={self.steps}")
+        if not self.lr > 0:
+            raise InputError(f"PCIM learning rate must be positive; got {self.lr}")
+        if self.substrate not in SUBSTRATES:
+            raise InputError(f"unknown substrate {self.substrate!r}; use one of {SUBSTRATES}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        for name, value, allowed in (("loss", self.loss, LOSSES), ("game", self.game, GAMES),
+                                     ("readout", self.readout, READOUTS)):
+            if value not in allowed:
+                raise InputError(f"unknown PCIM {name} {value!r}; use one of {allowed}")
+        self.scales = tuple(int(s) for s in self.scales)
+        if not self.scales or min(self.scales) < 1:
+            raise InputError(f"scales must be positive integers; got {self.scales}")
+        if self.max_weight is not None and self.max_weight <= 1:
+            raise InputError(f"max_weight must exceed 1 (uniform weight); got {self.max_weight}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        return d
+
+    @classmethod
+    def from_params(cls, params: dict) -> PCIMConfig:
+        """Build from keyword parameters; unknown names raise :class:`InputError`."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise InputError(f"unknown PCIM parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**params)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with reflection padding."""
+    if sigma <= 0:
+        return x
+    radius = max(1, int(math.ceil(3 * sigma)))
+    radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1) if min(x.shape[-2:]) > 1 else 0
+    if radius < 1:
+        return x
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    y = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.pad(y, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def make_substrate(x: torch.Tensor, kind: str, blur_sigma: float = 5.0) -> torch.Tensor:
+    """What a pixel becomes when its weight is zero: zeros, blurred image or channel mean."""
+    if kind == "zero":
+        return torch.zeros_like(x)
+    if kind == "blur":
+        return gaussian_blur(x, blur_sigma)
+    if kind == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
+    raise InputError(f"unknown substrate {kind!r}; use one of {SUBSTRATES}")
+
+
+def mixing_weights(logits: list[torch.Tensor], size: tuple[int, int],
+                   cap: float | None = None) -> torch.Tensor:
+    """Mean-one non-negative weights from multi-resolution logits: (B, Cm, H, W)."""
+    total = None
+    for lg in logits:
+        up = lg if lg.shape[-2:] == size else F.interpolate(
+            lg, size=size, mode="bilinear", align_corners=False)
+        total = up if total is None else total + up
+    b = total.shape[0]
+    n = total[0].numel()
+    if cap is not None:
+        # Logits squashed into [-L, L] bound the weight ratio by e^{2L}; with mean one,
+        # no weight can exceed e^{2L} = cap (no pixel amplified beyond ``cap``).
+        half = 0.5 * math.log(cap)
+        total = half * torch.tanh(total / half)
+    a = n * torch.softmax(total.reshape(b, -1), dim=1)
+    return a.reshape(total.shape)
+
+
+def blend(x: torch.Tensor, weights: torch.Tensor, substrate: torch.Tensor) -> torch.Tensor:
+    """The image PCIM feeds to the model: ``substrate + weights * (x - substrate)``."""
+    return substrate + weights * (x - substrate)
+
+
+def _target_loss(out: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-image loss that decreases as the evidence for the target grows."""
+    if kind == "ce":
+        return F.cross_entropy(out, targets, reduction="none")
+    zt = out.gather(1, targets.view(-1, 1))[:, 0]
+    if kind == "logit":
+        return -zt
+    others = out.scatter(1, targets.view(-1, 1), float("-inf"))
+    if kind == "margin":
+        return others.amax(1) - zt
+    if kind == "lse_margin":
+        return torch.logsumexp(others, 1) - zt
+    raise InputError(f"unknown PCIM loss {kind!r}")
+
+
+def _tv(a: torch.Tensor) -> torch.Tensor:
+    """Per-image total variation of the weights (mean absolute neighbour difference)."""
+    dy = (a[..., 1:, :] - a[..., :-1, :]).abs().flatten(1).mean(1)
+    dx = (a[..., :, 1:] - a[..., :, :-1]).abs().flatten(1).mean(1)
+    return dy + dx
+
+
+def _entropy(a: torch.Tensor) -> torch.Tensor:
+    """Per-image normalised entropy of the weight distribution (1 = uniform)."""
+    p = a.flatten(1) / a.flatten(1).sum(1, keepdim=True)
+    h = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+    return h / math.log(max(p.shape[1], 2))
+
+
+def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
+               config: PCIMConfig, per_channel: bool = False
+               ) -> Generator[Progress, None, torch.Tensor]:
+    """Optimise one weight map per image of ``x`` (B, C, H, W) for ``targets`` (B,).
+
+    Yields a :class:`Progress` after every step; returns the map, (B, H, W) or
+    (B, C, H, W) with ``per_channel``, on ``x``'s device: the log-weights ``log a``
+    (``readout="log"``: 0 = left as in the input, > 0 amplified = evidence for the
+    target, < 0 suppressed) or the weights ``a`` themselves (``readout="weights"``).
+    ``model`` must be in eval mode.
+    """
+    cfg = config
+    b, c, h, w = x.shape
+    cm = c if per_channel else 1
+    x = x.detach()
+    substrate = make_substrate(x, cfg.substrate, cfg.blur_sigma)
+    logits = [torch.zeros(b, cm, max(1, math.ceil(h / s)), max(1, math.ceil(w / s)),
+                          device=x.device, dtype=x.dtype, requires_grad=True)
+              for s in cfg.scales]
+    opt = torch.optim.Adam(logits, lr=cfg.lr) if cfg.optimizer == "adam" else None
+    active = torch.ones(b, dtype=torch.bool, device=x.device)
+    prev = torch.ones(b, cm, h, w, device=x.device, dtype=x.dtype)
+    for step in range(cfg.steps):
+        delete = cfg.game == "hybrid" and step % 2 == 1
+        if delete:
+            a = mixing_weights([-lg for lg in logits], (h, w), cfg.max_weight)
+        else:
+            a = mixing_weights(logits, (h, w), cfg.max_weight)
+        out = model(blend(x, a, substrate))
+        loss_i = _target_loss(out, targets, cfg.loss)
+        if delete:
+            loss_i = -loss_i
+        if cfg.tv_weight:
+            loss_i = loss_i + cfg.tv_weight * _tv(a)
+        if cfg.sparsity_weight:
+            loss_i = loss_i + cfg.sparsity_weight * _entropy(a)
+        # Summed, not averaged: each image's gradient is independent of the batch size.
+        grads = torch.autograd.grad(loss_i.sum(), logits)
+        with torch.no_grad():
+            keep = active.view(b, 1, 1, 1).to(x.dtype)
+            if opt is None:
+                # Normalised gradient descent: per image, the largest update is ``lr``.
+                scale = torch.stack([g.flatten(1).abs().amax(1) for g in grads], 1).amax(1)
+                scale = (cfg.lr / scale.clamp_min(1e-30)).view(b, 1, 1, 1) * keep
+                for lg, g in zip(logits, grads, strict=True):
+                    lg -= scale * g
+            else:
+                old = [lg.detach().clone() for lg in logits]
+                for lg, g in zip(logits, grads, strict=True):
+                    lg.grad = g
+                opt.step()
+                for lg, o in zip(logits, old, strict=True):
+                    lg.copy_(keep * lg + (1 - keep) * o)
+            a_new = mixing_weights(logits, (h, w), cfg.max_weight)
+            change = (a_new - prev).abs().flatten(1).mean(1)
+            prev = a_new
+            if step + 1 >= cfg.min_steps:
+                active &= change > cfg.tol
+        yield Progress(step + 1, cfg.steps, f"PCIM step {step + 1}/{cfg.steps}",
+                       partial={"loss": float(loss_i.detach().mean()),
+                                "active": int(active.sum())})
+        if not bool(active.any()):
+            break
+    out_map = prev.detach()
+    if cfg.readout == "log":
+        out_map = torch.log(out_map.clamp_min(1e-30))
+    return out_map[:, 0] if not per_channel else out_map

@@ -1,0 +1,82 @@
+"""Command line: ``explain`` (bundle / TorchScript + image -> OME-TIFF) and ``evaluate``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tifffile
+import torch
+
+from attribution_models import small_cnn
+from napari_attribution.cli import main
+from napari_attribution.io.bundle import save_training_result
+from napari_attribution.io.writers import read_attribution_tiff
+
+
+def test_explain_bundle_writes_tiff_with_provenance(tmp_path, trained_cells, cell_data,
+                                                    capsys):
+    bundle = save_training_result(tmp_path / "cells.safetensors", trained_cells)
+    img = tmp_path / "cell.tif"
+    tifffile.imwrite(img, cell_data.images[0], photometric="minisblack")
+    out = tmp_path / "map.ome.tif"
+    rc = main(["explain", str(bundle), str(img), "-o", str(out), "--target", "nuclear",
+               "--param", "steps=4", "--device", "cpu", "-q"])
+    assert rc == 0
+    maps, meta = read_attribution_tiff(out)
+    assert maps.shape == (32, 32) and np.isfinite(maps).all()
+    prov = meta["provenance"]
+    assert prov["method"] == "pcim" and prov["params"]["steps"] == 4
+    assert prov["targets"] == [1] and prov["target_names"] == ["nuclear"]
+    assert prov["model_sha256"] and prov["channel_names"][1] == "Marker"
+    assert "nuclear" in capsys.readouterr().out
+    # Per-channel maps carry the bundle's channel names.
+    out2 = tmp_path / "pc.ome.tif"
+    assert main(["explain", str(bundle), str(img), "-o", str(out2), "--per-channel",
+                 "-m", "saliency", "--device", "cpu", "-q"]) == 0
+    maps2, meta2 = read_attribution_tiff(out2)
+    assert maps2.shape == (4, 32, 32) and meta2["channel_names"][1] == "Marker"
+
+
+def test_explain_torchscript_and_errors(tmp_path, capsys):
+    model = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(small_cnn()), str(model))
+    img = tmp_path / "x.npy"
+    np.save(img, np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32))
+    assert main(["explain", str(model), str(img), "-m", "integrated_gradients",
+                 "--param", "n_steps=8", "--device", "cpu", "-q"]) == 0
+    maps, meta = read_attribution_tiff(tmp_path / "x.integrated_gradients.ome.tif")
+    assert maps.shape == (16, 16) and meta["provenance"]["model_kind"] == "torchscript"
+    assert main(["explain", str(model), str(img), "-t", "7", "--device", "cpu", "-q"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    assert main(["explain", str(bad), str(img), "--device", "cpu"]) == 2
+    assert "neither" in capsys.readouterr().err
+    three = tmp_path / "three.npy"
+    np.save(three, np.zeros((3, 16, 16), np.float32))
+    assert main(["explain", str(model), str(three), "--device", "cpu", "-q"]) == 2
+    assert "channel" in capsys.readouterr().err
+
+
+def test_evaluate_table(tmp_path, trained_cells, capsys):
+    bundle = save_training_result(tmp_path / "cells.safetensors", trained_cells)
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", str(bundle), "--sample", "cells", "-n", "6",
+               "--methods", "pcim,saliency", "--metrics", "deletion,insertion,relevance_mass",
+               "--format", "json", "-o", str(out), "--device", "cpu", "-q"])
+    assert rc == 0
+    capsys.readouterr()
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["pcim", "saliency"]
+    for r in rows:
+        assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
+        assert 0 <= r["relevance_mass"] <= 1 and r["ms_per_image"] > 0
+    assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "4", "--methods",
+                 "pcim", "--metrics", "deletion", "--format", "csv", "--device", "cpu",
+                 "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "method,deletion_auc,ms_per_image,batch_size,n_images"
+    assert lines[1].startswith("pcim,")
+    assert main(["evaluate", str(bundle), "--sample", "cells", "--methods", "nope",
+                 "--device", "cpu", "-q"]) == 2

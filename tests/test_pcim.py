@@ -1,0 +1,194 @@
+"""PCIM: weights, batching, tiling, TorchScript models and input checks (CPU, fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attribution_models import SpotModel, small_cnn, spot_images
+from conftest import MNIST, requires_mnist
+from napari_attribution.core.attribution import (
+    AttributionResult,
+    available_methods,
+    explain,
+)
+from napari_attribution.core.errors import BundleError, Cancelled, InputError
+from napari_attribution.core.metrics import relevance_mass
+from napari_attribution.core.pcim import (
+    PCIMConfig,
+    blend,
+    make_substrate,
+    mixing_weights,
+    pcim_batch,
+)
+from napari_attribution.core.progress import Progress, run_generator
+from napari_attribution.core.tiling import TileBlender, tile_grid
+
+
+def test_uniform_weights_reproduce_input():
+    x = torch.rand(2, 3, 10, 12)
+    zeros = [torch.zeros(2, 1, 10, 12), torch.zeros(2, 1, 3, 3)]
+    a = mixing_weights(zeros, (10, 12))
+    assert torch.allclose(a, torch.ones_like(a))
+    for kind in ("zero", "blur", "mean"):
+        assert torch.allclose(blend(x, a, make_substrate(x, kind)), x, atol=1e-6)
+    # Non-uniform weights stay non-negative with mean one, capped or not.
+    lg = [torch.randn(2, 1, 10, 12) * 3]
+    for cap in (None, 4.0):
+        w = mixing_weights(lg, (10, 12), cap)
+        assert (w >= 0).all()
+        assert torch.allclose(w.flatten(1).mean(1), torch.ones(2), atol=1e-5)
+    assert mixing_weights(lg, (10, 12), 4.0).max() <= 4.0 + 1e-5
+
+
+def test_pcim_puts_mass_on_the_evidence():
+    x, masks = spot_images()
+    res = run_generator(explain(SpotModel(), x, 1, method="pcim", device="cpu"))
+    assert isinstance(res, AttributionResult)
+    assert res.maps.shape == (3, 24, 24) and res.maps.dtype == np.float32
+    rm = relevance_mass(res.maps, masks)
+    # The spot is 25 of 576 pixels (4 %); PCIM must put most of its mass there.
+    assert rm.min() > 0.5, rm
+    assert all(masks[i].flat[res.maps[i].argmax()] for i in range(3))
+    assert res.probabilities.shape == (3, 2)
+    prov = res.provenance()
+    assert prov["method"] == "pcim" and prov["params"]["steps"] == PCIMConfig().steps
+    assert prov["targets"] == [1, 1, 1] and "version" in prov
+
+
+def test_per_channel_maps_find_the_channel():
+    x, masks = spot_images()
+    res = run_generator(explain(SpotModel(), x, 1, method="pcim", per_channel=True,
+                                device="cpu"))
+    assert res.maps.shape == (3, 2, 24, 24)
+    # Channel 1 is ignored by the model: its weights carry less mass than channel 0's.
+    assert (res.maps[:, 0].sum((1, 2)) > res.maps[:, 1].sum((1, 2))).all()
+
+
+def test_batched_equals_one_by_one():
+    model = small_cnn()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 2, 16, 16)).astype(np.float32)
+    batched = run_generator(explain(model, x, [0, 1, 2, 1], device="cpu", batch_size=4))
+    for i, t in enumerate([0, 1, 2, 1]):
+        single = run_generator(explain(model, x[i:i + 1], t, device="cpu", batch_size=1))
+        np.testing.assert_allclose(batched.maps[i], single.maps[0], rtol=1e-3, atol=1e-4)
+
+
+def test_early_stop_and_cancel():
+    model = small_cnn()
+    x = torch.randn(2, 2, 12, 12)
+    events = []
+    gen = pcim_batch(model, x, torch.tensor([0, 1]), PCIMConfig(steps=50, tol=1e9))
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        out = stop.value
+    # Huge tolerance: every image freezes after min_steps.
+    assert len(events) == PCIMConfig().min_steps and out.shape == (2, 12, 12)
+    gen = explain(model, x.numpy(), device="cpu")
+    assert isinstance(next(gen), Progress)
+    with pytest.raises(Cancelled):
+        run_generator(explain(model, x.numpy(), device="cpu"), should_stop=lambda: True)
+
+
+def test_tiling_large_image():
+    x, masks = spot_images(n=1, size=56)
+    model = SpotModel()
+    assert len(tile_grid(56, 56, 24, 6)) == 9
+    res = run_generator(explain(model, x, 1, device="cpu", input_size=24, tile_overlap=6,
+                                batch_size=4))
+    assert res.maps.shape == (1, 56, 56) and np.isfinite(res.maps).all()
+    assert res.params["input_size"] == 24 and res.params["tile_overlap"] == 6
+    assert masks[0].flat[res.maps[0].argmax()]
+    assert relevance_mass(res.maps, masks)[0] > 0.3
+    # Blending constant tiles gives the constant back, seams included.
+    bl = TileBlender((56, 56), 24, 6)
+    for y, xx in tile_grid(56, 56, 24, 6):
+        bl.add(np.full((24, 24), 2.0, np.float32), y, xx)
+    np.testing.assert_allclose(bl.result(), 2.0, rtol=1e-6)
+
+
+def test_torchscript_model(tmp_path):
+    from napari_attribution.io.models import load_model
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(small_cnn()), str(path))
+    model, info = load_model(path)
+    assert info["kind"] == "torchscript" and len(info["sha256"]) == 64
+    x = np.random.default_rng(0).normal(size=(2, 2, 16, 16)).astype(np.float32)
+    res = run_generator(explain(model, x, None, device="cpu"))
+    assert res.maps.shape == (2, 16, 16)
+    assert (res.targets == res.probabilities.argmax(1)).all()
+    with pytest.raises(InputError, match="TorchScript"):
+        run_generator(explain(model, x, method="gradcam", device="cpu"))
+    bad = tmp_path / "state.pt"
+    torch.save(small_cnn().state_dict(), str(bad))
+    with pytest.raises(BundleError, match="TorchScript"):
+        load_model(bad)
+    (tmp_path / "junk.pt").write_bytes(b"not a model at all")
+    with pytest.raises(BundleError, match="neither"):
+        load_model(tmp_path / "junk.pt")
+    with pytest.raises(BundleError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_bad_input_messages():
+    model = small_cnn()
+    x = np.zeros((2, 2, 16, 16), np.float32)
+    with pytest.raises(InputError, match="target class 5 is out of range"):
+        run_generator(explain(model, x, 5, device="cpu"))
+    with pytest.raises(InputError, match="channel"):
+        run_generator(explain(model, np.zeros((2, 3, 16, 16), np.float32), device="cpu"))
+    nan = x.copy()
+    nan[1, 0, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        run_generator(explain(model, nan, device="cpu"))
+    with pytest.raises(InputError, match="at least 24x24"):
+        run_generator(explain(model, x, device="cpu", input_size=24))
+    with pytest.raises(InputError, match="unknown attribution method"):
+        run_generator(explain(model, x, method="magic", device="cpu"))
+    with pytest.raises(InputError, match="unknown PCIM parameter"):
+        run_generator(explain(model, x, device="cpu", stpes=3))
+    with pytest.raises(InputError, match="one per image"):
+        run_generator(explain(model, x, [0, 1, 2], device="cpu"))
+    with pytest.raises(InputError, match=r"\(N, C, H, W\)"):
+        run_generator(explain(model, x[0], device="cpu"))
+    fixed = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
+    with pytest.raises(InputError, match="cannot run on images"):
+        run_generator(explain(fixed, np.zeros((1, 2, 10, 10), np.float32), device="cpu"))
+    assert set(available_methods()) == {"pcim", "saliency", "integrated_gradients",
+                                        "occlusion", "gradcam", "rise", "extremal_mask"}
+
+
+def test_idx_reader(tmp_path):
+    import gzip
+
+    from napari_attribution.io.mnist import load_mnist, read_idx
+
+    imgs = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    head = bytes([0, 0, 0x08, 3]) + b"".join(int(d).to_bytes(4, "big") for d in imgs.shape)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(head + imgs.tobytes())
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(
+        bytes([0, 0, 0x08, 1]) + (2).to_bytes(4, "big") + bytes([7, 3]))
+    x, y = load_mnist(tmp_path)
+    np.testing.assert_array_equal(x, imgs)
+    assert y.tolist() == [7, 3] and y.dtype == np.int64
+    (tmp_path / "bad").write_bytes(head[:6])
+    with pytest.raises(InputError, match="truncated"):
+        read_idx(tmp_path / "bad")
+    with pytest.raises(InputError, match="does not exist"):
+        load_mnist(tmp_path / "nowhere")
+
+
+@requires_mnist
+def test_load_real_mnist():
+    from napari_attribution.io.mnist import load_mnist
+
+    x, y = load_mnist(MNIST)
+    assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
+    assert y.shape == (10000,) and set(np.unique(y)) == set(range(10))
