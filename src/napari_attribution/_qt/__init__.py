@@ -1,0 +1,12 @@
+"""napari dock widgets (Qt side only: no maths here, everything calls core/io).
+
+Widgets: :class:`TrainWidget`, :class:`ImportanceWidget`, :class:`AttributionWidget`,
+:class:`ExportWidget`. Long work runs in napari thread workers (see ``_runner``).
+"""
+
+from .attribution_widget import AttributionWidget
+from .export_widget import ExportWidget
+from .importance_widget import ImportanceWidget
+from .train_widget import TrainWidget
+
+__all__ = ["AttributionWidget", "ExportWidget", "ImportanceWidget", "TrainWidget"]

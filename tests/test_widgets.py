@@ -1,0 +1,351 @@
+"""GUI tests of the dock widgets (pytest-qt + napari's make_napari_viewer, under Xvfb).
+
+Tiny models, 32 px images and 1-3 epochs keep the whole file to well under a minute.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+pytestmark = pytest.mark.gui
+
+N_IMAGES = 48
+SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path, monkeypatch):
+    """Widget settings go to a temporary folder, not the user's."""
+    from qtpy.QtCore import QSettings
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                      str(tmp_path / "settings"))
+    yield
+
+
+@pytest.fixture(scope="module")
+def small_cells():
+    from napari_attribution.core.synthetic import make_cell_phenotype
+
+    return make_cell_phenotype(n_images=N_IMAGES, size=SIZE, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(small_cells):
+    """A DCMIX model trained for 3 epochs on the small set (a couple of seconds on CPU)."""
+    from napari_attribution._qt._common import bundle_from_result
+    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.training import TrainConfig, train_dcmix
+
+    cfg = TrainConfig(epochs=3, batch_size=16, width=8, device="cpu", seed=0)
+    return bundle_from_result(run_generator(train_dcmix(small_cells, cfg)))
+
+
+def _cfg(**kw):
+    from napari_attribution.core.training import TrainConfig
+
+    base = {"epochs": 2, "batch_size": 16, "width": 8, "device": "cpu", "seed": 0,
+            "progress_every": 1}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _add_cells(viewer, data):
+    colours = ["blue", "green", "magenta", "gray"]
+    for c, name in enumerate(data.channel_names):
+        viewer.add_image(data.images[:, c], name=name, blending="additive",
+                         colormap=colours[c],
+                         metadata={"labels": data.labels.tolist(),
+                                   "class_names": list(data.class_names)})
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages sent to napari's error notifications."""
+    import napari.utils.notifications as notifications
+
+    seen: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda msg: seen.append(str(msg)))
+    return seen
+
+
+def _wait_idle(qtbot, widget, timeout=60000):
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
+
+
+def test_widgets_are_contributed(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-attribution",
+                                                        "Train (DCMIX)")
+    from napari_attribution._qt import TrainWidget
+
+    assert isinstance(widget, TrainWidget)
+    for name in ("Channel importance", "Pixel attribution", "Export"):
+        _, w = viewer.window.add_plugin_dock_widget("napari-attribution", name)
+        assert w.session is widget.session  # one shared session per viewer
+
+
+def test_train_widget_end_to_end(make_napari_viewer, qtbot, small_cells, tmp_path, errors):
+    from napari_attribution._qt import TrainWidget
+    from napari_attribution.io.bundle import load_bundle
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    w = TrainWidget(viewer)
+    assert w.picker.checked_names() == small_cells.channel_names
+    assert "cytoplasmic" in w.label_status.text()  # labels came from the layer metadata
+    seen = []
+    worker = w.start_training(_cfg(epochs=2))
+    worker.yielded.connect(seen.append)
+    assert not w.train_btn.isEnabled() and w.cancel_btn.isEnabled()
+    _wait_idle(qtbot, w)
+    assert errors == []
+    assert w.train_btn.isEnabled() and not w.cancel_btn.isEnabled()
+    bundle = w.session.bundle
+    assert bundle is not None and bundle.channel_names == small_cells.channel_names
+    assert any("val_accuracy" in ev.partial for ev in seen)
+    assert len(w._history) == 2
+    assert len(w.plot.figure.axes) == 2 and w.plot.figure.axes[1].patches  # weight bars
+    out = w.save_model(tmp_path / "m.safetensors")
+    assert load_bundle(out).class_names == ["cytoplasmic", "nuclear"]
+    assert w.session.bundle.sha256 is not None
+
+
+def test_assign_labels_by_hand(make_napari_viewer, small_cells):
+    from napari_attribution._qt import TrainWidget
+
+    viewer = make_napari_viewer()
+    for c, name in enumerate(small_cells.channel_names):  # no label metadata this time
+        viewer.add_image(small_cells.images[:6, c], name=name)
+    w = TrainWidget(viewer)
+    w.class_names.setText("a, b")
+    w._refresh_classes()
+    w.class_combo.setCurrentIndex(1)
+    w.assign_all_btn.click()
+    viewer.dims.set_current_step(0, 2)
+    w.class_combo.setCurrentIndex(0)
+    w.assign_btn.click()
+    data, _ = w.dataset()
+    assert data.labels.tolist() == [1, 1, 0, 1, 1, 1]
+    assert data.class_names == ["a", "b"]
+
+
+def test_cancel_mid_training(make_napari_viewer, qtbot, small_cells, errors):
+    from napari_attribution._qt import TrainWidget
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    w = TrainWidget(viewer)
+    worker = w.start_training(_cfg(epochs=500))
+    steps = []
+    worker.yielded.connect(lambda ev: steps.append(ev.step))
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=30000)
+    w.cancel_btn.click()
+    _wait_idle(qtbot, w, timeout=15000)
+    assert w.session.bundle is None  # nothing half-trained was installed
+    assert w.status.text() == "cancelled"
+    assert w.train_btn.isEnabled() and not w.cancel_btn.isEnabled()
+    assert max(steps) < 500 * 3 and errors == []
+
+
+def test_training_error_is_a_notification(make_napari_viewer, qtbot, small_cells, errors):
+    from napari_attribution._qt import TrainWidget
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    w = TrainWidget(viewer)
+    w.start_training(_cfg(batch_size=16, epochs=1, device="cuda:7"))  # no such device
+    _wait_idle(qtbot, w)
+    assert errors and "cuda:7" in errors[-1]
+    assert w.session.bundle is None and w.train_btn.isEnabled()
+    errors.clear()
+    AttributionWidget = pytest.importorskip("napari_attribution._qt").AttributionWidget
+    a = AttributionWidget(viewer)
+    a.session.set_model(None)
+    assert a.run() is None and "no model" in errors[-1]
+
+
+def test_importance_widget(make_napari_viewer, qtbot, small_cells, tiny_bundle):
+    from napari_attribution._qt import ImportanceWidget
+    from napari_attribution._qt._common import session_for
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    w = ImportanceWidget(viewer)
+    assert w.table.rowCount() == 0
+    session_for(viewer).set_model(tiny_bundle)
+    assert w.table.rowCount() == len(small_cells.channel_names)
+    assert "ranking" in w.model_label.text()
+    ax = w.plot.figure.axes[0]
+    # solid weight bars in napari's channel colours, then hatched ablation bars
+    marker = ax.patches[1].get_facecolor()[:3]
+    assert np.allclose(marker, (0.0, 1.0, 0.0))  # the Marker layer is green
+    w.view.setCurrentText("per head")
+    w.show_mixed()
+    _wait_idle(qtbot, w)
+    mixed = viewer.layers[-1]
+    assert "mixed" in mixed.name
+    assert mixed.data.shape == (N_IMAGES, SIZE, SIZE)
+    assert mixed.metadata["napari_attribution"]["kind"] == "mixed"
+
+
+def test_attribution_bound_to_source(make_napari_viewer, qtbot, small_cells, tiny_bundle,
+                                     errors):
+    """Changing slice and selection mid-run does not misplace the result."""
+    from napari_attribution._qt import AttributionWidget
+    from napari_attribution._qt._common import session_for
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    session_for(viewer).set_model(tiny_bundle)
+    w = AttributionWidget(viewer)
+    assert w.method.currentText() == "pcim"
+    w.steps.setValue(3)
+    w.scope.setCurrentText("current image")
+    viewer.dims.set_current_step(0, 5)
+    worker = w.run()
+    assert worker is not None and not w.run_btn.isEnabled()
+    viewer.dims.set_current_step(0, 9)  # the user moves on while it runs…
+    w.picker.set_checked(["DNA"])  # …and changes the selection
+    _wait_idle(qtbot, w)
+    assert errors == []
+    layer = w.last_layers[0]
+    assert layer.name.startswith("DNA+Marker+Membrane") and " · pcim · " in layer.name
+    assert layer.data.shape == (1, SIZE, SIZE)
+    assert tuple(layer.translate)[0] == 5  # placed on the slice it was computed from
+    prov = layer.metadata["napari_attribution"]["provenance"]
+    assert prov["method"] == "pcim" and prov["slice_index"] == [5]
+    assert prov["source_layers"] == small_cells.channel_names
+    assert prov["channel_names"] == small_cells.channel_names
+    assert layer.colormap.name == "inferno" and 0 < layer.opacity < 1
+    assert "probabilities" in w.proba.text()
+    assert len(w.plot.figure.axes[0].lines) == 2  # deletion + insertion curves
+
+
+def test_attribution_all_images_per_channel_baseline(make_napari_viewer, qtbot, small_cells,
+                                                     tiny_bundle, errors):
+    from napari_attribution._qt import AttributionWidget
+    from napari_attribution._qt._common import session_for
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    session_for(viewer).set_model(tiny_bundle)
+    w = AttributionWidget(viewer)
+    w.scope.setCurrentText("all images")
+    w.method.setCurrentText("saliency")
+    w.per_channel.setChecked(True)
+    w.curves.setChecked(False)
+    w.target.setCurrentText("nuclear")
+    w.run()
+    _wait_idle(qtbot, w)
+    assert errors == []
+    assert len(w.last_layers) == 4
+    assert all(ly.data.shape == (N_IMAGES, SIZE, SIZE) for ly in w.last_layers)
+    assert w.last_layers[1].name.endswith("· saliency · nuclear · Marker")
+    assert set(w.last_result.targets.tolist()) == {1}
+
+
+def test_export_widget(make_napari_viewer, qtbot, small_cells, tiny_bundle, tmp_path,
+                       errors):
+    from napari_attribution._qt import AttributionWidget, ExportWidget
+    from napari_attribution._qt._common import session_for
+    from napari_attribution.io.writers import read_attribution_tiff, read_importance_csv
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    session_for(viewer).set_model(tiny_bundle)
+    exp = ExportWidget(viewer)
+    assert exp.save_attribution(tmp_path) == [] and "no attribution" in errors[-1]
+    errors.clear()
+    a = AttributionWidget(viewer)
+    a.steps.setValue(2)
+    a.curves.setChecked(False)
+    a.scope.setCurrentText("current image")
+    a.run()
+    _wait_idle(qtbot, a)
+    assert exp.list.count() == 1
+    written = exp.save_attribution(tmp_path)
+    assert len(written) == 1 and written[0].name.endswith(".ome.tif")
+    arr, meta = read_attribution_tiff(written[0])
+    assert arr.shape == (SIZE, SIZE)
+    assert meta["provenance"]["method"] == "pcim"
+    csv = exp.save_importance(tmp_path / "weights.csv")
+    rows = read_importance_csv(csv)
+    assert [r["channel"] for r in rows] == small_cells.channel_names
+    assert errors == []
+
+
+def test_settings_persist(make_napari_viewer):
+    from napari_attribution._qt import AttributionWidget, TrainWidget
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    w.epochs.setValue(7)
+    w.backbone.setCurrentText("resnet18")
+    a = AttributionWidget(viewer)
+    a.method.setCurrentText("occlusion")
+    w2, a2 = TrainWidget(viewer), AttributionWidget(viewer)
+    assert w2.epochs.value() == 7 and w2.backbone.currentText() == "resnet18"
+    assert a2.method.currentText() == "occlusion"
+    from napari_attribution.core.devices import available_devices
+
+    assert [w2.device.itemText(i) for i in range(w2.device.count())] == \
+        ["auto", *available_devices()]
+
+
+def test_screenshot_with_overlay_not_blank(make_napari_viewer, qtbot, small_cells,
+                                           tiny_bundle):
+    from napari_attribution._qt import AttributionWidget
+    from napari_attribution._qt._common import session_for
+
+    viewer = make_napari_viewer(show=True)
+    _add_cells(viewer, small_cells)
+    session_for(viewer).set_model(tiny_bundle)
+    w = AttributionWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Pixel attribution")
+    w.steps.setValue(2)
+    w.curves.setChecked(False)
+    w.run()
+    _wait_idle(qtbot, w)
+    for layer in list(viewer.layers)[:4]:
+        layer.visible = False  # the overlay alone must show
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    rgb = shot[..., :3].astype(float)
+    assert rgb.max() > 50 and rgb.std() > 5  # not a black (or flat) frame
+    full = viewer.screenshot(canvas_only=False, flash=False)
+    assert full.shape[1] > shot.shape[1]  # the dock widget is in the window
+
+
+def test_close_viewer_during_run_leaves_no_thread(make_napari_viewer, qtbot, small_cells):
+    from qtpy.QtCore import QThreadPool
+
+    from napari_attribution._qt import TrainWidget
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    worker = w.start_training(_cfg(epochs=500))
+    steps = []
+    worker.yielded.connect(lambda ev: steps.append(ev.step))
+    qtbot.waitUntil(lambda: len(steps) >= 1, timeout=30000)
+    viewer.close()
+    assert QThreadPool.globalInstance().waitForDone(10000)
+    assert QThreadPool.globalInstance().activeThreadCount() == 0
+
+
+def test_demo_panel(make_napari_viewer, small_cells, tiny_bundle):
+    from napari_attribution._qt._common import session_for
+    from napari_attribution._qt.demo_panel import add_demo_panels
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    widgets = add_demo_panels(viewer, tiny_bundle, small_cells.images[:16])
+    assert set(widgets) == {"train", "importance", "attribution", "export"}
+    assert session_for(viewer).bundle is tiny_bundle
+    assert widgets["attribution"].picker.checked_names() == small_cells.channel_names
+    assert widgets["importance"].table.rowCount() == 4
