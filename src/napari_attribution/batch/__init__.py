@@ -1,0 +1,22 @@
+"""Whole-plate batch attribution on Dask distributed, resumable, with OME-Zarr output.
+
+``run_batch(records, bundle, output, BatchConfig(...))`` is the verb; records come from
+a plate dataset (:func:`records_from_plate` of an ``io.plate.Plate``); results are read
+back with :func:`open_result`. Dask and zarr are imported only when a run starts
+(``pip install 'napari-attribution[batch]'``).
+"""
+
+from __future__ import annotations
+
+from .records import ImageRecord, read_record, records_from_plate
+from .runner import BatchConfig, BatchIncomplete, BatchResult, run_batch
+from .store import BatchStore
+
+
+def open_result(path) -> BatchStore:
+    """Open a batch result store for reading (maps, probabilities, tables)."""
+    return BatchStore.open(path)
+
+
+__all__ = ["BatchConfig", "BatchIncomplete", "BatchResult", "BatchStore", "ImageRecord",
+           "open_result", "read_record", "records_from_plate", "run_batch"]

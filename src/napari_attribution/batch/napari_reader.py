@@ -1,0 +1,112 @@
+"""npe2 reader for batch result stores: plate images and attribution maps as aligned layers.
+
+Opening ``result.zarr`` in napari gives one image layer per plate channel (read lazily
+from the files the run recorded, when they are still there) and one heat-map layer per
+method (per channel with per-channel maps), all stacked as (image, y, x) so that the
+image slider walks the plate with maps and images in register. Layer metadata carries
+the run's provenance and the per-image ids, wells and predicted classes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LayerData = tuple[Any, dict, str]
+
+
+def _store_meta(path: Path) -> dict[str, Any] | None:
+    """The store's ``napari_attribution`` attributes, or None if ``path`` is not a store."""
+    from .store import ATTR, FORMAT
+
+    attrs = path / ".zattrs"
+    if not attrs.is_file():
+        return None
+    try:
+        meta = json.loads(attrs.read_text()).get(ATTR)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """:func:`read_batch_store` for a batch result store, else None (napari tries others)."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if _store_meta(Path(path)) is None:
+        return None
+    try:
+        import dask.array  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError:
+        return None
+    return read_batch_store
+
+
+def _plate_layers(meta: dict[str, Any], shape: tuple[int, int]) -> list[LayerData]:
+    import dask
+    import dask.array as da
+
+    from .._reader import colormap_for
+    from .records import ImageRecord, read_record
+
+    records = [ImageRecord.from_dict(d) for d in meta["images"]]
+    if not all(Path(p).is_file() for r in records for p in r.paths):
+        return []
+    names = meta["channel_names"]
+    stack = da.stack([da.from_delayed(dask.delayed(read_record)(r),
+                                      shape=(len(names), *shape), dtype=np.float32)
+                      for r in records])
+    return [(stack[:, c], {"name": f"plate {name}", "colormap": colormap_for(name, c),
+                           "blending": "additive",
+                           "metadata": {"image_ids": [r.id for r in records]}}, "image")
+            for c, name in enumerate(names)]
+
+
+def read_batch_store(path: str | list[str]) -> list[LayerData]:
+    """Layers for a batch result store (see the module docstring)."""
+    import dask.array as da
+
+    from .store import BatchStore
+
+    if isinstance(path, list):
+        path = path[0]
+    store = BatchStore.open(path)
+    meta = store.meta
+    shape = tuple(meta["image_shape"])
+    done = store.done_mask()
+    probs = store.probabilities()
+    classes = meta["class_names"]
+    records = store.records
+    per_image = {
+        "image_ids": [r.id for r in records], "wells": [r.well for r in records],
+        "predicted": [classes[int(np.argmax(p))] if d else None
+                      for p, d in zip(probs, done, strict=True)],
+        "done": done.tolist(),
+    }
+    layers = _plate_layers(meta, shape)
+    for _, kwargs, _ in layers:
+        kwargs["metadata"].update(per_image)
+    for method in store.methods:
+        arr = da.from_zarr(store.maps(method))
+        info = {"attribution": {**store.group[f"maps/{method}"].attrs["napari_attribution"],
+                                "provenance": meta["provenance"]}, **per_image}
+        kw = {"colormap": "inferno", "blending": "additive", "opacity": 0.7}
+        if meta.get("per_channel"):
+            for c, name in enumerate(meta["channel_names"]):
+                layers.append((arr[:, c], {"name": f"{method} {name}", "metadata": info,
+                                           **kw}, "image"))
+        else:
+            layers.append((arr, {"name": method, "metadata": info, **kw}, "image"))
+    if not layers:
+        # predictions only and the plate files are gone: show the (image x class) table
+        layers.append((da.from_zarr(store.group["probabilities"]),
+                       {"name": "class probabilities (image x class)",
+                        "metadata": per_image}, "image"))
+    return layers

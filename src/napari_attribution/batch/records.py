@@ -1,0 +1,106 @@
+"""The images a batch run works through: one record per field of view of a plate.
+
+Records are made from an :class:`~napari_attribution.io.plate.Plate`
+(:func:`records_from_plate`); each is small and picklable so that a Dask task carries
+only the records it processes, and is read on the worker exactly as the plate reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import InputError
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One field of view: id, well, site, its file(s) and how to read them.
+
+    ``paths`` holds one file per channel, or one multichannel file when
+    ``multichannel``; ``info`` carries the plate map's facts about the well
+    (label, dose, control) into the tables.
+    """
+
+    id: str
+    well: str
+    site: str
+    paths: tuple[str, ...]
+    channel_names: tuple[str, ...] = ()
+    multichannel: bool = False
+    axes: str | None = None
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "well": self.well, "site": self.site,
+                "paths": list(self.paths), "channel_names": list(self.channel_names),
+                "multichannel": self.multichannel, "axes": self.axes, "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageRecord:
+        return cls(str(d["id"]), str(d["well"]), str(d["site"]), tuple(d["paths"]),
+                   tuple(d.get("channel_names", ())), bool(d.get("multichannel", False)),
+                   d.get("axes"), dict(d.get("info") or {}))
+
+
+def records_from_plate(plate: Any) -> list[ImageRecord]:
+    """One record per field of view of a :class:`~napari_attribution.io.plate.Plate`."""
+    fields = getattr(plate, "fields", None)
+    if fields is None:
+        raise InputError(f"expected a plate dataset (io.plate.Plate); got "
+                         f"{type(plate).__name__}")
+    pm = getattr(plate, "plate_map", None)
+    out = []
+    for fov in fields:
+        info: dict[str, Any] = {}
+        if pm is not None and fov.well in pm:
+            w = pm[fov.well]
+            info = {"label": w.label, "dose": None if w.dose != w.dose else float(w.dose),
+                    "control": int(w.control)}
+        out.append(ImageRecord(
+            id=f"{fov.well}_s{fov.site}", well=fov.well, site=str(fov.site),
+            paths=tuple(str(p) for p in fov.files),
+            channel_names=tuple(plate.channel_names),
+            multichannel=bool(plate.multichannel_files), axes=plate.axes, info=info))
+    return out
+
+
+def read_record(record: ImageRecord) -> np.ndarray:
+    """(C, H, W) float32 pixels of one record, read as its plate reads them."""
+    from ..io.plate import FieldOfView, Plate
+
+    fov = FieldOfView(record.well, record.site, tuple(Path(p) for p in record.paths))
+    plate = Plate(Path(record.paths[0]).parent, [fov], list(record.channel_names), None,
+                  "", record.multichannel, record.axes)
+    try:
+        return plate.read_field(fov)
+    except InputError as err:
+        raise InputError(f"image {record.id}: {err}") from None
+    except FileNotFoundError as err:
+        raise InputError(f"image {record.id}: file not found: {err.filename}") from None
+
+
+def check_records(records: Sequence[ImageRecord], n_channels: int | None = None) -> None:
+    """Raise :class:`InputError` for an empty list, duplicate ids, missing files or a
+    channel count other than the model's (listing the first few offenders)."""
+    if not records:
+        raise InputError("no images to process (empty plate or no file matched the pattern)")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise InputError(f"image ids must be unique; repeated: {dup[:5]}")
+    missing = [p for r in records for p in r.paths if not Path(p).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} image file(s) are missing, e.g. "
+                         f"{', '.join(missing[:5])}")
+    if n_channels is not None:
+        bad = [r.id for r in records
+               if r.channel_names and len(r.channel_names) != n_channels]
+        if bad:
+            raise InputError(f"{len(bad)} image(s) do not have {n_channels} channels (the "
+                             f"model's), e.g. {bad[:5]}: the plate has channels "
+                             f"{list(records[0].channel_names)}")

@@ -1,0 +1,236 @@
+"""Whole-plate batch runs on Dask distributed: resumable, fault tolerant, OME-Zarr out.
+
+:func:`run_batch` is a generator of :class:`Progress` events returning a
+:class:`BatchResult`. It opens (or resumes) the result store, sends the images that are
+not done yet to Dask workers a few at a time, and, once every image is stored, writes
+the per-image and per-well CSV tables and marks the store complete.
+
+Safety rests on the store: an image counts as done only when its ``done`` chunk is
+written, after all its outputs; tasks skip done images, so work re-run after a worker
+died is never duplicated, and a rerun after a crash or Ctrl-C computes only what is
+missing. The run fingerprint (bundle sha256, methods and parameters, image list)
+refuses to resume a store made by a different run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import AttributionError, InputError
+from ..core.progress import Progress
+from .records import ImageRecord, check_records, read_record
+from .store import BatchStore, run_payload
+from .task import TaskSpec, process_images
+
+
+class BatchIncomplete(AttributionError):
+    """Some images could not be processed; finished ones are kept for a rerun."""
+
+
+@dataclass
+class BatchConfig:
+    """What to compute per image. Predictions are always computed; ``methods`` add maps.
+
+    ``params`` maps a method name to its keyword parameters (see ``core.attribution``);
+    ``target`` None explains each image's predicted class; ``input_size`` tiles images
+    larger than the model's training size; ``images_per_task`` is how many images one
+    Dask task handles (default ``batch_size``).
+    """
+
+    methods: Sequence[str] = ()
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_channel: bool = False
+    target: int | None = None
+    input_size: int | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    images_per_task: int | None = None
+
+    def method_params(self) -> dict[str, dict[str, Any]]:
+        """Validated ``{method: params}`` in the order given."""
+        methods = list(dict.fromkeys(self.methods))
+        if methods:
+            from ..core.attribution import available_methods
+
+            unknown = [m for m in methods if m not in available_methods()]
+            if unknown:
+                raise InputError(f"unknown attribution method(s) {unknown}; choose from "
+                                 f"{available_methods()}")
+        extra = sorted(set(self.params) - set(methods))
+        if extra:
+            raise InputError(f"parameters given for method(s) {extra} that are not run "
+                             f"(methods: {methods or 'none'})")
+        if self.batch_size < 1 or (self.images_per_task is not None
+                                   and self.images_per_task < 1):
+            raise InputError("batch_size and images_per_task must be at least 1")
+        return {m: dict(self.params.get(m, {})) for m in methods}
+
+
+@dataclass
+class BatchResult:
+    """Where the results are and how the run went."""
+
+    store_path: Path
+    table_path: Path
+    wells_path: Path
+    n_images: int
+    n_computed: int
+    n_skipped: int
+    seconds: float
+    compute_seconds: float
+    n_workers: int
+    fingerprint: str
+
+    @property
+    def images_per_second(self) -> float:
+        """Images computed per second of cluster work (0 when nothing was computed)."""
+        return self.n_computed / self.compute_seconds if self.compute_seconds > 0 else 0.0
+
+    def open(self) -> BatchStore:
+        return BatchStore.open(self.store_path)
+
+
+def default_table_paths(output: Path, table: Path | None) -> tuple[Path, Path]:
+    """Per-image and per-well CSV paths: beside the store unless ``table`` is given."""
+    base = Path(table) if table else output.with_suffix(".csv")
+    return base, base.with_name(base.stem + "_wells.csv")
+
+
+def _provenance(bundle: Any, config: BatchConfig) -> dict[str, Any]:
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
+    from .. import __version__
+
+    return {
+        "package": "napari-attribution", "version": __version__,
+        "torch_version": torch.__version__, "python": platform.python_version(),
+        "bundle_path": str(bundle.path), "bundle_sha256": bundle.sha256,
+        "normalization": bundle.normalizer.to_dict(),
+        "methods": list(config.methods), "params": config.params,
+        "per_channel": config.per_channel, "target": config.target,
+        "input_size": config.input_size, "batch_size": config.batch_size,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
+              output: str | Path, config: BatchConfig | None = None, *,
+              client: Any = None, scheduler: str | None = None,
+              n_workers: int | None = None, threads_per_worker: int = 1,
+              processes: bool = True, overwrite: bool = False,
+              table: str | Path | None = None) -> Generator[Progress, None, BatchResult]:
+    """Predictions (and maps) for every record, written to the OME-Zarr store ``output``.
+
+    Cluster: ``client`` (used as is), else ``scheduler`` (address of a running cluster;
+    the store, bundle and images must be on storage all workers see), else a LocalCluster
+    of ``n_workers`` (default: one per GPU, or per core) with ``threads_per_worker``
+    threads. Rerunning with the same arguments resumes; a store from a different run
+    raises :class:`InputError` unless ``overwrite``.
+    """
+    from ..io.bundle import load_bundle
+    from .table import image_rows, well_rows, write_csv
+
+    t_start = time.perf_counter()
+    config = config or BatchConfig()
+    methods = config.method_params()
+    output = Path(output)
+    records = list(records)
+    bundle = load_bundle(bundle_path)
+    check_records(records, bundle.n_channels)
+    names = list(records[0].channel_names)
+    if (names and names != bundle.channel_names and sorted(names) == sorted(bundle.channel_names)):
+        raise InputError(f"the plate's channels are in the order {names} but the model was "
+                         f"trained on {bundle.channel_names}; give the channels in the "
+                         "model's order")
+    first = read_record(records[0])
+    bundle.check_channels(first.shape[0], f"the plate's images ({records[0].id})")
+    shape = (int(first.shape[1]), int(first.shape[2]))
+    if config.input_size is not None and min(shape) < config.input_size:
+        raise InputError(f"images are {shape[0]}x{shape[1]} pixels, smaller than "
+                         f"input_size {config.input_size}")
+    payload = run_payload(bundle.sha256, records, methods, config.per_channel,
+                          config.target, shape, config.input_size)
+    store = BatchStore.open_for_run(
+        output, payload=payload, records=records, channel_names=bundle.channel_names,
+        class_names=bundle.class_names, provenance=_provenance(bundle, config),
+        overwrite=overwrite)
+    n = len(records)
+    done = store.done_mask()
+    todo = [i for i in range(n) if not done[i]]
+    n_done = n - len(todo)
+    yield Progress(n_done, n, f"{n_done}/{n} images already done" if n_done else
+                   f"{n} images to process")
+    spec = TaskSpec(bundle_path=str(Path(bundle_path).resolve()),
+                    bundle_sha256=bundle.sha256, store_path=str(output.resolve()),
+                    methods=methods, per_channel=config.per_channel, target=config.target,
+                    input_size=config.input_size, device=config.device,
+                    batch_size=config.batch_size, image_shape=tuple(shape))
+    computed: set[int] = set()
+    n_workers_used = 0
+    t_compute = 0.0
+    if todo:
+        from .cluster import open_client
+
+        client, release = open_client(scheduler, client, n_workers, threads_per_worker,
+                                      processes, config.device)
+        futures: list[Any] = []
+        try:
+            from distributed import as_completed
+            from distributed.scheduler import KilledWorker
+
+            n_workers_used = len(client.scheduler_info(n_workers=-1)["workers"])
+            per_task = config.images_per_task or config.batch_size
+            t0 = time.perf_counter()
+            for s in range(0, len(todo), per_task):
+                chunk = todo[s:s + per_task]
+                futures.append(client.submit(process_images, spec, chunk,
+                                             [records[i] for i in chunk], pure=False))
+            for fut in as_completed(futures):
+                try:
+                    out = fut.result()
+                except KilledWorker as err:
+                    raise BatchIncomplete(
+                        f"workers died repeatedly on a task ({err}); finished images are "
+                        f"kept in {output}; rerun the same command to resume") from None
+                # "skipped" here = finished by an earlier attempt of this task whose
+                # worker died before reporting back: done in this run, counted once.
+                new = [i for i in out["computed"] + out["skipped"] if i not in computed]
+                computed.update(new)
+                n_done += len(new)
+                rate = len(computed) / max(time.perf_counter() - t0, 1e-9)
+                yield Progress(n_done, n, f"{n_done}/{n} images ({rate:.2f}/s)",
+                               partial={"computed": new,
+                                        "images_per_second": rate})
+            t_compute = time.perf_counter() - t0
+        finally:
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+            release()
+    done = store.done_mask()
+    if not done.all():
+        missing = [records[i].id for i in range(n) if not done[i]]
+        raise BatchIncomplete(f"{len(missing)} image(s) have no results ({missing[:5]}); "
+                              f"rerun the same command to resume")
+    table_path, wells_path = default_table_paths(output, Path(table) if table else None)
+    rows = image_rows(store)
+    write_csv(rows, table_path)
+    write_csv(well_rows(rows, bundle.class_names), wells_path)
+    result = BatchResult(
+        store_path=output, table_path=table_path, wells_path=wells_path, n_images=n,
+        n_computed=len(computed), n_skipped=n - len(computed),
+        seconds=time.perf_counter() - t_start, compute_seconds=t_compute,
+        n_workers=n_workers_used, fingerprint=store.meta["fingerprint"])
+    store.mark_complete({"table": str(table_path), "wells": str(wells_path),
+                         "n_images": n, "last_run_computed": len(computed),
+                         "last_run_seconds": round(result.seconds, 3),
+                         "workers": n_workers_used})
+    yield Progress(n, n, f"done: {n} images, table {table_path}")
+    return result

@@ -1,0 +1,146 @@
+"""The unit of batch work: a few images in, their outputs written to the store.
+
+:func:`process_images` runs on a Dask worker (or in any process). It skips images
+already marked done, so a task that is re-run after its worker died never duplicates
+work that was finished, and writes each image's outputs before marking it done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import BundleError, InputError
+from .records import ImageRecord, read_record
+from .store import BatchStore
+
+_CACHE_LOCK = threading.Lock()
+_MODELS: dict[tuple, Any] = {}
+#: worker address -> device chosen for it by the worker plugin (see ``cluster``)
+WORKER_DEVICES: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything a worker needs besides the image indices (small, pickled per task)."""
+
+    bundle_path: str
+    bundle_sha256: str
+    store_path: str
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_channel: bool = False
+    target: int | None = None
+    input_size: int | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    image_shape: tuple[int, int] = (0, 0)
+
+
+def _worker_key() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return "local"
+
+
+def current_worker_device(default: str) -> str:
+    """Device assigned to the worker running the calling task (``default`` outside Dask)."""
+    key = _worker_key()
+    with _CACHE_LOCK:
+        return WORKER_DEVICES.get(key, default)
+
+
+def get_bundle(path: str, sha256: str, device: str) -> Any:
+    """The model bundle, loaded once per worker thread and device (cached)."""
+    from ..io.bundle import load_bundle
+
+    key = (_worker_key(), threading.get_ident(), path, sha256, device)
+    with _CACHE_LOCK:
+        bundle = _MODELS.get(key)
+    if bundle is None:
+        bundle = load_bundle(path, device=device)
+        if bundle.sha256 != sha256:
+            raise BundleError(f"the model bundle {path} changed since the run started "
+                              "(sha256 differs); restart the run")
+        with _CACHE_LOCK:
+            _MODELS[key] = bundle
+    return bundle
+
+
+def clear_model_cache() -> None:
+    """Forget cached models (tests, or after replacing a bundle file)."""
+    with _CACHE_LOCK:
+        _MODELS.clear()
+
+
+def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Probabilities (N, K), targets (N,) and maps per method for raw images (N, C, H, W).
+
+    This is the single-process computation; batch runs call it per task.
+    """
+    from ..core.progress import run_generator
+
+    probs = bundle.predict_proba(raw, batch_size=spec.batch_size, device=device)
+    if spec.target is None:
+        targets = probs.argmax(1).astype(np.int64)
+    else:
+        if not 0 <= spec.target < probs.shape[1]:
+            raise InputError(f"target class {spec.target} is out of range: the model has "
+                             f"{probs.shape[1]} classes")
+        targets = np.full(raw.shape[0], spec.target, dtype=np.int64)
+    maps: dict[str, np.ndarray] = {}
+    if spec.methods:
+        from ..core.attribution import explain
+
+        x = bundle.prepare(raw).astype(np.float32)
+        for method, params in spec.methods.items():
+            result = run_generator(explain(
+                bundle.model, x, targets=targets, method=method,
+                per_channel=spec.per_channel, device=device, batch_size=spec.batch_size,
+                input_size=spec.input_size, **params))
+            maps[method] = np.asarray(result.maps, dtype=np.float32)
+    return probs, targets, maps
+
+
+def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord]
+                   ) -> dict[str, Any]:
+    """Compute and store the outputs of images ``indices`` (records in the same order).
+
+    Returns which indices were computed and which were found done already.
+    """
+    t0 = time.perf_counter()
+    store = BatchStore.writer(spec.store_path, list(spec.methods))
+    done = store.done_mask(indices)
+    todo = [(i, r) for i, r, d in zip(indices, records, done, strict=True) if not d]
+    skipped = [i for i, d in zip(indices, done, strict=True) if d]
+    if not todo:
+        return {"computed": [], "skipped": skipped, "seconds": 0.0}
+    device = current_worker_device(spec.device)
+    if device == "auto":
+        from ..core.devices import resolve_device
+
+        device = str(resolve_device("auto"))
+    bundle = get_bundle(spec.bundle_path, spec.bundle_sha256, device)
+    planes = []
+    for _, record in todo:
+        img = read_record(record)
+        if tuple(img.shape[1:]) != tuple(spec.image_shape):
+            raise InputError(f"image {record.id} is {img.shape[1]}x{img.shape[2]} pixels but "
+                             f"the plate's images are {spec.image_shape[0]}x"
+                             f"{spec.image_shape[1]}; one run needs equal-sized images")
+        planes.append(img)
+    raw = np.stack(planes)
+    probs, targets, maps = compute_outputs(bundle, raw, spec, device)
+    per_image = (time.perf_counter() - t0) / len(todo)
+    for k, (index, _) in enumerate(todo):
+        store.write_image(index, probs[k], {m: a[k] for m, a in maps.items()},
+                          {m: int(targets[k]) for m in maps}, per_image)
+    return {"computed": [i for i, _ in todo], "skipped": skipped,
+            "seconds": time.perf_counter() - t0}

@@ -1,0 +1,296 @@
+"""Batch runs on Dask: equal to the single-process path, resumable, fault tolerant."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+pytest.importorskip("zarr")
+
+from napari_attribution.batch import (  # noqa: E402
+    BatchConfig,
+    BatchStore,
+    open_result,
+    records_from_plate,
+    run_batch,
+)
+from napari_attribution.batch.records import read_record  # noqa: E402
+from napari_attribution.core.errors import BundleError, Cancelled, InputError  # noqa: E402
+from napari_attribution.core.progress import run_generator  # noqa: E402
+
+PATTERN = r"(?P<well>[A-H]\d{2})_s(?P<site>\d+)_(?P<channel>[a-z]+)\.tif$"
+CHANNELS = ["dna", "gfp"]
+PCIM = {"pcim": {"steps": 4}}
+
+
+def write_plate(root, wells=("A01", "A02", "B01", "B02"), sites=(1, 2, 3), size=32, seed=0):
+    """A tiny plate: one uint16 TIFF per well, site and channel; the GFP channel has a
+    bright blob in the B row (the 'phenotype')."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    for well in wells:
+        for site in sites:
+            dna = rng.normal(100, 10, (size, size))
+            gfp = rng.normal(50, 5, (size, size))
+            if well.startswith("B"):
+                cy, cx = rng.integers(8, size - 8, 2)
+                gfp += 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18)
+            for name, arr in (("dna", dna), ("gfp", gfp)):
+                tifffile.imwrite(root / f"{well}_s{site}_{name}.tif",
+                                 np.clip(arr, 0, 65535).astype(np.uint16))
+    return root
+
+
+def make_bundle(path, seed=0, n_channels=2):
+    import torch
+
+    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.io.bundle import save_bundle
+
+    torch.manual_seed(seed)
+    model = DCMIXClassifier(ModelConfig(n_channels, 2, width=8)).eval()
+    return save_bundle(path, model, CHANNELS[:n_channels], ["neg", "pos"],
+                       PercentileNormalizer(mode="per_image"))
+
+
+def open_plate(root):
+    from napari_attribution.io.plate import Plate
+
+    return Plate.scan(root, PATTERN, CHANNELS)
+
+
+@pytest.fixture(scope="module")
+def plate_dir(tmp_path_factory):
+    return write_plate(tmp_path_factory.mktemp("plate"))
+
+
+@pytest.fixture(scope="module")
+def records(plate_dir):
+    return records_from_plate(open_plate(plate_dir))
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("model") / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference(records, bundle_path):
+    """The single-process computation: predict_proba and explain over the whole stack."""
+    from napari_attribution.core.attribution import explain
+    from napari_attribution.io.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    raw = np.stack([read_record(r) for r in records])
+    probs = bundle.predict_proba(raw)
+    targets = probs.argmax(1)
+    res = run_generator(explain(bundle.model, bundle.prepare(raw), targets=targets,
+                                method="pcim", device="cpu", batch_size=4, **PCIM["pcim"]))
+    return probs, targets, res.maps
+
+
+def pcim_config(**kw):
+    return BatchConfig(methods=["pcim"], params=PCIM, device="cpu", batch_size=4,
+                       images_per_task=kw.pop("images_per_task", 4), **kw)
+
+
+def assert_matches_reference(store, records, reference):
+    probs, targets, maps = reference
+    assert store.done_mask().all()
+    np.testing.assert_allclose(store.probabilities(), probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(store.targets()[:, 0], targets)
+    stored = store.maps("pcim")[:]
+    assert stored.shape == maps.shape and np.isfinite(stored).all()
+    np.testing.assert_allclose(stored, maps, rtol=1e-4, atol=1e-5)
+    assert [r.id for r in store.records] == [r.id for r in records]
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_batch_equals_single_process_and_writes_tables(tmp_path, records, bundle_path,
+                                                       reference):
+    out = tmp_path / "result.zarr"
+    events = []
+    result = run_generator(run_batch(records, bundle_path, out, pcim_config(),
+                                     n_workers=2, processes=False), events.append)
+    assert result.n_computed == len(records) and result.n_skipped == 0
+    assert events[-1].step == events[-1].total == len(records)
+    store = open_result(out)
+    assert store.complete
+    assert_matches_reference(store, records, reference)
+    meta = store.meta
+    assert meta["channel_names"] == CHANNELS and meta["class_names"] == ["neg", "pos"]
+    assert meta["provenance"]["bundle_sha256"] == meta["payload_summary"]["bundle_sha256"]
+    # OME-NGFF metadata on the map group: image axis, then space axes matching the images.
+    ms = store.group["maps/pcim"].attrs["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["image", "y", "x"]
+    assert store.maps("pcim").shape[1:] == read_record(records[0]).shape[1:]
+
+    rows = read_csv(result.table_path)
+    assert [r["image_id"] for r in rows] == [r.id for r in records]
+    probs = reference[0]
+    for row, p in zip(rows, probs, strict=True):
+        assert row["predicted"] == ["neg", "pos"][int(np.argmax(p))]
+        assert float(row["p_pos"]) == pytest.approx(float(p[1]), abs=1e-5)
+    wells = read_csv(result.wells_path)
+    assert [w["well"] for w in wells] == ["A01", "A02", "B01", "B02"]
+    assert all(int(w["n_images"]) == 3 for w in wells)
+    a01 = [i for i, r in enumerate(records) if r.well == "A01"]
+    assert float(wells[0]["mean_p_pos"]) == pytest.approx(float(probs[a01, 1].mean()),
+                                                          abs=1e-5)
+
+    # Rerunning the finished run computes nothing and starts no cluster.
+    again = run_generator(run_batch(records, bundle_path, out, pcim_config(),
+                                    n_workers=2, processes=False))
+    assert again.n_computed == 0 and again.n_skipped == len(records)
+    assert again.n_workers == 0
+
+
+def test_per_channel_maps_and_channel_shares(tmp_path, records, bundle_path):
+    cfg = BatchConfig(methods=["saliency"], per_channel=True, device="cpu", batch_size=6)
+    result = run_generator(run_batch(records, bundle_path, tmp_path / "pc.zarr", cfg,
+                                     n_workers=1, processes=False))
+    store = result.open()
+    maps = store.maps("saliency")[:]
+    assert maps.shape == (len(records), 2, 32, 32) and np.isfinite(maps).all()
+    shares = store.channel_share()[:, 0]
+    mass = np.abs(maps).reshape(len(records), 2, -1).sum(-1)
+    np.testing.assert_allclose(shares, mass / mass.sum(1, keepdims=True), rtol=1e-4)
+    rows = read_csv(result.table_path)
+    assert float(rows[0]["saliency_share_dna"]) == pytest.approx(float(shares[0, 0]), 1e-4)
+    omero = store.group["maps/saliency"].attrs["omero"]["channels"]
+    assert [c["label"] for c in omero] == ["saliency dna", "saliency gfp"]
+
+
+def test_interrupt_and_resume(tmp_path, records, bundle_path, reference):
+    out = tmp_path / "resume.zarr"
+    seen = []
+
+    def stop() -> bool:
+        return sum(len(e.partial.get("computed", [])) for e in seen) >= 2
+
+    with pytest.raises(Cancelled):
+        run_generator(run_batch(records, bundle_path, out, pcim_config(images_per_task=1),
+                                n_workers=2, processes=False), seen.append, stop)
+    store = BatchStore.open(out, mode="r+")
+    done_before = store.done_mask()
+    assert 2 <= done_before.sum() < len(records) and not store.complete
+    # A crash mid-image leaves outputs without the done mark: they must be recomputed.
+    victim = int(np.flatnonzero(~done_before)[0])
+    store.maps("pcim")[victim] = np.full((32, 32), -7.0, np.float32)
+    assert not store.done_mask([victim])[0]
+
+    result = run_generator(run_batch(records, bundle_path, out, pcim_config(),
+                                     n_workers=2, processes=False))
+    assert result.n_skipped == int(done_before.sum())
+    assert result.n_computed == len(records) - int(done_before.sum())
+    store = open_result(out)
+    assert store.complete
+    assert_matches_reference(store, records, reference)
+
+
+def test_killed_worker_run_completes_without_loss(tmp_path, records, bundle_path, reference):
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "killed.zarr"
+    killed = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+
+        def kill_busy_worker(event) -> None:
+            if killed or not event.partial.get("computed"):
+                return
+            busy = [a for a, keys in client.processing().items() if keys]
+            if busy:
+                pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        result = run_generator(run_batch(records, bundle_path, out,
+                                         pcim_config(images_per_task=1), client=client),
+                               kill_busy_worker)
+    assert killed, "no worker was busy when the first images finished"
+    assert result.n_computed == len(records)
+    store = open_result(out)
+    assert store.complete
+    assert_matches_reference(store, records, reference)
+    rows = read_csv(result.table_path)
+    ids = [r["image_id"] for r in rows]
+    assert sorted(ids) == sorted(r.id for r in records) and len(set(ids)) == len(ids)
+
+
+def test_other_run_in_store_is_refused_unless_overwrite(tmp_path, records, bundle_path):
+    out = tmp_path / "mixed.zarr"
+    cfg = BatchConfig(device="cpu", batch_size=12)
+    run_generator(run_batch(records, bundle_path, out, cfg, n_workers=1, processes=False))
+    first = open_result(out).meta["fingerprint"]
+    with pytest.raises(InputError, match="different run.*methods/parameters"):
+        run_generator(run_batch(records, bundle_path, out, pcim_config(), n_workers=1,
+                                processes=False))
+    other_model = make_bundle(tmp_path / "other.safetensors", seed=1)
+    with pytest.raises(InputError, match="different run.*model bundle"):
+        run_generator(run_batch(records, other_model, out, cfg, n_workers=1,
+                                processes=False))
+    with pytest.raises(InputError, match="different run.*image list"):
+        run_generator(run_batch(records[:-1], bundle_path, out, cfg, n_workers=1,
+                                processes=False))
+    assert open_result(out).meta["fingerprint"] == first  # refused runs changed nothing
+    result = run_generator(run_batch(records, other_model, out, cfg, n_workers=1,
+                                     processes=False, overwrite=True))
+    assert result.n_computed == len(records)
+    assert open_result(out).meta["fingerprint"] != first
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, plate_dir, records, bundle_path):
+    cfg = BatchConfig(device="cpu")
+    # a missing image file
+    gone = write_plate(tmp_path / "gone", wells=("A01", "A02"), sites=(1,))
+    recs = records_from_plate(open_plate(gone))
+    (gone / "A02_s1_gfp.tif").unlink()
+    with pytest.raises(InputError, match="missing.*A02_s1_gfp"):
+        run_generator(run_batch(recs, bundle_path, tmp_path / "a.zarr", cfg))
+    # an unreadable bundle
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model" * 10)
+    with pytest.raises(BundleError, match="not a readable"):
+        run_generator(run_batch(records, bad, tmp_path / "b.zarr", cfg))
+    with pytest.raises(BundleError, match="not found"):
+        run_generator(run_batch(records, tmp_path / "nope.safetensors", tmp_path / "b.zarr",
+                                cfg))
+    # a model with another channel count
+    one_channel = make_bundle(tmp_path / "one.safetensors", n_channels=1)
+    with pytest.raises(InputError, match="channels"):
+        run_generator(run_batch(records, one_channel, tmp_path / "c.zarr", cfg))
+    # the output path holds something else: never deleted, even with overwrite
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("precious")
+    with pytest.raises(InputError, match="not a napari-attribution batch store"):
+        run_generator(run_batch(records, bundle_path, other, cfg, overwrite=True))
+    assert (other / "keep.txt").read_text() == "precious"
+    # unknown method, parameters for a method not run, no images
+    with pytest.raises(InputError, match="unknown attribution method"):
+        run_generator(run_batch(records, bundle_path, tmp_path / "d.zarr",
+                                BatchConfig(methods=["nope"])))
+    with pytest.raises(InputError, match="not run"):
+        run_generator(run_batch(records, bundle_path, tmp_path / "d.zarr",
+                                BatchConfig(params={"pcim": {"steps": 2}})))
+    with pytest.raises(InputError, match="no images"):
+        run_generator(run_batch([], bundle_path, tmp_path / "d.zarr", cfg))
+    with pytest.raises(InputError, match="not found"):
+        open_result(tmp_path / "missing.zarr")
+    for name in ("a.zarr", "b.zarr", "c.zarr", "d.zarr"):
+        assert not (tmp_path / name).exists()  # nothing written before the checks pass

@@ -1,0 +1,112 @@
+"""``napari-attribution batch`` and the napari reader for its result store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+pytest.importorskip("zarr")
+
+from napari_attribution.cli import main  # noqa: E402
+from napari_attribution.core.errors import InputError  # noqa: E402
+from test_batch import PATTERN, make_bundle, write_plate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One finished CLI run with per-channel PCIM maps (threads, fast)."""
+    root = tmp_path_factory.mktemp("cli")
+    plate = write_plate(root / "plate", wells=("A01", "B01"), sites=(1, 2))
+    (root / "map.csv").write_text("well,class,dose,control\nA01,neg,0,-1\nB01,pos,5,1\n")
+    bundle = make_bundle(root / "model.safetensors")
+    out = root / "result.zarr"
+    args = ["batch", str(plate), "--model", str(bundle), "-o", str(out), "--pattern",
+            PATTERN, "--channels", "dna,gfp", "--plate-map", str(root / "map.csv"),
+            "--method", "pcim", "--param", "pcim:steps=3", "--per-channel",
+            "--workers", "2", "--threads", "--device", "cpu", "-q"]
+    assert main(args) == 0
+    return root, args, out
+
+
+def test_cli_runs_resumes_and_refuses_other_runs(cli_run, capsys):
+    root, args, out = cli_run
+    rows = (root / "result.csv").read_text().splitlines()
+    assert rows[0].startswith("index,image_id,well,site,predicted")
+    assert "pcim_share_dna" in rows[0] and len(rows) == 5
+    wells = (root / "result_wells.csv").read_text().splitlines()
+    assert [w.split(",")[0] for w in wells[1:]] == ["A01", "B01"]
+    capsys.readouterr()
+    assert main(args) == 0  # same command again: nothing to compute
+    assert "0 computed, 4 already done" in capsys.readouterr().out
+    changed = [a if a != "pcim:steps=3" else "pcim:steps=5" for a in args]
+    assert main(changed) == 2
+    err = capsys.readouterr().err
+    assert "different run" in err and "--overwrite" in err
+
+
+def test_cli_argument_errors(tmp_path, capsys):
+    bundle = make_bundle(tmp_path / "m.safetensors")
+    plate = write_plate(tmp_path / "p", wells=("A01",), sites=(1,))
+    base = ["batch", str(plate), "--model", str(bundle), "-o", str(tmp_path / "o.zarr")]
+    assert main(base) == 2
+    assert "--pattern" in capsys.readouterr().err
+    assert main([*base, "--pattern", PATTERN, "--param", "steps=3"]) == 2
+    assert "no --method" in capsys.readouterr().err
+    assert main([*base, "--pattern", PATTERN, "--method", "pcim", "--param",
+                 "saliency:steps=3"]) == 2
+    assert "not run" in capsys.readouterr().err
+    assert main([*base, "--pattern", PATTERN, "--channels", "gfp,dna"]) == 2
+    assert "model's order" in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_napari_reader_gives_aligned_layers(cli_run):
+    from napari_attribution.batch.napari_reader import get_reader
+
+    root, _, out = cli_run
+    assert get_reader(str(root / "result.csv")) is None
+    assert get_reader(str(root / "plate")) is None
+    reader = get_reader(str(out))
+    assert reader is not None
+    layers = reader(str(out))
+    names = [kw["name"] for _, kw, _ in layers]
+    assert names == ["plate dna", "plate gfp", "pcim dna", "pcim gfp"]
+    shapes = {np.asarray(data).shape for data, _, _ in layers}
+    assert shapes == {(4, 32, 32)}  # maps and images in register, image axis first
+    data, kw, kind = layers[2]
+    assert kind == "image" and kw["metadata"]["attribution"]["method"] == "pcim"
+    assert kw["metadata"]["image_ids"] == ["A01_s1", "A01_s2", "B01_s1", "B01_s2"]
+    from napari_attribution.batch import open_result
+    from napari_attribution.batch.records import read_record
+
+    store = open_result(out)
+    np.testing.assert_array_equal(np.asarray(data), store.maps("pcim")[:, 0])
+    np.testing.assert_array_equal(np.asarray(layers[1][0][2]),
+                                  read_record(store.records[2])[1])
+    assert store.records[0].info == {"label": "neg", "dose": 0.0, "control": -1}
+
+
+def test_reader_is_in_the_manifest():
+    import npe2
+
+    import napari_attribution
+
+    manifest = npe2.PluginManifest.from_file(
+        Path(napari_attribution.__file__).with_name("napari.yaml"))
+    readers = {r.command: r for r in manifest.contributions.readers}
+    entry = readers["napari-attribution.get_batch_reader"]
+    assert entry.accepts_directories and "*.zarr" in entry.filename_patterns
+
+
+def test_param_parsing():
+    from napari_attribution.cli.cmd_batch import parse_channels, parse_method_params
+
+    assert parse_method_params(["steps=3", "pcim:lr=0.5"], ["pcim", "rise"]) == {
+        "pcim": {"steps": 3, "lr": 0.5}, "rise": {"steps": 3}}
+    assert parse_channels("GFP=1,DNA=2") == {"GFP": "1", "DNA": "2"}
+    assert parse_channels("dna,gfp") == ["dna", "gfp"]
+    with pytest.raises(InputError):
+        parse_channels("GFP=1,DNA")
