@@ -294,3 +294,14 @@ def test_bad_inputs_give_clear_errors(tmp_path, plate_dir, records, bundle_path)
         open_result(tmp_path / "missing.zarr")
     for name in ("a.zarr", "b.zarr", "c.zarr", "d.zarr"):
         assert not (tmp_path / name).exists()  # nothing written before the checks pass
+
+
+def test_explain_plate_api_equals_run_batch(tmp_path, plate_dir, records, bundle_path,
+                                            reference):
+    import napari_attribution as na
+
+    result = na.explain_plate(open_plate(plate_dir), bundle_path, tmp_path / "api.zarr",
+                              params=PCIM, device="cpu", batch_size=4, images_per_task=4,
+                              n_workers=1, processes=False)
+    assert result.n_computed == len(records)
+    assert_matches_reference(open_result(tmp_path / "api.zarr"), records, reference)

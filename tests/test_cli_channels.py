@@ -58,3 +58,13 @@ def test_demo_without_viewer(tmp_path, capsys):
     assert (tmp_path / "demo_model.safetensors").exists()
     rows = (tmp_path / "channel_importance.csv").read_text().splitlines()
     assert len(rows) == 5
+    from napari_attribution.io.bundle import file_sha256
+    from napari_attribution.io.writers import read_attribution_tiff
+
+    maps, meta = read_attribution_tiff(tmp_path / "pcim_maps.ome.tif")
+    assert maps.ndim == 3 and maps.shape[1:] == (48, 48) and np.isfinite(maps).all()
+    prov = meta["provenance"]
+    assert prov["method"] == "pcim"
+    assert prov["model_sha256"] == file_sha256(tmp_path / "demo_model.safetensors")
+    assert (tmp_path / "pcim_overlay.png").stat().st_size > 10_000
+    assert "of the positive attribution lies in the true region" in capsys.readouterr().out

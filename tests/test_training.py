@@ -116,3 +116,14 @@ def test_constant_images_and_unknown_device_are_named():
     data = _image_set(_RNG.random((8, 2, 8, 8)).astype(np.float32))
     with pytest.raises(InputError, match="unknown device"):
         run_generator(train_dcmix(data, TrainConfig(epochs=1, device="tpu")))
+
+
+def test_subset_slices_per_image_metadata():
+    from napari_attribution.core.synthetic import make_cell_phenotype
+
+    data = make_cell_phenotype(n_images=10, size=24, seed=3)
+    part = data.subset(np.array([7, 2]))
+    assert part.metadata["nuclei"].shape == (2, 24, 24)
+    np.testing.assert_array_equal(part.metadata["nuclei"][0], data.metadata["nuclei"][7])
+    one = data.select_channels(["Marker"])
+    assert one.channel_names == ["Marker"] and one.metadata["nuclei"].shape[0] == 10

@@ -1,6 +1,38 @@
 """napari-attribution: why does a classifier of multichannel microscopy decide what it decides?
 
-DCMIX answers "which channels matter", PCIM "which pixels matter".
+DCMIX answers "which channels matter", PCIM "which pixels matter". The scripting API
+(``train``, ``channel_importance``, ``explain``, ``save_bundle``, ``load_bundle``,
+``load_model``, ``explain_plate``) is imported lazily so that ``import napari_attribution``
+stays cheap for napari's plugin discovery.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "train": "api", "explain": "api", "channel_importance": "api", "save_bundle": "api",
+    "sample_cells": "api", "sample_multi_snr": "api", "explain_plate": "api",
+    "load_bundle": "io.bundle", "load_model": "io.models",
+    "ImageSet": "core.data", "TrainConfig": "core.training", "PCIMConfig": "core.pcim",
+    "available_methods": "core.attribution",
+    "AttributionError": "core.errors", "InputError": "core.errors",
+    "BundleError": "core.errors", "Cancelled": "core.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,4 +1,10 @@
-"""``napari-attribution demo``: train DCMIX on built-in synthetic data and show the result."""
+"""``napari-attribution demo``: DCMIX and PCIM on built-in synthetic data, then napari.
+
+Trains DCMIX on generated images with a known answer, prints and saves the channel
+importance, explains a few images with PCIM (maps as OME-TIFF with provenance, a PNG
+figure, relevance mass inside the ground-truth region), and with a display opens napari
+with the images and the plugin's widgets.
+"""
 
 from __future__ import annotations
 
@@ -32,11 +38,46 @@ def run(args: argparse.Namespace) -> int:
     print(format_importance(imp, "text"))
     print(f"\nsaved: {bundle}, {out / 'channel_importance.csv'}, "
           f"{out / 'channel_importance.json'}")
+    if data.masks is not None:
+        _explain(result, bundle, data, out, args)
     if args.no_viewer or not os.environ.get("DISPLAY"):
         if not args.no_viewer:
             print("no display found: skipping the napari viewer (results are saved above)")
         return 0
     return _show(data, bundle)
+
+
+def _explain(result, bundle_path: Path, data, out: Path, args: argparse.Namespace) -> None:
+    """PCIM on validation images of the last class; save maps, a figure, the score."""
+    import numpy as np
+
+    from ..core.attribution import explain
+    from ..core.metrics import relevance_mass
+    from ..io.bundle import file_sha256
+    from ..io.figures import save_overlay_figure
+    from ..io.writers import write_attribution_tiff
+
+    target = len(data.class_names) - 1
+    pick = [int(i) for i in result.val_index if data.labels[i] == target][:args.explain]
+    if not pick:
+        return
+    x = result.normalizer(data.images[pick])
+    res = run_with_bar(explain(result.model, x, targets=target, method="pcim",
+                               device=args.device))
+    mass = relevance_mass(res.maps, data.masks[pick])
+    area = float(data.masks[pick].mean())
+    prov = res.provenance()
+    prov.update(model_sha256=file_sha256(bundle_path), channel_names=list(data.channel_names),
+                seed=args.seed)
+    tif = write_attribution_tiff(out / "pcim_maps.ome.tif", res.maps, provenance=prov)
+    png = save_overlay_figure(out / "pcim_overlay.png", data.images[pick[:4]],
+                              res.maps[:4], data.channel_names, masks=data.masks[pick[:4]],
+                              titles=[f"{data.class_names[target]} #{i}" for i in pick[:4]])
+    print(f"\nPCIM on {len(pick)} validation images of class "
+          f"'{data.class_names[target]}': {np.nanmean(mass):.2f} of the positive "
+          f"attribution lies in the true region ({area:.2f} of the pixels); "
+          f"{1000 * res.seconds / len(pick):.0f} ms per image")
+    print(f"saved: {tif}, {png}")
 
 
 def _show(data, bundle_path: Path) -> int:
@@ -69,5 +110,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
+    p.add_argument("--explain", type=int, default=8, metavar="N",
+                   help="explain N validation images with PCIM (0: skip)")
     p.add_argument("--no-viewer", action="store_true", help="never open napari")
     p.set_defaults(func=run)

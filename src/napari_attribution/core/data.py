@@ -62,8 +62,12 @@ class ImageSet:
         return int(self.images.shape[0])
 
     def subset(self, index: np.ndarray) -> ImageSet:
-        """The images at ``index`` (keeps names and metadata)."""
+        """The images at ``index``; keeps names and metadata, slicing the per-image
+        metadata arrays listed in ``metadata["per_crop_keys"]``."""
         index = np.asarray(index)
+        metadata = dict(self.metadata)
+        for key in metadata.get("per_crop_keys", []):
+            metadata[key] = np.asarray(metadata[key])[index]
         return ImageSet(
             images=self.images[index],
             labels=self.labels[index],
@@ -71,7 +75,7 @@ class ImageSet:
             class_names=list(self.class_names),
             groups=None if self.groups is None else self.groups[index],
             masks=None if self.masks is None else self.masks[index],
-            metadata=dict(self.metadata),
+            metadata=metadata,
         )
 
     def select_channels(self, channels: list[int] | list[str]) -> ImageSet:

@@ -125,5 +125,5 @@ def make_cell_phenotype(n_images: int = 240, size: int = 64, cells_per_image: in
         images=images, labels=labels, channel_names=list(CELL_CHANNELS),
         class_names=["cytoplasmic", "nuclear"], masks=masks,
         metadata={"kind": "cell_phenotype", "informative_channel": "Marker",
-                  "nuclei": nuclei, "seed": seed},
+                  "nuclei": nuclei, "seed": seed, "per_crop_keys": ["nuclei"]},
     )
