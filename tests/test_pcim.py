@@ -43,6 +43,37 @@ def test_uniform_weights_reproduce_input():
     assert mixing_weights(lg, (10, 12), 4.0).max() <= 4.0 + 1e-5
 
 
+class _Recorder(nn.Module):
+    """Logit of class 1 = the value of one pixel; keeps every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        s = x[:, 0, 3, 4]
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
+def test_each_game_fades_pixels_into_its_own_substrate():
+    x = torch.rand(1, 1, 8, 8) + 0.5
+    model = _Recorder()
+    cfg = PCIMConfig(steps=3, lr=30.0, tol=0.0)  # defaults: keep on blur, delete to zero
+    run_generator(pcim_batch(model, x, torch.tensor([1]), cfg))
+    step0, deleted, kept = model.seen
+    assert torch.equal(step0, x)  # uniform weights: the input itself
+    # Deletion step: the one pixel that matters is removed, i.e. set to zero.
+    assert abs(float(deleted[0, 0, 3, 4])) < 1e-3
+    # Preservation step: all but that pixel fade into the blurred image.
+    blurred = make_substrate(x, "blur", cfg.blur_sigma)
+    off = torch.ones(8, 8, dtype=torch.bool)
+    off[3, 4] = False
+    assert torch.allclose(kept[0, 0][off], blurred[0, 0][off], atol=1e-3)
+    with pytest.raises(InputError, match="preserve_substrate"):
+        PCIMConfig(preserve_substrate="noise")
+
+
 def test_pcim_puts_mass_on_the_evidence():
     x, masks = spot_images()
     res = run_generator(explain(SpotModel(), x, 1, method="pcim", device="cpu"))
