@@ -28,12 +28,9 @@ from napari_attribution.core.pcim import PCIMConfig  # noqa: E402
 from napari_attribution.core.progress import run_generator  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
-    "defaults": {},
-    "zero substrate for both games": {"substrate": "zero", "preserve_substrate": "zero"},
-    "blur substrate for both games": {"substrate": "blur", "preserve_substrate": "blur"},
-    "preserve on blur + delete to zero": {"substrate": "zero", "preserve_substrate": "blur"},
-    "preserve on blur + 12 steps": {"substrate": "zero", "preserve_substrate": "blur",
-                                    "steps": 12},
+    "defaults (keep on blur, delete to zero)": {},
+    "zero substrate for both games": {"preserve_substrate": "zero"},
+    "blur substrate for both games": {"substrate": "blur"},
     "preservation game only": {"game": "preserve"},
     "12 steps": {"steps": 12},
     "lr 1.0": {"lr": 1.0},

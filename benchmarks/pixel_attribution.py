@@ -137,8 +137,12 @@ def bbbc_sets(n_eval: int, epochs: int) -> dict[str, dict]:
     return out
 
 
-def throughput(model, x: np.ndarray, targets: np.ndarray, reps: int = 5) -> dict:
-    """Raw forward+backward (gradient to the input) vs one PCIM step, same batch."""
+def throughput(model, x: np.ndarray, targets: np.ndarray, reps: int = 9) -> dict:
+    """Raw forward+backward (gradient to the input) vs one PCIM step, same batch.
+
+    The two are timed in alternation and the medians compared, so that load from
+    other processes on a shared machine affects both alike.
+    """
     xt = torch.from_numpy(x)
     tt = torch.from_numpy(np.asarray(targets)).long()
     for p in model.parameters():
@@ -149,24 +153,27 @@ def throughput(model, x: np.ndarray, targets: np.ndarray, reps: int = 5) -> dict
         out = model(xi)
         torch.autograd.grad(F.cross_entropy(out, tt, reduction="sum"), xi)
 
-    raw()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        raw()
-    t_raw = (time.perf_counter() - t0) / reps
     cfg = PCIMConfig(steps=8, tol=0.0)
-    run_generator(pcim_batch(model, xt, tt, PCIMConfig(steps=1)))
-    t0 = time.perf_counter()
-    n_steps = 0
-    for _ in range(2):
-        gen = pcim_batch(model, xt, tt, cfg)
-        n_steps += sum(1 for _ in _drain(gen))
-    t_step = (time.perf_counter() - t0) / n_steps
+
+    def pcim_steps() -> int:
+        return sum(1 for _ in _drain(pcim_batch(model, xt, tt, cfg)))
+
+    raw()
+    pcim_steps()
+    t_raw, t_step = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        raw()
+        t_raw.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        n = pcim_steps()
+        t_step.append((time.perf_counter() - t0) / n)
     for p in model.parameters():
         p.requires_grad_(True)
-    return {"batch": int(x.shape[0]), "raw_fwd_bwd_ms_per_batch": 1000 * t_raw,
-            "raw_fwd_bwd_images_per_s": x.shape[0] / t_raw,
-            "pcim_step_ms_per_batch": 1000 * t_step, "pcim_step_over_raw": t_step / t_raw}
+    raw_s, step_s = float(np.median(t_raw)), float(np.median(t_step))
+    return {"batch": int(x.shape[0]), "raw_fwd_bwd_ms_per_batch": 1000 * raw_s,
+            "raw_fwd_bwd_images_per_s": x.shape[0] / raw_s,
+            "pcim_step_ms_per_batch": 1000 * step_s, "pcim_step_over_raw": step_s / raw_s}
 
 
 def _drain(gen):

@@ -1,6 +1,7 @@
 """Model bundles: round trip, provenance, and clear errors for bad files."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +24,10 @@ def test_round_trip_preserves_everything(bundle_path, trained_cells, cell_data):
     assert b.config == trained_cells.model_config
     assert b.normalizer.to_dict() == trained_cells.normalizer.to_dict()
     assert len(b.sha256) == 64
+    # The usual permissions (umask), not owner-only: bundles are shared with colleagues.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert bundle_path.stat().st_mode & 0o777 == 0o666 & ~umask
     prov = b.provenance
     assert prov["method"] == "DCMIX" and prov["seed"] == 0
     assert prov["train_config"]["epochs"] == 12

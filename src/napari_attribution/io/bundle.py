@@ -88,7 +88,7 @@ def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[st
                 provenance: dict | None = None,
                 importance: ChannelImportance | None = None) -> Path:
     """Write a bundle (``.safetensors``); returns the path written."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != SUFFIX:
@@ -106,7 +106,9 @@ def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[st
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".partial")
-    save_file(state, str(tmp), metadata={"napari_attribution": json.dumps(meta)})
+    # Written by Python, not by safetensors' own file writer, so that the file gets the
+    # user's usual permissions (umask) rather than owner-only: bundles are shared.
+    tmp.write_bytes(save(state, metadata={"napari_attribution": json.dumps(meta)}))
     tmp.replace(path)  # never leave a half-written bundle under the real name
     return path
 
