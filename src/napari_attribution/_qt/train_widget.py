@@ -94,17 +94,19 @@ class TrainWidget(QWidget):
         # -- model -----------------------------------------------------------------------
         model_box = QGroupBox("Model")
         from ..core.backbones import BACKBONES
+        from ..core.training import TrainConfig
 
+        defaults = TrainConfig()
         self.backbone = QComboBox()
         self.backbone.addItems(list(BACKBONES))
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)
-        self.epochs.setValue(15)
+        self.epochs.setValue(defaults.epochs)
         self.heads = QSpinBox()
         self.heads.setRange(1, 16)
         self.batch = QSpinBox()
         self.batch.setRange(1, 4096)
-        self.batch.setValue(64)
+        self.batch.setValue(defaults.batch_size)
         self.device = QComboBox()
         self.device.addItems(device_choices())
         self.train_btn = QPushButton("Train")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from .augment import Augmentation
@@ -28,7 +29,7 @@ class TrainConfig:
     """Training options. Defaults suit small crops (32-128 px) on a CPU."""
 
     epochs: int = 15
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 1e-3
     mixing_lr: float = 0.05
     weight_decay: float = 1e-4
@@ -180,6 +181,7 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
                    f"{len(val_idx)} validation images)")
     for epoch in range(cfg.epochs):
         model.train()
+        _batchnorm_stats_per_epoch(model)
         t0 = time.perf_counter()
         order = torch.randperm(len(train_idx), generator=gen).to(device)
         run_loss, n_seen = 0.0, 0
@@ -230,6 +232,23 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
         history=history, importance=importance, train_index=train_idx, val_index=val_idx,
         seconds=time.perf_counter() - t_start,
     )
+
+
+def _batchnorm_stats_per_epoch(model: nn.Module) -> None:
+    """Make the batch-norm layers average their statistics over this epoch's batches.
+
+    PyTorch's default starts the running statistics at mean 0, variance 1 and moves
+    them by 10 % a step. The first layer sees the mixed image, whose convolution has a
+    variance of about 0.01, and in the first epochs the weights change faster than the
+    moving average follows: on small data sets (a few steps per epoch) the model then
+    fitted its training images while predicting one class on every validation image
+    for 10 epochs. A cumulative average (``momentum=None``) restarted every epoch gives
+    the validation, and the final model, statistics of the current weights.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.reset_running_stats()
+            m.momentum = None
 
 
 def _drop_channels(x: torch.Tensor, mean: torch.Tensor, p: float,
