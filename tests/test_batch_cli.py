@@ -110,3 +110,25 @@ def test_param_parsing():
     assert parse_channels("dna,gfp") == ["dna", "gfp"]
     with pytest.raises(InputError):
         parse_channels("GFP=1,DNA")
+
+
+def test_train_on_a_plate_folder(tmp_path, capsys):
+    from napari_attribution.io.bundle import load_bundle
+
+    plate = write_plate(tmp_path / "plate", wells=("A01", "A02", "B01", "B02"), sites=(1, 2))
+    (tmp_path / "map.csv").write_text(
+        "well,class,dose,control\nA01,neg,0,-1\nA02,neg,0,-1\nB01,pos,5,1\nB02,pos,5,1\n")
+    base = ["train", "--plate", str(plate), "--pattern", PATTERN, "--channels", "dna,gfp",
+            "--crops", "grid", "--crop-size", "16", "--downsample", "1", "--per-image", "4",
+            "--epochs", "2", "--device", "cpu", "-q", "-o", str(tmp_path / "m.safetensors")]
+    assert main(base) == 2  # no plate map: no labels
+    assert "--plate-map" in capsys.readouterr().err
+    assert main([*base, "--plate-map", str(tmp_path / "map.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "sampling grid crops of 16 px" in out and "validation accuracy" in out
+    bundle = load_bundle(tmp_path / "m.safetensors")
+    assert bundle.channel_names == ["dna", "gfp"] and bundle.class_names == ["neg", "pos"]
+    # the validation split holds whole wells: 2 fields x 4 tiles per well
+    prov = bundle.provenance
+    assert prov["n_validation"] == 8 * len(prov["validation_groups"]) > 0
+    assert prov["n_train"] + prov["n_validation"] == 32

@@ -58,6 +58,18 @@ def open_plate(args: argparse.Namespace):
                       plate_map=args.plate_map)
 
 
+def add_plate_arguments(p: argparse.ArgumentParser) -> None:
+    """How to read a plate folder: a filename pattern + plate map, or the BBBC013 layout."""
+    d = p.add_argument_group("plate")
+    d.add_argument("--pattern", help="filename regex with named groups well (or row, col), "
+                   "site, channel, e.g. '(?P<well>[A-P]\\d+)_s(?P<site>\\d+)_(?P<channel>\\w+)"
+                   "\\.tif'")
+    d.add_argument("--bbbc013", action="store_true", help="the BBBC013 folder layout")
+    d.add_argument("--channels", help="channels in the model's order: NAME=VALUE,... or "
+                   "VALUE,... (default: all found, sorted)")
+    d.add_argument("--plate-map", type=Path, help="plate-map CSV (well, class, dose, control)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..batch import BatchConfig, records_from_plate, run_batch
 
@@ -103,14 +115,7 @@ def register(sub) -> None:
     p.add_argument("plate", type=Path, help="plate folder (one file per well/site/channel)")
     p.add_argument("-m", "--model", type=Path, required=True, help="model bundle (.safetensors)")
     p.add_argument("-o", "--output", type=Path, required=True, help="result store (.zarr)")
-    d = p.add_argument_group("plate")
-    d.add_argument("--pattern", help="filename regex with named groups well (or row, col), "
-                   "site, channel, e.g. '(?P<well>[A-P]\\d+)_s(?P<site>\\d+)_(?P<channel>\\w+)"
-                   "\\.tif'")
-    d.add_argument("--bbbc013", action="store_true", help="the BBBC013 folder layout")
-    d.add_argument("--channels", help="channels in the model's order: NAME=VALUE,... or "
-                   "VALUE,... (default: all found, sorted)")
-    d.add_argument("--plate-map", type=Path, help="plate-map CSV (well, class, dose, control)")
+    add_plate_arguments(p)
     w = p.add_argument_group("what to compute")
     w.add_argument("--method", action="append", metavar="NAME",
                    help="attribution method for maps (repeatable), e.g. pcim, saliency; "

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..core.data import ImageSet
 from ..core.errors import InputError
 from ..core.training import TrainConfig, train_dcmix
+from .cmd_batch import add_plate_arguments
 from .progress_bar import run_with_bar
 
 SAMPLES = ("cells", "multi-snr")
@@ -26,11 +27,13 @@ def load_sample(name: str, seed: int = 0) -> ImageSet:
 def load_training_data(args: argparse.Namespace) -> ImageSet:
     from ..io.training_data import load_npz, load_table
 
-    given = [x for x in (args.sample, args.npz, args.table) if x]
+    given = [x for x in (args.sample, args.npz, args.table, args.plate) if x]
     if len(given) != 1:
-        raise InputError("give exactly one of --sample, --npz or --table")
+        raise InputError("give exactly one of --sample, --npz, --table or --plate")
     if args.sample:
         return load_sample(args.sample, args.seed)
+    if args.plate:
+        return load_plate_crops(args)
     names = args.channel_names.split(",") if args.channel_names else None
     if args.npz:
         data = load_npz(args.npz)
@@ -40,6 +43,22 @@ def load_training_data(args: argparse.Namespace) -> ImageSet:
     return load_table(args.table, names)
 
 
+def load_plate_crops(args: argparse.Namespace) -> ImageSet:
+    """Crops of the labelled wells of the plate named by ``--plate`` (groups = wells)."""
+    from ..io.plate import BBBC013_CLASSES
+    from .cmd_batch import open_plate
+
+    plate = open_plate(args)
+    if plate.plate_map is None:
+        raise InputError("training on a plate needs labels: give --plate-map (a CSV with "
+                         "well and class columns) or --bbbc013")
+    print(f"sampling {args.crops} crops of {args.crop_size} px from {args.plate} ...")
+    return plate.sample(crops=args.crops, crop_size=args.crop_size, per_image=args.per_image,
+                        downsample=args.downsample, nuclei_channel=args.nuclei_channel,
+                        masks=False, seed=args.seed,
+                        class_names=BBBC013_CLASSES if args.bbbc013 else None)
+
+
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("training data (one of)")
     src.add_argument("--sample", choices=SAMPLES, help="built-in synthetic data")
@@ -47,7 +66,18 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                      "channel_names, class_names, groups]")
     src.add_argument("--table", type=Path, help="CSV with columns path,label[,group]: one "
                      "multichannel TIFF per row")
-    src.add_argument("--channel-names", help="comma-separated channel names")
+    src.add_argument("--plate", type=Path, help="plate folder: crops of its labelled wells, "
+                     "split by well (with --pattern and --plate-map, or --bbbc013)")
+    src.add_argument("--channel-names", help="comma-separated channel names (--npz, --table)")
+    add_plate_arguments(p)
+    c = p.add_argument_group("plate crops (with --plate)")
+    c.add_argument("--crops", choices=("nuclei", "grid", "random"), default="nuclei",
+                   help="centred on nuclei segmented on --nuclei-channel, tiles, or random")
+    c.add_argument("--crop-size", type=int, default=48, help="crop side, after --downsample")
+    c.add_argument("--downsample", type=int, default=2, help="block-average fields first")
+    c.add_argument("--per-image", type=int, default=48, help="crops per field of view")
+    c.add_argument("--nuclei-channel", help="channel to segment nuclei on (default: DNA if "
+                   "present, else the last)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:

@@ -77,6 +77,7 @@ class TrainResult:
     importance: ChannelImportance | None = None
     train_index: np.ndarray | None = None
     val_index: np.ndarray | None = None
+    val_groups: list[str] | None = None
     seconds: float = 0.0
 
     @property
@@ -95,6 +96,9 @@ class TrainResult:
             "normalization": self.normalizer.to_dict(),
             "seed": self.train_config.seed,
             "final_val_accuracy": self.val_accuracy,
+            "n_train": None if self.train_index is None else int(len(self.train_index)),
+            "n_validation": None if self.val_index is None else int(len(self.val_index)),
+            "validation_groups": self.val_groups,
             "epochs_run": len(self.history),
             "train_seconds": round(self.seconds, 2),
             "package_version": __version__,
@@ -230,6 +234,8 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
         model=model.cpu(), model_config=mcfg, train_config=cfg, normalizer=normalizer,
         channel_names=list(data.channel_names), class_names=list(data.class_names),
         history=history, importance=importance, train_index=train_idx, val_index=val_idx,
+        val_groups=None if data.groups is None else sorted({str(g) for g in
+                                                            data.groups[val_idx]}),
         seconds=time.perf_counter() - t_start,
     )
 
