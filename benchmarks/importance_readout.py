@@ -89,7 +89,7 @@ def main() -> int:
                     "seed": args.seed}
     cells = make_cell_phenotype(n_images=400, size=48, seed=args.seed)
     report["cells"] = run_variants(cells, "Marker", args.epochs, args.seed, device=args.device)
-    print("\nSynthetic cells (DNA, Cytoplasm, Marker, Distractor; Marker informative)")
+    print("\nSynthetic cells (DNA, Marker, Membrane, Distractor; Marker informative)")
     print(table(report["cells"], "Marker"))
     if not args.skip_bbbc and (DATA / "bbbc013" / "1049_Metadata.csv").exists():
         from napari_attribution.io.plate import load_bbbc013

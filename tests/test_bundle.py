@@ -38,6 +38,12 @@ def test_round_trip_preserves_everything(bundle_path, trained_cells, cell_data):
     probs = b.predict_proba(cell_data.images[:8])
     assert probs.shape == (8, 2)
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    logits = b.predict_logits(cell_data.images[:8])
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), probs,
+                               rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        direct = trained_cells.model(x).numpy()
+    np.testing.assert_allclose(logits, direct, rtol=1e-4, atol=1e-5)
 
 
 def test_wrong_channel_count_names_both_counts(bundle_path):

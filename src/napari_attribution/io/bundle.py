@@ -60,9 +60,13 @@ class ModelBundle:
         return self.normalizer(arr)
 
     @torch.no_grad()
-    def predict_proba(self, images: np.ndarray, batch_size: int = 64,
-                      device: str | torch.device = "cpu") -> np.ndarray:
-        """Class probabilities (N, n_classes) for raw images."""
+    def predict_logits(self, images: np.ndarray, batch_size: int = 64,
+                       device: str | torch.device = "cpu") -> np.ndarray:
+        """Class logits (N, n_classes) for raw (N, C, H, W) or (C, H, W) images.
+
+        Unlike probabilities they do not saturate: scores averaged over many cells (a
+        well's mean log-odds) keep their ranking where every probability is ~0 or ~1.
+        """
         from ..core.devices import resolve_device
         from ..core.validation import check_images
 
@@ -70,9 +74,15 @@ class ModelBundle:
                                       else images), self.n_channels)
         dev = resolve_device(device)
         model = self.model.to(dev).eval()
-        out = [torch.softmax(model(torch.from_numpy(x[i:i + batch_size]).to(dev)), 1).cpu()
+        out = [model(torch.from_numpy(x[i:i + batch_size]).to(dev)).float().cpu()
                for i in range(0, x.shape[0], batch_size)]
         return torch.cat(out).numpy()
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 64,
+                      device: str | torch.device = "cpu") -> np.ndarray:
+        """Class probabilities (N, n_classes) for raw images."""
+        logits = torch.from_numpy(self.predict_logits(images, batch_size, device))
+        return torch.softmax(logits, 1).numpy()
 
 
 def file_sha256(path: str | Path) -> str:
