@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=200, help="training images")
     p.add_argument("--size", type=int, default=48, help="image side (px)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--pcim-images", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--pcim-images", type=int, default=128)
     p.add_argument("--pcim-steps", type=int, default=12)
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--output", type=Path,

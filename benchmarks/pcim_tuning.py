@@ -28,7 +28,7 @@ from napari_attribution.core.pcim import PCIMConfig  # noqa: E402
 from napari_attribution.core.progress import run_generator  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
-    "defaults (keep on blur, delete to zero)": {},
+    "defaults (keep on blur + delete to zero)": {},
     "zero substrate for both games": {"preserve_substrate": "zero"},
     "blur substrate for both games": {"substrate": "blur"},
     "preservation game only": {"game": "preserve"},
@@ -53,7 +53,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sets", default="synthetic,mnist,bbbc013")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                    metavar="NAME", help=f"variants to run (default: all of {list(VARIANTS)})")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     wanted = args.sets.split(",")
@@ -64,7 +65,7 @@ def main() -> None:
         sets["mnist"] = m
     if "bbbc013" in wanted:
         sets.update(pa.bbbc_sets(args.n_images, args.epochs))
-    names = args.variants.split(",")
+    names = args.variants
     report: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "defaults": PCIMConfig().to_dict(), "sets": {}}
     lines = ["| set | variant | deletion ↓ | insertion ↑ | relevance mass ↑ | ms/image |",

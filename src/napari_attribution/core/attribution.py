@@ -200,26 +200,30 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
     # Probabilities on the unmodified input (whole image, or mean over its tiles).
     grid = tile_grid(h, w, input_size, overlap) if tiled else [(0, 0)]
     side_h, side_w = (input_size, input_size) if tiled else (h, w)
-    probs = []
-    for i in range(n):
-        xi = torch.from_numpy(x_np[i]).to(dev)
-        tiles = torch.stack([xi[:, y:y + side_h, x:x + side_w] for y, x in grid])
-        p = torch.cat([torch.softmax(_probe(model, tiles[j:j + batch_size]), 1)
-                       for j in range(0, len(grid), batch_size)]).mean(0)
-        probs.append(p.cpu().numpy())
-    probabilities = np.stack(probs).astype(np.float32)
+    # Work items: (image, tile origin); processed batch_size at a time, here and below.
+    items = [(i, yx) for i in range(n) for yx in grid]
+
+    def batch_of(chunk: list) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(x_np[i, :, y:y + side_h, x:x + side_w])
+                            for i, (y, x) in chunk]).to(dev)
+
+    prob_sum: np.ndarray | None = None
+    for b0 in range(0, len(items), batch_size):
+        chunk = items[b0:b0 + batch_size]
+        p = torch.softmax(_probe(model, batch_of(chunk)).float(), 1).cpu().numpy()
+        if prob_sum is None:
+            prob_sum = np.zeros((n, p.shape[1]), np.float64)
+        np.add.at(prob_sum, [i for i, _ in chunk], p)
+    probabilities = (prob_sum / len(grid)).astype(np.float32)
     tgt = _resolve_targets(targets, n, probabilities.shape[1], probabilities.argmax(1))
 
     shape = (c, h, w) if per_channel else (h, w)
     maps = np.zeros((n, *shape), np.float32)
-    # Work items: (image, tile origin); processed batch_size at a time.
-    items = [(i, yx) for i in range(n) for yx in grid]
     blenders = {i: TileBlender(shape, input_size, overlap) for i in range(n)} if tiled else {}
     n_batches = (len(items) + batch_size - 1) // batch_size
     for b in range(n_batches):
         chunk = items[b * batch_size:(b + 1) * batch_size]
-        xb = torch.stack([torch.from_numpy(x_np[i, :, y:y + side_h, x:x + side_w])
-                          for i, (y, x) in chunk]).to(dev)
+        xb = batch_of(chunk)
         tb = torch.as_tensor(tgt[[i for i, _ in chunk]], device=dev)
         gen = fn(model, xb, tb, per_channel, **params)
         try:
