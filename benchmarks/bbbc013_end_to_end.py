@@ -6,9 +6,10 @@ Steps (see docs/bbbc013.md):
 1. Crops centred on nuclei (segmented on DNA) from the 24 control wells; DCMIX trained with
    the package defaults, split by well. Reports GFP vs DNA importance (weights, ablation).
 2. Every one of the 96 wells scored, one field at a time: the well's probability of
-   "nuclear GFP" is the sigmoid of the mean crop logit (crop probabilities saturate near 0
-   and 1; the mean probability is reported too). Spearman with dose over the 72
-   dose-series wells; plotted to docs/images/bbbc013_dose_response.png.
+   "nuclear GFP" is the sigmoid of the mean crop log-odds (crop probabilities saturate
+   near 0 and 1; wells are ranked by the log-odds; the mean probability is reported
+   too). Spearman with dose over the 72 dose-series wells; plotted (probability and
+   log-odds) to docs/images/bbbc013_dose_response.png.
 3. PCIM maps for control crops of the validation wells: relevance mass inside the nuclei
    and in the GFP-positive cytoplasm, each against the area fraction of that mask; an
    overlay figure to docs/images/bbbc013_pcim.png.
@@ -43,29 +44,34 @@ def _cytoplasm_masks(gfp: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
 
 
 def _dose_plot(path: Path, table: list[dict], rho: float) -> None:
+    """Well score against dose: the probability (left) and the mean log-odds it comes
+    from (right), where the plateaus of the probability still show their order."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5, 3.8), dpi=110)
-    ax = fig.subplots()
-    rng = np.random.default_rng(0)
-    for control, colour, label in [(0, "tab:blue", "dose series"),
-                                   (-1, "tab:orange", "negative controls"),
-                                   (1, "tab:green", "positive controls")]:
-        rows = [r for r in table if r["control"] == control]
-        jitter = rng.uniform(-0.15, 0.15, len(rows))
-        ax.scatter([r["dose"] + j for r, j in zip(rows, jitter, strict=True)],
-                   [r["p_nuclear"] for r in rows], s=18, c=colour, label=label, alpha=0.8)
+    fig = Figure(figsize=(9, 3.8), dpi=110)
+    axes = fig.subplots(1, 2)
     series = [r for r in table if r["control"] == 0]
     doses = sorted({r["dose"] for r in series})
-    means = [np.mean([r["p_nuclear"] for r in series if r["dose"] == d]) for d in doses]
-    ax.plot(doses, means, "k-", lw=1, label="mean per dose")
-    ax.set_xlabel("dose (SBS_Doses)")
-    ax.set_ylabel("P(nuclear GFP) of the well\n(sigmoid of mean crop logit)")
-    ax.set_title(f"BBBC013: score rises with dose (Spearman {rho:.3f}, 72 wells)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    for ax, key, ylabel in ((axes[0], "p_nuclear", "P(nuclear GFP) of the well"),
+                            (axes[1], "log_odds", "mean crop log-odds of nuclear GFP")):
+        rng = np.random.default_rng(0)
+        for control, colour, label in [(0, "tab:blue", "dose series"),
+                                       (-1, "tab:orange", "negative controls"),
+                                       (1, "tab:green", "positive controls")]:
+            rows = [r for r in table if r["control"] == control]
+            jitter = rng.uniform(-0.15, 0.15, len(rows))
+            ax.scatter([r["dose"] + j for r, j in zip(rows, jitter, strict=True)],
+                       [r[key] for r in rows], s=18, c=colour, label=label, alpha=0.8)
+        means = [np.mean([r[key] for r in series if r["dose"] == d]) for d in doses]
+        ax.plot(doses, means, "k-", lw=1, label="mean per dose")
+        ax.set_xlabel("dose (SBS_Doses)")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"BBBC013: the well score rises with dose (Spearman {rho:.3f} over the "
+                 f"{len(series)} dose-series wells)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks scripts
 # pytest-xvfb starts a virtual X server itself; xvfb-run is the fallback if it is absent.
 if .venv/bin/python -c "import pytest_xvfb" 2>/dev/null; then
   .venv/bin/python -m pytest "$@"

@@ -109,7 +109,9 @@ def test_train_widget_end_to_end(make_napari_viewer, qtbot, small_cells, tmp_pat
     assert bundle is not None and bundle.channel_names == small_cells.channel_names
     assert any("val_accuracy" in ev.partial for ev in seen)
     assert len(w._history) == 2
-    assert len(w.plot.figure.axes) == 2 and w.plot.figure.axes[1].patches  # weight bars
+    curves, bars, acc = w.plot.figure.axes  # loss curves, weight bars, accuracy axis
+    assert bars.patches and len(curves.lines) == 2 and len(acc.lines) == 1
+    assert acc.get_ylim() == (0, 1.05)
     out = w.save_model(tmp_path / "m.safetensors")
     assert load_bundle(out).class_names == ["cytoplasmic", "nuclear"]
     assert w.session.bundle.sha256 is not None

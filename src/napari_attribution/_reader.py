@@ -55,7 +55,9 @@ def image_layers(img: ImageData, base_name: str = "") -> list[LayerData]:
         from .io.writers import read_attribution_tiff
 
         arr, info = read_attribution_tiff(img.path)
-        return [(arr, {"name": f"{base_name or 'attribution'}", "colormap": "inferno",
+        from .layer_style import heatmap_style
+
+        return [(arr, {"name": f"{base_name or 'attribution'}", **heatmap_style(arr),
                        "metadata": {**meta, "axes": info["axes"], "attribution": info},
                        "scale": [1.0] * (arr.ndim - 2) + list(info["pixel_size"] or [1, 1])},
                  "image")]

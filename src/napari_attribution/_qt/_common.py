@@ -142,16 +142,25 @@ class PlotCanvas(QWidget):
         axes = [self.figure.add_subplot(1, n, i + 1) for i in range(n)]
         for ax in axes:
             ax.set_facecolor("#262930")
-            ax.tick_params(colors="#d0d0d0", labelsize=7)
+            ax.tick_params(colors="#d0d0d0", labelsize=8)
             for side in ax.spines.values():
                 side.set_color("#808080")
             ax.title.set_color("#e0e0e0")
-            ax.title.set_fontsize(8)
+            ax.title.set_fontsize(9)
             ax.xaxis.label.set_color("#d0d0d0")
             ax.yaxis.label.set_color("#d0d0d0")
-            ax.xaxis.label.set_fontsize(7)
-            ax.yaxis.label.set_fontsize(7)
+            ax.xaxis.label.set_fontsize(8)
+            ax.yaxis.label.set_fontsize(8)
         return axes
+
+    @staticmethod
+    def legend(ax, **kwargs) -> None:
+        """A legend readable on the dark background; neutral swatches for hatched bars."""
+        leg = ax.legend(fontsize=8, facecolor="#262930", edgecolor="#808080",
+                        labelcolor="#e0e0e0", **kwargs)
+        for patch in leg.get_patches():
+            if patch.get_hatch():
+                patch.set_edgecolor("#d0d0d0")
 
     def draw(self) -> None:
         """Schedule a redraw. Fixed margins: ``tight_layout`` would cost a full text

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError
 from ..core.progress import Progress
+from ..layer_style import heatmap_style
 from ._common import PlotCanvas, Settings, device_choices, session_for
 from ._layers import ChannelPicker, Selection
 from ._runner import TaskRunner, notify_error
@@ -244,15 +245,11 @@ class AttributionWidget(QWidget):
         layers = []
         for name, m in stacks:
             data = sel.result_shape(m)
-            lo, hi = np.percentile(data, [1.0, 99.5])
-            if hi <= lo:
-                hi = lo + 1e-6
             meta = {"napari_attribution": {"kind": "attribution", "provenance": prov}}
             if per_channel:
                 meta["napari_attribution"]["channel"] = name.rsplit(" · ", 1)[-1]
             layers.append(self.viewer.add_image(
-                data, name=name, colormap="inferno", blending="additive", opacity=0.7,
-                contrast_limits=(float(lo), float(hi)), metadata=meta, **sel.placement()))
+                data, name=name, metadata=meta, **heatmap_style(data), **sel.placement()))
         return layers
 
     def _plot_curves(self, curves: dict[str, np.ndarray]) -> None:
@@ -267,7 +264,7 @@ class AttributionWidget(QWidget):
         ax.set_ylabel("target probability")
         ax.set_ylim(0, 1.02)
         ax.set_title("deletion (lower better) / insertion (higher better)")
-        ax.legend(fontsize=6, facecolor="#262930", labelcolor="#e0e0e0")
+        self.plot.legend(ax)
         self.plot.draw()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)

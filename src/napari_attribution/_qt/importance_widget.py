@@ -27,6 +27,10 @@ from ._runner import TaskRunner, notify_error
 VIEWS = ("overall", "per head")
 
 
+# Short column titles: the dock is narrow.
+TABLE_HEADERS = {"importance": "overall", "ablation_importance": "ablation",
+                 "ablation_accuracy_drop": "acc. drop", "ablation_loss_increase": "loss rise"}
+
 class ImportanceWidget(QWidget):
     """Bar chart of the DCMIX weights (in the channels' colours) beside the ablation check."""
 
@@ -41,7 +45,6 @@ class ImportanceWidget(QWidget):
         self.view.addItems(list(VIEWS))
         self.plot = PlotCanvas(height=2.4)
         self.table = QTableWidget()
-        self.table.setMaximumHeight(160)
         self.picker = ChannelPicker(napari_viewer)
         self.mix_btn = QPushButton("Show mixed image")
         self.mix_btn.setToolTip("Add the mixed image(s) the backbone sees as a layer")
@@ -131,7 +134,7 @@ class ImportanceWidget(QWidget):
         ax.set_ylabel("importance")
         ax.set_ylim(0, max(1e-3, *(float(np.max(v)) for _, v, _ in series)) * 1.15)
         ax.set_title("channel importance (solid: weights, hatched: ablation)")
-        ax.legend(fontsize=6, facecolor="#262930", labelcolor="#e0e0e0")
+        self.plot.legend(ax)
         self.plot.draw()
 
     def _fill_table(self, rows: list[dict]) -> None:
@@ -139,13 +142,19 @@ class ImportanceWidget(QWidget):
         self.table.clear()
         self.table.setColumnCount(len(cols))
         self.table.setRowCount(len(rows))
-        self.table.setHorizontalHeaderLabels([c.replace("_", " ") for c in cols])
+        self.table.setHorizontalHeaderLabels([TABLE_HEADERS.get(c, c.replace("_", " "))
+                                              for c in cols])
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
                 v = r[c]
-                self.table.setItem(i, j, QTableWidgetItem(f"{v:.3f}" if isinstance(v, float)
-                                                          else str(v)))
+                text = f"{v:.3f}" if isinstance(v, float) else str(v)
+                self.table.setItem(i, j, QTableWidgetItem("0.000" if text == "-0.000"
+                                                          else text))
         self.table.resizeColumnsToContents()
+        # tall enough for every channel (up to ~8) without a scroll bar
+        head = self.table.horizontalHeader().height()
+        body = sum(self.table.rowHeight(i) for i in range(min(len(rows), 8)))
+        self.table.setFixedHeight(head + body + 2 * self.table.frameWidth() + 18)
 
     def show_mixed(self) -> Any:
         """Add the model's mixed image(s) for the ticked layers as layer(s) (in a worker)."""

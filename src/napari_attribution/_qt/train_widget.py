@@ -317,10 +317,21 @@ class TrainWidget(QWidget):
                           color="#ff9f43", label="train loss")
             ax_curve.plot(ep, [h["val_loss"] for h in self._history], "-o", ms=3,
                           color="#54a0ff", label="val loss")
-            ax_curve.plot(ep, [h["val_accuracy"] for h in self._history], "-s", ms=3,
-                          color="#1dd1a1", label="val acc")
+            ax_curve.set_yscale("log")  # a validation-loss spike does not flatten the rest
+            ax_curve.set_ylabel("loss")
+            # accuracy on its own 0-1 axis, on the right
+            ax_acc = ax_curve.twinx()
+            ax_acc.plot(ep, [h["val_accuracy"] for h in self._history], "-s", ms=3,
+                        color="#1dd1a1", label="val acc")
+            ax_acc.set_ylim(0, 1.05)
+            ax_acc.tick_params(colors="#1dd1a1", labelsize=8)
+            for side in ax_acc.spines.values():
+                side.set_color("#808080")
             ax_curve.set_xlabel("epoch")
-            ax_curve.legend(fontsize=6, facecolor="#262930", labelcolor="#e0e0e0")
+            handles = ax_curve.get_legend_handles_labels()
+            acc_handles = ax_acc.get_legend_handles_labels()
+            self.plot.legend(ax_curve, handles=handles[0] + acc_handles[0],
+                             labels=handles[1] + acc_handles[1], loc="center right")
         elif self._live_loss:
             s, v = zip(*self._live_loss, strict=True)
             ax_curve.plot(s, v, color="#ff9f43")

@@ -93,11 +93,14 @@ def read_batch_store(path: str | list[str]) -> list[LayerData]:
     layers = _plate_layers(meta, shape)
     for _, kwargs, _ in layers:
         kwargs["metadata"].update(per_image)
+    from ..layer_style import heatmap_style
+
     for method in store.methods:
         arr = da.from_zarr(store.maps(method))
         info = {"attribution": {**store.group[f"maps/{method}"].attrs["napari_attribution"],
                                 "provenance": meta["provenance"]}, **per_image}
-        kw = {"colormap": "inferno", "blending": "additive", "opacity": 0.7}
+        # contrast from the first field of view: the plate is never read whole here
+        kw = heatmap_style(np.asarray(arr[0]))
         if meta.get("per_channel"):
             for c, name in enumerate(meta["channel_names"]):
                 layers.append((arr[:, c], {"name": f"{method} {name}", "metadata": info,

@@ -1,0 +1,30 @@
+"""How attribution maps are shown: contrast from zero for signed maps."""
+
+import numpy as np
+
+from napari_attribution.layer_style import heatmap_style
+
+
+def test_signed_map_starts_at_zero_and_ignores_outliers():
+    rng = np.random.default_rng(0)
+    m = rng.normal(0, 0.3, (4, 32, 32)).astype(np.float32)
+    m[:, 10:14, 10:14] = 2.0  # the evidence
+    m[0, 0, 0] = 500.0  # one extreme pixel
+    style = heatmap_style(m)
+    lo, hi = style["contrast_limits"]
+    assert lo == 0.0  # suppressed / untouched pixels add nothing over the image
+    assert 1.5 < hi < 10  # the evidence is bright, the outlier does not set the scale
+    assert style["colormap"] == "inferno" and style["blending"] == "additive"
+
+
+def test_positive_and_degenerate_maps():
+    w = np.linspace(0.5, 3.0, 1000).reshape(10, 10, 10)
+    lo, hi = heatmap_style(w)["contrast_limits"]
+    assert np.isclose(lo, np.percentile(w, 1)) and np.isclose(hi, np.percentile(w[w > lo],
+                                                                                 99.5))
+    lo, hi = heatmap_style(np.zeros((5, 5)))["contrast_limits"]
+    assert hi > lo
+    nan = np.full((5, 5), np.nan)
+    nan[0, 0] = 1.0
+    lo, hi = heatmap_style(nan)["contrast_limits"]
+    assert np.isfinite([lo, hi]).all() and hi > lo
