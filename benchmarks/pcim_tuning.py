@@ -19,8 +19,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pixel_attribution as pa  # noqa: E402
 from napari_attribution.core.evaluation import evaluate_methods  # noqa: E402
@@ -48,23 +46,11 @@ def score(s: dict, method: str, params: dict, batch: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-images", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--sets", default="synthetic,mnist,bbbc013")
+    pa.add_set_arguments(ap)
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                     metavar="NAME", help=f"variants to run (default: all of {list(VARIANTS)})")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    wanted = args.sets.split(",")
-    sets: dict[str, dict] = {}
-    if "synthetic" in wanted:
-        sets["synthetic"] = pa.synthetic_set(args.n_images, args.epochs)
-    if "mnist" in wanted and (m := pa.mnist_set(args.n_images)) is not None:
-        sets["mnist"] = m
-    if "bbbc013" in wanted:
-        sets.update(pa.bbbc_sets(args.n_images, args.epochs))
+    sets = pa.load_sets(args)
     names = args.variants
     report: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "defaults": PCIMConfig().to_dict(), "sets": {}}

@@ -263,17 +263,18 @@ def markdown(results: dict, targets: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_set_arguments(ap: argparse.ArgumentParser) -> None:
+    """Which image sets, how many images, how the models are trained (shared with
+    ``pcim_tuning.py``)."""
     ap.add_argument("--n-images", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sets", default="synthetic,mnist,bbbc013")
-    ap.add_argument("--quick", action="store_true", help="16 images, 4 epochs (smoke run)")
-    args = ap.parse_args()
-    if args.quick:
-        args.n_images, args.epochs = 16, 4
+
+
+def load_sets(args: argparse.Namespace) -> dict[str, dict]:
+    """Models and images of the requested sets; missing real data is skipped, said so."""
     torch.set_num_threads(args.threads)
     wanted = args.sets.split(",")
     sets: dict[str, dict] = {}
@@ -290,6 +291,17 @@ def main() -> None:
         if not b:
             print("skipping BBBC013: ../shared/data/bbbc013 not found")
         sets.update(b)
+    return sets
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_set_arguments(ap)
+    ap.add_argument("--quick", action="store_true", help="16 images, 4 epochs (smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.n_images, args.epochs = 16, 4
+    sets = load_sets(args)
     results = {}
     for name, s in sets.items():
         t0 = time.perf_counter()
