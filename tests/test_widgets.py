@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import requires_bbbc013
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -351,3 +353,28 @@ def test_demo_panel(make_napari_viewer, small_cells, tiny_bundle):
     assert session_for(viewer).bundle is tiny_bundle
     assert widgets["attribution"].picker.checked_names() == small_cells.channel_names
     assert widgets["importance"].table.rowCount() == 4
+
+
+@requires_bbbc013
+def test_bbbc013_walkthrough_in_napari(make_napari_viewer, qtbot, errors):
+    """The user guide's BBBC013 steps: load the plate, train, GFP carries the weight."""
+    from conftest import BBBC013
+    from napari_attribution._qt import TrainWidget
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    w.load_plate(BBBC013, crop_size=32, per_image=4, downsample=2)
+    _wait_idle(qtbot, w, timeout=120000)
+    assert errors == []
+    assert [layer.name for layer in viewer.layers] == ["GFP", "DNA"]
+    assert w.picker.checked_names() == ["GFP", "DNA"]
+    assert "cytoplasmic GFP: 64" in w.label_status.text()  # 16 wells x 4 crops
+    w.start_training(_cfg(epochs=8, width=16))
+    _wait_idle(qtbot, w, timeout=120000)
+    assert errors == []
+    result = w.session.train_result
+    # the split holds whole wells; GFP is what the model uses
+    assert set(result.val_groups).isdisjoint(
+        np.asarray(viewer.layers["GFP"].metadata["groups"])[result.train_index])
+    imp = result.importance.as_dict()
+    assert imp["GFP"] > imp["DNA"]
