@@ -305,3 +305,39 @@ def test_explain_plate_api_equals_run_batch(tmp_path, plate_dir, records, bundle
                               n_workers=1, processes=False)
     assert result.n_computed == len(records)
     assert_matches_reference(open_result(tmp_path / "api.zarr"), records, reference)
+
+
+def test_downsampled_run_matches_downsampled_images_and_aligns_in_napari(
+        tmp_path, records, bundle_path):
+    """A model trained on 2x downsampled crops sees 2x downsampled fields; its maps are
+    placed over the full-resolution plate in napari."""
+    from napari_attribution.batch.napari_reader import read_batch_store
+    from napari_attribution.core.attribution import explain
+    from napari_attribution.io.bundle import load_bundle
+    from napari_attribution.io.plate import block_mean
+
+    out = tmp_path / "half.zarr"
+    run_generator(run_batch(records, bundle_path, out, pcim_config(downsample=2),
+                            n_workers=1, processes=False))
+    bundle = load_bundle(bundle_path)
+    raw = np.stack([block_mean(read_record(r), 2) for r in records])
+    probs = bundle.predict_proba(raw)
+    ref = run_generator(explain(bundle.model, bundle.prepare(raw), targets=probs.argmax(1),
+                                method="pcim", device="cpu", batch_size=4, **PCIM["pcim"]))
+    store = open_result(out)
+    assert_matches_reference(store, records, (probs, probs.argmax(1), ref.maps))
+    assert store.maps("pcim").shape[1:] == (16, 16)  # 32 px fields, halved
+    assert store.meta["downsample"] == 2
+    ms = store.group["maps/pcim"].attrs["multiscales"][0]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 2.0]
+    layers = {kw["name"]: (data, kw) for data, kw, _ in read_batch_store(str(out))}
+    plate_layer, pcim_layer = layers["plate dna"], layers["pcim"]
+    assert plate_layer[0].shape == (len(records), 32, 32)
+    assert pcim_layer[0].shape == (len(records), 16, 16)
+    assert pcim_layer[1]["scale"] == (1.0, 2.0, 2.0)  # lies over the 32 px images
+    # the same store with another factor is another run: refused, nothing mixed
+    with pytest.raises(InputError, match="different"):
+        run_generator(run_batch(records, bundle_path, out, pcim_config(downsample=4),
+                                n_workers=1, processes=False))
+    with pytest.raises(InputError, match="downsample"):
+        pcim_config(downsample=0).method_params()

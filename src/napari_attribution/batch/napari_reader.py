@@ -60,6 +60,8 @@ def _plate_layers(meta: dict[str, Any], shape: tuple[int, int]) -> list[LayerDat
     if not all(Path(p).is_file() for r in records for p in r.paths):
         return []
     names = meta["channel_names"]
+    if int(meta.get("downsample", 1)) > 1:  # maps are smaller than the plate's images
+        shape = tuple(read_record(records[0]).shape[1:])
     stack = da.stack([da.from_delayed(dask.delayed(read_record)(r),
                                       shape=(len(names), *shape), dtype=np.float32)
                       for r in records])
@@ -101,6 +103,9 @@ def read_batch_store(path: str | list[str]) -> list[LayerData]:
                                 "provenance": meta["provenance"]}, **per_image}
         # contrast from the first field of view: the plate is never read whole here
         kw = heatmap_style(np.asarray(arr[0]))
+        f = float(meta.get("downsample", 1))  # a map pixel covers f x f image pixels
+        kw["scale"] = (1.0, f, f)
+        kw["translate"] = (0.0, (f - 1) / 2, (f - 1) / 2)
         if meta.get("per_channel"):
             for c, name in enumerate(meta["channel_names"]):
                 layers.append((arr[:, c], {"name": f"{method} {name}", "metadata": info,

@@ -38,7 +38,9 @@ class BatchConfig:
     ``params`` maps a method name to its keyword parameters (see ``core.attribution``);
     ``target`` None explains each image's predicted class; ``input_size`` tiles images
     larger than the model's training size; ``images_per_task`` is how many images one
-    Dask task handles (default ``batch_size``).
+    Dask task handles (default ``batch_size``). ``downsample`` shrinks every field by
+    block averaging before the model sees it, as the crops of a model trained with
+    ``downsample`` were (maps are then at that resolution, scaled back in napari).
     """
 
     methods: Sequence[str] = ()
@@ -49,6 +51,7 @@ class BatchConfig:
     device: str = "auto"
     batch_size: int = 16
     images_per_task: int | None = None
+    downsample: int = 1
 
     def method_params(self) -> dict[str, dict[str, Any]]:
         """Validated ``{method: params}`` in the order given."""
@@ -67,6 +70,8 @@ class BatchConfig:
         if self.batch_size < 1 or (self.images_per_task is not None
                                    and self.images_per_task < 1):
             raise InputError("batch_size and images_per_task must be at least 1")
+        if self.downsample < 1:
+            raise InputError(f"downsample must be a whole number >= 1; got {self.downsample}")
         return {m: dict(self.params.get(m, {})) for m in methods}
 
 
@@ -116,6 +121,7 @@ def _provenance(bundle: Any, config: BatchConfig) -> dict[str, Any]:
         "methods": list(config.methods), "params": config.params,
         "per_channel": config.per_channel, "target": config.target,
         "input_size": config.input_size, "batch_size": config.batch_size,
+        "downsample": config.downsample,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -135,6 +141,7 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     raises :class:`InputError` unless ``overwrite``.
     """
     from ..io.bundle import load_bundle
+    from ..io.plate import block_mean
     from .table import image_rows, well_rows, write_csv
 
     t_start = time.perf_counter()
@@ -151,12 +158,16 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
                          "model's order")
     first = read_record(records[0])
     bundle.check_channels(first.shape[0], f"the plate's images ({records[0].id})")
+    if min(first.shape[1:]) < config.downsample:
+        raise InputError(f"images are {first.shape[1]}x{first.shape[2]} pixels, smaller "
+                         f"than the downsampling factor {config.downsample}")
+    first = block_mean(first, config.downsample) if config.downsample > 1 else first
     shape = (int(first.shape[1]), int(first.shape[2]))
     if config.input_size is not None and min(shape) < config.input_size:
         raise InputError(f"images are {shape[0]}x{shape[1]} pixels, smaller than "
                          f"input_size {config.input_size}")
     payload = run_payload(bundle.sha256, records, methods, config.per_channel,
-                          config.target, shape, config.input_size)
+                          config.target, shape, config.input_size, config.downsample)
     store = BatchStore.open_for_run(
         output, payload=payload, records=records, channel_names=bundle.channel_names,
         class_names=bundle.class_names, provenance=_provenance(bundle, config),
@@ -171,7 +182,8 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
                     bundle_sha256=bundle.sha256, store_path=str(output.resolve()),
                     methods=methods, per_channel=config.per_channel, target=config.target,
                     input_size=config.input_size, device=config.device,
-                    batch_size=config.batch_size, image_shape=tuple(shape))
+                    batch_size=config.batch_size, image_shape=tuple(shape),
+                    downsample=config.downsample)
     computed: set[int] = set()
     n_workers_used = 0
     t_compute = 0.0

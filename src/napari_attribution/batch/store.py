@@ -58,8 +58,9 @@ def fingerprint(payload: dict[str, Any]) -> str:
 def run_payload(bundle_sha256: str, records: Sequence[ImageRecord],
                 methods: dict[str, dict[str, Any]], per_channel: bool,
                 target: int | None, image_shape: tuple[int, int],
-                input_size: int | None = None) -> dict[str, Any]:
-    """Everything that determines a run's results: model, methods and parameters, images."""
+                input_size: int | None = None, downsample: int = 1) -> dict[str, Any]:
+    """Everything that determines a run's results: model, methods and parameters, images
+    (``image_shape`` is the shape the model sees, after ``downsample``)."""
     return {
         "format_version": FORMAT_VERSION,
         "bundle_sha256": bundle_sha256,
@@ -68,15 +69,20 @@ def run_payload(bundle_sha256: str, records: Sequence[ImageRecord],
         "target": target,
         "image_shape": list(image_shape),
         "input_size": input_size,
+        "downsample": int(downsample),
         "images": [[r.id, r.well, r.site, [Path(p).name for p in r.paths]] for r in records],
     }
 
 
-def _multiscales(name: str, axes: list[dict[str, str]]) -> list[dict[str, Any]]:
+def _multiscales(name: str, axes: list[dict[str, str]], pixel: float = 1.0
+                 ) -> list[dict[str, Any]]:
+    """NGFF multiscales of one array; ``pixel`` is the size of a map pixel in pixels of
+    the plate's images (the downsampling factor)."""
+    scale = [float(pixel) if a.get("type") == "space" else 1.0 for a in axes]
     return [{
         "version": "0.4", "name": name, "axes": axes,
         "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0] * len(axes)}]}],
+            {"type": "scale", "scale": scale}]}],
         "type": "none",
     }]
 
@@ -175,7 +181,8 @@ class BatchStore:
             g.create_array("0", shape=shape, chunks=chunks, dtype="float32",
                            fill_value=np.nan)
             attrs: dict[str, Any] = {
-                "multiscales": _multiscales(method, map_axes(per_channel)),
+                "multiscales": _multiscales(method, map_axes(per_channel),
+                                            payload.get("downsample", 1)),
                 ATTR: {"method": method, "params": payload["methods"][method],
                        "per_channel": per_channel, "channel_names": list(channel_names),
                        "bundle_sha256": payload["bundle_sha256"]},
@@ -190,7 +197,8 @@ class BatchStore:
                 k: v for k, v in payload.items() if k != "images"},
             "channel_names": list(channel_names), "class_names": list(class_names),
             "methods": methods, "per_channel": per_channel,
-            "image_shape": [h, w], "images": [r.to_dict() for r in records],
+            "image_shape": [h, w], "downsample": int(payload.get("downsample", 1)),
+            "images": [r.to_dict() for r in records],
             "provenance": provenance, "complete": False,
         }
         return cls(path, group)

@@ -38,6 +38,7 @@ class TaskSpec:
     device: str = "auto"
     batch_size: int = 16
     image_shape: tuple[int, int] = (0, 0)
+    downsample: int = 1
 
 
 def _worker_key() -> str:
@@ -131,10 +132,16 @@ def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord
     planes = []
     for _, record in todo:
         img = read_record(record)
+        if spec.downsample > 1:
+            from ..io.plate import block_mean
+
+            img = block_mean(img, spec.downsample)
         if tuple(img.shape[1:]) != tuple(spec.image_shape):
             raise InputError(f"image {record.id} is {img.shape[1]}x{img.shape[2]} pixels but "
                              f"the plate's images are {spec.image_shape[0]}x"
-                             f"{spec.image_shape[1]}; one run needs equal-sized images")
+                             f"{spec.image_shape[1]}"
+                             f"{' after downsampling' if spec.downsample > 1 else ''}; one "
+                             "run needs equal-sized images")
         planes.append(img)
     raw = np.stack(planes)
     probs, targets, maps = compute_outputs(bundle, raw, spec, device)

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     config = BatchConfig(methods=methods, params=parse_method_params(args.param, methods),
                          per_channel=args.per_channel, target=args.target,
                          input_size=args.input_size, device=args.device,
-                         batch_size=args.batch_size, images_per_task=args.images_per_task)
+                         batch_size=args.batch_size, images_per_task=args.images_per_task,
+                         downsample=args.downsample)
     plate = open_plate(args)
     records = records_from_plate(plate)
     if not args.quiet:
@@ -126,6 +127,9 @@ def register(sub) -> None:
     w.add_argument("--target", type=int, help="class index to explain (default: predicted)")
     w.add_argument("--input-size", type=int, help="model's training input size: larger "
                    "images are explained tile by tile")
+    w.add_argument("--downsample", type=int, default=1, help="block-average each field by "
+                   "this factor first, as for the model's training crops (train --plate "
+                   "uses 2 by default)")
     c = p.add_argument_group("execution")
     c.add_argument("--scheduler", help="address of a running Dask scheduler "
                    "(tcp://host:8786); default: start a LocalCluster")

@@ -435,14 +435,14 @@ class Plate:
             need_nuclei = crops == "nuclei" or masks
             nuc_labels = segment_nuclei(field_px[nuc_idx]) if need_nuclei else None
             if downsample > 1:
-                field_px = _block_mean(field_px, downsample)
+                field_px = block_mean(field_px, downsample)
             if normalizer is not None:
                 field_px = normalizer(field_px)
             nuc_mask = None
             if nuc_labels is not None:
                 nuc_mask = nuc_labels > 0
                 if downsample > 1:
-                    nuc_mask = _block_mean(nuc_mask[None].astype(np.float32),
+                    nuc_mask = block_mean(nuc_mask[None].astype(np.float32),
                                            downsample)[0] >= 0.5
             h, w = field_px.shape[-2:]
             if crop_size > min(h, w):
@@ -492,7 +492,7 @@ class Plate:
         for j in sorted(pick):
             px = self.read_field(fields[j])
             if downsample > 1:
-                px = _block_mean(px, downsample)
+                px = block_mean(px, downsample)
             flat = px.reshape(px.shape[0], -1)
             take_n = min(flat.shape[1], 250_000)
             pixels.append(flat[:, rng.choice(flat.shape[1], take_n, replace=False)])
@@ -558,7 +558,7 @@ def _stored_channel_names(path: Path, axes: str | None, n: int) -> list[str]:
     return names if len(names) == n else [f"ch{i}" for i in range(n)]
 
 
-def _block_mean(arr: np.ndarray, f: int) -> np.ndarray:
+def block_mean(arr: np.ndarray, f: int) -> np.ndarray:
     """Average ``f`` x ``f`` blocks of the last two axes (edges that do not fit dropped)."""
     h, w = arr.shape[-2] // f * f, arr.shape[-1] // f * f
     a = arr[..., :h, :w]
