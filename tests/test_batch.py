@@ -341,3 +341,19 @@ def test_downsampled_run_matches_downsampled_images_and_aligns_in_napari(
                                 n_workers=1, processes=False))
     with pytest.raises(InputError, match="downsample"):
         pcim_config(downsample=0).method_params()
+    # a bundle that records its training crops' factor gets it by default
+    import torch
+
+    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.io.bundle import save_bundle
+
+    torch.manual_seed(0)
+    recorded = save_bundle(tmp_path / "recorded.safetensors",
+                           DCMIXClassifier(ModelConfig(2, 2, width=8)).eval(), CHANNELS,
+                           ["neg", "pos"], PercentileNormalizer(mode="per_image"),
+                           provenance={"data": {"downsample": 2, "crop_size": 16}})
+    run_generator(run_batch(records[:2], recorded, tmp_path / "auto.zarr",
+                            BatchConfig(device="cpu"), n_workers=1, processes=False))
+    auto = open_result(tmp_path / "auto.zarr")
+    assert auto.meta["downsample"] == 2 and auto.meta["image_shape"] == [16, 16]

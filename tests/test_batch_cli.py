@@ -132,3 +132,5 @@ def test_train_on_a_plate_folder(tmp_path, capsys):
     prov = bundle.provenance
     assert prov["n_validation"] == 8 * len(prov["validation_groups"]) > 0
     assert prov["n_train"] + prov["n_validation"] == 32
+    assert prov["data"] == {"image_size": [16, 16], "n_images": 32, "source": str(plate),
+                            "crops": "grid", "crop_size": 16, "downsample": 1}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ class BatchConfig:
     larger than the model's training size; ``images_per_task`` is how many images one
     Dask task handles (default ``batch_size``). ``downsample`` shrinks every field by
     block averaging before the model sees it, as the crops of a model trained with
-    ``downsample`` were (maps are then at that resolution, scaled back in napari).
+    ``downsample`` were (maps are then at that resolution, scaled back in napari);
+    None takes the factor recorded in the bundle (``train --plate``), else 1.
     """
 
     methods: Sequence[str] = ()
@@ -51,7 +52,7 @@ class BatchConfig:
     device: str = "auto"
     batch_size: int = 16
     images_per_task: int | None = None
-    downsample: int = 1
+    downsample: int | None = None
 
     def method_params(self) -> dict[str, dict[str, Any]]:
         """Validated ``{method: params}`` in the order given."""
@@ -70,7 +71,7 @@ class BatchConfig:
         if self.batch_size < 1 or (self.images_per_task is not None
                                    and self.images_per_task < 1):
             raise InputError("batch_size and images_per_task must be at least 1")
-        if self.downsample < 1:
+        if self.downsample is not None and self.downsample < 1:
             raise InputError(f"downsample must be a whole number >= 1; got {self.downsample}")
         return {m: dict(self.params.get(m, {})) for m in methods}
 
@@ -150,6 +151,9 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     output = Path(output)
     records = list(records)
     bundle = load_bundle(bundle_path)
+    if config.downsample is None:  # as the model's training crops were, if recorded
+        recorded = bundle.provenance.get("data", {}).get("downsample", 1)
+        config = replace(config, downsample=int(recorded or 1))
     check_records(records, bundle.n_channels)
     names = list(records[0].channel_names)
     if (names and names != bundle.channel_names and sorted(names) == sorted(bundle.channel_names)):

@@ -127,9 +127,9 @@ def register(sub) -> None:
     w.add_argument("--target", type=int, help="class index to explain (default: predicted)")
     w.add_argument("--input-size", type=int, help="model's training input size: larger "
                    "images are explained tile by tile")
-    w.add_argument("--downsample", type=int, default=1, help="block-average each field by "
-                   "this factor first, as for the model's training crops (train --plate "
-                   "uses 2 by default)")
+    w.add_argument("--downsample", type=int, help="block-average each field by this "
+                   "factor first (default: as the model's training crops were, recorded in "
+                   "the bundle by train --plate; else 1)")
     c = p.add_argument_group("execution")
     c.add_argument("--scheduler", help="address of a running Dask scheduler "
                    "(tcp://host:8786); default: start a LocalCluster")

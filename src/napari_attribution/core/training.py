@@ -78,6 +78,7 @@ class TrainResult:
     train_index: np.ndarray | None = None
     val_index: np.ndarray | None = None
     val_groups: list[str] | None = None
+    data_info: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -99,6 +100,7 @@ class TrainResult:
             "n_train": None if self.train_index is None else int(len(self.train_index)),
             "n_validation": None if self.val_index is None else int(len(self.val_index)),
             "validation_groups": self.val_groups,
+            "data": self.data_info,
             "epochs_run": len(self.history),
             "train_seconds": round(self.seconds, 2),
             "package_version": __version__,
@@ -236,8 +238,21 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
         history=history, importance=importance, train_index=train_idx, val_index=val_idx,
         val_groups=None if data.groups is None else sorted({str(g) for g in
                                                             data.groups[val_idx]}),
+        data_info=_data_info(data),
         seconds=time.perf_counter() - t_start,
     )
+
+
+def _data_info(data: ImageSet) -> dict[str, Any]:
+    """What the training images were: their size and, for plate crops, how they were cut
+    (so that inference can look at new images the same way)."""
+    info: dict[str, Any] = {"image_size": [int(s) for s in data.images.shape[-2:]],
+                            "n_images": len(data)}
+    for key in ("source", "crops", "crop_size", "downsample"):
+        value = data.metadata.get(key)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            info[key] = value
+    return info
 
 
 def _batchnorm_stats_per_epoch(model: nn.Module) -> None:
