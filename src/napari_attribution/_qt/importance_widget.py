@@ -25,11 +25,10 @@ from ._layers import ChannelPicker
 from ._runner import TaskRunner, notify_error
 
 VIEWS = ("overall", "per head")
-
-
 # Short column titles: the dock is narrow.
 TABLE_HEADERS = {"importance": "overall", "ablation_importance": "ablation",
                  "ablation_accuracy_drop": "acc. drop", "ablation_loss_increase": "loss rise"}
+
 
 class ImportanceWidget(QWidget):
     """Bar chart of the DCMIX weights (in the channels' colours) beside the ablation check."""

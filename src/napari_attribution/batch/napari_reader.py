@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..layer_style import heatmap_style
+
 LayerData = tuple[Any, dict, str]
 
 
@@ -95,8 +97,6 @@ def read_batch_store(path: str | list[str]) -> list[LayerData]:
     layers = _plate_layers(meta, shape)
     for _, kwargs, _ in layers:
         kwargs["metadata"].update(per_image)
-    from ..layer_style import heatmap_style
-
     for method in store.methods:
         arr = da.from_zarr(store.maps(method))
         info = {"attribution": {**store.group[f"maps/{method}"].attrs["napari_attribution"],
