@@ -165,3 +165,5 @@ def test_small_set_is_learned_not_stuck_at_chance():
     result = run_generator(train_dcmix(data, cfg))
     assert result.history[-1]["train_loss"] < 0.2
     assert result.val_accuracy >= 0.9
+    bns = [m for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.1 and m.num_batches_tracked > 0 for m in bns)

@@ -225,6 +225,7 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
                        f"{record['train_loss']:.3f}, validation accuracy {val_acc:.3f}",
                        dict(record))
 
+    _batchnorm_stats_per_epoch(model, restore=True)
     model.eval()
     importance = None
     if model.mixing is not None or cfg.ablation_check:
@@ -255,7 +256,7 @@ def _data_info(data: ImageSet) -> dict[str, Any]:
     return info
 
 
-def _batchnorm_stats_per_epoch(model: nn.Module) -> None:
+def _batchnorm_stats_per_epoch(model: nn.Module, restore: bool = False) -> None:
     """Make the batch-norm layers average their statistics over this epoch's batches.
 
     PyTorch's default starts the running statistics at mean 0, variance 1 and moves
@@ -265,11 +266,16 @@ def _batchnorm_stats_per_epoch(model: nn.Module) -> None:
     fitted its training images while predicting one class on every validation image
     for 10 epochs. A cumulative average (``momentum=None``) restarted every epoch gives
     the validation, and the final model, statistics of the current weights.
+    ``restore=True`` (after training) keeps the statistics and puts PyTorch's usual
+    moving average back, so the returned model behaves like any other if trained on.
     """
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            m.reset_running_stats()
-            m.momentum = None
+            if restore:
+                m.momentum = 0.1
+            else:
+                m.reset_running_stats()
+                m.momentum = None
 
 
 def _drop_channels(x: torch.Tensor, mean: torch.Tensor, p: float,
