@@ -341,6 +341,10 @@ def test_downsampled_run_matches_downsampled_images_and_aligns_in_napari(
                                 n_workers=1, processes=False))
     with pytest.raises(InputError, match="downsample"):
         pcim_config(downsample=0).method_params()
+    with pytest.raises(InputError, match="smaller than the downsampling factor 64"):
+        run_generator(run_batch(records, bundle_path, tmp_path / "tiny.zarr",
+                                pcim_config(downsample=64), n_workers=1, processes=False))
+    assert not (tmp_path / "tiny.zarr").exists()
     # a bundle that records its training crops' factor gets it by default
     import torch
 

@@ -69,19 +69,26 @@ def records_from_plate(plate: Any) -> list[ImageRecord]:
     return out
 
 
-def read_record(record: ImageRecord) -> np.ndarray:
-    """(C, H, W) float32 pixels of one record, read as its plate reads them."""
-    from ..io.plate import FieldOfView, Plate
+def read_record(record: ImageRecord, downsample: int = 1) -> np.ndarray:
+    """(C, H, W) float32 pixels of one record, read as its plate reads them, block-averaged
+    by ``downsample`` (as :meth:`Plate.sample` does for training crops)."""
+    from ..io.plate import FieldOfView, Plate, block_mean
 
     fov = FieldOfView(record.well, record.site, tuple(Path(p) for p in record.paths))
     plate = Plate(Path(record.paths[0]).parent, [fov], list(record.channel_names), None,
                   "", record.multichannel, record.axes)
     try:
-        return plate.read_field(fov)
+        img = plate.read_field(fov)
     except InputError as err:
         raise InputError(f"image {record.id}: {err}") from None
     except FileNotFoundError as err:
         raise InputError(f"image {record.id}: file not found: {err.filename}") from None
+    if downsample == 1:
+        return img
+    if min(img.shape[1:]) < downsample:
+        raise InputError(f"image {record.id} is {img.shape[1]}x{img.shape[2]} pixels, "
+                         f"smaller than the downsampling factor {downsample}")
+    return block_mean(img, downsample)
 
 
 def check_records(records: Sequence[ImageRecord], n_channels: int | None = None) -> None:

@@ -142,7 +142,6 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     raises :class:`InputError` unless ``overwrite``.
     """
     from ..io.bundle import load_bundle
-    from ..io.plate import block_mean
     from .table import image_rows, well_rows, write_csv
 
     t_start = time.perf_counter()
@@ -160,12 +159,8 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
         raise InputError(f"the plate's channels are in the order {names} but the model was "
                          f"trained on {bundle.channel_names}; give the channels in the "
                          "model's order")
-    first = read_record(records[0])
+    first = read_record(records[0], config.downsample)
     bundle.check_channels(first.shape[0], f"the plate's images ({records[0].id})")
-    if min(first.shape[1:]) < config.downsample:
-        raise InputError(f"images are {first.shape[1]}x{first.shape[2]} pixels, smaller "
-                         f"than the downsampling factor {config.downsample}")
-    first = block_mean(first, config.downsample) if config.downsample > 1 else first
     shape = (int(first.shape[1]), int(first.shape[2]))
     if config.input_size is not None and min(shape) < config.input_size:
         raise InputError(f"images are {shape[0]}x{shape[1]} pixels, smaller than "

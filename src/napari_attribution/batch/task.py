@@ -131,11 +131,7 @@ def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord
     bundle = get_bundle(spec.bundle_path, spec.bundle_sha256, device)
     planes = []
     for _, record in todo:
-        img = read_record(record)
-        if spec.downsample > 1:
-            from ..io.plate import block_mean
-
-            img = block_mean(img, spec.downsample)
+        img = read_record(record, spec.downsample)
         if tuple(img.shape[1:]) != tuple(spec.image_shape):
             raise InputError(f"image {record.id} is {img.shape[1]}x{img.shape[2]} pixels but "
                              f"the plate's images are {spec.image_shape[0]}x"

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..core.data import ImageSet
 from ..core.errors import InputError
 from ..core.training import TrainConfig, train_dcmix
-from .cmd_batch import add_plate_arguments
+from .cmd_batch import add_plate_arguments, open_plate
 from .progress_bar import run_with_bar
 
 SAMPLES = ("cells", "multi-snr")
@@ -46,7 +46,6 @@ def load_training_data(args: argparse.Namespace) -> ImageSet:
 def load_plate_crops(args: argparse.Namespace) -> ImageSet:
     """Crops of the labelled wells of the plate named by ``--plate`` (groups = wells)."""
     from ..io.plate import BBBC013_CLASSES
-    from .cmd_batch import open_plate
 
     plate = open_plate(args)
     if plate.plate_map is None:
