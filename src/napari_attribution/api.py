@@ -59,7 +59,9 @@ def _as_bundle(model: str | Path | ModelBundle | TrainResult) -> ModelBundle | N
         return ModelBundle(model=model.model, config=model.model_config,
                            channel_names=model.channel_names, class_names=model.class_names,
                            normalizer=model.normalizer, provenance=model.provenance(),
-                           importance=model.importance)
+                           importance=model.importance, warnings=list(model.warnings),
+                           checks={k: v for k, v in model.checks().items()
+                                   if k != "warnings" and v is not None})
     return model if isinstance(model, ModelBundle) else None
 
 

@@ -74,7 +74,7 @@ def format_classification_report(report: dict) -> str:
              "recall per class: " + ", ".join(
                  f"{c} {'n/a' if r is None else f'{r:.3f}'} (n={report['support'][c]})"
                  for c, r in report["per_class_recall"].items()),
-             f"confusion matrix (rows: true, columns: predicted)",
+             "confusion matrix (rows: true, columns: predicted)",
              " " * (width + 2) + "".join(f"{n[:width]:>{width + 1}}" for n in names)]
     for name, row in zip(names, report["confusion_matrix"], strict=True):
         lines.append(f"{name:<{width + 2}}" + "".join(f"{v:>{width + 1}}" for v in row))

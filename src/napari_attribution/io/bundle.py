@@ -24,6 +24,9 @@ from ..core.normalization import PercentileNormalizer
 FORMAT = "napari-attribution-bundle"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
+# top-level metadata keys written from TrainResult.checks() (besides "warnings")
+CHECK_KEYS = ("validation", "study_design", "shortcut_check", "posthoc_importance",
+              "importance_repeats", "retrain_check")
 
 
 @dataclass
@@ -39,6 +42,8 @@ class ModelBundle:
     importance: ChannelImportance | None = None
     path: Path | None = None
     sha256: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_channels(self) -> int:
@@ -96,8 +101,16 @@ def file_sha256(path: str | Path) -> str:
 def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[str],
                 class_names: list[str], normalizer: PercentileNormalizer,
                 provenance: dict | None = None,
-                importance: ChannelImportance | None = None) -> Path:
-    """Write a bundle (``.safetensors``); returns the path written."""
+                importance: ChannelImportance | None = None,
+                warnings: list[str] | None = None,
+                checks: dict[str, Any] | None = None) -> Path:
+    """Write a bundle (``.safetensors``); returns the path written.
+
+    ``warnings`` (plain-language study-design, split and shortcut warnings) are stored
+    under the top-level metadata key ``warnings``; ``checks`` (validation metrics,
+    study design, shortcut check, post-hoc importance, repeats, retraining check) each
+    under their own top-level key (see ``CHECK_KEYS``).
+    """
     from safetensors.torch import save
 
     path = Path(path)
@@ -113,7 +126,11 @@ def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[st
         "normalization": normalizer.to_dict(),
         "provenance": provenance or {},
         "importance": None if importance is None else importance.to_dict(),
+        "warnings": list(dict.fromkeys(warnings or [])),
     }
+    for key, value in (checks or {}).items():
+        if key in CHECK_KEYS:
+            meta[key] = value
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".partial")
     # Written by Python, not by safetensors' own file writer, so that the file gets the
@@ -167,10 +184,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
         provenance=meta.get("provenance", {}),
         importance=None if imp is None else ChannelImportance.from_dict(imp),
         path=path, sha256=file_sha256(path),
+        warnings=[str(w) for w in meta.get("warnings") or []],
+        checks={k: meta[k] for k in CHECK_KEYS if meta.get(k) is not None},
     )
 
 
 def save_training_result(path: str | Path, result) -> Path:
     """Save a :class:`~napari_attribution.core.training.TrainResult` as a bundle."""
+    checks = result.checks()
     return save_bundle(path, result.model, result.channel_names, result.class_names,
-                       result.normalizer, result.provenance(), result.importance)
+                       result.normalizer, result.provenance(), result.importance,
+                       warnings=checks.pop("warnings"), checks=checks)
