@@ -32,7 +32,7 @@ def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
     order = {n: i for i, n in enumerate(imp.ranking())}
     rows = sorted(rows, key=lambda r: order[r["channel"]])
     width = max(8, *(len(r["channel"]) for r in rows))
-    lines = [f"{'channel':<{width}}  DCMIX weight  {'':<20}  ablation: bal. acc drop "
+    lines = [f"{'channel':<{width}}  DCMIX importance  {'':<20}  ablation: bal. acc drop "
              "[95%]    loss rise [95%]"]
     for r in rows:
         bar = "#" * int(round(20 * r["importance"]))
@@ -44,7 +44,7 @@ def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
             abl = f"{abl:<28}  {r['ablation_loss_increase']:+.3f}"
             if "ablation_loss_95_low" in r:
                 abl += f" [{r['ablation_loss_95_low']:+.3f}, {r['ablation_loss_95_high']:+.3f}]"
-        lines.append(f"{r['channel']:<{width}}  {r['importance']:12.3f}  {bar:<20}  {abl}")
+        lines.append(f"{r['channel']:<{width}}  {r['importance']:16.3f}  {bar:<20}  {abl}")
     if imp.weights.shape[0] > 1:
         lines.append("heads' downstream effect: " +
                      ", ".join(f"{e:.3f}" for e in imp.head_effect))

@@ -180,6 +180,25 @@ def evaluate(model: DCMIXClassifier, x: torch.Tensor, y: torch.Tensor, batch_siz
             balanced_accuracy(yn, pred, n_classes))
 
 
+def balanced_order(labels: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    """One epoch of indices in which every class fills an equal share: a class larger
+    than its share gives a fresh random subset each epoch, a smaller one is repeated
+    (whole shuffled copies, then a random remainder). Equal classes give a permutation."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    n = labels.size
+    quota = [n // classes.size + (1 if k < n % classes.size else 0)
+             for k in range(classes.size)]
+    parts = []
+    for c, q in zip(classes, quota, strict=True):
+        members = torch.from_numpy(np.flatnonzero(labels == c))
+        reps = [members[torch.randperm(members.numel(), generator=gen)]
+                for _ in range(-(-q // members.numel()))]
+        parts.append(torch.cat(reps)[:q])
+    out = torch.cat(parts)
+    return out[torch.randperm(out.numel(), generator=gen)]
+
+
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Loss weights that make every class count equally: N / (K * n_class); 0 for a
     class absent from ``labels`` (it contributes no terms anyway)."""
@@ -232,7 +251,8 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
     balance_w = torch.tensor(class_weights(data.labels[train_idx], data.n_classes),
                              dtype=torch.float32)
     loss_weight = balance_w.to(device) if cfg.class_balance == "weights" else None
-    sample_p = balance_w[y_all[train_idx]] if cfg.class_balance == "sampling" else None
+    y_train_np = data.labels[train_idx]
+    balanced = cfg.class_balance == "sampling"
 
     mcfg = ModelConfig(n_channels=data.n_channels, n_classes=data.n_classes,
                        n_heads=cfg.n_heads, backbone=cfg.backbone, width=cfg.width,
@@ -262,8 +282,8 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
         model.train()
         _batchnorm_stats_per_epoch(model)
         t0 = time.perf_counter()
-        order = (torch.randperm(len(train_idx), generator=gen) if sample_p is None else
-                 torch.multinomial(sample_p, len(train_idx), True, generator=gen)).to(device)
+        order = (balanced_order(y_train_np, gen) if balanced else
+                 torch.randperm(len(train_idx), generator=gen)).to(device)
         run_loss, n_seen = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
