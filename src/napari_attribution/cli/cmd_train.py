@@ -123,9 +123,10 @@ def run(args: argparse.Namespace) -> int:
     data = load_training_data(args)
     if args.repeats < 1:
         raise InputError(f"--repeats must be at least 1; got {args.repeats}")
-    design = check_study_design(data)
-    if design.warnings:  # before a possibly long training, so that it can be stopped
-        print(format_warnings(design.warnings))
+    early = [str(w) for w in data.metadata.get("warnings", []) or []]
+    early += check_study_design(data).warnings
+    if early:  # before a possibly long training, so that it can be stopped
+        print(format_warnings(early))
     cfg = config_from_args(args)
     gen = train_dcmix(data, cfg) if args.repeats == 1 else train_repeats(data, cfg,
                                                                           args.repeats)
