@@ -134,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if args.retrain_check:
         result.retrain_check = run_with_bar(retrain_check(data, cfg), quiet=args.quiet)
     path = save_training_result(args.output, result)
-    print(f"validation balanced accuracy {result.val_balanced_accuracy:.3f} (accuracy "
-          f"{result.val_accuracy:.3f}) after {len(result.history)} epochs "
+    print(f"validation accuracy {result.val_accuracy:.3f}, balanced accuracy "
+          f"{result.val_balanced_accuracy:.3f}, after {len(result.history)} epochs "
           f"({result.seconds:.1f} s); bundle written to {path}")
     if result.importance is not None:
         print(format_importance(result.importance, "text"))
