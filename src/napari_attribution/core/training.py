@@ -348,6 +348,11 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
                                   data.channel_names, _object_masks(data),
                                   validation["balanced_accuracy"])
         check_seconds["shortcut_check"] = time.perf_counter() - t0
+        if shortcut.warnings and _wells_held_out(data, train_idx, val_idx):
+            shortcut.warnings = [w + " (The validation crops come from wells not used in "
+                                 "training, so a one-well batch effect cannot explain this "
+                                 "alone; a staining difference between conditions still "
+                                 "could.)" for w in shortcut.warnings]
         warnings += shortcut.warnings
     return TrainResult(
         model=model.cpu(), model_config=mcfg, train_config=cfg, normalizer=normalizer,
@@ -367,6 +372,14 @@ def _predictions(model: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarr
     model.eval()
     return torch.cat([model(x[i:i + batch_size]).argmax(1).cpu()
                       for i in range(0, x.shape[0], batch_size)]).numpy()
+
+
+def _wells_held_out(data: ImageSet, train_idx: np.ndarray, val_idx: np.ndarray) -> bool:
+    """Whether the validation crops come only from wells with no training crops."""
+    from .study_design import unit_keys
+
+    wells = unit_keys(data).get("well")
+    return wells is not None and not set(wells[val_idx]) & set(wells[train_idx])
 
 
 def _object_masks(data: ImageSet) -> np.ndarray | None:
