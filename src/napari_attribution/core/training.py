@@ -327,9 +327,11 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
     importance = None
     if model.mixing is not None or cfg.ablation_check:
         yield Progress(step, total, "checking channel importance by ablation")
+        t0 = time.perf_counter()
         importance = channel_importance(model, x_va, y_va, data.channel_names,
                                         batch_size=4 * cfg.batch_size,
                                         ablation=cfg.ablation_check, seed=cfg.seed)
+        check_seconds["importance_and_ablation"] = time.perf_counter() - t0
     pred = _predictions(model, x_va, 4 * cfg.batch_size)
     validation = classification_report(data.labels[val_idx], pred, list(data.class_names))
     posthoc: list[PosthocImportance] = []
