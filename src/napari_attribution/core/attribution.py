@@ -89,6 +89,7 @@ METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
     "pcim": _pcim,
     "saliency": baselines.saliency,
     "integrated_gradients": baselines.integrated_gradients,
+    "integrated_gradients_blur": baselines.integrated_gradients_blur,
     "occlusion": baselines.occlusion,
     "gradcam": baselines.gradcam,
     "rise": baselines.rise,
@@ -96,7 +97,8 @@ METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
 }
 
 #: methods whose result depends on gradients (need a differentiable model)
-NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "gradcam", "extremal_mask"}
+NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "integrated_gradients_blur",
+              "gradcam", "extremal_mask"}
 
 
 def available_methods() -> list[str]:
