@@ -50,6 +50,7 @@ from napari_attribution.core.progress import run_generator  # noqa: E402
 #: label -> (method, parameters)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "PCIM": ("pcim", {}),
+    "PCIM-blackbox": ("pcim_blackbox", {}),
     "IG50": ("integrated_gradients", {"n_steps": 50}),
     "IG8": ("integrated_gradients", {"n_steps": 8}),
     "IG50-blur": ("integrated_gradients_blur", {"n_steps": 50}),

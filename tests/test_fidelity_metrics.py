@@ -127,3 +127,24 @@ def test_evaluation_rows_label_trained_perturbations_and_give_intervals():
             lo, hi = r["intervals"][key]
             assert lo <= r[key] <= hi
         assert r["road_morf_auc"] < r["road_lerf_auc"]
+
+
+def test_blackbox_pcim_finds_the_spot_with_forward_passes_only():
+    from napari_attribution.core.attribution import explain
+    from napari_attribution.core.metrics import relevance_mass
+
+    model = SpotModel()
+    x, masks = spot_images(n=4, size=24, seed=4)
+    with count_passes(model) as passes:
+        res = _run(explain(model, x, 1, method="pcim_blackbox", device="cpu"))
+    assert passes["backward"] == 0
+    assert passes["forward"] == 4 * (1 + 8 * 2 * 8)       # probe + steps x 2 x samples
+    share = masks.mean(axis=(1, 2))                          # the spot is ~4 % of the image
+    assert (relevance_mass(res.maps, masks) > 5 * share).all()
+    assert all(m[k].mean() > m[~k].mean() + 0.2 for m, k in zip(res.maps, masks, strict=True))
+    assert res.params["sigma"] == 0.5
+    assert trained_perturbations("pcim_blackbox") == ["deletion", "insertion"]
+    with pytest.raises(InputError, match="pixel maps only"):
+        _run(explain(model, x, 1, method="pcim_blackbox", per_channel=True, device="cpu"))
+    with pytest.raises(InputError, match="samples >= 1"):
+        _run(explain(model, x, 1, method="pcim_blackbox", samples=0, device="cpu"))

@@ -22,6 +22,7 @@ from . import baselines
 from .devices import resolve_device
 from .errors import InputError
 from .pcim import PCIMConfig, pcim_batch
+from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
 from .progress import Progress
 from .tiling import TileBlender, tile_grid
 from .validation import check_images
@@ -73,10 +74,17 @@ def _pcim(model, x, targets, per_channel=False, **params):
     return (yield from pcim_batch(model, x, targets, cfg, per_channel))
 
 
+def _pcim_blackbox(model, x, targets, per_channel=False, **params):
+    cfg = BlackboxPCIMConfig.from_params(params)
+    return (yield from pcim_blackbox_batch(model, x, targets, cfg, per_channel))
+
+
 def _method_params(method: str, params: dict) -> dict:
     """Every parameter the method will use: its defaults overlaid with ``params``."""
     if method == "pcim":
         return PCIMConfig.from_params(params).to_dict()
+    if method == "pcim_blackbox":
+        return BlackboxPCIMConfig.from_params(params).to_dict()
     sig = inspect.signature(METHODS[method])
     out = {k: v.default for k, v in sig.parameters.items()
            if v.default is not inspect.Parameter.empty and k != "per_channel"}
@@ -87,6 +95,7 @@ def _method_params(method: str, params: dict) -> dict:
 #: registry: name -> batch generator ``fn(model, x, targets, per_channel, **params)``
 METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
     "pcim": _pcim,
+    "pcim_blackbox": _pcim_blackbox,
     "saliency": baselines.saliency,
     "integrated_gradients": baselines.integrated_gradients,
     "integrated_gradients_blur": baselines.integrated_gradients_blur,

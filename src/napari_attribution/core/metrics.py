@@ -214,17 +214,19 @@ def trained_perturbations(method: str, params: dict | None = None) -> list[str]:
     """Names of the fidelity metrics whose perturbation ``method`` optimises during
     attribution (scores on them are not independent evidence of fidelity).
 
-    PCIM's deletion game fades to its ``substrate`` and its preservation game to its
-    ``preserve_substrate``: the deletion and insertion metrics with those substrates.
-    Extremal masks blur like insertion. Gradient methods train on none.
+    PCIM's (and black-box PCIM's) deletion game fades to its ``substrate`` and its
+    preservation game to its ``preserve_substrate``: the deletion and insertion metrics
+    with those substrates. Gradient methods optimise no perturbation.
     """
     params = params or {}
     games: list[tuple[str, str, float]] = []
-    if method == "pcim":
+    if method in ("pcim", "pcim_blackbox"):
         from .pcim import PCIMConfig
+        from .pcim_blackbox import BlackboxPCIMConfig
 
-        cfg = PCIMConfig.from_params({k: v for k, v in params.items()
-                                      if k in PCIMConfig.__dataclass_fields__})
+        kind = PCIMConfig if method == "pcim" else BlackboxPCIMConfig
+        cfg = kind.from_params({k: v for k, v in params.items()
+                                if k in kind.__dataclass_fields__})
         games = [("deletion", cfg.substrate, cfg.blur_sigma),
                  ("insertion", cfg.preserve_substrate or cfg.substrate, cfg.blur_sigma)]
     return [m.name for m in FIDELITY_METRICS.values()
