@@ -104,13 +104,16 @@ def fresh_bbbc(n: int, epochs: int, seed: int) -> dict[str, dict]:
     is_report = np.isin(data.groups, list(report))
     res = pa._train(take(data, np.flatnonzero(~is_report)), epochs)
     out = {}
+    def names(ws) -> str:
+        return ", ".join(sorted(str(w) for w in ws))
+
     for name, label in (("bbbc013_pos", 1), ("bbbc013_neg", 0)):
         idx = np.flatnonzero(is_report & (data.labels == label))[:n]
         x = res.normalizer(data.images[idx])
         out[name] = {"model": res.model.eval(), "images": x, "targets": data.labels[idx],
                      "model_accuracy": pa._accuracy(res.model, x, data.labels[idx]),
-                     "note": f"wells {sorted(w for w in report if label_of[w] == label)} "
-                             f"(tuning wells {sorted(tuning)} excluded), model retrained "
+                     "note": f"wells {names(w for w in report if label_of[w] == label)} "
+                             f"(tuning wells {names(tuning)} excluded), model retrained "
                              "without the report wells"}
     return out
 
