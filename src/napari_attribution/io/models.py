@@ -18,6 +18,7 @@ before any forward call (``io.model_scan``) and refused otherwise, unless
 
 from __future__ import annotations
 
+import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..core.normalization import PercentileNormalizer
 from .bundle import SUFFIX, ModelBundle, file_sha256, load_bundle
 from .model_export import read_export_metadata
 from .model_scan import (
+    UnsafeModelError,
     check_export_archive,
     check_torchscript_archive,
     restricted_unpickling,
@@ -157,8 +159,13 @@ def _load_export(path: Path, trust: bool, device, normalize, names) -> Classifie
                 with restricted_unpickling():
                     program = torch.export.load(str(path))
     except Exception as err:  # noqa: BLE001 - deserialisation fails in many ways
+        if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err):
+            raise UnsafeModelError(
+                f"{path} was not loaded: it holds a pickled Python object that could run "
+                "code while unpickling (only plain tensors are unpickled without "
+                "--trust-model / trust=True)") from None
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise BundleError(f"{path} is not a loadable exported program (torch.export.save); "
+        raise BundleError(f"{path} is not a loadable exported program (torch.export.save): "
                           f"{msg[:300]}") from None
     ops = [] if trust else scan_exported(program, str(path))
     shape = _example_shape(program)
