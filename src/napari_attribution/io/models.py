@@ -262,7 +262,7 @@ def from_module(module: torch.nn.Module, *, kind: str = "module",
 
     n_cls = len(class_names) if class_names else n_classes or _n_classes_of(module)
     if n_cls is None:
-        raise BundleError("cannot tell how many classes the model has; give class_names")
+        n_cls = _probe_classes(module, n_ch)
     normalizer = PercentileNormalizer(mode="per_image") if mode == "per_image" else None
     return Classifier(
         module=module, kind=kind,
@@ -272,6 +272,24 @@ def from_module(module: torch.nn.Module, *, kind: str = "module",
         preprocess=normalizer if normalizer is not None else _as_float32,
         normalization=normalizer.to_dict() if normalizer is not None else "none",
         path=path, sha256=sha256, normalizer=normalizer)
+
+
+def _probe_classes(module: torch.nn.Module, n_channels: int) -> int:
+    """The number of classes, from one forward pass on a blank image (only for modules
+    that are the caller's own or passed the operator scan)."""
+    from ..core.classifier import frozen
+
+    for side in (64, 32, 28, 96, 128):
+        try:
+            with torch.no_grad(), frozen(module) as net:
+                out = net(torch.zeros(1, n_channels, side, side))
+        except Exception:  # noqa: BLE001, S112 - try the next size
+            continue
+        if isinstance(out, torch.Tensor) and out.ndim == 2:
+            return int(out.shape[1])
+        break
+    raise BundleError("cannot tell how many classes the model has (it must map (B, C, H, "
+                      "W) images to (B, n_classes) logits); give class_names")
 
 
 def _as_float32(images: np.ndarray) -> np.ndarray:
