@@ -79,10 +79,13 @@ def infer_channels(module: torch.nn.Module) -> int | None:
     for m in module.modules():
         if isinstance(m, torch.nn.Conv2d) and m.groups == 1:
             return int(m.in_channels)
-    for p in module.parameters():  # TorchScript / exported: first 4-D weight
+    params = dict(module.named_parameters())
+    logits = params.get("mixing.logits")  # a DCMIX model saved as TorchScript: (K, C)
+    if logits is not None and logits.ndim == 2:
+        return int(logits.shape[1])
+    for p in params.values():  # TorchScript / exported: the first 4-D (conv) weight
         if p.ndim == 4:
             return int(p.shape[1])
-        return None
     return None
 
 
