@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -126,15 +127,16 @@ def _refuse(source: str, op: str, why: str = "") -> UnsafeModelError:
         "'Trust this model file' (napari).")
 
 
-def check_torchscript_archive(path: str | Path) -> None:
-    """Refuse a TorchScript zip whose code defines ``__setstate__`` (run at load time)."""
-    path = Path(path)
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            if "/code/" in name and name.endswith(".py"):
-                text = z.read(name).decode("utf-8", "replace")
+def check_torchscript_archive(path: str | Path | BinaryIO, name: str | None = None) -> None:
+    """Refuse a TorchScript zip whose code defines ``__setstate__`` (run at load time).
+    ``path`` may be an open binary file; ``name`` is used in messages."""
+    name = name or str(path)
+    with zipfile.ZipFile(path if hasattr(path, "read") else Path(path)) as z:
+        for member in z.namelist():
+            if "/code/" in member and member.endswith(".py"):
+                text = z.read(member).decode("utf-8", "replace")
                 if "def __setstate__" in text:
-                    raise _refuse(str(path), "__setstate__",
+                    raise _refuse(name, "__setstate__",
                                   "a method TorchScript runs while loading the file")
 
 
