@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import baselines
-from .classifier import check_outputs, frozen
+from .classifier import check_outputs, frozen, infer_channels
 from .devices import resolve_device
 from .errors import InputError
 from .pcim import PCIMConfig, pcim_batch
@@ -127,14 +127,7 @@ def _resolve_targets(targets, n: int, n_classes: int, predicted: np.ndarray) -> 
 
 
 def _model_channels(model: torch.nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    n = getattr(cfg, "n_channels", None)
-    if n is not None:
-        return int(n)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            return int(m.in_channels)
-    return None
+    return infer_channels(model)
 
 
 def _probe(model, x: torch.Tensor) -> torch.Tensor:

@@ -72,17 +72,19 @@ def _n_classes_of(module: torch.nn.Module) -> int | None:
 
 
 def infer_channels(module: torch.nn.Module) -> int | None:
-    """Input channels of a module: its ``config.n_channels``, else the first conv's."""
-    n = getattr(getattr(module, "config", None), "n_channels", None)
-    if n is not None:
-        return int(n)
+    """Input channels of a module: a (wrapped) DCMIX model's ``config.n_channels`` or
+    mixing logits (K, C), else the first convolution's input channels."""
+    for m in module.modules():
+        n = getattr(getattr(m, "config", None), "n_channels", None)
+        if isinstance(n, int):
+            return n
+    params = dict(module.named_parameters())
+    for name, p in params.items():  # a DCMIX model as TorchScript / exported: (K, C)
+        if name.endswith("mixing.logits") and p.ndim == 2:
+            return int(p.shape[1])
     for m in module.modules():
         if isinstance(m, torch.nn.Conv2d) and m.groups == 1:
             return int(m.in_channels)
-    params = dict(module.named_parameters())
-    logits = params.get("mixing.logits")  # a DCMIX model saved as TorchScript: (K, C)
-    if logits is not None and logits.ndim == 2:
-        return int(logits.shape[1])
     for p in params.values():  # TorchScript / exported: the first 4-D (conv) weight
         if p.ndim == 4:
             return int(p.shape[1])
