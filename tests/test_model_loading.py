@@ -224,6 +224,11 @@ def test_pt2_batch_run(bundle, tmp_path):
     out = tmp_path / "r.zarr"
     assert main(["batch", str(plate), "--model", str(pt2), "-o", str(out), "--pattern",
                  PATTERN, "--channels", "dna,gfp", "--threads", "--workers", "1",
-                 "--device", "cpu", "-q"]) == 0
+                 "--method", "saliency", "--target", "pos", "--device", "cpu", "-q"]) == 0
     rows = (tmp_path / "r.csv").read_text().splitlines()
     assert len(rows) == 3 and "predicted" in rows[0]
+    import zarr
+
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    text = json.dumps(attrs)
+    assert '"model_kind": "export"' in text and '"target": 1' in text

@@ -47,7 +47,7 @@ class BatchConfig:
     methods: Sequence[str] = ()
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_channel: bool = False
-    target: int | None = None
+    target: int | str | None = None  # an index or class name (resolved by run_batch)
     input_size: int | None = None
     device: str = "auto"
     batch_size: int = 16
@@ -115,6 +115,7 @@ def _provenance(bundle: Any, config: BatchConfig) -> dict[str, Any]:
     from .. import __version__
 
     return {
+        **bundle.describe(),  # the model: path, kind, sha256, names, normalisation
         "package": "napari-attribution", "version": __version__,
         "torch_version": torch.__version__, "python": platform.python_version(),
         "bundle_path": str(bundle.path), "bundle_sha256": bundle.sha256,
@@ -153,6 +154,11 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     output = Path(output)
     records = list(records)
     bundle = load_model(bundle_path, trust=trust)
+    if config.target is not None:  # an index, a class name or "predicted"
+        target = bundle.resolve_targets(config.target)
+        if isinstance(target, list):
+            raise InputError("give one target class for a batch run")
+        config = replace(config, target=target)
     if config.downsample is None:  # as the model's training crops were, if recorded
         data_info = bundle.provenance.get("data")
         recorded = data_info.get("downsample", 1) if isinstance(data_info, dict) else 1

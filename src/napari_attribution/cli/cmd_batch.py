@@ -129,7 +129,7 @@ def register(sub) -> None:
     w.add_argument("--param", action="append", metavar="[METHOD:]KEY=VALUE",
                    help="method parameter, e.g. pcim:steps=20 (repeatable)")
     w.add_argument("--per-channel", action="store_true", help="one map per channel")
-    w.add_argument("--target", type=int, help="class index to explain (default: predicted)")
+    w.add_argument("--target", help="class index or name to explain (default: predicted)")
     w.add_argument("--input-size", type=int, help="model's training input size: larger "
                    "images are explained tile by tile")
     w.add_argument("--downsample", type=int, help="block-average each field by this "
