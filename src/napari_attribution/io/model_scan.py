@@ -73,7 +73,10 @@ interpolate __and__ __or__ __xor__ __not__ __getitem__ __is__ __isnot__ __contai
 Int Float Bool ScalarImplicit IntImplicit FloatImplicit item len format append
 list dict str warn floordiv __round_to_zero_floordiv sym_size sym_numel sym_stride
 sym_storage_offset tensor as_tensor _shape_as_tensor _set_item __range_length
-__derive_index neg_ abs_ insert extend values keys items
+__derive_index neg_ abs_ insert extend values keys items __interpolate __upsample
+__upsample_bilinear _unsafe_view unsafe_view embedding new_tensor rand randn rand_like
+randn_like randint normal bernoulli uniform cross_entropy_loss nll_loss mse_loss
+one_hot matrix_power outer cosine_similarity pairwise_distance cdist logit fill_diagonal_
 """.split()
 
 # TorchScript control flow, constants and data structures (no effects outside the graph).
@@ -98,10 +101,14 @@ _EXPORT_PY_ALLOWED = {
 }
 
 
+#: families of pure operators allowed by prefix (every resampling kernel of interpolate)
+ATEN_PREFIXES = ("upsample_", "_upsample_")
+
+
 def aten_allowed(name: str) -> bool:
     """Whether the base name of an aten operator is a pure tensor operator."""
     base = name.split(".", 1)[0]
-    if base in ATEN_ALLOWED:
+    if base in ATEN_ALLOWED or base.startswith(ATEN_PREFIXES):
         return True
     stripped = base.rstrip("_")
     if stripped in ATEN_ALLOWED:
