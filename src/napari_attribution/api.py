@@ -116,7 +116,8 @@ def explain_plate(plate: Any, model: str | Path, output: str | Path, *,
     ``io.plate.Plate``), on Dask, into the OME-Zarr store ``output`` (resumable: call
     again after an interruption). ``options``: ``BatchConfig`` fields (``per_channel``,
     ``input_size``, ``device`` ...) and ``run_batch`` keywords (``scheduler``,
-    ``n_workers``, ``overwrite`` ...). Returns a ``batch.BatchResult``."""
+    ``n_workers``, ``overwrite``, ``trust`` ...). ``model``: any model file
+    ``load_model`` reads. Returns a ``batch.BatchResult``."""
     from .batch import BatchConfig, records_from_plate, run_batch
 
     cfg_keys = {f.name for f in fields(BatchConfig)}

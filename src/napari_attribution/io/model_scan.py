@@ -20,6 +20,7 @@ loader skips these checks (the user vouches for the file).
 
 from __future__ import annotations
 
+import re
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -142,7 +143,7 @@ def check_torchscript_archive(path: str | Path | BinaryIO, name: str | None = No
         for member in z.namelist():
             if "/code/" in member and member.endswith(".py"):
                 text = z.read(member).decode("utf-8", "replace")
-                if "def __setstate__" in text:
+                if re.search(r"def\s+__setstate__\b", text):
                     raise _refuse(name, "__setstate__",
                                   "a method TorchScript runs while loading the file")
 
@@ -203,6 +204,8 @@ def restricted_unpickling() -> Iterator[None]:
         kwargs["weights_only"] = True
         return original(*args, **kwargs)
 
+    # Process-wide for the duration of the call (another thread's torch.load in that window
+    # is restricted too: safer, never looser).
     with _UNPICKLE_LOCK:
         torch.load = safe_load
         try:

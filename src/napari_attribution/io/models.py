@@ -13,7 +13,8 @@ Formats:
 TorchScript and exported programs are programs, not data: they can call operators that
 read or write files. They are scanned against an allowlist of pure tensor operators
 before any forward call (``io.model_scan``) and refused otherwise, unless
-``trust=True``. Pickled models are never unpickled.
+``trust=True``. Plain pickled models are never unpickled; pickles inside ``.pt2``
+archives go through torch's restricted (weights-only) unpickler unless ``trust=True``.
 """
 
 from __future__ import annotations
