@@ -114,6 +114,20 @@ def test_hostile_packages_are_refused(package, tmp_path, capsys):
     assert not marker.exists() and target.read_bytes() == b"original"
 
 
+def test_broken_packages_give_one_clear_error(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "rdf.yaml").write_text("type: model\nname: [broken\n")
+    with zipfile.ZipFile(tmp_path / "incomplete.zip", "w") as z:
+        z.writestr("rdf.yaml", "format_version: 0.5.4\ntype: model\n")
+    for src, msg in ((tmp_path / "bad", "not a readable bioimage.io package"),
+                     (tmp_path / "incomplete.zip", "not a valid bioimage.io model")):
+        with pytest.raises(BundleError, match=msg):
+            na.load_model(src)
+        assert main(["channels", str(src)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+
+
 def test_declared_preprocessing_is_applied():
     from bioimageio.spec.model import v0_5 as m
 

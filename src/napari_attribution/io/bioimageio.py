@@ -59,8 +59,13 @@ def load_bioimageio(path: str | Path, trust: bool = False,
     rdf = path
     if path.is_dir():
         rdf = next(p for p in (path / "rdf.yaml", path / "bioimageio.yaml") if p.exists())
-    descr = spec.load_model_description(rdf, perform_io_checks=False,
-                                        format_version="latest")
+    try:
+        descr = spec.load_description(rdf if path.is_dir() else path, perform_io_checks=False,
+                                      format_version="latest")
+    except Exception as err:  # noqa: BLE001 - yaml, zip and validation errors
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BundleError(f"{path} is not a readable bioimage.io package: {msg[:300]}"
+                          ) from None
     if not isinstance(descr, spec.model.v0_5.ModelDescr):
         summary = getattr(descr, "validation_summary", None)
         first = _first_error(summary)
@@ -175,8 +180,12 @@ def _load_state_dict_entry(entry, path: Path, trust: bool, device) -> torch.nn.M
         if import_from is None:
             raise BundleError(f"{path}: architectures from source files are not supported; "
                               "use the package's torchscript weights")
-    fn = getattr(importlib.import_module(str(import_from)), str(arch.callable))
-    module = fn(**dict(arch.kwargs))
+    try:
+        fn = getattr(importlib.import_module(str(import_from)), str(arch.callable))
+        module = fn(**dict(arch.kwargs))
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
+        raise BundleError(f"{path}: cannot build the architecture {arch.callable} from "
+                          f"{import_from}: {err}") from None
     data = _read(entry, "pytorch_state_dict weights")
     try:
         state = torch.load(data, map_location="cpu", weights_only=True)
