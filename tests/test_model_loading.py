@@ -160,6 +160,17 @@ def test_user_module_is_never_mutated():
     assert net.training and clf.class_names == ["class 0", "class 1", "class 2"]
 
 
+def test_channel_importance_leaves_a_training_result_as_it_was(tmp_path):
+    from napari_attribution.core.synthetic import make_multi_snr
+
+    data = make_multi_snr(n_images=64, size=16, seed=0)
+    result = na.train(data, epochs=1, batch_size=32, width=4, device="cpu",
+                      ablation_check=False)
+    result.model.train()
+    imp = na.channel_importance(result, data)
+    assert imp.weights.shape[1] == data.n_channels and result.model.training
+
+
 def test_exported_module_in_memory_is_explained():
     net = _Tiny().eval()
     program = torch.export.export(net, (torch.zeros(2, 2, 16, 16),))

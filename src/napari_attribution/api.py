@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .core.attribution import AttributionResult
+from .core.classifier import frozen
 from .core.data import ImageSet
 from .core.errors import InputError
 from .core.importance import ChannelImportance
@@ -72,8 +73,9 @@ def channel_importance(model: ModelLike, data: ImageSet | None = None, *,
         raise InputError(f"{clf.source} has no DCMIX mixing layer, so it has no channel "
                          "weights; use pixel attribution with per_channel=True instead")
     clf.check_channels(data.n_channels, "the data")
-    return _channel_importance(clf.module, clf.prepare(data.images), data.labels,
-                               clf.channel_names)
+    with frozen(clf.module):  # a TrainResult's model comes back in its own mode
+        return _channel_importance(clf.module, clf.prepare(data.images), data.labels,
+                                   clf.channel_names)
 
 
 def explain(model: ModelLike, images: np.ndarray, *, method: str = "pcim",
