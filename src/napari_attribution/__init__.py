@@ -2,7 +2,7 @@
 
 DCMIX answers "which channels matter", PCIM "which pixels matter". The scripting API
 (``train``, ``channel_importance``, ``explain``, ``save_bundle``, ``load_bundle``,
-``load_model``, ``explain_plate``) is imported lazily so that ``import napari_attribution``
+``load_model``, ``load_plate``, ``explain_plate``) is imported lazily so that ``import napari_attribution``
 stays cheap for napari's plugin discovery.
 """
 
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": "api", "explain": "api", "channel_importance": "api", "save_bundle": "api",
     "sample_cells": "api", "sample_multi_snr": "api", "explain_plate": "api",
+    "load_plate": "api",
     "load_bundle": "io.bundle", "load_model": "io.models",
     "ImageSet": "core.data", "TrainConfig": "core.training", "PCIMConfig": "core.pcim",
     "available_methods": "core.attribution",
