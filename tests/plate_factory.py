@@ -53,7 +53,8 @@ def nfkb_pair(root: Path, size: int = 96, n: int = 14, radius: int = 6, seed: in
             d2 = (yy - cy) ** 2 + (xx - cx) ** 2
             ring |= (d2 > radius ** 2) & (d2 <= (2 * radius) ** 2)
         dna = rng.normal(100, 10, (size, size)) + gain * 800 * (lab > 0)
-        nfkb = rng.normal(100, 10, (size, size)) + 600 * ((lab > 0) if stim else (ring & (lab == 0)))
+        where = (lab > 0) if stim else (ring & (lab == 0))
+        nfkb = rng.normal(100, 10, (size, size)) + 600 * where
         write_field(root, well, 1, {"DNA": dna, "NFKB": nfkb})
     (root / "map.csv").write_text("well,class\nA01,TNF\nA02,ctrl\n")
     return root

@@ -2,8 +2,8 @@
 
 DCMIX answers "which channels matter", PCIM "which pixels matter". The scripting API
 (``train``, ``channel_importance``, ``explain``, ``save_bundle``, ``load_bundle``,
-``load_model``, ``load_plate``, ``explain_plate``) is imported lazily so that ``import napari_attribution``
-stays cheap for napari's plugin discovery.
+``load_model``, ``load_plate``, ``explain_plate``) is imported lazily so that
+``import napari_attribution`` stays cheap for napari's plugin discovery.
 """
 
 from __future__ import annotations
