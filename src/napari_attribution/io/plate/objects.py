@@ -161,15 +161,28 @@ class LabelRule:
             raise InputError(f"label rule {self}: need at least two objects; found "
                              f"{means.size}")
         if self.threshold == "otsu":
-            from skimage.filters import threshold_otsu
-
             if np.ptp(means) == 0:
                 raise InputError(f"label rule {self}: every object has the same mean")
-            thr = float(threshold_otsu(means))
+            thr = otsu_exact(means)
         else:
             thr = float(self.threshold)
         labels = (means > thr) if self.op == ">" else (means < thr)
         return labels.astype(np.int64), thr
+
+
+def otsu_exact(values: np.ndarray) -> float:
+    """Otsu's threshold on the values themselves (no histogram): the cut between sorted
+    values that maximises the between-class variance, placed mid-gap. Histogram-based
+    Otsu puts the cut at the edge of the large class when one class is rare."""
+    v = np.sort(np.asarray(values, float))
+    n = v.size
+    k = np.arange(1, n)  # sizes of the lower class
+    csum = np.cumsum(v)[:-1]
+    mu0, mu1 = csum / k, (v.sum() - csum) / (n - k)
+    between = k * (n - k) * (mu0 - mu1) ** 2
+    between[v[1:] == v[:-1]] = -1  # no cut between equal values
+    i = int(np.argmax(between))
+    return float((v[i] + v[i + 1]) / 2)
 
 
 _RULE_RE = re.compile(r"^\s*(?P<ch>[^<>]+?)\s*(?P<op>[<>])\s*(?P<thr>otsu|[-+0-9.eE]+)\s*$")
