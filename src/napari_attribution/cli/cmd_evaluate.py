@@ -104,8 +104,10 @@ def register(sub) -> None:
     p.add_argument("-n", "--n-images", type=int, default=64)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
-    p.add_argument("--normalize", choices=("none", "per_image"), default="none",
-                   help="normalisation for TorchScript models (bundles use their own)")
+    p.add_argument("--normalize", choices=("none", "per_field", "per_crop", "per_image"),
+                   default="none", help="normalisation for TorchScript models: percentiles "
+                   "of each image given (per_field / per_crop; per_image is the old name); "
+                   "bundles use their own")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

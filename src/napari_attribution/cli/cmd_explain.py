@@ -55,7 +55,7 @@ def normalise(images: np.ndarray, info: dict, mode: str) -> np.ndarray:
         return info["bundle"].prepare(images)
     if mode == "none":
         return images.astype(np.float32)
-    return PercentileNormalizer(mode="per_image")(images)
+    return PercentileNormalizer(mode="per_crop" if mode == "per_image" else mode)(images)
 
 
 def target_index(target: str | None, class_names: list[str] | None) -> int | None:
@@ -138,8 +138,10 @@ def register(sub) -> None:
                    help="method parameter, e.g. --param steps=12 (repeatable)")
     p.add_argument("--input-size", type=int,
                    help="the model's input side in pixels; larger images are tiled")
-    p.add_argument("--normalize", choices=("none", "per_image"), default="none",
-                   help="normalisation for TorchScript models (bundles use their own)")
+    p.add_argument("--normalize", choices=("none", "per_field", "per_crop", "per_image"),
+                   default="none", help="normalisation for TorchScript models: percentiles "
+                   "of each image given (per_field / per_crop; per_image is the old name); "
+                   "bundles use their own")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("-q", "--quiet", action="store_true")

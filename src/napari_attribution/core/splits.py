@@ -62,7 +62,9 @@ def grouped_split(
         is_val_group = _per_class(counts, val_fraction, np.random.default_rng(seed))
     else:
         is_val_group = _greedy_mixed(counts, val_fraction, np.random.default_rng(seed))
-    _check_coverage(counts, is_val_group, uniq, class_names)
+    _check_coverage(counts, is_val_group, uniq, class_names,
+                    _ADVICE if val_groups is None else "choose validation groups (wells) "
+                    "holding every class and leave each class some for training")
     is_val = is_val_group[inverse]
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
@@ -113,7 +115,7 @@ def _greedy_mixed(counts: np.ndarray, frac: float, rng: np.random.Generator) -> 
 
 
 def _check_coverage(counts: np.ndarray, is_val: np.ndarray, uniq: np.ndarray,
-                    class_names: Sequence[str] | None) -> None:
+                    class_names: Sequence[str] | None, advice: str) -> None:
     names = list(class_names) if class_names else [str(i) for i in range(counts.shape[1])]
     for side, mask in (("validation", is_val), ("training", ~is_val)):
         present = counts[mask].sum(0)
@@ -124,7 +126,7 @@ def _check_coverage(counts: np.ndarray, is_val: np.ndarray, uniq: np.ndarray,
                 f"cannot split {uniq.size} group(s) so that every class is in training and "
                 f"validation: the split leaves class(es) "
                 f"{', '.join(names[c] for c in missing)} out of {side} (found only in "
-                f"group(s) {where}); " + _ADVICE)
+                f"group(s) {where}); " + advice)
 
 
 def spatial_groups(unit: str, well: np.ndarray, site: np.ndarray, y: np.ndarray,
