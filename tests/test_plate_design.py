@@ -102,3 +102,10 @@ def test_plate_map_class_without_images_is_an_error(tmp_path):
     (root / "map2.csv").write_text("well,class\nA01,TNF\nA02,ctrl\nC05,other\n")
     with pytest.raises(InputError, match="no image"):
         Plate.scan(root, PATTERN, plate_map=root / "map2.csv")
+
+
+def test_crops_too_large_for_a_spatial_split(tmp_path):
+    root = nfkb_pair(tmp_path, size=96, n=10)
+    plate = Plate.scan(root, PATTERN, ["DNA", "NFKB"], plate_map=root / "map.csv")
+    with pytest.raises(InputError, match="cross the cut.*smaller crops"):
+        plate.sample(crop_size=64, masks=False, split_by="half")

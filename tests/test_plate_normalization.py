@@ -121,3 +121,28 @@ def test_npz_declares_its_normalisation(tmp_path, capsys):
     assert main([*base, "--npz", str(raw), "--input-normalization", "none",
                  "--normalization", "per_crop", "-o", str(tmp_path / "p.safetensors")]) == 0
     assert load_bundle(tmp_path / "p.safetensors").normalizer.mode == "per_crop"
+
+
+def test_plate_crops_are_not_normalised_twice(trained):
+    """Crops cut from per-field normalised fields go to the model as they are, through
+    every entry point that takes a dataset (ImageSet or FieldCrops)."""
+    import torch
+
+    import napari_attribution as na
+
+    plate, data, bundle = trained
+    np.testing.assert_array_equal(bundle.prepare(data), data.images)
+    fc = next(iter(plate.iter_crops(crop_size=32, downsample=1)))
+    assert fc.normalization == "per_field"
+    with torch.no_grad():
+        direct = bundle.model.eval()(torch.from_numpy(fc.images)).numpy()
+    np.testing.assert_allclose(bundle.predict_logits(fc), direct, atol=1e-5)
+    # raw crops are normalised; crops normalised another way are refused
+    raw = plate.sample(crop_size=32, downsample=1, masks=False, normalization="none")
+    assert not np.allclose(bundle.prepare(raw), raw.images)
+    other = plate.sample(crop_size=32, downsample=1, masks=False,
+                         normalization="per_dataset")
+    with pytest.raises(InputError, match="normalised per_dataset, but the model expects"):
+        bundle.prepare(other)
+    imp = na.channel_importance(bundle, data)
+    assert imp.channel_names == ["DNA", "NFKB"]

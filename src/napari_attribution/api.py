@@ -80,7 +80,7 @@ def channel_importance(model: str | Path | ModelBundle | TrainResult,
                              "compute it")
         return bundle.importance
     bundle.check_channels(data.n_channels, "the data")
-    return _channel_importance(bundle.model, bundle.prepare(data.images), data.labels,
+    return _channel_importance(bundle.model, bundle.prepare(data), data.labels,
                                bundle.channel_names)
 
 
@@ -90,17 +90,18 @@ def explain(model: str | Path | ModelBundle | TrainResult | Any, images: np.ndar
     """Attribution maps for ``images`` (N, C, H, W) or (C, H, W).
 
     A bundle (path, ``ModelBundle`` or ``TrainResult``) normalises raw images as at
-    training time and accepts class names as ``targets``; any other torch module or
+    training time (an ImageSet of plate crops, already normalised, is used as it is)
+    and accepts class names as ``targets``; any other torch module or
     TorchScript model gets the images as given. ``targets=None`` explains the predicted
     class. ``options`` go to :func:`napari_attribution.core.attribution.explain`
     (``per_channel``, ``device``, ``input_size`` for tiling, method parameters).
     """
-    arr = np.asarray(images)
+    bundle = _as_bundle(model)
+    arr = bundle.prepare(images) if bundle is not None else np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]
-    bundle = _as_bundle(model)
     if bundle is not None:
-        net, arr = bundle.model, bundle.prepare(arr)
+        net = bundle.model
         if isinstance(targets, str):
             if targets not in bundle.class_names:
                 raise InputError(f"unknown class {targets!r}; the model knows "

@@ -160,3 +160,27 @@ def training_normalizer(metadata: dict[str, Any], mode: str, images: np.ndarray,
     norm = PercentileNormalizer("per_dataset" if mode == "auto" else mode, *percentiles)
     norm.fit(images[train_idx], seed=seed)
     return norm, norm(images)
+
+
+def prepare_inputs(normalizer: PercentileNormalizer, data: Any) -> np.ndarray:
+    """Model inputs from raw images, or from a dataset that says how it was normalised.
+
+    ``data`` is an array of raw images (normalised here), or an object with ``images``
+    and either ``metadata["normalization"]`` (an ImageSet) or ``normalization`` (plate
+    ``FieldCrops``): images already normalised the model's way are used as they are
+    (plate crops are cut from normalised fields and cannot be re-normalised per field),
+    raw ones are normalised, and a different normalisation is an error.
+    """
+    if not hasattr(data, "images"):
+        return normalizer(np.asarray(data))
+    meta = getattr(data, "metadata", None)
+    meta = meta if isinstance(meta, dict) else {"normalization": getattr(data, "normalization",
+                                                                        None)}
+    declared = declared_normalization(meta)
+    if declared is None or declared["mode"] == "none":
+        return normalizer(np.asarray(data.images))
+    if declared["mode"] != normalizer.mode:
+        raise InputError(f"these images were normalised {declared['mode']}, but the model "
+                         f"expects {normalizer.mode}; load them raw (normalization 'none') "
+                         f"or {normalizer.mode}")
+    return np.asarray(data.images, np.float32)

@@ -73,9 +73,10 @@ class CropSettings:
 class FieldCrops:
     """The crops of one field of view; ``corners`` are (y, x) in full-resolution pixels.
 
-    With objects (a table or a label rule) ``centres`` are the objects' (y, x),
-    ``object_labels`` their class names from a table and ``object_means`` their mean
-    raw intensity per channel (for a label rule).
+    With objects (a table or a label rule) ``object_labels`` are their class names from
+    a table and ``object_means`` their mean raw intensity per channel (for a label rule).
+    ``normalization`` says what was applied to the field before cropping, so that
+    ``ModelBundle.predict_proba(field_crops)`` does not normalise twice.
     """
 
     fov: FieldOfView
@@ -87,6 +88,7 @@ class FieldCrops:
     field_shape: tuple[int, int] = (0, 0)
     object_labels: list[str] | None = None
     object_means: np.ndarray | None = None
+    normalization: str = "none"
 
 
 def resolve_settings(plate: Plate, fields: list[FieldOfView], crops: str = "nuclei",
@@ -237,7 +239,8 @@ def _iter(plate: Plate, fields: list[FieldOfView], s: CropSettings, source: Labe
                 crop_masks[k] = nuc_mask[y:y + size, x:x + size]
         info = pm.wells.get(fov.well) if pm is not None else None
         yield FieldCrops(fov, i, images, crop_masks, [(y * ds, x * ds) for y, x in corners],
-                         info, (int(full_shape[0]), int(full_shape[1])), names, means)
+                         info, (int(full_shape[0]), int(full_shape[1])), names, means,
+                         s.normalization)
     if progress is not None:
         progress(len(fields), len(fields), "done")
 
@@ -509,6 +512,13 @@ def assign_split(data: ImageSet, split_by: str = "auto",
     groups, keep = spatial_groups(unit, md["well"], md["site"], md["y"], md["x"], crop_full,
                                   np.stack([md["field_h"], md["field_w"]], 1))
     md["split_by"] = unit
+    lost = [n for c, n in enumerate(data.class_names)
+            if (data.labels == c).any() and not (keep & (data.labels == c)).any()]
+    if lost:
+        raise InputError(f"crops of {crop_full} px (full resolution) all cross the cut of "
+                         f"the fields into {'halves' if unit == 'half' else 'quadrants'}, "
+                         f"leaving no crops of {', '.join(lost)}; use smaller crops "
+                         "(crop_size / --crop-size, or more downsampling) or split by field")
     if not keep.all():
         data = take(data, np.flatnonzero(keep))
         groups = groups[keep]
