@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     path = save_training_result(args.output, result)
     print(f"validation accuracy {result.val_accuracy:.3f} after {len(result.history)} epochs "
           f"({result.seconds:.1f} s); bundle written to {path}")
-    for w in result.warnings:
+    for w in result.warnings:  # again after the result, with any added in training
         print(f"WARNING: {w}")
     if result.importance is not None:
         print(format_importance(result.importance, "text"))

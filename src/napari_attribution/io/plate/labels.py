@@ -82,8 +82,6 @@ class LabelSource:
             out = self._fn(nuclei)
         else:
             key = (normalise_well(well), site_key(site))
-            if key not in self._table and (key[0], "1") in self._table and key[1] == "1":
-                key = (key[0], "1")
             if key not in self._table:
                 raise InputError(f"no label image for well {well} site {site} ({self.name})")
             out = self._table[key]
