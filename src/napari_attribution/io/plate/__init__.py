@@ -2,9 +2,10 @@
 
 * :mod:`.plate_map` — well names and the plate-map CSV (class, dose, control per well).
 * :mod:`.layout` — :class:`Plate`: fields of view found in a folder by a filename pattern.
-* :mod:`.crops` — crops of a plate (:meth:`Plate.sample`, :meth:`Plate.iter_crops`):
-  nuclei-centred, grid or random; geometry from the nucleus size; per-field
-  normalisation; the held-out unit for validation.
+* :mod:`.crops` — cutting crops field by field (:meth:`Plate.iter_crops`):
+  nuclei-centred, grid or random; geometry from the nucleus size; per-field normalisation.
+* :mod:`.sampling` — crops as an ImageSet (:meth:`Plate.sample`): labels from the plate
+  map, an object table or a marker rule; groups for the held-out unit.
 * :mod:`.labels` — nuclei from the built-in Otsu segmentation or label images made
   elsewhere (cellpose, stardist, napari Labels).
 * :mod:`.objects` — per-object labels: object tables (CellProfiler columns accepted)
@@ -32,15 +33,14 @@ from .crops import (
     NORMALIZATIONS,
     CropSettings,
     FieldCrops,
-    assign_split,
     block_mean,
-    sample_plate,
     take,
 )
 from .labels import LabelSource, read_label_file
 from .layout import FieldOfView, Plate, probe_channels
 from .objects import LabelRule, ObjectTable, parse_column_map, parse_label_rule, read_objects
 from .plate_map import PlateMap, WellInfo, normalise_well, read_plate_map
+from .sampling import assign_split, sample_plate
 
 __all__ = [
     "BBBC013_CHANNELS", "BBBC013_CLASSES", "BBBC013_PATTERN", "CROP_MODES", "NORMALIZATIONS",

@@ -184,7 +184,7 @@ class Plate:
         per-field normalisation (default), label images, per-object labels (``objects``
         table, ``label_rule``) and the held-out unit (``split_by``, ``val_wells``).
         """
-        from .crops import sample_plate
+        from .sampling import sample_plate
 
         return sample_plate(self, crops=crops, crop_size=crop_size, per_image=per_image,
                             **options)
