@@ -109,3 +109,18 @@ def test_crops_too_large_for_a_spatial_split(tmp_path):
     plate = Plate.scan(root, PATTERN, ["DNA", "NFKB"], plate_map=root / "map.csv")
     with pytest.raises(InputError, match="cross the cut.*smaller crops"):
         plate.sample(crop_size=64, masks=False, split_by="half")
+
+
+def test_per_field_normalisation_removes_a_well_brightness_batch_effect(pair):
+    """DNA is 2.2x brighter in one well: raw crops separate the wells by DNA alone,
+    per-field crops do not (the NF-kB pattern is what is left to learn)."""
+    plate = Plate.scan(pair, PATTERN, ["DNA", "NFKB"], plate_map=pair / "map.csv")
+
+    def dna_ratio(normalization):
+        d = plate.sample(crop_size=24, downsample=1, normalization=normalization)
+        dna = np.array([img[0][m].mean() for img, m in zip(d.images, d.masks, strict=True)])
+        tnf = d.labels == d.class_names.index("TNF")
+        return dna[tnf].mean() / dna[~tnf].mean()
+
+    assert dna_ratio("none") == pytest.approx(2.2, rel=0.1)
+    assert dna_ratio("per_field") == pytest.approx(1.0, abs=0.1)
