@@ -49,7 +49,7 @@ def test_cli_default_path_warns_and_stores_the_warning(pair, tmp_path, capsys):
             "-o", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "held out by half" in text and "WARNING: split by half, not by well" in text
+    assert "held out by half" in text and "split by half, not by well" in text
     b = load_bundle(out)
     assert b.normalizer.mode == "per_field"
     assert any("not by well" in w for w in b.provenance["warnings"])
