@@ -216,3 +216,29 @@ def test_repeats_and_retrain_check():
     rc = run_generator(retrain_check(data, cfg))
     assert rc["n_models"] == 5 and set(rc["alone"]) == {"DNA", "Marker"}
     assert set(rc["without"]) == {"DNA", "Marker"} and rc["seconds"] > 0
+
+
+def test_cli_train_repeats_retrain_and_evaluate_channel_check(tmp_path, capsys):
+    from napari_attribution.cli import main
+
+    data = make_batch_effect_trap(n_images=48, size=16, seed=0)
+    npz = tmp_path / "trap.npz"
+    np.savez(npz, images=data.images, labels=data.labels, groups=data.groups,
+             channel_names=np.array(data.channel_names), class_names=np.array(data.class_names))
+    out = tmp_path / "m.safetensors"
+    assert main(["train", "--npz", str(npz), "--epochs", "1", "--device", "cpu",
+                 "--repeats", "2", "--retrain-check", "-q", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "over 2 training runs" in text and "retraining check" in text
+    assert "balanced accuracy" in text and "confusion matrix" in text
+    assert main(["channels", str(out), "--format", "json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["importance_repeats"]["seeds"] == [0, 1]
+    assert rep["retrain_check"]["n_models"] == 5 and rep["retrain_check"]["seconds"] > 0
+    assert main(["evaluate", str(out), "--npz", str(npz), "--methods", "saliency",
+                 "--metrics", "deletion", "-n", "24", "--channel-check", "--format", "json",
+                 "--device", "cpu", "-q"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert [p["method"] for p in ev["posthoc_importance"]] == ["permutation",
+                                                               "feature_ablation"]
+    assert set(ev["dcmix_weights"]) == {"DNA", "Marker"}

@@ -141,24 +141,24 @@ def format_retrain(rc: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import BundleError
-    from ..io.bundle import load_bundle
+    from .model_args import load_from_args
 
-    bundle = load_bundle(args.bundle)
-    if bundle.importance is None and not bundle.checks.get("posthoc_importance"):
-        raise BundleError(f"{args.bundle} holds no channel importance (trained without a "
-                          "mixing layer and without the post-hoc check?)")
+    clf = load_from_args(args, "bundle")
+    bundle = clf.bundle
+    warnings = list(getattr(bundle, "warnings", []) or [])
+    checks = dict(getattr(bundle, "checks", {}) or {})
+    if clf.importance is None and not checks.get("posthoc_importance"):
+        raise BundleError(f"{args.bundle} holds no channel importance (only DCMIX bundles "
+                          "trained with a mixing layer do; for other models use "
+                          "'evaluate --channel-check' or 'explain --per-channel')")
     if args.format == "json":
-        text = json.dumps(report_json(bundle.importance, bundle.warnings, bundle.checks),
-                          indent=2)
-    elif args.format == "csv" or bundle.importance is None:
-        text = "" if bundle.importance is None else format_importance(bundle.importance,
-                                                                      args.format)
-        if args.format == "text":
-            text = (text + "\n\n" if text else "") + format_checks(bundle.warnings,
-                                                                 bundle.checks)
+        text = json.dumps(report_json(clf.importance, warnings, checks), indent=2)
+    elif args.format == "csv":
+        text = "" if clf.importance is None else format_importance(clf.importance, "csv")
     else:
-        text = (format_importance(bundle.importance, "text") + "\n\n"
-                + format_checks(bundle.warnings, bundle.checks))
+        text = ("" if clf.importance is None else
+                format_importance(clf.importance, "text") + "\n\n")
+        text += format_checks(warnings, checks)
     if args.output:
         Path(args.output).write_text(text + ("\n" if not text.endswith("\n") else ""))
         print(f"written to {args.output}")
@@ -175,7 +175,10 @@ def register(sub) -> None:
                                    "shortcut check, validation metrics and the study "
                                    "warnings (JSON: top-level 'warnings' and "
                                    "'balanced_accuracy').")
-    p.add_argument("bundle", type=Path)
+    from .model_args import MODEL_HELP, add_trust_argument
+
+    p.add_argument("bundle", type=Path, help=MODEL_HELP)
+    add_trust_argument(p)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
     p.set_defaults(func=run)
