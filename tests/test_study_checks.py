@@ -242,3 +242,19 @@ def test_cli_train_repeats_retrain_and_evaluate_channel_check(tmp_path, capsys):
     assert [p["method"] for p in ev["posthoc_importance"]] == ["permutation",
                                                                "feature_ablation"]
     assert set(ev["dcmix_weights"]) == {"DNA", "Marker"}
+
+
+def test_npz_wells_feed_the_design_check(tmp_path):
+    from napari_attribution.core.errors import InputError
+    from napari_attribution.io.training_data import load_npz
+
+    data = make_batch_effect_trap(n_images=24, size=16, seed=0)
+    path = tmp_path / "crops.npz"
+    np.savez(path, images=data.images, labels=data.labels, groups=data.groups,
+             well=data.metadata["well"], site=data.metadata["site"])
+    loaded = load_npz(path)
+    assert list(loaded.metadata["well"]) == list(data.metadata["well"])
+    assert any("class and well coincide" in w for w in check_study_design(loaded).warnings)
+    np.savez(path, images=data.images, labels=data.labels, well=np.array(["A01"]))
+    with pytest.raises(InputError, match="one value per image"):
+        load_npz(path)
