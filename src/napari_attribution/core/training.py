@@ -38,6 +38,11 @@ class TrainConfig:
     inversely proportional to their class size, so every class is seen equally often;
     ``weights`` keeps the order and weights the loss per class instead; ``none`` trains
     on the raw class proportions.
+
+    ``design_check`` (study design before training), ``shortcut_check`` (intensity
+    statistics on the same split) and ``posthoc_check`` (within-channel pixel
+    permutation) fill ``TrainResult.study_design``, ``.shortcut`` and ``.posthoc`` and
+    add plain-language strings to ``TrainResult.warnings``; see docs/study_design.md.
     """
 
     epochs: int = 15
