@@ -68,6 +68,11 @@ class BatchConfig:
         if extra:
             raise InputError(f"parameters given for method(s) {extra} that are not run "
                              f"(methods: {methods or 'none'})")
+        if methods:
+            from ..core.attribution import check_method_params
+
+            for m in methods:
+                check_method_params(m, self.params.get(m, {}))
         if self.batch_size < 1 or (self.images_per_task is not None
                                    and self.images_per_task < 1):
             raise InputError("batch_size and images_per_task must be at least 1")

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from ..core.importance import ChannelImportance
+from ._checks import add_overwrite_argument
 
 
 def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
@@ -41,15 +42,19 @@ def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import BundleError
+    from ..io.atomic import atomic_write_text, check_output
     from ..io.bundle import load_bundle
 
+    if args.output:
+        check_output(args.output, args.overwrite, "channel importance")
     bundle = load_bundle(args.bundle)
     if bundle.importance is None:
         raise BundleError(f"{args.bundle} holds no channel importance (trained without a "
                           "mixing layer?)")
     text = format_importance(bundle.importance, args.format)
     if args.output:
-        Path(args.output).write_text(text + ("\n" if not text.endswith("\n") else ""))
+        atomic_write_text(args.output, text + ("\n" if not text.endswith("\n") else ""),
+                          args.overwrite, "channel importance")
         print(f"written to {args.output}")
     else:
         print(text)
@@ -64,4 +69,5 @@ def register(sub) -> None:
     p.add_argument("bundle", type=Path)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
+    add_overwrite_argument(p)
     p.set_defaults(func=run)

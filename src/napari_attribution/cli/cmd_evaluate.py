@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
+from ._checks import add_overwrite_argument, positive_int
 from .cmd_explain import normalise
 from .progress_bar import run_with_bar
 
@@ -64,8 +65,11 @@ def format_rows(rows: list[dict], fmt: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.evaluation import METRICS, evaluate_methods
+    from ..io.atomic import atomic_write_text, check_output
     from ..io.models import load_model
 
+    if args.output:
+        check_output(args.output, args.overwrite, "evaluation table")  # before computing
     model, info = load_model(args.model, device="cpu")
     images, labels, masks = load_eval_data(args)
     if args.n_images:
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                                             seed=args.seed), quiet=args.quiet)
     text = format_rows(rows, args.format)
     if args.output:
-        args.output.write_text(text + "\n")
+        atomic_write_text(args.output, text + "\n", args.overwrite, "evaluation table")
         print(f"written to {args.output}")
     else:
         print(text)
@@ -101,13 +105,14 @@ def register(sub) -> None:
     p.add_argument("--metrics", help="comma-separated subset of deletion,insertion,"
                                      "pointing_game,relevance_mass,sanity (default: all)")
     p.add_argument("--target", choices=("predicted", "label"), default="predicted")
-    p.add_argument("-n", "--n-images", type=int, default=64)
+    p.add_argument("-n", "--n-images", type=positive_int, default=64)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
+    add_overwrite_argument(p)
     p.add_argument("--normalize", choices=("none", "per_image"), default="none",
                    help="normalisation for TorchScript models (bundles use their own)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=run)
