@@ -75,8 +75,8 @@ def image_layers(img: ImageData, base_name: str = "") -> list[LayerData]:
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     """Read a TIFF/OME-TIFF (or a list of single-channel files) into layer data."""
     if isinstance(path, str | Path):
-        return image_layers(read_image(path))
+        return image_layers(read_image(path, lazy=True))  # large images stay on disk
     paths = list(path)
     if len(paths) == 1:
-        return image_layers(read_image(paths[0]))
+        return image_layers(read_image(paths[0], lazy=True))
     return image_layers(read_channel_files(paths))
