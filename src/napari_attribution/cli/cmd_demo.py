@@ -83,7 +83,12 @@ def _explain(result, bundle_path: Path, data, out: Path, args: argparse.Namespac
 
 
 def _show(data, bundle_path: Path) -> int:
-    import napari
+    try:
+        import napari
+    except ImportError:  # a headless install: results are saved, no viewer to open
+        print("napari is not installed (pip install 'napari-attribution[pyqt6]'): "
+              "skipping the viewer; results are saved above")
+        return 0
 
     from ..io.bundle import load_bundle
 
