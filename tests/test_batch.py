@@ -219,10 +219,20 @@ def test_killed_worker_run_completes_without_loss(tmp_path, records, bundle_path
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
+        seen = []
+
+        def watch(event) -> None:
+            seen.append(event)
+            kill_busy_worker(event)
+
         result = run_generator(run_batch(records, bundle_path, out,
                                          pcim_config(images_per_task=1), client=client),
-                               kill_busy_worker)
+                               watch)
     assert killed, "no worker was busy when the first images finished"
+    # the death is reported, not silently absorbed: in the progress and the store's log
+    lost = [w for e in seen for w in e.partial.get("workers_lost", [])]
+    assert len(lost) == 1 and any("died" in e.message for e in seen)
+    assert open_result(out).meta["summary"]["workers_lost"] == lost
     assert result.n_computed == len(records)
     store = open_result(out)
     assert store.complete
@@ -361,3 +371,30 @@ def test_downsampled_run_matches_downsampled_images_and_aligns_in_napari(
                             BatchConfig(device="cpu"), n_workers=1, processes=False))
     auto = open_result(tmp_path / "auto.zarr")
     assert auto.meta["downsample"] == 2 and auto.meta["image_shape"] == [16, 16]
+
+
+def test_second_run_on_a_busy_store_is_refused_and_does_no_work(tmp_path, records,
+                                                                bundle_path):
+    from napari_attribution.batch.lock import StoreBusy, StoreLock, lock_path
+
+    out = tmp_path / "busy.zarr"
+    cfg = BatchConfig(device="cpu", batch_size=4, images_per_task=1)
+    first = run_batch(records, bundle_path, out, cfg, n_workers=1, processes=False)
+    next(first)  # the first run holds the store from here on
+    assert lock_path(out).is_file()
+    with pytest.raises(StoreBusy, match=r"in use by another run \(pid \d+ on .*--overwrite"):
+        run_generator(run_batch(records, bundle_path, out, cfg, n_workers=1,
+                                processes=False))
+    with pytest.raises(StoreBusy):  # overwrite cannot delete a store under a running run
+        run_generator(run_batch(records, bundle_path, out, cfg, n_workers=1,
+                                processes=False, overwrite=True))
+    result = run_generator(first)  # the first run is unharmed and finishes
+    assert result.n_computed == len(records)
+    assert not lock_path(out).exists()
+    again = run_generator(run_batch(records, bundle_path, out, cfg, n_workers=1,
+                                    processes=False))
+    assert again.n_computed == 0 and again.n_skipped == len(records)
+    with StoreLock(out):  # a lock held by any process (here: this one) refuses
+        with pytest.raises(StoreBusy):
+            StoreLock(out).acquire()
+    StoreLock(out).acquire().release()  # released on exit
