@@ -344,6 +344,18 @@ def _check_ome_planes(tif, series, path: Path) -> None:
                          f"SizeT) but the file holds {len(tif.pages)} page(s)")
 
 
+def _series_axes(series) -> str:
+    """The series' axes, or, where tifffile's guess contradicts its own pages (it can for
+    length-1 axes: ``XYX`` for shape (1, 1, 1)), generic ``Q`` axes then the page axes."""
+    axes, page_axes = series.axes, series.keyframe.axes
+    shape, page_shape = tuple(series.shape), tuple(series.keyframe.shape)
+    valid = len(set(axes)) == len(axes) and axes.endswith(page_axes)
+    if valid or len(shape) < len(page_shape) or shape[len(shape) - len(page_shape):] \
+            != page_shape:
+        return axes
+    return "Q" * (len(shape) - len(page_shape)) + page_axes
+
+
 def _lazy_array(path: Path, index: int):
     """The series as a Dask array read chunk by chunk through tifffile's Zarr store."""
     try:
@@ -388,7 +400,7 @@ def read_image(path: str | Path, axes: str | None = None,
             index, chosen = _pick_series(tif, series, path)
             log.check(path)
             _check_ome_planes(tif, chosen, path)
-            stored_axes = chosen.axes
+            stored_axes = _series_axes(chosen)
             shape = tuple(int(n) for n in chosen.shape)
             if not shape or min(shape) == 0:
                 raise InputError(f"{path}: the image has no pixels (shape {shape})")
