@@ -7,7 +7,8 @@ no change, truncation, an OME SizeC/Z/T/X/Y or PhysicalSize rewrite, a corrupted
 or IFD byte, a page of another shape, a random description; random plate-map CSVs;
 random edits of bundle metadata) through hypothesis with a fixed seed, and counts the
 outcomes: clear errors, correct reads, raw tracebacks and silent-wrong reads (the last
-two must be 0). Writes benchmarks/results/fuzz_io.json and prints a table.
+two must be 0). Writes benchmarks/results/fuzz_io.json and prints a table. ``--src=DIR``
+tests another checkout's package with these cases.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+SRC = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--src=")), ROOT / "src")
+sys.path[:0] = [str(SRC), str(ROOT / "tests")]
 
 
 def _run(strategy, fn, n: int, kind: str, failures: Counter, examples: dict) -> None:
     from hypothesis import HealthCheck, given, settings
+
+    if n <= 0:
+        return
 
     @settings(max_examples=n, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
@@ -46,6 +51,8 @@ def main() -> None:
     ap.add_argument("--tiff", type=int, default=2000)
     ap.add_argument("--plate-maps", type=int, default=1000)
     ap.add_argument("--bundles", type=int, default=500)
+    ap.add_argument("--src", help="package source to test (default: this tree's src)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fuzz_io.json"))
     args = ap.parse_args()
     import warnings
 
@@ -85,8 +92,9 @@ def main() -> None:
            "note": "plate-map control flags that overflow int() are excluded from the "
                    "generator (a known raw OverflowError in read_plate_map, kept as a "
                    "strict xfail test)"}
-    (ROOT / "benchmarks" / "results" / "fuzz_io.json").write_text(json.dumps(out, indent=2)
-                                                                  + "\n")
+    out["src"] = str(Path(SRC).resolve().relative_to(ROOT.parent)
+                     if Path(SRC).resolve().is_relative_to(ROOT.parent) else SRC)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ read that succeeds with different pixels, wells or metadata (a silent-wrong read
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import re
@@ -184,13 +185,17 @@ def plate_map_cases(draw):
     columns = draw(st.lists(st.sampled_from(["well", "class", "dose", "control", "row",
                                              "col", "note"]), min_size=0, max_size=5,
                             unique=True))
+    if draw(st.integers(0, 4)) and "well" not in columns:  # mostly a usable map
+        columns.insert(0, "well")
     n = draw(st.integers(0, 6))
     rows = []
     for _ in range(n):
         row = {}
         for c in columns:
             if c == "well":
-                row[c] = draw(st.sampled_from(WELL_VALUES))
+                row[c] = draw(st.sampled_from(WELL_VALUES) if draw(st.integers(0, 3)) == 0
+                              else st.sampled_from(["A01", "b2", "C03", "D4", "E05", "F6",
+                                                    "G07", "H8"]))
             elif c == "control":
                 row[c] = draw(st.sampled_from([v for v in NUMBERS if v not in OVERFLOWING]))
             elif c in ("dose", "col"):
@@ -203,7 +208,7 @@ def plate_map_cases(draw):
         rows.append(row)
     return {"columns": columns, "rows": rows, "garbage": draw(st.binary(max_size=40)),
             "use_garbage": draw(st.integers(0, 9)) == 0,
-            "row_col": draw(st.booleans())}
+            "row_col": draw(st.integers(0, 3)) == 0}
 
 
 def run_plate_map_case(case: dict, folder: Path) -> str:
@@ -268,7 +273,7 @@ def run_bundle_case(case: dict, base_meta: dict, state: dict, folder: Path) -> s
 
     meta = json.loads(json.dumps(base_meta))
     for key, how, vi in case["edits"]:
-        value = ODD_VALUES[vi]
+        value = copy.deepcopy(ODD_VALUES[vi])  # never share (and so nest) the originals
         if how == "delete":
             meta.pop(key, None)
         elif how == "replace":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import struct
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -431,9 +430,7 @@ def read_image(path: str | Path, axes: str | None = None,
     except MemoryError:
         raise InputError(f"{path}: not enough memory for {_fmt_bytes(expected)} of pixels; "
                          f"lower {MAX_BYTES_ENV} or open it lazily") from None
-    except (tifffile.TiffFileError, OSError, ValueError, struct.error, KeyError,
-            IndexError, RuntimeError, TypeError, AttributeError, OverflowError,
-            ZeroDivisionError, NotImplementedError) as err:
+    except Exception as err:  # noqa: BLE001 - any failure inside tifffile is a bad file
         raise InputError(f"cannot read {path} as TIFF (damaged or not a TIFF?): "
                          f"{type(err).__name__}: {err}") from None
     if arr is None or arr.size == 0 or (not is_lazy and arr.nbytes != expected):
@@ -474,6 +471,14 @@ def _check_truncated(tif, path: Path) -> None:
         if offsets and max(o + c for o, c in zip(offsets, counts, strict=True)) > size:
             raise InputError(f"{path} is truncated: image data runs past the end of the "
                              f"file ({size} bytes)")
+        key = getattr(page, "keyframe", None) or page
+        nbytes = int(getattr(key, "nbytes", 0))
+        # uncompressed strips hold exactly the pixels (a pad byte per strip at most):
+        # anything else is a damaged file, e.g. compressed data whose tag was lost
+        if (offsets and nbytes and int(key.compression) == 1 and not key.is_tiled
+                and not nbytes <= sum(counts) <= nbytes + len(counts)):
+            raise InputError(f"{path} is damaged: its uncompressed strips hold "
+                             f"{sum(counts)} bytes for {nbytes} bytes of pixels")
 
 
 def read_channel_files(paths: Sequence[str | Path],
