@@ -113,6 +113,18 @@ def test_cli_refuses_existing_output_then_overwrites(tmp_path, bundle, capsys):
     assert out.read_text().startswith("channel,")
 
 
+def test_train_refuses_existing_bundle_before_training(tmp_path, bundle, capsys):
+    import time
+
+    before = bundle.read_bytes()
+    t0 = time.perf_counter()
+    assert main(["train", "--sample", "cells", "--epochs", "5", "--device", "cpu", "-q",
+                 "-o", str(bundle)]) == 2
+    assert time.perf_counter() - t0 < 5  # refused up front, not after five epochs
+    assert "already exists" in capsys.readouterr().err
+    assert bundle.read_bytes() == before
+
+
 @pytest.mark.parametrize("command", ["channels", "explain", "train"])
 def test_cli_full_disk_is_one_line_and_no_file(tmp_path, bundle, capsys, monkeypatch,
                                                command):

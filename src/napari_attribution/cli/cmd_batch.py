@@ -146,7 +146,8 @@ def register(sub) -> None:
     c.add_argument("--images-per-task", type=positive_int, help="images per Dask task "
                    "(default: batch size)")
     c.add_argument("--overwrite", action="store_true",
-                   help="replace a result store written by a different run")
+                   help="replace a result store written by a different run (refused while "
+                        "another run holds the store)")
     p.add_argument("--table", type=Path, help="per-image CSV (default: OUTPUT with .csv; "
                    "per-well table beside it as *_wells.csv)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -413,7 +413,7 @@ def read_image(path: str | Path, axes: str | None = None,
                     f"{path} declares {' x '.join(map(str, shape))} {chosen.dtype} "
                     f"pixels ({_fmt_bytes(expected)}), more than the "
                     f"{_fmt_bytes(limit)} limit; raise it with {MAX_BYTES_ENV}=8G "
-                    "(or max_bytes=), or open it lazily (napari, batch)")
+                    "(or max_bytes=), or read it lazily (lazy=True, as the napari reader does)")
             else:
                 arr = chosen.asarray()
             log.check(path)
