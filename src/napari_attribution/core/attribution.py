@@ -134,7 +134,8 @@ def check_method_params(method: str, params: dict) -> None:
         hints = {k: hints.get(k, Any) for k in known}
     unknown = sorted(set(params) - set(hints))
     if unknown:
-        raise InputError(f"unknown parameter(s) {unknown} for {method}; known: "
+        what = "PCIM parameter(s)" if method == "pcim" else "parameter(s)"
+        raise InputError(f"unknown {what} {unknown} for {method}; known: "
                          f"{sorted(hints) or 'none'}")
     for key, value in params.items():
         if not _type_ok(value, hints[key]):
