@@ -125,6 +125,16 @@ def test_train_refuses_existing_bundle_before_training(tmp_path, bundle, capsys)
     assert bundle.read_bytes() == before
 
 
+def _small_npz(folder):
+    from napari_attribution.core.synthetic import make_cell_phenotype
+
+    data = make_cell_phenotype(n_images=48, size=24, seed=0)
+    path = folder / "small.npz"
+    np.savez(path, images=data.images, labels=data.labels,
+             channel_names=np.array(data.channel_names))
+    return path
+
+
 @pytest.mark.parametrize("command", ["channels", "explain", "train"])
 def test_cli_full_disk_is_one_line_and_no_file(tmp_path, bundle, capsys, monkeypatch,
                                                command):
@@ -134,8 +144,9 @@ def test_cli_full_disk_is_one_line_and_no_file(tmp_path, bundle, capsys, monkeyp
     args = {"channels": ["channels", str(bundle), "-o", str(out)],
             "explain": ["explain", str(bundle), str(img), "-m", "saliency", "-q",
                         "--device", "cpu", "-o", str(out)],
-            "train": ["train", "--sample", "cells", "--epochs", "1", "--device", "cpu",
-                      "-q", "-o", str(out.with_suffix(".safetensors"))]}[command]
+            "train": ["train", "--npz", str(_small_npz(tmp_path)), "--epochs", "1",
+                      "--device", "cpu", "-q", "-o", str(out.with_suffix(".safetensors"))]
+            }[command]
     _fail_rename(monkeypatch, errno.ENOSPC)
     capsys.readouterr()
     assert main(args) == 2
