@@ -385,7 +385,14 @@ def read_image(path: str | Path, axes: str | None = None,
     """
     import tifffile
 
+    from .formats import is_bioio_path, read_image_bioio
+
     path = Path(path)
+    if is_bioio_path(path):  # CZI, ND2, LIF, OME-Zarr: through bioio, same rules
+        if axes is not None or series is not None:
+            raise InputError(f"{path}: axes= and series= apply to TIFF files; bioio reads "
+                             "the axes from the file (scenes: io.formats.read_image_bioio)")
+        return read_image_bioio(path, channel_names, lazy=lazy, max_bytes=max_bytes)
     if not path.exists():
         raise InputError(f"image file not found: {path}")
     if path.is_dir():
