@@ -132,3 +132,15 @@ def test_lazy_read_gives_the_same_pixels(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(chw[1, 100:110, 200:210]),
                                   arr[1, 100:110, 200:210])
     assert not read_image(path).extra["lazy"]
+
+
+def test_batch_reader_claims_only_its_own_stores(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from napari_attribution.batch.napari_reader import get_reader
+
+    other = zarr.open_group(str(tmp_path / "image.zarr"), mode="w", zarr_format=2)
+    other.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "y"}, {"name": "x"}],
+                                   "datasets": [{"path": "0"}]}]
+    other.create_array("0", shape=(4, 4), dtype="uint8")
+    assert get_reader(str(tmp_path / "image.zarr")) is None  # left to napari-ome-zarr
+    assert get_reader(str(tmp_path / "missing.zarr")) is None
