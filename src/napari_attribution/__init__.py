@@ -24,7 +24,7 @@ _LAZY = {
     "ImageSet": "core.data", "TrainConfig": "core.training", "PCIMConfig": "core.pcim",
     "available_methods": "core.attribution",
     "AttributionError": "core.errors", "InputError": "core.errors",
-    "BundleError": "core.errors", "Cancelled": "core.errors",
+    "BundleError": "core.errors", "Cancelled": "core.errors", "OutputError": "core.errors",
 }
 
 __all__ = ["__version__", *_LAZY]
