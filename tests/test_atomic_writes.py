@@ -194,3 +194,30 @@ def test_cli_typed_method_params(tmp_path, bundle, capsys):
     assert main(["explain", str(bundle), str(img), "-m", "saliency", "--param",
                  "n_steps=3", "-q"]) == 2
     assert "unknown parameter" in capsys.readouterr().err
+
+
+def test_batch_store_on_a_read_only_disk_is_one_clear_error(tmp_path, monkeypatch):
+    from napari_attribution.batch import lock
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), args[0])
+
+    monkeypatch.setattr(lock.os, "open", read_only)
+    with pytest.raises(OutputError, match=r"cannot write the result store .*read-only"):
+        lock.StoreLock(tmp_path / "plate.zarr").acquire()
+
+
+def test_cli_turns_a_stray_oserror_into_one_line(monkeypatch, capsys):
+    from napari_attribution import cli
+
+    def boom(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/x.zarr/0/0")
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["channels", "m.safetensors"])
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    args.func = boom
+    monkeypatch.setattr(parser, "parse_args", lambda argv=None: args)
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: /data/x.zarr/0/0: No space left on device ([Errno 28])"

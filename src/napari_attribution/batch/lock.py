@@ -17,7 +17,8 @@ import socket
 import time
 from pathlib import Path
 
-from ..core.errors import InputError
+from ..core.errors import InputError, OutputError
+from ..io.atomic import why_failed
 
 try:
     import fcntl
@@ -45,9 +46,13 @@ class StoreLock:
     def acquire(self) -> StoreLock:
         if fcntl is None:  # pragma: no cover
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as err:
+                raise OutputError(f"cannot write the result store {self.store}: "
+                                  f"{why_failed(err)} ([Errno {err.errno}])") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

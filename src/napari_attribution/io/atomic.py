@@ -26,7 +26,7 @@ from ..core.errors import OutputError
 TMP_PREFIX = ".tmp-"
 
 
-def _why(err: OSError) -> str:
+def why_failed(err: OSError) -> str:
     reasons = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
                errno.EDQUOT: "the disk quota is exceeded", errno.ENOENT: "no such folder",
@@ -121,7 +121,7 @@ def atomic_path(path: str | Path, overwrite: bool = True, what: str = "output"
     except OutputError:
         raise
     except OSError as err:
-        raise OutputError(f"cannot write {what} to {path}: {_why(err)} "
+        raise OutputError(f"cannot write {what} to {path}: {why_failed(err)} "
                           f"([Errno {err.errno}])") from None
     finally:
         if tmp is not None:
