@@ -211,6 +211,7 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
         class_names=bundle.class_names, provenance=_provenance(bundle, config),
         overwrite=overwrite)
     n = len(records)
+    fields = list(store.meta.get("fields") or [None] * n)
     done = store.done_mask()
     todo = [i for i in range(n) if not done[i]]
     n_done = n - len(todo)
@@ -243,7 +244,8 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
             for s in range(0, len(todo), per_task):
                 chunk = todo[s:s + per_task]
                 futures.append(client.submit(process_images, spec, chunk,
-                                             [records[i] for i in chunk], pure=False))
+                                             [records[i] for i in chunk],
+                                             [fields[i] for i in chunk], pure=False))
             for fut in as_completed(futures):
                 try:
                     out = fut.result()
