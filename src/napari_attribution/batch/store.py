@@ -207,6 +207,22 @@ class MapView:
         return stack if self.per_channel else stack[:, 0]
 
 
+def _clone_field(root: Path, template: str, new: str, attrs: dict[str, Any]) -> None:
+    """Create field group ``new`` like ``template`` (same empty array) by copying the
+    Zarr v2 metadata files zarr wrote for the template: thousands of fields are created
+    in a second, not minutes."""
+    zgroup = (root / template / ".zgroup").read_text()
+    folder = root
+    for part in new.split("/"):
+        folder = folder / part
+        if not (folder / ".zgroup").exists():
+            folder.mkdir(exist_ok=True)
+            (folder / ".zgroup").write_text(zgroup)
+    (folder / "0").mkdir(exist_ok=True)
+    (folder / "0" / ".zarray").write_text((root / template / "0" / ".zarray").read_text())
+    (folder / ".zattrs").write_text(json.dumps(attrs))
+
+
 class BatchStore:
     """Read and write one batch result store (see the module docstring for the layout)."""
 
@@ -290,18 +306,24 @@ class BatchStore:
             labels = [m if c is None else f"{m} {c}" for m, c in rows]
             ms = _multiscales("attribution maps", map_axes(), payload.get("downsample", 1))
             wells: dict[str, list[dict[str, str]]] = {}
+            omero = {"channels": [{"label": lab, "active": True, "color": "FFFFFF"}
+                                  for lab in labels]}
             for i, (path_i, record) in enumerate(zip(fields, records, strict=True)):
                 well, field = path_i.rsplit("/", 1)
                 wells.setdefault(well, []).append({"path": field})
-                row, col, _ = path_i.split("/")
-                g = group.require_group(row).require_group(col).require_group(field)
-                g.create_array("0", shape=(len(rows), h, w), chunks=(len(rows), h, w),
-                               dtype="float32", fill_value=np.nan)
-                g.attrs.update({"multiscales": ms, "omero": {"channels": [
-                    {"label": lab, "active": True, "color": "FFFFFF"} for lab in labels]},
-                    ATTR: {"image_index": i, "image_id": record.id}})
+                attrs = {"multiscales": ms, "omero": omero,
+                         ATTR: {"image_index": i, "image_id": record.id}}
+                if i == 0:  # the template: made by zarr itself
+                    row, col, _ = path_i.split("/")
+                    g = group.require_group(row).require_group(col).require_group(field)
+                    g.create_array("0", shape=(len(rows), h, w), chunks=(len(rows), h, w),
+                                   dtype="float32", fill_value=np.nan)
+                    g.attrs.update(attrs)
+                else:  # every field has the same array: copy zarr's metadata files
+                    _clone_field(path, fields[0], path_i, attrs)
             for well, images in wells.items():
-                group[well].attrs["well"] = {"images": images, "version": NGFF_VERSION}
+                (path / well / ".zattrs").write_text(json.dumps(
+                    {"well": {"images": images, "version": NGFF_VERSION}}))
             group.attrs["plate"] = plate_metadata(fields, path.stem)
         group.attrs[ATTR] = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
