@@ -191,7 +191,8 @@ def test_bad_input_messages():
     fixed = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
     with pytest.raises(InputError, match="cannot run on images"):
         run_generator(explain(fixed, np.zeros((1, 2, 10, 10), np.float32), device="cpu"))
-    assert set(available_methods()) == {"pcim", "saliency", "integrated_gradients",
+    assert set(available_methods()) == {"pcim", "pcim_blackbox", "saliency",
+                                        "integrated_gradients", "integrated_gradients_blur",
                                         "occlusion", "gradcam", "rise", "extremal_mask"}
 
 

@@ -22,6 +22,7 @@ from . import baselines
 from .devices import resolve_device
 from .errors import InputError
 from .pcim import PCIMConfig, pcim_batch
+from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
 from .progress import Progress
 from .tiling import TileBlender, tile_grid
 from .validation import check_images
@@ -73,6 +74,11 @@ def _pcim(model, x, targets, per_channel=False, **params):
     return (yield from pcim_batch(model, x, targets, cfg, per_channel))
 
 
+def _pcim_blackbox(model, x, targets, per_channel=False, **params):
+    cfg = BlackboxPCIMConfig.from_params(params)
+    return (yield from pcim_blackbox_batch(model, x, targets, cfg, per_channel))
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     """Whether a (JSON-parsed) parameter value fits a type annotation."""
     import types
@@ -122,19 +128,20 @@ def check_method_params(method: str, params: dict) -> None:
     if method not in METHODS:
         raise InputError(f"unknown attribution method {method!r}; choose one of "
                          f"{available_methods()}")
-    target = PCIMConfig if method == "pcim" else METHODS[method]
+    configs = {"pcim": PCIMConfig, "pcim_blackbox": BlackboxPCIMConfig}
+    target = configs.get(method, METHODS[method])
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # unresolvable annotations: nothing to check against
         return
-    if method != "pcim":
+    if method not in configs:
         sig = inspect.signature(target)
         known = {k for k, v in sig.parameters.items() if v.kind is v.POSITIONAL_OR_KEYWORD
                  and k not in ("model", "x", "targets", "per_channel")}
         hints = {k: hints.get(k, Any) for k in known}
     unknown = sorted(set(params) - set(hints))
     if unknown:
-        what = "PCIM parameter(s)" if method == "pcim" else "parameter(s)"
+        what = "PCIM parameter(s)" if method in configs else "parameter(s)"
         raise InputError(f"unknown {what} {unknown} for {method}; known: "
                          f"{sorted(hints) or 'none'}")
     for key, value in params.items():
@@ -147,6 +154,8 @@ def _method_params(method: str, params: dict) -> dict:
     """Every parameter the method will use: its defaults overlaid with ``params``."""
     if method == "pcim":
         return PCIMConfig.from_params(params).to_dict()
+    if method == "pcim_blackbox":
+        return BlackboxPCIMConfig.from_params(params).to_dict()
     sig = inspect.signature(METHODS[method])
     out = {k: v.default for k, v in sig.parameters.items()
            if v.default is not inspect.Parameter.empty and k != "per_channel"}
@@ -157,8 +166,10 @@ def _method_params(method: str, params: dict) -> dict:
 #: registry: name -> batch generator ``fn(model, x, targets, per_channel, **params)``
 METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
     "pcim": _pcim,
+    "pcim_blackbox": _pcim_blackbox,
     "saliency": baselines.saliency,
     "integrated_gradients": baselines.integrated_gradients,
+    "integrated_gradients_blur": baselines.integrated_gradients_blur,
     "occlusion": baselines.occlusion,
     "gradcam": baselines.gradcam,
     "rise": baselines.rise,
@@ -166,7 +177,8 @@ METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
 }
 
 #: methods whose result depends on gradients (need a differentiable model)
-NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "gradcam", "extremal_mask"}
+NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "integrated_gradients_blur",
+              "gradcam", "extremal_mask"}
 
 
 def available_methods() -> list[str]:
