@@ -20,8 +20,8 @@ from qtpy.QtWidgets import (
 if TYPE_CHECKING:
     import napari
 
+    from ..core.classifier import Classifier
     from ..core.data import ImageSet
-    from ..io.bundle import ModelBundle
 
 ORG, APP = "napari-attribution", "widgets"
 DEFAULT_COLOURS = ["#3b6fff", "#2ca02c", "#d62ad6", "#8c8c8c", "#17becf", "#e6c619"]
@@ -37,12 +37,17 @@ class Session:
     model_changed = Signal(object)
 
     def __init__(self) -> None:
-        self.bundle: ModelBundle | None = None
+        self.bundle: Classifier | None = None
         self.train_result: Any = None
         self.data: ImageSet | None = None
         self.source_layers: list[str] = []
 
-    def set_model(self, bundle: ModelBundle | None, train_result: Any = None) -> None:
+    def set_model(self, model: Any, train_result: Any = None) -> None:
+        """Make ``model`` current: a ``Classifier`` or anything ``load_model`` takes (a
+        ``TrainResult``, ``ModelBundle``, module); widgets see it as a ``Classifier``."""
+        from ..io.models import load_model
+
+        bundle = None if model is None else load_model(model)
         self.bundle = bundle
         self.train_result = train_result
         try:
@@ -62,16 +67,6 @@ def session_for(viewer: napari.Viewer) -> Session:
     if s is None:
         s = _SESSIONS[viewer] = Session()
     return s
-
-
-def bundle_from_result(result: Any) -> ModelBundle:
-    """An in-memory :class:`ModelBundle` for a fresh ``TrainResult`` (not yet saved)."""
-    from ..io.bundle import ModelBundle
-
-    return ModelBundle(model=result.model, config=result.model_config,
-                       channel_names=list(result.channel_names),
-                       class_names=list(result.class_names), normalizer=result.normalizer,
-                       provenance=result.provenance(), importance=result.importance)
 
 
 class Settings:

@@ -140,9 +140,9 @@ class AttributionWidget(QWidget):
 
     def _target_index(self) -> int | None:
         t = self.target.currentText()
-        if t == PREDICTED or self.session.bundle is None:
+        if self.session.bundle is None:
             return None
-        return list(self.session.bundle.class_names).index(t)
+        return self.session.bundle.resolve_targets(t)
 
     def _show_proba(self, probs: np.ndarray, class_names: list[str]) -> None:
         p = np.asarray(probs, float).mean(0)
@@ -173,8 +173,6 @@ class AttributionWidget(QWidget):
 
     def run(self) -> Any:
         """Explain the chosen image(s) in a worker; returns the worker."""
-        from ..core.attribution import explain
-
         try:
             bundle, sel = self._inputs()
             method = self.method.currentText()
@@ -194,9 +192,9 @@ class AttributionWidget(QWidget):
             from ..core.metrics import perturbation_curves
 
             x = bundle.prepare(sel.images)
-            result = yield from explain(bundle.model, x, targets=target, method=method,
-                                        per_channel=per_channel, device=device,
-                                        input_size=tile, **params)
+            result = yield from bundle.explain(sel.images, target, method=method,
+                                               per_channel=per_channel, device=device,
+                                               input_size=tile, **params)
             curves = {}
             if want_curves:
                 n = min(len(x), 16)  # curves on up to 16 images keep this quick
@@ -225,17 +223,10 @@ class AttributionWidget(QWidget):
         tg = np.unique(result.targets)
         cls = classes[int(tg[0])] if tg.size == 1 else "predicted"
         base = f"{sel.source_name} · {result.method} · {cls}"
-        prov = result.provenance()
+        prov = result.provenance()  # method, parameters, targets and the model
         prov.update({
             "source_layers": [ly.name for ly in sel.layers],
             "slice_index": None if sel.index is None else list(sel.index),
-            "target_names": [classes[int(t)] for t in result.targets],
-            "probabilities": np.asarray(result.probabilities).tolist(),
-            "class_names": classes,
-            "channel_names": list(bundle.channel_names),
-            "normalization": bundle.normalizer.to_dict(),
-            "model_path": None if bundle.path is None else str(bundle.path),
-            "model_sha256": bundle.sha256,
         })
         maps = np.asarray(result.maps, np.float32)
         per_channel = maps.ndim == 4

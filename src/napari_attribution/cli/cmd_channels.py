@@ -43,15 +43,16 @@ def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import BundleError
     from ..io.atomic import atomic_write_text, check_output
-    from ..io.bundle import load_bundle
+    from .model_args import load_from_args
 
     if args.output:
         check_output(args.output, args.overwrite, "channel importance")
-    bundle = load_bundle(args.bundle)
-    if bundle.importance is None:
-        raise BundleError(f"{args.bundle} holds no channel importance (trained without a "
-                          "mixing layer?)")
-    text = format_importance(bundle.importance, args.format)
+    clf = load_from_args(args, "bundle")
+    if clf.importance is None:
+        raise BundleError(f"{args.bundle} holds no channel importance (only DCMIX bundles "
+                          "trained with a mixing layer do; for other models use "
+                          "'explain --per-channel')")
+    text = format_importance(clf.importance, args.format)
     if args.output:
         atomic_write_text(args.output, text + ("\n" if not text.endswith("\n") else ""),
                           args.overwrite, "channel importance")
@@ -66,7 +67,10 @@ def register(sub) -> None:
                        description="Channel importance of a trained DCMIX bundle: mixing "
                                    "weights (effect-weighted over heads) beside the "
                                    "channel-ablation check.")
-    p.add_argument("bundle", type=Path)
+    from .model_args import MODEL_HELP, add_trust_argument
+
+    p.add_argument("bundle", type=Path, help=MODEL_HELP)
+    add_trust_argument(p)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
     add_overwrite_argument(p)

@@ -13,7 +13,7 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.metrics import FIDELITY_METRICS
 from ._checks import add_overwrite_argument, positive_int
-from .cmd_explain import normalise
+from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
 
 FIDELITY_COLUMNS = [f"{m}_auc" for m in FIDELITY_METRICS]
@@ -91,21 +91,20 @@ def _label(col: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..core.evaluation import evaluate_methods
     from ..io.atomic import atomic_write_text, check_output
-    from ..io.models import load_model
 
     if args.output:
         check_output(args.output, args.overwrite, "evaluation table")  # before computing
-    model, info = load_model(args.model, device="cpu")
+    clf = load_from_args(args)
     images, labels, masks = load_eval_data(args)
     if args.n_images:
         images = images[:args.n_images]
         labels = None if labels is None else labels[:args.n_images]
         masks = None if masks is None else masks[:args.n_images]
-    x = normalise(np.asarray(images), info, args.normalize)
+    x = clf.prepare(np.asarray(images))
     targets = labels if args.target == "label" and labels is not None else None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    rows, _ = run_with_bar(evaluate_methods(model, x, targets, masks, methods, metrics,
+    rows, _ = run_with_bar(evaluate_methods(clf.module, x, targets, masks, methods, metrics,
                                             device=args.device, batch_size=args.batch_size,
                                             seed=args.seed), quiet=args.quiet)
     text = format_rows(rows, args.format)
@@ -122,7 +121,7 @@ def register(sub) -> None:
                        description="Deletion/insertion AUC, pointing game, relevance mass "
                                    "and the randomisation sanity check for several "
                                    "attribution methods on one model and image set.")
-    p.add_argument("model", type=Path, help="model bundle (.safetensors) or TorchScript file")
+    add_model_arguments(p)
     p.add_argument("--npz", type=Path,
                    help=".npz with images (N,C,H,W)[, labels, masks (N,H,W)]")
     p.add_argument("--sample", choices=("cells", "multi-snr"), help="built-in synthetic data")
@@ -137,8 +136,6 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
     add_overwrite_argument(p)
-    p.add_argument("--normalize", choices=("none", "per_image"), default="none",
-                   help="normalisation for TorchScript models (bundles use their own)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import baselines
+from .classifier import check_outputs, frozen, infer_channels
 from .devices import resolve_device
 from .errors import InputError
 from .pcim import PCIMConfig, pcim_batch
@@ -38,12 +39,18 @@ class AttributionResult:
     method: str
     params: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: the model's provenance (``Classifier.describe``), filled by ``Classifier.explain``
+    model: dict = field(default_factory=dict)
 
     def provenance(self) -> dict:
-        """Method, parameters, targets, timing, package version and time (JSON-ready)."""
+        """Method, parameters, targets, probabilities, the model (path, kind, sha256,
+        channel and class names, normalisation), package version and time (JSON-ready).
+        Faces add only their own context (image file, layer names)."""
         from .. import __version__
 
         return {
+            **_jsonable(self.model),
+            "probabilities": np.asarray(self.probabilities).tolist(),
             "method": self.method,
             "params": _jsonable(self.params),
             "targets": [int(t) for t in self.targets],
@@ -202,14 +209,7 @@ def _resolve_targets(targets, n: int, n_classes: int, predicted: np.ndarray) -> 
 
 
 def _model_channels(model: torch.nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    n = getattr(cfg, "n_channels", None)
-    if n is not None:
-        return int(n)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            return int(m.in_channels)
-    return None
+    return infer_channels(model)
 
 
 def _probe(model, x: torch.Tensor) -> torch.Tensor:
@@ -259,16 +259,10 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     if tiled:
         overlap = int(tile_overlap if tile_overlap is not None else input_size // 4)
     dev = resolve_device(device)
-    model = model.eval().to(dev)
-    grad_flags = [p.requires_grad for p in model.parameters()]
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return (yield from _explain(model, x_np, targets, method, per_channel, dev, batch_size,
+    # The caller's module keeps its own mode, device and gradient flags afterwards.
+    with frozen(model, dev) as net:
+        return (yield from _explain(net, x_np, targets, method, per_channel, dev, batch_size,
                                     input_size, overlap, tiled, params, t0))
-    finally:
-        for p, flag in zip(model.parameters(), grad_flags, strict=True):
-            p.requires_grad_(flag)
 
 
 def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_size,
@@ -295,6 +289,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
             prob_sum = np.zeros((n, p.shape[1]), np.float64)
         np.add.at(prob_sum, [i for i, _ in chunk], p)
     probabilities = (prob_sum / len(grid)).astype(np.float32)
+    check_outputs(probabilities, what="class probabilities")
     tgt = _resolve_targets(targets, n, probabilities.shape[1], probabilities.argmax(1))
 
     shape = (c, h, w) if per_channel else (h, w)
@@ -324,6 +319,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
                 maps[i] = out[k]
     for i, bl in blenders.items():
         maps[i] = bl.result()
+    check_outputs(maps, what=f"{method} maps")
     all_params.update({"per_channel": bool(per_channel), "batch_size": int(batch_size),
                        "device": str(dev), "input_size": input_size,
                        "tile_overlap": overlap if tiled else None})

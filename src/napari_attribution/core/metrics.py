@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .classifier import frozen
 from .errors import InputError
 from .pcim import make_substrate
 
@@ -92,8 +93,7 @@ def perturbation_curves(model: torch.nn.Module, images: np.ndarray, maps: np.nda
     tg = torch.as_tensor(np.asarray(targets), device=device).long()
     curves = np.zeros((n, n_steps + 1), np.float32)
     steps_per_chunk = max(1, batch_size // max(1, n))
-    model = model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), frozen(model) as model:
         for s0 in range(0, n_steps + 1, steps_per_chunk):
             ks = counts[s0:s0 + steps_per_chunk]
             m = torch.stack([(pos < int(k)) for k in ks], 1).float()  # (N, K, n_el)
@@ -143,9 +143,10 @@ def road_curves(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
             removed = (pos[i] < int(round(f * h * w))).reshape(h, w)
             perturbed[i, j] = noisy_linear_impute(x[i], removed, noise, seed + 7919 * i + j)
     tg = torch.as_tensor(np.asarray(targets), device=device).long()
-    model = model.eval()
-    probs = _target_probs(model, torch.as_tensor(perturbed.reshape(-1, c, h, w), device=device),
-                          tg.repeat_interleave(len(fractions)), batch_size)
+    with frozen(model) as net:
+        probs = _target_probs(net, torch.as_tensor(perturbed.reshape(-1, c, h, w),
+                                                   device=device),
+                              tg.repeat_interleave(len(fractions)), batch_size)
     return probs.view(n, len(fractions)).cpu().numpy()
 
 
@@ -311,6 +312,9 @@ def randomize_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     if isinstance(model, torch.jit.ScriptModule):
         raise InputError("the randomisation check needs a regular torch module, not "
                          "TorchScript")
+    if not any(hasattr(m, "reset_parameters") for m in model.modules()):
+        raise InputError("the randomisation check needs a model built from torch layers "
+                         "(exported programs have none to re-initialise)")
     rand = copy.deepcopy(model)
     torch.manual_seed(seed)
     for m in rand.modules():
@@ -318,7 +322,9 @@ def randomize_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.reset_running_stats()
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
-    return rand.eval()
+    for m in rand.modules():
+        m.training = False
+    return rand
 
 
 def sanity_spearman(maps_trained: np.ndarray, maps_random: np.ndarray,
