@@ -74,7 +74,7 @@ def channel_importance(model: ModelLike, data: ImageSet | None = None, *,
                          "weights; use pixel attribution with per_channel=True instead")
     clf.check_channels(data.n_channels, "the data")
     with frozen(clf.module):  # a TrainResult's model comes back in its own mode
-        return _channel_importance(clf.module, clf.prepare(data.images), data.labels,
+        return _channel_importance(clf.module, clf.prepare(data), data.labels,
                                    clf.channel_names)
 
 
@@ -85,9 +85,10 @@ def explain(model: ModelLike, images: np.ndarray, *, method: str = "pcim",
 
     ``model``: anything ``io.models.load_model`` takes (a bundle, ``.pt2`` or
     TorchScript path, a ``TrainResult``, a torch module). Images are prepared as the
-    model records (a bundle's normalisation; none for a bare module). ``targets``: class indices or
-    names, ``"predicted"`` or None (the predicted class). ``options`` go to
-    :func:`napari_attribution.core.attribution.explain` (``per_channel``, ``device``,
+    model records (a bundle's normalisation; none for a bare module); an ImageSet of plate
+    crops that were already normalised the model's way is used as it is. ``targets``:
+    class indices or names, ``"predicted"`` or None (the predicted class). ``options`` go
+    to :func:`napari_attribution.core.attribution.explain` (``per_channel``, ``device``,
     ``input_size`` for tiling, method parameters). The result's ``provenance()`` names
     the model (path, kind, sha256, channel and class names, normalisation).
     """
@@ -108,6 +109,41 @@ def sample_multi_snr(n_images: int = 600, size: int = 32, seed: int = 0) -> Imag
     from .core.synthetic import make_multi_snr
 
     return make_multi_snr(n_images=n_images, size=size, seed=seed)
+
+
+def load_plate(root: str | Path, pattern: str | None = None, *,
+               channels: Any = None, plate_map: Any = None, bbbc013: bool = False,
+               axes: str | None = None, channel_names: Sequence[str] | None = None) -> Any:
+    r"""Open a plate folder as an ``io.plate.Plate``; ``plate.sample(...)`` then cuts crops.
+
+    ``pattern`` is a filename regex with groups ``well`` (or ``row``, ``col``), ``site``
+    and ``channel``; ``channels`` picks and orders channels (``["DNA", "GFP"]`` or
+    ``{"DNA": "w1", "GFP": "w2"}``); ``plate_map`` a CSV (well, class, dose, control).
+    ``bbbc013=True`` reads the BBBC013 layout (``channels`` then names: GFP, DNA).
+
+    ``Plate.sample`` options, all recorded in the crops' metadata and the bundle:
+    ``crop_size``/``downsample`` (default: from the median nucleus size),
+    ``normalization`` (``"per_field"`` default, ``"per_dataset"``, ``"none"``),
+    ``labels`` (label images from cellpose/stardist/napari instead of Otsu),
+    ``objects`` (a per-object table: well, site or file, x, y, label; CellProfiler
+    columns recognised, others via ``objects_columns``), ``label_rule`` (``"PH3>otsu"``),
+    ``split_by`` (``"auto"``, ``"well"``, ``"field"``, ``"half"``, ``"quadrant"``) and
+    ``val_wells``. Example::
+
+        plate = na.load_plate("plate/", r"(?P<well>[A-P]\d+)_s(?P<site>\d)_(?P<channel>\w+)",
+                              channels=["DNA", "PH3"])
+        data = plate.sample(label_rule="PH3>otsu")     # marker-defined classes per nucleus
+        result = na.train(data)
+    """
+    from .io.plate import Plate, open_bbbc013
+
+    if bbbc013:
+        return open_bbbc013(root, list(channels) if channels else ["GFP", "DNA"])
+    if not pattern:
+        raise InputError("give a filename pattern (regex with groups well or row/col, site, "
+                         "channel) or bbbc013=True")
+    return Plate.scan(root, pattern, channels, plate_map=plate_map, axes=axes,
+                      channel_names=channel_names)
 
 
 def explain_plate(plate: Any, model: str | Path, output: str | Path, *,

@@ -424,8 +424,9 @@ class TrainWidget(QWidget):
 
         def work() -> Generator[Progress, None, Any]:
             yield Progress(0, 1, f"reading plate {Path(root).name} (segmenting nuclei)")
+            # raw crops: the layers carry no normalisation record, so training fits its own
             return load_bbbc013(root, crop_size=crop_size, per_image=per_image,
-                                downsample=downsample)
+                                downsample=downsample, normalization="none")
 
         return self.runner.start(work(), "reading plate", self._add_plate_layers)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..io.models import NORMALIZE_CHOICES
+
 MODEL_HELP = ("model: bundle (.safetensors), exported program (.pt2), TorchScript file "
               "(legacy) or bioimage.io package (folder with rdf.yaml, or .zip)")
 
@@ -20,9 +22,10 @@ def add_model_arguments(p: argparse.ArgumentParser, name: str = "model") -> None
     """The positional model argument, ``--trust-model`` and ``--normalize``."""
     p.add_argument(name, type=Path, help=MODEL_HELP)
     add_trust_argument(p)
-    p.add_argument("--normalize", choices=("none", "per_image"), default=None,
-                   help="preprocessing for models that record none (default: none); "
-                        "bundles and bioimage.io packages use their own")
+    p.add_argument("--normalize", choices=NORMALIZE_CHOICES, default=None,
+                   help="preprocessing for models that record none (default: none): "
+                        "percentiles of each image given (per_field / per_crop; per_image is "
+                        "the old name); bundles and bioimage.io packages use their own")
 
 
 def load_from_args(args: argparse.Namespace, name: str = "model"):

@@ -146,15 +146,20 @@ class Classifier:
                 f"{'in ' + str(self.path) + ' ' if self.path else ''}expects "
                 f"{self.n_channels} ({', '.join(self.channel_names)})")
 
-    def prepare(self, images: np.ndarray) -> np.ndarray:
-        """Raw (N, C, H, W) or (C, H, W) images as the module expects them (float32)."""
-        arr = np.asarray(images)
+    def prepare(self, images) -> np.ndarray:
+        """Raw (N, C, H, W) or (C, H, W) images as the module expects them (float32).
+
+        An ImageSet or plate ``FieldCrops`` whose crops were already normalised the
+        bundle's way is used as it is (see ``core.normalization.prepare_inputs``).
+        """
+        arr = np.asarray(getattr(images, "images", images))
         if arr.ndim not in (3, 4):
             raise InputError(f"images must be (C, H, W) or (N, C, H, W); got shape "
                              f"{arr.shape}")
         self.check_channels(arr.shape[-3])
         if self.bundle is not None:
-            return np.asarray(self.bundle.prepare(arr), np.float32)
+            src = images if hasattr(images, "images") else arr
+            return np.asarray(self.bundle.prepare(src), np.float32)
         out = arr if self.preprocess is None else self.preprocess(arr)
         return np.asarray(out, np.float32)
 
@@ -167,8 +172,8 @@ class Classifier:
         from .devices import resolve_device
         from .validation import check_images
 
-        arr = np.asarray(images)
-        x = check_images(self.prepare(arr[None] if arr.ndim == 3 else arr), self.n_channels)
+        x = self.prepare(images)
+        x = check_images(x[None] if x.ndim == 3 else x, self.n_channels)
         dev = resolve_device(device)
         with frozen(self.module, dev) as net:
             out = [net(torch.from_numpy(x[i:i + batch_size]).to(dev)).float().cpu()

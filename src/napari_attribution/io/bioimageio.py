@@ -273,7 +273,7 @@ def _preprocessing_for(normalization: dict) -> list:
     mode = normalization.get("mode")
     if mode == "none":
         return []
-    if mode == "per_image":
+    if mode in ("per_field", "per_crop", "per_image"):
         return [m.ScaleRangeDescr(kwargs=m.ScaleRangeKwargs(
             axes=[m.AxisId("y"), m.AxisId("x")], min_percentile=float(normalization["low"]),
             max_percentile=float(normalization["high"])))]

@@ -54,16 +54,21 @@ class ModelBundle:
                 f"{self.n_channels} ({', '.join(self.channel_names)})"
             )
 
-    def prepare(self, images: np.ndarray) -> np.ndarray:
-        """Normalise raw (N, C, H, W) or (C, H, W) images as at training time."""
-        arr = np.asarray(images)
+    def prepare(self, images: Any) -> np.ndarray:
+        """Model inputs: raw (N, C, H, W) or (C, H, W) images normalised as at training
+        time, or an ImageSet / plate ``FieldCrops`` whose crops were already normalised
+        the model's way (used as they are; see ``core.normalization.prepare_inputs``)."""
+        from ..core.normalization import prepare_inputs
+
+        arr = np.asarray(getattr(images, "images", images))
         self.check_channels(arr.shape[-3])
-        return self.normalizer(arr)
+        return prepare_inputs(self.normalizer, images)
 
     @torch.no_grad()
-    def predict_logits(self, images: np.ndarray, batch_size: int = 64,
+    def predict_logits(self, images: Any, batch_size: int = 64,
                        device: str | torch.device = "cpu") -> np.ndarray:
-        """Class logits (N, n_classes) for raw (N, C, H, W) or (C, H, W) images.
+        """Class logits (N, n_classes) for raw (N, C, H, W) or (C, H, W) images (or an
+        ImageSet / ``FieldCrops``, see :meth:`prepare`).
 
         Unlike probabilities they do not saturate: scores averaged over many cells (a
         well's mean log-odds) keep their ranking where every probability is ~0 or ~1.
@@ -71,15 +76,15 @@ class ModelBundle:
         from ..core.devices import resolve_device
         from ..core.validation import check_images
 
-        x = check_images(self.prepare(np.asarray(images)[None] if np.ndim(images) == 3
-                                      else images), self.n_channels)
+        x = self.prepare(images)
+        x = check_images(x[None] if x.ndim == 3 else x, self.n_channels)
         dev = resolve_device(device)
         model = self.model.to(dev).eval()
         out = [model(torch.from_numpy(x[i:i + batch_size]).to(dev)).float().cpu()
                for i in range(0, x.shape[0], batch_size)]
         return torch.cat(out).numpy()
 
-    def predict_proba(self, images: np.ndarray, batch_size: int = 64,
+    def predict_proba(self, images: Any, batch_size: int = 64,
                       device: str | torch.device = "cpu") -> np.ndarray:
         """Class probabilities (N, n_classes) for raw images."""
         logits = torch.from_numpy(self.predict_logits(images, batch_size, device))

@@ -30,7 +30,7 @@ import torch
 
 from ..core.classifier import Classifier, default_names, infer_channels
 from ..core.errors import BundleError, InputError
-from ..core.normalization import PercentileNormalizer
+from ..core.normalization import PercentileNormalizer, canonical_mode
 from .bundle import SUFFIX, ModelBundle, file_sha256, load_bundle
 from .model_export import read_export_metadata
 from .model_scan import (
@@ -45,7 +45,7 @@ from .model_scan import (
 EXPORT_SUFFIXES = (".pt2",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip")
 #: preprocessing for models that record none (``--normalize``)
-NORMALIZE_CHOICES = ("none", "per_image")
+NORMALIZE_CHOICES = ("none", "per_field", "per_crop", "per_image")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -264,7 +264,8 @@ def from_module(module: torch.nn.Module, *, kind: str = "module",
     n_cls = len(class_names) if class_names else n_classes or _n_classes_of(module)
     if n_cls is None:
         n_cls = _probe_classes(module, n_ch)
-    normalizer = PercentileNormalizer(mode="per_image") if mode == "per_image" else None
+    normalizer = None if mode == "none" else PercentileNormalizer(
+        mode=canonical_mode(mode, "crop"))
     return Classifier(
         module=module, kind=kind,
         channel_names=list(channel_names) if channel_names else
