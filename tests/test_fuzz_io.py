@@ -37,16 +37,13 @@ def test_fuzz_plate_maps(case):
         run_plate_map_case(case, Path(tmp))
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="read_plate_map: int(float('inf')) for a control flag raises a raw "
-                          "OverflowError; the fix belongs to io/plate.py (another branch)")
 def test_plate_map_overflowing_control_flag(tmp_path):
     from napari_attribution.core.errors import InputError
     from napari_attribution.io.plate import read_plate_map
 
     path = tmp_path / "map.csv"
     path.write_text("well,class,control\nA01,x,inf\n")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="line 2"):
         read_plate_map(path)
 
 
