@@ -23,8 +23,13 @@ def _is_tiff(path: str) -> bool:
 
 
 def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | None:
-    """Return :func:`read_layers` for TIFF files (a list = one file per channel)."""
+    """Return :func:`read_layers` for TIFF files (a list = one file per channel), and for
+    one CZI/ND2/LIF file when bioio is installed (the ``formats`` extra)."""
     paths = [path] if isinstance(path, str | Path) else list(path)
+    if len(paths) == 1 and str(paths[0]).lower().endswith((".czi", ".nd2", ".lif")):
+        from .io.formats import bioio_available
+
+        return read_layers if bioio_available() else None
     if not paths or not all(_is_tiff(str(p)) for p in paths):
         return None
     return read_layers
@@ -75,8 +80,8 @@ def image_layers(img: ImageData, base_name: str = "") -> list[LayerData]:
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     """Read a TIFF/OME-TIFF (or a list of single-channel files) into layer data."""
     if isinstance(path, str | Path):
-        return image_layers(read_image(path))
+        return image_layers(read_image(path, lazy=True))  # large images stay on disk
     paths = list(path)
     if len(paths) == 1:
-        return image_layers(read_image(paths[0]))
+        return image_layers(read_image(paths[0], lazy=True))
     return image_layers(read_channel_files(paths))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.importance import ChannelImportance
+from ._checks import add_overwrite_argument
 
 
 def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
@@ -141,8 +142,11 @@ def format_retrain(rc: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import BundleError
+    from ..io.atomic import atomic_write_text, check_output
     from .model_args import load_from_args
 
+    if args.output:
+        check_output(args.output, args.overwrite, "channel importance")
     clf = load_from_args(args, "bundle")
     bundle = clf.bundle
     warnings = list(getattr(bundle, "warnings", []) or [])
@@ -160,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
                 format_importance(clf.importance, "text") + "\n\n")
         text += format_checks(warnings, checks)
     if args.output:
-        Path(args.output).write_text(text + ("\n" if not text.endswith("\n") else ""))
+        atomic_write_text(args.output, text + ("\n" if not text.endswith("\n") else ""),
+                          args.overwrite, "channel importance")
         print(f"written to {args.output}")
     else:
         print(text)
@@ -181,4 +186,5 @@ def register(sub) -> None:
     add_trust_argument(p)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
+    add_overwrite_argument(p)
     p.set_defaults(func=run)

@@ -20,6 +20,7 @@ from ..core.dcmix import DCMIXClassifier, ModelConfig
 from ..core.errors import BundleError
 from ..core.importance import ChannelImportance
 from ..core.normalization import PercentileNormalizer
+from .atomic import atomic_write_bytes, check_output
 
 FORMAT = "napari-attribution-bundle"
 FORMAT_VERSION = 1
@@ -108,8 +109,9 @@ def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[st
                 provenance: dict | None = None,
                 importance: ChannelImportance | None = None,
                 warnings: list[str] | None = None,
-                checks: dict[str, Any] | None = None) -> Path:
-    """Write a bundle (``.safetensors``); returns the path written.
+                checks: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
+    """Write a bundle (``.safetensors``) atomically; returns the path written. An
+    existing file is refused unless ``overwrite``.
 
     ``warnings`` (plain-language study-design, split and shortcut warnings) are stored
     under the top-level metadata key ``warnings``; ``checks`` (validation metrics,
@@ -121,7 +123,7 @@ def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[st
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output(path, overwrite, "model bundle")
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -137,12 +139,11 @@ def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[st
         if key in CHECK_KEYS:
             meta[key] = value
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
-    # Written by Python, not by safetensors' own file writer, so that the file gets the
-    # user's usual permissions (umask) rather than owner-only: bundles are shared.
-    tmp.write_bytes(save(state, metadata={"napari_attribution": json.dumps(meta)}))
-    tmp.replace(path)  # never leave a half-written bundle under the real name
-    return path
+    # Written by Python, not by safetensors' own file writer; the temporary file gets
+    # the user's usual permissions (umask) rather than owner-only: bundles are shared.
+    return atomic_write_bytes(path, save(state, metadata={"napari_attribution":
+                                                           json.dumps(meta)}),
+                              overwrite, "model bundle")
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
@@ -297,9 +298,10 @@ def check_weights(path: Path | str, state: dict[str, torch.Tensor],
                               "corrupt file)")
 
 
-def save_training_result(path: str | Path, result) -> Path:
+def save_training_result(path: str | Path, result, overwrite: bool = True) -> Path:
     """Save a :class:`~napari_attribution.core.training.TrainResult` as a bundle."""
     checks = result.checks()
     return save_bundle(path, result.model, result.channel_names, result.class_names,
                        result.normalizer, result.provenance(), result.importance,
-                       warnings=checks.pop("warnings"), checks=checks)
+                       warnings=checks.pop("warnings"), checks=checks,
+                       overwrite=overwrite)
