@@ -258,3 +258,18 @@ def test_npz_wells_feed_the_design_check(tmp_path):
     np.savez(path, images=data.images, labels=data.labels, well=np.array(["A01"]))
     with pytest.raises(InputError, match="one value per image"):
         load_npz(path)
+
+
+def test_shared_weights_warn_and_name_the_used_channels():
+    from napari_attribution.core.importance import ChannelImportance, shared_weight_warnings
+
+    def imp(w, names=("Marker", "DNA", "Actin")):
+        w = np.array([w], np.float64)
+        return ChannelImportance(channel_names=list(names), weights=w,
+                                 head_effect=np.ones(1), overall=w[0])
+
+    assert shared_weight_warnings(imp([0.9, 0.05, 0.05])) == []
+    (msg,) = shared_weight_warnings(imp([0.55, 0.4, 0.05]), used=["Marker", "DNA"])
+    assert "Marker 0.55, DNA 0.40, Actin 0.05" in msg
+    assert "Taking away Marker, DNA measurably costs accuracy" in msg
+    assert shared_weight_warnings(imp([1.0], names=("only",))) == []

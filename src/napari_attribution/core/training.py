@@ -18,7 +18,7 @@ from .data import ImageSet
 from .dcmix import DCMIXClassifier, ModelConfig
 from .devices import resolve_device
 from .errors import InputError
-from .importance import ChannelImportance, channel_importance
+from .importance import ChannelImportance, channel_importance, shared_weight_warnings
 from .normalization import PercentileNormalizer, training_normalizer
 from .posthoc import PosthocImportance, posthoc_channel_importance
 from .progress import Progress, ProgressGenerator
@@ -362,6 +362,12 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
                                  "alone; a staining difference between conditions still "
                                  "could.)" for w in shortcut.warnings]
         warnings += shortcut.warnings
+    if importance is not None:
+        used = None
+        if posthoc:
+            low = posthoc[0].drop_interval[:, 0]
+            used = [n for n, lo in zip(posthoc[0].channel_names, low, strict=True) if lo > 0]
+        warnings += shared_weight_warnings(importance, used)
     return TrainResult(
         model=model.cpu(), model_config=mcfg, train_config=cfg, normalizer=normalizer,
         channel_names=list(data.channel_names), class_names=list(data.class_names),
