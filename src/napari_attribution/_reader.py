@@ -12,10 +12,6 @@ from typing import Any
 from .io.readers import TIFF_SUFFIXES, ImageData, read_channel_files, read_image
 
 LayerData = tuple[Any, dict, str]
-COLORMAPS = {"dna": "blue", "dapi": "blue", "hoechst": "blue", "nuclei": "blue",
-             "gfp": "green", "fitc": "green", "actin": "red", "rfp": "red",
-             "mcherry": "red", "cy5": "magenta", "brightfield": "gray"}
-CYCLE = ["green", "magenta", "cyan", "yellow", "red", "blue", "gray"]
 
 
 def _is_tiff(path: str) -> bool:
@@ -31,12 +27,10 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
 
 
 def colormap_for(name: str, index: int) -> str:
-    """A colormap named by what the channel shows, else from a fixed cycle."""
-    key = name.lower()
-    for word, cmap in COLORMAPS.items():
-        if word in key:
-            return cmap
-    return CYCLE[index % len(CYCLE)]
+    """A colormap named by what the channel shows, else from a distinct cycle."""
+    from .layer_style import stain_colormap
+
+    return stain_colormap(name, index)
 
 
 def image_layers(img: ImageData, base_name: str = "") -> list[LayerData]:
@@ -52,15 +46,7 @@ def image_layers(img: ImageData, base_name: str = "") -> list[LayerData]:
     meta = {"source": str(img.path) if img.path else None, "axes": img.axes[1:],
             "pixel_size_um": img.pixel_size}
     if img.description and FORMAT in img.description:
-        from .io.writers import read_attribution_tiff
-
-        arr, info = read_attribution_tiff(img.path)
-        from .layer_style import heatmap_style
-
-        return [(arr, {"name": f"{base_name or 'attribution'}", **heatmap_style(arr),
-                       "metadata": {**meta, "axes": info["axes"], "attribution": info},
-                       "scale": [1.0] * (arr.ndim - 2) + list(info["pixel_size"] or [1, 1])},
-                 "image")]
+        return [_attribution_layer(img, meta, base_name)]
     layers = []
     for c, name in enumerate(img.channel_names):
         layers.append((data[c], {
@@ -70,6 +56,38 @@ def image_layers(img: ImageData, base_name: str = "") -> list[LayerData]:
             "metadata": {**meta, "channel": name, "channel_index": c},
         }, "image"))
     return layers
+
+
+def _attribution_layer(img: ImageData, meta: dict, base_name: str) -> LayerData:
+    """A map written by this package, back as it was shown: name, shape (a one-slice map
+    stays on its slice), scale, translate and provenance (so it can be exported again)."""
+    import numpy as np
+
+    from .io.writers import read_attribution_tiff
+    from .layer_style import heatmap_style
+
+    arr, info = read_attribution_tiff(img.path)
+    prov = info.get("provenance") or {}
+    layer = prov.get("layer") if isinstance(prov.get("layer"), dict) else {}
+    scale = [1.0] * (arr.ndim - 2) + list(info["pixel_size"] or [1, 1])
+    translate = None
+    shape = layer.get("shape")
+    if shape and int(np.prod(shape)) == arr.size:
+        arr = arr.reshape(shape)
+        scale = layer.get("scale") or [1.0] * arr.ndim
+        translate = layer.get("translate")
+    name = layer.get("name") or prov.get("layer_name") or base_name or "attribution"
+    kw: dict[str, Any] = {"name": name, **heatmap_style(arr), "scale": scale,
+                          "metadata": {**meta, "axes": info["axes"], "attribution": info,
+                                       "napari_attribution": {
+                                           "kind": "attribution", "provenance": prov,
+                                           "channel": layer.get("channel"),
+                                           "key": layer.get("key")}}}
+    if translate is not None and len(translate) == arr.ndim:
+        kw["translate"] = translate
+    if len(scale) != arr.ndim:
+        kw["scale"] = [1.0] * arr.ndim
+    return (arr, kw, "image")
 
 
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:

@@ -31,3 +31,35 @@ def heatmap_style(data: np.ndarray) -> dict:
         hi = lo + 1e-6
     return {"colormap": "inferno", "blending": "additive", "opacity": 0.7,
             "contrast_limits": (lo, hi)}
+
+
+#: napari colormaps for common stains (looked up as words in the channel name)
+STAIN_COLORMAPS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("dapi", "hoechst", "dna", "nuclei", "nucleus", "draq5"), "blue"),
+    (("gfp", "fitc", "alexa488", "af488", "488"), "green"),
+    (("nf-kb", "nfkb", "p65"), "green"),
+    (("ph3", "phh3", "phospho-histone"), "magenta"),
+    (("phalloidin", "actin"), "red"),
+    (("mito", "tmrm", "mitotracker"), "yellow"),
+    (("er", "concanavalin", "cona", "calnexin"), "cyan"),
+    (("wga", "membrane", "golgi"), "magenta"),
+    (("rfp", "mcherry", "tritc", "cy3", "568", "594"), "red"),
+    (("cy5", "647"), "magenta"),
+    (("brightfield", "bf", "phase", "dic"), "gray"),
+)
+#: distinct colours for the channels no stain name matches
+COLOUR_CYCLE = ("green", "magenta", "cyan", "yellow", "red", "blue", "gray")
+
+
+def stain_colormap(name: str, index: int = 0) -> str:
+    """A colormap named by the stain a channel shows, else one from a distinct cycle."""
+    import re
+
+    words = [w for w in re.split(r"[^a-z0-9-]+", str(name).lower()) if w]
+    joined = str(name).lower()
+    for keys, cmap in STAIN_COLORMAPS:
+        for key in keys:
+            # short keys ("er", "bf", "488") must be whole words; longer ones may be inside
+            if key in words or (len(key) > 3 and key in joined):
+                return cmap
+    return COLOUR_CYCLE[index % len(COLOUR_CYCLE)]

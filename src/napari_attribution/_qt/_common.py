@@ -6,14 +6,18 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
-from qtpy.QtCore import QSettings
+from qtpy.QtCore import QSettings, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFrame,
+    QLabel,
     QLineEdit,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from ..io.bundle import ModelBundle
 
 ORG, APP = "napari-attribution", "widgets"
+FONT_PT = 9  # smallest font in the plots
 DEFAULT_COLOURS = ["#3b6fff", "#2ca02c", "#d62ad6", "#8c8c8c", "#17becf", "#e6c619"]
 
 
@@ -119,6 +124,55 @@ class Settings:
             pass  # a corrupt saved value: keep the default
 
 
+class DockWidget(QWidget):
+    """Base of the dock widgets: content in a scroll area (a dock never grows the window
+    past the screen), and a message line below it that keeps the full text of the last
+    message or error (notifications get cut).
+
+    Subclasses add their rows to ``self.body`` and call :meth:`finish_layout`.
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        inner = QWidget()
+        self.body = QVBoxLayout(inner)
+        self.scroll.setWidget(inner)
+        outer.addWidget(self.scroll, 1)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setContentsMargins(6, 2, 6, 4)
+        outer.addWidget(self.status)
+        self.setMinimumWidth(300)
+
+    def finish_layout(self) -> None:
+        self.body.addStretch(1)
+
+    def say(self, text: str) -> None:
+        """Show ``text`` on the message line (not an error)."""
+        self.status.setStyleSheet("")
+        self.status.setText(text)
+
+    def fail(self, err: BaseException, what: str = "") -> None:
+        """Show ``err`` on the message line (full text) and as a notification."""
+        from ._runner import notify_error
+
+        notify_error(err, what, self.status)
+
+    def sizeHint(self):  # noqa: N802 (Qt API)
+        hint = super().sizeHint()
+        hint.setHeight(min(hint.height(), 600))
+        return hint
+
+
 class PlotCanvas(QWidget):
     """A small matplotlib figure inside a Qt widget, styled to sit in napari's dark theme."""
 
@@ -128,10 +182,11 @@ class PlotCanvas(QWidget):
         from qtpy.QtWidgets import QVBoxLayout
 
         super().__init__(parent)
-        self.figure = Figure(figsize=(3.6, height), dpi=72, facecolor="#262930")
+        self.figure = Figure(figsize=(3.6, height), dpi=80, facecolor="#262930")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(int(height * 60))
+        self.canvas.setMinimumHeight(int(height * 70))
+        self.bottom = 0.42  # room for tick labels and the legend below the axes
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
@@ -142,21 +197,24 @@ class PlotCanvas(QWidget):
         axes = [self.figure.add_subplot(1, n, i + 1) for i in range(n)]
         for ax in axes:
             ax.set_facecolor("#262930")
-            ax.tick_params(colors="#d0d0d0", labelsize=8)
+            ax.tick_params(colors="#d0d0d0", labelsize=FONT_PT)
             for side in ax.spines.values():
                 side.set_color("#808080")
             ax.title.set_color("#e0e0e0")
-            ax.title.set_fontsize(9)
+            ax.title.set_fontsize(FONT_PT + 1)
             ax.xaxis.label.set_color("#d0d0d0")
             ax.yaxis.label.set_color("#d0d0d0")
-            ax.xaxis.label.set_fontsize(8)
-            ax.yaxis.label.set_fontsize(8)
+            ax.xaxis.label.set_fontsize(FONT_PT)
+            ax.yaxis.label.set_fontsize(FONT_PT)
         return axes
 
     @staticmethod
     def legend(ax, **kwargs) -> None:
         """A legend readable on the dark background; neutral swatches for hatched bars."""
-        leg = ax.legend(fontsize=8, facecolor="#262930", edgecolor="#808080",
+        kwargs.setdefault("loc", "upper center")
+        kwargs.setdefault("bbox_to_anchor", (0.5, -0.28))
+        kwargs.setdefault("ncol", 2)
+        leg = ax.legend(fontsize=FONT_PT, facecolor="#262930", edgecolor="#808080",
                         labelcolor="#e0e0e0", **kwargs)
         for patch in leg.get_patches():
             if patch.get_hatch():
@@ -165,9 +223,9 @@ class PlotCanvas(QWidget):
     def draw(self) -> None:
         """Schedule a redraw. Fixed margins: ``tight_layout`` would cost a full text
         layout on every live update and stall the GUI thread."""
-        n = max(1, len(self.figure.axes))
-        self.figure.subplots_adjust(left=0.1 if n == 1 else 0.08, right=0.98, top=0.88,
-                                    bottom=0.3, wspace=0.3)
+        n = max(1, len({id(ax.get_position()) for ax in self.figure.axes}))
+        self.figure.subplots_adjust(left=0.16 if n == 1 else 0.12, right=0.9, top=0.88,
+                                    bottom=self.bottom, wspace=0.55)
         self.canvas.draw_idle()
 
 
