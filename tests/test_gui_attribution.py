@@ -206,7 +206,7 @@ def test_export_round_trip_and_provenance_panel(make_napari_viewer, qtbot, cells
     written = exp.save_attribution(tmp_path)
     assert errors == [] and len(written) == 1
     viewer2 = make_napari_viewer()
-    for data, kw, kind in read_layers(str(written[0])):
+    for data, kw, _kind in read_layers(str(written[0])):
         viewer2.add_image(data, **kw)
     back = viewer2.layers[0]
     assert back.name == layer.name

@@ -6,7 +6,8 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
-from qtpy.QtCore import QSettings, Qt
+from qtpy.QtCore import QObject, QSettings, Qt
+from qtpy.QtCore import Signal as QtSignal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -173,26 +174,116 @@ class DockWidget(QWidget):
         return hint
 
 
+class _RenderDone(QObject):
+    done = QtSignal(object)
+
+
 class PlotCanvas(QWidget):
-    """A small matplotlib figure inside a Qt widget, styled to sit in napari's dark theme."""
+    """A small matplotlib figure shown in a Qt widget, styled for napari's dark theme.
+
+    Rendering (Agg, tens to hundreds of milliseconds of text layout) runs in a background
+    thread and the GUI thread only shows the finished image, so live plots never stall
+    the event loop. Change the figure through :meth:`update` (or, when the canvas is
+    :attr:`idle`, directly) and end with :meth:`draw`: while a render is running, changes
+    wait until it is done.
+    """
 
     def __init__(self, height: float = 2.4, parent: QWidget | None = None) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from qtpy.QtWidgets import QVBoxLayout
 
         super().__init__(parent)
         self.figure = Figure(figsize=(3.6, height), dpi=80, facecolor="#262930")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(int(height * 70))
+        self._agg = FigureCanvasAgg(self.figure)
+        self.image = QLabel()
+        self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+        self.image.setMinimumHeight(int(height * 70))
+        self.setMinimumHeight(int(height * 70))
         self.bottom = 0.42  # room for tick labels and the legend below the axes
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
+        lay.addWidget(self.image)
+        self._signal = _RenderDone()
+        self._signal.done.connect(self._on_rendered)
+        self._rendering = False
+        self._holding = False
+        self._dirty = False
+        self._pending: list = []
+
+    @property
+    def idle(self) -> bool:
+        """No render running and no change waiting."""
+        return not self._rendering and not self._pending and not self._dirty
+
+    def update(self, fn) -> None:  # type: ignore[override]
+        """Run ``fn()`` (which changes the figure and calls :meth:`draw`) now, or after
+        the running render."""
+        if self._rendering:
+            self._pending.append(fn)
+        else:
+            fn()
+
+    def draw(self) -> None:
+        """Render the figure in the background (coalesced) and show it when done."""
+        if self._rendering or self._holding:
+            self._dirty = True
+            return
+        self._start()
+
+    def _start(self) -> None:
+        import threading
+
+        n = len({ax.get_subplotspec().colspan.start for ax in self.figure.axes
+                 if ax.get_subplotspec() is not None}) or 1
+        self.figure.subplots_adjust(left=0.16 if n == 1 else 0.12, right=0.9, top=0.88,
+                                    bottom=self.bottom, wspace=0.55)
+        w, h = max(self.width(), 200), max(self.height(), self.minimumHeight())
+        self.figure.set_size_inches(w / self.figure.dpi, h / self.figure.dpi)
+        self._rendering = True
+        self._dirty = False
+        threading.Thread(target=self._render, daemon=True).start()
+
+    def _render(self) -> None:
+        try:
+            self._agg.draw()
+            w, h = self._agg.get_width_height()
+            payload = (bytes(self._agg.buffer_rgba()), w, h)
+        except Exception as err:  # a broken figure must not kill the thread silently
+            import logging
+
+            logging.getLogger(__name__).warning("plot rendering failed: %s", err)
+            payload = None
+        try:
+            self._signal.done.emit(payload)
+        except RuntimeError:  # the widget is gone
+            pass
+
+    def _on_rendered(self, payload) -> None:
+        from qtpy.QtGui import QImage, QPixmap
+
+        self._rendering = False
+        if payload is not None:
+            buf, w, h = payload
+            img = QImage(buf, w, h, QImage.Format.Format_RGBA8888).copy()
+            self.image.setPixmap(QPixmap.fromImage(img))
+        pending, self._pending = self._pending, []
+        self._holding = True
+        try:
+            for fn in pending:
+                fn()
+        finally:
+            self._holding = False
+        if self._dirty:
+            self._start()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        if self.figure.axes:
+            self.draw()
 
     def axes(self, n: int = 1) -> list:
-        """Clear the figure and return ``n`` side-by-side axes styled for a dark background."""
+        """Clear the figure and return ``n`` side-by-side axes styled for a dark background
+        (only while :attr:`idle` or inside :meth:`update`)."""
         self.figure.clear()
         axes = [self.figure.add_subplot(1, n, i + 1) for i in range(n)]
         for ax in axes:
@@ -219,14 +310,6 @@ class PlotCanvas(QWidget):
         for patch in leg.get_patches():
             if patch.get_hatch():
                 patch.set_edgecolor("#d0d0d0")
-
-    def draw(self) -> None:
-        """Schedule a redraw. Fixed margins: ``tight_layout`` would cost a full text
-        layout on every live update and stall the GUI thread."""
-        n = max(1, len({id(ax.get_position()) for ax in self.figure.axes}))
-        self.figure.subplots_adjust(left=0.16 if n == 1 else 0.12, right=0.9, top=0.88,
-                                    bottom=self.bottom, wspace=0.55)
-        self.canvas.draw_idle()
 
 
 def channel_colours(viewer: napari.Viewer, names: list[str]) -> list[str]:

@@ -144,8 +144,8 @@ def image_layers(viewer) -> list:
 def layer_group(layer) -> tuple:
     """Layers of one multichannel image share this: shape and source file/well."""
     md = layer.metadata
-    return (tuple(layer.data.shape), str(md.get("source") or md.get("image_id") or ""),
-            str(md.get("well") or ""))
+    return (tuple(layer.data.shape), str(md.get("image_id") or md.get("source") or ""),
+            str(md.get("well") if isinstance(md.get("well"), str) else ""))
 
 
 def guess_channel_axis(layer) -> int | None:
@@ -232,13 +232,20 @@ class ChannelPicker(QWidget):
                                else Qt.CheckState.Unchecked)
 
     def select_for_model(self, channel_names: list[str]) -> None:
-        """Tick the layers named like the model's channels when each is found once."""
-        names = [ly.name for ly in image_layers(self.viewer)]
-        try:
-            idx = match_channels(names, list(channel_names))
-        except InputError:
+        """Tick the layers whose channels are the model's, each found once: among the
+        ticked layers' group first, else among all layers."""
+        ticked = set(self.checked_names())
+        everything = image_layers(self.viewer)
+        groups = [[ly for ly in everything if layer_group(ly) in
+                   {layer_group(t) for t in everything if t.name in ticked}], everything]
+        for layers in groups:
+            names = [str(ly.metadata.get("channel") or ly.name) for ly in layers]
+            try:
+                idx = match_channels(names, list(channel_names))
+            except InputError:
+                continue
+            self.set_checked([layers[i].name for i in idx])
             return
-        self.set_checked([names[i] for i in idx])
 
     def layers(self) -> list:
         names = self.checked_names()

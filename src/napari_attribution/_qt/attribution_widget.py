@@ -309,6 +309,9 @@ class AttributionWidget(DockWidget):
         return layers
 
     def _plot_curves(self, curves: dict[str, np.ndarray]) -> None:
+        self.plot.update(lambda: self._plot_curves_now(curves))
+
+    def _plot_curves_now(self, curves: dict[str, np.ndarray]) -> None:
         ax = self.plot.axes(1)[0]
         colours = {"deletion": "#ff6b6b", "insertion": "#48dbfb"}
         for mode, c in curves.items():

@@ -84,8 +84,7 @@ class ImportanceWidget(DockWidget):
         self.mix_btn.setEnabled(bundle is not None and not self.runner.running)
         if bundle is None:
             self.model_label.setText("no model: train or load one in the Train widget")
-            self.plot.axes(1)
-            self.plot.draw()
+            self.plot.update(lambda: (self.plot.axes(1), self.plot.draw()))
             self.table.setRowCount(0)
             return
         self.picker.select_for_model(list(bundle.channel_names))
@@ -102,6 +101,9 @@ class ImportanceWidget(DockWidget):
         self._fill_table(imp.rows())
 
     def _draw(self, imp) -> None:
+        self.plot.update(lambda: self._draw_now(imp))
+
+    def _draw_now(self, imp) -> None:
         names = list(imp.channel_names)
         colours = channel_colours(self.viewer, names)
         ax = self.plot.axes(1)[0]

@@ -370,6 +370,10 @@ class TrainWidget(DockWidget):
                          "lines": lines, "bars": bars}
 
     def _plot(self, weights: list[list[float]]) -> None:
+        """Update the live plot (after the running background render, if any)."""
+        self.plot.update(lambda: self._plot_now(weights))
+
+    def _plot_now(self, weights: list[list[float]]) -> None:
         w = np.asarray(weights, dtype=float)
         names = self._channel_names if len(self._channel_names) == w.shape[1] else \
             [str(i) for i in range(w.shape[1])]
