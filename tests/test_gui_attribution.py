@@ -69,7 +69,7 @@ def _widget(viewer, bundle):
 
 
 def _wait(qtbot, w, timeout=60000):
-    qtbot.waitUntil(lambda: not w.runner.running, timeout=timeout)
+    qtbot.waitUntil(lambda: not w.runner.running and w.plot.idle, timeout=timeout)
 
 
 def test_predict_then_explain_with_every_method(make_napari_viewer, qtbot, cells, bundle,

@@ -76,7 +76,11 @@ def errors(monkeypatch):
 
 
 def _wait_idle(qtbot, widget, timeout=60000):
+    """Until the widget's work and its plot's background render are done."""
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
+    plot = getattr(widget, "plot", None)
+    if plot is not None:
+        qtbot.waitUntil(lambda: plot.idle, timeout=timeout)
 
 
 def test_widgets_are_contributed(make_napari_viewer):
@@ -182,6 +186,7 @@ def test_importance_widget(make_napari_viewer, qtbot, small_cells, tiny_bundle):
     w = ImportanceWidget(viewer)
     assert w.table.rowCount() == 0
     session_for(viewer).set_model(tiny_bundle)
+    qtbot.waitUntil(lambda: w.plot.idle)
     assert w.table.rowCount() == len(small_cells.channel_names)
     assert "ranking" in w.model_label.text()
     ax = w.plot.figure.axes[0]
@@ -226,9 +231,10 @@ def test_attribution_bound_to_source(make_napari_viewer, qtbot, small_cells, tin
     assert prov["method"] == "pcim" and prov["slice_index"] == [5]
     assert prov["source_layers"] == small_cells.channel_names
     assert prov["channel_names"] == small_cells.channel_names
-    assert "inferno" in layer.colormap.name and 0 < layer.opacity < 1
+    assert layer.colormap.name == "napari-attribution evidence" and 0 < layer.opacity < 1
+    assert layer.colormap.colors[0][3] == 0  # no evidence: transparent over the cells
     assert layer.blending == "translucent" and layer.contrast_limits[0] == 0
-    assert layer.colorbar.visible
+    assert not w.colour_bar.isHidden() and w.colour_bar.range == tuple(layer.contrast_limits)
     assert "probabilities" in w.proba.text()
     assert len(w.plot.figure.axes[0].lines) == 2  # deletion + insertion curves
 
@@ -253,9 +259,9 @@ def test_attribution_all_images_per_channel_baseline(make_napari_viewer, qtbot, 
     assert len(w.last_layers) == 4
     assert all(ly.data.shape == (N_IMAGES, SIZE, SIZE) for ly in w.last_layers)
     assert w.last_layers[1].name == "saliency · nuclear · all images · Marker"
-    # one colour scale for the run; the colour bar on one layer only
+    # one colour scale for the run, shown by the widget's colour bar
     assert len({tuple(ly.contrast_limits) for ly in w.last_layers}) == 1
-    assert [ly.colorbar.visible for ly in w.last_layers] == [True, False, False, False]
+    assert w.colour_bar.range == tuple(w.last_layers[0].contrast_limits)
     assert set(w.last_result.targets.tolist()) == {1}
 
 

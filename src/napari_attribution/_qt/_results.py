@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import numpy as np
+from qtpy.QtWidgets import QWidget
 
 KIND = "napari_attribution"
 EVIDENCE_CMAP = "napari-attribution evidence"
@@ -49,8 +50,7 @@ def result_key(meta: dict) -> tuple:
 
 
 def put_result_layer(viewer, data: np.ndarray, name: str, key: str, meta: dict,
-                     contrast: tuple[float, float], placement: dict,
-                     colorbar: bool = False) -> Any:
+                     contrast: tuple[float, float], placement: dict) -> Any:
     """Add the result layer, or replace the data of the one a previous run with the same
     key made (a rerun does not pile layers up)."""
     meta = {KIND: {**meta.get(KIND, {}), "kind": "attribution", "key": key}}
@@ -62,19 +62,50 @@ def put_result_layer(viewer, data: np.ndarray, name: str, key: str, meta: dict,
             layer.translate = placement["translate"]
             layer.contrast_limits = contrast
             layer.name = name
-            _colorbar(layer, colorbar)
             return layer
     layer = viewer.add_image(data, name=name, metadata=meta, colormap=evidence_colormap(),
                              blending="translucent", opacity=0.8, contrast_limits=contrast,
                              **placement)
-    _colorbar(layer, colorbar)
     return layer
 
 
-def _colorbar(layer, on: bool) -> None:
-    bar = getattr(layer, "colorbar", None)
-    if bar is not None:
-        bar.visible = bool(on)
+class ColourBar(QWidget):
+    """The run's colour scale under the widget's buttons: the evidence colormap from 0
+    to the top of the shared contrast range (drawn by Qt: no napari overlay to build)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.range: tuple[float, float] | None = None
+        self.title = ""
+        self.setMinimumHeight(34)
+        self.setVisible(False)
+
+    def set_range(self, lo: float, hi: float, title: str) -> None:
+        self.range = (float(lo), float(hi))
+        self.title = title
+        self.setVisible(True)
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        from matplotlib import colormaps
+        from qtpy.QtCore import QRectF, Qt
+        from qtpy.QtGui import QColor, QLinearGradient, QPainter
+
+        if self.range is None:
+            return
+        p = QPainter(self)
+        w, h = self.width(), self.height()
+        grad = QLinearGradient(0, 0, w - 12, 0)
+        for t in np.linspace(0, 1, 9):
+            r, g, b, _ = colormaps["inferno"](t)
+            grad.setColorAt(float(t), QColor.fromRgbF(r, g, b))
+        p.fillRect(QRectF(6, 2, w - 12, 12), grad)
+        p.setPen(QColor("#d0d0d0"))
+        lo, hi = self.range
+        p.drawText(QRectF(6, 16, w - 12, h - 16), Qt.AlignmentFlag.AlignLeft, f"{lo:.3g}")
+        p.drawText(QRectF(6, 16, w - 12, h - 16), Qt.AlignmentFlag.AlignHCenter, self.title)
+        p.drawText(QRectF(6, 16, w - 12, h - 16), Qt.AlignmentFlag.AlignRight, f"{hi:.3g}")
+        p.end()
 
 
 def provenance_text(layer) -> str:

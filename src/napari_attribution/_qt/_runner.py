@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 
 from ..core.progress import Progress
@@ -129,6 +129,9 @@ class TaskRunner(QObject):
 
         def on_finished() -> None:
             if self.worker is not worker:  # shut down meanwhile
+                return
+            if self._flushing:  # reached from inside a flush (napari's bar processes
+                QTimer.singleShot(5, on_finished)  # events): finish once it is over
                 return
             self._throttled.cancel()
             self._flush()

@@ -27,7 +27,7 @@ from ..core.errors import InputError
 from ..core.progress import Progress
 from ._common import DockWidget, PlotCanvas, Settings, device_choices
 from ._layers import ChannelPicker, Selection
-from ._results import KIND, put_result_layer, result_name, run_contrast
+from ._results import KIND, ColourBar, put_result_layer, result_name, run_contrast
 from ._runner import TaskRunner
 
 SCOPES = ("current image", "all images")
@@ -83,6 +83,8 @@ class AttributionWidget(DockWidget):
         self.proba = QLabel("")
         self.proba.setWordWrap(True)
         self.plot = PlotCanvas(height=2.4)
+        self.colour_bar = ColourBar()
+        self.colour_bar.setToolTip("Colour scale shared by every map of the last run")
 
         form = QFormLayout()
         form.addRow("Images", self.scope)
@@ -104,6 +106,7 @@ class AttributionWidget(DockWidget):
         lay.addLayout(row)
         lay.addWidget(self.bar)
         lay.addWidget(self.proba)
+        lay.addWidget(self.colour_bar)
         lay.addWidget(self.plot)
         self.finish_layout()
 
@@ -299,13 +302,14 @@ class AttributionWidget(DockWidget):
         contrast = run_contrast([m for _, m in stacks])
         source = "+".join(ly.name for ly in sel.layers)
         layers = []
-        for k, (channel, m) in enumerate(stacks):
+        for channel, m in stacks:
             name = result_name(result.method, cls, images, channel)
             key = f"{source}|{result.method}|{cls}|{images}|{channel}"
             meta = {KIND: {"provenance": prov, "channel": channel}}
             layers.append(put_result_layer(
                 self.viewer, sel.result_shape(m), name, key, meta, contrast,
-                sel.placement(shrink=look["shrink"]), colorbar=k == 0))
+                sel.placement(shrink=look["shrink"])))
+        self.colour_bar.set_range(*contrast, f"{result.method} · {cls} · {images}")
         return layers
 
     def _plot_curves(self, curves: dict[str, np.ndarray]) -> None:
