@@ -3,6 +3,7 @@ export round trip, provenance panel and bad input (pytest-qt + make_napari_viewe
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -278,3 +279,43 @@ def test_closing_the_viewer_mid_run_returns_fast(make_napari_viewer, qtbot, cell
     assert time.perf_counter() - t0 < idle_s + 1.0
     assert not w.runner.running
     assert QThreadPool.globalInstance().waitForDone(20000)
+
+
+def test_study_report(make_napari_viewer, qtbot, cells, bundle, tmp_path, errors):
+    """One HTML file with the importance chart, the confusion matrix and example maps."""
+    from napari_attribution._qt import ExportWidget
+    from napari_attribution._qt._common import bundle_from_result, session_for
+    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.training import TrainConfig, train_dcmix
+
+    viewer = make_napari_viewer()
+    _add(viewer, cells, n=8)
+    result = run_generator(train_dcmix(cells, TrainConfig(epochs=1, width=8, device="cpu")))
+    w = _widget(viewer, bundle)
+    session = session_for(viewer)
+    session.data = cells
+    session.set_model(bundle_from_result(result), result)
+    exp = ExportWidget(viewer)
+    before = exp.save_report(tmp_path / "before.html")  # no maps yet: chart only
+    assert before.read_text().count("data:image/png;base64,") == 1
+    w.run()
+    _wait(qtbot, w)
+    out = exp.save_report(tmp_path / "report")
+    assert errors == [] and out.suffix == ".html"
+    text = out.read_text()
+    assert "Channel importance" in text and "balanced accuracy" in text
+    n_val = len(result.val_index)
+    cm_cells = [int(v) for v in re.findall(r"<td>(\d+)</td>", text)]
+    assert sum(cm_cells) == n_val  # every validation image counted once
+    assert text.count("data:image/png;base64,") == 2  # importance chart + one map
+    assert "PCIM · " in text
+
+
+def test_sample_is_large_enough_and_coloured():
+    from napari_attribution._sample_data import cell_phenotype_sample
+
+    layers = cell_phenotype_sample()
+    images = [ly for ly in layers if ly[2] == "image"]
+    assert [kw["name"] for _, kw, _ in images] == ["DNA", "Marker", "Membrane", "Distractor"]
+    assert images[0][0].shape == (400, 32, 32)
+    assert images[0][1]["colormap"] == "blue" and len(images[0][1]["metadata"]["labels"]) == 400
