@@ -378,7 +378,7 @@ def test_bbbc013_walkthrough_in_napari(make_napari_viewer, qtbot, errors):
     w.load_plate(BBBC013, crop_size=32, per_image=4, downsample=2)
     _wait_idle(qtbot, w, timeout=120000)
     assert errors == []
-    assert [layer.name for layer in viewer.layers] == ["GFP", "DNA"]
+    assert [layer.name for layer in viewer.layers] == ["GFP", "DNA", "nuclei"]
     assert w.picker.checked_names() == ["GFP", "DNA"]
     assert "cytoplasmic GFP: 64" in w.label_status.text()  # 16 wells x 4 crops
     w.start_training(_cfg(epochs=8, width=16))
@@ -390,3 +390,18 @@ def test_bbbc013_walkthrough_in_napari(make_napari_viewer, qtbot, errors):
         np.asarray(viewer.layers["GFP"].metadata["groups"])[result.train_index])
     imp = result.importance.as_dict()
     assert imp["GFP"] > imp["DNA"]
+    # guide step 5: jump to a positive control, explain it; evidence on the nucleus
+    from napari_attribution._qt import AttributionWidget
+
+    k = w.jump_to_control(1, 1)
+    assert k is not None and "positive control" in w.crop_info.text()
+    a = AttributionWidget(viewer)
+    a.scope.setCurrentText("current image")
+    a.curves.setChecked(False)
+    a.method.setCurrentText("pcim")
+    a.run()
+    _wait_idle(qtbot, a, timeout=120000)
+    assert errors == []
+    m = np.clip(np.asarray(a.last_layers[0].data)[0], 0, None)
+    nuclei = viewer.layers["nuclei"].data[k] > 0
+    assert m[nuclei].sum() / m.sum() > nuclei.mean()  # more evidence in nuclei than area

@@ -560,6 +560,10 @@ class TrainWidget(DockWidget):
                                           colormap=stain_colormap(name, c),
                                           metadata={**meta, "channel": name})
             names.append(layer.name)
+        if data.masks is not None:  # the nuclei segmentation the crops were cut around
+            self.viewer.add_labels(np.asarray(data.masks).astype(np.uint8), name="nuclei",
+                                   opacity=0.25, visible=False,
+                                   metadata={"source": "plate", "segmentation": True})
         self.picker.refresh()
         self.picker.set_checked(names)
         self.picker.axis.setValue(-1)
