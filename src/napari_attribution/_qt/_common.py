@@ -213,7 +213,8 @@ class PlotCanvas(QWidget):
     @property
     def idle(self) -> bool:
         """No render running and no change waiting."""
-        return not self._rendering and not self._pending and not self._dirty
+        return not self._rendering and not self._pending and (
+            not self._dirty or not self.isVisible())
 
     def update(self, fn) -> None:  # type: ignore[override]
         """Run ``fn()`` (which changes the figure and calls :meth:`draw`) now, or after
@@ -224,11 +225,17 @@ class PlotCanvas(QWidget):
             fn()
 
     def draw(self) -> None:
-        """Render the figure in the background (coalesced) and show it when done."""
-        if self._rendering or self._holding:
+        """Render the figure in the background (coalesced) and show it when done; a
+        hidden canvas (a dock tab not on top) renders when it is shown."""
+        if self._rendering or self._holding or not self.isVisible():
             self._dirty = True
             return
         self._start()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        if self._dirty and not self._rendering:
+            self._start()
 
     def _start(self) -> None:
         import threading
@@ -274,7 +281,8 @@ class PlotCanvas(QWidget):
         finally:
             self._holding = False
         if self._dirty:
-            self._start()
+            self._dirty = False
+            self.draw()
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         super().resizeEvent(event)

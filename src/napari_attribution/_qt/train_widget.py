@@ -35,7 +35,7 @@ from ._common import (
 from ._layers import ChannelPicker, Selection, combine_layers
 from ._runner import TaskRunner
 
-PLOT_EVERY_S = 1.0
+PLOT_EVERY_S = 3.0  # live plot within an epoch at most this often (renders cost CPU)
 PER_CROP_KEYS = ("well", "site", "field", "control", "dose", "y", "x")
 
 
