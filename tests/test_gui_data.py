@@ -162,3 +162,25 @@ def test_docks_fit_a_small_screen(make_napari_viewer, qtbot):
         assert w.sizeHint().height() <= 600
     qtbot.wait(50)
     assert win.height() <= 800 and win.width() <= 1280
+
+
+def test_per_object_labels_from_points(make_napari_viewer, errors):
+    from napari_attribution._qt import TrainWidget
+
+    viewer = make_napari_viewer()
+    stack = np.zeros((2, 2, 64, 64), np.float32)
+    stack[1, 0, 40:44, 10:14] = 1.0  # a bright object in image 1, channel 0
+    for c, name in enumerate(("GFP", "DNA")):
+        viewer.add_image(stack[:, c], name=name)
+    pts = np.array([[1, 42, 12], [0, 5, 60], [1, 30, 30]], float)
+    viewer.add_points(pts, features={"class": ["bright", "dark", "dark"]}, name="objects")
+    w = TrainWidget(viewer)
+    w.picker.set_checked(["GFP", "DNA"])
+    w.objects.setCurrentText("objects")
+    w.object_size.setValue(16)
+    data, _ = w.dataset()
+    assert data.images.shape == (3, 2, 16, 16)
+    assert data.class_names == ["bright", "dark"] and data.labels.tolist() == [0, 1, 1]
+    assert data.images[0, 0].sum() == 16.0  # the object is inside its crop
+    assert data.images[1].shape == (2, 16, 16) and data.images[2, 0].sum() == 0
+    assert w.classes() == ["bright", "dark"] and errors == []

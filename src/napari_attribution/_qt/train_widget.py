@@ -35,6 +35,7 @@ from ._common import (
 from ._layers import ChannelPicker, Selection, combine_layers
 from ._runner import TaskRunner
 
+NO_OBJECTS = "(whole images)"
 PLOT_EVERY_S = 3.0  # live plot within an epoch at most this often (renders cost CPU)
 PER_CROP_KEYS = ("well", "site", "field", "control", "dose", "y", "x")
 
@@ -75,6 +76,13 @@ class TrainWidget(DockWidget):
         self.combine_btn = QPushButton("Combine layers")
         self.combine_btn.setToolTip("Add the ticked layers (one per channel) as one "
                                     "multichannel image layer")
+        self.objects = QComboBox()
+        self.objects.setToolTip("Per-object labels: a Points layer with a 'class' feature; "
+                                "each point becomes a crop centred on it")
+        self.object_size = QSpinBox()
+        self.object_size.setRange(8, 1024)
+        self.object_size.setValue(32)
+        self.object_size.setToolTip("Side of the crop cut around each point (px)")
         self.crop_info = QLabel("")
         self.crop_info.setWordWrap(True)
         self.prev_pos_btn = QPushButton("◀ positive")
@@ -92,6 +100,11 @@ class TrainWidget(DockWidget):
         row.addWidget(self.assign_btn)
         row.addWidget(self.assign_all_btn)
         form.addRow("Label", row)
+        orow = QHBoxLayout()
+        orow.addWidget(self.objects, 1)
+        orow.addWidget(QLabel("crop"))
+        orow.addWidget(self.object_size)
+        form.addRow("Objects", orow)
         row2 = QHBoxLayout()
         row2.addWidget(self.clear_btn)
         row2.addWidget(self.combine_btn)
@@ -181,6 +194,10 @@ class TrainWidget(DockWidget):
         self.prev_neg_btn.clicked.connect(lambda: self.jump_to_control(-1, -1))
         self.next_neg_btn.clicked.connect(lambda: self.jump_to_control(-1, 1))
         napari_viewer.dims.events.current_step.connect(self._show_crop)
+        for ev in ("inserted", "removed"):
+            getattr(napari_viewer.layers.events, ev).connect(self._refresh_objects)
+        self.objects.currentTextChanged.connect(lambda *_: self._update_label_status())
+        self._refresh_objects()
         self.session.model_changed.connect(self._show_model)
         self._refresh_classes()
         self._update_label_status()
@@ -259,11 +276,57 @@ class TrainWidget(DockWidget):
             f"{sel.images.shape[2]}×{sel.images.shape[3]} px; labelled "
             f"{', '.join(parts) or '-'}; unlabelled {len(sel.images) - len(labels)}")
 
+    def _refresh_objects(self, *_: Any) -> None:
+        from napari.layers import Points
+
+        current = self.objects.currentText()
+        self.objects.blockSignals(True)
+        self.objects.clear()
+        self.objects.addItem(NO_OBJECTS)
+        for layer in self.viewer.layers:
+            if isinstance(layer, Points) and "class" in getattr(layer, "features", {}):
+                self.objects.addItem(layer.name)
+        if self.objects.findText(current) >= 0:
+            self.objects.setCurrentText(current)
+        self.objects.blockSignals(False)
+
+    def _object_dataset(self, sel: Selection):
+        """Crops around the points of the chosen Points layer, labelled by its ``class``
+        feature (cut by ``core.objects``)."""
+        from ..core.data import ImageSet
+        from ..core.objects import crops_around_points, labels_from_classes
+
+        layer = self.viewer.layers[self.objects.currentText()]
+        if sel.index is not None or not len(layer.data):
+            raise InputError(f"the Points layer {layer.name!r} has no points")
+        world = np.asarray(layer.data, float) * np.asarray(layer.scale) + \
+            np.asarray(layer.translate)
+        data_pts = (world[:, -2:] - np.asarray(sel.translate[-2:])) / \
+            np.asarray(sel.scale[-2:])
+        lead = len(sel.stack_shape)
+        if lead:
+            idx = np.round((world[:, -3] - sel.translate[-3]) / sel.scale[-3]) \
+                if world.shape[1] >= 3 else np.zeros(len(world))
+        else:
+            idx = np.zeros(len(world))
+        pts = np.column_stack([idx, data_pts])
+        crops = crops_around_points(sel.images, pts, self.object_size.value())
+        labels, names = labels_from_classes(layer.features["class"])
+        self.class_names.setText(", ".join(names))
+        self._refresh_classes()
+        cnames = _split(self.channel_names.text()) or sel.channel_names
+        return ImageSet(images=crops, labels=labels, channel_names=cnames, class_names=names,
+                        metadata={"downsample": sel.downsample, "crops": "points",
+                                  "crop_size": self.object_size.value()}), sel
+
     def dataset(self):
-        """The labelled images of the ticked layers as an ImageSet."""
+        """The labelled images of the ticked layers as an ImageSet (or, with a Points
+        layer chosen under Objects, crops around its points)."""
         from ..core.data import ImageSet
 
         sel = self._selection()
+        if self.objects.currentText() not in ("", NO_OBJECTS):
+            return self._object_dataset(sel)
         labels = self._labels_for(sel)
         if not labels:
             raise InputError("no labelled images: assign images to classes first")
