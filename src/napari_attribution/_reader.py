@@ -83,12 +83,15 @@ def image_layers(img: ImageData, base_name: str = "", image_key: str = "") -> li
         meta["image_id"] = image_key
     if img.description and FORMAT in img.description:
         return [_attribution_layer(img, meta, base_name)]
+    from .layer_style import stain_colormaps
+
     layers = []
+    colours = stain_colormaps(list(img.channel_names))
     for c, name in enumerate(img.channel_names):
         label = f"{base_name}{name}" if base_name else name
         layers.append((data[c], {
             "name": f"{label} ({image_key})" if image_key else label,
-            "colormap": colormap_for(name, c),
+            "colormap": colours[c],
             "blending": "additive", "scale": scale,
             "metadata": {**meta, "channel": name, "channel_index": c},
         }, "image"))

@@ -8,7 +8,7 @@ then sit on the nuclei of *nuclear* cells: the first thing a new user sees shoul
 from __future__ import annotations
 
 from .core.synthetic import make_cell_phenotype, make_multi_snr
-from .layer_style import stain_colormap
+from .layer_style import stain_colormaps
 
 CELL_IMAGES = 400  # enough images for the default 15 epochs to find the Marker channel
 CELL_SIZE = 32  # px: small crops keep an epoch to a few seconds on a CPU
@@ -16,10 +16,11 @@ CELL_SIZE = 32  # px: small crops keep an epoch to a few seconds on a CPU
 
 def _layers(data, kind: str) -> list[tuple]:
     out = []
+    colours = stain_colormaps(list(data.channel_names))
     for c, name in enumerate(data.channel_names):
         out.append((
             data.images[:, c],
-            {"name": name, "colormap": stain_colormap(name, c), "blending": "additive",
+            {"name": name, "colormap": colours[c], "blending": "additive",
              "metadata": {"sample": kind, "source": f"sample:{kind}", "channel": name,
                           "labels": data.labels.tolist(), "class_names": data.class_names,
                           "ground_truth": {k: v for k, v in data.metadata.items()

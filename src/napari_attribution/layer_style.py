@@ -63,3 +63,20 @@ def stain_colormap(name: str, index: int = 0) -> str:
             if key in words or (len(key) > 3 and key in joined):
                 return cmap
     return COLOUR_CYCLE[index % len(COLOUR_CYCLE)]
+
+
+def stain_colormaps(names: list[str]) -> list[str]:
+    """Colormaps for the channels of one image: stains by name, the rest from the cycle
+    skipping colours already taken (two channels never share a colour while any is left)."""
+    out: list[str | None] = []
+    for name in names:
+        cmap = stain_colormap(name, 0)
+        matched = cmap != COLOUR_CYCLE[0] or stain_colormap(name, 1) == cmap
+        out.append(cmap if matched else None)
+    free = [c for c in COLOUR_CYCLE if c not in out]
+    k = 0
+    for i, cmap in enumerate(out):
+        if cmap is None:
+            out[i] = free[k % len(free)] if free else COLOUR_CYCLE[i % len(COLOUR_CYCLE)]
+            k += 1
+    return [str(c) for c in out]

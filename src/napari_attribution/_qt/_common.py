@@ -199,7 +199,7 @@ class PlotCanvas(QWidget):
         self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.image.setMinimumHeight(int(height * 70))
         self.setMinimumHeight(int(height * 70))
-        self.bottom = 0.42  # room for tick labels and the legend below the axes
+        self.bottom = 0.45  # room for tick labels, axis label and the legend below
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.image)
@@ -311,7 +311,7 @@ class PlotCanvas(QWidget):
     def legend(ax, **kwargs) -> None:
         """A legend readable on the dark background; neutral swatches for hatched bars."""
         kwargs.setdefault("loc", "upper center")
-        kwargs.setdefault("bbox_to_anchor", (0.5, -0.28))
+        kwargs.setdefault("bbox_to_anchor", (0.5, -0.45))
         kwargs.setdefault("ncol", 2)
         leg = ax.legend(fontsize=FONT_PT, facecolor="#262930", edgecolor="#808080",
                         labelcolor="#e0e0e0", **kwargs)

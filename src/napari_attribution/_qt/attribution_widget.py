@@ -82,7 +82,7 @@ class AttributionWidget(DockWidget):
         self.bar = QProgressBar()
         self.proba = QLabel("")
         self.proba.setWordWrap(True)
-        self.plot = PlotCanvas(height=2.4)
+        self.plot = PlotCanvas(height=2.8)
         self.colour_bar = ColourBar()
         self.colour_bar.setToolTip("Colour scale shared by every map of the last run")
 
@@ -323,7 +323,7 @@ class AttributionWidget(DockWidget):
             frac = np.linspace(0, 1, mean.size)
             auc = float(np.trapezoid(mean, frac))
             ax.plot(frac, mean, color=colours[mode], label=f"{mode} (AUC {auc:.2f})")
-        ax.set_xlabel("fraction of pixels deleted / inserted")
+        ax.set_xlabel("fraction of pixels changed")
         ax.set_ylabel("target probability")
         ax.set_ylim(0, 1.02)
         ax.set_title("deletion (low better), insertion (high better)")

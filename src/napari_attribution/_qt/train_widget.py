@@ -147,7 +147,7 @@ class TrainWidget(DockWidget):
         self.bar = QProgressBar()
         self.model_label = QLabel("no model")
         self.model_label.setWordWrap(True)
-        self.plot = PlotCanvas(height=2.2)
+        self.plot = PlotCanvas(height=2.8)
         mform = QFormLayout()
         mform.addRow("Backbone", self.backbone)
         mform.addRow("Epochs", self.epochs)
@@ -198,6 +198,7 @@ class TrainWidget(DockWidget):
             getattr(napari_viewer.layers.events, ev).connect(self._refresh_objects)
         self.objects.currentTextChanged.connect(lambda *_: self._update_label_status())
         self._refresh_objects()
+        self._show_crop()
         self.session.model_changed.connect(self._show_model)
         self._refresh_classes()
         self._update_label_status()
@@ -418,15 +419,16 @@ class TrainWidget(DockWidget):
         h1, l1 = ax_curve.get_legend_handles_labels()
         h2, l2 = ax_acc.get_legend_handles_labels()
         self.plot.legend(ax_curve, handles=h1 + h2, labels=l1 + l2, ncol=3,
-                         bbox_to_anchor=(1.1, -0.3))
+                         bbox_to_anchor=(1.15, -0.5))
         colours = channel_colours(self.viewer, names)
         x = np.arange(len(names))
         width = 0.8 / n_heads
         bars = [ax_w.bar(x + (h - (n_heads - 1) / 2) * width, np.zeros(len(names)), width,
                          color=colours, edgecolor="#e0e0e0" if h else None, linewidth=0.5)
                 for h in range(n_heads)]
-        ax_w.set_xticks(x, names, rotation=30 if len(names) > 3 else 0,
-                        ha="right" if len(names) > 3 else "center")
+        ax_w.set_xticks(x, names, rotation=40 if len(names) > 2 else 0,
+                        ha="right" if len(names) > 2 else "center",
+                        rotation_mode="anchor")
         ax_w.set_ylim(0, 1)
         ax_w.set_title("channel weights")
         self._artists = {"key": (tuple(names), n_heads), "curve": ax_curve, "acc": ax_acc,
@@ -487,6 +489,11 @@ class TrainWidget(DockWidget):
 
     def _show_crop(self, *_: Any) -> None:
         md, k = self._crop_meta()
+        has_controls = md is not None and "control" in md
+        for b in (self.prev_pos_btn, self.next_pos_btn, self.prev_neg_btn,
+                  self.next_neg_btn):
+            b.setVisible(has_controls)
+        self.crop_info.setVisible(md is not None)
         if md is None or k is None or k >= len(md["well"]):
             self.crop_info.setText("")
             return
@@ -607,7 +614,7 @@ class TrainWidget(DockWidget):
         return self.runner.start(work(), "reading plate", self._add_plate_layers)
 
     def _add_plate_layers(self, data) -> None:
-        from ..layer_style import stain_colormap
+        from ..layer_style import stain_colormaps
 
         meta: dict[str, Any] = {
             "labels": data.labels.tolist(), "class_names": list(data.class_names),
@@ -618,9 +625,10 @@ class TrainWidget(DockWidget):
             if key in data.metadata:
                 meta[key] = np.asarray(data.metadata[key]).tolist()
         names = []
+        colours = stain_colormaps(list(data.channel_names))
         for c, name in enumerate(data.channel_names):
             layer = self.viewer.add_image(data.images[:, c], name=name, blending="additive",
-                                          colormap=stain_colormap(name, c),
+                                          colormap=colours[c],
                                           metadata={**meta, "channel": name})
             names.append(layer.name)
         if data.masks is not None:  # the nuclei segmentation the crops were cut around
