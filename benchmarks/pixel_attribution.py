@@ -114,6 +114,7 @@ def synthetic_set(n_eval: int, epochs: int) -> dict:
 def bbbc_sets(n_eval: int, epochs: int) -> dict[str, dict]:
     if not (DATA / "bbbc013" / "1049_Metadata.csv").exists():
         return {}
+    from napari_attribution.core.normalization import prepare_inputs
     from napari_attribution.io.plate import load_bbbc013, take
 
     data = load_bbbc013(DATA / "bbbc013", crop_size=48, downsample=2, per_image=24, seed=0)
@@ -128,7 +129,7 @@ def bbbc_sets(n_eval: int, epochs: int) -> dict[str, dict]:
     out = {}
     for name, label in (("bbbc013_pos", 1), ("bbbc013_neg", 0)):
         idx = np.flatnonzero(is_test & (data.labels == label))[:n_eval]
-        x = res.normalizer(data.images[idx])
+        x = prepare_inputs(res.normalizer, take(data, idx))  # crops come normalised
         out[name] = {"model": res.model.eval(), "images": x, "targets": data.labels[idx],
                      "masks": data.masks[idx],
                      "model_accuracy": _accuracy(res.model, x, data.labels[idx]),

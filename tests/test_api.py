@@ -66,5 +66,5 @@ def test_explain_with_class_name_and_raw_images(api_result, tmp_path):
     assert mass > 2 * nuclei.mean()
     one = na.explain(result, data.images[nuclear[0]], method="saliency", device="cpu")
     assert one.maps.shape == (1, 32, 32)
-    with pytest.raises(InputError, match="unknown class"):
+    with pytest.raises(InputError, match="unknown target class .mitotic."):
         na.explain(path, data.images[:2], targets="mitotic")

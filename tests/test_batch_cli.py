@@ -125,12 +125,17 @@ def test_train_on_a_plate_folder(tmp_path, capsys):
     assert "--plate-map" in capsys.readouterr().err
     assert main([*base, "--plate-map", str(tmp_path / "map.csv")]) == 0
     out = capsys.readouterr().out
-    assert "sampling grid crops of 16 px" in out and "validation accuracy" in out
+    assert "sampling grid crops (16 px)" in out and "validation accuracy" in out
+    assert "held out by well" in out and "WARNING" not in out
     bundle = load_bundle(tmp_path / "m.safetensors")
     assert bundle.channel_names == ["dna", "gfp"] and bundle.class_names == ["neg", "pos"]
     # the validation split holds whole wells: 2 fields x 4 tiles per well
     prov = bundle.provenance
     assert prov["n_validation"] == 8 * len(prov["validation_groups"]) > 0
     assert prov["n_train"] + prov["n_validation"] == 32
-    assert prov["data"] == {"image_size": [16, 16], "n_images": 32, "source": str(plate),
-                            "crops": "grid", "crop_size": 16, "downsample": 1}
+    data_info = dict(prov["data"])
+    assert data_info.pop("input_normalization")["mode"] == "per_field"
+    assert data_info == {"image_size": [16, 16], "n_images": 32, "source": str(plate),
+                         "crops": "grid", "crop_size": 16, "downsample": 1,
+                         "geometry": "given", "segmentation": "otsu", "split_by": "well"}
+    assert bundle.normalizer.mode == "per_field" and prov["warnings"] == []

@@ -76,7 +76,14 @@ def test_evaluate_table(tmp_path, trained_cells, capsys):
                  "pcim", "--metrics", "deletion", "--format", "csv", "--device", "cpu",
                  "-q"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "method,deletion_auc,ms_per_image,batch_size,n_images"
-    assert lines[1].startswith("pcim,")
+    assert lines[0] == ("method,deletion_auc,forward_per_image,backward_per_image,"
+                        "ms_per_image,peak_mib,batch_size,n_images,trained_on")
+    assert lines[1].startswith("pcim,") and lines[1].endswith(",deletion")
+    assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "3", "--methods",
+                 "pcim,integrated_gradients", "--metrics", "road,insertion", "--device",
+                 "cpu", "-q"]) == 0
+    table = capsys.readouterr().out
+    assert "road_morf (lower)" in table and "road_lerf (higher)" in table
+    assert "insertion (higher)" in table and "not independent evidence" in table
     assert main(["evaluate", str(bundle), "--sample", "cells", "--methods", "nope",
                  "--device", "cpu", "-q"]) == 2

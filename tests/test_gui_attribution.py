@@ -33,12 +33,13 @@ def cells():
 
 @pytest.fixture(scope="module")
 def bundle(cells):
-    from napari_attribution._qt._common import bundle_from_result
     from napari_attribution.core.progress import run_generator
     from napari_attribution.core.training import TrainConfig, train_dcmix
 
     cfg = TrainConfig(epochs=3, batch_size=16, width=8, device="cpu", seed=0)
-    return bundle_from_result(run_generator(train_dcmix(cells, cfg)))
+    from napari_attribution.io.models import load_model
+
+    return load_model(run_generator(train_dcmix(cells, cfg)))
 
 
 @pytest.fixture
@@ -284,7 +285,7 @@ def test_closing_the_viewer_mid_run_returns_fast(make_napari_viewer, qtbot, cell
 def test_study_report(make_napari_viewer, qtbot, cells, bundle, tmp_path, errors):
     """One HTML file with the importance chart, the confusion matrix and example maps."""
     from napari_attribution._qt import ExportWidget
-    from napari_attribution._qt._common import bundle_from_result, session_for
+    from napari_attribution._qt._common import session_for
     from napari_attribution.core.progress import run_generator
     from napari_attribution.core.training import TrainConfig, train_dcmix
 
@@ -294,7 +295,7 @@ def test_study_report(make_napari_viewer, qtbot, cells, bundle, tmp_path, errors
     w = _widget(viewer, bundle)
     session = session_for(viewer)
     session.data = cells
-    session.set_model(bundle_from_result(result), result)
+    session.set_model(result, result)
     exp = ExportWidget(viewer)
     before = exp.save_report(tmp_path / "before.html")  # no maps yet: chart only
     assert before.read_text().count("data:image/png;base64,") == 1

@@ -148,8 +148,10 @@ def test_torchscript_model(tmp_path):
 
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(small_cnn()), str(path))
-    model, info = load_model(path)
-    assert info["kind"] == "torchscript" and len(info["sha256"]) == 64
+    clf = load_model(path)
+    model = clf.module
+    assert clf.kind == "torchscript" and len(clf.sha256) == 64
+    assert clf.n_channels == 2 and "aten::conv2d" in clf.operators
     x = np.random.default_rng(0).normal(size=(2, 2, 16, 16)).astype(np.float32)
     res = run_generator(explain(model, x, None, device="cpu"))
     assert res.maps.shape == (2, 16, 16)
@@ -191,7 +193,8 @@ def test_bad_input_messages():
     fixed = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
     with pytest.raises(InputError, match="cannot run on images"):
         run_generator(explain(fixed, np.zeros((1, 2, 10, 10), np.float32), device="cpu"))
-    assert set(available_methods()) == {"pcim", "saliency", "integrated_gradients",
+    assert set(available_methods()) == {"pcim", "pcim_blackbox", "saliency",
+                                        "integrated_gradients", "integrated_gradients_blur",
                                         "occlusion", "gradcam", "rise", "extremal_mask"}
 
 

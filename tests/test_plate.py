@@ -99,25 +99,39 @@ def test_sample_grid_random_and_unlabelled(plate_dir):
 def test_sample_crops_match_field_pixels(plate_dir):
     plate = Plate.scan(plate_dir, PATTERN, {"DNA": "w1", "GFP": "w2"},
                        plate_map=plate_dir / "map.csv")
-    data = plate.sample("random", crop_size=24, per_image=2, masks=False)
+    data = plate.sample("random", crop_size=24, per_image=2, masks=False, normalization="none")
     i = 3
     fov = [f for f in plate.fields if f.well == data.metadata["well"][i]
            and f.site == data.metadata["site"][i]][0]
     y, x = data.metadata["y"][i], data.metadata["x"][i]
     np.testing.assert_array_equal(data.images[i], plate.read_field(fov)[:, y:y + 24, x:x + 24])
+    # the default: each whole field normalised per channel, then cropped
+    from napari_attribution.core.normalization import PercentileNormalizer
+
+    default = plate.sample("random", crop_size=24, per_image=2, masks=False)
+    assert default.metadata["normalization"]["mode"] == "per_field"
+    field = PercentileNormalizer("per_field")(plate.read_field(fov))
+    np.testing.assert_allclose(default.images[i], field[:, y:y + 24, x:x + 24], atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["per_image", "per_plate"])
+@pytest.mark.parametrize("mode", ["per_field", "per_dataset", "per_image", "per_plate"])
 def test_sample_normalisation(plate_dir, mode):
     plate = Plate.scan(plate_dir, PATTERN, {"DNA": "w1", "GFP": "w2"},
                        plate_map=plate_dir / "map.csv")
-    data = plate.sample("grid", crop_size=40, per_image=None, masks=False,
-                        normalization=mode)
+    new = {"per_image": "per_field", "per_plate": "per_dataset"}.get(mode, mode)
+    if mode != new:  # old names still work, with a deprecation warning
+        with pytest.warns(DeprecationWarning, match=new):
+            data = plate.sample("grid", crop_size=40, per_image=None, masks=False,
+                                normalization=mode)
+    else:
+        data = plate.sample("grid", crop_size=40, per_image=None, masks=False,
+                            normalization=mode)
     norm = data.metadata["normalization"]
-    assert norm["mode"] == mode
-    raw = plate.sample("grid", crop_size=40, per_image=None, masks=False)
+    assert norm["mode"] == new
+    raw = plate.sample("grid", crop_size=40, per_image=None, masks=False,
+                       normalization="none")
     first = data.metadata["field"] == 0  # the 4 tiles cover field 0 completely
-    if mode == "per_image":
+    if new == "per_field":
         for c in range(2):
             lo, hi = np.percentile(data.images[first, c], [1.0, 99.8])
             assert lo == pytest.approx(0, abs=1e-5) and hi == pytest.approx(1, abs=1e-5)

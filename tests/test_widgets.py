@@ -39,12 +39,12 @@ def small_cells():
 @pytest.fixture(scope="module")
 def tiny_bundle(small_cells):
     """A DCMIX model trained for 3 epochs on the small set (a couple of seconds on CPU)."""
-    from napari_attribution._qt._common import bundle_from_result
     from napari_attribution.core.progress import run_generator
     from napari_attribution.core.training import TrainConfig, train_dcmix
+    from napari_attribution.io.models import load_model
 
     cfg = TrainConfig(epochs=3, batch_size=16, width=8, device="cpu", seed=0)
-    return bundle_from_result(run_generator(train_dcmix(small_cells, cfg)))
+    return load_model(run_generator(train_dcmix(small_cells, cfg)))
 
 
 def _cfg(**kw):

@@ -2,8 +2,9 @@
 
 DCMIX answers "which channels matter", PCIM "which pixels matter". The scripting API
 (``train``, ``channel_importance``, ``explain``, ``save_bundle``, ``load_bundle``,
-``load_model``, ``explain_plate``) is imported lazily so that ``import napari_attribution``
-stays cheap for napari's plugin discovery.
+``load_model`` (any model -> ``Classifier``), ``export_program``, ``load_plate``,
+``explain_plate``) is imported lazily so that ``import napari_attribution`` stays cheap
+for napari's plugin discovery.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": "api", "explain": "api", "channel_importance": "api", "save_bundle": "api",
     "sample_cells": "api", "sample_multi_snr": "api", "explain_plate": "api",
-    "load_bundle": "io.bundle", "load_model": "io.models",
+    "load_plate": "api",
+    "load_bundle": "io.bundle", "load_model": "io.models", "export_program": "io.model_export",
+    "Classifier": "core.classifier", "UnsafeModelError": "io.model_scan",
     "ImageSet": "core.data", "TrainConfig": "core.training", "PCIMConfig": "core.pcim",
     "available_methods": "core.attribution",
     "AttributionError": "core.errors", "InputError": "core.errors",

@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 
 from .core.attribution import AttributionResult
-from .core.attribution import explain as _explain_gen
+from .core.classifier import frozen
 from .core.data import ImageSet
 from .core.errors import InputError
 from .core.importance import ChannelImportance
 from .core.importance import channel_importance as _channel_importance
 from .core.progress import Progress, run_generator
 from .core.training import TrainConfig, TrainResult, train_dcmix
-from .io.bundle import ModelBundle, load_bundle, save_training_result
+from .io.bundle import save_training_result
+from .io.models import load_model
 
 ProgressCallback = Callable[[Progress], Any] | None
 
@@ -52,66 +53,47 @@ def save_bundle(path: str | Path, result: TrainResult) -> Path:
     return save_training_result(path, result)
 
 
-def _as_bundle(model: str | Path | ModelBundle | TrainResult) -> ModelBundle | None:
-    if isinstance(model, (str, Path)):
-        return load_bundle(model)
-    if isinstance(model, TrainResult):
-        return ModelBundle(model=model.model, config=model.model_config,
-                           channel_names=model.channel_names, class_names=model.class_names,
-                           normalizer=model.normalizer, provenance=model.provenance(),
-                           importance=model.importance)
-    return model if isinstance(model, ModelBundle) else None
+ModelLike = Any  # a path, Classifier, ModelBundle, TrainResult or torch module
 
 
-def channel_importance(model: str | Path | ModelBundle | TrainResult,
-                       data: ImageSet | None = None) -> ChannelImportance:
+def channel_importance(model: ModelLike, data: ImageSet | None = None, *,
+                       trust: bool = False) -> ChannelImportance:
     """Channel importance of a DCMIX model: mixing weights, per head and overall, with the
     channel-ablation check computed on ``data`` (raw images; normalised as in training).
 
     Without ``data``, the importance stored at training time is returned.
     """
-    bundle = _as_bundle(model)
-    if bundle is None:
-        raise InputError("model must be a bundle path, a ModelBundle or a TrainResult; got "
-                         f"{type(model).__name__}")
+    clf = load_model(model, trust=trust)
     if data is None:
-        if bundle.importance is None:
-            raise InputError("this model has no stored channel importance; pass data to "
+        if clf.importance is None:
+            raise InputError(f"{clf.source} has no stored channel importance; pass data to "
                              "compute it")
-        return bundle.importance
-    bundle.check_channels(data.n_channels, "the data")
-    return _channel_importance(bundle.model, bundle.prepare(data.images), data.labels,
-                               bundle.channel_names)
+        return clf.importance
+    if getattr(clf.module, "mixing", None) is None:
+        raise InputError(f"{clf.source} has no DCMIX mixing layer, so it has no channel "
+                         "weights; use pixel attribution with per_channel=True instead")
+    clf.check_channels(data.n_channels, "the data")
+    with frozen(clf.module):  # a TrainResult's model comes back in its own mode
+        return _channel_importance(clf.module, clf.prepare(data), data.labels,
+                                   clf.channel_names)
 
 
-def explain(model: str | Path | ModelBundle | TrainResult | Any, images: np.ndarray, *,
-            method: str = "pcim", targets: int | Sequence[int] | str | None = None,
+def explain(model: ModelLike, images: np.ndarray, *, method: str = "pcim",
+            targets: int | str | Sequence[int | str] | None = None, trust: bool = False,
             progress: ProgressCallback = None, **options: Any) -> AttributionResult:
-    """Attribution maps for ``images`` (N, C, H, W) or (C, H, W).
+    """Attribution maps for raw ``images`` (N, C, H, W) or (C, H, W).
 
-    A bundle (path, ``ModelBundle`` or ``TrainResult``) normalises raw images as at
-    training time and accepts class names as ``targets``; any other torch module or
-    TorchScript model gets the images as given. ``targets=None`` explains the predicted
-    class. ``options`` go to :func:`napari_attribution.core.attribution.explain`
-    (``per_channel``, ``device``, ``input_size`` for tiling, method parameters).
+    ``model``: anything ``io.models.load_model`` takes (a bundle, ``.pt2`` or
+    TorchScript path, a ``TrainResult``, a torch module). Images are prepared as the
+    model records (a bundle's normalisation; none for a bare module); an ImageSet of plate
+    crops that were already normalised the model's way is used as it is. ``targets``:
+    class indices or names, ``"predicted"`` or None (the predicted class). ``options`` go
+    to :func:`napari_attribution.core.attribution.explain` (``per_channel``, ``device``,
+    ``input_size`` for tiling, method parameters). The result's ``provenance()`` names
+    the model (path, kind, sha256, channel and class names, normalisation).
     """
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[None]
-    bundle = _as_bundle(model)
-    if bundle is not None:
-        net, arr = bundle.model, bundle.prepare(arr)
-        if isinstance(targets, str):
-            if targets not in bundle.class_names:
-                raise InputError(f"unknown class {targets!r}; the model knows "
-                                 f"{bundle.class_names}")
-            targets = bundle.class_names.index(targets)
-    else:
-        net = model
-        if isinstance(targets, str):
-            raise InputError("class names as targets need a model bundle; give an index")
-    return run_generator(_explain_gen(net, arr, targets=targets, method=method, **options),
-                         progress)
+    clf = load_model(model, trust=trust)
+    return run_generator(clf.explain(images, targets, method=method, **options), progress)
 
 
 def sample_cells(n_images: int = 400, size: int = 48, seed: int = 0) -> ImageSet:
@@ -129,6 +111,41 @@ def sample_multi_snr(n_images: int = 600, size: int = 32, seed: int = 0) -> Imag
     return make_multi_snr(n_images=n_images, size=size, seed=seed)
 
 
+def load_plate(root: str | Path, pattern: str | None = None, *,
+               channels: Any = None, plate_map: Any = None, bbbc013: bool = False,
+               axes: str | None = None, channel_names: Sequence[str] | None = None) -> Any:
+    r"""Open a plate folder as an ``io.plate.Plate``; ``plate.sample(...)`` then cuts crops.
+
+    ``pattern`` is a filename regex with groups ``well`` (or ``row``, ``col``), ``site``
+    and ``channel``; ``channels`` picks and orders channels (``["DNA", "GFP"]`` or
+    ``{"DNA": "w1", "GFP": "w2"}``); ``plate_map`` a CSV (well, class, dose, control).
+    ``bbbc013=True`` reads the BBBC013 layout (``channels`` then names: GFP, DNA).
+
+    ``Plate.sample`` options, all recorded in the crops' metadata and the bundle:
+    ``crop_size``/``downsample`` (default: from the median nucleus size),
+    ``normalization`` (``"per_field"`` default, ``"per_dataset"``, ``"none"``),
+    ``labels`` (label images from cellpose/stardist/napari instead of Otsu),
+    ``objects`` (a per-object table: well, site or file, x, y, label; CellProfiler
+    columns recognised, others via ``objects_columns``), ``label_rule`` (``"PH3>otsu"``),
+    ``split_by`` (``"auto"``, ``"well"``, ``"field"``, ``"half"``, ``"quadrant"``) and
+    ``val_wells``. Example::
+
+        plate = na.load_plate("plate/", r"(?P<well>[A-P]\d+)_s(?P<site>\d)_(?P<channel>\w+)",
+                              channels=["DNA", "PH3"])
+        data = plate.sample(label_rule="PH3>otsu")     # marker-defined classes per nucleus
+        result = na.train(data)
+    """
+    from .io.plate import Plate, open_bbbc013
+
+    if bbbc013:
+        return open_bbbc013(root, list(channels) if channels else ["GFP", "DNA"])
+    if not pattern:
+        raise InputError("give a filename pattern (regex with groups well or row/col, site, "
+                         "channel) or bbbc013=True")
+    return Plate.scan(root, pattern, channels, plate_map=plate_map, axes=axes,
+                      channel_names=channel_names)
+
+
 def explain_plate(plate: Any, model: str | Path, output: str | Path, *,
                   methods: Sequence[str] = ("pcim",), progress: ProgressCallback = None,
                   params: dict[str, dict[str, Any]] | None = None,
@@ -137,7 +154,8 @@ def explain_plate(plate: Any, model: str | Path, output: str | Path, *,
     ``io.plate.Plate``), on Dask, into the OME-Zarr store ``output`` (resumable: call
     again after an interruption). ``options``: ``BatchConfig`` fields (``per_channel``,
     ``input_size``, ``device`` ...) and ``run_batch`` keywords (``scheduler``,
-    ``n_workers``, ``overwrite`` ...). Returns a ``batch.BatchResult``."""
+    ``n_workers``, ``overwrite``, ``trust`` ...). ``model``: any model file
+    ``load_model`` reads. Returns a ``batch.BatchResult``."""
     from .batch import BatchConfig, records_from_plate, run_batch
 
     cfg_keys = {f.name for f in fields(BatchConfig)}

@@ -25,8 +25,8 @@ from qtpy.QtWidgets import (
 if TYPE_CHECKING:
     import napari
 
+    from ..core.classifier import Classifier
     from ..core.data import ImageSet
-    from ..io.bundle import ModelBundle
 
 ORG, APP = "napari-attribution", "widgets"
 FONT_PT = 9  # smallest font in the plots
@@ -43,12 +43,17 @@ class Session:
     model_changed = Signal(object)
 
     def __init__(self) -> None:
-        self.bundle: ModelBundle | None = None
+        self.bundle: Classifier | None = None
         self.train_result: Any = None
         self.data: ImageSet | None = None
         self.source_layers: list[str] = []
 
-    def set_model(self, bundle: ModelBundle | None, train_result: Any = None) -> None:
+    def set_model(self, model: Any, train_result: Any = None) -> None:
+        """Make ``model`` current: a ``Classifier`` or anything ``load_model`` takes (a
+        ``TrainResult``, ``ModelBundle``, module); widgets see it as a ``Classifier``."""
+        from ..io.models import load_model
+
+        bundle = None if model is None else load_model(model)
         self.bundle = bundle
         self.train_result = train_result
         try:
@@ -68,16 +73,6 @@ def session_for(viewer: napari.Viewer) -> Session:
     if s is None:
         s = _SESSIONS[viewer] = Session()
     return s
-
-
-def bundle_from_result(result: Any) -> ModelBundle:
-    """An in-memory :class:`ModelBundle` for a fresh ``TrainResult`` (not yet saved)."""
-    from ..io.bundle import ModelBundle
-
-    return ModelBundle(model=result.model, config=result.model_config,
-                       channel_names=list(result.channel_names),
-                       class_names=list(result.class_names), normalizer=result.normalizer,
-                       provenance=result.provenance(), importance=result.importance)
 
 
 class Settings:

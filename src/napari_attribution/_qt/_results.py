@@ -117,7 +117,8 @@ def provenance_text(layer) -> str:
     if not prov:
         return ""
     keys = ("method", "target_names", "probability", "channel_names", "source_layers",
-            "slice_index", "scale", "model_path", "model_sha256", "time", "version")
+            "slice_index", "scale", "model", "model_kind", "model_sha256", "time",
+            "version")
     lines = [f"layer: {layer.name}"]
     for k in keys:
         if k in prov and prov[k] is not None:

@@ -145,7 +145,11 @@ class AttributionWidget(DockWidget):
     def _scale(bundle):
         from ..core.inference import ModelScale
 
-        return ModelScale.from_provenance(getattr(bundle, "provenance", None))
+        scale = ModelScale.from_provenance(getattr(bundle, "provenance", None))
+        size = getattr(bundle, "input_size", None)  # e.g. a bioimage.io package's
+        if scale.input_size is None and size:
+            scale = ModelScale(scale.downsample, int(size))
+        return scale
 
     def _inputs(self) -> tuple[Any, Selection, dict]:
         """Model, frozen selection (channels in the model's order) and how to look at it."""
@@ -226,7 +230,6 @@ class AttributionWidget(DockWidget):
 
     def run(self) -> Any:
         """Explain the chosen image(s) in a worker; returns the worker."""
-        from ..core.attribution import explain
         from ..core.inference import shrink, tile_curves
 
         try:
@@ -248,10 +251,11 @@ class AttributionWidget(DockWidget):
 
             from ..core.devices import resolve_device
 
-            x = bundle.prepare(shrink(sel.images, look["shrink"]))
-            result = yield from explain(bundle.model, x, targets=target, method=method,
-                                        per_channel=per_channel, device=device,
-                                        input_size=look["tile"], **params)
+            raw = shrink(sel.images, look["shrink"])  # at the model's training scale
+            x = bundle.prepare(raw)
+            result = yield from bundle.explain(raw, target, method=method,
+                                               per_channel=per_channel, device=device,
+                                               input_size=look["tile"], **params)
             curves, t0 = {}, time.perf_counter()
             if want_curves:
                 curves = yield from tile_curves(bundle.model, x, result.maps, result.targets,
@@ -283,17 +287,10 @@ class AttributionWidget(DockWidget):
             "source_layers": [ly.name for ly in sel.layers],
             "source_shape": [int(s) for s in (*sel.stack_shape, *sel.images.shape[-2:])],
             "slice_index": None if sel.index is None else list(sel.index),
-            "target_names": [classes[int(t)] for t in result.targets],
-            "probabilities": np.asarray(result.probabilities).tolist(),
             "probability": self._how(look),
             "scale": {"shrink": look["shrink"], "tile": look["tile"],
                       "tiles_per_image": look["tiles"]},
-            "class_names": classes,
-            "channel_names": list(bundle.channel_names),
             "input_channels": list(sel.channel_names),
-            "normalization": bundle.normalizer.to_dict(),
-            "model_path": None if bundle.path is None else str(bundle.path),
-            "model_sha256": bundle.sha256,
         })
         maps = np.asarray(result.maps, np.float32)
         per_channel = maps.ndim == 4

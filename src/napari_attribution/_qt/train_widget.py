@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -28,7 +29,6 @@ from ._common import (
     DockWidget,
     PlotCanvas,
     Settings,
-    bundle_from_result,
     channel_colours,
     device_choices,
 )
@@ -144,6 +144,10 @@ class TrainWidget(DockWidget):
         self.load_btn = QPushButton("Load model…")
         self.save_btn = QPushButton("Save model…")
         self.save_btn.setEnabled(False)
+        self.trust = QCheckBox("Trust this model file")
+        self.trust.setToolTip("Run TorchScript / exported models even if they use operators "
+                              "beyond pure tensor maths (they could read or write files). "
+                              "Only for models from a source you trust.")
         self.bar = QProgressBar()
         self.model_label = QLabel("no model")
         self.model_label.setWordWrap(True)
@@ -166,6 +170,7 @@ class TrainWidget(DockWidget):
         r.addWidget(self.load_btn)
         r.addWidget(self.save_btn)
         mlay.addLayout(r)
+        mlay.addWidget(self.trust)
         mlay.addWidget(self.model_label)
 
         self.body.addWidget(data_box)
@@ -374,7 +379,7 @@ class TrainWidget(DockWidget):
         def done(result) -> None:
             self.session.data = data
             self.session.source_layers = source
-            self.session.set_model(bundle_from_result(result), result)
+            self.session.set_model(result, result)
             warnings = list(getattr(result, "warnings", None) or [])
             self.say(f"trained: validation accuracy {result.val_accuracy:.3f} "
                      f"({result.seconds:.1f} s)"
@@ -548,22 +553,29 @@ class TrainWidget(DockWidget):
 
     # -- model files -----------------------------------------------------------------------
 
-    def load_model(self, path: str | Path | None = None) -> None:
-        """Load a bundle (``.safetensors``) or TorchScript file as the current model."""
+    def load_model(self, path: str | Path | None = None) -> Any:
+        """Load any model file ``io.models.load_model`` reads as the current model (the
+        operator scan is skipped only when "Trust this model file" is ticked)."""
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
                 self, "Load model", str(self.settings.get("last_dir", "")),
-                "Models (*.safetensors *.pt *.pth *.ts);;All files (*)")
+                "Models (*.safetensors *.pt2 *.pt *.pth *.ts *.zip rdf.yaml);;All files (*)")
             if not path:
                 return
         path = Path(path)
+        if path.name in ("rdf.yaml", "bioimageio.yaml"):
+            path = path.parent  # a bioimage.io package is its folder
         self.settings.set("last_dir", str(path.parent))
+        trust = self.trust.isChecked()
 
         def work() -> Generator[Progress, None, Any]:
-            yield Progress(0, 1, f"loading {path.name}")
-            return _load_any_model(path)
+            from ..io.models import load_model
 
-        self.runner.start(work(), "loading model", lambda b: self.session.set_model(b))
+            yield Progress(0, 1, f"loading {path.name}")
+            return load_model(path, trust=trust)
+
+        return self.runner.start(work(), "loading model",
+                                 lambda b: self.session.set_model(b))
 
     def save_model(self, path: str | Path | None = None) -> Path | None:
         """Save the trained model as a bundle; returns the path written."""
@@ -608,8 +620,9 @@ class TrainWidget(DockWidget):
 
         def work() -> Generator[Progress, None, Any]:
             yield Progress(0, 1, f"reading plate {Path(root).name} (segmenting nuclei)")
+            # raw crops: the layers carry no normalisation record, so training fits its own
             return load_bbbc013(root, crop_size=crop_size, per_image=per_image,
-                                downsample=downsample)
+                                downsample=downsample, normalization="none")
 
         return self.runner.start(work(), "reading plate", self._add_plate_layers)
 
@@ -663,16 +676,3 @@ class TrainWidget(DockWidget):
         self.runner.shutdown()
         super().closeEvent(event)
 
-
-def _load_any_model(path: Path):
-    """A bundle, or a TorchScript model through ``io.models`` when that is available."""
-    from ..io.bundle import load_bundle
-
-    if path.suffix == ".safetensors":
-        return load_bundle(path)
-    try:
-        from ..io.models import load_model
-    except ImportError:
-        raise InputError(f"{path.name}: only .safetensors bundles can be loaded in this "
-                         "version") from None
-    return load_model(path)

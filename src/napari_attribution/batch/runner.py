@@ -47,7 +47,7 @@ class BatchConfig:
     methods: Sequence[str] = ()
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_channel: bool = False
-    target: int | None = None
+    target: int | str | None = None  # an index or class name (resolved by run_batch)
     input_size: int | None = None
     device: str = "auto"
     batch_size: int = 16
@@ -115,10 +115,12 @@ def _provenance(bundle: Any, config: BatchConfig) -> dict[str, Any]:
     from .. import __version__
 
     return {
+        **bundle.describe(),  # the model: path, kind, sha256, names, normalisation
         "package": "napari-attribution", "version": __version__,
         "torch_version": torch.__version__, "python": platform.python_version(),
         "bundle_path": str(bundle.path), "bundle_sha256": bundle.sha256,
-        "normalization": bundle.normalizer.to_dict(),
+        "normalization": bundle.normalization, "model_kind": bundle.kind,
+        "model_trusted": bool(bundle.trusted),
         "methods": list(config.methods), "params": config.params,
         "per_channel": config.per_channel, "target": config.target,
         "input_size": config.input_size, "batch_size": config.batch_size,
@@ -132,16 +134,18 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
               client: Any = None, scheduler: str | None = None,
               n_workers: int | None = None, threads_per_worker: int = 1,
               processes: bool = True, overwrite: bool = False,
-              table: str | Path | None = None) -> Generator[Progress, None, BatchResult]:
+              table: str | Path | None = None, trust: bool = False
+              ) -> Generator[Progress, None, BatchResult]:
     """Predictions (and maps) for every record, written to the OME-Zarr store ``output``.
 
     Cluster: ``client`` (used as is), else ``scheduler`` (address of a running cluster;
     the store, bundle and images must be on storage all workers see), else a LocalCluster
     of ``n_workers`` (default: one per GPU, or per core) with ``threads_per_worker``
     threads. Rerunning with the same arguments resumes; a store from a different run
-    raises :class:`InputError` unless ``overwrite``.
+    raises :class:`InputError` unless ``overwrite``. ``bundle_path``: any model file
+    ``io.models.load_model`` reads; ``trust=True`` skips its operator scan.
     """
-    from ..io.bundle import load_bundle
+    from ..io.models import load_model
     from .table import image_rows, well_rows, write_csv
 
     t_start = time.perf_counter()
@@ -149,9 +153,15 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     methods = config.method_params()
     output = Path(output)
     records = list(records)
-    bundle = load_bundle(bundle_path)
+    bundle = load_model(bundle_path, trust=trust)
+    if config.target is not None:  # an index, a class name or "predicted"
+        target = bundle.resolve_targets(config.target)
+        if isinstance(target, list):
+            raise InputError("give one target class for a batch run")
+        config = replace(config, target=target)
     if config.downsample is None:  # as the model's training crops were, if recorded
-        recorded = bundle.provenance.get("data", {}).get("downsample", 1)
+        data_info = bundle.provenance.get("data")
+        recorded = data_info.get("downsample", 1) if isinstance(data_info, dict) else 1
         config = replace(config, downsample=int(recorded or 1))
     check_records(records, bundle.n_channels)
     names = list(records[0].channel_names)
@@ -182,7 +192,7 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
                     methods=methods, per_channel=config.per_channel, target=config.target,
                     input_size=config.input_size, device=config.device,
                     batch_size=config.batch_size, image_shape=tuple(shape),
-                    downsample=config.downsample)
+                    downsample=config.downsample, trust=trust)
     computed: set[int] = set()
     n_workers_used = 0
     t_compute = 0.0

@@ -39,6 +39,7 @@ class TaskSpec:
     batch_size: int = 16
     image_shape: tuple[int, int] = (0, 0)
     downsample: int = 1
+    trust: bool = False
 
 
 def _worker_key() -> str:
@@ -57,15 +58,15 @@ def current_worker_device(default: str) -> str:
         return WORKER_DEVICES.get(key, default)
 
 
-def get_bundle(path: str, sha256: str, device: str) -> Any:
-    """The model bundle, loaded once per worker thread and device (cached)."""
-    from ..io.bundle import load_bundle
+def get_bundle(path: str, sha256: str, device: str, trust: bool = False) -> Any:
+    """The model (a ``Classifier``), loaded once per worker thread and device (cached)."""
+    from ..io.models import load_model
 
     key = (_worker_key(), threading.get_ident(), path, sha256, device)
     with _CACHE_LOCK:
         bundle = _MODELS.get(key)
     if bundle is None:
-        bundle = load_bundle(path, device=device)
+        bundle = load_model(path, device=device, trust=trust)
         if bundle.sha256 != sha256:
             raise BundleError(f"the model bundle {path} changed since the run started "
                               "(sha256 differs); restart the run")
@@ -128,7 +129,7 @@ def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord
         from ..core.devices import resolve_device
 
         device = str(resolve_device("auto"))
-    bundle = get_bundle(spec.bundle_path, spec.bundle_sha256, device)
+    bundle = get_bundle(spec.bundle_path, spec.bundle_sha256, device, spec.trust)
     planes = []
     for _, record in todo:
         img = read_record(record, spec.downsample)

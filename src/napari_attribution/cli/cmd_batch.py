@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
+from .model_args import add_trust_argument
 from .progress_bar import run_with_bar
 
 
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(['predict', *methods])}; on {where}")
     gen = run_batch(records, args.model, args.output, config, scheduler=args.scheduler,
                     n_workers=args.workers, threads_per_worker=args.threads_per_worker,
-                    processes=not args.threads, overwrite=args.overwrite, table=args.table)
+                    processes=not args.threads, overwrite=args.overwrite, table=args.table,
+                    trust=args.trust_model)
     try:
         result = run_with_bar(gen, quiet=args.quiet)
     except KeyboardInterrupt:
@@ -114,7 +116,10 @@ def register(sub) -> None:
                     "plus per-image and per-well CSV tables. Rerunning the same command "
                     "resumes; a store from a different run is refused unless --overwrite.")
     p.add_argument("plate", type=Path, help="plate folder (one file per well/site/channel)")
-    p.add_argument("-m", "--model", type=Path, required=True, help="model bundle (.safetensors)")
+    p.add_argument("-m", "--model", type=Path, required=True,
+                   help="model: bundle (.safetensors), exported program (.pt2), TorchScript "
+                        "(legacy) or bioimage.io package")
+    add_trust_argument(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="result store (.zarr)")
     add_plate_arguments(p)
     w = p.add_argument_group("what to compute")
@@ -124,7 +129,7 @@ def register(sub) -> None:
     w.add_argument("--param", action="append", metavar="[METHOD:]KEY=VALUE",
                    help="method parameter, e.g. pcim:steps=20 (repeatable)")
     w.add_argument("--per-channel", action="store_true", help="one map per channel")
-    w.add_argument("--target", type=int, help="class index to explain (default: predicted)")
+    w.add_argument("--target", help="class index or name to explain (default: predicted)")
     w.add_argument("--input-size", type=int, help="model's training input size: larger "
                    "images are explained tile by tile")
     w.add_argument("--downsample", type=int, help="block-average each field by this "

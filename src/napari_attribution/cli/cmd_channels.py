@@ -41,13 +41,14 @@ def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import BundleError
-    from ..io.bundle import load_bundle
+    from .model_args import load_from_args
 
-    bundle = load_bundle(args.bundle)
-    if bundle.importance is None:
-        raise BundleError(f"{args.bundle} holds no channel importance (trained without a "
-                          "mixing layer?)")
-    text = format_importance(bundle.importance, args.format)
+    clf = load_from_args(args, "bundle")
+    if clf.importance is None:
+        raise BundleError(f"{args.bundle} holds no channel importance (only DCMIX bundles "
+                          "trained with a mixing layer do; for other models use "
+                          "'explain --per-channel')")
+    text = format_importance(clf.importance, args.format)
     if args.output:
         Path(args.output).write_text(text + ("\n" if not text.endswith("\n") else ""))
         print(f"written to {args.output}")
@@ -61,7 +62,10 @@ def register(sub) -> None:
                        description="Channel importance of a trained DCMIX bundle: mixing "
                                    "weights (effect-weighted over heads) beside the "
                                    "channel-ablation check.")
-    p.add_argument("bundle", type=Path)
+    from .model_args import MODEL_HELP, add_trust_argument
+
+    p.add_argument("bundle", type=Path, help=MODEL_HELP)
+    add_trust_argument(p)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
     p.set_defaults(func=run)

@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
-from .cmd_explain import normalise
+from ..core.metrics import FIDELITY_METRICS
+from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
 
-COLUMNS = ["method", "deletion_auc", "insertion_auc", "pointing_game", "relevance_mass",
-           "sanity_spearman", "ms_per_image", "batch_size", "n_images"]
+FIDELITY_COLUMNS = [f"{m}_auc" for m in FIDELITY_METRICS]
+COLUMNS = ["method", *FIDELITY_COLUMNS, "pointing_game", "relevance_mass", "sanity_spearman",
+           "forward_per_image", "backward_per_image", "ms_per_image", "peak_mib",
+           "batch_size", "n_images"]
 
 
 def load_eval_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None,
@@ -39,44 +42,65 @@ def load_eval_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | N
     return images, labels, masks
 
 
+def _trained(row: dict, col: str) -> bool:
+    return col.removesuffix("_auc") in row.get("trained_on", [])
+
+
 def format_rows(rows: list[dict], fmt: str) -> str:
-    """Rows as an aligned text table, CSV or JSON (only the columns that were computed)."""
+    """Rows as a text table (one metric a line, methods as columns), CSV or JSON.
+
+    A score on a perturbation the method optimises during attribution is marked ``*``
+    in the text table and listed in the ``trained_on`` column of the CSV/JSON: it is
+    not independent evidence of fidelity.
+    """
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        fields = [*cols, "trained_on"]
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({**r, "trained_on": ";".join(r.get("trained_on", []))} for r in rows)
         return buf.getvalue()
-    head = f"{'method':<22}" + "".join(f"{c[:14]:>15}" for c in cols[1:])
-    lines = [head]
-    for r in rows:
+    width = max(12, *(len(r["method"]) + 2 for r in rows))
+    lines = [f"{'metric':<24}" + "".join(f"{r['method']:>{width}}" for r in rows)]
+    for c in cols[1:]:
         cells = []
-        for c in cols[1:]:
+        for r in rows:
             v = r.get(c)
-            cells.append(f"{'n/a':>15}" if v is None else
-                         f"{v:>15.3f}" if isinstance(v, float) else f"{v:>15}")
-        lines.append(f"{r['method']:<22}" + "".join(cells))
+            mark = "*" if _trained(r, c) else " "
+            cells.append(f"{'n/a':>{width - 1}} " if v is None else
+                         f"{v:>{width - 1}.3f}{mark}" if isinstance(v, float)
+                         else f"{v:>{width - 1}} ")
+        lines.append(f"{_label(c):<24}" + "".join(cells))
+    if any(r.get("trained_on") for r in rows):
+        lines.append("* the method optimises this perturbation during attribution: "
+                     "not independent evidence")
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..core.evaluation import METRICS, evaluate_methods
-    from ..io.models import load_model
+def _label(col: str) -> str:
+    name = col.removesuffix("_auc")
+    if name in FIDELITY_METRICS:
+        return f"{name} ({'higher' if FIDELITY_METRICS[name].higher_is_better else 'lower'})"
+    return col
 
-    model, info = load_model(args.model, device="cpu")
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.evaluation import evaluate_methods
+
+    clf = load_from_args(args)
     images, labels, masks = load_eval_data(args)
     if args.n_images:
         images = images[:args.n_images]
         labels = None if labels is None else labels[:args.n_images]
         masks = None if masks is None else masks[:args.n_images]
-    x = normalise(np.asarray(images), info, args.normalize)
+    x = clf.prepare(np.asarray(images))
     targets = labels if args.target == "label" and labels is not None else None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else list(METRICS)
-    rows, _ = run_with_bar(evaluate_methods(model, x, targets, masks, methods, metrics,
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    rows, _ = run_with_bar(evaluate_methods(clf.module, x, targets, masks, methods, metrics,
                                             device=args.device, batch_size=args.batch_size,
                                             seed=args.seed), quiet=args.quiet)
     text = format_rows(rows, args.format)
@@ -93,19 +117,20 @@ def register(sub) -> None:
                        description="Deletion/insertion AUC, pointing game, relevance mass "
                                    "and the randomisation sanity check for several "
                                    "attribution methods on one model and image set.")
-    p.add_argument("model", type=Path, help="model bundle (.safetensors) or TorchScript file")
+    add_model_arguments(p)
     p.add_argument("--npz", type=Path,
                    help=".npz with images (N,C,H,W)[, labels, masks (N,H,W)]")
     p.add_argument("--sample", choices=("cells", "multi-snr"), help="built-in synthetic data")
     p.add_argument("--methods", default="pcim,integrated_gradients,saliency,occlusion,gradcam")
-    p.add_argument("--metrics", help="comma-separated subset of deletion,insertion,"
-                                     "pointing_game,relevance_mass,sanity (default: all)")
+    p.add_argument("--metrics",
+                   help="comma-separated metrics: road (= road_morf,road_lerf), "
+                        f"{','.join(FIDELITY_METRICS)}, pointing_game, relevance_mass, "
+                        "sanity (default: ROAD, deletion/insertion to and from the mean, "
+                        "insertion from zero, RISE deletion/insertion, mask metrics, sanity)")
     p.add_argument("--target", choices=("predicted", "label"), default="predicted")
     p.add_argument("-n", "--n-images", type=int, default=64)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
-    p.add_argument("--normalize", choices=("none", "per_image"), default="none",
-                   help="normalisation for TorchScript models (bundles use their own)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
 
 
@@ -47,29 +48,6 @@ def read_images(path: Path) -> np.ndarray:
     return arr
 
 
-def normalise(images: np.ndarray, info: dict, mode: str) -> np.ndarray:
-    """Bundles use their stored normalisation; TorchScript models ``--normalize``."""
-    from ..core.normalization import PercentileNormalizer
-
-    if info["kind"] == "bundle":
-        return info["bundle"].prepare(images)
-    if mode == "none":
-        return images.astype(np.float32)
-    return PercentileNormalizer(mode="per_image")(images)
-
-
-def target_index(target: str | None, class_names: list[str] | None) -> int | None:
-    """A class index from a number or, for bundles, a class name."""
-    if target is None:
-        return None
-    if target.lstrip("-").isdigit():
-        return int(target)
-    if class_names and target in class_names:
-        return class_names.index(target)
-    raise InputError(f"unknown target class {target!r}; give an index"
-                     + (f" or one of {class_names}" if class_names else ""))
-
-
 def output_path(image: Path, output: Path | None, method: str, n_inputs: int) -> Path:
     if output is None:
         return image.with_name(f"{image.name.split('.')[0]}.{method}.ome.tif")
@@ -80,42 +58,28 @@ def output_path(image: Path, output: Path | None, method: str, n_inputs: int) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.attribution import explain
-    from ..io.models import load_model
     from ..io.writers import write_attribution_tiff
 
-    model, info = load_model(args.model, device="cpu")
+    clf = load_from_args(args)
     params = parse_params(args.param)
-    class_names = info.get("class_names")
-    tgt = target_index(args.target, class_names)
+    target = clf.resolve_targets(args.target)
     for image in args.images:
-        x = normalise(read_images(image), info, args.normalize)
-        if info["kind"] == "bundle":
-            info["bundle"].check_channels(x.shape[1], f"{image}")
-        result = run_with_bar(explain(model, x, tgt, method=args.method,
-                                      per_channel=args.per_channel, device=args.device,
-                                      batch_size=args.batch_size, input_size=args.input_size,
-                                      **params), quiet=args.quiet)
-        names = info.get("channel_names") if args.per_channel else None
-        if args.per_channel and names is None:
-            names = [f"ch{i}" for i in range(x.shape[1])]
+        raw = read_images(image)
+        clf.check_channels(raw.shape[1], f"{image}")
+        result = run_with_bar(clf.explain(raw, target, method=args.method,
+                                          per_channel=args.per_channel, device=args.device,
+                                          batch_size=args.batch_size,
+                                          input_size=args.input_size or clf.input_size,
+                                          **params), quiet=args.quiet)
+        names = clf.channel_names if args.per_channel else None
         prov = result.provenance()
-        prov.update({
-            "image": str(image), "model": info["path"], "model_kind": info["kind"],
-            "model_sha256": info["sha256"], "channel_names": info.get("channel_names"),
-            "normalization": info.get("normalization") or args.normalize,
-            "class_names": class_names,
-            "target_names": None if not class_names else
-            [class_names[int(t)] for t in result.targets],
-            "probabilities": result.probabilities.tolist(),
-        })
+        prov["image"] = str(image)
         maps = result.maps[0] if result.maps.shape[0] == 1 else result.maps
         out = write_attribution_tiff(output_path(image, args.output, args.method,
                                                  len(args.images)),
                                      maps, channel_names=names, provenance=prov,
                                      name=f"{args.method} attribution")
-        tnames = prov["target_names"] or [str(int(t)) for t in result.targets]
-        print(f"{image}: {args.method} map for class {', '.join(tnames)} "
+        print(f"{image}: {args.method} map for class {', '.join(prov['target_names'])} "
               f"(p={result.probabilities[0, result.targets[0]]:.3f}) -> {out}")
     return 0
 
@@ -127,7 +91,7 @@ def register(sub) -> None:
                        description="Explain a classifier's decision on image files: one "
                                    "attribution OME-TIFF per image, with provenance "
                                    "(method, parameters, target, model hash).")
-    p.add_argument("model", type=Path, help="model bundle (.safetensors) or TorchScript file")
+    add_model_arguments(p)
     p.add_argument("images", type=Path, nargs="+", help="TIFF (C,H,W) or .npy images")
     p.add_argument("-m", "--method", choices=available_methods(), default="pcim")
     p.add_argument("-t", "--target", help="class index or name (default: predicted class)")
@@ -138,8 +102,6 @@ def register(sub) -> None:
                    help="method parameter, e.g. --param steps=12 (repeatable)")
     p.add_argument("--input-size", type=int,
                    help="the model's input side in pixels; larger images are tiled")
-    p.add_argument("--normalize", choices=("none", "per_image"), default="none",
-                   help="normalisation for TorchScript models (bundles use their own)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("-q", "--quiet", action="store_true")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..core.data import ImageSet
 from ..core.errors import InputError
+from ..core.normalization import MODES
+from ..core.splits import SPLIT_UNITS
 from ..core.training import TrainConfig, train_dcmix
 from .cmd_batch import add_plate_arguments, open_plate
 from .progress_bar import run_with_bar
@@ -39,23 +41,58 @@ def load_training_data(args: argparse.Namespace) -> ImageSet:
         data = load_npz(args.npz)
         if names:
             data.channel_names = names
-        return data
-    return load_table(args.table, names)
+    else:
+        data = load_table(args.table, names)
+    return declare_input_normalization(data, args.input_normalization,
+                                       str(args.npz or args.table))
+
+
+def declare_input_normalization(data: ImageSet, declared: str | None, source: str) -> ImageSet:
+    """Record what was already applied to npz/table images (``--input-normalization`` or
+    the npz key ``normalization``); undeclared images are taken as raw, with a warning."""
+    from ..core.normalization import canonical_mode
+
+    if declared is not None:
+        data.metadata["normalization"] = {"mode": canonical_mode(declared, "field"),
+                                          "declared_by": "--input-normalization"}
+    elif data.metadata.get("normalization") is None:
+        data.metadata["normalization"] = {"mode": "none", "declared_by": "assumed"}
+        data.metadata.setdefault("warnings", []).append(
+            f"{source} does not say how its images were normalised (npz key "
+            "'normalization' or --input-normalization); taken as raw intensities. If they "
+            "were normalised upstream, inference on raw images will not match training.")
+    return data
 
 
 def load_plate_crops(args: argparse.Namespace) -> ImageSet:
-    """Crops of the labelled wells of the plate named by ``--plate`` (groups = wells)."""
+    """Crops of the plate named by ``--plate``: labels from the plate map, an object table
+    or a marker rule; groups = the held-out unit (``--split-by``)."""
     from ..io.plate import BBBC013_CLASSES
 
     plate = open_plate(args)
-    if plate.plate_map is None:
+    if plate.plate_map is None and not (args.objects or args.label_rule):
         raise InputError("training on a plate needs labels: give --plate-map (a CSV with "
-                         "well and class columns) or --bbbc013")
-    print(f"sampling {args.crops} crops of {args.crop_size} px from {args.plate} ...")
-    return plate.sample(crops=args.crops, crop_size=args.crop_size, per_image=args.per_image,
+                         "well and class columns), --objects TABLE.csv, --label-rule "
+                         "'CHANNEL>otsu' or --bbbc013")
+    size = f"{args.crop_size} px" if args.crop_size else "auto-sized"
+    print(f"sampling {args.crops} crops ({size}) from {args.plate} ...")
+    plate_norm = "per_field" if args.normalization in ("auto", "per_field") else "none"
+    data = plate.sample(crops=args.crops, crop_size=args.crop_size, per_image=args.per_image,
                         downsample=args.downsample, nuclei_channel=args.nuclei_channel,
-                        masks=False, seed=args.seed,
-                        class_names=BBBC013_CLASSES if args.bbbc013 else None)
+                        masks=False, seed=args.seed, normalization=plate_norm,
+                        class_names=BBBC013_CLASSES if args.bbbc013 and not
+                        (args.objects or args.label_rule) else None,
+                        labels=args.labels, labels_pattern=args.labels_pattern,
+                        objects=args.objects, objects_columns=args.objects_columns,
+                        label_rule=args.label_rule, split_by=args.split_by,
+                        val_wells=args.val_wells.split(",") if args.val_wells else None)
+    md = data.metadata
+    counts = ", ".join(f"{n} {int((data.labels == i).sum())}"
+                       for i, n in enumerate(data.class_names))
+    print(f"{len(data)} crops of {md['crop_size']} px at {md['downsample']}x "
+          f"({md['geometry']}); classes: {counts}; normalisation {md['normalization']['mode']}"
+          f"; held out by {md['split_by']}")
+    return data
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,15 +105,39 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--plate", type=Path, help="plate folder: crops of its labelled wells, "
                      "split by well (with --pattern and --plate-map, or --bbbc013)")
     src.add_argument("--channel-names", help="comma-separated channel names (--npz, --table)")
+    src.add_argument("--input-normalization", choices=MODES, help="what was already applied "
+                     "to the --npz/--table images (stored in the bundle; default: the npz key "
+                     "'normalization', else raw = none, with a warning)")
     add_plate_arguments(p)
     c = p.add_argument_group("plate crops (with --plate)")
     c.add_argument("--crops", choices=("nuclei", "grid", "random"), default="nuclei",
                    help="centred on nuclei segmented on --nuclei-channel, tiles, or random")
-    c.add_argument("--crop-size", type=int, default=48, help="crop side, after --downsample")
-    c.add_argument("--downsample", type=int, default=2, help="block-average fields first")
-    c.add_argument("--per-image", type=int, default=48, help="crops per field of view")
+    c.add_argument("--crop-size", type=int, help="crop side, after --downsample (default: "
+                   "about 6 median nucleus diameters; given alone, --downsample is 1)")
+    c.add_argument("--downsample", type=int, help="block-average fields first (default: to "
+                   "a median nucleus of about 8 px)")
+    c.add_argument("--per-image", type=int, default=48, help="crops per field of view (all "
+                   "objects with --objects or --label-rule)")
     c.add_argument("--nuclei-channel", help="channel to segment nuclei on (default: DNA if "
                    "present, else the last)")
+    c.add_argument("--labels", type=Path, help="folder of nuclei label images (cellpose, "
+                   "stardist, napari) to use instead of the built-in Otsu segmentation")
+    c.add_argument("--labels-pattern", help="filename regex of the label images, groups "
+                   "well (or row, col) and site (default: --pattern)")
+    o = p.add_argument_group("labels and hold-out (with --plate)")
+    o.add_argument("--objects", type=Path, help="per-object labels: CSV with well, site (or "
+                   "file), x, y, label; CellProfiler columns (Metadata_Well, Metadata_Site, "
+                   "Location_Center_X/Y) are recognised. Crops centre on the objects")
+    o.add_argument("--objects-columns", help="column mapping for --objects, e.g. "
+                   "well=Metadata_Well,site=Metadata_Site,x=Location_Center_X,"
+                   "y=Location_Center_Y,label=Class")
+    o.add_argument("--label-rule", help="label each object by a marker, e.g. 'PH3>otsu' "
+                   "(positive when its mean in PH3 exceeds the Otsu threshold of all "
+                   "objects' means) or 'PH3>250'; on segmented nuclei or --objects")
+    o.add_argument("--split-by", choices=("auto", *SPLIT_UNITS), default="auto",
+                   help="unit held out for validation (default auto: well when every class "
+                   "has two wells, else field or half-field, with a warning)")
+    o.add_argument("--val-wells", help="comma-separated validation wells, e.g. A01,B02")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,12 +154,28 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="sparsity prior on the mixing weights (see docs/channel_importance.md)")
     t.add_argument("--channel-dropout", type=float, default=d.channel_dropout,
                    help="probability of replacing a channel by its mean during training")
-    t.add_argument("--normalization", choices=("per_dataset", "per_image", "none"),
-                   default=d.normalization)
+    t.add_argument("--normalization", type=_norm_mode, default=d.normalization,
+                   metavar="{auto,per_field,per_crop,per_dataset,none}",
+                   help="auto (default): per_field for --plate crops (each field, per "
+                   "channel), as declared for --npz/--table, else per_dataset")
     t.add_argument("--val-fraction", type=float, default=d.val_fraction)
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--seed", type=int, default=d.seed)
+
+
+def _norm_mode(text: str) -> str:
+    """A --normalization value; old names map to new ones with a note on stderr."""
+    import sys
+
+    from ..core.normalization import canonical_mode
+
+    if text == "auto":
+        return text
+    new = canonical_mode(text, warn=False)
+    if new != text:
+        print(f"note: --normalization {text} is deprecated; using {new}", file=sys.stderr)
+    return new
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -115,10 +192,14 @@ def run(args: argparse.Namespace) -> int:
     from .cmd_channels import format_importance
 
     data = load_training_data(args)
+    for w in data.metadata.get("warnings", []):
+        print(f"WARNING: {w}")
     result = run_with_bar(train_dcmix(data, config_from_args(args)), quiet=args.quiet)
     path = save_training_result(args.output, result)
     print(f"validation accuracy {result.val_accuracy:.3f} after {len(result.history)} epochs "
           f"({result.seconds:.1f} s); bundle written to {path}")
+    for w in result.warnings:  # again after the result, with any added in training
+        print(f"WARNING: {w}")
     if result.importance is not None:
         print(format_importance(result.importance, "text"))
     return 0

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from . import baselines
+from .classifier import check_outputs, frozen, infer_channels
 from .devices import resolve_device
 from .errors import InputError
 from .pcim import PCIMConfig, pcim_batch
+from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
 from .progress import Progress
 from .tiling import TileBlender, tile_grid
 from .validation import check_images
@@ -37,12 +39,18 @@ class AttributionResult:
     method: str
     params: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: the model's provenance (``Classifier.describe``), filled by ``Classifier.explain``
+    model: dict = field(default_factory=dict)
 
     def provenance(self) -> dict:
-        """Method, parameters, targets, timing, package version and time (JSON-ready)."""
+        """Method, parameters, targets, probabilities, the model (path, kind, sha256,
+        channel and class names, normalisation), package version and time (JSON-ready).
+        Faces add only their own context (image file, layer names)."""
         from .. import __version__
 
         return {
+            **_jsonable(self.model),
+            "probabilities": np.asarray(self.probabilities).tolist(),
             "method": self.method,
             "params": _jsonable(self.params),
             "targets": [int(t) for t in self.targets],
@@ -73,10 +81,17 @@ def _pcim(model, x, targets, per_channel=False, **params):
     return (yield from pcim_batch(model, x, targets, cfg, per_channel))
 
 
+def _pcim_blackbox(model, x, targets, per_channel=False, **params):
+    cfg = BlackboxPCIMConfig.from_params(params)
+    return (yield from pcim_blackbox_batch(model, x, targets, cfg, per_channel))
+
+
 def _method_params(method: str, params: dict) -> dict:
     """Every parameter the method will use: its defaults overlaid with ``params``."""
     if method == "pcim":
         return PCIMConfig.from_params(params).to_dict()
+    if method == "pcim_blackbox":
+        return BlackboxPCIMConfig.from_params(params).to_dict()
     sig = inspect.signature(METHODS[method])
     out = {k: v.default for k, v in sig.parameters.items()
            if v.default is not inspect.Parameter.empty and k != "per_channel"}
@@ -87,8 +102,10 @@ def _method_params(method: str, params: dict) -> dict:
 #: registry: name -> batch generator ``fn(model, x, targets, per_channel, **params)``
 METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
     "pcim": _pcim,
+    "pcim_blackbox": _pcim_blackbox,
     "saliency": baselines.saliency,
     "integrated_gradients": baselines.integrated_gradients,
+    "integrated_gradients_blur": baselines.integrated_gradients_blur,
     "occlusion": baselines.occlusion,
     "gradcam": baselines.gradcam,
     "rise": baselines.rise,
@@ -96,7 +113,8 @@ METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
 }
 
 #: methods whose result depends on gradients (need a differentiable model)
-NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "gradcam", "extremal_mask"}
+NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "integrated_gradients_blur",
+              "gradcam", "extremal_mask"}
 
 
 def available_methods() -> list[str]:
@@ -120,14 +138,7 @@ def _resolve_targets(targets, n: int, n_classes: int, predicted: np.ndarray) -> 
 
 
 def _model_channels(model: torch.nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    n = getattr(cfg, "n_channels", None)
-    if n is not None:
-        return int(n)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            return int(m.in_channels)
-    return None
+    return infer_channels(model)
 
 
 def _probe(model, x: torch.Tensor) -> torch.Tensor:
@@ -179,16 +190,10 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     if tiled:
         overlap = int(tile_overlap if tile_overlap is not None else input_size // 4)
     dev = resolve_device(device)
-    model = model.eval().to(dev)
-    grad_flags = [p.requires_grad for p in model.parameters()]
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return (yield from _explain(model, x_np, targets, method, per_channel, dev, batch_size,
+    # The caller's module keeps its own mode, device and gradient flags afterwards.
+    with frozen(model, dev) as net:
+        return (yield from _explain(net, x_np, targets, method, per_channel, dev, batch_size,
                                     input_size, overlap, tiled, params, t0))
-    finally:
-        for p, flag in zip(model.parameters(), grad_flags, strict=True):
-            p.requires_grad_(flag)
 
 
 def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_size,
@@ -215,6 +220,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
             prob_sum = np.zeros((n, p.shape[1]), np.float64)
         np.add.at(prob_sum, [i for i, _ in chunk], p)
     probabilities = (prob_sum / len(grid)).astype(np.float32)
+    check_outputs(probabilities, what="class probabilities")
     tgt = _resolve_targets(targets, n, probabilities.shape[1], probabilities.argmax(1))
 
     shape = (c, h, w) if per_channel else (h, w)
@@ -244,6 +250,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
                 maps[i] = out[k]
     for i, bl in blenders.items():
         maps[i] = bl.result()
+    check_outputs(maps, what=f"{method} maps")
     all_params.update({"per_channel": bool(per_channel), "batch_size": int(batch_size),
                        "device": str(dev), "input_size": input_size,
                        "tile_overlap": overlap if tiled else None})

@@ -52,18 +52,33 @@ def saliency(model, x, targets, per_channel=False, **params) -> MapGenerator:
 
 
 def integrated_gradients(model, x, targets, per_channel=False, n_steps: int = 50,
-                         baseline: float = 0.0, internal_batch_size: int | None = None,
-                         **params) -> MapGenerator:
-    """Integrated Gradients from a constant ``baseline`` (Captum), summed over channels."""
+                         baseline: float | str = 0.0, blur_sigma: float = 5.0,
+                         internal_batch_size: int | None = None, **params) -> MapGenerator:
+    """Integrated Gradients (Captum), summed over channels, from a constant ``baseline``
+    or from ``baseline="blur"`` (the image blurred with ``blur_sigma``: the reference PCIM's
+    preservation game fades to, for a matched comparison)."""
     from captum.attr import IntegratedGradients
 
     _check_params("integrated_gradients", params, set())
+    if isinstance(baseline, str):
+        if baseline != "blur":
+            raise InputError(f"IG baseline must be a number or 'blur'; got {baseline!r}")
+        ref = gaussian_blur(x, float(blur_sigma))
+    else:
+        ref = float(baseline)
     ibs = internal_batch_size or max(x.shape[0], 1) * min(n_steps, 16)
     attr = IntegratedGradients(model).attribute(
-        x, baselines=float(baseline), target=targets, n_steps=int(n_steps),
-        internal_batch_size=ibs)
+        x, baselines=ref, target=targets, n_steps=int(n_steps), internal_batch_size=ibs)
     yield Progress(1, 1, "integrated gradients")
     return _reduce(attr, per_channel).detach()
+
+
+def integrated_gradients_blur(model, x, targets, per_channel=False, n_steps: int = 50,
+                              blur_sigma: float = 5.0, **params) -> MapGenerator:
+    """Integrated Gradients from the blurred image (see :func:`integrated_gradients`)."""
+    return (yield from integrated_gradients(model, x, targets, per_channel, n_steps=n_steps,
+                                            baseline="blur", blur_sigma=blur_sigma,
+                                            **params))
 
 
 def occlusion(model, x, targets, per_channel=False, window: int | None = None,

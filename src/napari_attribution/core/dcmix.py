@@ -101,3 +101,17 @@ class DCMIXClassifier(nn.Module):
     def mixing_weights(self) -> torch.Tensor | None:
         """(K, C) mixing weights, or None for a model without a mixing layer."""
         return None if self.mixing is None else self.mixing.weights().detach()
+
+
+class DCMIXProbabilities(DCMIXClassifier):
+    """The same network (same weights) returning class probabilities instead of logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(super().forward(x), dim=1)
+
+
+def build_dcmix(output: str = "logits", **config) -> DCMIXClassifier:
+    """A DCMIX classifier from :class:`ModelConfig` fields, returning ``logits`` or
+    ``probabilities`` (the architecture callable of exported bioimage.io packages)."""
+    cls = DCMIXProbabilities if output == "probabilities" else DCMIXClassifier
+    return cls(ModelConfig.from_dict(config))

@@ -1,6 +1,9 @@
 """Metrics for attribution maps.
 
-Pixel level: deletion and insertion AUC (Petsiuk et al. 2018, RISE), pointing game
+Pixel level: deletion and insertion AUC (Petsiuk et al. 2018, RISE) with several
+substrates, ROAD (Rong et al. 2022, noisy linear imputation; :data:`FIDELITY_METRICS`
+names them all and :func:`trained_perturbations` says which ones a method optimises
+during attribution, so that tables can label them), pointing game
 and relevance mass inside a ground-truth mask, and the model-randomisation sanity
 check (Adebayo et al. 2018). Channel level: accuracy when only the top-k channels
 are kept.
@@ -9,12 +12,14 @@ are kept.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .classifier import frozen
 from .errors import InputError
-from .pcim import gaussian_blur
+from .pcim import make_substrate
 
 
 def _check_maps(maps: np.ndarray, images: np.ndarray) -> np.ndarray:
@@ -45,17 +50,30 @@ def _auc(curve: np.ndarray) -> np.ndarray:
     return (curve.sum(-1) - 0.5 * (curve[..., 0] + curve[..., -1])) / s
 
 
+SUBSTRATE_KINDS = ("zero", "mean", "blur")
+
+
+def _substrate(x: torch.Tensor, kind: float | str, blur_sigma: float) -> torch.Tensor:
+    if isinstance(kind, (int, float)) and not isinstance(kind, bool):
+        return torch.full_like(x, float(kind))
+    if kind not in SUBSTRATE_KINDS:
+        raise InputError(f"unknown substrate {kind!r}; use a number or one of "
+                         f"{list(SUBSTRATE_KINDS)}")
+    return make_substrate(x, kind, blur_sigma)
+
+
 def perturbation_curves(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
                         targets: np.ndarray, mode: str = "deletion", n_steps: int = 50,
-                        substrate: float = 0.0, blur_sigma: float = 5.0,
+                        substrate: float | str | None = None, blur_sigma: float = 5.0,
                         batch_size: int = 256, device: str = "cpu", seed: int = 0
                         ) -> np.ndarray:
     """Target probability as the most relevant pixels are deleted or inserted: (N, S+1).
 
-    ``deletion`` starts from the image and sets pixels, most relevant first, to
-    ``substrate``; ``insertion`` starts from the blurred image (Gaussian,
-    ``blur_sigma``) and puts the original pixels back. (N, H, W) maps move whole
-    pixels (all channels); (N, C, H, W) maps move single pixel-channels.
+    ``deletion`` starts from the image and fades pixels, most relevant first, into
+    ``substrate`` (default ``"zero"``); ``insertion`` starts from ``substrate`` (default
+    ``"blur"``: Gaussian, ``blur_sigma``) and puts the original pixels back. A substrate
+    is a number, ``"zero"``, ``"mean"`` (per image and channel) or ``"blur"``. (N, H, W)
+    maps move whole pixels (all channels); (N, C, H, W) maps move single pixel-channels.
     """
     if mode not in ("deletion", "insertion"):
         raise InputError(f"mode must be 'deletion' or 'insertion'; got {mode!r}")
@@ -68,27 +86,68 @@ def perturbation_curves(model: torch.nn.Module, images: np.ndarray, maps: np.nda
     n_steps = int(min(n_steps, n_el))
     counts = np.round(np.linspace(0, n_el, n_steps + 1)).astype(np.int64)
     xt = torch.as_tensor(x, device=device)
-    if mode == "deletion":
-        start, end = xt, torch.full_like(xt, float(substrate))
-    else:
-        start, end = gaussian_blur(xt, blur_sigma), xt
+    if substrate is None:
+        substrate = "zero" if mode == "deletion" else "blur"
+    sub = _substrate(xt, substrate, blur_sigma)
+    start, end = (xt, sub) if mode == "deletion" else (sub, xt)
     tg = torch.as_tensor(np.asarray(targets), device=device).long()
     curves = np.zeros((n, n_steps + 1), np.float32)
     steps_per_chunk = max(1, batch_size // max(1, n))
-    model = model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), frozen(model) as model:
         for s0 in range(0, n_steps + 1, steps_per_chunk):
             ks = counts[s0:s0 + steps_per_chunk]
             m = torch.stack([(pos < int(k)) for k in ks], 1).float()  # (N, K, n_el)
             m = m.view(n, len(ks), *((c, h, w) if per_channel else (1, h, w)))
             batch = start[:, None] + m * (end - start)[:, None]
-            flat = batch.reshape(-1, c, h, w)
-            probs = torch.cat([torch.softmax(model(flat[i:i + batch_size]), 1)
-                               for i in range(0, flat.shape[0], batch_size)])
-            probs = probs.view(n, len(ks), -1)
-            curves[:, s0:s0 + len(ks)] = probs.gather(
-                2, tg.view(n, 1, 1).expand(n, len(ks), 1))[..., 0].cpu().numpy()
+            curves[:, s0:s0 + len(ks)] = _target_probs(
+                model, batch.reshape(-1, c, h, w), tg.repeat_interleave(len(ks)),
+                batch_size).view(n, len(ks)).cpu().numpy()
     return curves
+
+
+def _target_probs(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                  batch_size: int) -> torch.Tensor:
+    """Softmax probability of each row's target class, in batches (no gradients)."""
+    with torch.no_grad():
+        probs = torch.cat([torch.softmax(model(x[i:i + batch_size]), 1)
+                           for i in range(0, x.shape[0], batch_size)])
+    return probs.gather(1, targets.view(-1, 1))[:, 0]
+
+
+def road_curves(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
+                targets: np.ndarray, order: str = "morf",
+                fractions: np.ndarray | None = None, noise: float = 0.01,
+                batch_size: int = 256, device: str = "cpu", seed: int = 0) -> np.ndarray:
+    """ROAD (Rong et al. 2022): target probability as a growing fraction of pixels is
+    removed by noisy linear imputation (:mod:`.road`): (N, len(fractions)).
+
+    ``order="morf"`` removes the most relevant pixels first (a faithful map makes the
+    probability fall fast: lower AUC is better); ``"lerf"`` the least relevant first
+    (the probability should hold: higher is better). Fractions default to 0, 0.1 … 0.9.
+    Per-channel maps are summed over channels: ROAD removes whole pixels.
+    """
+    from .road import noisy_linear_impute
+
+    if order not in ("morf", "lerf"):
+        raise InputError(f"ROAD order must be 'morf' or 'lerf'; got {order!r}")
+    x = np.asarray(images, np.float32)
+    pm = _pixel_maps(_check_maps(maps, x))
+    if order == "lerf":
+        pm = -pm
+    fractions = np.linspace(0, 0.9, 10) if fractions is None else np.asarray(fractions)
+    pos = _rank_positions(pm, seed)
+    n, c, h, w = x.shape
+    perturbed = np.empty((n, len(fractions), c, h, w), np.float32)
+    for i in range(n):
+        for j, f in enumerate(fractions):
+            removed = (pos[i] < int(round(f * h * w))).reshape(h, w)
+            perturbed[i, j] = noisy_linear_impute(x[i], removed, noise, seed + 7919 * i + j)
+    tg = torch.as_tensor(np.asarray(targets), device=device).long()
+    with frozen(model) as net:
+        probs = _target_probs(net, torch.as_tensor(perturbed.reshape(-1, c, h, w),
+                                                   device=device),
+                              tg.repeat_interleave(len(fractions)), batch_size)
+    return probs.view(n, len(fractions)).cpu().numpy()
 
 
 def deletion_auc(model, images, maps, targets, **kwargs) -> np.ndarray:
@@ -99,6 +158,94 @@ def deletion_auc(model, images, maps, targets, **kwargs) -> np.ndarray:
 def insertion_auc(model, images, maps, targets, **kwargs) -> np.ndarray:
     """Per-image insertion AUC (higher = better): see :func:`perturbation_curves`."""
     return _auc(perturbation_curves(model, images, maps, targets, "insertion", **kwargs))
+
+
+@dataclass(frozen=True)
+class FidelityMetric:
+    """A named perturbation score: how pixels are removed, and which way is better."""
+
+    name: str
+    mode: str                      # "deletion", "insertion" or "road"
+    substrate: str = "zero"        # deletion target / insertion start; ROAD: "morf"/"lerf"
+    blur_sigma: float = 5.0
+    higher_is_better: bool = False
+    description: str = ""
+
+    def scores(self, model, images, maps, targets, n_steps: int = 50,
+               device: str = "cpu", seed: int = 0, batch_size: int = 256) -> np.ndarray:
+        """Per-image AUC of this metric's curve."""
+        if self.mode == "road":
+            curves = road_curves(model, images, maps, targets, order=self.substrate,
+                                 device=device, seed=seed, batch_size=batch_size)
+        else:
+            curves = perturbation_curves(model, images, maps, targets, self.mode,
+                                         n_steps=n_steps, substrate=self.substrate,
+                                         blur_sigma=self.blur_sigma, device=device,
+                                         seed=seed, batch_size=batch_size)
+        return _auc(curves)
+
+    def matches(self, mode: str, substrate: str, blur_sigma: float) -> bool:
+        """Whether this metric uses exactly the given perturbation."""
+        return (self.mode == mode and self.substrate == substrate
+                and (substrate != "blur" or abs(self.blur_sigma - blur_sigma) < 1e-9))
+
+
+FIDELITY_METRICS: dict[str, FidelityMetric] = {m.name: m for m in (
+    FidelityMetric("deletion", "deletion", "zero",
+                   description="fade most relevant first to zero (RISE deletion)"),
+    FidelityMetric("deletion_mean", "deletion", "mean",
+                   description="fade most relevant first to the image's channel means"),
+    FidelityMetric("deletion_blur", "deletion", "blur", blur_sigma=10.0,
+                   description="fade most relevant first to a Gaussian blur, sigma 10"),
+    FidelityMetric("insertion", "insertion", "blur", higher_is_better=True,
+                   description="restore most relevant first from a Gaussian blur, sigma 5 "
+                               "(RISE insertion)"),
+    FidelityMetric("insertion_zero", "insertion", "zero", higher_is_better=True,
+                   description="restore most relevant first from zero"),
+    FidelityMetric("insertion_mean", "insertion", "mean", higher_is_better=True,
+                   description="restore most relevant first from the channel means"),
+    FidelityMetric("road_morf", "road", "morf",
+                   description="ROAD noisy linear imputation, most relevant first"),
+    FidelityMetric("road_lerf", "road", "lerf", higher_is_better=True,
+                   description="ROAD noisy linear imputation, least relevant first"),
+)}
+
+
+def trained_perturbations(method: str, params: dict | None = None) -> list[str]:
+    """Names of the fidelity metrics whose perturbation ``method`` optimises during
+    attribution (scores on them are not independent evidence of fidelity).
+
+    PCIM's (and black-box PCIM's) deletion game fades to its ``substrate`` and its
+    preservation game to its ``preserve_substrate``: the deletion and insertion metrics
+    with those substrates. Gradient methods optimise no perturbation.
+    """
+    params = params or {}
+    games: list[tuple[str, str, float]] = []
+    if method in ("pcim", "pcim_blackbox"):
+        from .pcim import PCIMConfig
+        from .pcim_blackbox import BlackboxPCIMConfig
+
+        kind = PCIMConfig if method == "pcim" else BlackboxPCIMConfig
+        cfg = kind.from_params({k: v for k, v in params.items()
+                                if k in kind.__dataclass_fields__})
+        games = [("deletion", cfg.substrate, cfg.blur_sigma),
+                 ("insertion", cfg.preserve_substrate or cfg.substrate, cfg.blur_sigma)]
+    return [m.name for m in FIDELITY_METRICS.values()
+            if any(m.matches(*g) for g in games)]
+
+
+def bootstrap_interval(values: np.ndarray, n_boot: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of the finite ``values`` and its percentile bootstrap
+    interval; NaNs when there are no finite values."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
+    a = (1 - level) / 2
+    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
 def _pixel_maps(maps: np.ndarray) -> np.ndarray:
@@ -165,6 +312,9 @@ def randomize_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     if isinstance(model, torch.jit.ScriptModule):
         raise InputError("the randomisation check needs a regular torch module, not "
                          "TorchScript")
+    if not any(hasattr(m, "reset_parameters") for m in model.modules()):
+        raise InputError("the randomisation check needs a model built from torch layers "
+                         "(exported programs have none to re-initialise)")
     rand = copy.deepcopy(model)
     torch.manual_seed(seed)
     for m in rand.modules():
@@ -172,7 +322,9 @@ def randomize_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.reset_running_stats()
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
-    return rand.eval()
+    for m in rand.modules():
+        m.training = False
+    return rand
 
 
 def sanity_spearman(maps_trained: np.ndarray, maps_random: np.ndarray,

@@ -18,9 +18,9 @@ from .dcmix import DCMIXClassifier, ModelConfig
 from .devices import resolve_device
 from .errors import InputError
 from .importance import ChannelImportance, channel_importance
-from .normalization import PercentileNormalizer
+from .normalization import PercentileNormalizer, training_normalizer
 from .progress import Progress, ProgressGenerator
-from .splits import grouped_split
+from .splits import split_dataset
 from .validation import check_not_constant
 
 
@@ -43,7 +43,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
-    normalization: str = "per_dataset"
+    normalization: str = "auto"
     percentiles: tuple[float, float] = (1.0, 99.8)
     augment: bool = True
     intensity_jitter: float = 0.1
@@ -80,6 +80,7 @@ class TrainResult:
     val_groups: list[str] | None = None
     data_info: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def val_accuracy(self) -> float:
@@ -103,6 +104,7 @@ class TrainResult:
             "data": self.data_info,
             "epochs_run": len(self.history),
             "train_seconds": round(self.seconds, 2),
+            "warnings": list(self.warnings),
             "package_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -153,12 +155,12 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
     _set_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    train_idx, val_idx = grouped_split(data.labels, data.groups, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = split_dataset(data, cfg.val_fraction, cfg.seed)
     if np.unique(data.labels[train_idx]).size < 2:
         raise InputError("the training split holds a single class; add images of more classes")
-    normalizer = PercentileNormalizer(cfg.normalization, *cfg.percentiles)
-    normalizer.fit(data.images[train_idx], seed=cfg.seed)
-    x_all = torch.from_numpy(normalizer(data.images))
+    normalizer, x_np = training_normalizer(data.metadata, cfg.normalization, data.images,
+                                           train_idx, cfg.percentiles, cfg.seed)
+    x_all = torch.from_numpy(x_np)
     y_all = torch.from_numpy(data.labels)
     x_tr, y_tr = x_all[train_idx].to(device), y_all[train_idx].to(device)
     x_va, y_va = x_all[val_idx].to(device), y_all[val_idx].to(device)
@@ -241,6 +243,7 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
                                                             data.groups[val_idx]}),
         data_info=_data_info(data),
         seconds=time.perf_counter() - t_start,
+        warnings=[str(w) for w in data.metadata.get("warnings", [])],
     )
 
 
@@ -249,10 +252,13 @@ def _data_info(data: ImageSet) -> dict[str, Any]:
     (so that inference can look at new images the same way)."""
     info: dict[str, Any] = {"image_size": [int(s) for s in data.images.shape[-2:]],
                             "n_images": len(data)}
-    for key in ("source", "crops", "crop_size", "downsample"):
+    for key in ("source", "crops", "crop_size", "downsample", "nucleus_diameter",
+                "geometry", "segmentation", "split_by", "objects"):
         value = data.metadata.get(key)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             info[key] = value
+    if isinstance(data.metadata.get("normalization"), (str, dict)):
+        info["input_normalization"] = data.metadata["normalization"]
     return info
 
 

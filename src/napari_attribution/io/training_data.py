@@ -13,7 +13,8 @@ from ..core.errors import InputError
 
 def load_npz(path: str | Path) -> ImageSet:
     """An ``.npz`` with ``images`` (N, C, H, W) and ``labels``; optional ``channel_names``,
-    ``class_names`` and ``groups``."""
+    ``class_names``, ``groups`` and ``normalization`` (what was already applied to the
+    images: ``per_field``, ``per_crop`` or ``none``; stored in the bundle)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"file not found: {path}")
@@ -25,10 +26,17 @@ def load_npz(path: str | Path) -> ImageSet:
             def opt(k: str):
                 return z[k].tolist() if k in z else None
 
+            meta = {}
+            if "normalization" in z:  # what was applied upstream: per_field, none ...
+                from ..core.normalization import canonical_mode
+
+                meta["normalization"] = {"mode": canonical_mode(str(z["normalization"]),
+                                                                "field"),
+                                         "declared_by": "npz key 'normalization'"}
             return ImageSet(images=z["images"], labels=z["labels"],
                             channel_names=opt("channel_names") or [],
                             class_names=opt("class_names") or [],
-                            groups=z["groups"] if "groups" in z else None)
+                            groups=z["groups"] if "groups" in z else None, metadata=meta)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot read {path} as .npz: {err}") from None
 

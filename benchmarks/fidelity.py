@@ -1,0 +1,272 @@
+"""Fidelity on fresh images with perturbations no method trains on (a script, not a test).
+
+PCIM's defaults were chosen in ``pcim_tuning.py`` on the first 32 evaluation images of
+each set of ``pixel_attribution.py``, scored with RISE deletion (to zero) and insertion
+(from a blur, sigma 5) — the very perturbations PCIM's two games optimise. This script
+reports on what was not tuned on:
+
+* **fresh images**: synthetic cells from another generator seed; MNIST digits after the
+  tuning ones; BBBC013 crops of *other* held-out wells, with a model retrained without
+  those wells;
+* **independent perturbations first**: ROAD (noisy linear imputation, most- and least-
+  relevant first), deletion to the channel means and to a blur of another width
+  (sigma 10), insertion from zero and from the means. PCIM's own games (RISE deletion and
+  insertion) are listed last and marked as trained-on;
+* **matched baselines**: Integrated Gradients with 50 steps (the usual), with 8 steps
+  (PCIM's pass count) and from a blurred-image baseline (PCIM's preservation reference);
+  a random map as the floor;
+* **intervals**: the mean over images with a 95 % bootstrap interval, and the paired
+  bootstrap interval of PCIM minus each baseline (same images).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fidelity.py [--quick] [--sets synthetic,mnist]
+
+Prints markdown tables; writes JSON to benchmarks/results/fidelity.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pixel_attribution as pa  # noqa: E402
+from napari_attribution.core.attribution import explain  # noqa: E402
+from napari_attribution.core.evaluation import count_passes  # noqa: E402
+from napari_attribution.core.metrics import (  # noqa: E402
+    FIDELITY_METRICS,
+    bootstrap_interval,
+    trained_perturbations,
+)
+from napari_attribution.core.progress import run_generator  # noqa: E402
+
+#: label -> (method, parameters)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "PCIM": ("pcim", {}),
+    "PCIM-blackbox": ("pcim_blackbox", {}),
+    "IG50": ("integrated_gradients", {"n_steps": 50}),
+    "IG8": ("integrated_gradients", {"n_steps": 8}),
+    "IG50-blur": ("integrated_gradients_blur", {"n_steps": 50}),
+    "random": ("random", {}),
+}
+INDEPENDENT = ("road_morf", "road_lerf", "deletion_mean", "deletion_blur", "insertion_zero",
+               "insertion_mean")
+TRAINED = ("deletion", "insertion")
+HEADLINE = ("road_morf", "deletion_mean")     # the issue's target metrics
+TUNING_IMAGES = 32                            # pcim_tuning.py used the first 32
+
+
+def fresh_synthetic(n: int, epochs: int) -> dict:
+    from napari_attribution.core.synthetic import make_cell_phenotype
+
+    res = pa._train(make_cell_phenotype(n_images=400, size=48, seed=0), epochs)
+    test = make_cell_phenotype(n_images=n, size=48, seed=2)     # tuning used seed 1
+    x = res.normalizer(test.images)
+    return {"model": res.model.eval(), "images": x, "targets": test.labels,
+            "model_accuracy": pa._accuracy(res.model, x, test.labels),
+            "note": "synthetic cells of generator seed 2 (tuning: seed 1)"}
+
+
+def fresh_mnist(n: int) -> dict | None:
+    s = pa.mnist_set(TUNING_IMAGES + n)
+    if s is None:
+        return None
+    s["images"], s["targets"] = s["images"][TUNING_IMAGES:], s["targets"][TUNING_IMAGES:]
+    s["note"] = f"held-out digits {8000 + TUNING_IMAGES}-{8000 + TUNING_IMAGES + n - 1} " \
+                "(tuning: the 32 before)"
+    return s
+
+
+def fresh_bbbc(n: int, epochs: int, seed: int) -> dict[str, dict]:
+    if not (pa.DATA / "bbbc013" / "1049_Metadata.csv").exists():
+        return {}
+    from napari_attribution.io.plate import load_bbbc013, take
+
+    data = load_bbbc013(pa.DATA / "bbbc013", crop_size=48, downsample=2, per_image=24, seed=0)
+    wells = np.unique(data.groups)
+    label_of = {w: int(data.labels[data.groups == w][0]) for w in wells}
+    pos = [w for w in wells if label_of[w] == 1]
+    neg = [w for w in wells if label_of[w] == 0]
+    rng = np.random.default_rng(0)                  # the tuning wells of pixel_attribution
+    tuning = set(rng.choice(pos, 2, replace=False)) | set(rng.choice(neg, 4, replace=False))
+    rng = np.random.default_rng(seed)
+    pos_left = [w for w in pos if w not in tuning]
+    neg_left = [w for w in neg if w not in tuning]
+    report = set(rng.choice(pos_left, 2, replace=False)) | set(
+        rng.choice(neg_left, 4, replace=False))
+    is_report = np.isin(data.groups, list(report))
+    res = pa._train(take(data, np.flatnonzero(~is_report)), epochs)
+    out = {}
+    def names(ws) -> str:
+        return ", ".join(sorted(str(w) for w in ws))
+
+    for name, label in (("bbbc013_pos", 1), ("bbbc013_neg", 0)):
+        idx = np.flatnonzero(is_report & (data.labels == label))[:n]
+        x = res.normalizer(data.images[idx])
+        out[name] = {"model": res.model.eval(), "images": x, "targets": data.labels[idx],
+                     "model_accuracy": pa._accuracy(res.model, x, data.labels[idx]),
+                     "note": f"wells {names(w for w in report if label_of[w] == label)} "
+                             f"(tuning wells {names(tuning)} excluded), model retrained "
+                             "without the report wells"}
+    return out
+
+
+def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict, batch: int,
+              seed: int) -> tuple[np.ndarray, dict]:
+    """Maps and cost (ms, forward and backward passes per image) of one variant."""
+    if method == "random":
+        rng = np.random.default_rng(seed)
+        return rng.random((x.shape[0], *x.shape[-2:])).astype(np.float32), {
+            "ms_per_image": 0.0, "forward_per_image": 0.0, "backward_per_image": 0.0}
+    with count_passes(model) as passes:
+        res = run_generator(explain(model, x, t, method=method, device="cpu",
+                                    batch_size=batch, **params))
+    n = x.shape[0]
+    return res.maps, {"ms_per_image": 1000 * res.seconds / n,
+                      "forward_per_image": passes["forward"] / n,
+                      "backward_per_image": passes["backward"] / n}
+
+
+def run_set(s: dict, batch: int, seed: int) -> dict:
+    model, x, t = s["model"], s["images"], s["targets"]
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    cost: dict[str, dict] = {}
+    for label, (method, params) in VARIANTS.items():
+        maps, cost[label] = attribute(model, x, t, method, params, batch, seed)
+        scores[label] = {m: FIDELITY_METRICS[m].scores(model, x, maps, t, seed=seed)
+                         for m in (*INDEPENDENT, *TRAINED)}
+    summary: dict[str, dict] = {}
+    for label in VARIANTS:
+        summary[label] = {m: bootstrap_interval(v, seed=seed) for m, v in scores[label].items()}
+    paired: dict[str, dict] = {}
+    for label in VARIANTS:
+        if label == "PCIM":
+            continue
+        paired[label] = {m: bootstrap_interval(scores["PCIM"][m] - scores[label][m], seed=seed)
+                         for m in scores["PCIM"]}
+    return {"summary": summary, "paired_pcim_minus": paired, "cost": cost,
+            "n_images": int(x.shape[0]), "model_accuracy": s["model_accuracy"],
+            "note": s["note"], "trained_on": trained_perturbations("pcim")}
+
+
+def _better(metric: str, diff_interval: tuple[float, float, float]) -> bool | None:
+    """True: PCIM better with the paired interval excluding 0; False: worse; None: tie."""
+    _, lo, hi = diff_interval
+    higher = FIDELITY_METRICS[metric].higher_is_better
+    if (lo > 0 and higher) or (hi < 0 and not higher):
+        return True
+    if (hi < 0 and higher) or (lo > 0 and not higher):
+        return False
+    return None
+
+
+def _overlap_free(a: tuple, b: tuple, higher: bool) -> bool:
+    """Whether interval ``a`` lies entirely on the better side of interval ``b``."""
+    return a[1] > b[2] if higher else a[2] < b[1]
+
+
+def check_targets(results: dict) -> list[dict]:
+    """PCIM vs IG50 and IG50-blur on the headline metrics, set by set."""
+    out = []
+    for set_name, r in results.items():
+        for metric in HEADLINE:
+            pc = r["summary"]["PCIM"][metric]
+            for base in ("IG50", "IG50-blur"):
+                b = r["summary"][base][metric]
+                out.append({"set": set_name, "metric": metric, "baseline": base,
+                            "pcim": pc, "other": b,
+                            "non_overlapping_win": _overlap_free(
+                                pc, b, FIDELITY_METRICS[metric].higher_is_better),
+                            "paired": _better(metric, r["paired_pcim_minus"][base][metric])})
+    return out
+
+
+def _cell(ci: tuple) -> str:
+    return f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]"
+
+
+def markdown(results: dict, targets: list[dict]) -> str:
+    lines = []
+    labels = list(VARIANTS)
+    for set_name, r in results.items():
+        lines += [f"**{set_name}** — {r['n_images']} fresh images, model accuracy "
+                  f"{r['model_accuracy']:.3f}; {r['note']}", "",
+                  "| metric | " + " | ".join(labels) + " |",
+                  "|---|" + "---|" * len(labels)]
+        for m in (*INDEPENDENT, *TRAINED):
+            arrow = "↑" if FIDELITY_METRICS[m].higher_is_better else "↓"
+            mark = " (PCIM trains on it)" if m in r["trained_on"] else ""
+            lines.append(f"| {m} {arrow}{mark} | "
+                         + " | ".join(_cell(r["summary"][v][m]) for v in labels) + " |")
+        lines.append("| fwd / bwd passes per image | " + " | ".join(
+            f"{r['cost'][v]['forward_per_image']:.0f} / {r['cost'][v]['backward_per_image']:.0f}"
+            for v in labels) + " |")
+        lines.append("| ms per image | " + " | ".join(
+            f"{r['cost'][v]['ms_per_image']:.1f}" for v in labels) + " |")
+        lines.append("")
+    lines += ["| set | metric | PCIM | baseline | baseline value | intervals apart | "
+              "paired difference |", "|---|---|---|---|---|---|---|"]
+    for t in targets:
+        paired = {True: "PCIM better", False: "PCIM worse", None: "no difference"}[t["paired"]]
+        lines.append(f"| {t['set']} | {t['metric']} | {_cell(t['pcim'])} | {t['baseline']} | "
+                     f"{_cell(t['other'])} | {'yes' if t['non_overlapping_win'] else 'no'} | "
+                     f"{paired} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-images", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="report-well choice, bootstrap")
+    ap.add_argument("--sets", default="synthetic,mnist,bbbc013")
+    ap.add_argument("--quick", action="store_true", help="12 images, 3 epochs (smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.n_images, args.epochs = 12, 3
+    torch.set_num_threads(args.threads)
+    wanted = args.sets.split(",")
+    sets: dict[str, dict] = {}
+    if "synthetic" in wanted:
+        sets["synthetic"] = fresh_synthetic(args.n_images, args.epochs)
+    if "mnist" in wanted:
+        m = fresh_mnist(args.n_images)
+        if m is None:
+            print("skipping MNIST: ../shared/data/mnist not found")
+        else:
+            sets["mnist"] = m
+    if "bbbc013" in wanted:
+        b = fresh_bbbc(args.n_images, args.epochs, args.seed)
+        if not b:
+            print("skipping BBBC013: ../shared/data/bbbc013 not found")
+        sets.update(b)
+    results = {}
+    for name, s in sets.items():
+        t0 = time.perf_counter()
+        results[name] = run_set(s, args.batch, args.seed)
+        print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    targets = check_targets(results)
+    table = markdown(results, targets)
+    print(table)
+    pa.RESULTS.mkdir(parents=True, exist_ok=True)
+    out = pa.RESULTS / ("fidelity_quick.json" if args.quick else "fidelity.json")
+    out.write_text(json.dumps({
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, torch "
+                   f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s)",
+        "args": vars(args), "variants": {k: list(v) for k, v in VARIANTS.items()},
+        "results": results, "targets": targets, "markdown": table}, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""``napari-attribution export-model``: a bundle -> a ``torch.export`` .pt2 or a bioimage.io
+package (.zip)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt = args.format or ("bioimageio" if args.output.suffix == ".zip" else "pt2")
+    if fmt == "bioimageio":
+        from ..io.bioimageio import export_bioimageio
+
+        out = export_bioimageio(args.model, args.output, size=args.size)
+        print(f"{args.model} -> {out} (bioimage.io model package, validated by "
+              "bioimageio.spec)")
+        return 0
+    from ..io.model_export import export_program
+
+    out = export_program(args.model, args.output, size=args.size, trust=args.trust_model)
+    print(f"{args.model} -> {out} (torch.export program; channel and class names and "
+          "normalisation recorded inside)")
+    return 0
+
+
+def register(sub) -> None:
+    from .model_args import MODEL_HELP, add_trust_argument
+
+    p = sub.add_parser("export-model",
+                       help="export a model as a torch.export program (.pt2) or a "
+                            "bioimage.io package",
+                       description="Write a model (a DCMIX bundle, or any model this tool "
+                                   "loads) as a torch.export program (.pt2) that other "
+                                   "torch tools load without this package; names and "
+                                   "normalisation travel inside the archive.")
+    p.add_argument("model", type=Path, help=MODEL_HELP)
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="the file to write: .pt2 (torch.export) or .zip (bioimage.io)")
+    p.add_argument("--format", choices=("pt2", "bioimageio"),
+                   help="output format (default: from the output's suffix)")
+    p.add_argument("--size", type=int, default=64,
+                   help="image side of the example used to trace the model (default 64)")
+    add_trust_argument(p)
+    p.set_defaults(func=run)

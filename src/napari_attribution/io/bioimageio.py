@@ -1,0 +1,380 @@
+"""BioImage Model Zoo packages in and out (optional extra ``bioimageio``).
+
+In: a bioimage.io model package (a folder with ``rdf.yaml``, or its ``.zip``) describing
+an image classifier: one image input with ``channel`` and ``y``/``x`` axes (``batch``
+optional), one output with ``batch`` and ``channel`` axes (the classes). Weights:
+
+* ``torchscript``: loaded and scanned like any TorchScript file (``io.model_scan``);
+* ``pytorch_state_dict``: tensors read with torch's restricted unpickler; the
+  architecture is built only from this package's own classes (``import_from``
+  ``napari_attribution.*``) unless ``trust=True``, because an architecture is Python
+  code (a source file in the package, or any importable callable).
+
+The input's declared preprocessing (``scale_range``, ``scale_linear``,
+``zero_mean_unit_variance``, ``fixed_zero_mean_unit_variance``, ``clip``,
+``ensure_dtype``) is applied to raw images; other steps are refused by name.
+
+Out: :func:`export_bioimageio` writes a DCMIX bundle as a package that passes the spec's
+validation: state-dict weights with the architecture taken from this package, the
+bundle's normalisation as the input's preprocessing, channel and class names on the axes,
+class probabilities as the output (read back as log-probabilities).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.classifier import Classifier
+from ..core.errors import BundleError
+
+ARCHITECTURE_MODULE = "napari_attribution.core.dcmix"
+ARCHITECTURE_CALLABLE = "build_dcmix"
+_PRE_SUPPORTED = ("scale_range", "scale_linear", "zero_mean_unit_variance",
+                  "fixed_zero_mean_unit_variance", "clip", "ensure_dtype")
+
+
+def _spec():
+    try:
+        import bioimageio.spec as spec
+    except ImportError:
+        raise BundleError("bioimage.io packages need the optional extra: pip install "
+                          "'napari-attribution[bioimageio]'") from None
+    return spec
+
+
+def load_bioimageio(path: str | Path, trust: bool = False,
+                    device: str | torch.device = "cpu") -> Classifier:
+    """A :class:`Classifier` for the bioimage.io model package at ``path``."""
+    from .bundle import file_sha256
+
+    spec = _spec()
+    path = Path(path)
+    rdf = path
+    if path.is_dir():
+        rdf = next(p for p in (path / "rdf.yaml", path / "bioimageio.yaml") if p.exists())
+    try:
+        descr = spec.load_description(rdf if path.is_dir() else path, perform_io_checks=False,
+                                      format_version="latest")
+    except Exception as err:  # noqa: BLE001 - yaml, zip and validation errors
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BundleError(f"{path} is not a readable bioimage.io package: {msg[:300]}"
+                          ) from None
+    if not isinstance(descr, spec.model.v0_5.ModelDescr):
+        summary = getattr(descr, "validation_summary", None)
+        first = _first_error(summary)
+        raise BundleError(f"{path} is not a valid bioimage.io model description: {first}")
+    if len(descr.inputs) != 1 or len(descr.outputs) != 1:
+        raise BundleError(f"{path}: only models with one image input and one class output "
+                          f"are supported (found {len(descr.inputs)} input(s), "
+                          f"{len(descr.outputs)} output(s))")
+    inp, out = descr.inputs[0], descr.outputs[0]
+    in_axes = [str(a.id) for a in inp.axes]
+    out_axes = [str(a.id) for a in out.axes]
+    if set(in_axes) - {"batch", "channel", "y", "x"} or not {"channel", "y", "x"} <= set(in_axes):
+        raise BundleError(f"{path}: the input's axes are {in_axes}; a 2-D multichannel "
+                          "classifier needs channel, y and x (and optionally batch)")
+    if [a for a in out_axes if a != "batch"] != ["channel"]:
+        raise BundleError(f"{path}: the output's axes are {out_axes}; a classifier outputs "
+                          "(batch, channel) class scores")
+    channel_names = [str(n) for n in _axis(inp, "channel").channel_names]
+    class_names = [str(n) for n in _axis(out, "channel").channel_names]
+    ours = getattr(descr.config, "napari_attribution", None)
+    if isinstance(ours, dict):  # our exports keep the original (unrestricted) names
+        for key, names in (("channel_names", channel_names), ("class_names", class_names)):
+            orig = ours.get(key)
+            if isinstance(orig, list) and len(orig) == len(names) and \
+                    all(isinstance(n, str) for n in orig):
+                names[:] = orig
+    steps = [(str(p.id), p.kwargs) for p in inp.preprocessing]
+    for name, _ in steps:
+        if name not in _PRE_SUPPORTED:
+            raise BundleError(f"{path}: the input preprocessing {name!r} is not supported "
+                              f"(supported: {', '.join(_PRE_SUPPORTED)})")
+    module = _load_weights(descr, path, trust, device)
+    probabilities = isinstance(ours, dict) and ours.get("output") == "probabilities"
+    wrapped = _AxesAdapter(module, in_axes, log=probabilities)
+    root = rdf.parent if rdf.is_file() else path
+    sha = file_sha256(path) if path.is_file() else file_sha256(rdf)
+    clf = Classifier(
+        module=wrapped, kind="bioimageio", channel_names=channel_names,
+        class_names=class_names, preprocess=lambda x: apply_preprocessing(x, steps, in_axes),
+        normalization={"bioimageio_preprocessing": [
+            {"id": n, "kwargs": json.loads(k.model_dump_json())} for n, k in steps]},
+        path=path, sha256=sha, trusted=trust,
+        provenance={"bioimageio_name": descr.name, "bioimageio_id": str(descr.id or ""),
+                    "root": str(root)})
+    return clf
+
+
+def _first_error(summary) -> str:
+    try:
+        for d in summary.details:
+            for e in d.errors:
+                return f"{'.'.join(map(str, e.loc))}: {e.msg}"
+    except AttributeError:
+        pass
+    return "see bioimageio.spec's validation summary"
+
+
+def _axis(tensor, axis_id: str):
+    return next(a for a in tensor.axes if str(a.id) == axis_id)
+
+
+def _load_weights(descr, path: Path, trust: bool, device) -> torch.nn.Module:
+    w = descr.weights
+    if w.torchscript is not None and (w.pytorch_state_dict is None or not trust):
+        return _load_torchscript_entry(w.torchscript, path, trust, device)
+    if w.pytorch_state_dict is not None:
+        return _load_state_dict_entry(w.pytorch_state_dict, path, trust, device)
+    raise BundleError(f"{path}: no pytorch_state_dict or torchscript weights (found "
+                      f"{[k for k, v in w if v is not None]})")
+
+
+def _read(file_descr, what: str) -> io.BytesIO:
+    """The bytes of a package file (inside a folder or a zip), in memory."""
+    try:
+        return io.BytesIO(file_descr.get_reader().read())
+    except Exception as err:  # noqa: BLE001 - the spec raises many types
+        raise BundleError(f"cannot read the {what} of the package: {err}") from None
+
+
+def _load_torchscript_entry(entry, path: Path, trust: bool, device) -> torch.nn.Module:
+    import warnings
+
+    from .model_scan import check_torchscript_archive, scan_torchscript
+
+    data = _read(entry, "torchscript weights")
+    if not trust:
+        check_torchscript_archive(data, f"{path} (torchscript weights)")
+        data.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(data, map_location=device)
+    if not trust:
+        scan_torchscript(module, f"{path} (torchscript weights)")
+    return module
+
+
+def _load_state_dict_entry(entry, path: Path, trust: bool, device) -> torch.nn.Module:
+    import importlib
+
+    arch = entry.architecture
+    import_from = getattr(arch, "import_from", None)
+    if import_from is None or not str(import_from).startswith("napari_attribution"):
+        if not trust:
+            from .model_scan import UnsafeModelError
+
+            where = f"from {import_from}" if import_from else "from a source file in the package"
+            raise UnsafeModelError(
+                f"{path} was not loaded: its pytorch_state_dict weights need an "
+                f"architecture ({arch.callable}) {where}, which is Python code. Load it "
+                "only if you trust where it comes from: pass --trust-model (command "
+                "line), trust=True (Python) or tick 'Trust this model file' (napari).")
+        if import_from is None:
+            raise BundleError(f"{path}: architectures from source files are not supported; "
+                              "use the package's torchscript weights")
+    try:
+        fn = getattr(importlib.import_module(str(import_from)), str(arch.callable))
+        module = fn(**dict(arch.kwargs))
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
+        raise BundleError(f"{path}: cannot build the architecture {arch.callable} from "
+                          f"{import_from}: {err}") from None
+    data = _read(entry, "pytorch_state_dict weights")
+    try:
+        state = torch.load(data, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise BundleError(f"{path}: the state dict is not plain tensors "
+                          f"({str(err).splitlines()[0][:200]})") from None
+    if isinstance(module, torch.nn.Module) and hasattr(module, "config"):
+        from .bundle import check_weights
+
+        check_weights(path, state, module)
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as err:
+        raise BundleError(f"{path}: the weights do not fit the architecture: "
+                          f"{str(err).splitlines()[0]}") from None
+    return module.eval().to(device)
+
+
+class _AxesAdapter(torch.nn.Module):
+    """Feeds (N, C, H, W) images to a module declared with other axis orders."""
+
+    def __init__(self, module: torch.nn.Module, axes: list[str], log: bool = False) -> None:
+        super().__init__()
+        self.inner = module
+        self.log = log  # the module outputs probabilities: return log-probabilities
+        self.axes = list(axes)
+        order = [a for a in ("batch", "channel", "y", "x") if a in axes]
+        self.perm = [order.index(a) for a in axes]
+        self.squeeze_batch = "batch" not in axes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.squeeze_batch:
+            out = torch.stack([self.inner(xi.permute(*self.perm)) for xi in x])
+            out = out.reshape(x.shape[0], -1)
+        else:
+            out = self.inner(x.permute(*self.perm))
+        return torch.log(out.clamp_min(1e-12)) if self.log else out
+
+
+def apply_preprocessing(images: np.ndarray, steps: list[tuple[str, Any]],
+                        axes: list[str]) -> np.ndarray:
+    """The declared preprocessing on (N, C, H, W) raw images (float32 out)."""
+    x = np.asarray(images, np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    ours = {"batch": 0, "channel": 1, "y": 2, "x": 3}
+    for name, kw in steps:
+        k = json.loads(kw.model_dump_json()) if hasattr(kw, "model_dump_json") else dict(kw)
+        red = tuple(ours[str(a)] for a in (k.get("axes") or [a for a in axes if a != "channel"]
+                                           ) if str(a) in ours)
+        if name == "scale_range":
+            lo = np.percentile(x, k.get("min_percentile", 0.0), axis=red, keepdims=True)
+            hi = np.percentile(x, k.get("max_percentile", 100.0), axis=red, keepdims=True)
+            x = (x - lo) / (hi - lo + k.get("eps", 1e-6))
+        elif name == "zero_mean_unit_variance":
+            x = (x - x.mean(red, keepdims=True)) / (x.std(red, keepdims=True)
+                                                    + k.get("eps", 1e-6))
+        elif name in ("scale_linear", "fixed_zero_mean_unit_variance"):
+            x = _along_axis(x, k, name)
+        elif name == "clip":
+            x = np.clip(x, k.get("min"), k.get("max"))
+        x = x.astype(np.float32)
+    return x
+
+
+def _along_axis(x: np.ndarray, k: dict, name: str) -> np.ndarray:
+    if name == "scale_linear":
+        a, b = k.get("gain", 1.0), k.get("offset", 0.0)
+    else:
+        mean, std = np.asarray(k["mean"], np.float32), np.asarray(k["std"], np.float32)
+        a, b = 1.0 / (std + k.get("eps", 1e-6)), -mean / (std + k.get("eps", 1e-6))
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if a.ndim == 1 or b.ndim == 1:
+        if k.get("axis", "channel") != "channel":
+            raise BundleError(f"{name} along axis {k.get('axis')!r} is not supported")
+        a, b = a.reshape(1, -1, 1, 1), b.reshape(1, -1, 1, 1)
+    return x * a + b
+
+
+# --- export ------------------------------------------------------------------------------
+
+def _preprocessing_for(normalization: dict) -> list:
+    from bioimageio.spec.model import v0_5 as m
+
+    mode = normalization.get("mode")
+    if mode == "none":
+        return []
+    if mode in ("per_field", "per_crop", "per_image"):
+        return [m.ScaleRangeDescr(kwargs=m.ScaleRangeKwargs(
+            axes=[m.AxisId("y"), m.AxisId("x")], min_percentile=float(normalization["low"]),
+            max_percentile=float(normalization["high"])))]
+    if mode == "per_dataset" and normalization.get("lo") is not None:
+        lo = np.asarray(normalization["lo"], np.float64)
+        hi = np.asarray(normalization["hi"], np.float64)
+        span = np.maximum(hi - lo, 1e-6)
+        return [m.ScaleLinearDescr(kwargs=m.ScaleLinearAlongAxisKwargs(
+            axis=m.AxisId("channel"), gain=(1.0 / span).tolist(),
+            offset=(-lo / span).tolist()))]
+    raise BundleError(f"normalisation {mode!r} has no bioimage.io equivalent yet")
+
+
+def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None,
+                      size: int = 64, authors: list[str] | None = None) -> Path:
+    """Write a DCMIX model (a bundle path, ``TrainResult``, ``Classifier``...) as a
+    bioimage.io package (``.zip``) validated by bioimageio.spec; returns its path."""
+    _spec()
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as m
+
+    from .. import __version__
+    from .models import load_model
+
+    clf = load_model(model)
+    if clf.bundle is None:
+        raise BundleError("only DCMIX models (bundles, training results) can be exported "
+                          "as bioimage.io packages")
+    output = Path(output)
+    if output.suffix != ".zip":
+        output = output.with_name(output.name + ".zip")
+    # Probabilities, not logits: the spec's reproducibility check needs a positive maximum
+    # in the test output; the loader turns them back into log-probabilities.
+    config = {**clf.bundle.config.to_dict(), "output": "probabilities"}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpd = Path(tmp)
+        weights = tmpd / "weights.pt"
+        torch.save({k: v.detach().cpu() for k, v in clf.module.state_dict().items()},
+                   weights)
+        rng = np.random.default_rng(0)
+        test_in = rng.random((1, clf.n_channels, size, size)).astype(np.float32)
+        np.save(tmpd / "test_input.npy", test_in)
+        prepared = clf.prepare(test_in)
+        with torch.no_grad():
+            from ..core.classifier import frozen
+
+            with frozen(clf.module, "cpu") as net:
+                test_out = torch.softmax(net(torch.from_numpy(prepared)), 1).numpy()
+        np.save(tmpd / "test_output.npy", test_out)
+        doc = tmpd / "README.md"
+        doc.write_text(_readme(clf))
+        descr = m.ModelDescr(
+            name=name or f"DCMIX classifier {' '.join(clf.class_names)}"[:128],
+            description="A DCMIX classifier (channel mixing + CNN) trained with "
+                        "napari-attribution; its mixing weights are the channel "
+                        "importance.",
+            authors=[m.Author(name=a) for a in (authors or ["napari-attribution user"])],
+            cite=[m.CiteEntry(text="napari-attribution: DCMIX channel importance and PCIM "
+                                   "pixel attribution", url="https://napari-hub.org")],
+            license="BSD-3-Clause",
+            documentation=m.FileDescr(source=doc),
+            tags=["classification", "napari-attribution", "dcmix"],
+            inputs=[m.InputTensorDescr(
+                id=m.TensorId("raw"), test_tensor=m.FileDescr(source=tmpd / "test_input.npy"),
+                axes=[m.BatchAxis(),
+                      m.ChannelAxis(channel_names=[m.Identifier(_ident(c))
+                                                   for c in clf.channel_names]),
+                      m.SpaceInputAxis(id=m.AxisId("y"), size=m.ParameterizedSize(min=16,
+                                                                                  step=1)),
+                      m.SpaceInputAxis(id=m.AxisId("x"), size=m.ParameterizedSize(min=16,
+                                                                                  step=1))],
+                preprocessing=_preprocessing_for(clf.bundle.normalizer.to_dict()))],
+            outputs=[m.OutputTensorDescr(
+                id=m.TensorId("probabilities"),
+                test_tensor=m.FileDescr(source=tmpd / "test_output.npy"),
+                axes=[m.BatchAxis(),
+                      m.ChannelAxis(channel_names=[m.Identifier(_ident(c))
+                                                   for c in clf.class_names])])],
+            weights=m.WeightsDescr(pytorch_state_dict=m.PytorchStateDictWeightsDescr(
+                source=weights,
+                architecture=m.ArchitectureFromLibraryDescr(
+                    callable=m.Identifier(ARCHITECTURE_CALLABLE),
+                    import_from=ARCHITECTURE_MODULE, kwargs=config),
+                pytorch_version=m.Version(torch.__version__.split("+")[0]))),
+            config={"napari_attribution": {
+                "version": __version__, "channel_names": clf.channel_names,
+                "class_names": clf.class_names, "source_sha256": clf.sha256,
+                "normalization": clf.normalization, "output": "probabilities"}},
+        )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return Path(save_bioimageio_package(descr, output_path=output))
+
+
+def _ident(name: str) -> str:
+    """A bioimage.io identifier for a channel or class name."""
+    out = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in str(name))
+    return out if out and not out[0].isdigit() else f"c_{out}"
+
+
+def _readme(clf: Classifier) -> str:
+    return (f"# DCMIX classifier\n\nChannels: {', '.join(clf.channel_names)}.\n"
+            f"Classes: {', '.join(clf.class_names)}.\n\nExported by napari-attribution "
+            "from a model bundle. Input: raw images (batch, channel, y, x), normalised by "
+            "the declared preprocessing. Output: class logits.\n")

@@ -1,0 +1,150 @@
+"""Independent fidelity metrics: ROAD imputation, named perturbations, labels for the
+perturbations a method trains on, bootstrap intervals and pass counting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attribution_models import SpotModel, spot_images
+from napari_attribution.core.errors import InputError
+from napari_attribution.core.evaluation import count_passes, evaluate_methods, resolve_metrics
+from napari_attribution.core.metrics import (
+    FIDELITY_METRICS,
+    bootstrap_interval,
+    road_curves,
+    trained_perturbations,
+)
+from napari_attribution.core.road import noisy_linear_impute
+
+
+def _run(gen):
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_road_imputation_reproduces_linear_ramps_and_keeps_kept_pixels():
+    yy, xx = np.mgrid[0:20, 0:24].astype(np.float32)
+    img = np.stack([0.1 * yy + 0.05 * xx, 2.0 - 0.07 * xx])
+    removed = np.zeros((20, 24), bool)
+    removed[5:14, 6:17] = True
+    out = noisy_linear_impute(img, removed, noise=0.0)
+    np.testing.assert_allclose(out, img, atol=1e-4)          # linear = harmonic here
+    noisy = noisy_linear_impute(img, removed, noise=0.05, seed=1)
+    np.testing.assert_array_equal(noisy[:, ~removed], img[:, ~removed])
+    assert np.abs(noisy[:, removed] - img[:, removed]).max() > 1e-3
+    with pytest.raises(InputError, match="mask"):
+        noisy_linear_impute(img, removed[:5])
+
+
+def test_road_fills_removed_spot_from_its_surroundings():
+    img = np.zeros((1, 16, 16), np.float32)
+    img[0, 6:10, 6:10] = 1.0
+    out = noisy_linear_impute(img, img[0] > 0.5, noise=0.0)
+    assert out[0, 6:10, 6:10].max() < 0.05               # the spot cannot leak back
+
+
+def test_road_ranks_the_true_evidence_first():
+    model = SpotModel()
+    x, masks = spot_images(n=4)
+    t = np.ones(4, int)
+    good = masks.astype(np.float32)
+    bad = 1.0 - good
+    morf_good = road_curves(model, x, good, t, "morf").mean(1)
+    morf_bad = road_curves(model, x, bad, t, "morf").mean(1)
+    lerf_good = road_curves(model, x, good, t, "lerf").mean(1)
+    lerf_bad = road_curves(model, x, bad, t, "lerf").mean(1)
+    assert (morf_good < morf_bad - 0.3).all()
+    assert (lerf_good > lerf_bad + 0.3).all()
+
+
+def test_every_named_metric_prefers_the_true_map():
+    model = SpotModel()
+    x, masks = spot_images(n=3, seed=2)
+    t = np.ones(3, int)
+    good, bad = masks.astype(np.float32), 1.0 - masks.astype(np.float32)
+    for m in FIDELITY_METRICS.values():
+        g, b = m.scores(model, x, good, t), m.scores(model, x, bad, t)
+        better = g.mean() > b.mean() if m.higher_is_better else g.mean() < b.mean()
+        assert better, m.name
+
+
+def test_trained_perturbations_follow_the_method_parameters():
+    assert trained_perturbations("pcim") == ["deletion", "insertion"]
+    assert trained_perturbations("pcim", {"substrate": "mean"}) == ["deletion_mean",
+                                                                   "insertion"]
+    assert trained_perturbations("pcim", {"blur_sigma": 10.0}) == ["deletion"]
+    assert trained_perturbations("integrated_gradients") == []
+
+
+def test_resolve_metrics_expands_road_and_rejects_unknown_names():
+    assert resolve_metrics(["road", "deletion_zero", "road_morf"]) == [
+        "road_morf", "road_lerf", "deletion"]
+    assert "road_morf" in resolve_metrics(None)
+    with pytest.raises(InputError, match="unknown metric 'roadd'"):
+        resolve_metrics(["roadd"])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_data():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(1, 1, 20), rng.normal(1, 1, 2000)
+    m, lo, hi = bootstrap_interval(small)
+    assert lo < m < hi
+    _, lo2, hi2 = bootstrap_interval(large)
+    assert hi2 - lo2 < (hi - lo) / 4
+    assert np.isnan(bootstrap_interval(np.array([np.nan]))[0])
+
+
+def test_pass_counter_counts_samples_through_the_model():
+    model = SpotModel()
+    x = torch.rand(3, 2, 8, 8, requires_grad=True)
+    with count_passes(model) as passes:
+        model(x)[:, 1].sum().backward()
+        with torch.no_grad():
+            model(x[:2])
+    assert passes == {"forward": 5, "backward": 3}
+
+
+def test_evaluation_rows_label_trained_perturbations_and_give_intervals():
+    model = SpotModel()
+    x, masks = spot_images(n=4, seed=3)
+    rows, _ = _run(evaluate_methods(
+        model, x, np.ones(4, int), masks, ["pcim", "integrated_gradients_blur"],
+        ["road", "deletion", "deletion_mean", "relevance_mass"], n_steps=10,
+        method_params={"pcim": {"steps": 20},
+                       "integrated_gradients_blur": {"n_steps": 8}}))
+    pcim, ig = rows
+    assert pcim["trained_on"] == ["deletion"] and ig["trained_on"] == []
+    assert ig["forward_per_image"] == pytest.approx(8 + 1)    # + explain's class probabilities
+    assert ig["backward_per_image"] == pytest.approx(8)
+    assert pcim["forward_per_image"] >= 2
+    for r in rows:
+        for key in ("road_morf_auc", "road_lerf_auc", "deletion_mean_auc"):
+            lo, hi = r["intervals"][key]
+            assert lo <= r[key] <= hi
+        assert r["road_morf_auc"] < r["road_lerf_auc"]
+
+
+def test_blackbox_pcim_finds_the_spot_with_forward_passes_only():
+    from napari_attribution.core.attribution import explain
+    from napari_attribution.core.metrics import relevance_mass
+
+    model = SpotModel()
+    x, masks = spot_images(n=4, size=24, seed=4)
+    with count_passes(model) as passes:
+        res = _run(explain(model, x, 1, method="pcim_blackbox", device="cpu"))
+    assert passes["backward"] == 0
+    assert passes["forward"] == 4 * (1 + 8 * 2 * 8)       # probe + steps x 2 x samples
+    share = masks.mean(axis=(1, 2))                          # the spot is ~4 % of the image
+    assert (relevance_mass(res.maps, masks) > 5 * share).all()
+    assert all(m[k].mean() > m[~k].mean() + 0.2 for m, k in zip(res.maps, masks, strict=True))
+    assert res.params["sigma"] == 0.5
+    assert trained_perturbations("pcim_blackbox") == ["deletion", "insertion"]
+    with pytest.raises(InputError, match="pixel maps only"):
+        _run(explain(model, x, 1, method="pcim_blackbox", per_channel=True, device="cpu"))
+    with pytest.raises(InputError, match="samples >= 1"):
+        _run(explain(model, x, 1, method="pcim_blackbox", samples=0, device="cpu"))

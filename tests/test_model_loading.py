@@ -1,0 +1,254 @@
+"""One loader, one model object: tampered bundles, .pt2 end to end, no mutation, targets."""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import napari_attribution as na
+from napari_attribution.cli import main
+from napari_attribution.core.errors import BundleError, InputError
+from napari_attribution.io.writers import read_attribution_tiff
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _leave_global_rng_as_found():
+    """Later tests that draw from torch's global generator see what they would without
+    this module (test_pcim's substrate test depends on it: see its unseeded input)."""
+    state = torch.random.get_rng_state()
+    yield
+    torch.random.set_rng_state(state)
+
+
+def make_bundle(path):
+    """A small untrained DCMIX bundle: channels dna, gfp; classes neg, pos."""
+    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.io.bundle import save_bundle
+
+    torch.manual_seed(0)
+    model = DCMIXClassifier(ModelConfig(2, 2, width=8)).eval()
+    return save_bundle(path, model, ["dna", "gfp"], ["neg", "pos"],
+                       PercentileNormalizer(mode="per_image"))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("b") / "m.safetensors")
+
+
+def _header(path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _write(path, header: dict, body: bytes) -> None:
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + body)
+
+
+def _tamper_meta(src, dst, edit) -> None:
+    header, body = _header(src)
+    meta = json.loads(header["__metadata__"]["napari_attribution"])
+    header["__metadata__"]["napari_attribution"] = json.dumps(edit(meta))
+    _write(dst, header, body)
+
+
+def _first_float(header: dict) -> str:
+    return next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32")
+
+
+def test_tampered_weights_are_refused(bundle, tmp_path):
+    header, body = _header(bundle)
+    key = _first_float(header)
+    # dtype relabelled F32 -> I32 (same byte size: loads as garbage unless checked)
+    relabel = json.loads(json.dumps(header))
+    relabel[key]["dtype"] = "I32"
+    _write(tmp_path / "i32.safetensors", relabel, body)
+    with pytest.raises(BundleError, match=rf"weight '{key}' is stored as torch.int32"):
+        na.load_model(tmp_path / "i32.safetensors")
+    # NaN weights
+    start, _ = header[key]["data_offsets"]
+    nan_body = bytearray(body)
+    nan_body[start:start + 4] = struct.pack("<f", float("nan"))
+    _write(tmp_path / "nan.safetensors", header, bytes(nan_body))
+    with pytest.raises(BundleError, match=rf"weight '{key}' holds NaN"):
+        na.load_model(tmp_path / "nan.safetensors")
+    # a weight reshaped (same number of elements)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(bundle), "pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    conv = next(k for k, v in state.items() if v.ndim == 4)
+    state[conv] = state[conv].reshape(state[conv].shape[0], -1, 1, 1).contiguous()
+    save_file(state, str(tmp_path / "shape.safetensors"), metadata=meta)
+    with pytest.raises(BundleError, match=rf"weight '{conv}' has shape"):
+        na.load_model(tmp_path / "shape.safetensors")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: [m], "must be a JSON object; found a list"),
+    (lambda m: {**m, "config": {**m["config"], "n_channels": "2"}},
+     "config.n_channels must be int; found str"),
+    (lambda m: {**m, "class_names": {"a": 1}}, "'class_names' must be list; found dict"),
+    (lambda m: {**m, "channel_names": [1, 2]}, "non-empty list of names"),
+    (lambda m: {**m, "class_names": ["only one"]}, "1 class names for 2 classes"),
+    (lambda m: {**m, "normalization": {**m["normalization"], "low": "1"}},
+     "normalization.low must be int or float"),
+    (lambda m: {k: v for k, v in m.items() if k != "config"}, "has no 'config'"),
+    (lambda m: {**m, "config": {**m["config"], "mixing": 1}}, "config.mixing must be bool"),
+])
+def test_tampered_metadata_gives_clear_errors(bundle, tmp_path, capsys, edit, message):
+    bad = tmp_path / "bad.safetensors"
+    _tamper_meta(bundle, bad, edit)
+    with pytest.raises(BundleError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        na.load_model(bad)
+    np.save(tmp_path / "x.npy", np.ones((2, 16, 16), np.float32))
+    assert main(["explain", str(bad), str(tmp_path / "x.npy"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+class _NaNModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3)) * float("nan")
+
+
+def test_nan_outputs_are_errors_not_results(tmp_path, capsys):
+    x = np.random.default_rng(0).random((2, 2, 16, 16)).astype(np.float32)
+    with pytest.raises(BundleError, match="non-finite"):
+        na.explain(_NaNModel(), x, device="cpu")
+    p = tmp_path / "nan.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_NaNModel()), str(p))
+    np.save(tmp_path / "x.npy", x[0])
+    out = tmp_path / "m.ome.tif"
+    assert main(["explain", str(p), str(tmp_path / "x.npy"), "-o", str(out), "-q"]) == 2
+    assert "non-finite" in capsys.readouterr().err and not out.exists()
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_user_module_is_never_mutated():
+    torch.manual_seed(0)
+    net = _Tiny().train()
+    net.head.weight.requires_grad_(False)  # a user's own choice, kept
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = np.random.default_rng(0).random((2, 2, 16, 16)).astype(np.float32)
+    res = na.explain(net, x, method="saliency", device="cpu", targets="class 2")
+    assert (res.targets == 2).all()
+    assert net.training and net.bn.training
+    assert net.conv.weight.requires_grad and not net.head.weight.requires_grad
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    clf = na.load_model(net)
+    clf.predict_proba(x)
+    assert net.training and clf.class_names == ["class 0", "class 1", "class 2"]
+
+
+def test_channel_importance_leaves_a_training_result_as_it_was(tmp_path):
+    from napari_attribution.core.synthetic import make_multi_snr
+
+    data = make_multi_snr(n_images=64, size=16, seed=0)
+    result = na.train(data, epochs=1, batch_size=32, width=4, device="cpu",
+                      ablation_check=False)
+    result.model.train()
+    imp = na.channel_importance(result, data)
+    assert imp.weights.shape[1] == data.n_channels and result.model.training
+
+
+def test_exported_module_in_memory_is_explained():
+    net = _Tiny().eval()
+    program = torch.export.export(net, (torch.zeros(2, 2, 16, 16),))
+    x = np.random.default_rng(0).random((2, 2, 16, 16)).astype(np.float32)
+    res = na.explain(program.module(), x, method="pcim", steps=3, device="cpu")
+    assert res.maps.shape == (2, 16, 16) and np.isfinite(res.maps).all()
+    res2 = na.explain(program, x, method="saliency", device="cpu")
+    assert res2.model["model_kind"] == "export"
+
+
+def test_targets_resolve_one_way_everywhere(bundle):
+    clf = na.load_model(bundle)
+    assert clf.resolve_targets("pos") == 1 and clf.resolve_targets("0") == 0
+    assert clf.resolve_targets("predicted") is None and clf.resolve_targets(None) is None
+    assert clf.resolve_targets(["neg", 1]) == [0, 1]
+    assert clf.resolve_targets("predicted (pos)") is None  # the widget's combo text
+    with pytest.raises(InputError, match="out of range"):
+        clf.resolve_targets(2)
+    with pytest.raises(InputError, match="unknown target class 'mitotic'"):
+        clf.resolve_targets("mitotic")
+
+
+def test_pt2_export_explain_evaluate_end_to_end(bundle, tmp_path, capsys):
+    pt2 = tmp_path / "model.pt2"
+    assert main(["export-model", str(bundle), "-o", str(pt2)]) == 0
+    assert pt2.exists() and "torch.export" in capsys.readouterr().out
+    clf, ref = na.load_model(pt2), na.load_model(bundle)
+    assert clf.kind == "export" and clf.channel_names == ref.channel_names
+    assert clf.class_names == ref.class_names and clf.normalization == ref.normalization
+    raw = np.random.default_rng(1).normal(100, 10, (3, 2, 24, 40)).astype(np.float32)
+    np.testing.assert_allclose(clf.predict_proba(raw), ref.predict_proba(raw), atol=1e-5)
+    # explain from the command line, by class name; the provenance names the program
+    np.save(tmp_path / "x.npy", raw[0])
+    out = tmp_path / "m.ome.tif"
+    assert main(["explain", str(pt2), str(tmp_path / "x.npy"), "-o", str(out), "-t", "pos",
+                 "--param", "steps=3", "--device", "cpu", "-q"]) == 0
+    maps, meta = read_attribution_tiff(out)
+    prov = meta["provenance"]
+    assert maps.shape == (24, 40) and np.isfinite(maps).all()
+    assert prov["model_kind"] == "export" and prov["target_names"] == ["pos"]
+    assert prov["model_sha256"] == clf.sha256 and prov["channel_names"] == ["dna", "gfp"]
+    capsys.readouterr()
+    assert main(["evaluate", str(pt2), "--sample", "multi-snr", "-n", "4", "--methods",
+                 "saliency", "--metrics", "deletion", "--format", "csv", "-q"]) == 2
+    assert "channel" in capsys.readouterr().err  # multi-snr has other channels: refused
+    npz = tmp_path / "d.npz"
+    np.savez(npz, images=raw, labels=np.array([0, 1, 1]))
+    assert main(["evaluate", str(pt2), "--npz", str(npz), "--methods", "saliency",
+                 "--metrics", "deletion,insertion", "--format", "csv", "-q"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0].startswith("method,deletion_auc,insertion_auc") and len(rows) == 2
+
+
+def test_pt2_batch_run(bundle, tmp_path):
+    pytest.importorskip("distributed")
+    pytest.importorskip("zarr")
+    from napari_attribution.io.model_export import export_program
+    from test_batch import PATTERN, write_plate
+
+    pt2 = export_program(bundle, tmp_path / "model.pt2")
+    plate = write_plate(tmp_path / "plate", wells=("A01", "B01"), sites=(1,), size=32)
+    out = tmp_path / "r.zarr"
+    assert main(["batch", str(plate), "--model", str(pt2), "-o", str(out), "--pattern",
+                 PATTERN, "--channels", "dna,gfp", "--threads", "--workers", "1",
+                 "--method", "saliency", "--target", "pos", "--device", "cpu", "-q"]) == 0
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(rows) == 3 and "predicted" in rows[0]
+    import zarr
+
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    text = json.dumps(attrs)
+    assert '"model_kind": "export"' in text and '"target": 1' in text
