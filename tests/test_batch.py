@@ -21,6 +21,7 @@ from napari_attribution.batch import (  # noqa: E402
 from napari_attribution.batch.records import read_record  # noqa: E402
 from napari_attribution.core.errors import BundleError, Cancelled, InputError  # noqa: E402
 from napari_attribution.core.progress import run_generator  # noqa: E402
+from ngff_rules import check_plate  # noqa: E402
 
 PATTERN = r"(?P<well>[A-H]\d{2})_s(?P<site>\d+)_(?P<channel>[a-z]+)\.tif$"
 CHANNELS = ["dna", "gfp"]
@@ -134,9 +135,13 @@ def test_batch_equals_single_process_and_writes_tables(tmp_path, records, bundle
     meta = store.meta
     assert meta["channel_names"] == CHANNELS and meta["class_names"] == ["neg", "pos"]
     assert meta["provenance"]["bundle_sha256"] == meta["payload_summary"]["bundle_sha256"]
-    # OME-NGFF metadata on the map group: image axis, then space axes matching the images.
-    ms = store.group["maps/pcim"].attrs["multiscales"][0]
-    assert [a["name"] for a in ms["axes"]] == ["image", "y", "x"]
+    # an NGFF HCS plate: wells A/1 ... B/2 with 3 fields each, maps as (c, y, x) images
+    fields = check_plate(out)
+    assert sorted(fields) == sorted(f"{w[0]}/{int(w[1:])}/{k}" for w in
+                                    ("A01", "A02", "B01", "B02") for k in range(3))
+    assert all(shape == [1, 32, 32] for shape in fields.values())
+    ms = store.group["A/1/0"].attrs["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
     assert store.maps("pcim").shape[1:] == read_record(records[0]).shape[1:]
 
     rows = read_csv(result.table_path)
@@ -171,8 +176,10 @@ def test_per_channel_maps_and_channel_shares(tmp_path, records, bundle_path):
     np.testing.assert_allclose(shares, mass / mass.sum(1, keepdims=True), rtol=1e-4)
     rows = read_csv(result.table_path)
     assert float(rows[0]["saliency_share_dna"]) == pytest.approx(float(shares[0, 0]), 1e-4)
-    omero = store.group["maps/saliency"].attrs["omero"]["channels"]
+    omero = store.group["A/1/0"].attrs["omero"]["channels"]
     assert [c["label"] for c in omero] == ["saliency dna", "saliency gfp"]
+    # per-channel maps are channels of each field image: valid NGFF (one channel axis)
+    assert all(shape == [2, 32, 32] for shape in check_plate(tmp_path / "pc.zarr").values())
 
 
 def test_interrupt_and_resume(tmp_path, records, bundle_path, reference):
@@ -219,10 +226,20 @@ def test_killed_worker_run_completes_without_loss(tmp_path, records, bundle_path
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
+        seen = []
+
+        def watch(event) -> None:
+            seen.append(event)
+            kill_busy_worker(event)
+
         result = run_generator(run_batch(records, bundle_path, out,
                                          pcim_config(images_per_task=1), client=client),
-                               kill_busy_worker)
+                               watch)
     assert killed, "no worker was busy when the first images finished"
+    # the death is reported, not silently absorbed: in the progress and the store's log
+    lost = [w for e in seen for w in e.partial.get("workers_lost", [])]
+    assert len(lost) == 1 and any("died" in e.message for e in seen)
+    assert open_result(out).meta["summary"]["workers_lost"] == lost
     assert result.n_computed == len(records)
     store = open_result(out)
     assert store.complete
@@ -328,8 +345,9 @@ def test_downsampled_run_matches_downsampled_images_and_aligns_in_napari(
     assert_matches_reference(store, records, (probs, probs.argmax(1), ref.maps))
     assert store.maps("pcim").shape[1:] == (16, 16)  # 32 px fields, halved
     assert store.meta["downsample"] == 2
-    ms = store.group["maps/pcim"].attrs["multiscales"][0]
+    ms = store.group["A/1/0"].attrs["multiscales"][0]
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 2.0]
+    check_plate(out)
     layers = {kw["name"]: (data, kw) for data, kw, _ in read_batch_store(str(out))}
     plate_layer, pcim_layer = layers["plate dna"], layers["pcim"]
     assert plate_layer[0].shape == (len(records), 32, 32)
@@ -361,3 +379,30 @@ def test_downsampled_run_matches_downsampled_images_and_aligns_in_napari(
                             BatchConfig(device="cpu"), n_workers=1, processes=False))
     auto = open_result(tmp_path / "auto.zarr")
     assert auto.meta["downsample"] == 2 and auto.meta["image_shape"] == [16, 16]
+
+
+def test_second_run_on_a_busy_store_is_refused_and_does_no_work(tmp_path, records,
+                                                                bundle_path):
+    from napari_attribution.batch.lock import StoreBusy, StoreLock, lock_path
+
+    out = tmp_path / "busy.zarr"
+    cfg = BatchConfig(device="cpu", batch_size=4, images_per_task=1)
+    first = run_batch(records, bundle_path, out, cfg, n_workers=1, processes=False)
+    next(first)  # the first run holds the store from here on
+    assert lock_path(out).is_file()
+    with pytest.raises(StoreBusy, match=r"in use by another run \(pid \d+ on .*--overwrite"):
+        run_generator(run_batch(records, bundle_path, out, cfg, n_workers=1,
+                                processes=False))
+    with pytest.raises(StoreBusy):  # overwrite cannot delete a store under a running run
+        run_generator(run_batch(records, bundle_path, out, cfg, n_workers=1,
+                                processes=False, overwrite=True))
+    result = run_generator(first)  # the first run is unharmed and finishes
+    assert result.n_computed == len(records)
+    assert not lock_path(out).exists()
+    again = run_generator(run_batch(records, bundle_path, out, cfg, n_workers=1,
+                                    processes=False))
+    assert again.n_computed == 0 and again.n_skipped == len(records)
+    with StoreLock(out):  # a lock held by any process (here: this one) refuses
+        with pytest.raises(StoreBusy):
+            StoreLock(out).acquire()
+    StoreLock(out).acquire().release()  # released on exit

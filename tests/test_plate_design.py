@@ -59,11 +59,11 @@ def test_cli_default_path_warns_and_stores_the_warning(pair, tmp_path, capsys):
     assert {g[:3] for g in groups} == {"A01", "A02"}  # both classes validated
 
     # a split by well cannot validate both classes: a clear error with the remedy
-    assert main([*args, "--split-by", "well"]) == 2
+    assert main([*args, "--overwrite", "--split-by", "well"]) == 2
     err = capsys.readouterr().err
     assert "out of" in err and "--split-by" in err and "Traceback" not in err
     # quadrants work too
-    assert main([*args, "--split-by", "quadrant", "--crop-size", "24",
+    assert main([*args, "--overwrite", "--split-by", "quadrant", "--crop-size", "24",
                  "--downsample", "2"]) == 0
     assert "held out by quadrant" in capsys.readouterr().out
 

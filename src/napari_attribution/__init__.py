@@ -10,9 +10,13 @@ for napari's plugin discovery.
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml
+    __version__ = version("napari-attribution")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree, not installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "train": "api", "explain": "api", "channel_importance": "api", "save_bundle": "api",
@@ -23,7 +27,7 @@ _LAZY = {
     "ImageSet": "core.data", "TrainConfig": "core.training", "PCIMConfig": "core.pcim",
     "available_methods": "core.attribution",
     "AttributionError": "core.errors", "InputError": "core.errors",
-    "BundleError": "core.errors", "Cancelled": "core.errors",
+    "BundleError": "core.errors", "Cancelled": "core.errors", "OutputError": "core.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

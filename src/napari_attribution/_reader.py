@@ -20,8 +20,13 @@ def _is_tiff(path: str) -> bool:
 
 
 def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | None:
-    """Return :func:`read_layers` for TIFF files (a list = one file per channel)."""
+    """Return :func:`read_layers` for TIFF files (a list = one file per channel), and for
+    one CZI/ND2/LIF file when bioio is installed (the ``formats`` extra)."""
     paths = [path] if isinstance(path, str | Path) else list(path)
+    if len(paths) == 1 and str(paths[0]).lower().endswith((".czi", ".nd2", ".lif")):
+        from .io.formats import bioio_available
+
+        return read_layers if bioio_available() else None
     if not paths or not all(_is_tiff(str(p)) for p in paths):
         return None
     return read_layers
@@ -135,7 +140,8 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     token (``Channel1-01-A-01.tif``, ``Channel2-01-A-01.tif``) become the channels of
     one image, one image per key (well/site), with the same channel names in each."""
     if isinstance(path, str | Path):
-        img, key = _named_by_file(read_image(path), path)
+        # large images stay on disk (lazy)
+        img, key = _named_by_file(read_image(path, lazy=True), path)
         return image_layers(img, image_key=key if len(img.channel_names) == 1 else "")
     paths = list(path)
     if len(paths) == 1:

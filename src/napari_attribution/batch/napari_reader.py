@@ -98,8 +98,9 @@ def read_batch_store(path: str | list[str]) -> list[LayerData]:
     for _, kwargs, _ in layers:
         kwargs["metadata"].update(per_image)
     for method in store.methods:
-        arr = da.from_zarr(store.maps(method))
-        info = {"attribution": {**store.group[f"maps/{method}"].attrs["napari_attribution"],
+        view = store.maps(method)
+        arr = view.to_dask() if hasattr(view, "to_dask") else da.from_zarr(view)
+        info = {"attribution": {**store.method_info(method),
                                 "provenance": meta["provenance"]}, **per_image}
         # contrast from the first field of view: the plate is never read whole here
         kw = heatmap_style(np.asarray(arr[0]))

@@ -14,6 +14,7 @@ refuses to resume a store made by a different run.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,9 +23,26 @@ from typing import Any
 
 from ..core.errors import AttributionError, InputError
 from ..core.progress import Progress
+from .lock import StoreLock
 from .records import ImageRecord, check_records, read_record
 from .store import BatchStore, run_payload
 from .task import TaskSpec, process_images
+
+log = logging.getLogger(__name__)
+
+
+def _lost_workers(client: Any, known: set[str]) -> tuple[list[str], set[str]]:
+    """Workers in ``known`` that left the cluster (died; a nanny may have started a
+    replacement under a new address), logged as warnings, and the current set."""
+    try:
+        now = set(client.scheduler_info(n_workers=-1)["workers"])
+    except Exception:  # the scheduler is busy or gone: report at the next event
+        return [], known
+    lost = sorted(known - now)
+    for address in lost:
+        log.warning("batch: worker %s died; its unfinished images are recomputed by the "
+                    "other workers (finished ones are kept)", address)
+    return lost, now
 
 
 class BatchIncomplete(AttributionError):
@@ -68,6 +86,11 @@ class BatchConfig:
         if extra:
             raise InputError(f"parameters given for method(s) {extra} that are not run "
                              f"(methods: {methods or 'none'})")
+        if methods:
+            from ..core.attribution import check_method_params
+
+            for m in methods:
+                check_method_params(m, self.params.get(m, {}))
         if self.batch_size < 1 or (self.images_per_task is not None
                                    and self.images_per_task < 1):
             raise InputError("batch_size and images_per_task must be at least 1")
@@ -146,7 +169,6 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     ``io.models.load_model`` reads; ``trust=True`` skips its operator scan.
     """
     from ..io.models import load_model
-    from .table import image_rows, well_rows, write_csv
 
     t_start = time.perf_counter()
     config = config or BatchConfig()
@@ -177,11 +199,29 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
                          f"input_size {config.input_size}")
     payload = run_payload(bundle.sha256, records, methods, config.per_channel,
                           config.target, shape, config.input_size, config.downsample)
+    lock = StoreLock(output).acquire()  # one run per store; held until this run ends
+    try:
+        return (yield from _run_locked(
+            records, bundle, bundle_path, output, config, methods, payload, shape, t_start,
+            client=client, scheduler=scheduler, n_workers=n_workers,
+            threads_per_worker=threads_per_worker, processes=processes,
+            overwrite=overwrite, table=table, trust=trust))
+    finally:
+        lock.release()
+
+
+def _run_locked(records, bundle, bundle_path, output, config, methods, payload, shape,
+                t_start, *, client, scheduler, n_workers, threads_per_worker, processes,
+                overwrite, table, trust) -> Generator[Progress, None, BatchResult]:
+    """The run proper, with the store's lock held."""
+    from .table import image_rows, well_rows, write_csv
+
     store = BatchStore.open_for_run(
         output, payload=payload, records=records, channel_names=bundle.channel_names,
         class_names=bundle.class_names, provenance=_provenance(bundle, config),
         overwrite=overwrite)
     n = len(records)
+    fields = list(store.meta.get("fields") or [None] * n)
     done = store.done_mask()
     todo = [i for i in range(n) if not done[i]]
     n_done = n - len(todo)
@@ -194,6 +234,7 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
                     batch_size=config.batch_size, image_shape=tuple(shape),
                     downsample=config.downsample, trust=trust)
     computed: set[int] = set()
+    deaths: list[str] = []
     n_workers_used = 0
     t_compute = 0.0
     if todo:
@@ -206,17 +247,20 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
             from distributed import as_completed
             from distributed.scheduler import KilledWorker
 
-            n_workers_used = len(client.scheduler_info(n_workers=-1)["workers"])
+            workers = set(client.scheduler_info(n_workers=-1)["workers"])
+            n_workers_used = len(workers)
             per_task = config.images_per_task or config.batch_size
             t0 = time.perf_counter()
             for s in range(0, len(todo), per_task):
                 chunk = todo[s:s + per_task]
                 futures.append(client.submit(process_images, spec, chunk,
-                                             [records[i] for i in chunk], pure=False))
+                                             [records[i] for i in chunk],
+                                             [fields[i] for i in chunk], pure=False))
             for fut in as_completed(futures):
                 try:
                     out = fut.result()
                 except KilledWorker as err:
+                    log.error("batch %s: workers died repeatedly on a task: %s", output, err)
                     raise BatchIncomplete(
                         f"workers died repeatedly on a task ({err}); finished images are "
                         f"kept in {output}; rerun the same command to resume") from None
@@ -226,9 +270,13 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
                 computed.update(new)
                 n_done += len(new)
                 rate = len(computed) / max(time.perf_counter() - t0, 1e-9)
-                yield Progress(n_done, n, f"{n_done}/{n} images ({rate:.2f}/s)",
-                               partial={"computed": new,
-                                        "images_per_second": rate})
+                lost, workers = _lost_workers(client, workers)
+                deaths += lost
+                note = (f"; worker(s) {', '.join(lost)} died, their images are rerun on "
+                        "the others" if lost else "")
+                yield Progress(n_done, n, f"{n_done}/{n} images ({rate:.2f}/s){note}",
+                               partial={"computed": new, "images_per_second": rate,
+                                        "workers_lost": lost})
             t_compute = time.perf_counter() - t0
         finally:
             for fut in futures:
@@ -252,6 +300,6 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     store.mark_complete({"table": str(table_path), "wells": str(wells_path),
                          "n_images": n, "last_run_computed": len(computed),
                          "last_run_seconds": round(result.seconds, 3),
-                         "workers": n_workers_used})
+                         "workers": n_workers_used, "workers_lost": deaths})
     yield Progress(n, n, f"done: {n} images, table {table_path}")
     return result

@@ -1,29 +1,40 @@
-"""The OME-Zarr result store of a batch run: atomic per-image writes and a run fingerprint.
+"""The OME-Zarr result store of a batch run: an NGFF HCS plate of attribution maps, atomic
+per-image writes and a run fingerprint.
 
-Layout (Zarr format 2, OME-NGFF 0.4 multiscales metadata on every map group)::
+Layout (Zarr format 2, OME-NGFF 0.4)::
 
     result.zarr/
-      .zattrs               napari_attribution: format, fingerprint, run provenance,
-                            channel/class/method names, image list, complete flag
+      .zattrs               plate: NGFF HCS plate (rows, columns, wells, field count);
+                            napari_attribution: format, fingerprint, run provenance,
+                            channel/class/method names, image list, field paths,
+                            complete flag
       probabilities         (N, n_classes) float32, one chunk per image
       targets               (N, n_methods) int32, the class each map explains
       seconds               (N,) float32, compute time per image
       channel_share         (N, n_methods, C) float32, each channel's share of a
                             per-channel map's total (NaN for single-channel maps)
       done                  (N,) uint8, written last: 1 = every output of image i is stored
-      maps/<method>/0       (N, H, W) or (N, C, H, W) float32, one chunk per image
+      <row>/<col>/          NGFF well (its fields' paths)
+      <row>/<col>/<field>/  NGFF image of one field: multiscales with axes (c, y, x),
+                            omero channel labels ("pcim", or "pcim GFP" per channel)
+        0                   (n_maps, H, W) float32, one chunk: every map of the field
 
-Image ``i`` of every array is record ``i`` of the run, and maps have the images' height
-and width, so they overlay the plate images. Each chunk holds exactly one image and Zarr's
-local store writes a chunk by rename, so an image's outputs are complete exactly when its
-``done`` chunk reads 1; a crash leaves at most unmarked images, which a rerun recomputes.
-Only the process driving the run writes attributes; workers write chunks only.
+Image ``i`` of the root arrays is record ``i`` of the run; its maps are the field image
+``fields[i]`` (``A/1/0``: row, column, field). Maps have the images' height and width
+(after downsampling, recorded as the NGFF scale), so they overlay the plate images; an
+NGFF viewer opens the store as a plate of map images. Each chunk holds exactly one image
+and Zarr's local store writes a chunk by rename, so an image's outputs are complete
+exactly when its ``done`` chunk reads 1; a crash leaves at most unmarked images, which a
+rerun recomputes. Only the process driving the run writes attributes; workers write
+chunks only. (Store format 1 kept all maps of a method in one ``maps/<method>/0`` array
+of shape (N, [C,] H, W); it is still read.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,8 +46,10 @@ from ..core.errors import InputError
 from .records import ImageRecord
 
 FORMAT = "napari-attribution-batch"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ATTR = "napari_attribution"
+NGFF_VERSION = "0.4"
+_WELL = re.compile(r"^\s*([A-Za-z]+)[-_ ]?0*(\d+)\s*$")
 
 
 def require_zarr():
@@ -74,6 +87,54 @@ def run_payload(bundle_sha256: str, records: Sequence[ImageRecord],
     }
 
 
+def field_paths(records: Sequence[ImageRecord]) -> list[str]:
+    """NGFF ``row/column/field`` path of each record: row letters and column number from
+    the well (``B07`` -> ``B/7``), fields numbered in record order within each well. Wells
+    that are not plate coordinates become row ``X`` with one column each."""
+    odd: dict[str, int] = {}
+    count: dict[str, int] = {}
+    out = []
+    for r in records:
+        m = _WELL.match(str(r.well))
+        if m:
+            well = f"{m.group(1).upper()}/{int(m.group(2))}"
+        else:
+            well = f"X/{odd.setdefault(str(r.well), len(odd) + 1)}"
+        out.append(f"{well}/{count.get(well, 0)}")
+        count[well] = count.get(well, 0) + 1
+    return out
+
+
+def _row_key(name: str) -> tuple[int, str]:
+    return (len(name), name)
+
+
+def plate_metadata(paths: Sequence[str], name: str) -> dict[str, Any]:
+    """NGFF 0.4 ``plate`` attributes for the wells and fields in ``paths``."""
+    wells = list(dict.fromkeys(p.rsplit("/", 1)[0] for p in paths))
+    rows = sorted({w.split("/")[0] for w in wells}, key=_row_key)
+    cols = sorted({w.split("/")[1] for w in wells}, key=int)
+    per_well: dict[str, int] = {}
+    for p in paths:
+        w = p.rsplit("/", 1)[0]
+        per_well[w] = per_well.get(w, 0) + 1
+    return {
+        "version": NGFF_VERSION, "name": name,
+        "rows": [{"name": r} for r in rows], "columns": [{"name": c} for c in cols],
+        "wells": [{"path": w, "rowIndex": rows.index(w.split("/")[0]),
+                   "columnIndex": cols.index(w.split("/")[1])} for w in wells],
+        "field_count": max(per_well.values()),
+    }
+
+
+def map_rows(methods: Sequence[str], channel_names: Sequence[str] | None
+             ) -> list[tuple[str, str | None]]:
+    """What each plane of a field's map array is: (method, channel) or (method, None)."""
+    if channel_names is None:
+        return [(m, None) for m in methods]
+    return [(m, c) for m in methods for c in channel_names]
+
+
 def _multiscales(name: str, axes: list[dict[str, str]], pixel: float = 1.0
                  ) -> list[dict[str, Any]]:
     """NGFF multiscales of one array; ``pixel`` is the size of a map pixel in pixels of
@@ -87,12 +148,79 @@ def _multiscales(name: str, axes: list[dict[str, str]], pixel: float = 1.0
     }]
 
 
-def map_axes(per_channel: bool) -> list[dict[str, str]]:
-    """NGFF axes of a map array: the image index, (channel), y, x."""
-    axes = [{"name": "image"}]
-    if per_channel:
-        axes.append({"name": "c", "type": "channel"})
-    return axes + [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+def map_axes() -> list[dict[str, str]]:
+    """NGFF axes of a field's map array: the maps as channels, then y, x."""
+    return [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": None},
+            {"name": "x", "type": "space", "unit": None}]
+
+
+class MapView:
+    """One method's maps across the store as if one (N, [C,] H, W) array (read/write by
+    image index), backed by the per-field NGFF arrays."""
+
+    def __init__(self, store: BatchStore, method: str) -> None:
+        self.store = store
+        meta = store.meta
+        rows = [tuple(r) for r in meta["map_rows"]]
+        self.rows = [k for k, (m, _) in enumerate(rows) if m == method]
+        self.per_channel = bool(meta["per_channel"])
+        self.fields = list(meta["fields"])
+        h, w = meta["image_shape"]
+        c = len(self.rows)
+        self.shape = (len(self.fields), c, h, w) if self.per_channel else \
+            (len(self.fields), h, w)
+        self.dtype = np.dtype("float32")
+        self.ndim = len(self.shape)
+
+    def field(self, index: int) -> Any:
+        return self.store._array(f"{self.fields[index]}/0")
+
+    def _one(self, index: int) -> np.ndarray:
+        arr = np.asarray(self.field(index).get_orthogonal_selection(
+            (self.rows, slice(None), slice(None))))
+        return arr if self.per_channel else arr[0]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(first, int | np.integer):
+            return self._one(int(first))[rest] if rest else self._one(int(first))
+        idx = range(len(self))[first] if isinstance(first, slice) else list(first)
+        out = np.stack([self._one(int(i)) for i in idx]) if len(idx) else \
+            np.zeros((0, *self.shape[1:]), self.dtype)
+        return out[(slice(None), *rest)] if rest else out
+
+    def __setitem__(self, index: int, value: np.ndarray) -> None:
+        arr = self.field(int(index))
+        value = np.asarray(value, dtype=np.float32)
+        value = value if self.per_channel else value[None]
+        arr.set_orthogonal_selection((self.rows, slice(None), slice(None)), value)
+
+    def to_dask(self) -> Any:
+        """A lazy (N, [C,] H, W) Dask array over the field arrays."""
+        import dask.array as da
+
+        parts = [da.from_zarr(self.field(i))[self.rows] for i in range(len(self))]
+        stack = da.stack(parts)
+        return stack if self.per_channel else stack[:, 0]
+
+
+def _clone_field(root: Path, template: str, new: str, attrs: dict[str, Any]) -> None:
+    """Create field group ``new`` like ``template`` (same empty array) by copying the
+    Zarr v2 metadata files zarr wrote for the template: thousands of fields are created
+    in a second, not minutes."""
+    zgroup = (root / template / ".zgroup").read_text()
+    folder = root
+    for part in new.split("/"):
+        folder = folder / part
+        if not (folder / ".zgroup").exists():
+            folder.mkdir(exist_ok=True)
+            (folder / ".zgroup").write_text(zgroup)
+    (folder / "0").mkdir(exist_ok=True)
+    (folder / "0" / ".zarray").write_text((root / template / "0" / ".zarray").read_text())
+    (folder / ".zattrs").write_text(json.dumps(attrs))
 
 
 class BatchStore:
@@ -172,25 +300,31 @@ class BatchStore:
                            chunks=(1, m, len(channel_names)), dtype="float32",
                            fill_value=np.nan)
         group.create_array("done", shape=(n,), chunks=(1,), dtype="uint8", fill_value=0)
-        maps = group.require_group("maps")
-        c = len(channel_names)
-        for method in methods:
-            g = maps.require_group(method)
-            shape = (n, c, h, w) if per_channel else (n, h, w)
-            chunks = (1, c, h, w) if per_channel else (1, h, w)
-            g.create_array("0", shape=shape, chunks=chunks, dtype="float32",
-                           fill_value=np.nan)
-            attrs: dict[str, Any] = {
-                "multiscales": _multiscales(method, map_axes(per_channel),
-                                            payload.get("downsample", 1)),
-                ATTR: {"method": method, "params": payload["methods"][method],
-                       "per_channel": per_channel, "channel_names": list(channel_names),
-                       "bundle_sha256": payload["bundle_sha256"]},
-            }
-            if per_channel:
-                attrs["omero"] = {"channels": [{"label": f"{method} {name}", "active": True}
-                                               for name in channel_names]}
-            g.attrs.update(attrs)
+        fields = field_paths(records)
+        rows = map_rows(methods, list(channel_names) if per_channel else None)
+        if methods:
+            labels = [m if c is None else f"{m} {c}" for m, c in rows]
+            ms = _multiscales("attribution maps", map_axes(), payload.get("downsample", 1))
+            wells: dict[str, list[dict[str, str]]] = {}
+            omero = {"channels": [{"label": lab, "active": True, "color": "FFFFFF"}
+                                  for lab in labels]}
+            for i, (path_i, record) in enumerate(zip(fields, records, strict=True)):
+                well, field = path_i.rsplit("/", 1)
+                wells.setdefault(well, []).append({"path": field})
+                attrs = {"multiscales": ms, "omero": omero,
+                         ATTR: {"image_index": i, "image_id": record.id}}
+                if i == 0:  # the template: made by zarr itself
+                    row, col, _ = path_i.split("/")
+                    g = group.require_group(row).require_group(col).require_group(field)
+                    g.create_array("0", shape=(len(rows), h, w), chunks=(len(rows), h, w),
+                                   dtype="float32", fill_value=np.nan)
+                    g.attrs.update(attrs)
+                else:  # every field has the same array: copy zarr's metadata files
+                    _clone_field(path, fields[0], path_i, attrs)
+            for well, images in wells.items():
+                (path / well / ".zattrs").write_text(json.dumps(
+                    {"well": {"images": images, "version": NGFF_VERSION}}))
+            group.attrs["plate"] = plate_metadata(fields, path.stem)
         group.attrs[ATTR] = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "fingerprint": fingerprint(payload), "payload_summary": {
@@ -199,6 +333,10 @@ class BatchStore:
             "methods": methods, "per_channel": per_channel,
             "image_shape": [h, w], "downsample": int(payload.get("downsample", 1)),
             "images": [r.to_dict() for r in records],
+            "fields": fields, "map_rows": [list(r) for r in rows],
+            "maps": {m: {"method": m, "params": payload["methods"][m],
+                         "per_channel": per_channel, "channel_names": list(channel_names),
+                         "bundle_sha256": payload["bundle_sha256"]} for m in methods},
             "provenance": provenance, "complete": False,
         }
         return cls(path, group)
@@ -276,11 +414,20 @@ class BatchStore:
         return np.asarray(done.get_coordinate_selection(np.asarray(indices, int))).astype(bool)
 
     def maps(self, method: str) -> Any:
-        """The zarr array of ``method``'s maps (N, [C,] H, W)."""
+        """``method``'s maps as one (N, [C,] H, W) array-like (a :class:`MapView` over the
+        field images; store format 1: its one zarr array)."""
         if method not in self.methods:
             raise InputError(f"no maps for method {method!r} in {self.path}; it has "
                              f"{self.methods or 'predictions only'}")
-        return self._array(f"maps/{method}/0")
+        if self.group is not None and int(self.meta.get("format_version", 1)) < 2:
+            return self._array(f"maps/{method}/0")
+        return MapView(self, method)
+
+    def method_info(self, method: str) -> dict[str, Any]:
+        """Method, parameters, per-channel flag and channel names of ``method``'s maps."""
+        if int(self.meta.get("format_version", 1)) < 2:
+            return dict(self.group[f"maps/{method}"].attrs[ATTR])
+        return dict(self.meta["maps"][method])
 
     def probabilities(self) -> np.ndarray:
         return np.asarray(self._array("probabilities")[:])
@@ -296,13 +443,19 @@ class BatchStore:
 
     # -- writing ---------------------------------------------------------------------------
     def write_image(self, index: int, probabilities: np.ndarray, maps: dict[str, np.ndarray],
-                    targets: dict[str, int], seconds: float) -> None:
-        """Store every output of image ``index``, then mark it done (always last)."""
+                    targets: dict[str, int], seconds: float, field: str | None = None
+                    ) -> None:
+        """Store every output of image ``index`` (its maps in the field image ``field``,
+        one chunk), then mark it done (always last)."""
         missing = set(self.methods) - set(maps)
         if missing:
             raise ValueError(f"maps missing for methods {sorted(missing)}")
-        for method, arr in maps.items():
-            self._array(f"maps/{method}/0")[index] = np.asarray(arr, dtype=np.float32)
+        if self.methods:
+            if field is None:
+                field = self.meta["fields"][index]
+            planes = [np.asarray(maps[m], dtype=np.float32) for m in self.methods]
+            planes = [p if p.ndim == 3 else p[None] for p in planes]
+            self._array(f"{field}/0")[...] = np.concatenate(planes)
         self._array("probabilities")[index] = np.asarray(probabilities, dtype=np.float32)
         row = np.full(max(1, len(self.methods)), -1, dtype=np.int32)
         for j, method in enumerate(self.methods):

@@ -69,13 +69,13 @@ def well_rows(rows: Sequence[dict[str, Any]], class_names: Sequence[str]
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write ``rows`` (dicts with the same keys) to ``path`` atomically."""
+    from ..io.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path, overwrite=True, what="batch table") as tmp, \
+            open(tmp, "w", newline="") as f:
         if rows:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    tmp.replace(path)
     return path

@@ -111,9 +111,10 @@ def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str
     return probs, targets, maps
 
 
-def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord]
-                   ) -> dict[str, Any]:
-    """Compute and store the outputs of images ``indices`` (records in the same order).
+def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord],
+                   fields: list[str] | None = None) -> dict[str, Any]:
+    """Compute and store the outputs of images ``indices`` (records and NGFF field paths
+    in the same order).
 
     Returns which indices were computed and which were found done already.
     """
@@ -143,8 +144,9 @@ def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord
     raw = np.stack(planes)
     probs, targets, maps = compute_outputs(bundle, raw, spec, device)
     per_image = (time.perf_counter() - t0) / len(todo)
+    where = dict(zip(indices, fields or [None] * len(indices), strict=True))
     for k, (index, _) in enumerate(todo):
         store.write_image(index, probs[k], {m: a[k] for m, a in maps.items()},
-                          {m: int(targets[k]) for m in maps}, per_image)
+                          {m: int(targets[k]) for m in maps}, per_image, where[index])
     return {"computed": [i for i, _ in todo], "skipped": skipped,
             "seconds": time.perf_counter() - t0}

@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except AttributionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file problem no reader or writer turned into a sentence
+        where = f" {err.filename}:" if getattr(err, "filename", None) else ""
+        print(f"error:{where} {err.strerror or err}"
+              + (f" ([Errno {err.errno}])" if err.errno else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

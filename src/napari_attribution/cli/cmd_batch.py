@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
+from ._checks import positive_int
 from .model_args import add_trust_argument
 from .progress_bar import run_with_bar
 
@@ -130,27 +131,28 @@ def register(sub) -> None:
                    help="method parameter, e.g. pcim:steps=20 (repeatable)")
     w.add_argument("--per-channel", action="store_true", help="one map per channel")
     w.add_argument("--target", help="class index or name to explain (default: predicted)")
-    w.add_argument("--input-size", type=int, help="model's training input size: larger "
+    w.add_argument("--input-size", type=positive_int, help="model's training input size: larger "
                    "images are explained tile by tile")
-    w.add_argument("--downsample", type=int, help="block-average each field by this "
+    w.add_argument("--downsample", type=positive_int, help="block-average each field by this "
                    "factor first (default: as the model's training crops were, recorded in "
                    "the bundle by train --plate; else 1)")
     c = p.add_argument_group("execution")
     c.add_argument("--scheduler", help="address of a running Dask scheduler "
                    "(tcp://host:8786); default: start a LocalCluster")
-    c.add_argument("--workers", type=int, help="LocalCluster workers (default: one per GPU, "
-                   "else one per core)")
-    c.add_argument("--threads-per-worker", type=int, default=1,
+    c.add_argument("--workers", type=positive_int,
+                   help="LocalCluster workers (default: one per GPU, else one per core)")
+    c.add_argument("--threads-per-worker", type=positive_int, default=1,
                    help="threads per worker, also torch/OpenMP threads (default 1)")
     c.add_argument("--threads", action="store_true",
                    help="LocalCluster workers as threads of this process, not processes")
     c.add_argument("--device", default="auto", help="auto (GPUs spread over workers), cpu, "
                    "cuda, cuda:N")
-    c.add_argument("--batch-size", type=int, default=16, help="images per model call")
-    c.add_argument("--images-per-task", type=int, help="images per Dask task "
+    c.add_argument("--batch-size", type=positive_int, default=16, help="images per model call")
+    c.add_argument("--images-per-task", type=positive_int, help="images per Dask task "
                    "(default: batch size)")
     c.add_argument("--overwrite", action="store_true",
-                   help="replace a result store written by a different run")
+                   help="replace a result store written by a different run (refused while "
+                        "another run holds the store)")
     p.add_argument("--table", type=Path, help="per-image CSV (default: OUTPUT with .csv; "
                    "per-well table beside it as *_wells.csv)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

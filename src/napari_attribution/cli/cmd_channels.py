@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from ..core.importance import ChannelImportance
+from ._checks import add_overwrite_argument
 
 
 def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
@@ -41,8 +42,11 @@ def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import BundleError
+    from ..io.atomic import atomic_write_text, check_output
     from .model_args import load_from_args
 
+    if args.output:
+        check_output(args.output, args.overwrite, "channel importance")
     clf = load_from_args(args, "bundle")
     if clf.importance is None:
         raise BundleError(f"{args.bundle} holds no channel importance (only DCMIX bundles "
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                           "'explain --per-channel')")
     text = format_importance(clf.importance, args.format)
     if args.output:
-        Path(args.output).write_text(text + ("\n" if not text.endswith("\n") else ""))
+        atomic_write_text(args.output, text + ("\n" if not text.endswith("\n") else ""),
+                          args.overwrite, "channel importance")
         print(f"written to {args.output}")
     else:
         print(text)
@@ -68,4 +73,5 @@ def register(sub) -> None:
     add_trust_argument(p)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
+    add_overwrite_argument(p)
     p.set_defaults(func=run)

@@ -17,6 +17,7 @@ from .progress_bar import run_with_bar
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.atomic import atomic_write_text
     from ..io.bundle import save_training_result
     from .cmd_channels import format_importance
     from .cmd_train import load_sample
@@ -31,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     result = run_with_bar(train_dcmix(data, cfg))
     bundle = save_training_result(out / "demo_model.safetensors", result)
     imp = result.importance
-    (out / "channel_importance.csv").write_text(format_importance(imp, "csv"))
-    (out / "channel_importance.json").write_text(format_importance(imp, "json"))
+    # the demo owns its output folder: it replaces its own earlier results by design
+    atomic_write_text(out / "channel_importance.csv", format_importance(imp, "csv"))
+    atomic_write_text(out / "channel_importance.json", format_importance(imp, "json"))
     print(f"\nvalidation accuracy {result.val_accuracy:.3f} ({result.seconds:.1f} s on "
           f"{cfg.device})\n")
     print(format_importance(imp, "text"))
@@ -81,7 +83,12 @@ def _explain(result, bundle_path: Path, data, out: Path, args: argparse.Namespac
 
 
 def _show(data, bundle_path: Path) -> int:
-    import napari
+    try:
+        import napari
+    except ImportError:  # a headless install: results are saved, no viewer to open
+        print("napari is not installed (pip install 'napari-attribution[pyqt6]'): "
+              "skipping the viewer; results are saved above")
+        return 0
 
     from ..io.bundle import load_bundle
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.metrics import FIDELITY_METRICS
+from ._checks import add_overwrite_argument, positive_int
 from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
 
@@ -89,7 +90,10 @@ def _label(col: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.evaluation import evaluate_methods
+    from ..io.atomic import atomic_write_text, check_output
 
+    if args.output:
+        check_output(args.output, args.overwrite, "evaluation table")  # before computing
     clf = load_from_args(args)
     images, labels, masks = load_eval_data(args)
     if args.n_images:
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                                             seed=args.seed), quiet=args.quiet)
     text = format_rows(rows, args.format)
     if args.output:
-        args.output.write_text(text + "\n")
+        atomic_write_text(args.output, text + "\n", args.overwrite, "evaluation table")
         print(f"written to {args.output}")
     else:
         print(text)
@@ -128,11 +132,12 @@ def register(sub) -> None:
                         "sanity (default: ROAD, deletion/insertion to and from the mean, "
                         "insertion from zero, RISE deletion/insertion, mask metrics, sanity)")
     p.add_argument("--target", choices=("predicted", "label"), default="predicted")
-    p.add_argument("-n", "--n-images", type=int, default=64)
+    p.add_argument("-n", "--n-images", type=positive_int, default=64)
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")
     p.add_argument("-o", "--output", type=Path)
+    add_overwrite_argument(p)
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=run)

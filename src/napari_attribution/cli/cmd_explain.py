@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from ._checks import add_overwrite_argument, positive_int
 from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
 
@@ -52,18 +53,25 @@ def output_path(image: Path, output: Path | None, method: str, n_inputs: int) ->
     if output is None:
         return image.with_name(f"{image.name.split('.')[0]}.{method}.ome.tif")
     if n_inputs > 1 or output.is_dir():
-        output.mkdir(parents=True, exist_ok=True)
         return output / f"{image.name.split('.')[0]}.{method}.ome.tif"
     return output
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.writers import write_attribution_tiff
+    from ..core.attribution import check_method_params
+    from ..io.atomic import check_output
+    from ..io.writers import attribution_tiff_path, write_attribution_tiff
 
-    clf = load_from_args(args)
     params = parse_params(args.param)
+    check_method_params(args.method, params)
+    outputs = [attribution_tiff_path(output_path(image, args.output, args.method,
+                                                 len(args.images)))
+               for image in args.images]
+    for out in outputs:  # refuse before any work, not after the first image
+        check_output(out, args.overwrite, "attribution maps")
+    clf = load_from_args(args)
     target = clf.resolve_targets(args.target)
-    for image in args.images:
+    for image, out_path in zip(args.images, outputs, strict=True):
         raw = read_images(image)
         clf.check_channels(raw.shape[1], f"{image}")
         result = run_with_bar(clf.explain(raw, target, method=args.method,
@@ -75,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
         prov = result.provenance()
         prov["image"] = str(image)
         maps = result.maps[0] if result.maps.shape[0] == 1 else result.maps
-        out = write_attribution_tiff(output_path(image, args.output, args.method,
-                                                 len(args.images)),
-                                     maps, channel_names=names, provenance=prov,
-                                     name=f"{args.method} attribution")
+        out = write_attribution_tiff(out_path, maps, channel_names=names, provenance=prov,
+                                     name=f"{args.method} attribution",
+                                     overwrite=args.overwrite)
         print(f"{image}: {args.method} map for class {', '.join(prov['target_names'])} "
               f"(p={result.probabilities[0, result.targets[0]]:.3f}) -> {out}")
     return 0
@@ -100,9 +107,10 @@ def register(sub) -> None:
                    help="output file (one image) or folder (default: beside the image)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="method parameter, e.g. --param steps=12 (repeatable)")
-    p.add_argument("--input-size", type=int,
+    p.add_argument("--input-size", type=positive_int,
                    help="the model's input side in pixels; larger images are tiled")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    add_overwrite_argument(p)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=run)

@@ -8,23 +8,33 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.atomic import check_output
+
     fmt = args.format or ("bioimageio" if args.output.suffix == ".zip" else "pt2")
+    suffix = ".zip" if fmt == "bioimageio" else ".pt2"
+    final = args.output if args.output.suffix == suffix or args.output.is_dir() or \
+        (args.output.exists() and not args.output.is_file()) else \
+        args.output.with_name(args.output.name + suffix)
+    check_output(final, args.overwrite, "exported model")  # before exporting
     if fmt == "bioimageio":
         from ..io.bioimageio import export_bioimageio
 
-        out = export_bioimageio(args.model, args.output, size=args.size)
+        out = export_bioimageio(args.model, args.output, size=args.size,
+                                overwrite=args.overwrite)
         print(f"{args.model} -> {out} (bioimage.io model package, validated by "
               "bioimageio.spec)")
         return 0
     from ..io.model_export import export_program
 
-    out = export_program(args.model, args.output, size=args.size, trust=args.trust_model)
+    out = export_program(args.model, args.output, size=args.size, trust=args.trust_model,
+                         overwrite=args.overwrite)
     print(f"{args.model} -> {out} (torch.export program; channel and class names and "
           "normalisation recorded inside)")
     return 0
 
 
 def register(sub) -> None:
+    from ._checks import add_overwrite_argument, positive_int
     from .model_args import MODEL_HELP, add_trust_argument
 
     p = sub.add_parser("export-model",
@@ -39,7 +49,8 @@ def register(sub) -> None:
                    help="the file to write: .pt2 (torch.export) or .zip (bioimage.io)")
     p.add_argument("--format", choices=("pt2", "bioimageio"),
                    help="output format (default: from the output's suffix)")
-    p.add_argument("--size", type=int, default=64,
+    p.add_argument("--size", type=positive_int, default=64,
                    help="image side of the example used to trace the model (default 64)")
     add_trust_argument(p)
+    add_overwrite_argument(p, "exported model")
     p.set_defaults(func=run)

@@ -10,6 +10,14 @@ from ..core.errors import InputError
 from ..core.normalization import MODES
 from ..core.splits import SPLIT_UNITS
 from ..core.training import TrainConfig, train_dcmix
+from ._checks import (
+    add_overwrite_argument,
+    learning_rate,
+    non_negative_float,
+    open_fraction,
+    positive_int,
+    probability,
+)
 from .cmd_batch import add_plate_arguments, open_plate
 from .progress_bar import run_with_bar
 
@@ -112,12 +120,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     c = p.add_argument_group("plate crops (with --plate)")
     c.add_argument("--crops", choices=("nuclei", "grid", "random"), default="nuclei",
                    help="centred on nuclei segmented on --nuclei-channel, tiles, or random")
-    c.add_argument("--crop-size", type=int, help="crop side, after --downsample (default: "
-                   "about 6 median nucleus diameters; given alone, --downsample is 1)")
-    c.add_argument("--downsample", type=int, help="block-average fields first (default: to "
-                   "a median nucleus of about 8 px)")
-    c.add_argument("--per-image", type=int, default=48, help="crops per field of view (all "
-                   "objects with --objects or --label-rule)")
+    c.add_argument("--crop-size", type=positive_int, help="crop side, after --downsample "
+                   "(default: about 6 median nucleus diameters; given alone, --downsample "
+                   "is 1)")
+    c.add_argument("--downsample", type=positive_int, help="block-average fields first "
+                   "(default: to a median nucleus of about 8 px)")
+    c.add_argument("--per-image", type=positive_int, default=48, help="crops per field of "
+                   "view (all objects with --objects or --label-rule)")
     c.add_argument("--nuclei-channel", help="channel to segment nuclei on (default: DNA if "
                    "present, else the last)")
     c.add_argument("--labels", type=Path, help="folder of nuclei label images (cellpose, "
@@ -143,22 +152,22 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=d.epochs)
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--lr", type=float, default=d.lr, help="network learning rate")
-    t.add_argument("--mixing-lr", type=float, default=d.mixing_lr,
+    t.add_argument("--epochs", type=positive_int, default=d.epochs)
+    t.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    t.add_argument("--lr", type=learning_rate, default=d.lr, help="network learning rate")
+    t.add_argument("--mixing-lr", type=learning_rate, default=d.mixing_lr,
                    help="learning rate of the mixing weights")
     t.add_argument("--backbone", choices=("small", "resnet18"), default=d.backbone)
-    t.add_argument("--heads", type=int, default=d.n_heads, help="mixing heads (K)")
-    t.add_argument("--entropy-weight", type=float, default=d.entropy_weight,
+    t.add_argument("--heads", type=positive_int, default=d.n_heads, help="mixing heads (K)")
+    t.add_argument("--entropy-weight", type=non_negative_float, default=d.entropy_weight,
                    help="sparsity prior on the mixing weights (see docs/channel_importance.md)")
-    t.add_argument("--channel-dropout", type=float, default=d.channel_dropout,
+    t.add_argument("--channel-dropout", type=probability, default=d.channel_dropout,
                    help="probability of replacing a channel by its mean during training")
     t.add_argument("--normalization", type=_norm_mode, default=d.normalization,
                    metavar="{auto,per_field,per_crop,per_dataset,none}",
                    help="auto (default): per_field for --plate crops (each field, per "
                    "channel), as declared for --npz/--table, else per_dataset")
-    t.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    t.add_argument("--val-fraction", type=open_fraction, default=d.val_fraction)
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--seed", type=int, default=d.seed)
@@ -187,15 +196,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed)
 
 
+def bundle_path(output: Path) -> Path:
+    """Where the bundle for ``-o output`` goes (``.safetensors`` added when missing; a
+    folder or device is returned as is, for the output check to refuse)."""
+    if output.suffix == ".safetensors" or (output.exists() and not output.is_file()):
+        return output
+    return output.with_name(output.name + ".safetensors")
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..io.atomic import check_output
     from ..io.bundle import save_training_result
     from .cmd_channels import format_importance
 
+    check_output(bundle_path(args.output), args.overwrite, "model bundle")  # before training
     data = load_training_data(args)
     for w in data.metadata.get("warnings", []):
         print(f"WARNING: {w}")
     result = run_with_bar(train_dcmix(data, config_from_args(args)), quiet=args.quiet)
-    path = save_training_result(args.output, result)
+    path = save_training_result(args.output, result, overwrite=args.overwrite)
     print(f"validation accuracy {result.val_accuracy:.3f} after {len(result.history)} epochs "
           f"({result.seconds:.1f} s); bundle written to {path}")
     for w in result.warnings:  # again after the result, with any added in training
@@ -212,5 +231,6 @@ def register(sub) -> None:
     add_data_arguments(p)
     add_training_arguments(p)
     p.add_argument("-o", "--output", type=Path, default=Path("model.safetensors"))
+    add_overwrite_argument(p, "model bundle")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

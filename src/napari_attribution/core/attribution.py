@@ -86,6 +86,77 @@ def _pcim_blackbox(model, x, targets, per_channel=False, **params):
     return (yield from pcim_blackbox_batch(model, x, targets, cfg, per_channel))
 
 
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a (JSON-parsed) parameter value fits a type annotation."""
+    import types
+    import typing
+
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) \
+            and bool(np.isfinite(value))
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, list | tuple) and all(
+            _type_ok(v, args[0]) for v in value) if args else isinstance(value, list | tuple)
+    return True  # objects (e.g. a torch layer) are the API's business
+
+
+def _type_name(hint: Any) -> str:
+    import typing
+
+    args = typing.get_args(hint)
+    if args and typing.get_origin(hint) not in (tuple, list):
+        return " or ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "null"
+    return {int: "a whole number", float: "a number", str: "text",
+            bool: "true or false"}.get(hint, "a list" if typing.get_origin(hint) in
+                                       (tuple, list) else getattr(hint, "__name__", str(hint)))
+
+
+def check_method_params(method: str, params: dict) -> None:
+    """Raise :class:`InputError` for unknown parameter names or values of the wrong type
+    (``steps="abc"``), before any work starts."""
+    import typing
+
+    if method not in METHODS:
+        raise InputError(f"unknown attribution method {method!r}; choose one of "
+                         f"{available_methods()}")
+    configs = {"pcim": PCIMConfig, "pcim_blackbox": BlackboxPCIMConfig}
+    target = configs.get(method, METHODS[method])
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return
+    if method not in configs:
+        sig = inspect.signature(target)
+        known = {k for k, v in sig.parameters.items() if v.kind is v.POSITIONAL_OR_KEYWORD
+                 and k not in ("model", "x", "targets", "per_channel")}
+        hints = {k: hints.get(k, Any) for k in known}
+    unknown = sorted(set(params) - set(hints))
+    if unknown:
+        what = "PCIM parameter(s)" if method in configs else "parameter(s)"
+        raise InputError(f"unknown {what} {unknown} for {method}; known: "
+                         f"{sorted(hints) or 'none'}")
+    for key, value in params.items():
+        if not _type_ok(value, hints[key]):
+            raise InputError(f"{method} parameter {key}={value!r} must be "
+                             f"{_type_name(hints[key])}")
+
+
 def _method_params(method: str, params: dict) -> dict:
     """Every parameter the method will use: its defaults overlaid with ``params``."""
     if method == "pcim":
@@ -171,9 +242,7 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     ``params`` go to the method (see ``METHODS``). Cancel by closing the generator.
     """
     t0 = time.perf_counter()
-    if method not in METHODS:
-        raise InputError(f"unknown attribution method {method!r}; choose one of "
-                         f"{available_methods()}")
+    check_method_params(method, params)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if batch_size < 1:

@@ -15,3 +15,7 @@ class BundleError(AttributionError, ValueError):
 
 class Cancelled(AttributionError):
     """Long work was cancelled by the user before it finished."""
+
+
+class OutputError(AttributionError, OSError):
+    """A result could not be written (the message names what, where and why)."""

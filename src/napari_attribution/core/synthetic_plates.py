@@ -89,7 +89,7 @@ def _pixels_by_label(labels: np.ndarray, n: int) -> list[tuple[np.ndarray, np.nd
     return out
 
 
-def make_trap_plate(kind: str, seed: int = 0, size: int = 192, cells_per_field: int = 30,
+def make_trap_plate(kind: str, seed: int = 0, size: int = 256, cells_per_field: int = 60,
                     nucleus_radius: float = 8.0, sites: int = 2) -> TrapPlate:
     """One of :data:`TRAPS` as fields with per-object truth (deterministic by ``seed``)."""
     if kind not in TRAPS:
@@ -114,7 +114,7 @@ def make_trap_plate(kind: str, seed: int = 0, size: int = 192, cells_per_field: 
         # The mitotic trap is one large field (~270 nuclei, like the real case).
         n_sites = 1 if kind == "rare_mitotic" else sites
         side = 2 * size if kind == "rare_mitotic" else size
-        n_cells = cells_per_field * (9 if kind == "rare_mitotic" else 1)
+        n_cells = cells_per_field * (5 if kind == "rare_mitotic" else 1)
         for site in range(1, n_sites + 1):
             img = np.zeros((len(channels), side, side), np.float32)
             cells, nuclei, cyto = _render_cells(rng, side, n_cells, nucleus_radius)

@@ -288,7 +288,8 @@ def _preprocessing_for(normalization: dict) -> list:
 
 
 def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None,
-                      size: int = 64, authors: list[str] | None = None) -> Path:
+                      size: int = 64, authors: list[str] | None = None,
+                      overwrite: bool = True) -> Path:
     """Write a DCMIX model (a bundle path, ``TrainResult``, ``Classifier``...) as a
     bioimage.io package (``.zip``) validated by bioimageio.spec; returns its path."""
     _spec()
@@ -363,8 +364,10 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
                 "class_names": clf.class_names, "source_sha256": clf.sha256,
                 "normalization": clf.normalization, "output": "probabilities"}},
         )
-        output.parent.mkdir(parents=True, exist_ok=True)
-        return Path(save_bioimageio_package(descr, output_path=output))
+        from .atomic import atomic_write
+
+        return atomic_write(output, lambda tmp: save_bioimageio_package(
+            descr, output_path=tmp), overwrite, "bioimage.io package")
 
 
 def _ident(name: str) -> str:

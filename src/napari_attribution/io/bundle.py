@@ -20,6 +20,7 @@ from ..core.dcmix import DCMIXClassifier, ModelConfig
 from ..core.errors import BundleError
 from ..core.importance import ChannelImportance
 from ..core.normalization import PercentileNormalizer
+from .atomic import atomic_write_bytes, check_output
 
 FORMAT = "napari-attribution-bundle"
 FORMAT_VERSION = 1
@@ -101,14 +102,15 @@ def file_sha256(path: str | Path) -> str:
 def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[str],
                 class_names: list[str], normalizer: PercentileNormalizer,
                 provenance: dict | None = None,
-                importance: ChannelImportance | None = None) -> Path:
-    """Write a bundle (``.safetensors``); returns the path written."""
+                importance: ChannelImportance | None = None, overwrite: bool = True) -> Path:
+    """Write a bundle (``.safetensors``) atomically; returns the path written. An
+    existing file is refused unless ``overwrite``."""
     from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output(path, overwrite, "model bundle")
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -120,12 +122,11 @@ def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[st
         "importance": None if importance is None else importance.to_dict(),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
-    # Written by Python, not by safetensors' own file writer, so that the file gets the
-    # user's usual permissions (umask) rather than owner-only: bundles are shared.
-    tmp.write_bytes(save(state, metadata={"napari_attribution": json.dumps(meta)}))
-    tmp.replace(path)  # never leave a half-written bundle under the real name
-    return path
+    # Written by Python, not by safetensors' own file writer; the temporary file gets
+    # the user's usual permissions (umask) rather than owner-only: bundles are shared.
+    return atomic_write_bytes(path, save(state, metadata={"napari_attribution":
+                                                           json.dumps(meta)}),
+                              overwrite, "model bundle")
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
@@ -278,7 +279,8 @@ def check_weights(path: Path | str, state: dict[str, torch.Tensor],
                               "corrupt file)")
 
 
-def save_training_result(path: str | Path, result) -> Path:
+def save_training_result(path: str | Path, result, overwrite: bool = True) -> Path:
     """Save a :class:`~napari_attribution.core.training.TrainResult` as a bundle."""
     return save_bundle(path, result.model, result.channel_names, result.class_names,
-                       result.normalizer, result.provenance(), result.importance)
+                       result.normalizer, result.provenance(), result.importance,
+                       overwrite=overwrite)

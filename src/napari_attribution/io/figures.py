@@ -38,13 +38,14 @@ def save_overlay_figure(
     cmap: str = "inferno",
     alpha: float = 0.85,
     dpi: int = 100,
+    overwrite: bool = True,
 ) -> Path:
     """Save a grid: one row per image, one column per channel, then the attribution
     map over the image. ``images`` (N, C, H, W) or (C, H, W); ``maps`` (N, H, W) or
     (H, W); the map's positive part is drawn, transparent at zero (so log-weight maps
     show only amplified pixels). ``masks`` (N, H, W) are outlined on the overlay;
     ``overlay_channel`` picks the channel shown under the map (default: mean of all).
-    Returns the path.
+    Returns the path; written atomically, an existing file refused unless ``overwrite``.
     """
     import matplotlib
 
@@ -88,7 +89,7 @@ def save_overlay_figure(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    from .atomic import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite,
+                        "figure")

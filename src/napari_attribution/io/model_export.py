@@ -20,7 +20,8 @@ from ..core.errors import BundleError
 META_FILE = "napari_attribution.json"
 
 
-def export_program(model: Any, path: str | Path, size: int = 64, trust: bool = False) -> Path:
+def export_program(model: Any, path: str | Path, size: int = 64, trust: bool = False,
+                   overwrite: bool = True) -> Path:
     """Write ``model`` (a bundle path or anything ``load_model`` takes) as a ``.pt2``
     program taking (B, C, H, W) float32 images with B free, and H and W
     free where the network allows (``size`` is the example side used to trace it).
@@ -45,12 +46,12 @@ def export_program(model: Any, path: str | Path, size: int = 64, trust: bool = F
         raise BundleError(f"the model could not be exported: {msg[:300]}") from None
     meta = {"format": "napari-attribution-export", **clf.describe(),
             "source_sha256": clf.sha256, "training": clf.provenance}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial.pt2")
-    torch.export.save(program, str(tmp), extra_files={META_FILE: json.dumps(meta,
-                                                                              default=str)})
-    tmp.replace(path)
-    return path
+    from .atomic import atomic_write  # complete under the final name, or nothing
+
+    extra = {META_FILE: json.dumps(meta, default=str)}
+    return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp),
+                                                            extra_files=extra),
+                        overwrite, "exported model")
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:

@@ -5,11 +5,22 @@ Supported layouts: channel-first ``CYX``, ``ZCYX``, ``TCYX`` (and the like), cha
 2-D file per channel. Channel names and pixel size come from the OME-XML when present
 (ImageJ resolution tags otherwise). Every failure raises
 :class:`~napari_attribution.core.errors.InputError` naming the file.
+
+The reader never guesses: a file whose pages do not match its OME metadata (planes
+missing, pages of other shapes), a damaged page chain, or several images of different
+shapes is refused with a message rather than read in part; bad physical sizes (0, NaN,
+negative) are ignored with a warning; an image whose declared size exceeds the limit
+(:func:`max_image_bytes`, default 4 GiB, ``NAPARI_ATTRIBUTION_MAX_IMAGE_BYTES`` or
+``max_bytes=``) is refused before anything is allocated, or read lazily as a Dask array
+when the caller passes ``lazy=True``.
 """
 
 from __future__ import annotations
 
-import struct
+import logging
+import math
+import os
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +34,9 @@ from ..core.errors import InputError
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32,
                     np.float32, np.float64)
 TIFF_SUFFIXES = (".tif", ".tiff")
+DEFAULT_MAX_BYTES = 4 * 1024**3
+LAZY_ABOVE_BYTES = 256 * 1024**2  # with lazy=True, larger images stay on disk
+MAX_BYTES_ENV = "NAPARI_ATTRIBUTION_MAX_IMAGE_BYTES"
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6,
                "\\u00B5m": 1.0}
 
@@ -88,7 +102,84 @@ def _check_dtype(arr: np.ndarray, path: Path) -> None:
                          "integers or 32/64-bit floats)")
 
 
-def _ome_info(xml: str) -> dict[str, Any]:
+def max_image_bytes(max_bytes: int | str | None = None) -> int:
+    """The size limit in bytes: ``max_bytes``, else the environment variable
+    ``NAPARI_ATTRIBUTION_MAX_IMAGE_BYTES``, else 4 GiB. Accepts ``"8G"``, ``"512M"``."""
+    value: int | str | None = max_bytes if max_bytes is not None else os.environ.get(
+        MAX_BYTES_ENV)
+    if value is None or value == "":
+        return DEFAULT_MAX_BYTES
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        number = int(value)
+    else:
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}.get(text[-1:], 1)
+        try:
+            number = int(float(text[:-1] if scale > 1 else text) * scale)
+        except ValueError:
+            raise InputError(f"image size limit {value!r} ({MAX_BYTES_ENV}) is not a "
+                             "number of bytes like 8G or 500000000") from None
+    if number <= 0:
+        raise InputError(f"image size limit must be positive; got {value!r}")
+    return number
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _physical_size(value: str | None, unit: str | None, what: str, where: str
+                   ) -> float | None:
+    """A physical size in micrometres, or None (with a warning) when it is unusable."""
+    if value is None:
+        return None
+    factor = _UNIT_TO_UM.get(unit or "µm")
+    try:
+        size = float(value)
+    except ValueError:
+        size = math.nan
+    if factor is None:
+        warnings.warn(f"{where}: unknown unit {unit!r} for {what}; pixel size ignored",
+                      stacklevel=4)
+        return None
+    if not (math.isfinite(size) and size > 0):
+        warnings.warn(f"{where}: {what} {value!r} is not a positive number; pixel size "
+                      "ignored (layers get scale 1)", stacklevel=4)
+        return None
+    return size * factor
+
+
+def _ome_planes(xml: str) -> tuple[int, int, int] | None:
+    """(planes declared, SizeY, SizeX) of the first OME image, or None."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    ns = root.tag[1:].split("}")[0] if root.tag.startswith("{") else ""
+    q = (lambda t: f"{{{ns}}}{t}") if ns else (lambda t: t)
+    image = root.find(q("Image"))
+    pixels = None if image is None else image.find(q("Pixels"))
+    if pixels is None:
+        return None
+    try:
+        sizes = {k: int(pixels.get(f"Size{k}", "1")) for k in "CZTYX"}
+    except ValueError:
+        return None
+    channels = pixels.findall(q("Channel"))
+    spp = 1
+    if channels:
+        try:
+            spp = max(1, int(channels[0].get("SamplesPerPixel", "1")))
+        except ValueError:
+            spp = 1
+    return sizes["C"] * sizes["Z"] * sizes["T"] // spp, sizes["Y"], sizes["X"]
+
+
+def _ome_info(xml: str, where: str = "") -> dict[str, Any]:
     """Channel names, pixel size, description of the first OME image."""
     try:
         root = ET.fromstring(xml)
@@ -109,19 +200,15 @@ def _ome_info(xml: str) -> dict[str, Any]:
     names = [ch.get("Name") for ch in pixels.findall(q("Channel"))]
     if names and all(names):
         info["channel_names"] = names
-    size = []
-    for ax in ("Y", "X"):
-        v = pixels.get(f"PhysicalSize{ax}")
-        unit = pixels.get(f"PhysicalSize{ax}Unit", "µm")
-        if v is None:
-            break
-        size.append(float(v) * _UNIT_TO_UM.get(unit, 1.0))
-    if len(size) == 2:
+    size = [_physical_size(pixels.get(f"PhysicalSize{ax}"),
+                           pixels.get(f"PhysicalSize{ax}Unit"), f"PhysicalSize{ax}", where)
+            for ax in ("Y", "X")]
+    if size[0] is not None and size[1] is not None:
         info["pixel_size"] = (size[0], size[1])
-    z = pixels.get("PhysicalSizeZ")
+    z = _physical_size(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit"),
+                       "PhysicalSizeZ", where)
     if z is not None:
-        info["z_spacing"] = float(z) * _UNIT_TO_UM.get(pixels.get("PhysicalSizeZUnit", "µm"),
-                                                       1.0)
+        info["z_spacing"] = z
     return info
 
 
@@ -133,9 +220,14 @@ def _imagej_pixel_size(tif) -> tuple[float, float] | None:
     try:
         xr = page.tags["XResolution"].value
         yr = page.tags["YResolution"].value
-        return (yr[1] / yr[0], xr[1] / xr[0])
+        size = (yr[1] / yr[0], xr[1] / xr[0])
     except (KeyError, ZeroDivisionError, TypeError, IndexError):
         return None
+    if not all(math.isfinite(v) and v > 0 for v in size):
+        warnings.warn(f"{tif.filehandle.path}: ImageJ resolution gives pixel size {size}; "
+                      "ignored", stacklevel=3)
+        return None
+    return size
 
 
 def _resolve_axes(shape: tuple[int, ...], axes: str, path: Path, user_axes: str | None
@@ -172,27 +264,169 @@ def _normalise_axes(arr: np.ndarray, axes: str, path: Path, user_axes: str | Non
     return arr.reshape(shape), axes
 
 
+class _TiffLog(logging.Handler):
+    """Collects what tifffile logs while a file is open: tifffile reports damaged page
+    chains and OME metadata that does not fit the pages as log records, then reads on
+    (zero-filling missing planes), so the records are the only trace of a bad file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> _TiffLog:
+        logger = logging.getLogger("tifffile")
+        self._propagate = logger.propagate
+        logger.addHandler(self)
+        logger.propagate = False  # reported as a clear error instead
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logger = logging.getLogger("tifffile")
+        logger.removeHandler(self)
+        logger.propagate = self._propagate
+
+    def check(self, path: Path) -> None:
+        """Raise for logged damage or OME metadata that does not match the pages."""
+        for rec in self.records:
+            msg = rec.getMessage()
+            if rec.levelno >= logging.ERROR:
+                raise InputError(f"{path} is damaged (truncated or corrupt TIFF): "
+                                 f"{_strip_repr(msg)}")
+            if "OME series" in msg:
+                raise InputError(f"{path}: the OME metadata does not match the pages in the "
+                                 f"file ({_strip_repr(msg)}); refusing to guess which "
+                                 "planes are which")
+
+
+def _strip_repr(msg: str) -> str:
+    """tifffile's log message without its leading ``<tifffile.X ...>`` object repr."""
+    return msg.split("> ", 1)[1] if msg.startswith("<") and "> " in msg else msg
+
+
+def _pick_series(tif, series: int | None, path: Path):
+    all_series = tif.series
+    if series is not None:
+        if not 0 <= int(series) < len(all_series):
+            raise InputError(f"{path} holds {len(all_series)} image(s); series {series} "
+                             "does not exist")
+        return int(series), all_series[int(series)]
+    if len(all_series) > 1:
+        shapes = ", ".join(f"{tuple(s.shape)} {s.axes}" for s in all_series[:6])
+        raise InputError(f"{path} holds {len(all_series)} images of different shapes or "
+                         f"kinds ({shapes}{' ...' if len(all_series) > 6 else ''}); "
+                         "refusing to read only the first: choose one with series=N, or "
+                         "save one image per file")
+    return 0, all_series[0]
+
+
+def _check_ome_planes(tif, series, path: Path) -> None:
+    """OME SizeC x SizeZ x SizeT planes of SizeY x SizeX must all be in the file."""
+    if any(p is None for p in series.pages):
+        missing = sum(p is None for p in series.pages)
+        raise InputError(f"{path}: {missing} of the {len(series.pages)} planes its metadata "
+                         "declares are missing from the file (cut short?)")
+    if not (tif.is_ome and tif.ome_metadata) or len(tif.series) != 1:
+        return
+    declared = _ome_planes(tif.ome_metadata)
+    if declared is None:
+        return
+    planes, size_y, size_x = declared
+    shape = dict(zip(series.axes, series.shape, strict=True))
+    if (shape.get("Y"), shape.get("X")) != (size_y, size_x):
+        raise InputError(f"{path}: OME metadata declares {size_y}x{size_x} pixels but the "
+                         f"pages are {shape.get('Y')}x{shape.get('X')}")
+    if len(tif.pages) < planes:
+        raise InputError(f"{path}: OME metadata declares {planes} planes (SizeC x SizeZ x "
+                         f"SizeT) but the file holds {len(tif.pages)} page(s)")
+
+
+def _series_axes(series) -> str:
+    """The series' axes, or, where tifffile's guess contradicts its own pages (it can for
+    length-1 axes: ``XYX`` for shape (1, 1, 1)), generic ``Q`` axes then the page axes."""
+    axes, page_axes = series.axes, series.keyframe.axes
+    shape, page_shape = tuple(series.shape), tuple(series.keyframe.shape)
+    valid = len(set(axes)) == len(axes) and axes.endswith(page_axes)
+    if valid or len(shape) < len(page_shape) or shape[len(shape) - len(page_shape):] \
+            != page_shape:
+        return axes
+    return "Q" * (len(shape) - len(page_shape)) + page_axes
+
+
+def _lazy_array(path: Path, index: int):
+    """The series as a Dask array read chunk by chunk through tifffile's Zarr store."""
+    try:
+        import dask.array as da
+        import tifffile
+        import zarr
+    except ImportError:
+        raise InputError(f"{path} is larger than the size limit and reading it lazily needs "
+                         "dask and zarr: pip install 'napari-attribution[batch]'") from None
+    store = tifffile.imread(path, aszarr=True, series=index)
+    z = zarr.open(store, mode="r")
+    if not hasattr(z, "shape"):  # a pyramid: level 0 is the full resolution
+        z = z["0"]
+    return da.from_zarr(z)
+
+
 def read_image(path: str | Path, axes: str | None = None,
-               channel_names: Sequence[str] | None = None) -> ImageData:
+               channel_names: Sequence[str] | None = None, *, series: int | None = None,
+               lazy: bool = False, max_bytes: int | str | None = None) -> ImageData:
     """Read one TIFF/OME-TIFF. ``axes`` (e.g. ``"YXC"``, ``"ZCYX"``) overrides the
-    stored or guessed axes; ``channel_names`` overrides stored names."""
+    stored or guessed axes; ``channel_names`` overrides stored names; ``series`` picks
+    one image of a file holding several (refused otherwise).
+
+    Images whose declared size exceeds :func:`max_image_bytes` (``max_bytes``) are
+    refused before reading. With ``lazy=True`` (napari, batch) images over 256 MiB are
+    returned as a Dask array (``raw``, ``extra["lazy"]``) read chunk by chunk on demand,
+    whatever their size.
+    """
     import tifffile
 
+    from .formats import is_bioio_path, read_image_bioio
+
     path = Path(path)
+    if is_bioio_path(path):  # CZI, ND2, LIF, OME-Zarr: through bioio, same rules
+        if axes is not None or series is not None:
+            raise InputError(f"{path}: axes= and series= apply to TIFF files; bioio reads "
+                             "the axes from the file (scenes: io.formats.read_image_bioio)")
+        return read_image_bioio(path, channel_names, lazy=lazy, max_bytes=max_bytes)
     if not path.exists():
         raise InputError(f"image file not found: {path}")
     if path.is_dir():
         raise InputError(f"{path} is a folder; give an image file (or read a plate)")
+    limit = max_image_bytes(max_bytes)
+    is_lazy = False
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _TiffLog() as log, tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise InputError(f"{path}: the TIFF holds no images")
-            series = tif.series[0]
-            stored_axes = series.axes
-            expected = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+            index, chosen = _pick_series(tif, series, path)
+            log.check(path)
+            _check_ome_planes(tif, chosen, path)
+            stored_axes = _series_axes(chosen)
+            shape = tuple(int(n) for n in chosen.shape)
+            if not shape or min(shape) == 0:
+                raise InputError(f"{path}: the image has no pixels (shape {shape})")
+            expected = math.prod(shape) * np.dtype(chosen.dtype).itemsize
             _check_truncated(tif, path)
-            arr = series.asarray()
-            ome = _ome_info(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else {}
+            if lazy and expected > min(limit, LAZY_ABOVE_BYTES):
+                is_lazy = True
+                arr = _lazy_array(path, index)
+            elif expected > limit:
+                raise InputError(
+                    f"{path} declares {' x '.join(map(str, shape))} {chosen.dtype} "
+                    f"pixels ({_fmt_bytes(expected)}), more than the "
+                    f"{_fmt_bytes(limit)} limit; raise it with {MAX_BYTES_ENV}=8G "
+                    "(or max_bytes=), or read it lazily (lazy=True, as the napari reader does)")
+            else:
+                arr = chosen.asarray()
+            log.check(path)
+            where = str(path)
+            ome = (_ome_info(tif.ome_metadata, where) if tif.is_ome and tif.ome_metadata
+                   else {})
             ij_size = None if ome.get("pixel_size") else _imagej_pixel_size(tif)
             if not ome.get("description") and not tif.is_ome:
                 desc = tif.pages.first.description
@@ -200,11 +434,13 @@ def read_image(path: str | Path, axes: str | None = None,
                     ome["description"] = desc
     except InputError:
         raise
-    except (tifffile.TiffFileError, OSError, ValueError, struct.error, KeyError,
-            IndexError, RuntimeError) as err:
-        raise InputError(f"cannot read {path} as TIFF (truncated or not a TIFF?): "
-                         f"{err}") from None
-    if arr is None or arr.size == 0 or arr.nbytes != expected:
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory for {_fmt_bytes(expected)} of pixels; "
+                         f"lower {MAX_BYTES_ENV} or open it lazily") from None
+    except Exception as err:  # noqa: BLE001 - any failure inside tifffile is a bad file
+        raise InputError(f"cannot read {path} as TIFF (damaged or not a TIFF?): "
+                         f"{type(err).__name__}: {err}") from None
+    if arr is None or arr.size == 0 or (not is_lazy and arr.nbytes != expected):
         raise InputError(f"cannot read {path}: image data incomplete (truncated file?)")
     _check_dtype(arr, path)
     arr, axes_ = _normalise_axes(arr, stored_axes, path, axes)
@@ -218,7 +454,20 @@ def read_image(path: str | Path, axes: str | None = None,
     return ImageData(raw=arr, raw_axes=axes_, channel_names=[str(n) for n in names],
                      pixel_size=ome.get("pixel_size") or ij_size,
                      z_spacing=ome.get("z_spacing"), description=ome.get("description"),
-                     path=path)
+                     path=path, extra={"lazy": is_lazy, "series": index})
+
+
+def read_array(path: str | Path, axes: str | None = None, reduce: str | int = "max", *,
+               series: int | None = None, lazy: bool = False,
+               max_bytes: int | str | None = None):
+    """(C, H, W) pixels of one image file, extra axes (Z, T) reduced by ``reduce``.
+
+    The one call for code that needs one field as an array (plates, batch): all of
+    :func:`read_image`'s checks apply; with ``lazy=True`` an image over the size limit
+    comes back as a Dask array instead of being refused.
+    """
+    return read_image(path, axes=axes, series=series, lazy=lazy,
+                      max_bytes=max_bytes).as_chw(reduce)
 
 
 def _check_truncated(tif, path: Path) -> None:
@@ -229,6 +478,14 @@ def _check_truncated(tif, path: Path) -> None:
         if offsets and max(o + c for o, c in zip(offsets, counts, strict=True)) > size:
             raise InputError(f"{path} is truncated: image data runs past the end of the "
                              f"file ({size} bytes)")
+        key = getattr(page, "keyframe", None) or page
+        nbytes = int(getattr(key, "nbytes", 0))
+        # uncompressed strips hold exactly the pixels (a pad byte per strip at most):
+        # anything else is a damaged file, e.g. compressed data whose tag was lost
+        if (offsets and nbytes and int(key.compression) == 1 and not key.is_tiled
+                and not nbytes <= sum(counts) <= nbytes + len(counts)):
+            raise InputError(f"{path} is damaged: its uncompressed strips hold "
+                             f"{sum(counts)} bytes for {nbytes} bytes of pixels")
 
 
 def read_channel_files(paths: Sequence[str | Path],

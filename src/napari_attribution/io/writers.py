@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from .atomic import atomic_path, atomic_write, atomic_write_text, check_output
 
 FORMAT = "napari-attribution-result"
 FORMAT_VERSION = 1
@@ -58,6 +59,19 @@ def _base_provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
     return prov
 
 
+def attribution_tiff_path(path: str | Path) -> Path:
+    """The file :func:`write_attribution_tiff` writes for ``path`` (``.ome.tif`` added
+    when missing); a folder or device is returned unchanged, for the output check."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        return path
+    if not path.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        stem = path.name[:-len(path.suffix)] if path.suffix.lower() in (".tif", ".tiff") \
+            else path.name
+        path = path.with_name(stem + ".ome.tif")
+    return path
+
+
 def write_attribution_tiff(
     path: str | Path,
     maps: np.ndarray,
@@ -66,6 +80,7 @@ def write_attribution_tiff(
     pixel_size: float | tuple[float, float] | None = None,
     axes: str | None = None,
     name: str = "attribution",
+    overwrite: bool = True,
 ) -> Path:
     """Write attribution maps as an OME-TIFF; returns the path written.
 
@@ -73,7 +88,8 @@ def write_attribution_tiff(
     ``channel_names`` has C entries) or (N, C, H, W); ``axes`` overrides the guess.
     ``provenance`` (method, parameters, target, model hash, ...) is stored as JSON;
     package version and time are added. ``pixel_size`` is in micrometres, (y, x) or one
-    number. The suffix ``.ome.tif`` is added when missing.
+    number. The suffix ``.ome.tif`` is added when missing. The file is written atomically
+    (:mod:`.atomic`); an existing one is refused unless ``overwrite``.
     """
     import tifffile
 
@@ -95,12 +111,7 @@ def write_attribution_tiff(
         if len(names) != arr.shape[axes.index("C")]:
             raise InputError(f"{len(names)} channel names for {arr.shape[axes.index('C')]} "
                              "channels")
-    path = Path(path)
-    if not path.name.lower().endswith((".ome.tif", ".ome.tiff")):
-        stem = path.name[:-len(path.suffix)] if path.suffix.lower() in (".tif", ".tiff") \
-            else path.name
-        path = path.with_name(stem + ".ome.tif")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = attribution_tiff_path(path)
 
     description = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "axes": axes,
@@ -117,13 +128,9 @@ def write_attribution_tiff(
         py, px = description["pixel_size"]
         meta.update(PhysicalSizeY=py, PhysicalSizeX=px, PhysicalSizeYUnit="µm",
                     PhysicalSizeXUnit="µm")
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tifffile.imwrite(tmp, arr, ome=True, metadata=meta, photometric="minisblack")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: tifffile.imwrite(
+        tmp, arr, ome=True, metadata=meta, photometric="minisblack"), overwrite,
+        "attribution maps")
 
 
 def read_attribution_tiff(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -162,6 +169,7 @@ def write_channel_weights_tiff(
     path: str | Path,
     importance,
     provenance: Mapping[str, Any] | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """Write DCMIX mixing weights (K heads x C channels) as a tiny OME-TIFF.
 
@@ -174,7 +182,8 @@ def write_channel_weights_tiff(
     prov.setdefault("method", "DCMIX")
     prov["channel_importance"] = importance.to_dict()
     return write_attribution_tiff(path, weights, importance.channel_names, prov,
-                                  axes="QCYX", name="DCMIX channel weights")
+                                  axes="QCYX", name="DCMIX channel weights",
+                                  overwrite=overwrite)
 
 
 def _importance_rows(importance) -> list[dict]:
@@ -190,29 +199,34 @@ def _importance_rows(importance) -> list[dict]:
 
 
 def write_importance_csv(path: str | Path, importance,
-                         provenance: Mapping[str, Any] | None = None) -> Path:
+                         provenance: Mapping[str, Any] | None = None,
+                         overwrite: bool = True) -> Path:
     """Write channel importance as CSV (one row per channel); returns the path.
 
     ``importance`` is a :class:`~napari_attribution.core.importance.ChannelImportance`
     (its ``rows()``), a ``{channel: value}`` mapping or a list of row dicts. With
-    ``provenance`` a sidecar ``<name>.provenance.json`` is written next to it.
+    ``provenance`` a sidecar ``<name>.provenance.json`` is written next to it. Both are
+    written atomically; existing files are refused unless ``overwrite``.
     """
     rows = _importance_rows(importance)
     if not rows:
         raise InputError("no channel importance rows to write")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    side = path.with_name(path.stem + ".provenance.json")
+    check_output(path, overwrite, "channel importance")
+    if provenance is not None:
+        check_output(side, overwrite, "provenance")
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    with open(path, "w", newline="") as f:
+    with atomic_path(path, overwrite, "channel importance") as tmp, \
+            open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     if provenance is not None:
-        side = path.with_name(path.stem + ".provenance.json")
-        side.write_text(json.dumps(_base_provenance(provenance), indent=2,
-                                   default=_json_default))
+        atomic_write_text(side, json.dumps(_base_provenance(provenance), indent=2,
+                                           default=_json_default), overwrite, "provenance")
     return path
 
 

@@ -110,7 +110,7 @@ def read_plate_map(
                 (r[control_column] or "").strip() else 0
             dose = float(r[dose_column]) if dose_column in cols and \
                 (r[dose_column] or "").strip() else float("nan")
-        except (InputError, ValueError) as err:
+        except (InputError, ValueError, OverflowError) as err:
             raise InputError(f"plate map {path}, line {i}: {err}") from None
         label = (r.get(class_column) or "").strip() if class_column in cols else ""
         if not label and control_classes is not None:
