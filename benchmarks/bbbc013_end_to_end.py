@@ -139,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         "crops": len(data), "val_wells": sorted(set(data.groups[result.val_index])),
         "val_accuracy": result.val_accuracy, "seconds": round(result.seconds, 1),
         "importance": imp.as_dict(),
-        "ablation_importance": dict(zip(imp.channel_names,
-                                        imp.ablation_importance.tolist(), strict=True)),
-        "ablation_accuracy_drop": dict(zip(imp.channel_names,
-                                           imp.ablation_accuracy_drop.tolist(), strict=True)),
+        "val_balanced_accuracy": result.val_balanced_accuracy,
+        "ablation_balanced_accuracy_drop": dict(zip(
+            imp.channel_names, imp.ablation_accuracy_drop.tolist(), strict=True)),
+        "warnings": result.warnings,
     }
     print(f"validation accuracy {result.val_accuracy:.3f}; importance {imp.as_dict()}; "
-          f"ablation {report['training']['ablation_importance']}")
+          f"ablation (balanced accuracy drop) "
+          f"{report['training']['ablation_balanced_accuracy_drop']}")
 
     # 2. score every well, one field at a time; Spearman with dose over the dose series
     table = []

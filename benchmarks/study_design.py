@@ -65,7 +65,8 @@ def summarise(model: Path, report: dict, informative: str, seconds: float) -> di
     prov = load_bundle(model).provenance
     checks = prov.get("check_seconds") or {}
     train_s = float(prov.get("train_seconds") or seconds)
-    design_s = float(checks.get("study_design", 0.0)) + float(checks.get("shortcut", 0.0))
+    design_s = (float(checks.get("study_design", 0.0))
+                + float(checks.get("shortcut_check", checks.get("shortcut", 0.0))))
     return {"top_channel": top, "top_weight": weights[top],
             "informative_weight": weights.get(informative),
             "informative_first": top == informative,

@@ -1,10 +1,11 @@
 """napari-attribution: why does a classifier of multichannel microscopy decide what it decides?
 
 DCMIX answers "which channels matter", PCIM "which pixels matter". The scripting API
-(``train``, ``channel_importance``, ``explain``, ``save_bundle``, ``load_bundle``,
-``load_model`` (any model -> ``Classifier``), ``export_program``, ``load_plate``,
-``explain_plate``) is imported lazily so that ``import napari_attribution`` stays cheap
-for napari's plugin discovery.
+(``train``, ``channel_importance``, ``posthoc_importance``, ``retrain_check``,
+``check_study_design``, ``explain``, ``save_bundle``, ``load_bundle``, ``load_model``
+(any model -> ``Classifier``), ``export_program``, ``load_plate``, ``explain_plate``) is
+imported lazily so that ``import napari_attribution`` stays cheap for napari's plugin
+discovery.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _LAZY = {
     "train": "api", "explain": "api", "channel_importance": "api", "save_bundle": "api",
     "sample_cells": "api", "sample_multi_snr": "api", "explain_plate": "api",
     "load_plate": "api",
+    "posthoc_importance": "api", "retrain_check": "api", "check_study_design": "api",
     "load_bundle": "io.bundle", "load_model": "io.models", "export_program": "io.model_export",
     "Classifier": "core.classifier", "UnsafeModelError": "io.model_scan",
     "ImageSet": "core.data", "TrainConfig": "core.training", "PCIMConfig": "core.pcim",

@@ -35,17 +35,67 @@ from .io.models import load_model
 ProgressCallback = Callable[[Progress], Any] | None
 
 
-def train(data: ImageSet, config: TrainConfig | None = None, *,
-          progress: ProgressCallback = None, **options: Any) -> TrainResult:
-    """Train a DCMIX classifier on ``data``; ``options`` override ``TrainConfig`` fields
-    (``epochs=10, device="cuda", n_heads=2`` ...)."""
+def _config(config: TrainConfig | None, options: dict[str, Any]) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InputError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
     base = (config or TrainConfig()).to_dict()
-    cfg = TrainConfig.from_dict({**base, **options})
-    return run_generator(train_dcmix(data, cfg), progress)
+    return TrainConfig.from_dict({**base, **options})
+
+
+def train(data: ImageSet, config: TrainConfig | None = None, *, repeats: int = 1,
+          progress: ProgressCallback = None, **options: Any) -> TrainResult:
+    """Train a DCMIX classifier on ``data``; ``options`` override ``TrainConfig`` fields
+    (``epochs=10, device="cuda", n_heads=2`` ...).
+
+    The result carries the study checks: ``warnings`` (plain-language strings),
+    ``validation`` (balanced accuracy, per-class recall, confusion matrix),
+    ``study_design``, ``shortcut``, ``posthoc``; ``repeats=N`` trains N seeds and fills
+    ``result.repeats`` with the spread of the channel importance.
+    """
+    from .core.repeats import train_repeats
+
+    cfg = _config(config, options)
+    gen = train_dcmix(data, cfg) if repeats == 1 else train_repeats(data, cfg, repeats)
+    return run_generator(gen, progress)
+
+
+def retrain_check(data: ImageSet, config: TrainConfig | None = None, *,
+                  progress: ProgressCallback = None, **options: Any) -> dict[str, Any]:
+    """Balanced accuracy of models retrained on each channel alone and without each
+    channel (2C+1 trainings, same split); the dict also holds the seconds spent."""
+    from .core.repeats import retrain_check as _retrain
+
+    return run_generator(_retrain(data, _config(config, options)), progress)
+
+
+def posthoc_importance(model: Any, data: ImageSet, *, method: str = "permutation",
+                       n_repeats: int = 3, seed: int = 0, trust: bool = False):
+    """Channel importance of ANY classifier on labelled ``data``, without mixing weights:
+    ``permutation`` (pixels of one channel shuffled within each image) or
+    ``feature_ablation`` (Captum, channel replaced by its mean); loss rise and
+    balanced-accuracy drop with 95 % bootstrap intervals (a ``PosthocImportance``).
+
+    ``model``: anything ``io.models.load_model`` takes; raw images are prepared as the
+    model records (a bundle's normalisation; none for a bare module).
+    """
+    from .core.posthoc import posthoc_channel_importance
+
+    clf = load_model(model, trust=trust)
+    clf.check_channels(data.n_channels, "the data")
+    with frozen(clf.module):
+        return posthoc_channel_importance(clf.module, clf.prepare(data), data.labels,
+                                          list(data.channel_names), method,
+                                          n_repeats=n_repeats, seed=seed)
+
+
+def check_study_design(data: ImageSet) -> list[str]:
+    """The study-design warnings for ``data`` (independent wells, fields and plates per
+    class, class balance), before any training."""
+    from .core.study_design import check_study_design as _check
+
+    return _check(data).warnings
 
 
 def save_bundle(path: str | Path, result: TrainResult) -> Path:

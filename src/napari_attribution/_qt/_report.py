@@ -29,15 +29,18 @@ def _importance_figure(imp) -> str:
     fig = Figure(figsize=(4.5, 2.8))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
-    spread = getattr(imp, "overall_std", None)
-    if spread is None:
-        spread = getattr(imp, "spread", None)
-    yerr = None if spread is None else np.asarray(spread, float)
-    ax.bar(x - 0.2, imp.overall, 0.4, yerr=yerr, capsize=3, label="DCMIX weight",
-           color="#3b6fff")
-    if imp.ablation_importance is not None:
-        ax.bar(x + 0.2, imp.ablation_importance, 0.4, label="ablation check",
-               color="none", edgecolor="#333", hatch="///")
+    ax.bar(x - 0.2, imp.overall, 0.4, label="DCMIX weight", color="#3b6fff")
+    drop = getattr(imp, "ablation_accuracy_drop", None)
+    if drop is not None:
+        drop = np.asarray(drop, float)
+        interval = getattr(imp, "ablation_drop_interval", None)
+        yerr = None
+        if interval is not None:  # 95 % bootstrap interval as error bars
+            iv = np.asarray(interval, float)
+            yerr = np.abs(np.stack([drop - iv[:, 0], iv[:, 1] - drop]))
+        ax.bar(x + 0.2, drop, 0.4, yerr=yerr, capsize=3,
+               label="ablation: balanced-accuracy drop", color="none", edgecolor="#333",
+               hatch="///")
     ax.set_xticks(x, names)
     ax.set_ylabel("importance")
     ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
@@ -51,7 +54,8 @@ def confusion(session) -> tuple[np.ndarray, list[str]] | None:
     if result is None:
         return None
     names = list(result.class_names)
-    cm = getattr(result, "confusion_matrix", None)
+    validation = getattr(result, "validation", None) or {}
+    cm = validation.get("confusion_matrix", getattr(result, "confusion_matrix", None))
     if cm is not None:
         return np.asarray(cm), names
     data = session.data

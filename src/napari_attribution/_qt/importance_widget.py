@@ -24,8 +24,9 @@ from ._runner import TaskRunner
 
 VIEWS = ("overall", "per head")
 # Short column titles: the dock is narrow.
-TABLE_HEADERS = {"importance": "overall", "ablation_importance": "ablation",
-                 "ablation_accuracy_drop": "acc. drop", "ablation_loss_increase": "loss rise"}
+TABLE_HEADERS = {"importance": "overall",
+                 "ablation_balanced_accuracy_drop": "bal. acc. drop",
+                 "ablation_loss_increase": "loss rise"}
 
 
 class ImportanceWidget(DockWidget):
@@ -108,7 +109,7 @@ class ImportanceWidget(DockWidget):
         colours = channel_colours(self.viewer, names)
         ax = self.plot.axes(1)[0]
         x = np.arange(len(names))
-        abl = imp.ablation_importance
+        abl = imp.ablation_accuracy_drop  # absolute balanced-accuracy drop
         series: list[tuple[str, np.ndarray, dict]] = []
         if self.view.currentText() == "per head" and imp.weights.shape[0] > 1:
             for h in range(imp.weights.shape[0]):

@@ -1,4 +1,4 @@
-"""``napari-attribution channels``: bundle -> channel importance table."""
+"""``napari-attribution channels``: bundle -> channel importance table and study checks."""
 
 from __future__ import annotations
 
@@ -6,19 +6,24 @@ import argparse
 import csv
 import io
 import json
+import textwrap
 from pathlib import Path
+from typing import Any
 
 from ..core.importance import ChannelImportance
 from ._checks import add_overwrite_argument
 
 
 def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
-    """Render channel importance as an aligned text table, CSV or JSON."""
+    """Render channel importance as an aligned text table, CSV or JSON.
+
+    The ablation columns are absolute: the drop in balanced validation accuracy and the
+    rise in class-balanced loss when the channel is replaced by its mean, each with its
+    95 % bootstrap interval.
+    """
     rows = imp.rows()
     if fmt == "json":
-        return json.dumps({"channels": rows, "ranking": imp.ranking(),
-                           "head_effect": imp.head_effect.tolist(),
-                           "baseline_accuracy": imp.baseline_accuracy}, indent=2)
+        return json.dumps(_importance_json(imp), indent=2)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -28,15 +33,110 @@ def format_importance(imp: ChannelImportance, fmt: str = "text") -> str:
     order = {n: i for i, n in enumerate(imp.ranking())}
     rows = sorted(rows, key=lambda r: order[r["channel"]])
     width = max(8, *(len(r["channel"]) for r in rows))
-    lines = [f"{'channel':<{width}}  importance  {'':<20}  ablation (acc drop)"]
+    lines = [f"{'channel':<{width}}  DCMIX importance  {'':<20}  ablation: bal. acc drop "
+             "[95%]    loss rise [95%]"]
     for r in rows:
         bar = "#" * int(round(20 * r["importance"]))
-        abl = (f"{r['ablation_importance']:.3f} ({r['ablation_accuracy_drop']:+.3f})"
-               if "ablation_importance" in r else "-")
-        lines.append(f"{r['channel']:<{width}}  {r['importance']:10.3f}  {bar:<20}  {abl}")
+        abl = "-"
+        if "ablation_balanced_accuracy_drop" in r:
+            abl = f"{r['ablation_balanced_accuracy_drop']:+.3f}"
+            if "ablation_drop_95_low" in r:
+                abl += f" [{r['ablation_drop_95_low']:+.3f}, {r['ablation_drop_95_high']:+.3f}]"
+            abl = f"{abl:<28}  {r['ablation_loss_increase']:+.3f}"
+            if "ablation_loss_95_low" in r:
+                abl += f" [{r['ablation_loss_95_low']:+.3f}, {r['ablation_loss_95_high']:+.3f}]"
+        lines.append(f"{r['channel']:<{width}}  {r['importance']:16.3f}  {bar:<20}  {abl}")
     if imp.weights.shape[0] > 1:
         lines.append("heads' downstream effect: " +
                      ", ".join(f"{e:.3f}" for e in imp.head_effect))
+    return "\n".join(lines)
+
+
+def _importance_json(imp: ChannelImportance | None) -> dict[str, Any]:
+    if imp is None:
+        return {"channels": [], "ranking": [], "head_effect": [], "baseline_accuracy": None}
+    return {"channels": imp.rows(), "ranking": imp.ranking(),
+            "head_effect": imp.head_effect.tolist(),
+            "baseline_accuracy": imp.baseline_accuracy}
+
+
+def report_json(imp: ChannelImportance | None, warnings: list[str],
+                checks: dict[str, Any]) -> dict[str, Any]:
+    """Everything ``channels --format json`` prints: the DCMIX importance, top-level
+    ``warnings`` and ``balanced_accuracy``, and the stored checks under their keys."""
+    validation = checks.get("validation") or {}
+    out = _importance_json(imp)
+    out.update({
+        "warnings": list(warnings),
+        "balanced_accuracy": validation.get("balanced_accuracy"),
+        "per_class_recall": validation.get("per_class_recall"),
+        "confusion_matrix": validation.get("confusion_matrix"),
+    })
+    for key in ("validation", "study_design", "shortcut_check", "posthoc_importance",
+                "importance_repeats", "retrain_check"):
+        out[key] = checks.get(key)
+    return out
+
+
+def format_checks(warnings: list[str], checks: dict[str, Any]) -> str:
+    """The study checks as text: validation metrics, post-hoc importance, shortcut
+    check, spread over repeats, retraining check, then the warnings, prominently."""
+    from ..core.classification import format_classification_report
+    from ..core.posthoc import PosthocImportance, format_posthoc
+    from ..core.shortcut import ShortcutCheck, format_shortcut
+
+    parts: list[str] = []
+    if checks.get("validation"):
+        parts.append(format_classification_report(checks["validation"]))
+    if checks.get("posthoc_importance"):
+        parts.append("post-hoc check (any model; no mixing weights used):\n" + format_posthoc(
+            [PosthocImportance.from_dict(d) for d in checks["posthoc_importance"]]))
+    if checks.get("importance_repeats"):
+        parts.append(format_repeats(checks["importance_repeats"]))
+    if checks.get("retrain_check"):
+        parts.append(format_retrain(checks["retrain_check"]))
+    if checks.get("shortcut_check"):
+        parts.append(format_shortcut(ShortcutCheck.from_dict(checks["shortcut_check"])))
+    parts.append(format_warnings(warnings))
+    return "\n\n".join(p for p in parts if p)
+
+
+def format_warnings(warnings: list[str]) -> str:
+    if not warnings:
+        return "study checks: no warnings"
+    bar = "!" * 78
+    body = "\n".join(textwrap.fill(w, 76, initial_indent="! - ", subsequent_indent="!   ")
+                     for w in warnings)
+    return f"{bar}\n! WARNINGS ({len(warnings)}): read before trusting the ranking\n{body}\n{bar}"
+
+
+def format_repeats(rep: dict[str, Any]) -> str:
+    names = rep["channel_names"]
+    width = max(8, *(len(n) for n in names))
+    lines = [f"DCMIX importance over {len(rep['seeds'])} training runs (seeds "
+             f"{', '.join(str(s) for s in rep['seeds'])}; split and initialisation vary):",
+             f"{'channel':<{width}}  mean    std     range"]
+    for i, n in enumerate(names):
+        lines.append(f"{n:<{width}}  {rep['mean'][i]:.3f}  {rep['std'][i]:.3f}  "
+                     f"[{rep['min'][i]:.3f}, {rep['max'][i]:.3f}]")
+    ba = rep.get("balanced_accuracy") or []
+    if ba:
+        lines.append("balanced validation accuracy per run: " +
+                     ", ".join(f"{v:.3f}" for v in ba))
+    return "\n".join(lines)
+
+
+def format_retrain(rc: dict[str, Any]) -> str:
+    names = rc["channel_names"]
+    width = max(8, *(len(n) for n in names))
+    lines = [f"retraining check: balanced accuracy of models retrained on one channel / "
+             f"without it (all channels: {rc['all_channels']:.3f}; cost "
+             f"{rc['seconds']:.0f} s, {rc['n_models']} trainings)",
+             f"{'channel':<{width}}  alone   without"]
+    for n in names:
+        alone, without = rc["alone"].get(n), rc["without"].get(n)
+        lines.append(f"{n:<{width}}  {alone:.3f}   " +
+                     ("-" if without is None else f"{without:.3f}"))
     return "\n".join(lines)
 
 
@@ -48,11 +148,21 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         check_output(args.output, args.overwrite, "channel importance")
     clf = load_from_args(args, "bundle")
-    if clf.importance is None:
+    bundle = clf.bundle
+    warnings = list(getattr(bundle, "warnings", []) or [])
+    checks = dict(getattr(bundle, "checks", {}) or {})
+    if clf.importance is None and not checks.get("posthoc_importance"):
         raise BundleError(f"{args.bundle} holds no channel importance (only DCMIX bundles "
                           "trained with a mixing layer do; for other models use "
-                          "'explain --per-channel')")
-    text = format_importance(clf.importance, args.format)
+                          "'evaluate --channel-check' or 'explain --per-channel')")
+    if args.format == "json":
+        text = json.dumps(report_json(clf.importance, warnings, checks), indent=2)
+    elif args.format == "csv":
+        text = "" if clf.importance is None else format_importance(clf.importance, "csv")
+    else:
+        text = ("" if clf.importance is None else
+                format_importance(clf.importance, "text") + "\n\n")
+        text += format_checks(warnings, checks)
     if args.output:
         atomic_write_text(args.output, text + ("\n" if not text.endswith("\n") else ""),
                           args.overwrite, "channel importance")
@@ -63,10 +173,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("channels", help="print a bundle's channel importance",
+    p = sub.add_parser("channels", help="print a bundle's channel importance and checks",
                        description="Channel importance of a trained DCMIX bundle: mixing "
-                                   "weights (effect-weighted over heads) beside the "
-                                   "channel-ablation check.")
+                                   "weights (effect-weighted over heads) beside the absolute "
+                                   "channel-ablation and pixel-permutation checks, the "
+                                   "shortcut check, validation metrics and the study "
+                                   "warnings (JSON: top-level 'warnings' and "
+                                   "'balanced_accuracy').")
     from .model_args import MODEL_HELP, add_trust_argument
 
     p.add_argument("bundle", type=Path, help=MODEL_HELP)

@@ -108,12 +108,48 @@ def run(args: argparse.Namespace) -> int:
                                             device=args.device, batch_size=args.batch_size,
                                             seed=args.seed), quiet=args.quiet)
     text = format_rows(rows, args.format)
+    if args.channel_check:
+        text = _with_channel_check(text, rows, clf, x, labels, args)
     if args.output:
         atomic_write_text(args.output, text + "\n", args.overwrite, "evaluation table")
         print(f"written to {args.output}")
     else:
         print(text)
     return 0
+
+
+def channel_check(clf, x: np.ndarray, labels: np.ndarray | None, seed: int = 0) -> dict:
+    """Post-hoc channel importance (pixel permutation and Captum feature ablation) of
+    any model on labelled images, beside the DCMIX weights when the model is a bundle."""
+    from ..core.posthoc import posthoc_channel_importance
+
+    if labels is None:
+        raise InputError("the channel check needs labels (an npz with 'labels', or "
+                         "--sample)")
+    names = list(clf.channel_names) or [f"channel_{i}" for i in range(x.shape[1])]
+    out = {"posthoc_importance": [posthoc_channel_importance(
+        clf.module, x, labels, names, m, seed=seed).to_dict()
+        for m in ("permutation", "feature_ablation")]}
+    if clf.importance is not None:
+        out["dcmix_weights"] = clf.importance.as_dict()
+    return out
+
+
+def _with_channel_check(text: str, rows: list[dict], clf, x: np.ndarray,
+                        labels: np.ndarray | None, args: argparse.Namespace) -> str:
+    from ..core.posthoc import PosthocImportance, format_posthoc
+
+    check = channel_check(clf, x, labels, args.seed)
+    if args.format == "json":
+        return json.dumps({"methods": rows, **check}, indent=2)
+    table = format_posthoc([PosthocImportance.from_dict(d)
+                            for d in check["posthoc_importance"]])
+    if "dcmix_weights" in check:
+        table += "\nDCMIX weights: " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                                  check["dcmix_weights"].items())
+    if args.format == "csv":
+        return text  # the channel check has its own columns: use --format text or json
+    return f"{text}\n\nchannel check (post-hoc, any model):\n{table}"
 
 
 def register(sub) -> None:
@@ -139,5 +175,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channel-check", action="store_true",
+                   help="also rank the channels post hoc (pixel permutation and feature "
+                        "ablation, loss-based), beside the DCMIX weights of a bundle; "
+                        "needs labels")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=run)

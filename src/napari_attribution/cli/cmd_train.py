@@ -168,6 +168,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (default): per_field for --plate crops (each field, per "
                    "channel), as declared for --npz/--table, else per_dataset")
     t.add_argument("--val-fraction", type=open_fraction, default=d.val_fraction)
+    t.add_argument("--class-balance", choices=("sampling", "weights", "none"),
+                   default=d.class_balance,
+                   help="equalise the classes by balanced sampling (default) or loss "
+                        "weights; 'none' trains on the raw proportions")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--seed", type=int, default=d.seed)
@@ -193,7 +197,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         backbone=args.backbone, n_heads=args.heads, entropy_weight=args.entropy_weight,
         channel_dropout=args.channel_dropout, normalization=args.normalization,
         val_fraction=args.val_fraction, augment=not args.no_augment, device=args.device,
-        seed=args.seed)
+        seed=args.seed, class_balance=args.class_balance)
 
 
 def bundle_path(output: Path) -> Path:
@@ -205,22 +209,34 @@ def bundle_path(output: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.repeats import retrain_check, train_repeats
+    from ..core.study_design import check_study_design
     from ..io.atomic import check_output
     from ..io.bundle import save_training_result
-    from .cmd_channels import format_importance
+    from .cmd_channels import format_checks, format_importance, format_warnings
 
     check_output(bundle_path(args.output), args.overwrite, "model bundle")  # before training
     data = load_training_data(args)
-    for w in data.metadata.get("warnings", []):
-        print(f"WARNING: {w}")
-    result = run_with_bar(train_dcmix(data, config_from_args(args)), quiet=args.quiet)
+    if args.repeats < 1:
+        raise InputError(f"--repeats must be at least 1; got {args.repeats}")
+    early = [str(w) for w in data.metadata.get("warnings", []) or []]
+    early += check_study_design(data).warnings
+    if early:  # before a possibly long training, so that it can be stopped
+        print(format_warnings(early))
+    cfg = config_from_args(args)
+    gen = train_dcmix(data, cfg) if args.repeats == 1 else train_repeats(data, cfg,
+                                                                          args.repeats)
+    result = run_with_bar(gen, quiet=args.quiet)
+    if args.retrain_check:
+        result.retrain_check = run_with_bar(retrain_check(data, cfg), quiet=args.quiet)
     path = save_training_result(args.output, result, overwrite=args.overwrite)
-    print(f"validation accuracy {result.val_accuracy:.3f} after {len(result.history)} epochs "
+    print(f"validation accuracy {result.val_accuracy:.3f}, balanced accuracy "
+          f"{result.val_balanced_accuracy:.3f}, after {len(result.history)} epochs "
           f"({result.seconds:.1f} s); bundle written to {path}")
-    for w in result.warnings:  # again after the result, with any added in training
-        print(f"WARNING: {w}")
     if result.importance is not None:
         print(format_importance(result.importance, "text"))
+    print()
+    print(format_checks(result.warnings, result.checks()))
     return 0
 
 
@@ -230,6 +246,12 @@ def register(sub) -> None:
                                    "a model bundle with its channel importance.")
     add_data_arguments(p)
     add_training_arguments(p)
+    p.add_argument("--repeats", type=int, default=1, help="train N times (seeds seed.."
+                   "seed+N-1, each with its own split) and store the spread of the channel "
+                   "importance; the first model is saved")
+    p.add_argument("--retrain-check", action="store_true",
+                   help="also retrain on each channel alone and without each channel "
+                        "(2C+1 extra trainings; the time spent is reported)")
     p.add_argument("-o", "--output", type=Path, default=Path("model.safetensors"))
     add_overwrite_argument(p, "model bundle")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -246,19 +246,14 @@ def channel_ablation(model: torch.nn.Module, images: np.ndarray, labels: np.ndar
 def channel_permutation(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
                         n_repeats: int = 3, seed: int = 0, batch_size: int = 64,
                         device: str = "cpu") -> np.ndarray:
-    """PXPermute-style importance: accuracy drop when a channel's pixels are shuffled
-    within each image (intensity histogram kept, spatial structure destroyed): (C,)."""
-    x = torch.as_tensor(np.asarray(images, np.float32), device=device)
-    y = torch.as_tensor(np.asarray(labels), device=device).long()
-    base = _accuracy(model, x, y, batch_size)
-    gen = torch.Generator().manual_seed(int(seed))
-    n, c, h, w = x.shape
-    drops = np.zeros(c, np.float32)
-    for ch in range(c):
-        for _ in range(n_repeats):
-            xp = x.clone()
-            flat = xp[:, ch].reshape(n, -1)
-            perm = torch.argsort(torch.rand(n, h * w, generator=gen), dim=1).to(device)
-            xp[:, ch] = flat.gather(1, perm).reshape(n, h, w)
-            drops[ch] += (base - _accuracy(model, xp, y, batch_size)) / n_repeats
-    return drops
+    """PXPermute-style importance: balanced-accuracy drop when a channel's pixels are
+    shuffled within each image (intensity histogram kept, spatial structure destroyed):
+    (C,). The loss rise and bootstrap intervals: :mod:`.posthoc`."""
+    from .posthoc import posthoc_channel_importance
+
+    x = np.asarray(images, np.float32)
+    names = [f"c{i}" for i in range(x.shape[1])]
+    imp = posthoc_channel_importance(model.to(device), x, labels, names, "permutation",
+                                     n_repeats=n_repeats, batch_size=batch_size, seed=seed,
+                                     n_boot=1)
+    return imp.balanced_accuracy_drop.astype(np.float32)

@@ -7,7 +7,10 @@ Three numbers per channel, reported side by side:
   effect (how much the validation loss rises when that head's mixed image is replaced
   by its mean). A head the network ignores then adds nothing to the readout.
 * ``ablation``: the check that does not trust the weights at all: replace one input
-  channel by its mean and measure the drop in validation accuracy and rise in loss.
+  channel by its mean (Captum ``FeatureAblation``) and measure the absolute drop in
+  balanced validation accuracy and the rise in class-balanced loss, each with a 95 %
+  bootstrap interval over the validation images. These are never renormalised: a drop
+  of 0.03 is reported as 0.03, not as a share of the total.
 """
 
 from __future__ import annotations
@@ -28,18 +31,12 @@ class ChannelImportance:
     weights: np.ndarray  # (K, C)
     head_effect: np.ndarray  # (K,) loss increase when a head is ablated
     overall: np.ndarray  # (C,)
-    ablation_accuracy_drop: np.ndarray | None = None  # (C,)
-    ablation_loss_increase: np.ndarray | None = None  # (C,)
-    baseline_accuracy: float | None = None
+    ablation_accuracy_drop: np.ndarray | None = None  # (C,) balanced-accuracy drop
+    ablation_loss_increase: np.ndarray | None = None  # (C,) class-balanced loss rise
+    baseline_accuracy: float | None = None  # balanced accuracy of the intact model
     extra: dict = field(default_factory=dict)
-
-    @property
-    def ablation_importance(self) -> np.ndarray | None:
-        """Ablation loss increases clipped at zero and normalised to sum to one."""
-        if self.ablation_loss_increase is None:
-            return None
-        v = np.clip(self.ablation_loss_increase, 0, None)
-        return v / v.sum() if v.sum() > 0 else np.full_like(v, 1 / v.size)
+    ablation_drop_interval: np.ndarray | None = None  # (C, 2) 95 % bootstrap interval
+    ablation_loss_interval: np.ndarray | None = None  # (C, 2)
 
     def ranking(self) -> list[str]:
         """Channel names from most to least important (by ``overall``)."""
@@ -51,15 +48,19 @@ class ChannelImportance:
     def rows(self) -> list[dict]:
         """One row per channel: name, overall, per-head weights, ablation figures."""
         rows = []
-        abl = self.ablation_importance
         for i, name in enumerate(self.channel_names):
             row: dict = {"channel": name, "importance": float(self.overall[i])}
             for h in range(self.weights.shape[0]):
                 row[f"head{h}_weight"] = float(self.weights[h, i])
-            if abl is not None:
-                row["ablation_importance"] = float(abl[i])
-                row["ablation_accuracy_drop"] = float(self.ablation_accuracy_drop[i])
+            if self.ablation_accuracy_drop is not None:
+                row["ablation_balanced_accuracy_drop"] = float(self.ablation_accuracy_drop[i])
+                if self.ablation_drop_interval is not None:
+                    row["ablation_drop_95_low"] = float(self.ablation_drop_interval[i, 0])
+                    row["ablation_drop_95_high"] = float(self.ablation_drop_interval[i, 1])
                 row["ablation_loss_increase"] = float(self.ablation_loss_increase[i])
+                if self.ablation_loss_interval is not None:
+                    row["ablation_loss_95_low"] = float(self.ablation_loss_interval[i, 0])
+                    row["ablation_loss_95_high"] = float(self.ablation_loss_interval[i, 1])
             rows.append(row)
         return rows
 
@@ -75,6 +76,10 @@ class ChannelImportance:
         if self.ablation_loss_increase is not None:
             d["ablation_accuracy_drop"] = self.ablation_accuracy_drop.tolist()
             d["ablation_loss_increase"] = self.ablation_loss_increase.tolist()
+            d["ablation_balanced"] = True
+        for key in ("ablation_drop_interval", "ablation_loss_interval"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key).tolist()
         return d
 
     @classmethod
@@ -91,6 +96,8 @@ class ChannelImportance:
             ablation_loss_increase=arr("ablation_loss_increase"),
             baseline_accuracy=d.get("baseline_accuracy"),
             extra=d.get("extra", {}),
+            ablation_drop_interval=arr("ablation_drop_interval"),
+            ablation_loss_interval=arr("ablation_loss_interval"),
         )
 
 
@@ -114,6 +121,7 @@ def channel_importance(
     channel_names: list[str],
     batch_size: int = 128,
     ablation: bool = True,
+    seed: int = 0,
 ) -> ChannelImportance:
     """Read the mixing weights of ``model`` and check them by ablation on (normalised) data.
 
@@ -147,24 +155,28 @@ def channel_importance(
         head_effect = np.ones_like(head_effect)
     overall = (head_effect[:, None] * weights).sum(0) / head_effect.sum()
 
-    drop = inc = None
-    if ablation:
-        channel_mean = x.mean(dim=(0, 2, 3))
-        drop, inc = np.zeros(c), np.zeros(c)
-        for ci in range(c):
-            def ablate_channel(xb: torch.Tensor, ci: int = ci) -> torch.Tensor:
-                xa = xb.clone()
-                xa[:, ci] = channel_mean[ci]
-                return model(xa)
+    fields: dict = {}
+    if not ablation:
+        from .classification import class_balanced_mean
+        from .posthoc import per_image_outcomes
 
-            loss, acc = _loss_and_accuracy(model, x, y, batch_size, ablate_channel)
-            drop[ci], inc[ci] = base_acc - acc, loss - base_loss
+        base_acc = float(class_balanced_mean(per_image_outcomes(model, x, y, batch_size)[1],
+                                             y.cpu().numpy()))
+    else:
+        from .posthoc import posthoc_channel_importance
+
+        abl = posthoc_channel_importance(model, x, y, channel_names, "feature_ablation",
+                                         batch_size=batch_size, seed=seed)
+        base_acc = abl.baseline_balanced_accuracy
+        fields = {"ablation_accuracy_drop": abl.balanced_accuracy_drop,
+                  "ablation_loss_increase": abl.loss_increase,
+                  "ablation_drop_interval": abl.drop_interval,
+                  "ablation_loss_interval": abl.loss_interval}
     return ChannelImportance(
         channel_names=list(channel_names),
         weights=weights,
         head_effect=np.asarray(head_effect, dtype=float),
         overall=overall,
-        ablation_accuracy_drop=drop,
-        ablation_loss_increase=inc,
         baseline_accuracy=base_acc,
+        **fields,
     )

@@ -25,6 +25,9 @@ from .atomic import atomic_write_bytes, check_output
 FORMAT = "napari-attribution-bundle"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
+# top-level metadata keys written from TrainResult.checks() (besides "warnings")
+CHECK_KEYS = ("validation", "study_design", "shortcut_check", "posthoc_importance",
+              "importance_repeats", "retrain_check")
 
 
 @dataclass
@@ -40,6 +43,8 @@ class ModelBundle:
     importance: ChannelImportance | None = None
     path: Path | None = None
     sha256: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_channels(self) -> int:
@@ -102,9 +107,17 @@ def file_sha256(path: str | Path) -> str:
 def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[str],
                 class_names: list[str], normalizer: PercentileNormalizer,
                 provenance: dict | None = None,
-                importance: ChannelImportance | None = None, overwrite: bool = True) -> Path:
+                importance: ChannelImportance | None = None,
+                warnings: list[str] | None = None,
+                checks: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
     """Write a bundle (``.safetensors``) atomically; returns the path written. An
-    existing file is refused unless ``overwrite``."""
+    existing file is refused unless ``overwrite``.
+
+    ``warnings`` (plain-language study-design, split and shortcut warnings) are stored
+    under the top-level metadata key ``warnings``; ``checks`` (validation metrics,
+    study design, shortcut check, post-hoc importance, repeats, retraining check) each
+    under their own top-level key (see ``CHECK_KEYS``).
+    """
     from safetensors.torch import save
 
     path = Path(path)
@@ -120,7 +133,11 @@ def save_bundle(path: str | Path, model: DCMIXClassifier, channel_names: list[st
         "normalization": normalizer.to_dict(),
         "provenance": provenance or {},
         "importance": None if importance is None else importance.to_dict(),
+        "warnings": list(dict.fromkeys(warnings or [])),
     }
+    for key, value in (checks or {}).items():
+        if key in CHECK_KEYS:
+            meta[key] = value
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Written by Python, not by safetensors' own file writer; the temporary file gets
     # the user's usual permissions (umask) rather than owner-only: bundles are shared.
@@ -183,6 +200,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
         class_names=list(meta["class_names"]), normalizer=normalizer,
         provenance=meta.get("provenance") or {}, importance=importance,
         path=path, sha256=file_sha256(path),
+        warnings=[str(w) for w in meta.get("warnings") or []],
+        checks={k: meta[k] for k in CHECK_KEYS if meta.get(k) is not None},
     )
 
 
@@ -281,6 +300,8 @@ def check_weights(path: Path | str, state: dict[str, torch.Tensor],
 
 def save_training_result(path: str | Path, result, overwrite: bool = True) -> Path:
     """Save a :class:`~napari_attribution.core.training.TrainResult` as a bundle."""
+    checks = result.checks()
     return save_bundle(path, result.model, result.channel_names, result.class_names,
                        result.normalizer, result.provenance(), result.importance,
+                       warnings=checks.pop("warnings"), checks=checks,
                        overwrite=overwrite)

@@ -238,7 +238,10 @@ def from_train_result(result) -> Classifier:
     bundle = ModelBundle(model=result.model, config=result.model_config,
                          channel_names=list(result.channel_names),
                          class_names=list(result.class_names), normalizer=result.normalizer,
-                         provenance=result.provenance(), importance=result.importance)
+                         provenance=result.provenance(), importance=result.importance,
+                         warnings=list(result.warnings),
+                         checks={k: v for k, v in result.checks().items()
+                                 if k != "warnings" and v is not None})
     clf = from_bundle(bundle)
     clf.kind = "train_result"
     return clf

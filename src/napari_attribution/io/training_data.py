@@ -13,8 +13,9 @@ from ..core.errors import InputError
 
 def load_npz(path: str | Path) -> ImageSet:
     """An ``.npz`` with ``images`` (N, C, H, W) and ``labels``; optional ``channel_names``,
-    ``class_names``, ``groups`` and ``normalization`` (what was already applied to the
-    images: ``per_field``, ``per_crop`` or ``none``; stored in the bundle)."""
+    ``class_names``, ``groups``, per-crop ``plate``, ``well`` and ``site`` (counted by the
+    study-design check) and ``normalization`` (what was already applied to the images:
+    ``per_field``, ``per_crop`` or ``none``; stored in the bundle)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"file not found: {path}")
@@ -33,6 +34,14 @@ def load_npz(path: str | Path) -> ImageSet:
                 meta["normalization"] = {"mode": canonical_mode(str(z["normalization"]),
                                                                 "field"),
                                          "declared_by": "npz key 'normalization'"}
+            units = [k for k in ("plate", "well", "site") if k in z]
+            for k in units:
+                if z[k].shape != (z["labels"].shape[0],):
+                    raise InputError(f"{path}: '{k}' must hold one value per image "
+                                     f"({z['labels'].shape[0]}); got shape {z[k].shape}")
+                meta[k] = z[k].astype(str)
+            if units:
+                meta["per_crop_keys"] = units
             return ImageSet(images=z["images"], labels=z["labels"],
                             channel_names=opt("channel_names") or [],
                             class_names=opt("class_names") or [],
