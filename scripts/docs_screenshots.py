@@ -1,8 +1,8 @@
 """Regenerate the screenshots of docs/user_guide.md from the running application.
 
-Opens napari with the synthetic cell sample (one layer per channel, labels in the layer
-metadata, as **File → Open Sample** gives them), docks the plugin's four widgets and drives
-them the way a user would: **Train** a DCMIX model in the Train widget, show the result in
+Opens napari with **File → Open Sample → Cell phenotype** (one layer per channel, labels
+in the layer metadata), docks the plugin's four widgets and drives them the way a user
+would with default settings: **Train** a DCMIX model in the Train widget, show the result in
 Channel importance, **Explain** a *nuclear* validation image with PCIM in Pixel
 attribution, and show Export with the heatmap layer present. Then it saves a grab of each
 dock widget and a screenshot of the whole viewer with the heatmap over the cells.
@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 PLUGIN = "napari-attribution"
-COLOURS = ["blue", "green", "magenta", "gray", "cyan", "yellow"]
 WINDOW_SIZE = (1600, 950)
 
 
@@ -45,10 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("docs/images"),
                    help="folder for the PNG files (default: docs/images)")
-    p.add_argument("--n-images", type=int, default=400, help="synthetic images (400)")
-    p.add_argument("--size", type=int, default=48, help="image side in pixels (48)")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (15)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (0)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: the widget's default)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds to wait for each worker (300)")
     return p.parse_args(argv)
@@ -121,17 +118,13 @@ def dismiss_notifications() -> None:
     process_events(0.2)
 
 
-def add_cells(viewer: Any, n_images: int, size: int, seed: int) -> Any:
-    """The synthetic cell set as one image layer per channel, labelled like the sample."""
+def open_sample(viewer: Any) -> Any:
+    """File -> Open Sample -> Cell phenotype, and the same data as an ImageSet."""
+    from napari_attribution._sample_data import CELL_IMAGES, CELL_SIZE
     from napari_attribution.core.synthetic import make_cell_phenotype
 
-    data = make_cell_phenotype(n_images=n_images, size=size, seed=seed)
-    meta = {"sample": "cell_phenotype", "labels": data.labels.tolist(),
-            "class_names": list(data.class_names)}
-    for c, name in enumerate(data.channel_names):
-        viewer.add_image(data.images[:, c], name=name, blending="additive",
-                         colormap=COLOURS[c % len(COLOURS)], metadata=dict(meta))
-    return data
+    viewer.open_sample(PLUGIN, "cell_phenotype")
+    return make_cell_phenotype(n_images=CELL_IMAGES, size=CELL_SIZE, seed=0)
 
 
 def pick_image(result: Any, labels: np.ndarray, wanted: int) -> int:
@@ -154,8 +147,9 @@ def save_grab(widget: Any, dock: Any, path: Path) -> Path:
     dock.show()
     dock.raise_()
     process_events(0.5)
-    height = min(widget.height(), widget.sizeHint().height() + 12)
-    if not widget.grab(QRect(0, 0, widget.width(), height)).save(str(path)):
+    inner = widget.scroll.widget()  # the whole content, also what is scrolled away
+    height = min(inner.height(), inner.sizeHint().height() + 12)
+    if not inner.grab(QRect(0, 0, inner.width(), height)).save(str(path)):
         raise ScriptError(f"could not write {path}")
     print(path, flush=True)
     return path
@@ -183,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         qt_window = viewer.window._qt_window
         qt_window.resize(*WINDOW_SIZE)
-        data = add_cells(viewer, args.n_images, args.size, args.seed)
+        data = open_sample(viewer)
         viewer.reset_view()
 
         docks: dict[str, tuple[Any, Any]] = {}
@@ -196,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
         train_dock.raise_()
         if train.picker.checked_names() != list(data.channel_names):
             train.picker.set_checked(list(data.channel_names))
-        train.epochs.setValue(args.epochs)
+        if args.epochs:
+            train.epochs.setValue(args.epochs)
         print(f"training: {train.label_status.text()}", flush=True)
         train.train_btn.click()
         if not train.runner.running:
@@ -234,6 +229,10 @@ def run(args: argparse.Namespace) -> int:
         if not attribution.last_layers:
             raise ScriptError("PCIM ended without a heatmap layer")
         heatmap = attribution.last_layers[0]
+        mask = viewer.layers["evidence mask (ground truth)"].data[index] > 0
+        m = np.asarray(heatmap.data).reshape(-1, *mask.shape)[0]
+        inside = float(np.clip(m, 0, None)[mask].sum() / max(np.clip(m, 0, None).sum(), 1e-9))
+        print(f"PCIM evidence inside the ground-truth mask: {inside:.0%}", flush=True)
         proba = re.sub(r"<[^>]+>", "", attribution.proba.text())
         print(f"PCIM on image {index} (label {data.class_names[int(data.labels[index])]}) "
               f"in {seconds:.1f} s: {attribution.status.text()}; {proba}", flush=True)

@@ -199,7 +199,7 @@ def test_exported_models_are_explained_in_napari(package, make_napari_viewer, qt
     assert not seen, seen
     layer = a.last_layers[0]
     prov = layer.metadata["napari_attribution"]["provenance"]
-    assert " · pcim · pos" in layer.name and prov["target_names"] == ["pos"]
+    assert layer.name.startswith("PCIM · pos · ") and prov["target_names"] == ["pos"]
     assert prov["model_kind"] == t.session.bundle.kind and prov["source_layers"]
     assert np.isfinite(np.asarray(layer.data)).all()
     shutil.rmtree(tmp_path / "settings", ignore_errors=True)

@@ -76,7 +76,11 @@ def errors(monkeypatch):
 
 
 def _wait_idle(qtbot, widget, timeout=60000):
+    """Until the widget's work and its plot's background render are done."""
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
+    plot = getattr(widget, "plot", None)
+    if plot is not None:
+        qtbot.waitUntil(lambda: plot.idle, timeout=timeout)
 
 
 def test_widgets_are_contributed(make_napari_viewer):
@@ -151,7 +155,7 @@ def test_cancel_mid_training(make_napari_viewer, qtbot, small_cells, errors):
     w.cancel_btn.click()
     _wait_idle(qtbot, w, timeout=15000)
     assert w.session.bundle is None  # nothing half-trained was installed
-    assert w.status.text() == "cancelled"
+    assert w.status.text().endswith("cancelled")
     assert w.train_btn.isEnabled() and not w.cancel_btn.isEnabled()
     assert max(steps) < 500 * 3 and errors == []
 
@@ -182,6 +186,7 @@ def test_importance_widget(make_napari_viewer, qtbot, small_cells, tiny_bundle):
     w = ImportanceWidget(viewer)
     assert w.table.rowCount() == 0
     session_for(viewer).set_model(tiny_bundle)
+    qtbot.waitUntil(lambda: w.plot.idle)
     assert w.table.rowCount() == len(small_cells.channel_names)
     assert "ranking" in w.model_label.text()
     ax = w.plot.figure.axes[0]
@@ -218,14 +223,18 @@ def test_attribution_bound_to_source(make_napari_viewer, qtbot, small_cells, tin
     _wait_idle(qtbot, w)
     assert errors == []
     layer = w.last_layers[0]
-    assert layer.name.startswith("DNA+Marker+Membrane") and " · pcim · " in layer.name
+    assert layer.name == "PCIM · nuclear · image 5" or layer.name == \
+        "PCIM · cytoplasmic · image 5"  # the class predicted for image 5
     assert layer.data.shape == (1, SIZE, SIZE)
     assert tuple(layer.translate)[0] == 5  # placed on the slice it was computed from
     prov = layer.metadata["napari_attribution"]["provenance"]
     assert prov["method"] == "pcim" and prov["slice_index"] == [5]
     assert prov["source_layers"] == small_cells.channel_names
     assert prov["channel_names"] == small_cells.channel_names
-    assert layer.colormap.name == "inferno" and 0 < layer.opacity < 1
+    assert layer.colormap.name == "napari-attribution evidence" and 0 < layer.opacity < 1
+    assert layer.colormap.colors[0][3] == 0  # no evidence: transparent over the cells
+    assert layer.blending == "translucent" and layer.contrast_limits[0] == 0
+    assert not w.colour_bar.isHidden() and w.colour_bar.range == tuple(layer.contrast_limits)
     assert "probabilities" in w.proba.text()
     assert len(w.plot.figure.axes[0].lines) == 2  # deletion + insertion curves
 
@@ -249,7 +258,10 @@ def test_attribution_all_images_per_channel_baseline(make_napari_viewer, qtbot, 
     assert errors == []
     assert len(w.last_layers) == 4
     assert all(ly.data.shape == (N_IMAGES, SIZE, SIZE) for ly in w.last_layers)
-    assert w.last_layers[1].name.endswith("· saliency · nuclear · Marker")
+    assert w.last_layers[1].name == "saliency · nuclear · all images · Marker"
+    # one colour scale for the run, shown by the widget's colour bar
+    assert len({tuple(ly.contrast_limits) for ly in w.last_layers}) == 1
+    assert w.colour_bar.range == tuple(w.last_layers[0].contrast_limits)
     assert set(w.last_result.targets.tolist()) == {1}
 
 
@@ -275,7 +287,7 @@ def test_export_widget(make_napari_viewer, qtbot, small_cells, tiny_bundle, tmp_
     written = exp.save_attribution(tmp_path)
     assert len(written) == 1 and written[0].name.endswith(".ome.tif")
     arr, meta = read_attribution_tiff(written[0])
-    assert arr.shape == (SIZE, SIZE)
+    assert arr.shape == (1, SIZE, SIZE)
     assert meta["provenance"]["method"] == "pcim"
     csv = exp.save_importance(tmp_path / "weights.csv")
     rows = read_importance_csv(csv)
@@ -366,7 +378,7 @@ def test_bbbc013_walkthrough_in_napari(make_napari_viewer, qtbot, errors):
     w.load_plate(BBBC013, crop_size=32, per_image=4, downsample=2)
     _wait_idle(qtbot, w, timeout=120000)
     assert errors == []
-    assert [layer.name for layer in viewer.layers] == ["GFP", "DNA"]
+    assert [layer.name for layer in viewer.layers] == ["GFP", "DNA", "nuclei"]
     assert w.picker.checked_names() == ["GFP", "DNA"]
     assert "cytoplasmic GFP: 64" in w.label_status.text()  # 16 wells x 4 crops
     w.start_training(_cfg(epochs=8, width=16))
@@ -378,3 +390,18 @@ def test_bbbc013_walkthrough_in_napari(make_napari_viewer, qtbot, errors):
         np.asarray(viewer.layers["GFP"].metadata["groups"])[result.train_index])
     imp = result.importance.as_dict()
     assert imp["GFP"] > imp["DNA"]
+    # guide step 5: jump to a positive control, explain it; evidence on the nucleus
+    from napari_attribution._qt import AttributionWidget
+
+    k = w.jump_to_control(1, 1)
+    assert k is not None and "positive control" in w.crop_info.text()
+    a = AttributionWidget(viewer)
+    a.scope.setCurrentText("current image")
+    a.curves.setChecked(False)
+    a.method.setCurrentText("pcim")
+    a.run()
+    _wait_idle(qtbot, a, timeout=120000)
+    assert errors == []
+    m = np.clip(np.asarray(a.last_layers[0].data)[0], 0, None)
+    nuclei = viewer.layers["nuclei"].data[k] > 0
+    assert m[nuclei].sum() / m.sum() > nuclei.mean()  # more evidence in nuclei than area

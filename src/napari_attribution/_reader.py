@@ -5,6 +5,7 @@ their provenance in the layer metadata."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,6 @@ from typing import Any
 from .io.readers import TIFF_SUFFIXES, ImageData, read_channel_files, read_image
 
 LayerData = tuple[Any, dict, str]
-COLORMAPS = {"dna": "blue", "dapi": "blue", "hoechst": "blue", "nuclei": "blue",
-             "gfp": "green", "fitc": "green", "actin": "red", "rfp": "red",
-             "mcherry": "red", "cy5": "magenta", "brightfield": "gray"}
-CYCLE = ["green", "magenta", "cyan", "yellow", "red", "blue", "gray"]
 
 
 def _is_tiff(path: str) -> bool:
@@ -36,16 +33,47 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
 
 
 def colormap_for(name: str, index: int) -> str:
-    """A colormap named by what the channel shows, else from a fixed cycle."""
-    key = name.lower()
-    for word, cmap in COLORMAPS.items():
-        if word in key:
-            return cmap
-    return CYCLE[index % len(CYCLE)]
+    """A colormap named by what the channel shows, else from a distinct cycle."""
+    from .layer_style import stain_colormap
+
+    return stain_colormap(name, index)
 
 
-def image_layers(img: ImageData, base_name: str = "") -> list[LayerData]:
-    """One napari image layer per channel of ``img``."""
+_CHANNEL_TOKEN = re.compile(r"(?i)(channel|ch|c|w)\d+[a-z0-9]*")
+_GENERIC = re.compile(r"(?i)(ch|c|channel)\s*\d+")
+
+
+def split_channel(stem: str) -> tuple[str, str | None]:
+    """(image key, channel name) from a file name: the token naming the channel
+    (``Channel1``, ``ch0``, ``w1DAPI``, ``_c2``, or a stain word such as ``DAPI``/``GFP``)
+    is the channel; the rest (well, site) is the key shared by the channels of one
+    image. ``Channel1-01-A-01`` -> ``("01-A-01", "Channel1")``."""
+    from .layer_style import STAIN_COLORMAPS
+
+    stains = {k for keys, _ in STAIN_COLORMAPS for k in keys if len(k) > 2}
+    parts = re.split(r"([_\-. ]+)", stem)
+    for i in range(0, len(parts), 2):
+        tok = parts[i]
+        if _CHANNEL_TOKEN.fullmatch(tok) or tok.lower() in stains:
+            rest = parts[:max(i - 1, 0)] + parts[i + 1:] if i else parts[i + 2:]
+            return "".join(rest).strip("_-. "), tok
+    return stem, None
+
+
+def _named_by_file(img: ImageData, path: str | Path) -> tuple[ImageData, str]:
+    """A one-channel file whose channel has no real name gets it from the file name."""
+    import dataclasses
+
+    key, channel = split_channel(Path(str(path)).name.split(".")[0])
+    generic = len(img.channel_names) == 1 and _GENERIC.fullmatch(img.channel_names[0])
+    if channel is not None and generic:
+        img = dataclasses.replace(img, channel_names=[channel])
+    return img, key
+
+
+def image_layers(img: ImageData, base_name: str = "", image_key: str = "") -> list[LayerData]:
+    """One napari image layer per channel of ``img``; ``image_key`` (well/site from the
+    file name) groups the layers of one image and is shown after the channel name."""
     from .io.writers import FORMAT
 
     data = img.data  # (C, [other axes,] Y, X)
@@ -56,32 +84,78 @@ def image_layers(img: ImageData, base_name: str = "") -> list[LayerData]:
         scale[img.axes.index("Z") - 1] = img.z_spacing
     meta = {"source": str(img.path) if img.path else None, "axes": img.axes[1:],
             "pixel_size_um": img.pixel_size}
+    if image_key:
+        meta["image_id"] = image_key
     if img.description and FORMAT in img.description:
-        from .io.writers import read_attribution_tiff
+        return [_attribution_layer(img, meta, base_name)]
+    from .layer_style import stain_colormaps
 
-        arr, info = read_attribution_tiff(img.path)
-        from .layer_style import heatmap_style
-
-        return [(arr, {"name": f"{base_name or 'attribution'}", **heatmap_style(arr),
-                       "metadata": {**meta, "axes": info["axes"], "attribution": info},
-                       "scale": [1.0] * (arr.ndim - 2) + list(info["pixel_size"] or [1, 1])},
-                 "image")]
     layers = []
+    colours = stain_colormaps(list(img.channel_names))
     for c, name in enumerate(img.channel_names):
+        label = f"{base_name}{name}" if base_name else name
         layers.append((data[c], {
-            "name": f"{base_name}{name}" if base_name else name,
-            "colormap": colormap_for(name, c) if len(img.channel_names) > 1 else "gray",
+            "name": f"{label} ({image_key})" if image_key else label,
+            "colormap": colours[c],
             "blending": "additive", "scale": scale,
             "metadata": {**meta, "channel": name, "channel_index": c},
         }, "image"))
     return layers
 
 
+def _attribution_layer(img: ImageData, meta: dict, base_name: str) -> LayerData:
+    """A map written by this package, back as it was shown: name, shape (a one-slice map
+    stays on its slice), scale, translate and provenance (so it can be exported again)."""
+    import numpy as np
+
+    from .io.writers import read_attribution_tiff
+    from .layer_style import heatmap_style
+
+    arr, info = read_attribution_tiff(img.path)
+    prov = info.get("provenance") or {}
+    layer = prov.get("layer") if isinstance(prov.get("layer"), dict) else {}
+    scale = [1.0] * (arr.ndim - 2) + list(info["pixel_size"] or [1, 1])
+    translate = None
+    shape = layer.get("shape")
+    if shape and int(np.prod(shape)) == arr.size:
+        arr = arr.reshape(shape)
+        scale = layer.get("scale") or [1.0] * arr.ndim
+        translate = layer.get("translate")
+    name = layer.get("name") or prov.get("layer_name") or base_name or "attribution"
+    kw: dict[str, Any] = {"name": name, **heatmap_style(arr), "scale": scale,
+                          "metadata": {**meta, "axes": info["axes"], "attribution": info,
+                                       "napari_attribution": {
+                                           "kind": "attribution", "provenance": prov,
+                                           "channel": layer.get("channel"),
+                                           "key": layer.get("key")}}}
+    if translate is not None and len(translate) == arr.ndim:
+        kw["translate"] = translate
+    if len(scale) != arr.ndim:
+        kw["scale"] = [1.0] * arr.ndim
+    return (arr, kw, "image")
+
+
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:
-    """Read a TIFF/OME-TIFF (or a list of single-channel files) into layer data."""
+    """Read a TIFF/OME-TIFF, or several files: files whose names differ only in a channel
+    token (``Channel1-01-A-01.tif``, ``Channel2-01-A-01.tif``) become the channels of
+    one image, one image per key (well/site), with the same channel names in each."""
     if isinstance(path, str | Path):
-        return image_layers(read_image(path, lazy=True))  # large images stay on disk
+        # large images stay on disk (lazy)
+        img, key = _named_by_file(read_image(path, lazy=True), path)
+        return image_layers(img, image_key=key if len(img.channel_names) == 1 else "")
     paths = list(path)
     if len(paths) == 1:
-        return image_layers(read_image(paths[0], lazy=True))
-    return image_layers(read_channel_files(paths))
+        return read_layers(paths[0])
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for p in paths:
+        key, channel = split_channel(Path(str(p)).name.split(".")[0])
+        groups.setdefault(key, []).append((str(p), channel or Path(str(p)).stem))
+    if any(len(g) < 2 for g in groups.values()):  # no channel pattern: the old way
+        return image_layers(read_channel_files(paths))
+    out: list[LayerData] = []
+    for key, members in groups.items():
+        members.sort(key=lambda m: m[1])
+        img = read_channel_files([m[0] for m in members], channel_names=[m[1] for m in
+                                                                          members])
+        out.extend(image_layers(img, image_key=key if len(groups) > 1 else ""))
+    return out

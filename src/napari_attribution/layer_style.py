@@ -31,3 +31,52 @@ def heatmap_style(data: np.ndarray) -> dict:
         hi = lo + 1e-6
     return {"colormap": "inferno", "blending": "additive", "opacity": 0.7,
             "contrast_limits": (lo, hi)}
+
+
+#: napari colormaps for common stains (looked up as words in the channel name)
+STAIN_COLORMAPS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("dapi", "hoechst", "dna", "nuclei", "nucleus", "draq5"), "blue"),
+    (("gfp", "fitc", "alexa488", "af488", "488"), "green"),
+    (("nf-kb", "nfkb", "p65"), "green"),
+    (("ph3", "phh3", "phospho-histone"), "magenta"),
+    (("phalloidin", "actin"), "red"),
+    (("mito", "tmrm", "mitotracker"), "yellow"),
+    (("er", "concanavalin", "cona", "calnexin"), "cyan"),
+    (("wga", "membrane", "golgi"), "magenta"),
+    (("rfp", "mcherry", "tritc", "cy3", "568", "594"), "red"),
+    (("cy5", "647"), "magenta"),
+    (("brightfield", "bf", "phase", "dic"), "gray"),
+)
+#: distinct colours for the channels no stain name matches
+COLOUR_CYCLE = ("green", "magenta", "cyan", "yellow", "red", "blue", "gray")
+
+
+def stain_colormap(name: str, index: int = 0) -> str:
+    """A colormap named by the stain a channel shows, else one from a distinct cycle."""
+    import re
+
+    words = [w for w in re.split(r"[^a-z0-9-]+", str(name).lower()) if w]
+    joined = str(name).lower()
+    for keys, cmap in STAIN_COLORMAPS:
+        for key in keys:
+            # short keys ("er", "bf", "488") must be whole words; longer ones may be inside
+            if key in words or (len(key) > 3 and key in joined):
+                return cmap
+    return COLOUR_CYCLE[index % len(COLOUR_CYCLE)]
+
+
+def stain_colormaps(names: list[str]) -> list[str]:
+    """Colormaps for the channels of one image: stains by name, the rest from the cycle
+    skipping colours already taken (two channels never share a colour while any is left)."""
+    out: list[str | None] = []
+    for name in names:
+        cmap = stain_colormap(name, 0)
+        matched = cmap != COLOUR_CYCLE[0] or stain_colormap(name, 1) == cmap
+        out.append(cmap if matched else None)
+    free = [c for c in COLOUR_CYCLE if c not in out]
+    k = 0
+    for i, cmap in enumerate(out):
+        if cmap is None:
+            out[i] = free[k % len(free)] if free else COLOUR_CYCLE[i % len(COLOUR_CYCLE)]
+            k += 1
+    return [str(c) for c in out]

@@ -6,14 +6,19 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
-from qtpy.QtCore import QSettings
+from qtpy.QtCore import QObject, QSettings, Qt
+from qtpy.QtCore import Signal as QtSignal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFrame,
+    QLabel,
     QLineEdit,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
     from ..core.data import ImageSet
 
 ORG, APP = "napari-attribution", "widgets"
+FONT_PT = 9  # smallest font in the plots
 DEFAULT_COLOURS = ["#3b6fff", "#2ca02c", "#d62ad6", "#8c8c8c", "#17becf", "#e6c619"]
 
 
@@ -114,56 +120,199 @@ class Settings:
             pass  # a corrupt saved value: keep the default
 
 
+class DockWidget(QWidget):
+    """Base of the dock widgets: content in a scroll area (a dock never grows the window
+    past the screen), and a message line below it that keeps the full text of the last
+    message or error (notifications get cut).
+
+    Subclasses add their rows to ``self.body`` and call :meth:`finish_layout`.
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        inner = QWidget()
+        self.body = QVBoxLayout(inner)
+        self.scroll.setWidget(inner)
+        outer.addWidget(self.scroll, 1)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setContentsMargins(6, 2, 6, 4)
+        outer.addWidget(self.status)
+        self.setMinimumWidth(300)
+
+    def finish_layout(self) -> None:
+        self.body.addStretch(1)
+
+    def say(self, text: str) -> None:
+        """Show ``text`` on the message line (not an error)."""
+        self.status.setStyleSheet("")
+        self.status.setText(text)
+
+    def fail(self, err: BaseException, what: str = "") -> None:
+        """Show ``err`` on the message line (full text) and as a notification."""
+        from ._runner import notify_error
+
+        notify_error(err, what, self.status)
+
+    def sizeHint(self):  # noqa: N802 (Qt API)
+        hint = super().sizeHint()
+        hint.setHeight(min(hint.height(), 600))
+        return hint
+
+
+class _RenderDone(QObject):
+    done = QtSignal(object)
+
+
 class PlotCanvas(QWidget):
-    """A small matplotlib figure inside a Qt widget, styled to sit in napari's dark theme."""
+    """A small matplotlib figure shown in a Qt widget, styled for napari's dark theme.
+
+    Rendering (Agg, tens to hundreds of milliseconds of text layout) runs in a background
+    thread and the GUI thread only shows the finished image, so live plots never stall
+    the event loop. Change the figure through :meth:`update` (or, when the canvas is
+    :attr:`idle`, directly) and end with :meth:`draw`: while a render is running, changes
+    wait until it is done.
+    """
 
     def __init__(self, height: float = 2.4, parent: QWidget | None = None) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from qtpy.QtWidgets import QVBoxLayout
 
         super().__init__(parent)
-        self.figure = Figure(figsize=(3.6, height), dpi=72, facecolor="#262930")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(int(height * 60))
+        self.figure = Figure(figsize=(3.6, height), dpi=80, facecolor="#262930")
+        self._agg = FigureCanvasAgg(self.figure)
+        self.image = QLabel()
+        self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+        self.image.setMinimumHeight(int(height * 70))
+        self.setMinimumHeight(int(height * 70))
+        self.bottom = 0.45  # room for tick labels, axis label and the legend below
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
+        lay.addWidget(self.image)
+        self._signal = _RenderDone()
+        self._signal.done.connect(self._on_rendered)
+        self._rendering = False
+        self._holding = False
+        self._dirty = False
+        self._pending: list = []
+
+    @property
+    def idle(self) -> bool:
+        """No render running and no change waiting."""
+        return not self._rendering and not self._pending and (
+            not self._dirty or not self.isVisible())
+
+    def update(self, fn) -> None:  # type: ignore[override]
+        """Run ``fn()`` (which changes the figure and calls :meth:`draw`) now, or after
+        the running render."""
+        if self._rendering:
+            self._pending.append(fn)
+        else:
+            fn()
+
+    def draw(self) -> None:
+        """Render the figure in the background (coalesced) and show it when done; a
+        hidden canvas (a dock tab not on top) renders when it is shown."""
+        if self._rendering or self._holding or not self.isVisible():
+            self._dirty = True
+            return
+        self._start()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        if self._dirty and not self._rendering:
+            self._start()
+
+    def _start(self) -> None:
+        import threading
+
+        n = len({ax.get_subplotspec().colspan.start for ax in self.figure.axes
+                 if ax.get_subplotspec() is not None}) or 1
+        self.figure.subplots_adjust(left=0.16 if n == 1 else 0.12, right=0.9, top=0.88,
+                                    bottom=self.bottom, wspace=0.55)
+        w, h = max(self.width(), 200), max(self.height(), self.minimumHeight())
+        self.figure.set_size_inches(w / self.figure.dpi, h / self.figure.dpi)
+        self._rendering = True
+        self._dirty = False
+        threading.Thread(target=self._render, daemon=True).start()
+
+    def _render(self) -> None:
+        try:
+            self._agg.draw()
+            w, h = self._agg.get_width_height()
+            payload = (bytes(self._agg.buffer_rgba()), w, h)
+        except Exception as err:  # a broken figure must not kill the thread silently
+            import logging
+
+            logging.getLogger(__name__).warning("plot rendering failed: %s", err)
+            payload = None
+        try:
+            self._signal.done.emit(payload)
+        except RuntimeError:  # the widget is gone
+            pass
+
+    def _on_rendered(self, payload) -> None:
+        from qtpy.QtGui import QImage, QPixmap
+
+        self._rendering = False
+        if payload is not None:
+            buf, w, h = payload
+            img = QImage(buf, w, h, QImage.Format.Format_RGBA8888).copy()
+            self.image.setPixmap(QPixmap.fromImage(img))
+        pending, self._pending = self._pending, []
+        self._holding = True
+        try:
+            for fn in pending:
+                fn()
+        finally:
+            self._holding = False
+        if self._dirty:
+            self._dirty = False
+            self.draw()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        if self.figure.axes:
+            self.draw()
 
     def axes(self, n: int = 1) -> list:
-        """Clear the figure and return ``n`` side-by-side axes styled for a dark background."""
+        """Clear the figure and return ``n`` side-by-side axes styled for a dark background
+        (only while :attr:`idle` or inside :meth:`update`)."""
         self.figure.clear()
         axes = [self.figure.add_subplot(1, n, i + 1) for i in range(n)]
         for ax in axes:
             ax.set_facecolor("#262930")
-            ax.tick_params(colors="#d0d0d0", labelsize=8)
+            ax.tick_params(colors="#d0d0d0", labelsize=FONT_PT)
             for side in ax.spines.values():
                 side.set_color("#808080")
             ax.title.set_color("#e0e0e0")
-            ax.title.set_fontsize(9)
+            ax.title.set_fontsize(FONT_PT + 1)
             ax.xaxis.label.set_color("#d0d0d0")
             ax.yaxis.label.set_color("#d0d0d0")
-            ax.xaxis.label.set_fontsize(8)
-            ax.yaxis.label.set_fontsize(8)
+            ax.xaxis.label.set_fontsize(FONT_PT)
+            ax.yaxis.label.set_fontsize(FONT_PT)
         return axes
 
     @staticmethod
     def legend(ax, **kwargs) -> None:
         """A legend readable on the dark background; neutral swatches for hatched bars."""
-        leg = ax.legend(fontsize=8, facecolor="#262930", edgecolor="#808080",
+        kwargs.setdefault("loc", "upper center")
+        kwargs.setdefault("bbox_to_anchor", (0.5, -0.45))
+        kwargs.setdefault("ncol", 2)
+        leg = ax.legend(fontsize=FONT_PT, facecolor="#262930", edgecolor="#808080",
                         labelcolor="#e0e0e0", **kwargs)
         for patch in leg.get_patches():
             if patch.get_hatch():
                 patch.set_edgecolor("#d0d0d0")
-
-    def draw(self) -> None:
-        """Schedule a redraw. Fixed margins: ``tight_layout`` would cost a full text
-        layout on every live update and stall the GUI thread."""
-        n = max(1, len(self.figure.axes))
-        self.figure.subplots_adjust(left=0.1 if n == 1 else 0.08, right=0.98, top=0.88,
-                                    bottom=0.3, wspace=0.3)
-        self.canvas.draw_idle()
 
 
 def channel_colours(viewer: napari.Viewer, names: list[str]) -> list[str]:

@@ -1,27 +1,32 @@
-"""Running a core generator in a napari thread worker without ever freezing the GUI.
+"""Running a core generator in napari's ``create_worker`` with a progress bar and Cancel.
 
-One :class:`TaskRunner` per widget: it starts ``Generator[Progress, None, R]`` work in a
-``thread_worker``, mirrors progress into a napari progress bar and the widget's own bar,
-disables the widget's action buttons while running, cancels with ``worker.quit()``
-(the generator is closed at its next yield), reports errors as napari notifications and
-stops the work when the viewer window closes.
+One :class:`TaskRunner` per widget. The generator runs in a plain napari generator worker
+(every yield is a chance to cancel: ``worker.quit()`` stops it at its next yield); progress
+events are collected as they come and shown through a ``superqt.qthrottled`` function, so
+the GUI thread draws at most once per ``FLUSH_MS`` however fast the work yields. The bar in
+napari's activity dock is a ``napari.utils.progress``. Errors go to the widget's message
+line (full text) and to a napari notification, never to a traceback dialog. Closing the
+viewer window stops the work without waiting for it.
+
+Nothing here touches torch's thread count: a bare worker running the same generator shows
+the GUI needs no core of its own (``benchmarks/gui_latency.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject, QThreadPool, QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 
 from ..core.progress import Progress
 
 log = logging.getLogger(__name__)
-FLUSH_MS = 100  # GUI updates from progress events at most this often
+FLUSH_MS = 250  # GUI updates from progress events at most this often (each one
+# repaints the window: ~10-25 ms of GUI-thread time under Xvfb on 2 cores)
 
 
 def _drive(gen: Generator[Progress, None, Any]) -> Generator[Progress, None, Any]:
@@ -29,30 +34,32 @@ def _drive(gen: Generator[Progress, None, Any]) -> Generator[Progress, None, Any
     return (yield from gen)
 
 
-def reserve_gui_core() -> None:
-    """Leave one CPU core to the GUI thread: torch's intra-op threads default to every core
-    and, spinning, starve the event loop (on 2 cores p95 timer lateness went from ~60 to
-    ~40 ms, and training got faster). Process-wide, applied once, only when torch would
-    otherwise use every core."""
-    import torch
+def error_text(err: BaseException, what: str = "") -> str:
+    """The sentence a user sees for ``err`` (our own errors without their class name)."""
+    from ..core.errors import AttributionError
 
-    n = os.cpu_count() or 1
-    if n > 1 and torch.get_num_threads() >= n:
-        torch.set_num_threads(n - 1)
-        log.info("napari-attribution: torch uses %d thread(s), one core left to the GUI",
-                 n - 1)
+    msg = str(err) if isinstance(err, AttributionError) else f"{type(err).__name__}: {err}"
+    return f"{what + ': ' if what else ''}{msg}"
 
 
-def notify_error(err: BaseException, what: str = "") -> None:
-    """Show ``err`` as a napari error notification (never a traceback dialog)."""
+def notify_error(err: BaseException, what: str = "", line: QLabel | None = None) -> None:
+    """Show ``err`` in ``line`` (the widget's message line, full text) and as a napari
+    error notification; unexpected errors are also logged with their traceback."""
     from napari.utils.notifications import show_error
 
     from ..core.errors import AttributionError
 
-    msg = str(err) if isinstance(err, AttributionError) else f"{type(err).__name__}: {err}"
+    text = error_text(err, what)
     if not isinstance(err, AttributionError):
         log.error("%s failed", what or "napari-attribution", exc_info=err)
-    show_error(f"{what + ': ' if what else ''}{msg}")
+    if line is not None:
+        try:
+            line.setText(text)
+            line.setProperty("error", True)
+            line.setStyleSheet("color: #ff8080;")
+        except RuntimeError:  # the widget was deleted meanwhile
+            pass
+    show_error(text)
 
 
 class TaskRunner(QObject):
@@ -60,6 +67,8 @@ class TaskRunner(QObject):
 
     def __init__(self, widget: QWidget, buttons: Sequence[QPushButton], cancel: QPushButton,
                  bar: QProgressBar, status: QLabel) -> None:
+        from superqt.utils import qthrottled
+
         super().__init__(widget)
         self._widget = widget
         self._buttons = list(buttons)
@@ -73,10 +82,7 @@ class TaskRunner(QObject):
         self._pending: list[Progress] = []
         self._on_progress: Callable[[list[Progress]], None] | None = None
         self._flushing = False
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(FLUSH_MS)
-        self._timer.timeout.connect(self._flush)
+        self._throttled = qthrottled(self._flush, timeout=FLUSH_MS, parent=self)
         cancel.setEnabled(False)
         cancel.clicked.connect(self.cancel)
         bar.setVisible(False)
@@ -90,18 +96,18 @@ class TaskRunner(QObject):
               on_progress: Callable[[list[Progress]], None] | None = None) -> Any:
         """Run ``gen`` in a worker; ``on_result(value)`` runs in the GUI thread at the end.
 
-        Progress events are coalesced: at most every ``FLUSH_MS`` the GUI is updated once,
-        and ``on_progress`` gets every event since the last update (none is dropped).
+        ``on_progress`` gets every event since the last GUI update (none is dropped), at
+        most once per ``FLUSH_MS``. Returns the worker (None when one is already running).
         """
         from napari.qt.threading import create_worker
         from napari.utils import progress
 
         if self.running:
-            notify_error(RuntimeError("a task is already running; cancel it first"))
             gen.close()
+            notify_error(RuntimeError("a task is already running; cancel it first"),
+                         line=self._status)
             return None
         self._watch_window()
-        reserve_gui_core()
         worker = create_worker(_drive, gen, _start_thread=False, _ignore_errors=True)
         self.worker = worker
         self._on_progress = on_progress
@@ -109,43 +115,37 @@ class TaskRunner(QObject):
         self._cancelled = False
         self._pbar = progress(total=0, desc=description)
         self._set_busy(True, description)
+        outcome: dict[str, Any] = {}
 
         def on_yielded(ev: Progress) -> None:
             if self.worker is worker:
                 self._pending.append(ev)
-                if not self._timer.isActive():
-                    self._timer.start()
-
-        outcome: dict[str, Any] = {}
+                self._throttled()
 
         def on_returned(value: Any) -> None:
-            if self.worker is worker:
-                outcome["value"] = value
+            outcome["value"] = value
 
         def on_errored(err: BaseException) -> None:
-            if self.worker is worker:
-                outcome["error"] = err
+            outcome["error"] = err
 
-        def complete() -> None:
-            # napari's progress bar processes events while it updates, so this may be
-            # reached inside a flush: come back once that flush is over
-            if self.worker is not worker:
+        def on_finished() -> None:
+            if self.worker is not worker:  # shut down meanwhile
                 return
-            if self._flushing:
-                QTimer.singleShot(10, complete)
+            if self._flushing:  # reached from inside a flush (napari's bar processes
+                QTimer.singleShot(5, on_finished)  # events): finish once it is over
                 return
+            self._throttled.cancel()
             self._flush()
-            self._finish("cancelled" if self._cancelled else "done")
+            self._finish()
             if "error" in outcome:
-                notify_error(outcome["error"], description)
-            elif "value" in outcome and not self._cancelled:
+                notify_error(outcome["error"], description, self._status)
+            elif self._cancelled:
+                self._status.setText(f"{description}: cancelled")
+            elif "value" in outcome:
                 try:
                     on_result(outcome["value"])
                 except Exception as err:
-                    notify_error(err, description)
-
-        def on_finished() -> None:
-            complete()
+                    notify_error(err, description, self._status)
 
         worker.yielded.connect(on_yielded)
         worker.returned.connect(on_returned)
@@ -161,36 +161,32 @@ class TaskRunner(QObject):
             self._status.setText("cancelling…")
             self.worker.quit()
 
-    def shutdown(self, wait_ms: int = 10000) -> None:
-        """Cancel and wait for the worker thread (viewer closing)."""
+    def shutdown(self) -> None:
+        """Stop the work without waiting for it (viewer closing): the worker thread ends
+        at the generator's next yield; nothing it returns is used."""
         worker = self.worker
         if worker is None:
             return
         self._cancelled = True
-        worker.quit()
-        for sig in (worker.yielded, worker.returned, worker.errored, worker.finished):
-            try:
-                sig.disconnect()
-            except (TypeError, RuntimeError):
-                pass
         self.worker = None
-        self._timer.stop()
+        worker.quit()
+        self._throttled.cancel()
         self._pending = []
         if self._pbar is not None:
-            self._pbar.close()
+            try:
+                self._pbar.close()
+            except RuntimeError:
+                pass
             self._pbar = None
-        QThreadPool.globalInstance().waitForDone(wait_ms)
 
     # -- internals -----------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Show the progress events gathered since the last flush (never re-entered)."""
-        if self._flushing:
-            self._timer.start()
+        """Show the progress events gathered since the last flush (never re-entered:
+        napari's progress bar processes events while it redraws)."""
+        if self._flushing or not self._pending:
             return
         events, self._pending = self._pending, []
-        if not events:
-            return
         self._flushing = True
         try:
             if self._on_progress is not None:
@@ -203,11 +199,16 @@ class TaskRunner(QObject):
             self._flushing = False
 
     def _show_progress(self, ev: Progress) -> None:
+        """Progress goes into the bars only: changing a label's text makes Qt lay out the
+        dock and then napari's main window again (milliseconds each, 10 times a second)."""
         if ev.total > 0:
-            self._bar.setRange(0, ev.total)
+            if self._bar.maximum() != ev.total:
+                self._bar.setRange(0, ev.total)
             self._bar.setValue(min(ev.step, ev.total))
         if ev.message:
-            self._status.setText(ev.message)
+            text = ev.message if len(ev.message) <= 48 else ev.message[:47] + "…"
+            self._bar.setFormat(f"{text.replace('%', '%%')}  %p%")
+            self._bar.setToolTip(ev.message)
         pbar = self._pbar
         if pbar is None:
             return
@@ -216,8 +217,6 @@ class TaskRunner(QObject):
                 pbar.total = ev.total
             if ev.step > pbar.n:
                 pbar.update(ev.step - pbar.n)
-            if ev.message:
-                pbar.set_description(ev.message)
         except (RuntimeError, AttributeError):  # the bar was closed meanwhile
             pass
 
@@ -228,19 +227,18 @@ class TaskRunner(QObject):
         self._bar.setVisible(busy)
         if busy:
             self._bar.setRange(0, 0)
+            self._bar.setFormat("%p%")
+            self._status.setStyleSheet("")
         if message:
             self._status.setText(message)
 
-    def _finish(self, message: str) -> None:
-        self._timer.stop()
-        self._pending = []
+    def _finish(self) -> None:
         self.worker = None
+        self._pending = []
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
         self._set_busy(False)
-        if message == "cancelled":
-            self._status.setText("cancelled")
 
     def _watch_window(self) -> None:
         """Stop the work when the top-level (viewer) window closes."""

@@ -1,4 +1,10 @@
-"""Dock widget: pixel attribution (PCIM by default, baselines to compare) as heatmap layers."""
+"""Dock widget: pixel attribution (PCIM by default, baselines to compare) as heatmap layers.
+
+Predict and Explain look at the same input: the ticked layers, channels put in the model's
+order by name, shrunk to the model's training scale and cut into tiles of its input size
+(``core.inference``). Maps are placed back over the full-resolution layers via the layer
+scale.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +21,14 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
-    QWidget,
 )
 
 from ..core.errors import InputError
 from ..core.progress import Progress
-from ..layer_style import heatmap_style
-from ._common import PlotCanvas, Settings, device_choices, session_for
+from ._common import DockWidget, PlotCanvas, Settings, device_choices
 from ._layers import ChannelPicker, Selection
-from ._runner import TaskRunner, notify_error
+from ._results import KIND, ColourBar, put_result_layer, result_name, run_contrast
+from ._runner import TaskRunner
 
 SCOPES = ("current image", "all images")
 PREDICTED = "predicted"
@@ -36,16 +40,16 @@ def _methods() -> list[str]:
     return available_methods()
 
 
-class AttributionWidget(QWidget):
+class AttributionWidget(DockWidget):
     """Explain the current model's decision on image layers; results become heatmap layers."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_for(napari_viewer)
+        super().__init__(napari_viewer)
         self.settings = Settings("attribution")
         self.last_layers: list = []
         self.last_result = None
+        self.last_curves: dict = {}
+        self.last_probabilities: np.ndarray | None = None
 
         self.model_label = QLabel("no model: train or load one in the Train widget")
         self.model_label.setWordWrap(True)
@@ -53,7 +57,7 @@ class AttributionWidget(QWidget):
         self.scope = QComboBox()
         self.scope.addItems(list(SCOPES))
         self.target = QComboBox()
-        self.target.addItem(PREDICTED)
+        self.target.addItem(PREDICTED, None)
         self.method = QComboBox()
         self.method.addItems(_methods())
         self.per_channel = QCheckBox("one map per channel")
@@ -63,22 +67,24 @@ class AttributionWidget(QWidget):
         self.steps.setToolTip("PCIM optimisation steps")
         self.tile = QSpinBox()
         self.tile.setRange(0, 8192)
-        self.tile.setSpecialValueText("whole image")
-        self.tile.setToolTip("Side of the model's input: larger fields of view are explained "
-                             "in overlapping tiles of this size")
+        self.tile.setSpecialValueText("model's input size")
+        self.tile.setToolTip("Side of the tiles larger images are cut into; default: the "
+                             "size of the model's training images")
         self.device = QComboBox()
         self.device.addItems(device_choices())
         self.curves = QCheckBox("deletion / insertion curves")
         self.curves.setChecked(True)
+        self.curves.setToolTip("Computed on the same (shrunk, tiled) input as the maps; on "
+                               "whole fields they take as long again")
         self.predict_btn = QPushButton("Predict")
         self.run_btn = QPushButton("Explain")
         self.cancel_btn = QPushButton("Cancel")
         self.bar = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.proba = QLabel("")
         self.proba.setWordWrap(True)
-        self.plot = PlotCanvas(height=2.0)
+        self.plot = PlotCanvas(height=2.8)
+        self.colour_bar = ColourBar()
+        self.colour_bar.setToolTip("Colour scale shared by every map of the last run")
 
         form = QFormLayout()
         form.addRow("Images", self.scope)
@@ -89,7 +95,7 @@ class AttributionWidget(QWidget):
         form.addRow("Tile size", self.tile)
         form.addRow("Device", self.device)
         form.addRow("", self.curves)
-        lay = QVBoxLayout(self)
+        lay = self.body
         lay.addWidget(self.model_label)
         lay.addWidget(self.picker)
         lay.addLayout(form)
@@ -99,10 +105,10 @@ class AttributionWidget(QWidget):
         row.addWidget(self.cancel_btn)
         lay.addLayout(row)
         lay.addWidget(self.bar)
-        lay.addWidget(self.status)
         lay.addWidget(self.proba)
+        lay.addWidget(self.colour_bar)
         lay.addWidget(self.plot)
-        lay.addStretch(1)
+        self.finish_layout()
 
         for key, w in (("scope", self.scope), ("method", self.method),
                        ("per_channel", self.per_channel), ("steps", self.steps),
@@ -118,132 +124,195 @@ class AttributionWidget(QWidget):
         self.session.model_changed.connect(self._on_model)
         self._on_model()
 
+    # -- model and inputs ------------------------------------------------------------------
+
     def _on_model(self, _bundle: object = None) -> None:
         bundle = self.session.bundle
         self.target.clear()
-        self.target.addItem(PREDICTED)
+        self.target.addItem(PREDICTED, None)
         if bundle is None:
             self.model_label.setText("no model: train or load one in the Train widget")
             return
-        self.target.addItems(list(bundle.class_names))
+        for i, name in enumerate(bundle.class_names):
+            self.target.addItem(str(name), i)
         self.picker.select_for_model(list(bundle.channel_names))
+        scale = self._scale(bundle)
         self.model_label.setText(f"model: channels {', '.join(bundle.channel_names)}; classes "
-                                 f"{', '.join(bundle.class_names)}")
+                                 f"{', '.join(bundle.class_names)}; trained on "
+                                 f"{scale.describe()}")
 
-    def _inputs(self) -> tuple[Any, Selection]:
+    @staticmethod
+    def _scale(bundle):
+        from ..core.inference import ModelScale
+
+        scale = ModelScale.from_provenance(getattr(bundle, "provenance", None))
+        size = getattr(bundle, "input_size", None)  # e.g. a bioimage.io package's
+        if scale.input_size is None and size:
+            scale = ModelScale(scale.downsample, int(size))
+        return scale
+
+    def _inputs(self) -> tuple[Any, Selection, dict]:
+        """Model, frozen selection (channels in the model's order) and how to look at it."""
+        from ..core.inference import tiling_for
+
         bundle = self.session.bundle
         if bundle is None:
             raise InputError("no model: train or load one in the Train widget first")
-        sel = self.picker.selection(current_only=self.scope.currentText() == SCOPES[0])
+        sel = self.picker.selection(current_only=self.scope.currentText() == SCOPES[0],
+                                    model_channels=list(bundle.channel_names))
         bundle.check_channels(sel.images.shape[1], "the ticked layers")
-        return bundle, sel
+        scale = self._scale(bundle)
+        factor = scale.factor_for(sel.downsample)
+        tile = self.tile.value() or scale.input_size
+        h, w = (s // factor for s in sel.images.shape[-2:])
+        grid, side, _ = tiling_for((h, w), tile)
+        look = {"shrink": factor, "tile": side or None, "tiles": len(grid),
+                "size": (h, w)}
+        return bundle, sel, look
 
     def _target_index(self) -> int | None:
-        t = self.target.currentText()
-        if self.session.bundle is None:
-            return None
-        return self.session.bundle.resolve_targets(t)
+        """The chosen target class (None: the predicted one); by item data, not text."""
+        data = self.target.currentData()
+        return None if data is None else int(data)
 
-    def _show_proba(self, probs: np.ndarray, class_names: list[str]) -> None:
-        p = np.asarray(probs, float).mean(0)
+    @staticmethod
+    def _how(look: dict) -> str:
+        shrink = f", shrunk {look['shrink']}x" if look["shrink"] > 1 else ""
+        if look["tiles"] > 1:
+            return f"mean over {look['tiles']} tiles of {look['tile']} px{shrink}"
+        return f"per image{shrink}"
+
+    def _image_tag(self, sel: Selection) -> str:
+        k = sel.flat_index()
+        return f"image {k}" if k is not None else (
+            "all images" if sel.stack_shape else "image")
+
+    def _show_proba(self, probs: np.ndarray, class_names: list[str], sel: Selection,
+                    look: dict) -> None:
+        probs = np.asarray(probs, float)
+        self.last_probabilities = probs
+        p = probs.mean(0)
         best = int(p.argmax())
-        what = "image" if len(probs) == 1 else f"mean of {len(probs)} images"
-        self.proba.setText(f"class probabilities ({what}): " + ", ".join(
-            f"{'<b>' if i == best else ''}{n} {p[i]:.2f}{'</b>' if i == best else ''}"
-            for i, n in enumerate(class_names)))
+        what = self._image_tag(sel) if len(probs) == 1 else f"mean of {len(probs)} images"
+        self.proba.setText(
+            f"class probabilities ({what}; {self._how(look)}): " + ", ".join(
+                f"{'<b>' if i == best else ''}{n} {p[i]:.2f}{'</b>' if i == best else ''}"
+                for i, n in enumerate(class_names)))
         self.target.setItemText(0, f"{PREDICTED} ({class_names[best]})" if len(probs) == 1
                                 else PREDICTED)
 
-    def predict(self) -> Any:
-        """Class probabilities of the chosen image(s), shown in the widget."""
-        try:
-            bundle, sel = self._inputs()
-        except Exception as err:
-            notify_error(err, "prediction")
-            return None
+    # -- actions ---------------------------------------------------------------------------
 
+    def predict(self) -> Any:
+        """Class probabilities of the chosen image(s) on the model's input, in a worker."""
+        from ..core.inference import shrink, tile_probabilities
+
+        try:
+            bundle, sel, look = self._inputs()
+        except Exception as err:
+            self.fail(err, "prediction")
+            return None
         device = self.device.currentText()
 
         def work() -> Generator[Progress, None, np.ndarray]:
-            yield Progress(0, 1, "predicting")
-            return bundle.predict_proba(sel.images, device=device)
+            from ..core.devices import resolve_device
 
-        return self.runner.start(work(), "predicting",
-                                 lambda p: self._show_proba(p, list(bundle.class_names)))
+            x = bundle.prepare(shrink(sel.images, look["shrink"]))
+            probs, _ = yield from tile_probabilities(bundle.model, x, look["tile"],
+                                                     device=resolve_device(device))
+            return probs
+
+        def done(probs: np.ndarray) -> None:
+            self._show_proba(probs, list(bundle.class_names), sel, look)
+            self.say(f"predicted {len(probs)} image(s) ({self._how(look)})")
+
+        return self.runner.start(work(), "predicting", done)
 
     def run(self) -> Any:
         """Explain the chosen image(s) in a worker; returns the worker."""
+        from ..core.inference import shrink, tile_curves
+
         try:
-            bundle, sel = self._inputs()
+            bundle, sel, look = self._inputs()
             method = self.method.currentText()
             target = self._target_index()
             params: dict[str, Any] = {}
             if method == "pcim":
                 params["steps"] = self.steps.value()
-            tile = self.tile.value() or None
             per_channel = self.per_channel.isChecked()
             device = self.device.currentText()
             want_curves = self.curves.isChecked()
         except Exception as err:
-            notify_error(err, "attribution")
+            self.fail(err, "attribution")
             return None
 
         def work() -> Generator[Progress, None, tuple]:
-            from ..core.metrics import perturbation_curves
+            import time
 
-            x = bundle.prepare(sel.images)
-            result = yield from bundle.explain(sel.images, target, method=method,
+            from ..core.devices import resolve_device
+
+            raw = shrink(sel.images, look["shrink"])  # at the model's training scale
+            x = bundle.prepare(raw)
+            result = yield from bundle.explain(raw, target, method=method,
                                                per_channel=per_channel, device=device,
-                                               input_size=tile, **params)
-            curves = {}
+                                               input_size=look["tile"], **params)
+            curves, t0 = {}, time.perf_counter()
             if want_curves:
-                n = min(len(x), 16)  # curves on up to 16 images keep this quick
-                for mode in ("deletion", "insertion"):
-                    yield Progress(1000, 1000, f"{mode} curve")
-                    curves[mode] = perturbation_curves(
-                        bundle.model, x[:n], result.maps[:n], result.targets[:n], mode=mode,
-                        n_steps=20, device="cpu")
-            return result, curves
+                curves = yield from tile_curves(bundle.model, x, result.maps, result.targets,
+                                                look["tile"], device=resolve_device(device))
+            return result, curves, time.perf_counter() - t0
 
         def done(value: tuple) -> None:
-            result, curves = value
+            result, curves, curve_s = value
             self.last_result = result
-            self.last_layers = self._add_layers(bundle, sel, result)
-            self._show_proba(result.probabilities, list(bundle.class_names))
+            self.last_curves = curves
+            self.last_layers = self._add_layers(bundle, sel, look, result)
+            self._show_proba(result.probabilities, list(bundle.class_names), sel, look)
             if curves:
                 self._plot_curves(curves)
-            self.status.setText(f"{method}: {len(result.maps)} map(s) in "
-                                f"{result.seconds:.1f} s")
+            self.say(f"{method}: {len(result.maps)} map(s) in {result.seconds:.1f} s"
+                     + (f"; curves {curve_s:.1f} s" if curves else ""))
 
         return self.runner.start(work(), f"explaining ({method})", done)
 
-    def _add_layers(self, bundle, sel: Selection, result) -> list:
-        """Heatmap layer(s) over the source layers, named source · method · class."""
+    def _add_layers(self, bundle, sel: Selection, look: dict, result) -> list:
+        """Heatmap layer(s) over the source layers (``PCIM · nuclear · image 3``), one
+        colour scale for the run, replacing the layers of an identical earlier run."""
         classes = list(bundle.class_names)
         tg = np.unique(result.targets)
-        cls = classes[int(tg[0])] if tg.size == 1 else "predicted"
-        base = f"{sel.source_name} · {result.method} · {cls}"
-        prov = result.provenance()  # method, parameters, targets and the model
+        cls = classes[int(tg[0])] if tg.size == 1 else PREDICTED  # mixed: per image
+        images = self._image_tag(sel)
+        prov = result.provenance()
         prov.update({
             "source_layers": [ly.name for ly in sel.layers],
+            "source_shape": [int(s) for s in (*sel.stack_shape, *sel.images.shape[-2:])],
             "slice_index": None if sel.index is None else list(sel.index),
+            "probability": self._how(look),
+            "scale": {"shrink": look["shrink"], "tile": look["tile"],
+                      "tiles_per_image": look["tiles"]},
+            "input_channels": list(sel.channel_names),
         })
         maps = np.asarray(result.maps, np.float32)
         per_channel = maps.ndim == 4
-        stacks = ([(base, maps)] if not per_channel else
-                  [(f"{base} · {name}", maps[:, c])
-                   for c, name in enumerate(bundle.channel_names)])
+        stacks = ([(None, maps)] if not per_channel else
+                  [(name, maps[:, c]) for c, name in enumerate(bundle.channel_names)])
+        contrast = run_contrast([m for _, m in stacks])
+        source = "+".join(ly.name for ly in sel.layers)
         layers = []
-        for name, m in stacks:
-            data = sel.result_shape(m)
-            meta = {"napari_attribution": {"kind": "attribution", "provenance": prov}}
-            if per_channel:
-                meta["napari_attribution"]["channel"] = name.rsplit(" · ", 1)[-1]
-            layers.append(self.viewer.add_image(
-                data, name=name, metadata=meta, **heatmap_style(data), **sel.placement()))
+        for channel, m in stacks:
+            name = result_name(result.method, cls, images, channel)
+            key = f"{source}|{result.method}|{cls}|{images}|{channel}"
+            meta = {KIND: {"provenance": prov, "channel": channel}}
+            layers.append(put_result_layer(
+                self.viewer, sel.result_shape(m), name, key, meta, contrast,
+                sel.placement(shrink=look["shrink"])))
+        self.colour_bar.set_range(*contrast, f"{result.method} · {cls} · {images}")
         return layers
 
     def _plot_curves(self, curves: dict[str, np.ndarray]) -> None:
+        self.plot.update(lambda: self._plot_curves_now(curves))
+
+    def _plot_curves_now(self, curves: dict[str, np.ndarray]) -> None:
         ax = self.plot.axes(1)[0]
         colours = {"deletion": "#ff6b6b", "insertion": "#48dbfb"}
         for mode, c in curves.items():
@@ -251,10 +320,10 @@ class AttributionWidget(QWidget):
             frac = np.linspace(0, 1, mean.size)
             auc = float(np.trapezoid(mean, frac))
             ax.plot(frac, mean, color=colours[mode], label=f"{mode} (AUC {auc:.2f})")
-        ax.set_xlabel("fraction of pixels deleted / inserted")
+        ax.set_xlabel("fraction of pixels changed")
         ax.set_ylabel("target probability")
         ax.set_ylim(0, 1.02)
-        ax.set_title("deletion (lower better) / insertion (higher better)")
+        ax.set_title("deletion (low better), insertion (high better)")
         self.plot.legend(ax)
         self.plot.draw()
 

@@ -11,21 +11,20 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QPlainTextEdit,
     QPushButton,
-    QVBoxLayout,
-    QWidget,
 )
 
 from ..core.errors import InputError
-from ._common import Settings, session_for
-from ._runner import notify_error
-
-KIND = "napari_attribution"
+from ._common import DockWidget, Settings
+from ._results import KIND, provenance_text
 
 
 def _attribution_layers(viewer) -> list:
+    """Result layers made here or reopened from files this package wrote."""
     return [ly for ly in viewer.layers
-            if ly.metadata.get(KIND, {}).get("kind") == "attribution"]
+            if ly.metadata.get(KIND, {}).get("kind") == "attribution"
+            or isinstance(ly.metadata.get("attribution"), dict)]
 
 
 def _safe(name: str) -> str:
@@ -33,35 +32,57 @@ def _safe(name: str) -> str:
     return "_".join(p for p in keep.split("_") if p) or "attribution"
 
 
-class ExportWidget(QWidget):
-    """Write attribution layers and channel importance through ``io.writers``."""
+class ExportWidget(DockWidget):
+    """Write attribution layers and channel importance through ``io.writers``; show the
+    provenance of the selected result layer."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_for(napari_viewer)
+        super().__init__(napari_viewer)
         self.settings = Settings("export")
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
         self.list.setToolTip("Attribution layers made by this plugin; select those to save")
         self.tiff_btn = QPushButton("Save attribution (OME-TIFF)…")
         self.csv_btn = QPushButton("Save channel weights (CSV)…")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        lay = QVBoxLayout(self)
+        self.report_btn = QPushButton("Study report (HTML)…")
+        self.report_btn.setToolTip("One HTML file: channel importance, validation metrics, "
+                                   "example maps and provenance")
+        self.provenance = QPlainTextEdit()
+        self.provenance.setReadOnly(True)
+        self.provenance.setPlaceholderText("select a result layer to see what made it")
+        self.provenance.setMinimumHeight(140)
+        lay = self.body
         lay.addWidget(QLabel("Attribution layers"))
         lay.addWidget(self.list)
         row = QHBoxLayout()
         row.addWidget(self.tiff_btn)
         row.addWidget(self.csv_btn)
         lay.addLayout(row)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
+        lay.addWidget(self.report_btn)
+        lay.addWidget(QLabel("Provenance of the selected layer"))
+        lay.addWidget(self.provenance)
+        self.finish_layout()
         self.tiff_btn.clicked.connect(lambda: self.save_attribution())
         self.csv_btn.clicked.connect(lambda: self.save_importance())
+        self.report_btn.clicked.connect(lambda: self.save_report())
         for ev in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, ev).connect(self.refresh)
+        napari_viewer.layers.selection.events.active.connect(self.show_provenance)
+        self.list.itemSelectionChanged.connect(self._on_list_selection)
         self.refresh()
+        self.show_provenance()
+
+    def show_provenance(self, *_: object) -> str:
+        """Show the provenance of the active layer (or the one selected in the list)."""
+        layer = self.viewer.layers.selection.active
+        text = provenance_text(layer) if layer is not None else ""
+        self.provenance.setPlainText(text)
+        return text
+
+    def _on_list_selection(self) -> None:
+        items = self.list.selectedItems()
+        if items and items[0].text() in self.viewer.layers:
+            self.provenance.setPlainText(provenance_text(self.viewer.layers[items[0].text()]))
 
     def refresh(self, *_: object) -> None:
         chosen = {i.text() for i in self.list.selectedItems()}
@@ -98,25 +119,13 @@ class ExportWidget(QWidget):
                 return []
             self.settings.set("last_dir", str(out))
             for layer in layers:
-                meta = layer.metadata[KIND]
-                prov = dict(meta.get("provenance", {}))
-                prov["layer_name"] = layer.name
-                data = np.asarray(layer.data)
-                while data.ndim > 3 and data.shape[0] == 1:
-                    data = data[0]
-                if data.ndim > 3:
-                    data = data.reshape(-1, *data.shape[-2:])
-                if data.ndim == 3 and data.shape[0] == 1:
-                    data = data[0]
-                px = tuple(float(s) for s in layer.scale[-2:])
-                written.append(write_attribution_tiff(
-                    out / _safe(layer.name), data, provenance=prov,
-                    pixel_size=px if px != (1.0, 1.0) else None,
-                    axes="QYX" if data.ndim == 3 else "YX", name=layer.name))
+                args, kw = export_payload(layer)
+                written.append(write_attribution_tiff(out / _safe(layer.name), *args, **kw,
+                                                      name=layer.name))
         except Exception as err:
-            notify_error(err, "saving attribution")
+            self.fail(err, "saving attribution")
             return written
-        self.status.setText("saved " + ", ".join(p.name for p in written))
+        self.say("saved " + ", ".join(p.name for p in written))
         return written
 
     def save_importance(self, path: str | Path | None = None) -> Path | None:
@@ -139,8 +148,48 @@ class ExportWidget(QWidget):
                          "model_sha256": bundle.sha256})
             out = write_importance_csv(path, bundle.importance, provenance=prov)
         except Exception as err:
-            notify_error(err, "saving channel weights")
+            self.fail(err, "saving channel weights")
             return None
         self.settings.set("last_dir", str(Path(out).parent))
-        self.status.setText(f"saved {out}")
+        self.say(f"saved {out}")
         return Path(out)
+
+    def save_report(self, path: str | Path | None = None) -> Path | None:
+        """The study as one HTML file (see ``_report``)."""
+        from ._report import write_report
+
+        try:
+            if self.session.bundle is None:
+                raise InputError("no model: train or load one first")
+            if path is None:
+                path, _ = QFileDialog.getSaveFileName(
+                    self, "Save study report",
+                    str(Path(self.settings.get("last_dir", "")) / "study_report.html"),
+                    "HTML (*.html)")
+                if not path:
+                    return None
+            out = write_report(path, self.session, _attribution_layers(self.viewer)[:6])
+        except Exception as err:
+            self.fail(err, "study report")
+            return None
+        self.say(f"saved {out}")
+        return out
+
+
+def export_payload(layer) -> tuple:
+    """(maps, provenance=..., pixel_size=..., axes=...) for ``write_attribution_tiff``:
+    the maps as (N, H, W) planes, and in the provenance the layer's name, full shape,
+    scale and translate so that reopening puts it back on its slice."""
+    info = layer.metadata.get(KIND) or {}
+    prov = dict(info.get("provenance") or
+                (layer.metadata.get("attribution") or {}).get("provenance") or {})
+    prov["layer_name"] = layer.name
+    prov["layer"] = {"name": layer.name, "shape": [int(s) for s in layer.data.shape],
+                     "scale": [float(s) for s in layer.scale],
+                     "translate": [float(t) for t in layer.translate],
+                     "channel": info.get("channel"), "key": info.get("key")}
+    data = np.asarray(layer.data)
+    data = data.reshape(-1, *data.shape[-2:]) if data.ndim > 2 else data
+    px = tuple(float(s) for s in layer.scale[-2:])
+    return (data,), {"provenance": prov, "pixel_size": px if px != (1.0, 1.0) else None,
+                     "axes": "QYX" if data.ndim == 3 else "YX"}

@@ -14,15 +14,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
 )
 
 from ..core.errors import InputError
 from ..core.progress import Progress
-from ._common import PlotCanvas, Settings, channel_colours, session_for
+from ._common import DockWidget, PlotCanvas, Settings, channel_colours
 from ._layers import ChannelPicker
-from ._runner import TaskRunner, notify_error
+from ._runner import TaskRunner
 
 VIEWS = ("overall", "per head")
 # Short column titles: the dock is narrow.
@@ -31,13 +29,11 @@ TABLE_HEADERS = {"importance": "overall",
                  "ablation_loss_increase": "loss rise"}
 
 
-class ImportanceWidget(QWidget):
+class ImportanceWidget(DockWidget):
     """Bar chart of the DCMIX weights (in the channels' colours) beside the ablation check."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_for(napari_viewer)
+        super().__init__(napari_viewer)
         self.settings = Settings("importance")
         self.model_label = QLabel("no model: train or load one in the Train widget")
         self.model_label.setWordWrap(True)
@@ -50,10 +46,8 @@ class ImportanceWidget(QWidget):
         self.mix_btn.setToolTip("Add the mixed image(s) the backbone sees as a layer")
         self.cancel_btn = QPushButton("Cancel")
         self.bar = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
 
-        lay = QVBoxLayout(self)
+        lay = self.body
         lay.addWidget(self.model_label)
         row = QHBoxLayout()
         row.addWidget(QLabel("Show"))
@@ -68,8 +62,7 @@ class ImportanceWidget(QWidget):
         row.addWidget(self.cancel_btn)
         lay.addLayout(row)
         lay.addWidget(self.bar)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
+        self.finish_layout()
 
         self.settings.bind("view", self.view)
         self.runner = TaskRunner(self, [self.mix_btn], self.cancel_btn, self.bar, self.status)
@@ -92,8 +85,7 @@ class ImportanceWidget(QWidget):
         self.mix_btn.setEnabled(bundle is not None and not self.runner.running)
         if bundle is None:
             self.model_label.setText("no model: train or load one in the Train widget")
-            self.plot.axes(1)
-            self.plot.draw()
+            self.plot.update(lambda: (self.plot.axes(1), self.plot.draw()))
             self.table.setRowCount(0)
             return
         self.picker.select_for_model(list(bundle.channel_names))
@@ -110,6 +102,9 @@ class ImportanceWidget(QWidget):
         self._fill_table(imp.rows())
 
     def _draw(self, imp) -> None:
+        self.plot.update(lambda: self._draw_now(imp))
+
+    def _draw_now(self, imp) -> None:
         names = list(imp.channel_names)
         colours = channel_colours(self.viewer, names)
         ax = self.plot.axes(1)[0]
@@ -133,7 +128,7 @@ class ImportanceWidget(QWidget):
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylabel("importance")
         ax.set_ylim(0, max(1e-3, *(float(np.max(v)) for _, v, _ in series)) * 1.15)
-        ax.set_title("channel importance (solid: weights, hatched: ablation)")
+        ax.set_title("channel importance")
         self.plot.legend(ax)
         self.plot.draw()
 
@@ -166,10 +161,10 @@ class ImportanceWidget(QWidget):
                 raise InputError("no model: train or load one first")
             if getattr(bundle.model, "mixing", None) is None:
                 raise InputError("this model has no mixing layer")
-            sel = self.picker.selection()
+            sel = self.picker.selection(model_channels=list(bundle.channel_names))
             bundle.check_channels(sel.images.shape[1], "the ticked layers")
         except Exception as err:
-            notify_error(err, "mixed image")
+            self.fail(err, "mixed image")
             return None
 
         def work() -> Generator[Progress, None, np.ndarray]:
@@ -199,7 +194,7 @@ class ImportanceWidget(QWidget):
                         "channel_names": list(bundle.channel_names),
                         "weights": bundle.model.mixing_weights()[h].tolist(),
                         "model_sha256": bundle.sha256}})
-            self.status.setText(f"added {mixed.shape[1]} mixed image layer(s)")
+            self.say(f"added {mixed.shape[1]} mixed image layer(s)")
 
         return self.runner.start(work(), "mixing channels", done)
 

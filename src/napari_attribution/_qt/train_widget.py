@@ -21,35 +21,34 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from ..core.errors import InputError
 from ..core.progress import Progress
 from ._common import (
+    DockWidget,
     PlotCanvas,
     Settings,
     channel_colours,
     device_choices,
-    session_for,
 )
-from ._layers import ChannelPicker, Selection
-from ._runner import TaskRunner, notify_error
+from ._layers import ChannelPicker, Selection, combine_layers
+from ._runner import TaskRunner
 
-PLOT_EVERY_S = 1.0
+NO_OBJECTS = "(whole images)"
+PLOT_EVERY_S = 3.0  # live plot within an epoch at most this often (renders cost CPU)
+PER_CROP_KEYS = ("well", "site", "field", "control", "dose", "y", "x")
 
 
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-class TrainWidget(QWidget):
+class TrainWidget(DockWidget):
     """Choose image layers and class labels, train a DCMIX classifier, load or save one."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_for(napari_viewer)
+        super().__init__(napari_viewer)
         self.settings = Settings("train")
         self._labels: dict[int, int] = {}  # image index -> class index
         self._labels_key: tuple | None = None
@@ -74,6 +73,25 @@ class TrainWidget(QWidget):
                                   "as labelled crops, one layer per channel")
         self.label_status = QLabel("no labels yet")
         self.label_status.setWordWrap(True)
+        self.combine_btn = QPushButton("Combine layers")
+        self.combine_btn.setToolTip("Add the ticked layers (one per channel) as one "
+                                    "multichannel image layer")
+        self.objects = QComboBox()
+        self.objects.setToolTip("Per-object labels: a Points layer with a 'class' feature; "
+                                "each point becomes a crop centred on it")
+        self.object_size = QSpinBox()
+        self.object_size.setRange(8, 1024)
+        self.object_size.setValue(32)
+        self.object_size.setToolTip("Side of the crop cut around each point (px)")
+        self.crop_info = QLabel("")
+        self.crop_info.setWordWrap(True)
+        self.prev_pos_btn = QPushButton("◀ positive")
+        self.next_pos_btn = QPushButton("positive ▶")
+        self.prev_neg_btn = QPushButton("◀ negative")
+        self.next_neg_btn = QPushButton("negative ▶")
+        for b in (self.prev_pos_btn, self.next_pos_btn, self.prev_neg_btn,
+                  self.next_neg_btn):
+            b.setToolTip("Jump to the previous / next crop from a control well")
         form = QFormLayout()
         form.addRow("Channel names", self.channel_names)
         form.addRow("Class names", self.class_names)
@@ -82,14 +100,26 @@ class TrainWidget(QWidget):
         row.addWidget(self.assign_btn)
         row.addWidget(self.assign_all_btn)
         form.addRow("Label", row)
+        orow = QHBoxLayout()
+        orow.addWidget(self.objects, 1)
+        orow.addWidget(QLabel("crop"))
+        orow.addWidget(self.object_size)
+        form.addRow("Objects", orow)
         row2 = QHBoxLayout()
         row2.addWidget(self.clear_btn)
+        row2.addWidget(self.combine_btn)
         row2.addWidget(self.plate_btn)
         dlay = QVBoxLayout(data_box)
         dlay.addWidget(self.picker)
         dlay.addLayout(form)
         dlay.addLayout(row2)
         dlay.addWidget(self.label_status)
+        dlay.addWidget(self.crop_info)
+        row3 = QHBoxLayout()
+        for b in (self.prev_neg_btn, self.next_neg_btn, self.prev_pos_btn,
+                  self.next_pos_btn):
+            row3.addWidget(b)
+        dlay.addLayout(row3)
 
         # -- model -----------------------------------------------------------------------
         model_box = QGroupBox("Model")
@@ -119,11 +149,9 @@ class TrainWidget(QWidget):
                               "beyond pure tensor maths (they could read or write files). "
                               "Only for models from a source you trust.")
         self.bar = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.model_label = QLabel("no model")
         self.model_label.setWordWrap(True)
-        self.plot = PlotCanvas(height=2.2)
+        self.plot = PlotCanvas(height=2.8)
         mform = QFormLayout()
         mform.addRow("Backbone", self.backbone)
         mform.addRow("Epochs", self.epochs)
@@ -137,7 +165,6 @@ class TrainWidget(QWidget):
         r.addWidget(self.cancel_btn)
         mlay.addLayout(r)
         mlay.addWidget(self.bar)
-        mlay.addWidget(self.status)
         mlay.addWidget(self.plot)
         r = QHBoxLayout()
         r.addWidget(self.load_btn)
@@ -146,10 +173,9 @@ class TrainWidget(QWidget):
         mlay.addWidget(self.trust)
         mlay.addWidget(self.model_label)
 
-        lay = QVBoxLayout(self)
-        lay.addWidget(data_box)
-        lay.addWidget(model_box)
-        lay.addStretch(1)
+        self.body.addWidget(data_box)
+        self.body.addWidget(model_box)
+        self.finish_layout()
 
         for key, w in (("class_names", self.class_names), ("backbone", self.backbone),
                        ("epochs", self.epochs), ("heads", self.heads),
@@ -167,6 +193,17 @@ class TrainWidget(QWidget):
         self.save_btn.clicked.connect(lambda: self.save_model())
         self.plate_btn.clicked.connect(lambda: self.load_plate())
         self.picker.list.itemChanged.connect(lambda *_: self._update_label_status())
+        self.combine_btn.clicked.connect(lambda: self.combine())
+        self.prev_pos_btn.clicked.connect(lambda: self.jump_to_control(1, -1))
+        self.next_pos_btn.clicked.connect(lambda: self.jump_to_control(1, 1))
+        self.prev_neg_btn.clicked.connect(lambda: self.jump_to_control(-1, -1))
+        self.next_neg_btn.clicked.connect(lambda: self.jump_to_control(-1, 1))
+        napari_viewer.dims.events.current_step.connect(self._show_crop)
+        for ev in ("inserted", "removed"):
+            getattr(napari_viewer.layers.events, ev).connect(self._refresh_objects)
+        self.objects.currentTextChanged.connect(lambda *_: self._update_label_status())
+        self._refresh_objects()
+        self._show_crop()
         self.session.model_changed.connect(self._show_model)
         self._refresh_classes()
         self._update_label_status()
@@ -219,7 +256,7 @@ class TrainWidget(QWidget):
                 for i in range(len(sel.images)):
                     labels[i] = cls
         except Exception as err:
-            notify_error(err, "assigning labels")
+            self.fail(err, "assigning labels")
         self._update_label_status()
 
     def _clear_labels(self) -> None:
@@ -245,11 +282,57 @@ class TrainWidget(QWidget):
             f"{sel.images.shape[2]}×{sel.images.shape[3]} px; labelled "
             f"{', '.join(parts) or '-'}; unlabelled {len(sel.images) - len(labels)}")
 
+    def _refresh_objects(self, *_: Any) -> None:
+        from napari.layers import Points
+
+        current = self.objects.currentText()
+        self.objects.blockSignals(True)
+        self.objects.clear()
+        self.objects.addItem(NO_OBJECTS)
+        for layer in self.viewer.layers:
+            if isinstance(layer, Points) and "class" in getattr(layer, "features", {}):
+                self.objects.addItem(layer.name)
+        if self.objects.findText(current) >= 0:
+            self.objects.setCurrentText(current)
+        self.objects.blockSignals(False)
+
+    def _object_dataset(self, sel: Selection):
+        """Crops around the points of the chosen Points layer, labelled by its ``class``
+        feature (cut by ``core.objects``)."""
+        from ..core.data import ImageSet
+        from ..core.objects import crops_around_points, labels_from_classes
+
+        layer = self.viewer.layers[self.objects.currentText()]
+        if sel.index is not None or not len(layer.data):
+            raise InputError(f"the Points layer {layer.name!r} has no points")
+        world = np.asarray(layer.data, float) * np.asarray(layer.scale) + \
+            np.asarray(layer.translate)
+        data_pts = (world[:, -2:] - np.asarray(sel.translate[-2:])) / \
+            np.asarray(sel.scale[-2:])
+        lead = len(sel.stack_shape)
+        if lead:
+            idx = np.round((world[:, -3] - sel.translate[-3]) / sel.scale[-3]) \
+                if world.shape[1] >= 3 else np.zeros(len(world))
+        else:
+            idx = np.zeros(len(world))
+        pts = np.column_stack([idx, data_pts])
+        crops = crops_around_points(sel.images, pts, self.object_size.value())
+        labels, names = labels_from_classes(layer.features["class"])
+        self.class_names.setText(", ".join(names))
+        self._refresh_classes()
+        cnames = _split(self.channel_names.text()) or sel.channel_names
+        return ImageSet(images=crops, labels=labels, channel_names=cnames, class_names=names,
+                        metadata={"downsample": sel.downsample, "crops": "points",
+                                  "crop_size": self.object_size.value()}), sel
+
     def dataset(self):
-        """The labelled images of the ticked layers as an ImageSet."""
+        """The labelled images of the ticked layers as an ImageSet (or, with a Points
+        layer chosen under Objects, crops around its points)."""
         from ..core.data import ImageSet
 
         sel = self._selection()
+        if self.objects.currentText() not in ("", NO_OBJECTS):
+            return self._object_dataset(sel)
         labels = self._labels_for(sel)
         if not labels:
             raise InputError("no labelled images: assign images to classes first")
@@ -260,8 +343,14 @@ class TrainWidget(QWidget):
             groups = np.asarray(groups)[idx]
         else:
             groups = None
+        # how the images were cut travels into the bundle, so that Predict and Explain
+        # look at new images at the same scale
+        meta = {k: sel.metadata[k] for k in ("source", "crop_size") if k in sel.metadata
+                and isinstance(sel.metadata[k], (str, int))}
+        meta["downsample"] = sel.downsample
         return ImageSet(images=sel.images[idx], labels=np.array([labels[i] for i in idx]),
-                        channel_names=names, class_names=self.classes(), groups=groups), sel
+                        channel_names=names, class_names=self.classes(), groups=groups,
+                        metadata=meta), sel
 
     # -- training --------------------------------------------------------------------------
 
@@ -280,7 +369,7 @@ class TrainWidget(QWidget):
             data, sel = self.dataset()
             cfg = config or self.config()
         except Exception as err:
-            notify_error(err, "training")
+            self.fail(err, "training")
             return None
         self._history, self._live_loss = [], []
         self._weights, self._last_plot = None, 0.0
@@ -291,8 +380,10 @@ class TrainWidget(QWidget):
             self.session.data = data
             self.session.source_layers = source
             self.session.set_model(result, result)
-            self.status.setText(f"trained: validation accuracy {result.val_accuracy:.3f} "
-                                f"({result.seconds:.1f} s)")
+            warnings = list(getattr(result, "warnings", None) or [])
+            self.say(f"trained: validation accuracy {result.val_accuracy:.3f} "
+                     f"({result.seconds:.1f} s)"
+                     + "".join(f"\nwarning: {w}" for w in warnings))
 
         return self.runner.start(train_dcmix(data, cfg), "training DCMIX", done,
                                  self._on_progress)
@@ -308,53 +399,157 @@ class TrainWidget(QWidget):
                 self._live_loss.append((ev.step, p["loss"]))
             if p.get("channel_weights") is not None:
                 self._weights = p["channel_weights"]
-        # redrawing costs tens of ms: after each epoch, else at most once a second
+        # artists are updated in place: after each epoch, else at most once a second
         now = time.monotonic()
         if self._weights is not None and (new_epoch or now - self._last_plot > PLOT_EVERY_S):
             self._last_plot = now
             self._plot(self._weights)
 
-    def _plot(self, weights: list[list[float]]) -> None:
+    def _init_plot(self, names: list[str], n_heads: int) -> None:
+        """Axes and artists made once per run; live updates only change their data."""
         ax_curve, ax_w = self.plot.axes(2)
-        if self._history:
-            ep = [h["epoch"] for h in self._history]
-            ax_curve.plot(ep, [h["train_loss"] for h in self._history], "-o", ms=3,
-                          color="#ff9f43", label="train loss")
-            ax_curve.plot(ep, [h["val_loss"] for h in self._history], "-o", ms=3,
-                          color="#54a0ff", label="val loss")
-            ax_curve.set_yscale("log")  # a validation-loss spike does not flatten the rest
-            ax_curve.set_ylabel("loss")
-            # accuracy on its own 0-1 axis, on the right
-            ax_acc = ax_curve.twinx()
-            ax_acc.plot(ep, [h["val_accuracy"] for h in self._history], "-s", ms=3,
-                        color="#1dd1a1", label="val acc")
-            ax_acc.set_ylim(0, 1.05)
-            ax_acc.tick_params(colors="#1dd1a1", labelsize=8)
-            for side in ax_acc.spines.values():
-                side.set_color("#808080")
-            ax_curve.set_xlabel("epoch")
-            handles = ax_curve.get_legend_handles_labels()
-            acc_handles = ax_acc.get_legend_handles_labels()
-            self.plot.legend(ax_curve, handles=handles[0] + acc_handles[0],
-                             labels=handles[1] + acc_handles[1], loc="center right")
-        elif self._live_loss:
-            s, v = zip(*self._live_loss, strict=True)
-            ax_curve.plot(s, v, color="#ff9f43")
-            ax_curve.set_xlabel("step")
+        ax_acc = ax_curve.twinx()
+        ax_acc.set_ylim(0, 1.05)
+        ax_acc.tick_params(colors="#1dd1a1", labelsize=9)
+        for side in ax_acc.spines.values():
+            side.set_color("#808080")
+        lines = {
+            "train": ax_curve.plot([], [], "-o", ms=3, color="#ff9f43", label="train loss")[0],
+            "val": ax_curve.plot([], [], "-o", ms=3, color="#54a0ff", label="val loss")[0],
+            "acc": ax_acc.plot([], [], "-s", ms=3, color="#1dd1a1", label="val acc")[0],
+        }
+        ax_curve.set_xlabel("epoch")
+        ax_curve.set_ylabel("loss")
         ax_curve.set_title("loss / accuracy")
+        h1, l1 = ax_curve.get_legend_handles_labels()
+        h2, l2 = ax_acc.get_legend_handles_labels()
+        self.plot.legend(ax_curve, handles=h1 + h2, labels=l1 + l2, ncol=3,
+                         bbox_to_anchor=(1.15, -0.5))
+        colours = channel_colours(self.viewer, names)
+        x = np.arange(len(names))
+        width = 0.8 / n_heads
+        bars = [ax_w.bar(x + (h - (n_heads - 1) / 2) * width, np.zeros(len(names)), width,
+                         color=colours, edgecolor="#e0e0e0" if h else None, linewidth=0.5)
+                for h in range(n_heads)]
+        ax_w.set_xticks(x, names, rotation=40 if len(names) > 2 else 0,
+                        ha="right" if len(names) > 2 else "center",
+                        rotation_mode="anchor")
+        ax_w.set_ylim(0, 1)
+        ax_w.set_title("channel weights")
+        self._artists = {"key": (tuple(names), n_heads), "curve": ax_curve, "acc": ax_acc,
+                         "lines": lines, "bars": bars}
+
+    def _plot(self, weights: list[list[float]]) -> None:
+        """Update the live plot (after the running background render, if any)."""
+        self.plot.update(lambda: self._plot_now(weights))
+
+    def _plot_now(self, weights: list[list[float]]) -> None:
         w = np.asarray(weights, dtype=float)
         names = self._channel_names if len(self._channel_names) == w.shape[1] else \
             [str(i) for i in range(w.shape[1])]
-        colours = channel_colours(self.viewer, names)
-        x = np.arange(w.shape[1])
-        width = 0.8 / w.shape[0]
-        for h in range(w.shape[0]):
-            ax_w.bar(x + (h - (w.shape[0] - 1) / 2) * width, w[h], width, color=colours,
-                     edgecolor="#e0e0e0" if h else None, linewidth=0.5)
-        ax_w.set_xticks(x, names, rotation=30, ha="right")
-        ax_w.set_ylim(0, 1)
-        ax_w.set_title("channel weights")
+        art = getattr(self, "_artists", None)
+        if art is None or art["key"] != (tuple(names), w.shape[0]) or \
+                art["curve"].figure is not self.plot.figure or \
+                art["curve"] not in self.plot.figure.axes:
+            self._init_plot(names, w.shape[0])
+            art = self._artists
+        ax = art["curve"]
+        if self._history:
+            ep = [h["epoch"] for h in self._history]
+            tl = [h["train_loss"] for h in self._history]
+            vl = [h["val_loss"] for h in self._history]
+            art["lines"]["train"].set_data(ep, tl)
+            art["lines"]["val"].set_data(ep, vl)
+            art["lines"]["acc"].set_data(ep, [h["val_accuracy"] for h in self._history])
+            # linear axis up to a high percentile: a spike does not flatten the rest
+            top = float(np.percentile(np.r_[tl, vl], 90)) * 1.3 or 1.0
+            ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
+            ax.set_ylim(0, top)
+        elif self._live_loss:
+            s, v = zip(*self._live_loss, strict=True)
+            art["lines"]["train"].set_data(s, v)
+            ax.set_xlabel("step")
+            ax.set_xlim(0, max(s) + 1)
+            ax.set_ylim(0, max(v) * 1.1 or 1.0)
+        for h, bars in enumerate(art["bars"]):
+            for patch, value in zip(bars.patches, w[h], strict=False):
+                patch.set_height(float(value))
         self.plot.draw()
+
+    # -- crops and controls ------------------------------------------------------------------
+
+    def _crop_meta(self) -> tuple[dict | None, int | None]:
+        """The ticked layers' per-crop metadata and the crop on screen."""
+        layers = self.picker.layers()
+        if not layers:
+            return None, None
+        md = layers[0].metadata
+        if "well" not in md:
+            return None, None
+        try:
+            cur = self.picker.selection(current_only=True)
+        except Exception:
+            return md, None
+        return md, cur.flat_index()
+
+    def _show_crop(self, *_: Any) -> None:
+        md, k = self._crop_meta()
+        has_controls = md is not None and "control" in md
+        for b in (self.prev_pos_btn, self.next_pos_btn, self.prev_neg_btn,
+                  self.next_neg_btn):
+            b.setVisible(has_controls)
+        self.crop_info.setVisible(md is not None)
+        if md is None or k is None or k >= len(md["well"]):
+            self.crop_info.setText("")
+            return
+        labels = md.get("labels") or []
+        names = md.get("class_names") or self.classes()
+        cls = names[labels[k]] if k < len(labels) and 0 <= labels[k] < len(names) else "-"
+        control = {1: "positive control", -1: "negative control"}.get(
+            int(md["control"][k]) if "control" in md else 0, "")
+        field = md.get("field_names", {})
+        src = field.get(str(md["field"][k]), "") if isinstance(field, dict) and "field" in md \
+            else ""
+        self.crop_info.setText(
+            f"crop {k}: class <b>{cls}</b> · well {md['well'][k]}"
+            + (f" · site {md['site'][k]}" if "site" in md else "")
+            + (f" · {control}" if control else "")
+            + (f" · at y={md['y'][k]}, x={md['x'][k]}" if "y" in md else "")
+            + (f" · {src}" if src else ""))
+
+    def jump_to_control(self, control: int, direction: int) -> int | None:
+        """Move the slider to the next (``direction`` 1) or previous (-1) crop from a
+        positive (``control`` 1) or negative (-1) control well; returns its number."""
+        md, k = self._crop_meta()
+        if md is None or "control" not in md:
+            self.fail(InputError("the ticked layers have no per-crop control flags (load "
+                                 "a plate with a plate map)"), "controls")
+            return None
+        flags = np.asarray(md["control"])
+        k = -1 if k is None else k
+        hits = np.flatnonzero(flags == control)
+        ahead = hits[hits > k] if direction > 0 else hits[hits < k][::-1]
+        if hits.size == 0:
+            self.fail(InputError(f"no {'positive' if control > 0 else 'negative'} "
+                                 "control crops"), "controls")
+            return None
+        target = int(ahead[0]) if ahead.size else int(hits[0] if direction > 0 else hits[-1])
+        layer = self.picker.layers()[0]
+        axis = 0
+        world = layer.data_to_world([target] + [0] * (layer.ndim - 1))
+        self.viewer.dims.set_point(axis, world[axis])
+        self._show_crop()
+        return target
+
+    def combine(self) -> Any:
+        """Add the ticked layers as one multichannel layer."""
+        try:
+            layer = combine_layers(self.viewer, self.picker.layers())
+        except Exception as err:
+            self.fail(err, "combining layers")
+            return None
+        self.say(f"added {layer.name!r} ({layer.data.shape[0]} channels)")
+        return layer
 
     # -- model files -----------------------------------------------------------------------
 
@@ -388,7 +583,7 @@ class TrainWidget(QWidget):
 
         result = self.session.train_result
         if result is None:
-            notify_error(InputError("train a model first (a loaded model is already a file)"))
+            self.fail(InputError("train a model first (a loaded model is already a file)"))
             return None
         if path is None:
             path, _ = QFileDialog.getSaveFileName(
@@ -399,7 +594,7 @@ class TrainWidget(QWidget):
         try:
             out = save_training_result(path, result)
         except Exception as err:
-            notify_error(err, "saving the model")
+            self.fail(err, "saving the model")
             return None
         self.settings.set("last_dir", str(Path(out).parent))
         if self.session.bundle is not None:
@@ -407,7 +602,8 @@ class TrainWidget(QWidget):
 
             self.session.bundle.path = Path(out)
             self.session.bundle.sha256 = file_sha256(out)
-        self.status.setText(f"saved {out}")
+        self._show_model(self.session.bundle)
+        self.say(f"saved {out}")
         return Path(out)
 
     def load_plate(self, root: str | Path | None = None, crop_size: int = 64,
@@ -431,20 +627,33 @@ class TrainWidget(QWidget):
         return self.runner.start(work(), "reading plate", self._add_plate_layers)
 
     def _add_plate_layers(self, data) -> None:
-        meta = {"labels": data.labels.tolist(), "class_names": list(data.class_names),
-                "groups": None if data.groups is None else np.asarray(data.groups).tolist(),
-                "source": "plate"}
+        from ..layer_style import stain_colormaps
+
+        meta: dict[str, Any] = {
+            "labels": data.labels.tolist(), "class_names": list(data.class_names),
+            "groups": None if data.groups is None else np.asarray(data.groups).tolist(),
+            "source": "plate", "downsample": int(data.metadata.get("downsample", 1) or 1),
+            "crop_size": data.metadata.get("crop_size")}
+        for key in PER_CROP_KEYS:
+            if key in data.metadata:
+                meta[key] = np.asarray(data.metadata[key]).tolist()
         names = []
+        colours = stain_colormaps(list(data.channel_names))
         for c, name in enumerate(data.channel_names):
             layer = self.viewer.add_image(data.images[:, c], name=name, blending="additive",
-                                          colormap=["green", "blue", "magenta", "gray"][c % 4],
-                                          metadata=dict(meta))
+                                          colormap=colours[c],
+                                          metadata={**meta, "channel": name})
             names.append(layer.name)
+        if data.masks is not None:  # the nuclei segmentation the crops were cut around
+            self.viewer.add_labels(np.asarray(data.masks).astype(np.uint8), name="nuclei",
+                                   opacity=0.25, visible=False,
+                                   metadata={"source": "plate", "segmentation": True})
         self.picker.refresh()
         self.picker.set_checked(names)
         self.picker.axis.setValue(-1)
         self._labels_key = None
         self._update_label_status()
+        self._show_crop()
 
     def _show_model(self, bundle) -> None:
         self.save_btn.setEnabled(self.session.train_result is not None and

@@ -1,0 +1,141 @@
+"""A study report as one self-contained HTML file: channel importance with error bars,
+validation confusion matrix and balanced accuracy, example maps, provenance.
+
+Figures are PNGs embedded as base64, so the file can be mailed or pasted as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _importance_figure(imp) -> str:
+    from matplotlib.figure import Figure
+
+    names = list(imp.channel_names)
+    fig = Figure(figsize=(4.5, 2.8))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, imp.overall, 0.4, label="DCMIX weight", color="#3b6fff")
+    drop = getattr(imp, "ablation_accuracy_drop", None)
+    if drop is not None:
+        drop = np.asarray(drop, float)
+        interval = getattr(imp, "ablation_drop_interval", None)
+        yerr = None
+        if interval is not None:  # 95 % bootstrap interval as error bars
+            iv = np.asarray(interval, float)
+            yerr = np.abs(np.stack([drop - iv[:, 0], iv[:, 1] - drop]))
+        ax.bar(x + 0.2, drop, 0.4, yerr=yerr, capsize=3,
+               label="ablation: balanced-accuracy drop", color="none", edgecolor="#333",
+               hatch="///")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("importance")
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    return _png(fig)
+
+
+def confusion(session) -> tuple[np.ndarray, list[str]] | None:
+    """Validation confusion matrix (rows: true class) of the session's trained model:
+    from the training result when it holds one, else computed on its validation split."""
+    result = session.train_result
+    if result is None:
+        return None
+    names = list(result.class_names)
+    validation = getattr(result, "validation", None) or {}
+    cm = validation.get("confusion_matrix", getattr(result, "confusion_matrix", None))
+    if cm is not None:
+        return np.asarray(cm), names
+    data = session.data
+    if data is None or result.val_index is None or len(result.val_index) == 0:
+        return None
+    idx = np.asarray(result.val_index)
+    probs = session.bundle.predict_proba(data.images[idx])
+    pred = probs.argmax(1)
+    k = len(names)
+    out = np.zeros((k, k), int)
+    np.add.at(out, (data.labels[idx], pred), 1)
+    return out, names
+
+
+def _confusion_html(cm: np.ndarray, names: list[str]) -> str:
+    recall = cm.diagonal() / np.maximum(cm.sum(1), 1)
+    rows = "".join(
+        f"<tr><th>{html.escape(n)}</th>" + "".join(f"<td>{v}</td>" for v in cm[i])
+        + f"<td>{recall[i]:.2f}</td></tr>" for i, n in enumerate(names))
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    return (f"<table><tr><th>true \\ predicted</th>{head}<th>recall</th></tr>{rows}</table>"
+            f"<p>balanced accuracy (validation): <b>{recall.mean():.3f}</b></p>")
+
+
+def _map_figure(layer) -> str:
+    from matplotlib.figure import Figure
+
+    data = np.asarray(layer.data)
+    plane = data.reshape(-1, *data.shape[-2:])[0]
+    fig = Figure(figsize=(2.4, 2.6))
+    ax = fig.add_subplot(1, 1, 1)
+    lo, hi = layer.contrast_limits
+    im = ax.imshow(plane, cmap="inferno", vmin=lo, vmax=hi)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(layer.name, fontsize=9)
+    ax.axis("off")
+    return _png(fig)
+
+
+def write_report(path: str | Path, session, layers: list[Any]) -> Path:
+    """Write the report for ``session`` (model, training result) and result ``layers``."""
+    bundle = session.bundle
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):
+        path = path.with_suffix(".html")
+    parts = ["<html><head><meta charset='utf-8'><title>napari-attribution study</title>"
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em}"
+             "td,th{border:1px solid #ccc;padding:3px 8px}table{border-collapse:collapse}"
+             "img{margin:4px}</style></head><body>",
+             "<h1>napari-attribution study report</h1>",
+             f"<p>model: {html.escape(str(bundle.path or 'trained in this session'))}; "
+             f"channels {html.escape(', '.join(bundle.channel_names))}; classes "
+             f"{html.escape(', '.join(bundle.class_names))}</p>"]
+    if bundle.importance is not None:
+        parts += ["<h2>Channel importance</h2>",
+                  f"<img src='{_importance_figure(bundle.importance)}'>",
+                  "<p>ranking: " + html.escape(" > ".join(bundle.importance.ranking()))
+                  + "</p>"]
+    cm = confusion(session)
+    if cm is not None:
+        parts += ["<h2>Validation</h2>", _confusion_html(*cm)]
+    warnings = list(getattr(session.train_result, "warnings", None) or [])
+    if warnings:
+        parts += ["<h2>Warnings</h2><ul>"] + [f"<li>{html.escape(w)}</li>"
+                                               for w in warnings] + ["</ul>"]
+    if layers:
+        parts += ["<h2>Example maps</h2>"] + [f"<img src='{_map_figure(ly)}'>"
+                                               for ly in layers]
+    prov = dict(bundle.provenance)
+    prov["model_sha256"] = bundle.sha256
+    parts += ["<h2>Provenance</h2><pre>"
+              + html.escape(json.dumps(prov, indent=1, default=str)) + "</pre>"]
+    for ly in layers:
+        p = (ly.metadata.get("napari_attribution") or {}).get("provenance")
+        if p:
+            parts += [f"<h3>{html.escape(ly.name)}</h3><pre>"
+                      + html.escape(json.dumps({k: v for k, v in p.items()
+                                                if k != "probabilities"}, indent=1,
+                                               default=str)) + "</pre>"]
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,135 @@
+"""Result layers: short stable names, one layer per (method, target, images, channel)
+that a rerun replaces, one colour scale per run with a colour bar, and the provenance
+text shown for a selected result layer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import QWidget
+
+KIND = "napari_attribution"
+EVIDENCE_CMAP = "napari-attribution evidence"
+
+
+def evidence_colormap():
+    """Inferno whose dark end is transparent: over the image (translucent blending) pixels
+    without evidence leave the cells visible; strong evidence glows opaque."""
+    from matplotlib import colormaps
+    from napari.utils.colormaps import Colormap
+
+    rgba = colormaps["inferno"](np.linspace(0, 1, 64))
+    rgba[:, 3] = np.clip(np.linspace(0, 1.6, 64), 0, 0.9)
+    return Colormap(colors=rgba, name=EVIDENCE_CMAP, display_name="evidence (inferno)")
+
+
+def run_contrast(maps: list[np.ndarray], top: float = 99.0) -> tuple[float, float]:
+    """One contrast range for every map of a run: from 0 to the ``top`` percentile of the
+    positive values (a weak map then looks weak beside a strong one)."""
+    vals = [np.asarray(m, np.float64).ravel() for m in maps]
+    flat = np.concatenate(vals) if vals else np.zeros(1)
+    flat = flat[np.isfinite(flat) & (flat > 0)]
+    if flat.size > 1_000_000:
+        flat = flat[:: flat.size // 1_000_000 + 1]
+    hi = float(np.percentile(flat, top)) if flat.size else 1.0
+    return 0.0, max(hi, 1e-6)
+
+
+def result_name(method: str, target: str, images: str, channel: str | None = None) -> str:
+    """``PCIM · nuclear · image 3`` (`` · DNA`` for a per-channel map)."""
+    label = method.upper() if method in ("pcim", "rise") else method.replace("_", " ")
+    parts = [label, target, images] + ([channel] if channel else [])
+    return " · ".join(parts)
+
+
+def result_key(meta: dict) -> tuple:
+    info = meta.get(KIND, {})
+    return (info.get("kind"), info.get("key"))
+
+
+def put_result_layer(viewer, data: np.ndarray, name: str, key: str, meta: dict,
+                     contrast: tuple[float, float], placement: dict) -> Any:
+    """Add the result layer, or replace the data of the one a previous run with the same
+    key made (a rerun does not pile layers up)."""
+    meta = {KIND: {**meta.get(KIND, {}), "kind": "attribution", "key": key}}
+    for layer in list(viewer.layers):
+        if result_key(layer.metadata) == ("attribution", key):
+            layer.data = data
+            layer.metadata = meta
+            layer.scale = placement["scale"]
+            layer.translate = placement["translate"]
+            layer.contrast_limits = contrast
+            layer.name = name
+            return layer
+    layer = viewer.add_image(data, name=name, metadata=meta, colormap=evidence_colormap(),
+                             blending="translucent", opacity=0.8, contrast_limits=contrast,
+                             **placement)
+    return layer
+
+
+class ColourBar(QWidget):
+    """The run's colour scale under the widget's buttons: the evidence colormap from 0
+    to the top of the shared contrast range (drawn by Qt: no napari overlay to build)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.range: tuple[float, float] | None = None
+        self.title = ""
+        self.setMinimumHeight(34)
+        self.setVisible(False)
+
+    def set_range(self, lo: float, hi: float, title: str) -> None:
+        self.range = (float(lo), float(hi))
+        self.title = title
+        self.setVisible(True)
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        from matplotlib import colormaps
+        from qtpy.QtCore import QRectF, Qt
+        from qtpy.QtGui import QColor, QLinearGradient, QPainter
+
+        if self.range is None:
+            return
+        p = QPainter(self)
+        w, h = self.width(), self.height()
+        grad = QLinearGradient(0, 0, w - 12, 0)
+        for t in np.linspace(0, 1, 9):
+            r, g, b, _ = colormaps["inferno"](t)
+            grad.setColorAt(float(t), QColor.fromRgbF(r, g, b))
+        p.fillRect(QRectF(6, 2, w - 12, 12), grad)
+        p.setPen(QColor("#d0d0d0"))
+        lo, hi = self.range
+        p.drawText(QRectF(6, 16, w - 12, h - 16), Qt.AlignmentFlag.AlignLeft, f"{lo:.3g}")
+        p.drawText(QRectF(6, 16, w - 12, h - 16), Qt.AlignmentFlag.AlignHCenter, self.title)
+        p.drawText(QRectF(6, 16, w - 12, h - 16), Qt.AlignmentFlag.AlignRight, f"{hi:.3g}")
+        p.end()
+
+
+def provenance_text(layer) -> str:
+    """What made a result layer, as readable lines (empty for other layers)."""
+    md = getattr(layer, "metadata", {}) or {}
+    prov = md.get(KIND, {}).get("provenance")
+    if prov is None and isinstance(md.get("attribution"), dict):  # reopened file
+        prov = md["attribution"].get("provenance")
+    if not prov:
+        return ""
+    keys = ("method", "target_names", "probability", "channel_names", "source_layers",
+            "slice_index", "scale", "model", "model_kind", "model_sha256", "time",
+            "version")
+    lines = [f"layer: {layer.name}"]
+    for k in keys:
+        if k in prov and prov[k] is not None:
+            v = prov[k]
+            if k == "model_sha256":
+                v = str(v)[:16] + "…"
+            elif k == "target_names" and isinstance(v, list) and len(set(v)) == 1:
+                v = v[0]
+            lines.append(f"{k.replace('_', ' ')}: {v if isinstance(v, str) else json.dumps(v)}")
+    params = prov.get("params")
+    if params:
+        lines.append("parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()
+                                                if v is not None))
+    return "\n".join(lines)

@@ -1,0 +1,322 @@
+"""GUI tests of Predict / Explain: targets, channels by name, training scale, result layers,
+export round trip, provenance panel and bad input (pytest-qt + make_napari_viewer)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+pytestmark = pytest.mark.gui
+SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path):
+    from qtpy.QtCore import QSettings
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                      str(tmp_path / "settings"))
+
+
+@pytest.fixture(scope="module")
+def cells():
+    from napari_attribution.core.synthetic import make_cell_phenotype
+
+    return make_cell_phenotype(n_images=48, size=SIZE, seed=1)
+
+
+@pytest.fixture(scope="module")
+def bundle(cells):
+    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.training import TrainConfig, train_dcmix
+
+    cfg = TrainConfig(epochs=3, batch_size=16, width=8, device="cpu", seed=0)
+    from napari_attribution.io.models import load_model
+
+    return load_model(run_generator(train_dcmix(cells, cfg)))
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    import napari.utils.notifications as notifications
+
+    seen: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda msg: seen.append(str(msg)))
+    return seen
+
+
+def _add(viewer, data, order=None, n=None, prefix=""):
+    order = order or list(range(len(data.channel_names)))
+    for c in order:
+        name = data.channel_names[c]
+        viewer.add_image(data.images[:n, c], name=prefix + name, blending="additive")
+
+
+def _widget(viewer, bundle):
+    from napari_attribution._qt import AttributionWidget
+    from napari_attribution._qt._common import session_for
+
+    session_for(viewer).set_model(bundle)
+    w = AttributionWidget(viewer)
+    w.steps.setValue(2)
+    w.curves.setChecked(False)
+    w.scope.setCurrentText("current image")
+    return w
+
+
+def _wait(qtbot, w, timeout=60000):
+    qtbot.waitUntil(lambda: not w.runner.running and w.plot.idle, timeout=timeout)
+
+
+def test_predict_then_explain_with_every_method(make_napari_viewer, qtbot, cells, bundle,
+                                                errors):
+    """The Predict -> Explain -> Explain path: the target survives Predict renaming the
+    first entry, for every method, and a rerun replaces its layer."""
+    from napari_attribution.core.attribution import available_methods
+
+    viewer = make_napari_viewer()
+    _add(viewer, cells, n=8)
+    w = _widget(viewer, bundle)
+    viewer.dims.set_current_step(0, 3)
+    w.predict()
+    _wait(qtbot, w)
+    assert errors == [] and w.target.itemText(0).startswith("predicted (")
+    predicted = w.target.itemText(0)[len("predicted ("):-1]
+    for method in available_methods():
+        w.method.setCurrentText(method)
+        for _ in range(2):  # Explain twice: the second press used to fail
+            assert w.run() is not None, errors
+            _wait(qtbot, w)
+            assert errors == [], (method, errors)
+        name = w.last_layers[0].name
+        assert name.endswith(f"· {predicted} · image 3"), name
+    n_layers = len(viewer.layers)
+    w.target.setCurrentIndex(w.target.findText("nuclear"))  # an explicit class
+    w.method.setCurrentText("saliency")
+    w.run()
+    _wait(qtbot, w)
+    assert errors == [] and set(w.last_result.targets.tolist()) == {1}
+    assert len(viewer.layers) == n_layers + (predicted != "nuclear")
+    assert w.last_layers[0].name == "saliency · nuclear · image 3"
+
+
+def test_predict_and_explain_agree_and_curves_run(make_napari_viewer, qtbot, cells, bundle,
+                                                  errors):
+    viewer = make_napari_viewer()
+    _add(viewer, cells, n=8)
+    w = _widget(viewer, bundle)
+    w.predict()
+    _wait(qtbot, w)
+    p_predict = w.last_probabilities.copy()
+    w.curves.setChecked(True)
+    w.run()
+    _wait(qtbot, w)
+    assert errors == []
+    np.testing.assert_allclose(w.last_result.probabilities, p_predict, atol=1e-5)
+    assert "per image" in w.proba.text()
+    assert set(w.last_curves) == {"deletion", "insertion"}
+    assert "curves" in w.status.text()
+    ax = w.plot.figure.axes[0]
+    assert len(ax.lines) == 2 and ax.get_legend() is not None
+
+
+def test_channels_reach_the_model_by_name(make_napari_viewer, qtbot, cells, bundle, errors):
+    """Layer order does not matter; names that do not match give a clear error, and a
+    channel map fixes them."""
+    ref = bundle.predict_proba(cells.images[:8])
+    viewer = make_napari_viewer()
+    _add(viewer, cells, order=[3, 1, 0, 2], n=8)  # another order in the layer list
+    w = _widget(viewer, bundle)
+    w.scope.setCurrentText("all images")
+    w.picker.set_checked([ly.name for ly in viewer.layers])
+    w.predict()
+    _wait(qtbot, w)
+    assert errors == []
+    np.testing.assert_allclose(w.last_probabilities, ref, atol=1e-5)
+
+    viewer2 = make_napari_viewer()
+    _add(viewer2, cells, n=8, prefix="w1 ")  # names no longer match the model's
+    w2 = _widget(viewer2, bundle)
+    w2.picker.set_checked([ly.name for ly in viewer2.layers])
+    assert w2.predict() is None
+    assert errors and "not among the input's" in errors[-1]
+    assert "not among the input's" in w2.status.text()  # full text in the widget too
+    w2.picker.mapping.setText(", ".join(f"{n}=w1 {n}" for n in cells.channel_names))
+    errors.clear()
+    w2.scope.setCurrentText("all images")
+    w2.predict()
+    _wait(qtbot, w2)
+    assert errors == []
+    np.testing.assert_allclose(w2.last_probabilities, ref, atol=1e-5)
+
+
+def test_training_scale_is_applied(make_napari_viewer, qtbot, cells, bundle, errors):
+    """A model trained on crops shrunk 2x sees full-resolution fields shrunk 2x and in
+    tiles of its input size; the maps go back over the field via the layer scale."""
+    import copy
+
+    b = copy.copy(bundle)
+    b.provenance = {**bundle.provenance, "data": {"image_size": [SIZE, SIZE],
+                                                  "downsample": 2}}
+    field = np.concatenate([np.concatenate([cells.images[i], cells.images[i + 1]], -1)
+                            for i in (0, 2)], -2)  # (C, 64, 64) at training scale
+    raw = np.repeat(np.repeat(field, 2, -1), 2, -2)  # (C, 128, 128) "raw" pixels
+    viewer = make_napari_viewer()
+    for c, name in enumerate(cells.channel_names):
+        viewer.add_image(raw[c], name=name)
+    w = _widget(viewer, b)
+    assert "shrunk 2x, 32 px tiles" in w.model_label.text()
+    w.predict()
+    _wait(qtbot, w)
+    assert errors == []
+    assert "mean over 9 tiles of 32 px, shrunk 2x" in w.proba.text()
+    p_predict = w.last_probabilities.copy()
+    w.method.setCurrentText("saliency")
+    w.run()
+    _wait(qtbot, w)
+    assert errors == []
+    np.testing.assert_allclose(w.last_result.probabilities, p_predict, atol=1e-5)
+    layer = w.last_layers[0]
+    assert layer.data.shape == (64, 64)
+    assert tuple(layer.scale) == (2.0, 2.0) and tuple(layer.translate) == (0.5, 0.5)
+    prov = layer.metadata["napari_attribution"]["provenance"]
+    assert prov["scale"] == {"shrink": 2, "tile": SIZE, "tiles_per_image": 9}
+
+
+def test_export_round_trip_and_provenance_panel(make_napari_viewer, qtbot, cells, bundle,
+                                                tmp_path, errors):
+    from napari_attribution._qt import ExportWidget
+    from napari_attribution._reader import read_layers
+
+    viewer = make_napari_viewer()
+    _add(viewer, cells, n=8)
+    w = _widget(viewer, bundle)
+    exp = ExportWidget(viewer)
+    viewer.dims.set_current_step(0, 4)
+    w.run()
+    _wait(qtbot, w)
+    layer = w.last_layers[0]
+    viewer.layers.selection.active = layer
+    assert "method: pcim" in exp.provenance.toPlainText()
+    assert "image 4" in exp.provenance.toPlainText()
+    written = exp.save_attribution(tmp_path)
+    assert errors == [] and len(written) == 1
+    viewer2 = make_napari_viewer()
+    for data, kw, _kind in read_layers(str(written[0])):
+        viewer2.add_image(data, **kw)
+    back = viewer2.layers[0]
+    assert back.name == layer.name
+    assert back.data.shape == layer.data.shape == (1, SIZE, SIZE)
+    assert tuple(back.translate) == tuple(layer.translate)  # stays on slice 4
+    exp2 = ExportWidget(viewer2)
+    assert exp2.list.count() == 1  # reopened maps can be exported again
+    viewer2.layers.selection.active = back
+    assert "method: pcim" in exp2.provenance.toPlainText()
+    again = exp2.save_attribution(tmp_path / "again")
+    assert errors == [] and len(again) == 1
+
+
+def test_bad_input_gives_messages_not_tracebacks(make_napari_viewer, qtbot, cells, bundle,
+                                                 errors):
+    from napari_attribution._qt import AttributionWidget, TrainWidget
+
+    viewer = make_napari_viewer()
+    a = AttributionWidget(viewer)
+    assert a.run() is None and "no model" in errors[-1] and "no model" in a.status.text()
+    viewer.add_image(cells.images[:4, 0], name="DNA")
+    viewer.add_image(cells.images[:4, 1, :16, :16], name="Marker")
+    t = TrainWidget(viewer)
+    t.picker.set_checked(["DNA", "Marker"])
+    assert t.start_training() is None
+    assert "differ in shape" in errors[-1] and "Combine" in errors[-1]
+    w = _widget(viewer, bundle)  # the model needs 4 channels: DNA, Marker, Membrane, Noise
+    w.picker.set_checked(["DNA"])
+    assert w.run() is None and "Marker" in errors[-1]
+
+
+def test_layer_removed_mid_run(make_napari_viewer, qtbot, cells, bundle, errors):
+    viewer = make_napari_viewer()
+    _add(viewer, cells, n=8)
+    w = _widget(viewer, bundle)
+    w.steps.setValue(30)
+    assert w.run() is not None
+    viewer.layers.remove("Marker")
+    _wait(qtbot, w)
+    assert errors == []
+    assert w.last_layers and w.last_layers[0].data.shape == (1, SIZE, SIZE)
+
+
+def test_closing_the_viewer_mid_run_returns_fast(make_napari_viewer, qtbot, cells, bundle):
+    """Closing mid-run costs at most 1 s more than closing an idle viewer (napari's own
+    teardown takes about a second here) and leaves no thread behind."""
+    from qtpy.QtCore import QThreadPool
+
+    def viewer_with_widget():
+        viewer = make_napari_viewer()
+        _add(viewer, cells)
+        w = _widget(viewer, bundle)
+        viewer.window.add_dock_widget(w, name="Pixel attribution")
+        w.scope.setCurrentText("all images")
+        w.steps.setValue(500)
+        return viewer, w
+
+    idle, _ = viewer_with_widget()
+    t0 = time.perf_counter()
+    idle.close()
+    idle_s = time.perf_counter() - t0
+    viewer, w = viewer_with_widget()
+    worker = w.run()
+    seen = []
+    worker.yielded.connect(seen.append)
+    qtbot.waitUntil(lambda: len(seen) >= 1, timeout=30000)
+    t0 = time.perf_counter()
+    viewer.close()
+    assert time.perf_counter() - t0 < idle_s + 1.0
+    assert not w.runner.running
+    assert QThreadPool.globalInstance().waitForDone(20000)
+
+
+def test_study_report(make_napari_viewer, qtbot, cells, bundle, tmp_path, errors):
+    """One HTML file with the importance chart, the confusion matrix and example maps."""
+    from napari_attribution._qt import ExportWidget
+    from napari_attribution._qt._common import session_for
+    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.training import TrainConfig, train_dcmix
+
+    viewer = make_napari_viewer()
+    _add(viewer, cells, n=8)
+    result = run_generator(train_dcmix(cells, TrainConfig(epochs=1, width=8, device="cpu")))
+    w = _widget(viewer, bundle)
+    session = session_for(viewer)
+    session.data = cells
+    session.set_model(result, result)
+    exp = ExportWidget(viewer)
+    before = exp.save_report(tmp_path / "before.html")  # no maps yet: chart only
+    assert before.read_text().count("data:image/png;base64,") == 1
+    w.run()
+    _wait(qtbot, w)
+    out = exp.save_report(tmp_path / "report")
+    assert errors == [] and out.suffix == ".html"
+    text = out.read_text()
+    assert "Channel importance" in text and "balanced accuracy" in text
+    n_val = len(result.val_index)
+    cm_cells = [int(v) for v in re.findall(r"<td>(\d+)</td>", text)]
+    assert sum(cm_cells) == n_val  # every validation image counted once
+    assert text.count("data:image/png;base64,") == 2  # importance chart + one map
+    assert "PCIM · " in text
+
+
+def test_sample_is_large_enough_and_coloured():
+    from napari_attribution._sample_data import cell_phenotype_sample
+
+    layers = cell_phenotype_sample()
+    images = [ly for ly in layers if ly[2] == "image"]
+    assert [kw["name"] for _, kw, _ in images] == ["DNA", "Marker", "Membrane", "Distractor"]
+    assert images[0][0].shape == (400, 32, 32)
+    assert images[0][1]["colormap"] == "blue" and len(images[0][1]["metadata"]["labels"]) == 400
