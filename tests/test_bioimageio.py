@@ -22,15 +22,6 @@ from napari_attribution.io.writers import read_attribution_tiff  # noqa: E402
 from test_model_loading import make_bundle  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _leave_global_rng_as_found():
-    """Later tests that draw from torch's global generator see what they would without
-    this module (test_pcim's substrate test depends on it: see its unseeded input)."""
-    state = torch.random.get_rng_state()
-    yield
-    torch.random.set_rng_state(state)
-
-
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     d = tmp_path_factory.mktemp("bio")

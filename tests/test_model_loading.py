@@ -17,15 +17,6 @@ from napari_attribution.core.errors import BundleError, InputError
 from napari_attribution.io.writers import read_attribution_tiff
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _leave_global_rng_as_found():
-    """Later tests that draw from torch's global generator see what they would without
-    this module (test_pcim's substrate test depends on it: see its unseeded input)."""
-    state = torch.random.get_rng_state()
-    yield
-    torch.random.set_rng_state(state)
-
-
 def make_bundle(path):
     """A small untrained DCMIX bundle: channels dna, gfp; classes neg, pos."""
     from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig

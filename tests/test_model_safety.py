@@ -23,14 +23,6 @@ from napari_attribution.core.errors import BundleError
 TARGET_BYTES = b"0123456789abcdef-original-bytes"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _leave_global_rng_as_found():
-    """Later tests that draw from torch's global generator see what they would without
-    this module (test_pcim's substrate test depends on it: see its unseeded input)."""
-    state = torch.random.get_rng_state()
-    yield
-    torch.random.set_rng_state(state)
-
 #: name -> (builder(path, marker, target), expected message fragment)
 HOSTILE = {
     "pickle": (lambda d, m, t: H.pickle_payload(d / "evil.pt", m), "pickled models"),

@@ -13,7 +13,6 @@ channel: positive when it exceeds the Otsu threshold of all objects' means (or a
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.errors import InputError
-from .plate_map import class_key, normalise_well, site_key
+from .plate_map import class_key, normalise_well, read_csv_rows, site_key
 
 OBJECT_COLUMNS = ("well", "site", "file", "x", "y", "label")
 #: Standard names looked for when a column is not mapped explicitly (first found wins).
@@ -94,16 +93,8 @@ def read_objects(path: str | Path, columns: str | Mapping[str, str] | None = Non
     """Read an object table (CSV); ``columns`` maps our names to the table's
     (``{"well": "Metadata_Well"}`` or ``"well=Metadata_Well,..."``)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"object table not found: {path}")
     mapping = parse_column_map(columns)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"cannot read object table {path}: {err}") from None
-    if not rows:
-        raise InputError(f"object table {path} has no rows")
+    rows = read_csv_rows(path, "object table")
     cols = list(rows[0])
     found = {k: _find(cols, k, mapping) for k in OBJECT_COLUMNS}
     need = ["x", "y"] + (["label"] if need_label else [])

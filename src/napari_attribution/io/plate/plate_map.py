@@ -67,6 +67,20 @@ class PlateMap:
         return normalise_well(well) in self.wells
 
 
+def read_csv_rows(path: Path, what: str) -> list[dict[str, str]]:
+    """The rows of a CSV file (BOM tolerated), or a clear error naming ``what`` it is."""
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"cannot read {what} {path}: {err}") from None
+    if not rows:
+        raise InputError(f"{what} {path} has no rows")
+    return rows
+
+
 def read_plate_map(
     path: str | Path,
     well_column: str | None = "well",
@@ -86,15 +100,7 @@ def read_plate_map(
     the control flag for wells without a class.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"plate map not found: {path}")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"cannot read plate map {path}: {err}") from None
-    if not rows:
-        raise InputError(f"plate map {path} has no rows")
+    rows = read_csv_rows(path, "plate map")
     cols = set(rows[0])
     use_rc = row_column is not None and col_column is not None
     needed = {row_column, col_column} if use_rc else {well_column}
