@@ -19,7 +19,7 @@ from .progress_bar import run_with_bar
 def run(args: argparse.Namespace) -> int:
     from ..io.atomic import atomic_write_text
     from ..io.bundle import save_training_result
-    from .cmd_channels import format_importance
+    from .cmd_channels import format_importance, format_warnings
     from .cmd_train import load_sample
 
     out = Path(args.output)
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nvalidation accuracy {result.val_accuracy:.3f} ({result.seconds:.1f} s on "
           f"{cfg.device})\n")
     print(format_importance(imp, "text"))
+    print(format_warnings(result.warnings))
     print(f"\nsaved: {bundle}, {out / 'channel_importance.csv'}, "
           f"{out / 'channel_importance.json'}")
     if data.masks is not None:
