@@ -87,3 +87,39 @@ def test_evaluate_table(tmp_path, trained_cells, capsys):
     assert "insertion (higher)" in table and "not independent evidence" in table
     assert main(["evaluate", str(bundle), "--sample", "cells", "--methods", "nope",
                  "--device", "cpu", "-q"]) == 2
+
+
+def test_explain_shrinks_fields_like_the_training_images(tmp_path, trained_cells, cell_data):
+    """A model trained on fields shrunk 2x explains a raw field shrunk 2x, and the map
+    comes back on the raw pixel grid; --downsample 1 overrides."""
+    import dataclasses
+
+    from napari_attribution.core.inference import shrink
+    from napari_attribution.core.progress import run_generator
+
+    result = dataclasses.replace(trained_cells,
+                                 data_info={**trained_cells.data_info, "downsample": 2})
+    bundle = save_training_result(tmp_path / "ds2.safetensors", result)
+    raw = np.repeat(np.repeat(cell_data.images[0], 2, axis=-2), 2, axis=-1)
+    raw = raw[:, :-1]                       # an odd height: shrinking drops the last row
+    h = raw.shape[-2]
+    tifffile.imwrite(tmp_path / "field.tif", raw)
+    out = tmp_path / "field.saliency.ome.tif"
+    assert main(["explain", str(bundle), str(tmp_path / "field.tif"), "-m", "saliency",
+                 "--device", "cpu", "-q", "-o", str(out)]) == 0
+    maps, meta = read_attribution_tiff(out)
+    maps = np.squeeze(maps)
+    assert maps.shape == raw.shape[-2:]
+    from napari_attribution.io.models import load_model
+
+    clf = load_model(bundle)
+    want = run_generator(clf.explain(shrink(raw[None], 2), method="saliency",
+                                     device="cpu")).maps[0]
+    np.testing.assert_allclose(maps[:h - 1:2, ::2], want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(maps[h - 1], maps[h - 2])     # the dropped edge row
+    assert meta["provenance"]["downsample"] == 2
+    out1 = tmp_path / "raw.ome.tif"
+    assert main(["explain", str(bundle), str(tmp_path / "field.tif"), "-m", "saliency",
+                 "--device", "cpu", "-q", "-o", str(out1), "--downsample", "1"]) == 0
+    raw_map = np.squeeze(read_attribution_tiff(out1)[0])
+    assert raw_map.shape == raw.shape[-2:] and not np.allclose(raw_map, maps)

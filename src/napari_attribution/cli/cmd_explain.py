@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.inference import ModelScale, shrink
 from ._checks import add_overwrite_argument, positive_int
 from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
@@ -57,6 +58,18 @@ def output_path(image: Path, output: Path | None, method: str, n_inputs: int) ->
     return output
 
 
+def full_size(maps: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Maps computed on images shrunk ``factor`` times, back on the raw pixel grid
+    (each map pixel repeated over its block; edge rows and columns that the shrinking
+    dropped repeat their neighbours)."""
+    if factor <= 1:
+        return maps
+    up = np.repeat(np.repeat(maps, factor, axis=-2), factor, axis=-1)
+    pad = [(0, 0)] * (up.ndim - 2) + [(0, shape[0] - up.shape[-2]),
+                                       (0, shape[1] - up.shape[-1])]
+    return np.pad(up, pad, mode="edge")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..core.attribution import check_method_params
     from ..io.atomic import check_output
@@ -71,10 +84,15 @@ def run(args: argparse.Namespace) -> int:
         check_output(out, args.overwrite, "attribution maps")
     clf = load_from_args(args)
     target = clf.resolve_targets(args.target)
+    factor = args.downsample or ModelScale.from_provenance(
+        getattr(clf.bundle, "provenance", None)).downsample
+    if factor > 1:
+        print(f"images are shrunk {factor}x before explaining, as the model's training "
+              "images were (--downsample 1 to override); maps are written at full size")
     for image, out_path in zip(args.images, outputs, strict=True):
         raw = read_images(image)
         clf.check_channels(raw.shape[1], f"{image}")
-        result = run_with_bar(clf.explain(raw, target, method=args.method,
+        result = run_with_bar(clf.explain(shrink(raw, factor), target, method=args.method,
                                           per_channel=args.per_channel, device=args.device,
                                           batch_size=args.batch_size,
                                           input_size=args.input_size or clf.input_size,
@@ -82,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
         names = clf.channel_names if args.per_channel else None
         prov = result.provenance()
         prov["image"] = str(image)
-        maps = result.maps[0] if result.maps.shape[0] == 1 else result.maps
+        prov["downsample"] = int(factor)
+        maps = full_size(result.maps, factor, raw.shape[-2:])
+        maps = maps[0] if maps.shape[0] == 1 else maps
         out = write_attribution_tiff(out_path, maps, channel_names=names, provenance=prov,
                                      name=f"{args.method} attribution",
                                      overwrite=args.overwrite)
@@ -109,6 +129,10 @@ def register(sub) -> None:
                    help="method parameter, e.g. --param steps=12 (repeatable)")
     p.add_argument("--input-size", type=positive_int,
                    help="the model's input side in pixels; larger images are tiled")
+    p.add_argument("--downsample", type=positive_int,
+                   help="block-average images by this factor before explaining (default: "
+                        "the factor the model's training images were shrunk by, recorded "
+                        "in its bundle; 1 = raw pixels)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=32)
     add_overwrite_argument(p)
