@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.inference import ModelScale, shrink
+from ..core.inference import ModelScale, expand, shrink
 from ._checks import add_overwrite_argument, positive_int
 from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
@@ -58,18 +58,6 @@ def output_path(image: Path, output: Path | None, method: str, n_inputs: int) ->
     return output
 
 
-def full_size(maps: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Maps computed on images shrunk ``factor`` times, back on the raw pixel grid
-    (each map pixel repeated over its block; edge rows and columns that the shrinking
-    dropped repeat their neighbours)."""
-    if factor <= 1:
-        return maps
-    up = np.repeat(np.repeat(maps, factor, axis=-2), factor, axis=-1)
-    pad = [(0, 0)] * (up.ndim - 2) + [(0, shape[0] - up.shape[-2]),
-                                       (0, shape[1] - up.shape[-1])]
-    return np.pad(up, pad, mode="edge")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..core.attribution import check_method_params
     from ..io.atomic import check_output
@@ -101,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         prov = result.provenance()
         prov["image"] = str(image)
         prov["downsample"] = int(factor)
-        maps = full_size(result.maps, factor, raw.shape[-2:])
+        maps = expand(result.maps, factor, raw.shape[-2:])
         maps = maps[0] if maps.shape[0] == 1 else maps
         out = write_attribution_tiff(out_path, maps, channel_names=names, provenance=prov,
                                      name=f"{args.method} attribution",

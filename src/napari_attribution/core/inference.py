@@ -73,6 +73,18 @@ def shrink(images: np.ndarray, factor: int) -> np.ndarray:
         axis=(-3, -1)).astype(np.float32)
 
 
+def expand(maps: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`shrink` for maps: each pixel repeated over its
+    ``factor`` x ``factor`` block, edge rows and columns that shrinking dropped filled
+    with their neighbours, so the result is ``shape`` (H, W) in the last two axes."""
+    if factor <= 1:
+        return maps
+    up = np.repeat(np.repeat(maps, factor, axis=-2), factor, axis=-1)
+    pad = [(0, 0)] * (up.ndim - 2) + [(0, shape[0] - up.shape[-2]),
+                                       (0, shape[1] - up.shape[-1])]
+    return np.pad(up, pad, mode="edge")
+
+
 def tiling_for(shape: tuple[int, int], input_size: int | None,
                overlap: int | None = None) -> tuple[list[tuple[int, int]], int, int]:
     """Tile origins, tile side and overlap for an image of ``shape`` (H, W): the whole

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .classification import interval
 from .classifier import frozen
 from .errors import InputError
 from .pcim import make_substrate
@@ -244,8 +245,7 @@ def bootstrap_interval(values: np.ndarray, n_boot: int = 2000, level: float = 0.
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
-    a = (1 - level) / 2
-    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+    return (float(v.mean()), *interval(means, level))
 
 
 def _pixel_maps(maps: np.ndarray) -> np.ndarray:
