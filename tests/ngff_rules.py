@@ -1,10 +1,9 @@
 """The OME-NGFF 0.4 rules a batch store must follow, checked on the files themselves.
 
-No maintained NGFF validator installs cleanly beside napari here (ome-zarr-models and
-ome-zarr pin pydantic < 2.13; ngff-zarr pulls itkwasm), so the rules of the 0.4
-specification that matter for viewers are checked directly: plate rows/columns/wells,
-well images, multiscales axes (2-5, at most one channel-or-custom axis, space axes last),
-datasets that exist with one scale per axis.
+An independent second check beside ome-zarr-models' validators
+(``napari_attribution.batch.ngff.validate_store``, which the store's metadata is built
+with): plate rows/columns/wells, well images, multiscales axes (2-5, at most one
+channel-or-custom axis, space axes last), datasets that exist with one scale per axis.
 """
 
 from __future__ import annotations

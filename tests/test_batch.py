@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("distributed")
 pytest.importorskip("zarr")
+pytest.importorskip("ome_zarr_models", reason="ome-zarr-models (batch extra) not installed")
 
 from napari_attribution.batch import (  # noqa: E402
     BatchConfig,
@@ -18,6 +19,7 @@ from napari_attribution.batch import (  # noqa: E402
     records_from_plate,
     run_batch,
 )
+from napari_attribution.batch.ngff import validate_store  # noqa: E402
 from napari_attribution.batch.records import read_record  # noqa: E402
 from napari_attribution.core.errors import BundleError, Cancelled, InputError  # noqa: E402
 from napari_attribution.core.progress import run_generator  # noqa: E402
@@ -136,6 +138,7 @@ def test_batch_equals_single_process_and_writes_tables(tmp_path, records, bundle
     assert meta["channel_names"] == CHANNELS and meta["class_names"] == ["neg", "pos"]
     assert meta["provenance"]["bundle_sha256"] == meta["payload_summary"]["bundle_sha256"]
     # an NGFF HCS plate: wells A/1 ... B/2 with 3 fields each, maps as (c, y, x) images
+    assert validate_store(out).n_wells == 4
     fields = check_plate(out)
     assert sorted(fields) == sorted(f"{w[0]}/{int(w[1:])}/{k}" for w in
                                     ("A01", "A02", "B01", "B02") for k in range(3))
@@ -180,6 +183,7 @@ def test_per_channel_maps_and_channel_shares(tmp_path, records, bundle_path):
     assert [c["label"] for c in omero] == ["saliency dna", "saliency gfp"]
     # per-channel maps are channels of each field image: valid NGFF (one channel axis)
     assert all(shape == [2, 32, 32] for shape in check_plate(tmp_path / "pc.zarr").values())
+    validate_store(tmp_path / "pc.zarr")
 
 
 def test_interrupt_and_resume(tmp_path, records, bundle_path, reference):
@@ -348,6 +352,7 @@ def test_downsampled_run_matches_downsampled_images_and_aligns_in_napari(
     ms = store.group["A/1/0"].attrs["multiscales"][0]
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 2.0]
     check_plate(out)
+    validate_store(out)
     layers = {kw["name"]: (data, kw) for data, kw, _ in read_batch_store(str(out))}
     plate_layer, pcim_layer = layers["plate dna"], layers["pcim"]
     assert plate_layer[0].shape == (len(records), 32, 32)

@@ -18,6 +18,7 @@ from test_batch import PATTERN, make_bundle, write_plate  # noqa: E402
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     """One finished CLI run with per-channel PCIM maps (threads, fast)."""
+    pytest.importorskip("ome_zarr_models", reason="ome-zarr-models (batch extra) not installed")
     root = tmp_path_factory.mktemp("cli")
     plate = write_plate(root / "plate", wells=("A01", "B01"), sites=(1, 2))
     (root / "map.csv").write_text("well,class,dose,control\nA01,neg,0,-1\nB01,pos,5,1\n")

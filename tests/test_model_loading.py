@@ -227,6 +227,7 @@ def test_pt2_export_explain_evaluate_end_to_end(bundle, tmp_path, capsys):
 def test_pt2_batch_run(bundle, tmp_path):
     pytest.importorskip("distributed")
     pytest.importorskip("zarr")
+    pytest.importorskip("ome_zarr_models")
     from napari_attribution.io.model_export import export_program
     from test_batch import PATTERN, write_plate
 

@@ -102,6 +102,7 @@ def test_cli_refuses_hostile_files(hostile, images, tmp_path, capsys, name, comm
 def test_cli_batch_refuses_hostile_files(hostile, tmp_path, capsys, name):
     pytest.importorskip("distributed")
     pytest.importorskip("zarr")
+    pytest.importorskip("ome_zarr_models")
     from test_batch import PATTERN, write_plate
 
     files, marker, target = hostile

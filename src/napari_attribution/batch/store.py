@@ -16,7 +16,9 @@ Layout (Zarr format 2, OME-NGFF 0.4)::
       done                  (N,) uint8, written last: 1 = every output of image i is stored
       <row>/<col>/          NGFF well (its fields' paths)
       <row>/<col>/<field>/  NGFF image of one field: multiscales with axes (c, y, x),
-                            omero channel labels ("pcim", or "pcim GFP" per channel)
+                            omero channels: label ("pcim", or "pcim GFP" per channel)
+                            and display window (set from the maps when the run
+                            completes); napari_attribution: image index and id
         0                   (n_maps, H, W) float32, one chunk: every map of the field
 
 Image ``i`` of the root arrays is record ``i`` of the run; its maps are the field image
@@ -26,14 +28,18 @@ NGFF viewer opens the store as a plate of map images. Each chunk holds exactly o
 and Zarr's local store writes a chunk by rename, so an image's outputs are complete
 exactly when its ``done`` chunk reads 1; a crash leaves at most unmarked images, which a
 rerun recomputes. Only the process driving the run writes attributes; workers write
-chunks only. (Store format 1 kept all maps of a method in one ``maps/<method>/0`` array
-of shape (N, [C,] H, W); it is still read.)
+chunks only. The NGFF attributes are ome-zarr-models models (:mod:`.ngff`), never
+hand-written: creating a store without the library is an :class:`InputError`, and
+:func:`.ngff.validate_store` checks a written store with the library's validators.
+(Store format 1 kept all maps of a method in one ``maps/<method>/0`` array of shape
+(N, [C,] H, W); it is still read.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -43,12 +49,13 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from . import ngff
+from .ngff import NGFF_VERSION, map_axes  # noqa: F401  (part of this module's API)
 from .records import ImageRecord
 
 FORMAT = "napari-attribution-batch"
 FORMAT_VERSION = 2
 ATTR = "napari_attribution"
-NGFF_VERSION = "0.4"
 _WELL = re.compile(r"^\s*([A-Za-z]+)[-_ ]?0*(\d+)\s*$")
 
 
@@ -105,26 +112,10 @@ def field_paths(records: Sequence[ImageRecord]) -> list[str]:
     return out
 
 
-def _row_key(name: str) -> tuple[int, str]:
-    return (len(name), name)
-
-
 def plate_metadata(paths: Sequence[str], name: str) -> dict[str, Any]:
-    """NGFF 0.4 ``plate`` attributes for the wells and fields in ``paths``."""
-    wells = list(dict.fromkeys(p.rsplit("/", 1)[0] for p in paths))
-    rows = sorted({w.split("/")[0] for w in wells}, key=_row_key)
-    cols = sorted({w.split("/")[1] for w in wells}, key=int)
-    per_well: dict[str, int] = {}
-    for p in paths:
-        w = p.rsplit("/", 1)[0]
-        per_well[w] = per_well.get(w, 0) + 1
-    return {
-        "version": NGFF_VERSION, "name": name,
-        "rows": [{"name": r} for r in rows], "columns": [{"name": c} for c in cols],
-        "wells": [{"path": w, "rowIndex": rows.index(w.split("/")[0]),
-                   "columnIndex": cols.index(w.split("/")[1])} for w in wells],
-        "field_count": max(per_well.values()),
-    }
+    """NGFF 0.4 ``plate`` attributes for the wells and fields in ``paths`` (built with
+    ome-zarr-models, see :mod:`.ngff`)."""
+    return ngff.plate_attrs(paths, name)["plate"]
 
 
 def map_rows(methods: Sequence[str], channel_names: Sequence[str] | None
@@ -133,25 +124,6 @@ def map_rows(methods: Sequence[str], channel_names: Sequence[str] | None
     if channel_names is None:
         return [(m, None) for m in methods]
     return [(m, c) for m in methods for c in channel_names]
-
-
-def _multiscales(name: str, axes: list[dict[str, str]], pixel: float = 1.0
-                 ) -> list[dict[str, Any]]:
-    """NGFF multiscales of one array; ``pixel`` is the size of a map pixel in pixels of
-    the plate's images (the downsampling factor)."""
-    scale = [float(pixel) if a.get("type") == "space" else 1.0 for a in axes]
-    return [{
-        "version": "0.4", "name": name, "axes": axes,
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": scale}]}],
-        "type": "none",
-    }]
-
-
-def map_axes() -> list[dict[str, str]]:
-    """NGFF axes of a field's map array: the maps as channels, then y, x."""
-    return [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": None},
-            {"name": "x", "type": "space", "unit": None}]
 
 
 class MapView:
@@ -283,6 +255,7 @@ class BatchStore:
                class_names: Sequence[str], provenance: dict[str, Any]) -> BatchStore:
         """Create an empty store for ``records`` (every image not done yet)."""
         zarr = require_zarr()
+        ngff.require_models()  # before anything is written: no store without NGFF models
         path = Path(path)
         n = len(records)
         h, w = payload["image_shape"]
@@ -304,15 +277,13 @@ class BatchStore:
         rows = map_rows(methods, list(channel_names) if per_channel else None)
         if methods:
             labels = [m if c is None else f"{m} {c}" for m, c in rows]
-            ms = _multiscales("attribution maps", map_axes(), payload.get("downsample", 1))
-            wells: dict[str, list[dict[str, str]]] = {}
-            omero = {"channels": [{"label": lab, "active": True, "color": "FFFFFF"}
-                                  for lab in labels]}
+            pixel = float(payload.get("downsample", 1))
+            image = ngff.image_attrs(labels, pixel)  # the same NGFF block for every field
+            wells: dict[str, list[str]] = {}
             for i, (path_i, record) in enumerate(zip(fields, records, strict=True)):
                 well, field = path_i.rsplit("/", 1)
-                wells.setdefault(well, []).append({"path": field})
-                attrs = {"multiscales": ms, "omero": omero,
-                         ATTR: {"image_index": i, "image_id": record.id}}
+                wells.setdefault(well, []).append(field)
+                attrs = {**image, ATTR: {"image_index": i, "image_id": record.id}}
                 if i == 0:  # the template: made by zarr itself
                     row, col, _ = path_i.split("/")
                     g = group.require_group(row).require_group(col).require_group(field)
@@ -322,9 +293,8 @@ class BatchStore:
                 else:  # every field has the same array: copy zarr's metadata files
                     _clone_field(path, fields[0], path_i, attrs)
             for well, images in wells.items():
-                (path / well / ".zattrs").write_text(json.dumps(
-                    {"well": {"images": images, "version": NGFF_VERSION}}))
-            group.attrs["plate"] = plate_metadata(fields, path.stem)
+                (path / well / ".zattrs").write_text(json.dumps(ngff.well_attrs(images)))
+            group.attrs.update(ngff.plate_attrs(fields, path.stem))
         group.attrs[ATTR] = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "fingerprint": fingerprint(payload), "payload_summary": {
@@ -472,9 +442,31 @@ class BatchStore:
         self._array("seconds")[index] = np.float32(seconds)
         self._array("done")[index] = 1
 
+    def _write_windows(self, meta: dict[str, Any]) -> None:
+        """Give every field image's ``omero`` channels the display window of its plane,
+        taken from the first finished field (so NGFF viewers show the maps with the
+        plugin's heat-map contrast). Each field's ``.zattrs`` is replaced by rename."""
+        done = np.flatnonzero(self.done_mask())
+        if not len(done):
+            return
+        fields = list(meta["fields"])
+        maps = np.asarray(self._array(f"{fields[int(done[0])]}/0")[...])
+        labels = [m if c is None else f"{m} {c}" for m, c in meta["map_rows"]]
+        image = ngff.image_attrs(labels, float(meta.get("downsample", 1)),
+                                 [ngff.map_window(plane) for plane in maps])
+        for i, (field, record) in enumerate(zip(fields, meta["images"], strict=True)):
+            target = self.path / field / ".zattrs"
+            tmp = target.with_name(".zattrs.partial")
+            tmp.write_text(json.dumps({**image, ATTR: {"image_index": i,
+                                                       "image_id": record["id"]}}))
+            os.replace(tmp, target)
+
     def mark_complete(self, summary: dict[str, Any]) -> None:
-        """Record that every image is done (driver only)."""
+        """Record that every image is done (driver only); the maps' NGFF display windows
+        are set from the first field."""
         meta = self.meta
+        if meta.get("methods") and int(meta.get("format_version", 1)) >= 2:
+            self._write_windows(meta)
         meta["complete"] = True
         meta["summary"] = summary
         self.group.attrs[ATTR] = meta
