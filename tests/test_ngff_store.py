@@ -285,3 +285,54 @@ def test_our_reader_claims_only_stores_we_wrote(tmp_path, store_path):
     napari_get_reader = _ome_zarr_reader()
     (layer,) = napari_get_reader(str(other))()
     assert np.asarray(layer[0][0]).shape == (4, 2 * H, 3 * W)
+
+
+def _plugins(*names: str):
+    npe2 = pytest.importorskip("npe2")
+    _ome_zarr_reader()
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    missing = [n for n in names if n not in pm._manifests]
+    if missing:
+        pytest.skip(f"plugins not installed (entry points): {missing}")
+    return pm
+
+
+def test_npe2_hands_each_store_to_the_right_plugin(tmp_path, store_path):
+    """Both plugins offer ``*.zarr``; ours reads only its stores, napari-ome-zarr reads the
+    same store as a plate, and a foreign plate only through napari-ome-zarr."""
+    import shutil
+
+    from npe2 import io_utils
+
+    from napari_attribution._reader import get_reader as tiff_reader
+
+    _plugins("napari-attribution", "napari-ome-zarr")
+    assert tiff_reader(str(store_path)) is None
+    ours = io_utils.read([str(store_path)], plugin_name="napari-attribution", stack=False)
+    assert [kw["name"] for _, kw, _ in ours] == [f"{m} {c}" for m in METHODS
+                                                  for c in CHANNELS]
+    (plate,) = io_utils.read([str(store_path)], plugin_name="napari-ome-zarr", stack=False)
+    assert plate[1]["name"] == [kw["name"] for _, kw, _ in ours]
+    other = tmp_path / "other.zarr"
+    shutil.copytree(store_path, other)
+    _edit(other, "", lambda a: a.pop(ATTR))
+    with pytest.raises(ValueError):
+        io_utils.read([str(other)], plugin_name="napari-attribution", stack=False)
+    (plate,) = io_utils.read([str(other)], plugin_name="napari-ome-zarr", stack=False)
+    assert np.asarray(plate[0][0]).shape == (4, 2 * H, 3 * W)
+
+
+@pytest.mark.gui
+def test_napari_opens_the_store_as_a_plate_with_napari_ome_zarr(make_napari_viewer,
+                                                                 store_path):
+    _plugins("napari-ome-zarr")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(store_path), plugin="napari-ome-zarr")
+    names = [f"{m} {c}" for m in METHODS for c in CHANNELS]
+    assert [layer.name for layer in layers] == names
+    data = [layer.data[0] if layer.multiscale else layer.data for layer in layers]
+    assert all(d.shape == (2 * H, 3 * W) for d in data)
+    assert all(tuple(layer.scale) == (2.0, 2.0) for layer in layers)
+    store = BatchStore.open(store_path)  # well A/1, field 0 is the top-left tile
+    np.testing.assert_array_equal(np.asarray(data[1][:H, :W]), store.maps("pcim")[0][1])
