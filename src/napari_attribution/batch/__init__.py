@@ -2,12 +2,14 @@
 
 ``run_batch(records, bundle, output, BatchConfig(...))`` is the verb; records come from
 a plate dataset (:func:`records_from_plate` of an ``io.plate.Plate``); results are read
-back with :func:`open_result`. Dask and zarr are imported only when a run starts
+back with :func:`open_result`; :func:`validate_store` checks a store as an OME-NGFF plate.
+Dask, zarr and ome-zarr-models are imported only when a run starts
 (``pip install 'napari-attribution[batch]'``).
 """
 
 from __future__ import annotations
 
+from .ngff import validate_store
 from .records import ImageRecord, read_record, records_from_plate
 from .runner import BatchConfig, BatchIncomplete, BatchResult, run_batch
 from .store import BatchStore
@@ -19,4 +21,4 @@ def open_result(path) -> BatchStore:
 
 
 __all__ = ["BatchConfig", "BatchIncomplete", "BatchResult", "BatchStore", "ImageRecord",
-           "open_result", "read_record", "records_from_plate", "run_batch"]
+           "open_result", "read_record", "records_from_plate", "run_batch", "validate_store"]

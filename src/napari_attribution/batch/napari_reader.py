@@ -5,6 +5,10 @@ from the files the run recorded, when they are still there) and one heat-map lay
 method (per channel with per-channel maps), all stacked as (image, y, x) so that the
 image slider walks the plate with maps and images in register. Layer metadata carries
 the run's provenance and the per-image ids, wells and predicted classes.
+
+Only stores this package wrote are claimed (a root ``napari_attribution`` block naming
+the store format); any other ``.zarr`` folder, and a well or field inside a store, gets
+None, so napari-ome-zarr (which also opens our store as an NGFF plate) can take it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ def _store_meta(path: Path) -> dict[str, Any] | None:
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """:func:`read_batch_store` for a batch result store, else None (napari tries others)."""
+    """:func:`read_batch_store` for a batch result store this package wrote, else None
+    (napari tries other readers, e.g. napari-ome-zarr)."""
     if isinstance(path, list):
         if len(path) != 1:
             return None
