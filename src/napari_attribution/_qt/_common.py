@@ -304,9 +304,12 @@ class PlotCanvas(QWidget):
 
     @staticmethod
     def legend(ax, **kwargs) -> None:
-        """A legend readable on the dark background; neutral swatches for hatched bars."""
-        kwargs.setdefault("loc", "upper center")
-        kwargs.setdefault("bbox_to_anchor", (0.5, -0.45))
+        """A legend readable on the dark background, on the figure's bottom edge (under
+        the axis label, never over it or the data, whatever the widget's height); neutral
+        swatches for hatched bars."""
+        kwargs.setdefault("loc", "lower center")
+        kwargs.setdefault("bbox_to_anchor", (0.5, 0.0))
+        kwargs.setdefault("bbox_transform", ax.figure.transFigure)
         kwargs.setdefault("ncol", 2)
         leg = ax.legend(fontsize=FONT_PT, facecolor="#262930", edgecolor="#808080",
                         labelcolor="#e0e0e0", **kwargs)

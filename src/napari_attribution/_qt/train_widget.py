@@ -423,8 +423,7 @@ class TrainWidget(DockWidget):
         ax_curve.set_title("loss / accuracy")
         h1, l1 = ax_curve.get_legend_handles_labels()
         h2, l2 = ax_acc.get_legend_handles_labels()
-        self.plot.legend(ax_curve, handles=h1 + h2, labels=l1 + l2, ncol=3,
-                         bbox_to_anchor=(1.15, -0.5))
+        self.plot.legend(ax_curve, handles=h1 + h2, labels=l1 + l2, ncol=3)
         colours = channel_colours(self.viewer, names)
         x = np.arange(len(names))
         width = 0.8 / n_heads
