@@ -1,0 +1,202 @@
+"""Gradient-free (black-box) PCIM against gradient PCIM: fidelity and cost (a script).
+
+Issue #14's target: black-box PCIM within 10 % of gradient PCIM on ROAD (most relevant
+first, lower is better) at no more than 4x its time. Both methods run through
+:func:`explain` in the same process, on the same images, one after the other (so the
+time ratio is measured under the same load); passes are counted with forward hooks.
+
+Images (the models are those of ``fidelity.py``):
+
+* ``--split tuning``: what black-box PCIM's defaults were chosen on: the first
+  ``--n-images`` of MNIST digits 8000-8031 (``pcim_tuning.py``'s tuning digits), synthetic
+  cells of generator seed 1 (``pixel_attribution.py``'s evaluation set);
+* ``--split report`` (default): fresh images: MNIST digits from 8032 on (after every
+  tuning digit), synthetic cells of generator seed 2.
+
+Rows: gradient PCIM, black-box PCIM with its defaults, the previous black-box defaults
+(``PCIM-blackbox-v1``: 8 steps x 8 white-noise directions on 4 px cells, 129 passes) and
+any ``--variants``. Reported: ROAD MoRF and deletion to the channel means
+(``fidelity.py``'s headline metrics), each with its 95 % bootstrap interval, the paired
+interval of black-box minus gradient PCIM, forward passes and seconds per image (the
+fastest of ``--repeats`` runs taken round-robin over the rows: the machine is shared, and
+the fastest run is the least disturbed one) and the time ratio to gradient PCIM.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pcim_blackbox.py [--split tuning]
+        [--variants '{"k8": {"samples": 8}}'] [--json benchmarks/results/pcim_blackbox.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pixel_attribution as pa  # noqa: E402
+from napari_attribution.core.attribution import explain  # noqa: E402
+from napari_attribution.core.evaluation import count_passes  # noqa: E402
+from napari_attribution.core.metrics import FIDELITY_METRICS, bootstrap_interval  # noqa: E402
+from napari_attribution.core.progress import run_generator  # noqa: E402
+
+METRICS = ("road_morf", "deletion_mean")
+TARGET_FIDELITY = 1.10        # black-box ROAD MoRF at most 10 % above gradient PCIM's
+TARGET_TIME = 4.0             # at most 4x gradient PCIM's time
+#: black-box PCIM's defaults before issue #14's rework
+V1 = {"steps": 8, "samples": 8, "sigma": 0.5, "lr": 0.25, "levels": 1, "modulate": "none",
+      "orthogonal": False}
+
+
+def load_set(name: str, split: str, n: int, epochs: int, cache: Path | None) -> dict | None:
+    """Model, images and targets of one set and split (cached in ``cache`` if given)."""
+    path = cache / f"{name}_{split}_{n}_{epochs}.pt" if cache else None
+    if path is not None and path.exists():
+        return torch.load(path, weights_only=False)
+    if name == "mnist":
+        first = 0 if split == "tuning" else 32          # pcim_tuning.py used the first 32
+        s = pa.mnist_set(first + n)
+        if s is None:
+            return None
+        s = {"model": s["model"], "images": s["images"][first:], "targets": s["targets"][first:],
+             "note": f"MNIST digits {8000 + first}-{8000 + first + n - 1}"}
+    else:
+        from napari_attribution.core.synthetic import make_cell_phenotype
+
+        res = pa._train(make_cell_phenotype(n_images=400, size=48, seed=0), epochs)
+        seed = 1 if split == "tuning" else 2
+        test = make_cell_phenotype(n_images=n, size=48, seed=seed)
+        s = {"model": res.model.eval(), "images": res.normalizer(test.images),
+             "targets": test.labels, "note": f"synthetic cells of generator seed {seed}"}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(s, path)
+    return s
+
+
+def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict,
+              batch: int) -> tuple[np.ndarray, dict]:
+    with count_passes(model) as passes:
+        t0 = time.perf_counter()
+        res = run_generator(explain(model, x, t, method=method, device="cpu",
+                                    batch_size=batch, **params))
+        seconds = time.perf_counter() - t0
+    n = x.shape[0]
+    return res.maps, {"s_per_image": seconds / n, "forward_per_image": passes["forward"] / n,
+                      "backward_per_image": passes["backward"] / n}
+
+
+def run_set(s: dict, variants: dict[str, tuple[str, dict]], batch: int, seed: int,
+            repeats: int) -> dict:
+    """Scores and cost of every variant; times are the fastest of ``repeats`` runs taken
+    round-robin over the variants (so load changes hit all of them alike)."""
+    model, x, t = s["model"], s["images"], s["targets"]
+    rows: dict[str, dict] = {}
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    maps: dict[str, np.ndarray] = {}
+    for _ in range(repeats):
+        for label, (method, params) in variants.items():
+            maps[label], cost = attribute(model, x, t, method, params, batch)
+            times[label].append(cost.pop("s_per_image"))
+            rows[label] = {"method": method, "params": params, **cost}
+    for label in variants:
+        scores[label] = {m: FIDELITY_METRICS[m].scores(model, x, maps[label], t, seed=seed)
+                         for m in METRICS}
+        rows[label].update({m: bootstrap_interval(v, seed=seed)
+                            for m, v in scores[label].items()})
+        rows[label]["s_per_image"] = float(np.min(times[label]))
+        rows[label]["s_per_image_runs"] = times[label]
+    base = rows["PCIM"]
+    for label, r in rows.items():
+        r["time_ratio"] = r["s_per_image"] / base["s_per_image"]
+        r["paired_minus_pcim"] = {m: bootstrap_interval(scores[label][m] - scores["PCIM"][m],
+                                                        seed=seed) for m in METRICS}
+        r["road_ratio"] = r["road_morf"][0] / base["road_morf"][0]
+        r["target_met"] = (r["road_ratio"] <= TARGET_FIDELITY
+                           and r["time_ratio"] <= TARGET_TIME)
+    return {"n_images": int(x.shape[0]), "note": s["note"], "rows": rows}
+
+
+def _ci(v) -> str:
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, r in results.items():
+        lines += [f"**{name}** — {r['n_images']} images; {r['note']}", "",
+                  "| method | ROAD MoRF ↓ | deletion_mean ↓ | ROAD vs PCIM (paired diff) | "
+                  "fwd / bwd per image | s per image | time / PCIM | target met |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, row in r["rows"].items():
+            met = "—" if label == "PCIM" else ("yes" if row["target_met"] else "no")
+            lines.append(
+                f"| {label} | {_ci(row['road_morf'])} | {_ci(row['deletion_mean'])} | "
+                f"{row['road_ratio']:.2f}x ({_ci(row['paired_minus_pcim']['road_morf'])}) | "
+                f"{row['forward_per_image']:.0f} / {row['backward_per_image']:.0f} | "
+                f"{row['s_per_image']:.4f} | {row['time_ratio']:.2f} | {met} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", choices=("tuning", "report"), default="report")
+    ap.add_argument("--n-images", type=int, default=None,
+                    help="images per set (default 16 for tuning, 64 for report)")
+    ap.add_argument("--sets", default="mnist,synthetic")
+    ap.add_argument("--variants", default=None,
+                    help="JSON {label: params} of extra black-box variants")
+    ap.add_argument("--no-default", action="store_true",
+                    help="leave out the default and v1 black-box rows")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="timing runs (fastest kept)")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="bootstrap and ROAD noise")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="folder to keep trained models and images between runs")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    n = args.n_images or (16 if args.split == "tuning" else 64)
+    torch.set_num_threads(args.threads)
+    variants: dict[str, tuple[str, dict]] = {"PCIM": ("pcim", {})}
+    if not args.no_default:
+        variants["PCIM-blackbox"] = ("pcim_blackbox", {})
+        variants["PCIM-blackbox-v1"] = ("pcim_blackbox", dict(V1))
+    for label, params in json.loads(args.variants or "{}").items():
+        variants[label] = ("pcim_blackbox", params)
+    results = {}
+    for name in args.sets.split(","):
+        s = load_set(name, args.split, n, args.epochs, args.cache)
+        if s is None:
+            print(f"skipping {name}: ../shared/data/mnist not found")
+            continue
+        t0 = time.perf_counter()
+        results[name] = run_set(s, variants, args.batch, args.seed, args.repeats)
+        print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    table = markdown(results)
+    print(table)
+    if args.json:
+        import os
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, torch "
+                       f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s)",
+            "load_average": list(os.getloadavg()),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "targets": {"road_morf_ratio_max": TARGET_FIDELITY, "time_ratio_max": TARGET_TIME},
+            "results": results, "markdown": table}, indent=2))
+        print(f"written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
