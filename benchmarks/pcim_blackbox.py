@@ -139,9 +139,8 @@ def run_set(s: dict, variants: dict[str, tuple[str, dict]], batch: int, seed: in
     if "cap" in variants:
         maps["cap"] = lowdim_gradient(model, x, t, variants["cap"][1])
         rows["cap"] = {"method": "gradient, black-box parameterisation", "params":
-                       variants["cap"][1], "forward_per_image": float("nan"),
-                       "backward_per_image": float("nan")}
-        times["cap"] = [float("nan")]
+                       variants["cap"][1], "forward_per_image": None,
+                       "backward_per_image": None}
     for _ in range(repeats):
         for label, (method, params) in variants.items():
             if label == "cap":
@@ -154,17 +153,18 @@ def run_set(s: dict, variants: dict[str, tuple[str, dict]], batch: int, seed: in
                          for m in METRICS}
         rows[label].update({m: bootstrap_interval(v, seed=seed)
                             for m, v in scores[label].items()})
-        rows[label]["s_per_image"] = float(np.min(times[label]))
+        rows[label]["s_per_image"] = float(np.min(times[label])) if times[label] else None
         rows[label]["s_per_image_runs"] = times[label]
     rows = {label: rows[label] for label in variants}
     base = rows["PCIM"]
     for label, r in rows.items():
-        r["time_ratio"] = r["s_per_image"] / base["s_per_image"]
+        timed = r["s_per_image"] is not None
+        r["time_ratio"] = r["s_per_image"] / base["s_per_image"] if timed else None
         r["paired_minus_pcim"] = {m: bootstrap_interval(scores[label][m] - scores["PCIM"][m],
                                                         seed=seed) for m in METRICS}
         r["road_ratio"] = r["road_morf"][0] / base["road_morf"][0]
         r["target_met"] = (r["road_ratio"] <= TARGET_FIDELITY
-                           and r["time_ratio"] <= TARGET_TIME)
+                           and r["time_ratio"] <= TARGET_TIME) if timed else None
     return {"n_images": int(x.shape[0]), "note": s["note"], "rows": rows}
 
 
@@ -181,11 +181,15 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for label, row in r["rows"].items():
             met = "—" if label in ("PCIM", "cap") else ("yes" if row["target_met"] else "no")
+            if row["s_per_image"] is None:
+                cost = "— | — | —"
+            else:
+                cost = (f"{row['forward_per_image']:.0f} / {row['backward_per_image']:.0f} | "
+                        f"{row['s_per_image']:.4f} | {row['time_ratio']:.2f}")
             lines.append(
                 f"| {label} | {_ci(row['road_morf'])} | {_ci(row['deletion_mean'])} | "
                 f"{row['road_ratio']:.2f}x ({_ci(row['paired_minus_pcim']['road_morf'])}) | "
-                f"{row['forward_per_image']:.0f} / {row['backward_per_image']:.0f} | "
-                f"{row['s_per_image']:.4f} | {row['time_ratio']:.2f} | {met} |")
+                f"{cost} | {met} |")
         lines.append("")
     return "\n".join(lines)
 
