@@ -132,17 +132,19 @@ def test_evaluation_rows_label_trained_perturbations_and_give_intervals():
 def test_blackbox_pcim_finds_the_spot_with_forward_passes_only():
     from napari_attribution.core.attribution import explain
     from napari_attribution.core.metrics import relevance_mass
+    from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig
 
     model = SpotModel()
     x, masks = spot_images(n=4, size=24, seed=4)
     with count_passes(model) as passes:
         res = _run(explain(model, x, 1, method="pcim_blackbox", device="cpu"))
     assert passes["backward"] == 0
-    assert passes["forward"] == 4 * (1 + 8 * 2 * 8)       # probe + steps x 2 x samples
+    cfg = BlackboxPCIMConfig()
+    assert passes["forward"] == 4 * (1 + cfg.steps * 2 * cfg.samples)  # probe + steps x 2K
     share = masks.mean(axis=(1, 2))                          # the spot is ~4 % of the image
     assert (relevance_mass(res.maps, masks) > 5 * share).all()
     assert all(m[k].mean() > m[~k].mean() + 0.2 for m, k in zip(res.maps, masks, strict=True))
-    assert res.params["sigma"] == 0.5
+    assert res.params["sigma"] == cfg.sigma
     assert trained_perturbations("pcim_blackbox") == ["deletion", "insertion"]
     with pytest.raises(InputError, match="pixel maps only"):
         _run(explain(model, x, 1, method="pcim_blackbox", per_channel=True, device="cpu"))

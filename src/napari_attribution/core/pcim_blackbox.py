@@ -2,17 +2,40 @@
 
 The PCIM objective (:mod:`.pcim`: blend the image's pixels with mean-one weights
 ``a = N·softmax(l)``, alternate the preservation and deletion games) optimised without
-autograd through the model: the blending logits live on a coarse grid (one logit per
-``cell`` x ``cell`` pixels, upsampled bilinearly), and their gradient is estimated by
-antithetic natural-evolution-strategy sampling (Wierstra et al. 2014; Salimans et al.
-2017): for ``samples`` random directions ε, the loss at ``l + σε`` and ``l - σε`` gives
+autograd through the model. The full-resolution logits are a low-dimensional field:
 
-    ĝ = Σ_k (L(l + σε_k) − L(l − σε_k)) ε_k / (2 σ K).
+    l = m ⊙ U(c),
 
-Each step costs ``2 · samples`` forward passes per image, all images and directions
-batched together; the update is PCIM's normalised step (the largest logit moves by
-``lr``). It works for any callable that maps (B, C, H, W) to logits, including models
-that cannot be differentiated (exported, quantised or remote).
+``c`` one logit per ``cell`` x ``cell`` pixels, ``U`` bilinear upsampling and ``m`` the
+pixel's *contrast* ``|x − s|`` (summed over channels, both games' substrates, scaled to
+mean one over the image). The blend ``s + a(x − s)`` cannot change a pixel that equals
+its substrate, and gradient PCIM's update of a pixel logit is proportional to
+``x − s`` too; the contrast gives the coarse field the image's fine structure (strokes,
+edges) for free. ``modulate="none"`` drops it (plain coarse logits).
+
+The gradient of the game's loss with respect to ``c`` is estimated by antithetic
+natural-evolution-strategy sampling (Wierstra et al. 2014; Salimans et al. 2017): for
+``samples`` random directions ε, the loss at ``c + σε`` and ``c − σε`` gives
+
+    ĝ = Σ_k (L(c + σε_k) − L(c − σε_k)) ε_k / (2 σ K).
+
+* **Orthogonal directions** (Choromanski et al. 2018): each step's K directions are
+  mutually orthogonal (Gaussian lengths kept), less variance than independent ones.
+* **Coarse to fine** (``levels``): the first third of the steps (with ``levels=3``)
+  draws its directions on a grid 4x coarser than ``cell`` (upsampled), the next third
+  2x coarser, the last on the ``cell`` grid itself: few unknowns while the estimate is
+  crude, and spatially coherent maps (which ROAD's neighbour imputation rewards).
+* PCIM's **normalised update** (the largest logit moves by ``lr``) and its hybrid game
+  (even steps preservation, odd steps deletion).
+
+Each step costs ``2 · samples`` forward passes per image (defaults: 6 x 2 x 4 = 48, plus
+``explain``'s one for the class probabilities), all images and directions batched
+together under :func:`torch.inference_mode`: no autograd graph, no backward pass.
+``max_forward`` caps the passes per image (fewer steps). It works for any callable that
+maps (B, C, H, W) to logits, including models that cannot be differentiated (exported,
+quantised or remote). The defaults were chosen on tuning images only
+(``benchmarks/pcim_blackbox.py --split tuning``); see docs/pixel_attribution.md for
+fidelity and cost on fresh images.
 """
 
 from __future__ import annotations
@@ -22,26 +45,33 @@ from collections.abc import Generator
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.nn import functional as F
 
 from .errors import InputError
 from .pcim import SUBSTRATES, _target_loss, blend, make_substrate, mixing_weights
 from .progress import Progress
+
+MODULATIONS = ("contrast", "none")
 
 
 @dataclass
 class BlackboxPCIMConfig:
     """Options of gradient-free PCIM (the game, substrates and loss are PCIM's).
 
-    ``sigma`` and ``lr`` were chosen on the 32 MNIST tuning digits of
-    ``benchmarks/pcim_tuning.py`` (sigma 0.25-2, lr 0.25-2, cell 2-4, 4-16 steps);
-    ``benchmarks/fidelity.py`` reports on other images.
+    Defaults chosen on tuning images only (``benchmarks/pcim_blackbox.py --split
+    tuning``: MNIST digits 8000-8031, synthetic cells of generator seed 1, two direction
+    seeds); the same script reports on fresh images.
     """
 
-    steps: int = 8
-    samples: int = 8
-    sigma: float = 0.5
-    lr: float = 0.25
+    steps: int = 6
+    samples: int = 4
+    sigma: float = 0.1
+    lr: float = 0.15
     cell: int = 4
+    levels: int = 3
+    modulate: str = "contrast"
+    orthogonal: bool = True
+    max_forward: int | None = None
     substrate: str = "zero"
     preserve_substrate: str | None = "blur"
     blur_sigma: float = 5.0
@@ -49,11 +79,16 @@ class BlackboxPCIMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "samples", "cell"):
+        for name in ("steps", "samples", "cell", "levels"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"black-box PCIM needs {name} >= 1; got {getattr(self, name)}")
         if not (self.sigma > 0 and self.lr > 0):
             raise InputError(f"sigma and lr must be positive; got {self.sigma}, {self.lr}")
+        if self.max_forward is not None and self.max_forward < 2 * self.samples:
+            raise InputError(f"max_forward must allow one step (2 x samples = "
+                             f"{2 * self.samples} forward passes); got {self.max_forward}")
+        if self.modulate not in MODULATIONS:
+            raise InputError(f"unknown modulate {self.modulate!r}; use one of {MODULATIONS}")
         for name in ("substrate", "preserve_substrate"):
             value = getattr(self, name)
             if value not in SUBSTRATES and not (name == "preserve_substrate" and value is None):
@@ -70,14 +105,57 @@ class BlackboxPCIMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def n_steps(self) -> int:
+        """Steps actually taken: ``steps``, fewer if ``max_forward`` is smaller."""
+        if self.max_forward is None:
+            return int(self.steps)
+        return min(int(self.steps), int(self.max_forward) // (2 * int(self.samples)))
+
+
+def contrast(x: torch.Tensor, substrates: list[torch.Tensor]) -> torch.Tensor:
+    """(B, 1, H, W): ``|x − s|`` summed over channels and substrates, mean one per image
+    (ones where the image equals its substrates everywhere)."""
+    m = sum((x - s).abs().sum(1, keepdim=True) for s in substrates)
+    mean = m.flatten(1).mean(1).view(-1, 1, 1, 1)
+    return torch.where(mean > 0, m / mean.clamp_min(1e-30), torch.ones_like(m))
+
+
+def _gaussian(gen: torch.Generator, b: int, k: int, d: int, orthogonal: bool) -> torch.Tensor:
+    """(B, K, d) Gaussian directions; ``orthogonal``: each image's K directions made
+    mutually orthogonal (in blocks of d when K > d) with Gaussian lengths kept
+    (orthogonal ES, Choromanski et al. 2018: less variance for the same K)."""
+    g = torch.randn((b, k, d), generator=gen)
+    if not orthogonal or d < 2:
+        return g
+    out = []
+    for j in range(0, k, d):
+        blk = g[:, j:j + d]                                   # (B, k', d)
+        q, _ = torch.linalg.qr(blk.transpose(1, 2))           # (B, d, k')
+        out.append(q.transpose(1, 2) * blk.norm(dim=2, keepdim=True))
+    return torch.cat(out, 1)
+
+
+def _level_directions(gen: torch.Generator, b: int, k: int, grid: tuple[int, int],
+                      factor: int, orthogonal: bool) -> torch.Tensor:
+    """(B, K, 1, gh, gw) Gaussian directions drawn on a grid ``factor`` times coarser than
+    ``grid`` and upsampled to it (``factor`` 1: white noise on ``grid``)."""
+    gh, gw = grid
+    ch, cw = max(1, math.ceil(gh / factor)), max(1, math.ceil(gw / factor))
+    low = _gaussian(gen, b, k, ch * cw, orthogonal).view(b * k, 1, ch, cw)
+    if (ch, cw) != (gh, gw):
+        low = F.interpolate(low, size=(gh, gw), mode="bilinear", align_corners=False)
+    return low.view(b, k, 1, gh, gw)
+
 
 def pcim_blackbox_batch(model, x: torch.Tensor, targets: torch.Tensor,
                         config: BlackboxPCIMConfig, per_channel: bool = False,
-                        batch_size: int = 256) -> Generator[Progress, None, torch.Tensor]:
+                        batch_size: int = 32) -> Generator[Progress, None, torch.Tensor]:
     """Log-weight maps (B, H, W) for ``x`` (B, C, H, W), forward passes only.
 
     Yields a :class:`Progress` after every step. ``per_channel`` is not supported (the
     number of coarse logits, and so the samples needed, would grow C-fold).
+    ``batch_size``: candidate images per forward call (32 was as fast as or faster than
+    64-256 per image on the benchmark models, single CPU thread).
     """
     if per_channel:
         raise InputError("black-box PCIM gives pixel maps only; per-channel maps need the "
@@ -85,36 +163,57 @@ def pcim_blackbox_batch(model, x: torch.Tensor, targets: torch.Tensor,
     cfg = config
     b, c, h, w = x.shape
     gh, gw = max(1, math.ceil(h / cfg.cell)), max(1, math.ceil(w / cfg.cell))
-    x = x.detach()
-    delete_sub = make_substrate(x, cfg.substrate, cfg.blur_sigma)
-    keep_kind = cfg.preserve_substrate or cfg.substrate
-    keep_sub = make_substrate(x, keep_kind, cfg.blur_sigma)
-    gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
-    logits = torch.zeros(b, 1, gh, gw, device=x.device, dtype=x.dtype)
     k = int(cfg.samples)
-    for step in range(cfg.steps):
+    n_steps = cfg.n_steps()
+    gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
+    rep = torch.arange(b, device=x.device).repeat_interleave(2 * k)
+    # Inference mode step by step, never across a yield (the caller's code runs there).
+    with torch.inference_mode():
+        x = x.detach()
+        delete_sub = make_substrate(x, cfg.substrate, cfg.blur_sigma)
+        keep_kind = cfg.preserve_substrate or cfg.substrate
+        keep_sub = make_substrate(x, keep_kind, cfg.blur_sigma)
+        if cfg.modulate == "contrast":
+            mod = contrast(x, [delete_sub, keep_sub])
+        else:
+            mod = torch.ones(b, 1, h, w, device=x.device, dtype=x.dtype)
+        mod_rep = mod[rep]
+        logits = torch.zeros(b, 1, gh, gw, device=x.device, dtype=x.dtype)
+    for step in range(n_steps):
         delete = step % 2 == 1
-        sub = delete_sub if delete else keep_sub
-        eps = torch.randn(b, k, 1, gh, gw, generator=gen).to(x.device, x.dtype)
-        cand = torch.cat([logits[:, None] + cfg.sigma * eps,
-                          logits[:, None] - cfg.sigma * eps], 1)      # (B, 2K, 1, gh, gw)
-        flat = cand.reshape(b * 2 * k, 1, gh, gw)
-        a = mixing_weights([-flat if delete else flat], (h, w))
-        rep = torch.arange(b, device=x.device).repeat_interleave(2 * k)
-        losses = []
-        with torch.no_grad():
+        with torch.inference_mode():
+            sub = delete_sub if delete else keep_sub
+            # Coarse to fine: the first steps search a grid 2^(levels-1) times coarser.
+            level = cfg.levels - 1 - (step * cfg.levels) // n_steps
+            eps = _level_directions(gen, b, k, (gh, gw), 2 ** level,
+                                    cfg.orthogonal).to(x.device, x.dtype)
+            cand = torch.cat([logits[:, None] + cfg.sigma * eps,
+                              logits[:, None] - cfg.sigma * eps], 1)   # (B, 2K, 1, gh, gw)
+            flat = cand.reshape(b * 2 * k, 1, gh, gw)
+            losses = []
             for i in range(0, rep.numel(), batch_size):
                 idx = rep[i:i + batch_size]
-                out = model(blend(x[idx], a[i:i + batch_size], sub[idx]))
+                lg = _upsample(flat[i:i + batch_size], (h, w)) * mod_rep[i:i + batch_size]
+                a = mixing_weights([-lg if delete else lg], (h, w))
+                out = model(blend(x[idx], a, sub[idx]))
                 losses.append(_target_loss(out.float(), targets[idx], cfg.loss))
-        loss = torch.cat(losses).view(b, 2 * k).to(x.dtype)
-        if delete:
-            loss = -loss
-        diff = (loss[:, :k] - loss[:, k:]).view(b, k, 1, 1, 1)
-        grad = (diff * eps).sum(1) / (2 * cfg.sigma * k)
-        scale = cfg.lr / grad.flatten(1).abs().amax(1).clamp_min(1e-30)
-        logits = logits - scale.view(b, 1, 1, 1) * grad
-        yield Progress(step + 1, cfg.steps, f"black-box PCIM step {step + 1}/{cfg.steps}",
-                       partial={"loss": float(loss.mean())})
-    a = mixing_weights([logits], (h, w))
-    return torch.log(a.clamp_min(1e-30))[:, 0]
+            loss = torch.cat(losses).view(b, 2 * k).to(x.dtype)
+            if delete:
+                loss = -loss
+            diff = (loss[:, :k] - loss[:, k:]).view(b, k, 1, 1, 1)
+            grad = (diff * eps).sum(1) / (2 * cfg.sigma * k)
+            scale = cfg.lr / grad.flatten(1).abs().amax(1).clamp_min(1e-30)
+            logits = logits - scale.view(b, 1, 1, 1) * grad
+            mean_loss = float(loss.mean())
+        yield Progress(step + 1, n_steps, f"black-box PCIM step {step + 1}/{n_steps}",
+                       partial={"loss": mean_loss})
+    with torch.inference_mode():
+        a = mixing_weights([_upsample(logits, (h, w)) * mod], (h, w))
+        out_map = torch.log(a.clamp_min(1e-30))[:, 0]
+    return out_map.clone()      # a normal tensor, usable outside inference mode
+
+
+def _upsample(coarse_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if coarse_logits.shape[-2:] == size:
+        return coarse_logits
+    return F.interpolate(coarse_logits, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,256 @@
+"""Gradient-free (black-box) PCIM against gradient PCIM: fidelity and cost (a script).
+
+Issue #14's target: black-box PCIM within 10 % of gradient PCIM on ROAD (most relevant
+first, lower is better) at no more than 4x its time. Both methods run through
+:func:`explain` in the same process, on the same images, one after the other (so the
+time ratio is measured under the same load); passes are counted with forward hooks.
+
+Images (the models are those of ``fidelity.py``):
+
+* ``--split tuning``: what black-box PCIM's defaults were chosen on: the first
+  ``--n-images`` of MNIST digits 8000-8031 (``pcim_tuning.py``'s tuning digits), synthetic
+  cells of generator seed 1 (``pixel_attribution.py``'s evaluation set);
+* ``--split report`` (default): fresh images: MNIST digits from 8032 on (after every
+  tuning digit), synthetic cells of generator seed 2.
+
+Rows: gradient PCIM, black-box PCIM with its defaults, the previous black-box defaults
+(``PCIM-blackbox-v1``: 8 steps x 8 white-noise directions on 4 px cells, 129 passes),
+with ``--cap`` the default black-box parameterisation optimised with exact gradients
+(what a perfect gradient estimate would reach), and any ``--variants``. Reported: ROAD
+MoRF and deletion to the channel means (``fidelity.py``'s headline metrics), each with
+its 95 % bootstrap interval, the paired interval of black-box minus gradient PCIM,
+forward passes and seconds per image (the fastest of ``--repeats`` runs taken
+round-robin over the rows: the machine is shared, and the fastest run is the least
+disturbed one) and the time ratio to gradient PCIM.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pcim_blackbox.py [--split tuning] [--cap]
+        [--variants '{"k8": {"samples": 8}}'] [--json benchmarks/results/pcim_blackbox.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pixel_attribution as pa  # noqa: E402
+from napari_attribution.core.attribution import explain  # noqa: E402
+from napari_attribution.core.evaluation import count_passes  # noqa: E402
+from napari_attribution.core.metrics import FIDELITY_METRICS, bootstrap_interval  # noqa: E402
+from napari_attribution.core.progress import run_generator  # noqa: E402
+
+METRICS = ("road_morf", "deletion_mean")
+TARGET_FIDELITY = 1.10        # black-box ROAD MoRF at most 10 % above gradient PCIM's
+TARGET_TIME = 4.0             # at most 4x gradient PCIM's time
+#: black-box PCIM's defaults before issue #14's rework
+V1 = {"steps": 8, "samples": 8, "sigma": 0.5, "lr": 0.25, "levels": 1, "modulate": "none",
+      "orthogonal": False}
+
+
+def load_set(name: str, split: str, n: int, epochs: int, cache: Path | None) -> dict | None:
+    """Model, images and targets of one set and split (cached in ``cache`` if given)."""
+    path = cache / f"{name}_{split}_{n}_{epochs}.pt" if cache else None
+    if path is not None and path.exists():
+        return torch.load(path, weights_only=False)
+    if name == "mnist":
+        first = 0 if split == "tuning" else 32          # pcim_tuning.py used the first 32
+        s = pa.mnist_set(first + n)
+        if s is None:
+            return None
+        s = {"model": s["model"], "images": s["images"][first:], "targets": s["targets"][first:],
+             "note": f"MNIST digits {8000 + first}-{8000 + first + n - 1}"}
+    else:
+        from napari_attribution.core.synthetic import make_cell_phenotype
+
+        res = pa._train(make_cell_phenotype(n_images=400, size=48, seed=0), epochs)
+        seed = 1 if split == "tuning" else 2
+        test = make_cell_phenotype(n_images=n, size=48, seed=seed)
+        s = {"model": res.model.eval(), "images": res.normalizer(test.images),
+             "targets": test.labels, "note": f"synthetic cells of generator seed {seed}"}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(s, path)
+    return s
+
+
+def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict,
+              batch: int) -> tuple[np.ndarray, dict]:
+    with count_passes(model) as passes:
+        t0 = time.perf_counter()
+        res = run_generator(explain(model, x, t, method=method, device="cpu",
+                                    batch_size=batch, **params))
+        seconds = time.perf_counter() - t0
+    n = x.shape[0]
+    return res.maps, {"s_per_image": seconds / n, "forward_per_image": passes["forward"] / n,
+                      "backward_per_image": passes["backward"] / n}
+
+
+def lowdim_gradient(model, x: np.ndarray, t: np.ndarray, params: dict) -> np.ndarray:
+    """The black-box parameterisation (contrast-modulated 4 px logits) optimised with
+    *exact* gradients through the model, PCIM's normalised steps and hybrid game: what
+    black-box PCIM could reach with a perfect gradient estimate (``--cap`` row)."""
+    from torch.nn import functional as F
+
+    from napari_attribution.core.pcim import _target_loss, blend, make_substrate, mixing_weights
+    from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig, contrast
+
+    cfg = BlackboxPCIMConfig(**params)
+    xt, tt = torch.from_numpy(np.asarray(x, np.float32)), torch.as_tensor(t).long()
+    b, _, h, w = xt.shape
+    dele, keep = make_substrate(xt, cfg.substrate), make_substrate(
+        xt, cfg.preserve_substrate or cfg.substrate, cfg.blur_sigma)
+    mod = contrast(xt, [dele, keep]) if cfg.modulate == "contrast" else torch.ones(b, 1, h, w)
+    c = torch.zeros(b, 1, -(-h // cfg.cell), -(-w // cfg.cell), requires_grad=True)
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for step in range(cfg.steps):
+        delete = step % 2 == 1
+        lg = F.interpolate(c, size=(h, w), mode="bilinear", align_corners=False) * mod
+        a = mixing_weights([-lg if delete else lg], (h, w))
+        loss = _target_loss(model(blend(xt, a, dele if delete else keep)), tt, cfg.loss)
+        (g,) = torch.autograd.grad((-loss if delete else loss).sum(), c)
+        with torch.no_grad():
+            c -= cfg.lr / g.flatten(1).abs().amax(1).clamp_min(1e-30).view(-1, 1, 1, 1) * g
+    for p, f in zip(model.parameters(), flags, strict=True):
+        p.requires_grad_(f)
+    with torch.no_grad():
+        lg = F.interpolate(c, size=(h, w), mode="bilinear", align_corners=False) * mod
+        return torch.log(mixing_weights([lg], (h, w)))[:, 0].numpy()
+
+
+def run_set(s: dict, variants: dict[str, tuple[str, dict]], batch: int, seed: int,
+            repeats: int) -> dict:
+    """Scores and cost of every variant; times are the fastest of ``repeats`` runs taken
+    round-robin over the variants (so load changes hit all of them alike)."""
+    model, x, t = s["model"], s["images"], s["targets"]
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    maps: dict[str, np.ndarray] = {}
+    rows: dict[str, dict] = {}
+    if "cap" in variants:
+        maps["cap"] = lowdim_gradient(model, x, t, variants["cap"][1])
+        rows["cap"] = {"method": "gradient, black-box parameterisation", "params":
+                       variants["cap"][1], "forward_per_image": None,
+                       "backward_per_image": None}
+    for _ in range(repeats):
+        for label, (method, params) in variants.items():
+            if label == "cap":
+                continue
+            maps[label], cost = attribute(model, x, t, method, params, batch)
+            times[label].append(cost.pop("s_per_image"))
+            rows[label] = {"method": method, "params": params, **cost}
+    for label in variants:
+        scores[label] = {m: FIDELITY_METRICS[m].scores(model, x, maps[label], t, seed=seed)
+                         for m in METRICS}
+        rows[label].update({m: bootstrap_interval(v, seed=seed)
+                            for m, v in scores[label].items()})
+        rows[label]["s_per_image"] = float(np.min(times[label])) if times[label] else None
+        rows[label]["s_per_image_runs"] = times[label]
+    rows = {label: rows[label] for label in variants}
+    base = rows["PCIM"]
+    for label, r in rows.items():
+        timed = r["s_per_image"] is not None
+        r["time_ratio"] = r["s_per_image"] / base["s_per_image"] if timed else None
+        r["paired_minus_pcim"] = {m: bootstrap_interval(scores[label][m] - scores["PCIM"][m],
+                                                        seed=seed) for m in METRICS}
+        r["road_ratio"] = r["road_morf"][0] / base["road_morf"][0]
+        r["target_met"] = (r["road_ratio"] <= TARGET_FIDELITY
+                           and r["time_ratio"] <= TARGET_TIME) if timed else None
+    return {"n_images": int(x.shape[0]), "note": s["note"], "rows": rows}
+
+
+def _ci(v) -> str:
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, r in results.items():
+        lines += [f"**{name}** — {r['n_images']} images; {r['note']}", "",
+                  "| method | ROAD MoRF ↓ | deletion_mean ↓ | ROAD vs PCIM (paired diff) | "
+                  "fwd / bwd per image | s per image | time / PCIM | target met |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, row in r["rows"].items():
+            met = "—" if label in ("PCIM", "cap") else ("yes" if row["target_met"] else "no")
+            if row["s_per_image"] is None:
+                cost = "— | — | —"
+            else:
+                cost = (f"{row['forward_per_image']:.0f} / {row['backward_per_image']:.0f} | "
+                        f"{row['s_per_image']:.4f} | {row['time_ratio']:.2f}")
+            lines.append(
+                f"| {label} | {_ci(row['road_morf'])} | {_ci(row['deletion_mean'])} | "
+                f"{row['road_ratio']:.2f}x ({_ci(row['paired_minus_pcim']['road_morf'])}) | "
+                f"{cost} | {met} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", choices=("tuning", "report"), default="report")
+    ap.add_argument("--n-images", type=int, default=None,
+                    help="images per set (default 16 for tuning, 64 for report)")
+    ap.add_argument("--sets", default="mnist,synthetic")
+    ap.add_argument("--variants", default=None,
+                    help="JSON {label: params} of extra black-box variants")
+    ap.add_argument("--no-default", action="store_true",
+                    help="leave out the default and v1 black-box rows")
+    ap.add_argument("--cap", action="store_true",
+                    help="add the 'cap' row: the default black-box parameterisation "
+                         "optimised with exact gradients")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="timing runs (fastest kept)")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="bootstrap and ROAD noise")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="folder to keep trained models and images between runs")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    n = args.n_images or (16 if args.split == "tuning" else 64)
+    torch.set_num_threads(args.threads)
+    variants: dict[str, tuple[str, dict]] = {"PCIM": ("pcim", {})}
+    if not args.no_default:
+        variants["PCIM-blackbox"] = ("pcim_blackbox", {})
+        variants["PCIM-blackbox-v1"] = ("pcim_blackbox", dict(V1))
+    if args.cap:
+        variants["cap"] = ("pcim_blackbox", {})
+    for label, params in json.loads(args.variants or "{}").items():
+        variants[label] = ("pcim_blackbox", params)
+    results = {}
+    for name in args.sets.split(","):
+        s = load_set(name, args.split, n, args.epochs, args.cache)
+        if s is None:
+            print(f"skipping {name}: ../shared/data/mnist not found")
+            continue
+        t0 = time.perf_counter()
+        results[name] = run_set(s, variants, args.batch, args.seed, args.repeats)
+        print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    table = markdown(results)
+    print(table)
+    if args.json:
+        import os
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, torch "
+                       f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s)",
+            "load_average": list(os.getloadavg()),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "targets": {"road_morf_ratio_max": TARGET_FIDELITY, "time_ratio_max": TARGET_TIME},
+            "results": results, "markdown": table}, indent=2))
+        print(f"written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

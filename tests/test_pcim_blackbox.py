@@ -1,0 +1,123 @@
+"""Gradient-free PCIM: where the map goes, what it costs, and that it needs no autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_attribution.core.errors import InputError
+from napari_attribution.core.metrics import relevance_mass
+from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
+
+REGION = (slice(4, 12), slice(12, 20))      # the only pixels the model reads (4 x 4 px cells)
+
+
+def _run(gen):
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        return stop.value, events
+
+
+class RegionModel:
+    """A plain callable (no nn.Module, no parameters): class 1's logit is the mean of
+    channel 0 inside ``REGION``, computed in numpy (not differentiable). Records the
+    batch sizes it sees and whether autograd was active."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.grad_seen: list[bool] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(int(x.shape[0]))
+        self.grad_seen.append(torch.is_grad_enabled() or x.requires_grad)
+        v = np.asarray(x[:, 0, REGION[0], REGION[1]].cpu()).reshape(x.shape[0], -1)
+        z1 = torch.from_numpy(20.0 * (v.mean(1) - 0.3)).float()
+        return torch.stack([torch.zeros_like(z1), z1], 1)
+
+
+def _images(n: int = 3, size: int = 24, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.uniform(0.1, 0.6, (n, 2, size, size)).astype(np.float32))
+
+
+def test_map_favours_the_only_region_the_model_reads():
+    x = _images()
+    model = RegionModel()
+    maps, events = _run(pcim_blackbox_batch(model, x, torch.ones(3, dtype=torch.long),
+                                            BlackboxPCIMConfig()))
+    assert maps.shape == (3, 24, 24)
+    inside = np.zeros((24, 24), bool)
+    inside[REGION] = True
+    area = inside.mean()                                 # 11 % of the image
+    assert (relevance_mass(maps.numpy(), np.broadcast_to(inside, maps.shape)) > 3 * area).all()
+    for m in maps.numpy():
+        assert m[inside].mean() > m[~inside].mean() + 0.25
+        top = np.argsort(m.ravel())[::-1][:inside.sum()]
+        assert inside.ravel()[top].mean() > 2.5 * area   # chance: 1 x area
+    assert len(events) == BlackboxPCIMConfig().steps
+
+
+def test_forward_budget_is_respected_and_counted():
+    x = _images(n=2)
+    model = RegionModel()
+    cfg = BlackboxPCIMConfig(samples=4, steps=10, max_forward=40)
+    assert cfg.n_steps() == 5                            # 40 // (2 * 4)
+    _, events = _run(pcim_blackbox_batch(model, x, torch.ones(2, dtype=torch.long), cfg,
+                                         batch_size=5))
+    assert sum(model.calls) == 2 * 5 * 2 * 4 <= 2 * 40
+    assert max(model.calls) <= 5                         # the forward batch size holds
+    assert len(events) == 5 and events[-1].total == 5
+    free = RegionModel()
+    _run(pcim_blackbox_batch(free, x, torch.ones(2, dtype=torch.long),
+                             BlackboxPCIMConfig(samples=3, steps=4)))
+    assert sum(free.calls) == 2 * 4 * 2 * 3
+    with pytest.raises(InputError, match="max_forward"):
+        BlackboxPCIMConfig(samples=4, max_forward=7)
+
+
+def test_no_autograd_graph_and_the_callers_grad_mode_is_left_alone():
+    x = _images(n=2).requires_grad_(True)
+    model = RegionModel()
+    gen = pcim_blackbox_batch(model, x, torch.ones(2, dtype=torch.long),
+                              BlackboxPCIMConfig(steps=2))
+    next(gen)
+    assert torch.is_grad_enabled()                       # between steps: the caller's mode
+    maps, _ = _run(gen)
+    assert model.grad_seen and not any(model.grad_seen)
+    assert not maps.requires_grad and maps.grad_fn is None
+    assert not maps.is_inference()                       # usable (in place) by the caller
+    maps += 1
+
+
+def test_seeded_directions_and_contrast_modulation():
+    x = _images(n=2)
+    x[:, :, :, :3] = 0.0                                 # equal to the zero substrate ...
+    t = torch.ones(2, dtype=torch.long)
+    cfg = BlackboxPCIMConfig(substrate="zero", preserve_substrate="zero")
+    a, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
+    b, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
+    c, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, BlackboxPCIMConfig(
+        substrate="zero", preserve_substrate="zero", seed=1)))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    # ... so no blend can change those pixels: their logit stays 0, one shared value.
+    edge = a[:, :, :3]
+    assert torch.allclose(edge, edge[:, :1, :1].expand_as(edge))
+    plain, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, BlackboxPCIMConfig(
+        substrate="zero", preserve_substrate="zero", modulate="none")))
+    assert plain[:, :, :3].std() > 0                     # the coarse field alone varies
+
+
+def test_bad_options_are_refused_clearly():
+    with pytest.raises(InputError, match="levels >= 1"):
+        BlackboxPCIMConfig(levels=0)
+    with pytest.raises(InputError, match="unknown modulate"):
+        BlackboxPCIMConfig(modulate="edges")
+    with pytest.raises(InputError, match="unknown black-box PCIM parameter"):
+        BlackboxPCIMConfig.from_params({"coarse": 2})
+    with pytest.raises(InputError, match="pixel maps only"):
+        _run(pcim_blackbox_batch(RegionModel(), _images(1), torch.ones(1, dtype=torch.long),
+                                 BlackboxPCIMConfig(), per_channel=True))
