@@ -255,7 +255,8 @@ class AttributionWidget(DockWidget):
             x = bundle.prepare(raw)
             result = yield from bundle.explain(raw, target, method=method,
                                                per_channel=per_channel, device=device,
-                                               input_size=look["tile"], **params)
+                                               input_size=look["tile"], evidence=True,
+                                               **params)
             curves, t0 = {}, time.perf_counter()
             if want_curves:
                 curves = yield from tile_curves(bundle.model, x, result.maps, result.targets,
@@ -270,8 +271,11 @@ class AttributionWidget(DockWidget):
             self._show_proba(result.probabilities, list(bundle.class_names), sel, look)
             if curves:
                 self._plot_curves(curves)
+            none = result.no_evidence()
             self.say(f"{method}: {len(result.maps)} map(s) in {result.seconds:.1f} s"
-                     + (f"; curves {curve_s:.1f} s" if curves else ""))
+                     + (f"; curves {curve_s:.1f} s" if curves else "")
+                     + (f" — no localised evidence in {len(none)} map(s): their top pixels "
+                        "matter no more than random ones" if none else ""))
 
         return self.runner.start(work(), f"explaining ({method})", done)
 

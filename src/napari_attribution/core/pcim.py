@@ -192,6 +192,26 @@ def _entropy(a: torch.Tensor) -> torch.Tensor:
     return h / math.log(max(p.shape[1], 2))
 
 
+def _total_logits(logits: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Sum of the multi-resolution logits at full resolution."""
+    total = None
+    for lg in logits:
+        up = lg if lg.shape[-2:] == size else F.interpolate(
+            lg, size=size, mode="bilinear", align_corners=False)
+        total = up if total is None else total + up
+    return total
+
+
+def _softmax_weights(total: torch.Tensor, cap: float | None, negate: bool) -> torch.Tensor:
+    """``softmax(±capped(total))`` over each image's pixels: the weights divided by N
+    (the caller folds N into the image difference, saving a multiplication per step)."""
+    if cap is not None:
+        half = 0.5 * math.log(cap)
+        total = half * torch.tanh(total / half)
+    flat = total.reshape(total.shape[0], -1)
+    return torch.softmax(flat.neg() if negate else flat, 1).view(total.shape)
+
+
 def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                config: PCIMConfig, per_channel: bool = False
                ) -> Generator[Progress, None, torch.Tensor]:
@@ -202,63 +222,98 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
     (``readout="log"``: 0 = left as in the input, > 0 amplified = evidence for the
     target, < 0 suppressed) or the weights ``a`` themselves (``readout="weights"``).
     ``model`` must be in eval mode.
+
+    Per step the work outside the model is kept small (it matters at batch 1 on small
+    models): the substrates and ``N · (x - s)`` are computed once, the blend is one
+    fused ``addcmul``, the deletion game's sign goes into the update's scale, and the
+    preservation weights computed for the convergence check are reused (with their
+    graph) by the next preservation step.
     """
     cfg = config
     b, c, h, w = x.shape
     cm = c if per_channel else 1
+    n = cm * h * w
     x = x.detach()
     substrate = make_substrate(x, cfg.substrate, cfg.blur_sigma)
     keep_kind = cfg.preserve_substrate or cfg.substrate
     keep_substrate = (substrate if keep_kind == cfg.substrate
                       else make_substrate(x, keep_kind, cfg.blur_sigma))
+    # blend = s + (N p) (x - s) = s + p (N (x - s)): N folded in once
+    diff_del = (x - substrate).mul_(n)
+    diff_keep = diff_del if keep_substrate is substrate else (x - keep_substrate).mul_(n)
     logits = [torch.zeros(b, cm, max(1, math.ceil(h / s)), max(1, math.ceil(w / s)),
                           device=x.device, dtype=x.dtype, requires_grad=True)
               for s in cfg.scales]
     opt = torch.optim.Adam(logits, lr=cfg.lr) if cfg.optimizer == "adam" else None
     active = torch.ones(b, dtype=torch.bool, device=x.device)
-    prev = torch.ones(b, cm, h, w, device=x.device, dtype=x.dtype)
+    all_active = True
+    prev = torch.full((b, cm, h, w), 1.0 / n, device=x.device, dtype=x.dtype)  # p, not N p
+    p_keep = None    # preservation weights of the current logits, with their graph
     for step in range(cfg.steps):
         delete = cfg.game == "hybrid" and step % 2 == 1
         if delete:
-            a = mixing_weights([-lg for lg in logits], (h, w), cfg.max_weight)
+            p = _softmax_weights(_total_logits(logits, (h, w)), cfg.max_weight, True)
+            xb = torch.addcmul(substrate, p, diff_del)
         else:
-            a = mixing_weights(logits, (h, w), cfg.max_weight)
-        out = model(blend(x, a, substrate if delete else keep_substrate))
+            p = p_keep if p_keep is not None else _softmax_weights(
+                _total_logits(logits, (h, w)), cfg.max_weight, False)
+            xb = torch.addcmul(keep_substrate, p, diff_keep)
+        p_keep = None
+        out = model(xb)
         loss_i = _target_loss(out, targets, cfg.loss)
-        if delete:
-            loss_i = -loss_i
-        if cfg.tv_weight:
-            loss_i = loss_i + cfg.tv_weight * _tv(a)
-        if cfg.sparsity_weight:
-            loss_i = loss_i + cfg.sparsity_weight * _entropy(a)
+        sign = -1.0 if delete else 1.0
+        if cfg.tv_weight or cfg.sparsity_weight:
+            loss_i = sign * loss_i
+            sign = 1.0
+            if cfg.tv_weight:
+                loss_i = loss_i + cfg.tv_weight * _tv(n * p)
+            if cfg.sparsity_weight:
+                loss_i = loss_i + cfg.sparsity_weight * _entropy(p)
         # Summed, not averaged: each image's gradient is independent of the batch size.
-        grads = torch.autograd.grad(loss_i.sum(), logits)
+        loss = loss_i.sum()
+        grads = torch.autograd.grad(loss, logits)
         with torch.no_grad():
-            keep = active.view(b, 1, 1, 1).to(x.dtype)
             if opt is None:
-                # Normalised gradient descent: per image, the largest update is ``lr``.
-                scale = torch.stack([g.flatten(1).abs().amax(1) for g in grads], 1).amax(1)
-                scale = (cfg.lr / scale.clamp_min(1e-30)).view(b, 1, 1, 1) * keep
+                # Normalised gradient descent: per image, the largest update is ``lr``
+                # (``sign`` turns the deletion game's loss around).
+                if len(grads) == 1:
+                    gmax = grads[0].abs().flatten(1).amax(1)
+                else:
+                    gmax = torch.stack([g.abs().flatten(1).amax(1) for g in grads], 1).amax(1)
+                scale = gmax.clamp_min_(1e-30).reciprocal_().mul_(-sign * cfg.lr)
+                if not all_active:
+                    scale.mul_(active)
+                scale = scale.view(b, 1, 1, 1)
                 for lg, g in zip(logits, grads, strict=True):
-                    lg -= scale * g
+                    lg.addcmul_(scale, g)
             else:
+                keep = active.view(b, 1, 1, 1).to(x.dtype)
                 old = [lg.detach().clone() for lg in logits]
                 for lg, g in zip(logits, grads, strict=True):
-                    lg.grad = g
+                    lg.grad = g if sign > 0 else -g
                 opt.step()
                 for lg, o in zip(logits, old, strict=True):
                     lg.copy_(keep * lg + (1 - keep) * o)
-            a_new = mixing_weights(logits, (h, w), cfg.max_weight)
-            change = (a_new - prev).abs().flatten(1).mean(1)
-            prev = a_new
-            if step + 1 >= cfg.min_steps:
-                active &= change > cfg.tol
+        # The new preservation weights: the convergence check's, and (with their graph)
+        # the next step's when that step plays the preservation game.
+        next_keeps = (step + 1 < cfg.steps
+                      and not (cfg.game == "hybrid" and (step + 1) % 2 == 1))
+        with torch.set_grad_enabled(next_keeps):
+            p_new = _softmax_weights(_total_logits(logits, (h, w)), cfg.max_weight, False)
+        if next_keeps:
+            p_keep = p_new
+            p_new = p_new.detach()
+        if step + 1 >= cfg.min_steps:
+            change = (p_new - prev).abs_().flatten(1).mean(1).mul_(n)
+            active &= change > cfg.tol
+        prev = p_new
+        n_active = int(active.sum()) if step + 1 >= cfg.min_steps else b
+        all_active = n_active == b
         yield Progress(step + 1, cfg.steps, f"PCIM step {step + 1}/{cfg.steps}",
-                       partial={"loss": float(loss_i.detach().mean()),
-                                "active": int(active.sum())})
-        if not bool(active.any()):
+                       partial={"loss": sign * float(loss.detach()) / b, "active": n_active})
+        if n_active == 0:
             break
-    out_map = prev.detach()
+    out_map = prev.detach() * n
     if cfg.readout == "log":
         out_map = torch.log(out_map.clamp_min(1e-30))
     return out_map[:, 0] if not per_channel else out_map
