@@ -197,3 +197,34 @@ def test_fused_step_matches_the_reference(params, per_channel):
     assert len(losses) == len(ref_losses)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_contrast_and_no_evidence_warning(tmp_path, capsys):
+    from napari_attribution.cli import main
+    from napari_attribution.io.writers import read_attribution_tiff
+
+    model = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(small_cnn(n_classes=3)), str(model))
+    img = tmp_path / "x.npy"
+    np.save(img, np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32))
+    assert main(["explain", str(model), str(img), "-t", "2", "--contrast", "1",
+                 "--param", "steps=3", "--device", "cpu", "-q"]) == 0
+    maps, meta = read_attribution_tiff(tmp_path / "x.pcim.ome.tif")
+    prov = meta["provenance"]
+    assert prov["contrast"] == 1 and prov["targets"] == [2]
+    assert prov["evidence"]["state"][0] in ("localised", "none")
+    assert " vs " in capsys.readouterr().out
+    assert main(["explain", str(model), str(img), "-t", "1", "--contrast", "1",
+                 "--device", "cpu", "-q", "--overwrite"]) == 2
+    assert "same class" in capsys.readouterr().err
+    blind = tmp_path / "blind.pt"
+    torch.jit.save(torch.jit.script(_Blind()), str(blind))
+    assert main(["explain", str(blind), str(img), "--param", "steps=3", "--device", "cpu",
+                 "-q", "-o", str(tmp_path / "b.ome.tif")]) == 0
+    out = capsys.readouterr().out
+    assert "no localised evidence" in out and "random pixels" in out
+    _, meta = read_attribution_tiff(tmp_path / "b.ome.tif")
+    assert meta["provenance"]["evidence"]["state"] == ["none"]
+    assert main(["explain", str(blind), str(img), "--no-evidence-check", "--device", "cpu",
+                 "-q", "--param", "steps=3", "-o", str(tmp_path / "c.ome.tif")]) == 0
+    assert "no localised evidence" not in capsys.readouterr().out
