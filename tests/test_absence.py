@@ -228,3 +228,34 @@ def test_cli_contrast_and_no_evidence_warning(tmp_path, capsys):
     assert main(["explain", str(blind), str(img), "--no-evidence-check", "--device", "cpu",
                  "-q", "--param", "steps=3", "-o", str(tmp_path / "c.ome.tif")]) == 0
     assert "no localised evidence" not in capsys.readouterr().out
+
+
+class _Seen(nn.Module):
+    """Logit of class 1 = mean of channel 0; keeps every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        s = (x[:, 0] ** 2).mean((1, 2)) + 0.0 * self.conv(x).mean()
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
+def test_hybrid3_third_game_keeps_on_black():
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.5
+    x[..., :, :6] = 0.0          # a black band: blur is not zero there, zero is
+    model = _frozen(_Seen())
+    gen = pcim_batch(model, x, torch.tensor([1]), PCIMConfig(game="hybrid3", steps=6,
+                                                               tol=0.0))
+    for _ in gen:
+        pass
+    band = (..., slice(None), slice(0, 6))
+    blur = make_substrate(x, "blur", 5.0)
+    assert torch.allclose(model.seen[0], x)                          # uniform start
+    assert model.seen[2][band].abs().max() == 0                      # on black
+    assert model.seen[5][band].abs().max() == 0
+    assert model.seen[3][band].abs().min() > 0.01 * blur[band].min()  # on the blur
+    assert model.seen[1][band].abs().max() == 0                      # deletion: zero

@@ -15,6 +15,9 @@ Defaults (chosen with ``benchmarks/pixel_attribution.py``, see docs/pixel_attrib
   the high-``l`` pixels removed, must destroy it). Preservation alone drifts towards
   a few amplified pixels that suffice for the class (good insertion, poor deletion);
   the alternation keeps the ranking faithful to both, at one forward/backward per step.
+* ``game="hybrid3"`` (experimental, for insertion from zero): a cycle of three, the
+  two games above and a preservation game on a black background (what is kept must
+  carry the class on zero). See docs/pixel_attribution.md for what it buys.
 * ``preserve_substrate="blur"``, ``substrate="zero"``: in the preservation game the
   pixels PCIM lets go fade into the blurred image (a background the model has seen the
   like of: what is kept must carry the class on its own), in the deletion game the
@@ -50,7 +53,7 @@ from .progress import Progress
 SUBSTRATES = ("zero", "blur", "mean")
 OPTIMIZERS = ("normalized", "adam")
 LOSSES = ("lse_margin", "margin", "ce", "logit")
-GAMES = ("hybrid", "preserve")
+GAMES = ("hybrid", "preserve", "hybrid3")
 READOUTS = ("log", "weights")
 
 
@@ -212,6 +215,16 @@ def _softmax_weights(total: torch.Tensor, cap: float | None, negate: bool) -> to
     return torch.softmax(flat.neg() if negate else flat, 1).view(total.shape)
 
 
+def _phase(game: str, step: int) -> int:
+    """0: preservation game (preservation substrate), 1: deletion game, 2: preservation
+    game on a black background (``hybrid3`` only)."""
+    if game == "hybrid":
+        return step % 2
+    if game == "hybrid3":
+        return step % 3
+    return 0
+
+
 def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                config: PCIMConfig, per_channel: bool = False
                ) -> Generator[Progress, None, torch.Tensor]:
@@ -241,6 +254,9 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
     # blend = s + (N p) (x - s) = s + p (N (x - s)): N folded in once
     diff_del = (x - substrate).mul_(n)
     diff_keep = diff_del if keep_substrate is substrate else (x - keep_substrate).mul_(n)
+    diff_zero = None
+    if cfg.game == "hybrid3":   # the third game keeps the target from a black background
+        diff_zero = diff_del if cfg.substrate == "zero" else x * n
     logits = [torch.zeros(b, cm, max(1, math.ceil(h / s)), max(1, math.ceil(w / s)),
                           device=x.device, dtype=x.dtype, requires_grad=True)
               for s in cfg.scales]
@@ -250,14 +266,16 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
     prev = torch.full((b, cm, h, w), 1.0 / n, device=x.device, dtype=x.dtype)  # p, not N p
     p_keep = None    # preservation weights of the current logits, with their graph
     for step in range(cfg.steps):
-        delete = cfg.game == "hybrid" and step % 2 == 1
+        phase = _phase(cfg.game, step)
+        delete = phase == 1
         if delete:
             p = _softmax_weights(_total_logits(logits, (h, w)), cfg.max_weight, True)
             xb = torch.addcmul(substrate, p, diff_del)
         else:
             p = p_keep if p_keep is not None else _softmax_weights(
                 _total_logits(logits, (h, w)), cfg.max_weight, False)
-            xb = torch.addcmul(keep_substrate, p, diff_keep)
+            xb = (torch.addcmul(keep_substrate, p, diff_keep) if phase == 0
+                  else p * diff_zero)
         p_keep = None
         out = model(xb)
         loss_i = _target_loss(out, targets, cfg.loss)
@@ -296,8 +314,7 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                     lg.copy_(keep * lg + (1 - keep) * o)
         # The new preservation weights: the convergence check's, and (with their graph)
         # the next step's when that step plays the preservation game.
-        next_keeps = (step + 1 < cfg.steps
-                      and not (cfg.game == "hybrid" and (step + 1) % 2 == 1))
+        next_keeps = step + 1 < cfg.steps and _phase(cfg.game, step + 1) != 1
         with torch.set_grad_enabled(next_keeps):
             p_new = _softmax_weights(_total_logits(logits, (h, w)), cfg.max_weight, False)
         if next_keeps:
