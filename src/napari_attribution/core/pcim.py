@@ -265,6 +265,7 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
     all_active = True
     prev = torch.full((b, cm, h, w), 1.0 / n, device=x.device, dtype=x.dtype)  # p, not N p
     p_keep = None    # preservation weights of the current logits, with their graph
+    lse_mask = None
     for step in range(cfg.steps):
         phase = _phase(cfg.game, step)
         delete = phase == 1
@@ -278,7 +279,13 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                   else p * diff_zero)
         p_keep = None
         out = model(xb)
-        loss_i = _target_loss(out, targets, cfg.loss)
+        if cfg.loss == "lse_margin":   # the target's -inf mask built once, not per step
+            if lse_mask is None:
+                lse_mask = torch.zeros_like(out).scatter_(1, targets.view(-1, 1),
+                                                          float("-inf"))
+            loss_i = torch.logsumexp(out + lse_mask, 1) - out.gather(1, targets.view(-1, 1))[:, 0]
+        else:
+            loss_i = _target_loss(out, targets, cfg.loss)
         sign = -1.0 if delete else 1.0
         if cfg.tv_weight or cfg.sparsity_weight:
             loss_i = sign * loss_i
@@ -295,10 +302,11 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                 # Normalised gradient descent: per image, the largest update is ``lr``
                 # (``sign`` turns the deletion game's loss around).
                 if len(grads) == 1:
-                    gmax = grads[0].abs().flatten(1).amax(1)
+                    gmax = torch.linalg.vector_norm(grads[0].flatten(1), math.inf, dim=1)
                 else:
-                    gmax = torch.stack([g.abs().flatten(1).amax(1) for g in grads], 1).amax(1)
-                scale = gmax.clamp_min_(1e-30).reciprocal_().mul_(-sign * cfg.lr)
+                    gmax = torch.stack([torch.linalg.vector_norm(g.flatten(1), math.inf, dim=1)
+                                        for g in grads], 1).amax(1)
+                scale = torch.div(-sign * cfg.lr, gmax.clamp_min_(1e-30))
                 if not all_active:
                     scale.mul_(active)
                 scale = scale.view(b, 1, 1, 1)
@@ -321,8 +329,8 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
             p_keep = p_new
             p_new = p_new.detach()
         if step + 1 >= cfg.min_steps:
-            change = (p_new - prev).abs_().flatten(1).mean(1).mul_(n)
-            active &= change > cfg.tol
+            # mean |a_new - a_prev| > tol, with a = N p
+            active &= (p_new - prev).abs_().flatten(1).mean(1) > cfg.tol / n
         prev = p_new
         n_active = int(active.sum()) if step + 1 >= cfg.min_steps else b
         all_active = n_active == b
