@@ -259,3 +259,22 @@ def test_hybrid3_third_game_keeps_on_black():
     assert model.seen[5][band].abs().max() == 0
     assert model.seen[3][band].abs().min() > 0.01 * blur[band].min()  # on the blur
     assert model.seen[1][band].abs().max() == 0                      # deletion: zero
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 20, 33), (1, 1, 2, 9), (1, 2, 64, 64)])
+@pytest.mark.parametrize("sigma", [1.0, 5.0])
+def test_matrix_blur_equals_padded_convolution(shape, sigma):
+    from napari_attribution.core.pcim import gaussian_blur
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    radius = min(math.ceil(3 * sigma), shape[-1] - 1, shape[-2] - 1)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = shape[1]
+    y = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.pad(y, (0, 0, radius, radius), mode="reflect")
+    ref = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    torch.testing.assert_close(gaussian_blur(x, sigma), ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(gaussian_blur(x, sigma), x, atol=1e-2)
