@@ -7,10 +7,11 @@ forward pass, cross-entropy and the gradient to the input, same batch. The ratio
 ``PCIM step / raw`` is PCIM's overhead (target <= 1.1x, batch 1 included).
 
 Models: a tiny two-layer CNN on 28 px images (MNIST-like: the model is so cheap that
-PCIM's own work shows) and the default DCMIX classifier (channel mixing + the ``small``
-backbone, width 32) on 2-channel 64 px crops. Runs of 8 raw passes and of 8 PCIM steps
-(``tol=0``: no early stop) alternate; medians are compared, so load from other processes
-affects both alike.
+PCIM's own work shows), the DCMIX classifier of the fidelity benchmarks (``small``
+backbone, width 16, 2-channel 48 px BBBC013 crops) and the default DCMIX classifier
+(channel mixing + the ``small`` backbone, width 32) on 2-channel 64 px crops. Runs of
+8 raw passes and of 8 PCIM steps (``tol=0``: no early stop) alternate; medians are
+compared, so load from other processes affects both alike.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pcim_step_overhead.py [--reps 25]
         [--json benchmarks/results/pcim_step_overhead.json]
@@ -48,7 +49,14 @@ def dcmix_default() -> torch.nn.Module:
     return DCMIXClassifier(ModelConfig(n_channels=2, n_classes=2))
 
 
+def dcmix_bench() -> torch.nn.Module:
+    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+
+    return DCMIXClassifier(ModelConfig(n_channels=2, n_classes=2, width=16))
+
+
 MODELS = {"tiny CNN, 1x28x28": (tiny_cnn, (1, 28, 28), 10),
+          "DCMIX small width 16, 2x48x48": (dcmix_bench, (2, 48, 48), 2),
           "DCMIX default (small, width 32), 2x64x64": (dcmix_default, (2, 64, 64), 2)}
 
 

@@ -179,12 +179,14 @@ def _reference_pcim(model, x, targets, cfg: PCIMConfig, per_channel=False):
 
 
 @pytest.mark.parametrize("params", [{}, {"game": "preserve"}, {"scales": (1, 4)},
-                                    {"max_weight": 5.0}, {"tol": 0.02, "steps": 12}])
+                                    {"max_weight": 5.0}, {"tol": 0.02, "steps": 12},
+                                    {"loss": "margin"}, {"loss": "ce"}])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_fused_step_matches_the_reference(params, per_channel):
-    model = _frozen(small_cnn(n_classes=3))
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fused_step_matches_the_reference(params, per_channel, n_classes):
+    model = _frozen(small_cnn(n_classes=n_classes))
     x = torch.randn(3, 2, 20, 20, generator=torch.Generator().manual_seed(0))
-    t = torch.tensor([0, 1, 2])
+    t = torch.tensor([0, 1, 2]) % n_classes
     cfg = PCIMConfig(**params)
     ref, ref_losses = _reference_pcim(model, x, t, cfg, per_channel)
     gen = pcim_batch(model, x, t, cfg, per_channel)
@@ -278,3 +280,17 @@ def test_matrix_blur_equals_padded_convolution(shape, sigma):
     ref = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     torch.testing.assert_close(gaussian_blur(x, sigma), ref, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(gaussian_blur(x, sigma), x, atol=1e-2)
+
+
+def test_api_contrast_by_class_name(trained_cells, cell_data):
+    import napari_attribution as na
+    from napari_attribution.io.models import load_model
+
+    names = list(load_model(trained_cells).class_names)
+    res = na.explain(trained_cells, cell_data.images[:3], targets=names[1],
+                     contrast=names[0], steps=2, device="cpu", evidence=True)
+    assert res.contrast == 0 and list(res.targets) == [1, 1, 1]
+    assert len(res.evidence["state"]) == 3
+    with pytest.raises(InputError, match="contrast"):
+        na.explain(trained_cells, cell_data.images[:1], targets=1, contrast=[0, 1],
+                   device="cpu")

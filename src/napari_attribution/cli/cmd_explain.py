@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         contrast = clf.resolve_targets(args.contrast)
         if contrast is None:
             raise InputError("--contrast needs a class (index or name), not 'predicted'")
+        contrast = int(contrast)
     factor = args.downsample or ModelScale.from_provenance(
         getattr(clf.bundle, "provenance", None)).downsample
     if factor > 1:

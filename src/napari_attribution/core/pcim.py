@@ -296,7 +296,7 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
     all_active = True
     prev = torch.full((b, cm, h, w), 1.0 / n, device=x.device, dtype=x.dtype)  # p, not N p
     p_keep = None    # preservation weights of the current logits, with their graph
-    lse_mask = None
+    pm = None        # the loss's per-class constants (signs or the target's -inf mask)
     for step in range(cfg.steps):
         phase = _phase(cfg.game, step)
         delete = phase == 1
@@ -310,11 +310,15 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                   else p * diff_zero)
         p_keep = None
         out = model(xb)
-        if cfg.loss == "lse_margin":   # the target's -inf mask built once, not per step
-            if lse_mask is None:
-                lse_mask = torch.zeros_like(out).scatter_(1, targets.view(-1, 1),
-                                                          float("-inf"))
-            loss_i = torch.logsumexp(out + lse_mask, 1) - out.gather(1, targets.view(-1, 1))[:, 0]
+        if cfg.loss in ("lse_margin", "margin") and out.shape[1] == 2:
+            # two classes: both losses are z_other - z_target, one product and a sum
+            if pm is None:
+                pm = 1.0 - 2.0 * F.one_hot(targets, 2).to(out.dtype)
+            loss_i = (out * pm).sum(1)
+        elif cfg.loss == "lse_margin":   # the target's -inf mask built once, not per step
+            if pm is None:
+                pm = torch.zeros_like(out).scatter_(1, targets.view(-1, 1), float("-inf"))
+            loss_i = torch.logsumexp(out + pm, 1) - out.gather(1, targets.view(-1, 1))[:, 0]
         else:
             loss_i = _target_loss(out, targets, cfg.loss)
         sign = -1.0 if delete else 1.0
