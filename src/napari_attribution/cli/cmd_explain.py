@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
               f"(p={result.probabilities[0, result.targets[0]]:.3f}) -> {out}")
         for line in evidence_warnings(result):
             print(f"{image}: {line}")
+        if (result.evidence or {}).get("note"):
+            print(f"{image}: evidence check {result.evidence['note']}")
     return 0
 
 
