@@ -104,6 +104,19 @@ def test_predict_then_explain_with_every_method(make_napari_viewer, qtbot, cells
     assert errors == [] and set(w.last_result.targets.tolist()) == {1}
     assert len(viewer.layers) == n_layers + (predicted != "nuclear")
     assert w.last_layers[0].name == "saliency · nuclear · image 3"
+    # a contrastive entry: "nuclear vs <the other class>", in the layer name and provenance
+    other = next(w.target.itemText(i) for i in range(1, w.target.count())
+                 if w.target.itemText(i) not in ("nuclear",) and " vs " not in
+                 w.target.itemText(i))
+    w.target.setCurrentIndex(w.target.findText(f"nuclear vs {other}"))
+    w.method.setCurrentText("integrated_gradients")
+    w.run()
+    _wait(qtbot, w)
+    assert errors == [] and w.last_result.contrast is not None
+    assert set(w.last_result.targets.tolist()) == {1}
+    assert w.last_layers[0].name == f"integrated gradients · nuclear vs {other} · image 3"
+    prov = w.last_layers[0].metadata["napari_attribution"]["provenance"]
+    assert prov["contrast"] == w.last_result.contrast
 
 
 def test_predict_and_explain_agree_and_curves_run(make_napari_viewer, qtbot, cells, bundle,

@@ -139,8 +139,10 @@ def explain(model: ModelLike, images: np.ndarray, *, method: str = "pcim",
     crops that were already normalised the model's way is used as it is. ``targets``:
     class indices or names, ``"predicted"`` or None (the predicted class). ``options`` go
     to :func:`napari_attribution.core.attribution.explain` (``per_channel``, ``device``,
-    ``input_size`` for tiling, method parameters). The result's ``provenance()`` names
-    the model (path, kind, sha256, channel and class names, normalisation).
+    ``input_size`` for tiling, ``contrast`` (a class index or name: "target rather than
+    contrast"), ``evidence=True`` (the 'localised' / 'none' check), method parameters).
+    The result's ``provenance()`` names the model (path, kind, sha256, channel and class
+    names, normalisation).
     """
     clf = load_model(model, trust=trust)
     return run_generator(clf.explain(images, targets, method=method, **options), progress)

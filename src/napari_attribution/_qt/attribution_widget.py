@@ -32,6 +32,8 @@ from ._runner import TaskRunner
 
 SCOPES = ("current image", "all images")
 PREDICTED = "predicted"
+#: models with at most this many classes get "A vs B" (contrastive) target entries
+MAX_CONTRAST_CLASSES = 4
 
 
 def _methods() -> list[str]:
@@ -133,8 +135,13 @@ class AttributionWidget(DockWidget):
         if bundle is None:
             self.model_label.setText("no model: train or load one in the Train widget")
             return
-        for i, name in enumerate(bundle.class_names):
-            self.target.addItem(str(name), i)
+        names = [str(n) for n in bundle.class_names]
+        for i, name in enumerate(names):
+            self.target.addItem(name, i)
+        if len(names) <= MAX_CONTRAST_CLASSES:   # contrastive targets: "A vs B"
+            for a, b in ((a, b) for a in range(len(names)) for b in range(len(names))
+                         if a != b):
+                self.target.addItem(f"{names[a]} vs {names[b]}", f"{a}:{b}")
         self.picker.select_for_model(list(bundle.channel_names))
         scale = self._scale(bundle)
         self.model_label.setText(f"model: channels {', '.join(bundle.channel_names)}; classes "
@@ -173,7 +180,14 @@ class AttributionWidget(DockWidget):
     def _target_index(self) -> int | None:
         """The chosen target class (None: the predicted one); by item data, not text."""
         data = self.target.currentData()
+        if isinstance(data, str):   # "a:b": a rather than b
+            return int(data.split(":")[0])
         return None if data is None else int(data)
+
+    def _contrast_index(self) -> int | None:
+        """The contrast class of an "A vs B" entry, else None."""
+        data = self.target.currentData()
+        return int(data.split(":")[1]) if isinstance(data, str) else None
 
     @staticmethod
     def _how(look: dict) -> str:
@@ -236,6 +250,7 @@ class AttributionWidget(DockWidget):
             bundle, sel, look = self._inputs()
             method = self.method.currentText()
             target = self._target_index()
+            contrast = self._contrast_index()
             params: dict[str, Any] = {}
             if method == "pcim":
                 params["steps"] = self.steps.value()
@@ -255,7 +270,8 @@ class AttributionWidget(DockWidget):
             x = bundle.prepare(raw)
             result = yield from bundle.explain(raw, target, method=method,
                                                per_channel=per_channel, device=device,
-                                               input_size=look["tile"], **params)
+                                               input_size=look["tile"], evidence=True,
+                                               contrast=contrast, **params)
             curves, t0 = {}, time.perf_counter()
             if want_curves:
                 curves = yield from tile_curves(bundle.model, x, result.maps, result.targets,
@@ -270,8 +286,11 @@ class AttributionWidget(DockWidget):
             self._show_proba(result.probabilities, list(bundle.class_names), sel, look)
             if curves:
                 self._plot_curves(curves)
+            none = result.no_evidence()
             self.say(f"{method}: {len(result.maps)} map(s) in {result.seconds:.1f} s"
-                     + (f"; curves {curve_s:.1f} s" if curves else ""))
+                     + (f"; curves {curve_s:.1f} s" if curves else "")
+                     + (f" — no localised evidence in {len(none)} map(s): their top pixels "
+                        "matter no more than random ones" if none else ""))
 
         return self.runner.start(work(), f"explaining ({method})", done)
 
@@ -281,6 +300,8 @@ class AttributionWidget(DockWidget):
         classes = list(bundle.class_names)
         tg = np.unique(result.targets)
         cls = classes[int(tg[0])] if tg.size == 1 else PREDICTED  # mixed: per image
+        if getattr(result, "contrast", None) is not None:
+            cls = f"{cls} vs {classes[int(result.contrast)]}"
         images = self._image_tag(sel)
         prov = result.provenance()
         prov.update({

@@ -58,6 +58,22 @@ def output_path(image: Path, output: Path | None, method: str, n_inputs: int) ->
     return output
 
 
+def evidence_warnings(result) -> list[str]:
+    """Plain warnings for maps that do not localise evidence (see core.evidence)."""
+    ev = result.evidence or {}
+    none = result.no_evidence()
+    if not none:
+        return []
+    n = len(ev.get("state", []))
+    which = "the map" if n == 1 else f"{len(none)} of {n} maps (images {none[:10]})"
+    gain = ev["gain"][none[0]]
+    return [f"warning: no localised evidence: {which} — deleting the map's top pixels "
+            f"lowers the target probability no more than deleting random pixels (gain "
+            f"{gain:+.3f}). The class is probably carried by the image as a whole or by an "
+            "absence (e.g. a negative control); do not read the map as the model's reason. "
+            "Try --contrast with another class."]
+
+
 def run(args: argparse.Namespace) -> int:
     from ..core.attribution import check_method_params
     from ..io.atomic import check_output
@@ -72,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
         check_output(out, args.overwrite, "attribution maps")
     clf = load_from_args(args)
     target = clf.resolve_targets(args.target)
+    contrast = None
+    if args.contrast is not None:
+        contrast = clf.resolve_targets(args.contrast)
+        if contrast is None:
+            raise InputError("--contrast needs a class (index or name), not 'predicted'")
+        contrast = int(contrast)
     factor = args.downsample or ModelScale.from_provenance(
         getattr(clf.bundle, "provenance", None)).downsample
     if factor > 1:
@@ -84,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
                                           per_channel=args.per_channel, device=args.device,
                                           batch_size=args.batch_size,
                                           input_size=args.input_size or clf.input_size,
+                                          contrast=contrast,
+                                          evidence=not args.no_evidence_check,
                                           **params), quiet=args.quiet)
         names = clf.channel_names if args.per_channel else None
         prov = result.provenance()
@@ -94,8 +118,15 @@ def run(args: argparse.Namespace) -> int:
         out = write_attribution_tiff(out_path, maps, channel_names=names, provenance=prov,
                                      name=f"{args.method} attribution",
                                      overwrite=args.overwrite)
-        print(f"{image}: {args.method} map for class {', '.join(prov['target_names'])} "
+        what = ", ".join(prov["target_names"])
+        if contrast is not None:
+            what += f" vs {clf.class_names[contrast]}"
+        print(f"{image}: {args.method} map for class {what} "
               f"(p={result.probabilities[0, result.targets[0]]:.3f}) -> {out}")
+        for line in evidence_warnings(result):
+            print(f"{image}: {line}")
+        if (result.evidence or {}).get("note"):
+            print(f"{image}: evidence check {result.evidence['note']}")
     return 0
 
 
@@ -110,6 +141,13 @@ def register(sub) -> None:
     p.add_argument("images", type=Path, nargs="+", help="TIFF (C,H,W) or .npy images")
     p.add_argument("-m", "--method", choices=available_methods(), default="pcim")
     p.add_argument("-t", "--target", help="class index or name (default: predicted class)")
+    p.add_argument("--contrast", metavar="CLASS",
+                   help="explain the target rather than this class (index or name): the "
+                        "map follows the logit difference target - contrast")
+    p.add_argument("--no-evidence-check", action="store_true",
+                   help="skip the check whether the map localises evidence (its top pixels "
+                        "matter more than random ones); it costs about 10 forward passes "
+                        "per image")
     p.add_argument("--per-channel", action="store_true", help="one map per channel")
     p.add_argument("-o", "--output", type=Path,
                    help="output file (one image) or folder (default: beside the image)")

@@ -20,6 +20,7 @@ import torch
 
 from . import baselines
 from .classifier import check_outputs, frozen, infer_channels
+from .contrast import CONTRAST_TARGET, ContrastModel, check_contrast
 from .devices import resolve_device
 from .errors import InputError
 from .pcim import PCIMConfig, pcim_batch
@@ -41,6 +42,17 @@ class AttributionResult:
     seconds: float = 0.0
     #: the model's provenance (``Classifier.describe``), filled by ``Classifier.explain``
     model: dict = field(default_factory=dict)
+    #: the contrast class per image ("target rather than contrast"), or None
+    contrast: int | None = None
+    #: :func:`.evidence.evidence_check`'s answer (``state`` per image: 'localised' or
+    #: 'none', and its numbers), or None when not checked
+    evidence: dict | None = None
+
+    def no_evidence(self) -> list[int]:
+        """Indices of the images whose map does not localise evidence."""
+        if not self.evidence or "state" not in self.evidence:
+            return []
+        return [i for i, s in enumerate(self.evidence["state"]) if s == "none"]
 
     def provenance(self) -> dict:
         """Method, parameters, targets, probabilities, the model (path, kind, sha256,
@@ -54,6 +66,8 @@ class AttributionResult:
             "method": self.method,
             "params": _jsonable(self.params),
             "targets": [int(t) for t in self.targets],
+            "contrast": None if self.contrast is None else int(self.contrast),
+            "evidence": _jsonable(self.evidence),
             "seconds": float(self.seconds),
             "package": "napari-attribution",
             "version": __version__,
@@ -232,10 +246,15 @@ def explain(model: torch.nn.Module, images: np.ndarray,
             targets: int | Sequence[int] | None = None, method: str = "pcim",
             per_channel: bool = False, device: str = "auto", batch_size: int = 32,
             input_size: int | None = None, tile_overlap: int | None = None,
+            contrast: int | None = None, evidence: bool = False,
             **params) -> Generator[Progress, None, AttributionResult]:
     """Attribution maps for normalised float images (N, C, H, W) under ``model``.
 
     ``targets``: one class for all, one per image, or None for the predicted class.
+    ``contrast``: explain "target rather than ``contrast``" (logit difference, see
+    :mod:`.contrast`); ``probabilities`` stay the model's own. ``evidence``: run
+    :func:`.evidence.evidence_check` afterwards (untiled images only) and store its
+    per-image 'localised' / 'none' state in the result and its provenance.
     ``input_size``: the side of the square input the model was trained on; larger
     images are split into overlapping tiles (``tile_overlap``, default a quarter tile)
     whose maps are blended, one batch of tiles at a time; smaller images are refused.
@@ -261,8 +280,90 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     dev = resolve_device(device)
     # The caller's module keeps its own mode, device and gradient flags afterwards.
     with frozen(model, dev) as net:
-        return (yield from _explain(net, x_np, targets, method, per_channel, dev, batch_size,
-                                    input_size, overlap, tiled, params, t0))
+        if contrast is None:
+            result = yield from _explain(net, x_np, targets, method, per_channel, dev,
+                                         batch_size, input_size, overlap, tiled, params, t0)
+        else:
+            result = yield from _explain_contrast(net, x_np, targets, contrast, method,
+                                                  per_channel, dev, batch_size, input_size,
+                                                  overlap, tiled, params, t0)
+        if evidence:
+            result.evidence = _evidence(net, x_np, result, dev, batch_size, tiled)
+            result.seconds = time.perf_counter() - t0
+        return result
+
+
+def _evidence(model, x_np, result: AttributionResult, dev, batch_size: int,
+              tiled: bool) -> dict:
+    from .evidence import evidence_check
+
+    if tiled:
+        return {"state": [None] * len(x_np), "note": "not checked: tiled images"}
+    net, tgt = model, result.targets
+    if result.contrast is not None:
+        # one check per target class: the contrast model is per (target, contrast) pair
+        states: dict[str, list] = {}
+        for a in np.unique(tgt):
+            idx = np.flatnonzero(tgt == a)
+            sub = evidence_check(ContrastModel(model, int(a), result.contrast), x_np[idx],
+                                 result.maps[idx], np.full(len(idx), CONTRAST_TARGET),
+                                 batch_size=max(batch_size, 16), device=dev)
+            for key, vals in sub.items():
+                if isinstance(vals, list):
+                    states.setdefault(key, [None] * len(tgt))
+                    for k, i in enumerate(idx):
+                        states[key][i] = vals[k]
+                else:
+                    states[key] = vals
+        return states
+    return evidence_check(net, x_np, result.maps, tgt, batch_size=max(batch_size, 16),
+                          device=dev)
+
+
+def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, batch_size,
+                      input_size, overlap, tiled, params,
+                      t0) -> Generator[Progress, None, AttributionResult]:
+    """``_explain`` on :class:`ContrastModel` wrappers, one per target class."""
+    n, _, h, w = x_np.shape
+    # The model's own probabilities (mean over tiles when tiled), as ``_explain`` reports.
+    grid = tile_grid(h, w, input_size, overlap) if tiled else [(0, 0)]
+    sh, sw = (input_size, input_size) if tiled else (h, w)
+    probs = np.zeros((n, 0))
+    for y, x in grid:
+        tile = x_np[:, :, y:y + sh, x:x + sw]
+        p = np.concatenate([torch.softmax(_probe(model, torch.from_numpy(
+            np.ascontiguousarray(tile[i:i + batch_size])).to(dev)).float(), 1).cpu().numpy()
+            for i in range(0, n, batch_size)])
+        probs = p / len(grid) if probs.size == 0 else probs + p / len(grid)
+    probs = probs.astype(np.float32)
+    tgt = _resolve_targets(targets, n, probs.shape[1], probs.argmax(1))
+    b = check_contrast(contrast, tgt, probs.shape[1])
+    maps = None
+    probabilities = None
+    groups = np.unique(tgt)
+    for g, a in enumerate(groups):
+        idx = np.flatnonzero(tgt == a)
+        sub = ContrastModel(model, int(a), b)
+        gen = _explain(sub, x_np[idx], CONTRAST_TARGET, method, per_channel, dev,
+                       batch_size, input_size, overlap, tiled, params, t0)
+        try:
+            while True:
+                ev = next(gen)
+                frac = (g + ev.fraction) / len(groups)
+                yield Progress(int(round(1000 * frac)), 1000, ev.message, partial=ev.partial)
+        except StopIteration as stop:
+            res = stop.value
+        finally:
+            gen.close()
+        if maps is None:
+            maps = np.zeros((n, *res.maps.shape[1:]), np.float32)
+            probabilities = probs.copy()
+            params_out = res.params
+        maps[idx] = res.maps
+    params_out = {**params_out, "contrast": b}
+    return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
+                             method=method, params=params_out, contrast=b,
+                             seconds=time.perf_counter() - t0)
 
 
 def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_size,

@@ -227,7 +227,8 @@ class Classifier:
         """PCIM or a baseline on raw images; the result carries this model's provenance.
 
         ``targets``: as :meth:`resolve_targets`; ``options`` go to
-        :func:`napari_attribution.core.attribution.explain`.
+        :func:`napari_attribution.core.attribution.explain` (``contrast`` may be a class
+        name here).
         """
         from .attribution import explain
 
@@ -237,6 +238,14 @@ class Classifier:
         if isinstance(tgt, list) and any(t is None for t in tgt):
             raise InputError("give class targets for every image, or 'predicted' for all")
         options.setdefault("input_size", self.input_size)
+        if options.get("contrast") is not None:   # "A rather than B": a name or an index
+            contrast = options["contrast"]
+            if not isinstance(contrast, (str, int, np.integer)) or isinstance(contrast, bool):
+                raise InputError(f"the contrast class must be one class index or name; got "
+                                 f"{contrast!r}")
+            options["contrast"] = self.resolve_targets(contrast)
+            if options["contrast"] is None:
+                raise InputError("the contrast must be a class, not 'predicted'")
         result = yield from explain(self.module, x, tgt, method=method, **options)
         result.model = self.describe()
         result.model["target_names"] = [self.class_names[int(t)] for t in result.targets]

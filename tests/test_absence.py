@@ -1,0 +1,296 @@
+"""Absence classes: contrastive targets, the evidence check, and PCIM's fused step."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from attribution_models import SpotModel, small_cnn, spot_images
+from napari_attribution.core.attribution import explain
+from napari_attribution.core.contrast import ContrastModel
+from napari_attribution.core.errors import InputError
+from napari_attribution.core.evidence import EvidenceConfig, evidence_check
+from napari_attribution.core.pcim import (
+    PCIMConfig,
+    _target_loss,
+    blend,
+    make_substrate,
+    mixing_weights,
+    pcim_batch,
+)
+from napari_attribution.core.progress import run_generator
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def test_contrast_model_gradient_is_the_difference():
+    model = _frozen(small_cnn(n_classes=4))
+    x = torch.randn(3, 2, 16, 16)
+
+    def grad(f):
+        xi = x.clone().requires_grad_(True)
+        return torch.autograd.grad(f(xi).sum(), xi)[0]
+
+    g = grad(lambda xi: ContrastModel(model, 2, 0)(xi)[:, 1])
+    ga = grad(lambda xi: model(xi)[:, 2])
+    gb = grad(lambda xi: model(xi)[:, 0])
+    assert torch.allclose(g, ga - gb, atol=1e-6)
+    assert (g - ga).abs().max() > 0.1 * ga.abs().max()     # the contrast changes it
+    # PCIM's losses on the wrapper: lse_margin = margin = z_B - z_A; ce = softplus(z_B - z_A)
+    z = model(x)
+    out = ContrastModel(model, 2, 0)(x)
+    one = torch.ones(3, dtype=torch.long)
+    for kind in ("lse_margin", "margin"):
+        assert torch.allclose(_target_loss(out, one, kind), z[:, 0] - z[:, 2], atol=1e-5)
+    assert torch.allclose(_target_loss(out, one, "ce"), F.softplus(z[:, 0] - z[:, 2]),
+                          atol=1e-5)
+
+
+def test_explain_contrast_ig_is_linear_and_pcim_follows_the_difference():
+    model = small_cnn(n_classes=3)
+    x = np.random.default_rng(1).normal(size=(4, 2, 16, 16)).astype(np.float32)
+
+    def ig(**kw):
+        return run_generator(explain(model, x, method="integrated_gradients", n_steps=16,
+                                     device="cpu", **kw))
+
+    both = ig(targets=2, contrast=1)
+    diff = ig(targets=2).maps - ig(targets=1).maps
+    np.testing.assert_allclose(both.maps, diff, atol=1e-4 * np.abs(diff).max())
+    assert both.contrast == 1 and both.params["contrast"] == 1
+    assert both.provenance()["contrast"] == 1
+    # probabilities stay the model's own three-class ones
+    assert both.probabilities.shape == (4, 3)
+    np.testing.assert_allclose(both.probabilities.sum(1), 1, atol=1e-5)
+    # per-image targets, grouped internally: same as explaining each group alone
+    mixed = run_generator(explain(model, x, [0, 2, 0, 2], contrast=1, device="cpu",
+                                  steps=3))
+    alone = run_generator(explain(model, x[[1, 3]], 2, contrast=1, device="cpu", steps=3))
+    np.testing.assert_allclose(mixed.maps[[1, 3]], alone.maps, atol=1e-5)
+    # PCIM's first preservation step moves the logits against d(z_B - z_A)/d(logits)
+    t = torch.as_tensor(x[:1])
+    net = _frozen(small_cnn(n_classes=3))
+    res = run_generator(explain(net, x[:1], 2, contrast=1, device="cpu", steps=1,
+                                readout="weights"))
+    lg = torch.zeros(1, 1, 16, 16, requires_grad=True)
+    sub = make_substrate(t, "blur", 5.0)
+    z = net(blend(t, mixing_weights([lg], (16, 16)), sub))
+    (g,) = torch.autograd.grad((z[:, 1] - z[:, 2]).sum(), lg)
+    expected = mixing_weights([-0.5 * g / g.abs().max()], (16, 16))
+    np.testing.assert_allclose(res.maps[0], expected[0, 0].numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_contrast_errors():
+    model = small_cnn(n_classes=3)
+    x = np.zeros((2, 2, 16, 16), np.float32)
+    with pytest.raises(InputError, match="same class"):
+        run_generator(explain(model, x, 1, contrast=1, device="cpu"))
+    with pytest.raises(InputError, match="out of range"):
+        run_generator(explain(model, x, 0, contrast=5, device="cpu"))
+    with pytest.raises(InputError, match="one class index"):
+        run_generator(explain(model, x, 0, contrast=[1, 2], device="cpu"))
+
+
+class _Blind(nn.Module):
+    """Has a convolution (so its channels can be inferred) but ignores the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.conv(x).mean((1, 2, 3)) * 0.0
+        return torch.stack([s + 2.0, s - 1.0], 1)
+
+
+def test_evidence_none_for_a_blind_model_localised_for_a_spot_model():
+    x, masks = spot_images(n=4, size=24)
+    blind = run_generator(explain(_Blind(), x, 0, device="cpu", evidence=True, steps=4))
+    assert blind.evidence["state"] == ["none"] * 4
+    assert blind.no_evidence() == [0, 1, 2, 3]
+    assert np.allclose(blind.evidence["gain"], 0, atol=1e-6)
+    assert blind.provenance()["evidence"]["state"] == ["none"] * 4
+    spot = run_generator(explain(SpotModel(), x, 1, device="cpu", evidence=True))
+    assert spot.evidence["state"] == ["localised"] * 4
+    assert min(spot.evidence["gain"]) > 0.3
+    # the ground-truth mask as a map localises; a random map does not
+    model = _frozen(SpotModel())
+    truth = evidence_check(model, x, masks.astype(np.float32), np.ones(4, int))
+    rand = evidence_check(model, x, np.random.default_rng(0).random((4, 24, 24)),
+                          np.ones(4, int))
+    assert truth["state"] == ["localised"] * 4
+    assert rand["state"] == ["none"] * 4
+    # not run unless asked (it costs forward passes)
+    assert run_generator(explain(SpotModel(), x, 1, device="cpu", steps=2)).evidence is None
+
+
+def test_evidence_config_checks():
+    with pytest.raises(InputError, match="fractions"):
+        EvidenceConfig(fractions=(0.0, 0.5))
+    with pytest.raises(InputError, match="n_random"):
+        EvidenceConfig(n_random=0)
+
+
+def _reference_pcim(model, x, targets, cfg: PCIMConfig, per_channel=False):
+    """PCIM's step as written before the step was fused (normalised optimiser)."""
+    b, c, h, w = x.shape
+    cm = c if per_channel else 1
+    substrate = make_substrate(x, cfg.substrate, cfg.blur_sigma)
+    keep_sub = make_substrate(x, cfg.preserve_substrate or cfg.substrate, cfg.blur_sigma)
+    logits = [torch.zeros(b, cm, math.ceil(h / s), math.ceil(w / s), requires_grad=True)
+              for s in cfg.scales]
+    active = torch.ones(b, dtype=torch.bool)
+    prev = torch.ones(b, cm, h, w)
+    losses = []
+    for step in range(cfg.steps):
+        delete = cfg.game == "hybrid" and step % 2 == 1
+        a = mixing_weights([-lg for lg in logits] if delete else logits, (h, w),
+                           cfg.max_weight)
+        loss_i = _target_loss(model(blend(x, a, substrate if delete else keep_sub)),
+                              targets, cfg.loss)
+        loss_i = -loss_i if delete else loss_i
+        grads = torch.autograd.grad(loss_i.sum(), logits)
+        losses.append(float(loss_i.detach().mean()))
+        with torch.no_grad():
+            keep = active.view(b, 1, 1, 1).float()
+            scale = torch.stack([g.flatten(1).abs().amax(1) for g in grads], 1).amax(1)
+            scale = (cfg.lr / scale.clamp_min(1e-30)).view(b, 1, 1, 1) * keep
+            for lg, g in zip(logits, grads, strict=True):
+                lg -= scale * g
+            a_new = mixing_weights(logits, (h, w), cfg.max_weight)
+            change = (a_new - prev).abs().flatten(1).mean(1)
+            prev = a_new
+            if step + 1 >= cfg.min_steps:
+                active &= change > cfg.tol
+        if not bool(active.any()):
+            break
+    out = torch.log(prev.clamp_min(1e-30))
+    return (out if per_channel else out[:, 0]), losses
+
+
+@pytest.mark.parametrize("params", [{}, {"game": "preserve"}, {"scales": (1, 4)},
+                                    {"max_weight": 5.0}, {"tol": 0.02, "steps": 12},
+                                    {"loss": "margin"}, {"loss": "ce"}])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fused_step_matches_the_reference(params, per_channel, n_classes):
+    model = _frozen(small_cnn(n_classes=n_classes))
+    x = torch.randn(3, 2, 20, 20, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 1, 2]) % n_classes
+    cfg = PCIMConfig(**params)
+    ref, ref_losses = _reference_pcim(model, x, t, cfg, per_channel)
+    gen = pcim_batch(model, x, t, cfg, per_channel)
+    losses = []
+    try:
+        while True:
+            losses.append(next(gen).partial["loss"])
+    except StopIteration as stop:
+        got = stop.value
+    assert len(losses) == len(ref_losses)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_contrast_and_no_evidence_warning(tmp_path, capsys):
+    from napari_attribution.cli import main
+    from napari_attribution.io.writers import read_attribution_tiff
+
+    model = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(small_cnn(n_classes=3)), str(model))
+    img = tmp_path / "x.npy"
+    np.save(img, np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32))
+    assert main(["explain", str(model), str(img), "-t", "2", "--contrast", "1",
+                 "--param", "steps=3", "--device", "cpu", "-q"]) == 0
+    maps, meta = read_attribution_tiff(tmp_path / "x.pcim.ome.tif")
+    prov = meta["provenance"]
+    assert prov["contrast"] == 1 and prov["targets"] == [2]
+    assert prov["evidence"]["state"][0] in ("localised", "none")
+    assert " vs " in capsys.readouterr().out
+    assert main(["explain", str(model), str(img), "-t", "1", "--contrast", "1",
+                 "--device", "cpu", "-q", "--overwrite"]) == 2
+    assert "same class" in capsys.readouterr().err
+    blind = tmp_path / "blind.pt"
+    torch.jit.save(torch.jit.script(_Blind()), str(blind))
+    assert main(["explain", str(blind), str(img), "--param", "steps=3", "--device", "cpu",
+                 "-q", "-o", str(tmp_path / "b.ome.tif")]) == 0
+    out = capsys.readouterr().out
+    assert "no localised evidence" in out and "random pixels" in out
+    _, meta = read_attribution_tiff(tmp_path / "b.ome.tif")
+    assert meta["provenance"]["evidence"]["state"] == ["none"]
+    assert main(["explain", str(blind), str(img), "--no-evidence-check", "--device", "cpu",
+                 "-q", "--param", "steps=3", "-o", str(tmp_path / "c.ome.tif")]) == 0
+    assert "no localised evidence" not in capsys.readouterr().out
+
+
+class _Seen(nn.Module):
+    """Logit of class 1 = mean of channel 0; keeps every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        s = (x[:, 0] ** 2).mean((1, 2)) + 0.0 * self.conv(x).mean()
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
+def test_hybrid3_third_game_keeps_on_black():
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.5
+    x[..., :, :6] = 0.0          # a black band: blur is not zero there, zero is
+    model = _frozen(_Seen())
+    gen = pcim_batch(model, x, torch.tensor([1]), PCIMConfig(game="hybrid3", steps=6,
+                                                               tol=0.0))
+    for _ in gen:
+        pass
+    band = (..., slice(None), slice(0, 6))
+    blur = make_substrate(x, "blur", 5.0)
+    assert torch.allclose(model.seen[0], x)                          # uniform start
+    assert model.seen[2][band].abs().max() == 0                      # on black
+    assert model.seen[5][band].abs().max() == 0
+    assert model.seen[3][band].abs().min() > 0.01 * blur[band].min()  # on the blur
+    assert model.seen[1][band].abs().max() == 0                      # deletion: zero
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 20, 33), (1, 1, 2, 9), (1, 2, 64, 64)])
+@pytest.mark.parametrize("sigma", [1.0, 5.0])
+def test_matrix_blur_equals_padded_convolution(shape, sigma):
+    from napari_attribution.core.pcim import gaussian_blur
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    radius = min(math.ceil(3 * sigma), shape[-1] - 1, shape[-2] - 1)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = shape[1]
+    y = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.pad(y, (0, 0, radius, radius), mode="reflect")
+    ref = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    torch.testing.assert_close(gaussian_blur(x, sigma), ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(gaussian_blur(x, sigma), x, atol=1e-2)
+
+
+def test_api_contrast_by_class_name(trained_cells, cell_data):
+    import napari_attribution as na
+    from napari_attribution.io.models import load_model
+
+    names = list(load_model(trained_cells).class_names)
+    res = na.explain(trained_cells, cell_data.images[:3], targets=names[1],
+                     contrast=names[0], steps=2, device="cpu", evidence=True)
+    assert res.contrast == 0 and list(res.targets) == [1, 1, 1]
+    assert len(res.evidence["state"]) == 3
+    with pytest.raises(InputError, match="contrast"):
+        na.explain(trained_cells, cell_data.images[:1], targets=1, contrast=[0, 1],
+                   device="cpu")
