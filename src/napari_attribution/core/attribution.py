@@ -354,8 +354,9 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
             "tiling": first["tiling"], "tile_batch": first["tile_batch"],
             "tiles_per_image": [p.describe()["tiles"] for p in plans],
             "background_tiles": [p.describe()["background_tiles"] for p in plans],
-            "background": field["background"], "amp": bool(field["amp"] is not False
-                                                           and dev.type == "cuda"),
+            "steps_run": [p.steps_run for p in plans],
+            "background": field["background"], "amp": first["amp"],
+            "amp_check": first["amp_check"], "field_notes": first["notes"],
             "map_scale": "field"})
         return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
                                  method=method, params=_jsonable(all_params),
