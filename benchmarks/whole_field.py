@@ -50,10 +50,18 @@ TILE, OLD_OVERLAP = 256, 64
 PROBE_SPACING = 512
 
 
-def make_field(h: int, w: int, seed: int = 0):
-    """Two-channel field (DNA, Marker) with random cells (~1 per 180x180 px) and identical
-    probe cells on a lattice; returns field (2, H, W), cell mask, probe masks."""
+def make_field(h: int, w: int, seed: int = 0, sparse: bool = False):
+    """Two-channel field (DNA, Marker) with random cells (~1 per 180x180 px; ``sparse``:
+    only inside a few colonies covering about a third of the field) and identical probe
+    cells on a lattice; returns field (2, H, W), cell mask, probe masks."""
     rng = np.random.default_rng(seed)
+    allowed = np.ones((h, w), bool)
+    if sparse:
+        allowed[:] = False
+        gy, gx = np.ogrid[:h, :w]
+        while allowed.mean() < 0.33:
+            cy, cx = rng.integers(0, h), rng.integers(0, w)
+            allowed |= np.hypot(gy - cy, gx - cx) < rng.uniform(0.1, 0.2) * max(h, w)
     x = rng.normal(0.05, 0.02, (2, h, w)).astype(np.float32)
     cells = np.zeros((h, w), bool)
     yy, xx = np.mgrid[-24:25, -24:25]
@@ -75,13 +83,13 @@ def make_field(h: int, w: int, seed: int = 0):
     taken = np.zeros((h, w), bool)
     for cy, cx in probes:
         taken[max(0, cy - 60):cy + 60, max(0, cx - 60):cx + 60] = True
-    n_random = int(h * w / 180 ** 2)
+    n_random = int(allowed.sum() / 180 ** 2)
     placed = 0
     for _ in range(20 * n_random):
         if placed >= n_random:
             break
         cy, cx = rng.integers(30, h - 30), rng.integers(30, w - 30)
-        if taken[cy, cx] or cells[cy - 20:cy + 20, cx - 20:cx + 20].any():
+        if not allowed[cy, cx] or taken[cy, cx] or cells[cy - 20:cy + 20, cx - 20:cx + 20].any():
             continue
         stamp(int(cy), int(cx), float(rng.uniform(0.6, 1.2)))
         placed += 1
@@ -113,7 +121,7 @@ def child(args) -> None:
     from napari_attribution.core.progress import run_generator
 
     h, w = args.child_shape
-    x, _, _ = make_field(h, w, args.seed)
+    x, _, _ = make_field(h, w, args.seed, args.child_sparse)
     model = make_model(args.width, args.seed)
     kw = dict(input_size=TILE, device=args.device)
     if args.child_path == "old":
@@ -164,13 +172,14 @@ def metrics(m: np.ndarray, cells: np.ndarray, probes: list[np.ndarray], overlap:
             "probe_values": vals.tolist()}
 
 
-def run_child(path: str, shape, args, tmp: Path, device: str) -> dict:
-    out = tmp / f"{path}_{device}_{shape[0]}x{shape[1]}.npy"
+def run_child(path: str, shape, args, tmp: Path, device: str, sparse: bool) -> dict:
+    out = tmp / f"{path}_{device}_{shape[0]}x{shape[1]}_{int(sparse)}.npy"
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, __file__, "--child-path", path, "--child-shape", str(shape[0]),
            str(shape[1]), "--child-out", str(out), "--device", device,
-           "--width", str(args.width), "--seed", str(args.seed)]
+           "--width", str(args.width), "--seed", str(args.seed)] + \
+        (["--child-sparse"] if sparse else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"child failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
@@ -191,25 +200,30 @@ def main() -> None:
     ap.add_argument("--child-path")
     ap.add_argument("--child-shape", type=int, nargs=2)
     ap.add_argument("--child-out")
+    ap.add_argument("--child-sparse", action="store_true")
     args = ap.parse_args()
     if args.child_path:
         child(args)
         return
     import torch
 
-    shapes = [(512, 680), (1024, 1024)] if args.quick else [(1024, 1360), (2048, 2048)]
+    big = (1024, 1024) if args.quick else (2048, 2048)
+    shapes = [((512, 680) if args.quick else (1024, 1360), False), (big, False), (big, True)]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as td:
         for dev in devices:
-            for shape in shapes:
-                x, cells, probes = make_field(*shape, seed=args.seed)
-                res = {p: run_child(p, shape, args, Path(td), dev) for p in ("old", "new")}
+            for shape, sparse in shapes:
+                x, cells, probes = make_field(*shape, seed=args.seed, sparse=sparse)
+                res = {p: run_child(p, shape, args, Path(td), dev, sparse)
+                       for p in ("old", "new")}
                 for p in ("old", "new"):
                     r = res[p]
                     ov = OLD_OVERLAP if p == "old" else int(r["tile_overlap"] or 0)
-                    row = {"device": dev, "field": f"{shape[0]}x{shape[1]}", "path": p,
+                    name = f"{shape[0]}x{shape[1]}" + (" sparse" if sparse else "")
+                    row = {"device": dev, "field": name, "path": p,
+                           "cell_fraction": float(cells.mean()),
                            **{k: v for k, v in r.items() if k != "map"},
                            **metrics(r["map"], cells, probes, ov)}
                     if not row["tiles"]:
@@ -221,18 +235,18 @@ def main() -> None:
                     rows.append(row)
                     print(f"{dev} {row['field']} {p}: {r['seconds']:.1f} s", flush=True)
     load1 = os.getloadavg()
-    hdr = (f"{'device':6} {'field':10} {'path':4} {'tiling':9} {'tiles':>5} {'bg':>4} "
+    hdr = (f"{'device':6} {'field':16} {'path':4} {'tiling':9} {'tiles':>5} {'bg':>4} "
            f"{'s/field':>8} {'speed-up':>8} {'peak RSS':>9} {'+work':>7} {'probe CV':>8} "
            f"{'empty+':>7} {'seam':>5}")
     print("\n" + hdr + "\n" + "-" * len(hdr))
     for r in rows:
         tiles, bg = r["tiles"][0], r["background_tiles"][0]
-        print(f"{r['device']:6} {r['field']:10} {r['path']:4} {str(r['tiling']):9} "
+        print(f"{r['device']:6} {r['field']:16} {r['path']:4} {str(r['tiling']):9} "
               f"{tiles:>5} {bg:>4} {r['seconds']:8.1f} {r['speedup']:7.2f}x "
               f"{r['peak_rss'] / 2**20:7.0f}MB {(r['peak_rss'] - r['rss_before']) / 2**20:5.0f}MB "
               f"{r['probe_cv']:8.3f} {r['empty_pos']:7.3f} {r['seam']:5.2f}")
     if "cuda" not in devices:
-        print("cuda   (all)      not measured: no GPU lent")
+        print("cuda   (all)            not measured: no GPU lent")
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")
     out = {"rows": [{k: v for k, v in r.items()} for r in rows],

@@ -71,24 +71,28 @@ def window(tile_h: int, tile_w: int, overlap: int) -> np.ndarray:
 def background_tiles(x: np.ndarray, grid: list[tuple[int, int]], tile_h: int, tile_w: int,
                      fraction: float | None = BACKGROUND_FRACTION) -> np.ndarray:
     """Boolean per tile of ``grid``: True where no channel of the (lightly blurred) field
-    ``x`` (C, H, W) rises above ``p5 + fraction * (p99.9 - p5)`` of that channel's
-    field-level values. ``fraction`` None or 0 = no tile is background."""
+    ``x`` (C, H, W) rises above its field-level threshold, the larger of
+    ``p5 + fraction * (p99.9 - p5)`` and ``p50 + 6 sigma`` (sigma, the noise of the
+    blurred background, from ``(p50 - p5) / 1.645``). ``fraction`` None or 0 = no tile
+    is background."""
     if not fraction:
         return np.zeros(len(grid), bool)
-    xt = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
     from .pcim import gaussian_blur
 
+    xt = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
     sm = gaussian_blur(xt, 2.0)[0].numpy()
     step = max(1, int(math.sqrt(sm[0].size / 2e5)))  # percentiles on a subsample
     sub = sm[:, ::step, ::step].reshape(sm.shape[0], -1)
-    lo = np.percentile(sub, 5, axis=1)
-    hi = np.percentile(sub, 99.9, axis=1)
-    thr = lo + fraction * (hi - lo)
-    live = hi > lo  # a flat channel carries nothing to threshold
+    p5, p50, hi = np.percentile(sub, [5, 50, 99.9], axis=1)
+    sigma = (p50 - p5) / 1.645
+    thr = np.maximum(p5 + fraction * (hi - p5), p50 + 6 * sigma)
+    live = hi > thr  # a channel with nothing above its noise carries nothing to find
     out = np.zeros(len(grid), bool)
+    if not live.any():
+        return out
     for k, (y, xx) in enumerate(grid):
-        peak = sm[:, y:y + tile_h, xx:xx + tile_w].reshape(sm.shape[0], -1).max(1)
-        out[k] = bool(np.all(~live | (peak <= thr)))
+        peak = sm[live, y:y + tile_h, xx:xx + tile_w].reshape(int(live.sum()), -1).max(1)
+        out[k] = bool(np.all(peak <= thr[live]))
     return out
 
 
@@ -154,7 +158,7 @@ class FieldPlan:
     batch_size: int
     one_pass: bool
     bytes_per_tile: float
-    budget: float | None
+    budget: float
     notes: list[str] = field(default_factory=list)
     #: PCIM steps taken, mixed precision used and its check (set by :func:`pcim_field`)
     steps_run: int = 0
@@ -180,6 +184,25 @@ def is_oom(err: BaseException) -> bool:
         or "can't allocate memory" in str(err).lower())
 
 
+def memory_budget_for(device: torch.device, given: float | None = None) -> float:
+    """Bytes one batch may use: ``given``, else :data:`GPU_MEMORY_FRACTION` of the free
+    memory on CUDA, else :data:`CPU_DEFAULT_BUDGET` (at most the available RAM)."""
+    if given is not None:
+        if not given > 0:
+            raise InputError(f"memory_budget must be positive (bytes); got {given}")
+        return float(given)
+    free = free_memory_bytes(device)
+    if device.type == "cuda" and free is not None:
+        return GPU_MEMORY_FRACTION * free
+    return float(min(CPU_DEFAULT_BUDGET, free)) if free else float(CPU_DEFAULT_BUDGET)
+
+
+def batch_for(bytes_per_tile: float, budget: float, cap: int, n_tiles: int) -> int:
+    """Tiles per batch: as many as fit ``budget``, at most ``cap`` and ``n_tiles``,
+    at least one."""
+    return max(1, min(int(cap), int(budget // max(bytes_per_tile, 1.0)), int(n_tiles)))
+
+
 def plan_field(model: torch.nn.Module, x: np.ndarray, input_size: int | None,
                overlap: int | None, device: torch.device, max_batch: int | None = None,
                memory_budget: float | None = None, one_pass: bool | None = None,
@@ -194,17 +217,11 @@ def plan_field(model: torch.nn.Module, x: np.ndarray, input_size: int | None,
     bpp = activation_bytes_per_pixel(model, c, probe_side, device)
     # forward outputs + their gradients + the field-sized inputs of one tile (x, a, blend)
     per_px = 2.0 * bpp + 4 * 4 * c
-    free = free_memory_bytes(device)
-    if memory_budget is not None:
-        budget: float | None = float(memory_budget)
-    elif device.type == "cuda" and free is not None:
-        budget = GPU_MEMORY_FRACTION * free
-    else:
-        budget = float(min(CPU_DEFAULT_BUDGET, free)) if free else float(CPU_DEFAULT_BUDGET)
+    budget = memory_budget_for(device, memory_budget)
     notes: list[str] = []
     whole = input_size is None or max(h, w) <= side
     if not whole and one_pass is not False:
-        fits = budget is None or per_px * h * w <= budget
+        fits = per_px * h * w <= budget
         if one_pass or fits:
             if takes_any_size(model, c, probe_side, device):
                 whole = True
@@ -227,7 +244,7 @@ def plan_field(model: torch.nn.Module, x: np.ndarray, input_size: int | None,
     cap = max_batch if max_batch is not None else len(grid)
     if device.type == "cpu":
         cap = min(cap, CPU_MAX_BATCH)
-    batch = max(1, min(cap, int(budget // per_tile) if budget else cap, len(grid)))
+    batch = batch_for(per_tile, budget, cap, len(grid))
     bg = (background_tiles(x, grid, th, tw, background) if not whole and background
           else np.zeros(len(grid), bool))
     if bg.all():
