@@ -450,7 +450,7 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
                 g_acc[..., y:y + th, xx:xx + tw] += g[j] * win
             loss_total += float(loss_i.sum())
             k += len(chunk)
-            yield Progress(step * len(tiles) + k, cfg.steps * len(tiles),
+            yield Progress(int(1000 * (step + k / len(tiles)) / cfg.steps), 1000,
                            f"PCIM step {step + 1}/{cfg.steps}, tile {k}/{len(tiles)}",
                            partial={"batch": batch})
         g_acc /= wsum
