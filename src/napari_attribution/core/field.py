@@ -30,7 +30,6 @@ the budget, and a batch that runs out of memory is retried at half the size.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
@@ -488,8 +487,3 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
     res = out_map.numpy().astype(np.float32)
     return res if per_channel else res[0]
 
-
-def threads_note() -> str:
-    """The thread settings timings depend on (for provenance and benchmark tables)."""
-    return f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS=" \
-           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}"
