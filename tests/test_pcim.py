@@ -134,12 +134,16 @@ def test_tiling_large_image():
     x, masks = spot_images(n=1, size=56)
     model = SpotModel()
     assert len(tile_grid(56, 56, 24, 6)) == 9
-    res = run_generator(explain(model, x, 1, device="cpu", input_size=24, tile_overlap=6,
-                                batch_size=4))
-    assert res.maps.shape == (1, 56, 56) and np.isfinite(res.maps).all()
-    assert res.params["input_size"] == 24 and res.params["tile_overlap"] == 6
-    assert masks[0].flat[res.maps[0].argmax()]
-    assert relevance_mass(res.maps, masks)[0] > 0.3
+    for tiling in ("per_tile", "field", "auto"):
+        res = run_generator(explain(model, x, 1, device="cpu", input_size=24,
+                                    tile_overlap=6, batch_size=4, tiling=tiling))
+        assert res.maps.shape == (1, 56, 56) and np.isfinite(res.maps).all()
+        assert res.params["input_size"] == 24
+        # SpotModel takes any input size: auto explains the field in one pass.
+        want = {"per_tile": ("per_tile", 6), "field": ("field", 6), "auto": ("one_pass", 0)}
+        assert (res.params["tiling"], res.params["tile_overlap"]) == want[tiling]
+        assert masks[0].flat[res.maps[0].argmax()]
+        assert relevance_mass(res.maps, masks)[0] > 0.3
     # Blending constant tiles gives the constant back, seams included.
     bl = TileBlender((56, 56), 24, 6)
     for y, xx in tile_grid(56, 56, 24, 6):

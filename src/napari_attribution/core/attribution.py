@@ -23,6 +23,7 @@ from .classifier import check_outputs, frozen, infer_channels
 from .contrast import CONTRAST_TARGET, ContrastModel, check_contrast
 from .devices import resolve_device
 from .errors import InputError
+from .field import BACKGROUND_FRACTION, pcim_field, plan_field
 from .pcim import PCIMConfig, pcim_batch
 from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
 from .progress import Progress
@@ -247,6 +248,8 @@ def explain(model: torch.nn.Module, images: np.ndarray,
             per_channel: bool = False, device: str = "auto", batch_size: int = 32,
             input_size: int | None = None, tile_overlap: int | None = None,
             contrast: int | None = None, evidence: bool = False,
+            tiling: str = "auto", background: float | None = BACKGROUND_FRACTION,
+            memory_budget: float | None = None, amp: bool | None = None,
             **params) -> Generator[Progress, None, AttributionResult]:
     """Attribution maps for normalised float images (N, C, H, W) under ``model``.
 
@@ -256,8 +259,18 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     :func:`.evidence.evidence_check` afterwards (untiled images only) and store its
     per-image 'localised' / 'none' state in the result and its provenance.
     ``input_size``: the side of the square input the model was trained on; larger
-    images are split into overlapping tiles (``tile_overlap``, default a quarter tile)
-    whose maps are blended, one batch of tiles at a time; smaller images are refused.
+    images are split into overlapping tiles, one batch of tiles at a time; smaller
+    images are refused. Probabilities are the mean over tiles overlapping by
+    ``tile_overlap`` (default a quarter tile).
+
+    PCIM maps of tiled images (``tiling``, see :mod:`.field`): ``"auto"`` (default)
+    optimises one map per field on one scale, in one pass when the model takes any input
+    size and the field fits ``memory_budget`` (bytes; None = from free memory), else in
+    tiles overlapping by ``tile_overlap`` (default ``input_size // 16``) with background
+    tiles (``background``: fraction of the field's intensity range; None = none) left
+    at zero evidence; ``"field"`` never one pass; ``"one_pass"`` always; ``"per_tile"``
+    the old behaviour (each tile on its own scale, blended). ``amp``: mixed precision
+    on CUDA (default on). Other methods always run per tile.
     ``params`` go to the method (see ``METHODS``). Cancel by closing the generator.
     """
     t0 = time.perf_counter()
@@ -266,6 +279,10 @@ def explain(model: torch.nn.Module, images: np.ndarray,
         raise InputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1; got {batch_size}")
+    if tiling not in TILINGS:
+        raise InputError(f"unknown tiling {tiling!r}; choose one of {TILINGS}")
+    if background is not None and not 0 <= float(background) < 1:
+        raise InputError(f"background must be a fraction in [0, 1) or None; got {background}")
     x_np = check_images(images, _model_channels(model))
     n, c, h, w = x_np.shape
     if input_size is not None:
@@ -277,16 +294,22 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     overlap = 0
     if tiled:
         overlap = int(tile_overlap if tile_overlap is not None else input_size // 4)
+    field = None
+    if tiled and method == "pcim" and tiling != "per_tile":
+        field = {"one_pass": {"auto": None, "field": False, "one_pass": True}[tiling],
+                 "overlap": tile_overlap, "background": background,
+                 "memory_budget": memory_budget, "amp": amp}
     dev = resolve_device(device)
     # The caller's module keeps its own mode, device and gradient flags afterwards.
     with frozen(model, dev) as net:
         if contrast is None:
             result = yield from _explain(net, x_np, targets, method, per_channel, dev,
-                                         batch_size, input_size, overlap, tiled, params, t0)
+                                         batch_size, input_size, overlap, tiled, params, t0,
+                                         field)
         else:
             result = yield from _explain_contrast(net, x_np, targets, contrast, method,
                                                   per_channel, dev, batch_size, input_size,
-                                                  overlap, tiled, params, t0)
+                                                  overlap, tiled, params, t0, field)
         if evidence:
             result.evidence = _evidence(net, x_np, result, dev, batch_size, tiled)
             result.seconds = time.perf_counter() - t0
@@ -321,8 +344,8 @@ def _evidence(model, x_np, result: AttributionResult, dev, batch_size: int,
 
 
 def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, batch_size,
-                      input_size, overlap, tiled, params,
-                      t0) -> Generator[Progress, None, AttributionResult]:
+                      input_size, overlap, tiled, params, t0,
+                      field=None) -> Generator[Progress, None, AttributionResult]:
     """``_explain`` on :class:`ContrastModel` wrappers, one per target class."""
     n, _, h, w = x_np.shape
     # The model's own probabilities (mean over tiles when tiled), as ``_explain`` reports.
@@ -345,7 +368,7 @@ def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, 
         idx = np.flatnonzero(tgt == a)
         sub = ContrastModel(model, int(a), b)
         gen = _explain(sub, x_np[idx], CONTRAST_TARGET, method, per_channel, dev,
-                       batch_size, input_size, overlap, tiled, params, t0)
+                       batch_size, input_size, overlap, tiled, params, t0, field)
         try:
             while True:
                 ev = next(gen)
@@ -366,11 +389,19 @@ def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, 
                              seconds=time.perf_counter() - t0)
 
 
+#: ``explain``'s ways of covering an image larger than the model's input (PCIM)
+TILINGS = ("auto", "field", "one_pass", "per_tile")
+
+
 def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_size,
-             overlap, tiled, params, t0) -> Generator[Progress, None, AttributionResult]:
+             overlap, tiled, params, t0, field=None
+             ) -> Generator[Progress, None, AttributionResult]:
     n, c, h, w = x_np.shape
     fn = METHODS[method]
     all_params = _method_params(method, params)
+    # Small batches are faster per tile on the CPU (cache-bound convolutions).
+    probe_batch = min(batch_size, 4) if field is not None and dev.type == "cpu" \
+        else batch_size
 
     # Probabilities on the unmodified input (whole image, or mean over its tiles).
     grid = tile_grid(h, w, input_size, overlap) if tiled else [(0, 0)]
@@ -383,8 +414,8 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
                             for i, (y, x) in chunk]).to(dev)
 
     prob_sum: np.ndarray | None = None
-    for b0 in range(0, len(items), batch_size):
-        chunk = items[b0:b0 + batch_size]
+    for b0 in range(0, len(items), probe_batch):
+        chunk = items[b0:b0 + probe_batch]
         p = torch.softmax(_probe(model, batch_of(chunk)).float(), 1).cpu().numpy()
         if prob_sum is None:
             prob_sum = np.zeros((n, p.shape[1]), np.float64)
@@ -395,6 +426,43 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
 
     shape = (c, h, w) if per_channel else (h, w)
     maps = np.zeros((n, *shape), np.float32)
+    if field is not None:
+        plans = []
+        cfg = PCIMConfig.from_params(params)
+        for i in range(n):
+            plan = plan_field(model, x_np[i], input_size, field["overlap"], dev,
+                              max_batch=batch_size, memory_budget=field["memory_budget"],
+                              one_pass=field["one_pass"], background=field["background"])
+            plans.append(plan)
+            gen = pcim_field(model, x_np[i], int(tgt[i]), cfg, plan, dev, per_channel,
+                             amp=field["amp"])
+            try:
+                while True:
+                    ev = next(gen)
+                    frac = (i + ev.fraction) / n
+                    yield Progress(int(round(1000 * frac)), 1000,
+                                   f"{method}: image {i + 1}/{n} — {ev.message}",
+                                   partial={"image": i, **ev.partial})
+            except StopIteration as stop:
+                maps[i] = stop.value
+            finally:
+                gen.close()
+        check_outputs(maps, what=f"{method} maps")
+        first = plans[0].describe()
+        all_params.update({
+            "per_channel": bool(per_channel), "batch_size": int(batch_size),
+            "device": str(dev), "input_size": input_size,
+            "tile_overlap": first["tile_overlap"], "probability_tile_overlap": overlap,
+            "tiling": first["tiling"], "tile_batch": first["tile_batch"],
+            "tiles_per_image": [p.describe()["tiles"] for p in plans],
+            "background_tiles": [p.describe()["background_tiles"] for p in plans],
+            "steps_run": [p.steps_run for p in plans],
+            "background": field["background"], "amp": first["amp"],
+            "amp_check": first["amp_check"], "field_notes": first["notes"],
+            "map_scale": "field"})
+        return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
+                                 method=method, params=_jsonable(all_params),
+                                 seconds=time.perf_counter() - t0)
     blenders = {i: TileBlender(shape, input_size, overlap) for i in range(n)} if tiled else {}
     n_batches = (len(items) + batch_size - 1) // batch_size
     for b in range(n_batches):
@@ -423,7 +491,8 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
     check_outputs(maps, what=f"{method} maps")
     all_params.update({"per_channel": bool(per_channel), "batch_size": int(batch_size),
                        "device": str(dev), "input_size": input_size,
-                       "tile_overlap": overlap if tiled else None})
+                       "tile_overlap": overlap if tiled else None,
+                       "tiling": "per_tile" if tiled else None})
     return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
                              method=method, params=_jsonable(all_params),
                              seconds=time.perf_counter() - t0)

@@ -1,0 +1,221 @@
+"""Field PCIM: one scale across tiles, background tiles, one pass, batch size, OOM, AMP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attribution_models import SpotModel, small_cnn
+from napari_attribution.core import field as F
+from napari_attribution.core.attribution import explain
+from napari_attribution.core.errors import InputError
+from napari_attribution.core.pcim import PCIMConfig
+from napari_attribution.core.progress import run_generator
+
+
+class QuadSpot(nn.Module):
+    """Class 1 grows with the squared channel-0 intensity: its gradient is proportional
+    to the pixel's brightness, so dim noise carries little evidence and a bright spot much."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = (x[:, 0] ** 2).flatten(1).mean(1) * 50
+        return torch.stack([torch.full_like(s, 1.0), s], 1)
+
+
+class FixedSize(nn.Module):
+    """A model that only takes its own input size (flatten + linear)."""
+
+    def __init__(self, side: int) -> None:
+        super().__init__()
+        self.side = side
+        self.lin = nn.Linear(2 * side * side, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.side or x.shape[-2] != self.side:
+            raise RuntimeError("size mismatch")
+        return self.lin(x.flatten(1))
+
+
+def field_with_spots(h: int, w: int, spots, seed: int = 0, c: int = 2):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 0.2, (c, h, w)).astype(np.float32)
+    masks = []
+    for y, xx in spots:
+        x[0, y:y + 5, xx:xx + 5] += 0.9
+        m = np.zeros((h, w), bool)
+        m[y:y + 5, xx:xx + 5] = True
+        masks.append(m)
+    return x, masks
+
+
+def test_window_and_background_tiles():
+    win = F.window(32, 32, 8)
+    assert win.shape == (32, 32) and win.min() > 0 and win.max() == 1.0
+    np.testing.assert_allclose(win, win[::-1, ::-1])
+    assert win[16, 16] == 1.0 and win[0, 16] < 0.1
+    np.testing.assert_array_equal(F.window(16, 16, 0), 1.0)
+    x, _ = field_with_spots(32, 128, [(14, 10)])
+    grid = [(0, 0), (0, 32), (0, 64), (0, 96)]
+    np.testing.assert_array_equal(F.background_tiles(x, grid, 32, 32),
+                                  [False, True, True, True])
+    assert not F.background_tiles(x, grid, 32, 32, None).any()
+    # Pure noise (no spot) has nothing to call background.
+    flat = np.random.default_rng(1).uniform(0, 0.2, (2, 32, 128)).astype(np.float32)
+    assert F.background_tiles(flat, grid, 32, 32).sum() < 4
+
+
+def test_empty_tiles_have_zero_evidence():
+    x, masks = field_with_spots(32, 128, [(14, 10)])
+    res = run_generator(explain(QuadSpot(), x[None], 1, device="cpu", input_size=32,
+                                tile_overlap=0, tiling="field"))
+    m = res.maps[0]
+    assert res.params["background_tiles"] == [3] and res.params["tiles_per_image"] == [4]
+    np.testing.assert_array_equal(m[:, 32:], 0.0)  # skipped: exactly no evidence
+    assert m[masks[0]].mean() > 0.5
+    # Without skipping, the noise tiles are explained but get no positive evidence
+    # comparable to the spot (one scale for the field) ...
+    res = run_generator(explain(QuadSpot(), x[None], 1, device="cpu", input_size=32,
+                                tile_overlap=0, tiling="field", background=None))
+    m = res.maps[0]
+    assert res.params["background_tiles"] == [0]
+    assert m[:, 32:].max() < 0.5 * m[masks[0]].max()
+    # ... whereas per-tile normalisation gives every noise tile a spot-sized maximum.
+    old = run_generator(explain(QuadSpot(), x[None], 1, device="cpu", input_size=32,
+                                tile_overlap=0, tiling="per_tile")).maps[0]
+    assert old[:, 32:].max() > 0.7 * old[masks[0]].max()
+
+
+def test_same_spot_same_value_mid_tile_or_across_a_boundary():
+    # Tiles of 32 overlapping 4 start at 0, 28, 56, 84, 96: spot A sits mid-tile,
+    # spot B straddles the edge at x=60, spot C shares its tile with three others.
+    spots = [(14, 40), (14, 58), (4, 100), (4, 112), (22, 100), (22, 112)]
+    x, masks = field_with_spots(32, 128, spots)
+    kw = dict(device="cpu", input_size=32, tile_overlap=4, background=None)
+    new = run_generator(explain(QuadSpot(), x[None], 1, tiling="field", **kw)).maps[0]
+    vals = np.array([new[m].mean() for m in masks])
+    assert vals.min() > 0
+    assert np.ptp(vals) / vals.mean() < 0.1, vals
+    old = run_generator(explain(QuadSpot(), x[None], 1, tiling="per_tile", **kw)).maps[0]
+    ov = np.array([old[m].mean() for m in masks])
+    # per tile, the lone spot outscores the crowded ones (its tile's scale is its own)
+    assert ov[0] > 1.2 * ov[2:].mean(), ov
+
+
+def test_one_pass_when_the_model_takes_any_size_and_fits():
+    x, _ = field_with_spots(40, 72, [(10, 10)])
+    dev = torch.device("cpu")
+    plan = F.plan_field(SpotModel(), x, 32, None, dev, memory_budget=1e9)
+    assert plan.one_pass and plan.grid == [(0, 0)] and (plan.tile_h, plan.tile_w) == (40, 72)
+    plan = F.plan_field(SpotModel(), x, 32, None, dev, memory_budget=1e3)
+    assert not plan.one_pass and plan.tile_h == 32 and plan.overlap == 2
+    plan = F.plan_field(FixedSize(32), x, 32, None, dev, memory_budget=1e12)
+    assert not plan.one_pass and len(plan.grid) == 6
+    with pytest.raises(InputError, match="does not accept"):
+        F.plan_field(FixedSize(32), x, 32, None, dev, one_pass=True)
+    res = run_generator(explain(FixedSize(32), x[None], 0, device="cpu", input_size=32))
+    assert res.params["tiling"] == "field" and res.maps.shape == (1, 40, 72)
+
+
+def test_batch_size_from_memory(monkeypatch):
+    assert F.batch_for(100.0, 350.0, 64, 10) == 3
+    assert F.batch_for(100.0, 50.0, 64, 10) == 1      # never below one
+    assert F.batch_for(100.0, 1e9, 4, 10) == 4         # capped
+    assert F.batch_for(100.0, 1e9, 64, 10) == 10       # no more than there are tiles
+    monkeypatch.setattr(F, "free_memory_bytes", lambda dev: 10 * 2**30)
+    assert F.memory_budget_for(torch.device("cuda")) == pytest.approx(
+        F.GPU_MEMORY_FRACTION * 10 * 2**30)
+    assert F.memory_budget_for(torch.device("cpu")) == F.CPU_DEFAULT_BUDGET
+    monkeypatch.setattr(F, "free_memory_bytes", lambda dev: 2**20)
+    assert F.memory_budget_for(torch.device("cpu")) == 2**20
+    assert F.memory_budget_for(torch.device("cpu"), 5e8) == 5e8
+    with pytest.raises(InputError):
+        F.memory_budget_for(torch.device("cpu"), -1)
+    # The planned batch follows the budget (CPU cap lifted for the test).
+    monkeypatch.setattr(F, "CPU_MAX_BATCH", 64)
+    x, _ = field_with_spots(32, 160, [(10, 10)])
+    model = small_cnn(n_classes=2)
+    one = F.plan_field(model, x, 32, 0, torch.device("cpu"), one_pass=False,
+                       memory_budget=1e12)
+    assert one.batch_size == 5
+    two = F.plan_field(model, x, 32, 0, torch.device("cpu"), one_pass=False,
+                       memory_budget=2.5 * one.bytes_per_tile)
+    assert two.batch_size == 2
+
+
+class OOMAbove(nn.Module):
+    """Wraps a model; raises an out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, inner: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.limit:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_map():
+    x, _ = field_with_spots(32, 256, [(10, 10), (14, 150)])
+    dev = torch.device("cpu")
+    model = small_cnn(n_classes=2)
+    cfg = PCIMConfig(steps=4)
+    plan = F.plan_field(model, x, 32, 0, dev, one_pass=False, background=None)
+    plan.batch_size = 8
+    tried: list[int] = []
+    got = run_generator(F.pcim_field(OOMAbove(model, 2), x, 1, cfg, plan, dev,
+                                     amp=False, on_batch=tried.append))
+    assert tried[:3] == [8, 4, 2] and max(tried[3:]) == 2
+    plan.batch_size = 2
+    want = run_generator(F.pcim_field(model, x, 1, cfg, plan, dev, amp=False))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    plan.batch_size = 1
+    with pytest.raises(InputError, match="out of memory"):
+        run_generator(F.pcim_field(OOMAbove(model, 0), x, 1, cfg, plan, dev, amp=False))
+    # Other errors are not mistaken for memory.
+    assert not F.is_oom(RuntimeError("size mismatch")) and F.is_oom(MemoryError())
+
+
+def test_mixed_precision_is_kept_only_where_it_agrees(monkeypatch):
+    assert F.amp_dtype(torch.device("cpu"), False) is None
+    assert F.amp_dtype(torch.device("cpu"), True) is torch.bfloat16
+    assert F.amp_dtype(torch.device("cuda"), None) is torch.float16
+    x, _ = field_with_spots(32, 64, [(10, 10)])
+    dev = torch.device("cpu")
+    model = small_cnn(n_classes=2)
+    cfg = PCIMConfig(steps=3)
+    plan = F.plan_field(model, x, 32, 0, dev, one_pass=False, background=None)
+    ref = run_generator(F.pcim_field(model, x, 1, cfg, plan, dev, amp=False))
+    monkeypatch.setattr(F, "AMP_MIN_COSINE", 1.01)  # nothing passes: float32 kept
+    plan = F.plan_field(model, x, 32, 0, dev, one_pass=False, background=None)
+    got = run_generator(F.pcim_field(model, x, 1, cfg, plan, dev, amp=True))
+    assert plan.amp is False and plan.amp_check["ok"] is False
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    monkeypatch.setattr(F, "AMP_MIN_COSINE", -1.0)
+    monkeypatch.setattr(F, "AMP_MAX_PROB_DIFF", 1.0)
+    plan = F.plan_field(model, x, 32, 0, dev, one_pass=False, background=None)
+    got = run_generator(F.pcim_field(model, x, 1, cfg, plan, dev, amp=True))
+    assert plan.amp is True and np.isfinite(got).all()
+
+
+def test_field_options_and_outputs():
+    x, masks = field_with_spots(32, 80, [(10, 40)])
+    res = run_generator(explain(SpotModel(), x[None], 1, device="cpu", input_size=32,
+                                tiling="field", per_channel=True, readout="weights"))
+    assert res.maps.shape == (1, 2, 32, 80) and (res.maps >= 0).all()
+    assert res.params["map_scale"] == "field" and res.params["tile_overlap"] == 2
+    with pytest.raises(InputError, match="tiling"):
+        run_generator(explain(SpotModel(), x[None], 1, device="cpu", input_size=32,
+                              tiling="sideways"))
+    with pytest.raises(InputError, match="normalized"):
+        run_generator(explain(SpotModel(), x[None], 1, device="cpu", input_size=32,
+                              tiling="field", optimizer="adam"))
+    with pytest.raises(InputError, match="background"):
+        run_generator(explain(SpotModel(), x[None], 1, device="cpu", input_size=32,
+                              background=2.0))
+    # Other methods keep tiling per tile.
+    res = run_generator(explain(SpotModel(), x[None], 1, method="saliency", device="cpu",
+                                input_size=32))
+    assert res.params["tiling"] == "per_tile"
