@@ -33,7 +33,7 @@ import numpy as np
 from ..core.errors import InputError
 
 LARGE_FIELD_BYTES = 256 * 1024**2  # float32 pixels of one field, as the readers' lazy limit
-DEFAULT_REGION_SIZE = 2048
+DEFAULT_REGION_SIZE = 1024
 SAMPLE_PIXELS = 4_000_000
 
 

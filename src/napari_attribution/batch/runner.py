@@ -75,7 +75,7 @@ class BatchConfig:
     images_per_task: int | None = None
     downsample: int | None = None
     regions: bool | None = None
-    region_size: int = 2048
+    region_size: int = 1024
 
     def method_params(self) -> dict[str, dict[str, Any]]:
         """Validated ``{method: params}`` in the order given."""

@@ -43,7 +43,7 @@ class TaskSpec:
     downsample: int = 1
     trust: bool = False
     regions: bool | None = None
-    region_size: int = 2048
+    region_size: int = 1024
 
 
 def _worker_key() -> str:

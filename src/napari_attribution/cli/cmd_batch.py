@@ -155,8 +155,9 @@ def register(sub) -> None:
     w.add_argument("--regions", choices=("auto", "always", "never"), default="auto",
                    help="compute each field region by region, opened lazily (auto: fields "
                         "over 256 MiB of float32 pixels, e.g. 8192x8192 with 2 channels)")
-    w.add_argument("--region-size", type=positive_int, default=2048,
-                   help="side of a region in pixels (default 2048)")
+    w.add_argument("--region-size", type=positive_int, default=1024,
+                   help="side of a region in pixels (default 1024): peak memory grows "
+                        "with its square")
     c = p.add_argument_group("execution")
     c.add_argument("--scheduler", help="address of a running Dask scheduler "
                    "(tcp://host:8786); default: start a LocalCluster")
