@@ -5,7 +5,8 @@
 Writes a 2-channel uint16 tiled TIFF (``--side`` x ``--side``, default 20000: 1.6 GB of
 pixels; ``--quick``: 4096) into a temporary folder: 512x512 tiles of blobs on noise,
 uncompressed. Each step then runs in a fresh child process, which reports its peak
-resident memory (``ru_maxrss``), the resident memory right after its imports (current, not peak), and its time:
+resident memory (``ru_maxrss``), its resident memory right after its imports (current,
+not peak) and its time:
 
 * ``reader lazy``: ``read_array(path, lazy=True)`` (what plates and batch call) and a
   512x512 view of the last corner;
@@ -168,14 +169,14 @@ def main() -> None:
                        "batch whole": False}.get(step)
             extra = {"folder": str(folder), "bundle": str(bundle), "steps": args.steps,
                      "method": args.method, "region_size": args.region_size,
-                     "batch_size": args.batch_size, "downsample": args.downsample, "downsample": args.downsample,
+                     "batch_size": args.batch_size, "downsample": args.downsample,
                      "regions": regions, "out": str(Path(tmp) / f"{step[-5:]}.zarr")}
             out = child(step, field, extra)
             rows.append({"step": step, "side": side, **out})
             print(f"  {step:<15} peak {out['peak_rss_mb']:7.0f} MB "
                   f"(after imports {out['rss_after_imports_mb']:5.0f} MB) "
                   f"{out['seconds']:8.1f} s", flush=True)
-    print(f"\n| step | field | peak RSS (MB) | RSS after imports (MB) | seconds |")
+    print("\n| step | field | peak RSS (MB) | RSS after imports (MB) | seconds |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['step']} | 2 x {side}^2 uint16 | {r['peak_rss_mb']:.0f} | "

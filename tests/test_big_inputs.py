@@ -235,6 +235,12 @@ def test_ngff_hcs_plate_records_and_batch_cli(tmp_path, bundle_path, capsys):
     np.testing.assert_allclose(store.probabilities(), load_bundle(bundle_path)
                                .predict_proba(raw), rtol=1e-5, atol=1e-6)
     assert sorted(check_plate(out)) == ["A/1/0", "A/1/1", "A/3/0", "B/1/0"]
+    from napari_attribution.batch.napari_reader import read_batch_store
+
+    layers = {kw["name"]: data for data, kw, _ in read_batch_store(str(out))}
+    assert set(layers) == {"plate dna", "plate gfp", "pcim"}
+    np.testing.assert_array_equal(np.asarray(layers["plate gfp"][1]), fields["A/1"][1][1])
+    assert layers["pcim"].shape == (4, 40, 40)
     rows = (tmp_path / "result.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[1].split(",")[1:3] == ["A01_f0", "A01"]
     assert main(["batch", str(plate), "--model", str(bundle_path), "-o", str(out),

@@ -59,7 +59,7 @@ def _plate_layers(meta: dict[str, Any], shape: tuple[int, int]) -> list[LayerDat
     from .records import ImageRecord, read_record
 
     records = [ImageRecord.from_dict(d) for d in meta["images"]]
-    if not all(Path(p).is_file() for r in records for p in r.paths):
+    if not all(Path(p).exists() for r in records for p in r.paths):  # OME-Zarr: folders
         return []
     names = meta["channel_names"]
     if int(meta.get("downsample", 1)) > 1:  # maps are smaller than the plate's images
