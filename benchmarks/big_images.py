@@ -11,8 +11,9 @@ not peak) and its time:
 * ``reader lazy``: ``read_array(path, lazy=True)`` (what plates and batch call) and a
   512x512 view of the last corner;
 * ``reader eager``: ``read_array(path)``, the whole field in memory (the contrast);
-* ``napari layers``: the plugin reader (``read_layers``), a ``napari.layers.Image`` per
-  channel (contrast limits given, as for dask data), and a 512x512 view of each;
+* ``napari layers``: the plugin reader (``read_layers``: a lazy pyramid for sides over
+  4096), a ``napari.layers.Image`` per channel (contrast limits given; napari loads the
+  level it shows), and a 512x512 full-resolution view of each;
 * ``batch regions``: ``run_batch`` on that one field with a tiny DCMIX model (width 8,
   ``per_field`` normalisation), ``--method`` (PCIM with ``--steps`` steps), ``input_size``
   256, ``--batch-size`` tiles per model call (default 4), regions of ``--region-size``
@@ -65,9 +66,12 @@ elif step == "napari layers":
     base = current(); t0 = time.perf_counter()
     layers = read_layers(path)
     made = [napari.layers.Image(d, contrast_limits=(0, 4095), **{k: v for k, v in kw.items()
-            if k in ("name", "colormap", "blending", "scale")}) for d, kw, _ in layers]
-    views = [float(np.asarray(m.data[:512, :512]).mean()) for m in made]
-    info = {"layers": len(made), "type": type(made[0].data).__name__}
+            if k in ("name", "colormap", "blending", "scale", "multiscale")})
+            for d, kw, _ in layers]
+    views = [float(np.asarray((m.data[0] if m.multiscale else m.data)[:512, :512]).mean())
+             for m in made]
+    info = {"layers": len(made), "type": type(made[0].data).__name__,
+            "levels": len(made[0].data) if made[0].multiscale else 1}
 else:
     from napari_attribution.batch import BatchConfig, records_from_plate, run_batch
     from napari_attribution.core.progress import run_generator
@@ -148,12 +152,17 @@ def main() -> None:
                          "resolution region by region; the model sees the smaller field)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" /
                     "big_images.json")
+    ap.add_argument("--only", action="append", metavar="STEP",
+                    help="run only this step (repeatable); its rows replace those of the "
+                         "same step in an existing --json file")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     side = args.side or (4096 if args.quick else 20000)
     steps = ["reader lazy", "reader eager", "napari layers", "batch regions"]
     if args.quick:
         steps.append("batch whole")
+    if args.only:
+        steps = [s for s in steps if s in args.only]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "plate"
@@ -181,6 +190,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['step']} | 2 x {side}^2 uint16 | {r['peak_rss_mb']:.0f} | "
               f"{r['rss_after_imports_mb']:.0f} | {r['seconds']:.1f} |")
+    if args.only and args.json.is_file():  # keep the other steps' rows
+        old = json.loads(args.json.read_text())
+        rows = [r for r in old.get("rows", []) if r["step"] not in args.only] + rows
     report = {"python": platform.python_version(), "side": side, "method": args.method,
               "pcim_steps": args.steps, "region_size": args.region_size,
               "batch_size": args.batch_size, "downsample": args.downsample,

@@ -167,6 +167,20 @@ def test_napari_reader_gives_dask_layers_for_large_tiffs(tmp_path, monkeypatch):
     layers = read_layers(str(tmp_path / "big.tif"))
     assert len(layers) == 2 and all(isinstance(d, da.Array) for d, _, _ in layers)
     np.testing.assert_array_equal(np.asarray(layers[1][0][10:20, 5:9]), arr[1, 10:20, 5:9])
+    # a large lazy image opens as a pyramid (napari would load a single-scale plane whole)
+    import napari.layers
+
+    from napari_attribution import _reader
+    from napari_attribution._qt._layers import full_data
+
+    monkeypatch.setattr(_reader, "MULTISCALE_ABOVE", 16)
+    monkeypatch.setattr(_reader, "PYRAMID_TOP", 16)
+    data, kw, _ = read_layers(str(tmp_path / "big.tif"))[0]
+    assert kw["multiscale"] and [d.shape for d in data] == [(64, 64), (32, 32), (16, 16)]
+    assert all(isinstance(d, da.Array) for d in data)
+    np.testing.assert_array_equal(np.asarray(data[2]), arr[0, ::4, ::4])
+    layer = napari.layers.Image(data, multiscale=True, contrast_limits=(0, 8191))
+    np.testing.assert_array_equal(np.asarray(full_data(layer)), arr[0])  # what widgets use
     monkeypatch.setattr(readers, "LAZY_ABOVE_BYTES", 10**9)
     assert all(isinstance(d, np.ndarray) for d, _, _ in read_layers(str(tmp_path / "big.tif")))
 
