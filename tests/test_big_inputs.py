@@ -139,6 +139,31 @@ def test_auto_regions_open_large_fields_lazily(tmp_path, big_plate, bundle_path,
     assert chunks["chunks"] == [1, 96, 96]  # at most MAP_CHUNK: one chunk here
 
 
+def test_downsampled_one_region_equals_the_in_memory_path(tmp_path, big_plate, bundle_path):
+    whole = run(big_plate, bundle_path, tmp_path / "whole.zarr",
+                config(input_size=32, downsample=2)).open()
+    region = run(big_plate, bundle_path, tmp_path / "region.zarr",
+                 config(input_size=32, downsample=2, regions=True, region_size=48)).open()
+    np.testing.assert_allclose(region.probabilities(), whole.probabilities(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(region.maps("pcim")[:], whole.maps("pcim")[:], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_windows_are_block_averaged_band_by_band():
+    import dask.array as da
+
+    from napari_attribution.batch.regions import read_window
+    from napari_attribution.io.plate import block_mean
+
+    a = np.random.default_rng(0).integers(0, 1000, (2, 1003, 999)).astype(np.uint16)
+    lazy = da.from_array(a, chunks=(1, 128, 128))
+    for f in (1, 3, 4):
+        full = block_mean(a.astype(np.float32), f) if f > 1 else a.astype(np.float32)
+        np.testing.assert_allclose(read_window(lazy, f, 10, 200, 5, 150),
+                                   full[:, 10:200, 5:150], rtol=1e-6)
+
+
 def test_field_percentiles_from_a_subsample(monkeypatch):
     from napari_attribution.batch import regions
 

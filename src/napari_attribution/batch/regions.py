@@ -53,20 +53,29 @@ def region_grid(h: int, w: int, size: int) -> list[tuple[int, int, int, int]]:
             for y in range(0, h, size) for x in range(0, w, size)]
 
 
+def _compute(win: Any) -> np.ndarray:
+    if hasattr(win, "compute"):
+        win = win.compute(scheduler="synchronous")  # never the distributed client
+    return np.asarray(win)
+
+
 def read_window(arr: Any, downsample: int, y0: int, y1: int, x0: int, x1: int
                 ) -> np.ndarray:
     """(C, y1-y0, x1-x0) float32 pixels of a window given in downsampled coordinates,
-    block-averaged from the raw pixels (a Dask array is computed here, in this thread)."""
+    block-averaged from the raw pixels a band of rows at a time (a Dask array is computed
+    here, in this thread), so that a downsampled region never needs its raw pixels whole."""
     f = downsample
-    win = arr[:, y0 * f:y1 * f, x0 * f:x1 * f]
-    if hasattr(win, "compute"):
-        win = win.compute(scheduler="synchronous")  # never the distributed client
-    win = np.asarray(win, dtype=np.float32)
-    if f > 1:
-        from ..io.plate import block_mean
+    if f == 1:
+        return _compute(arr[:, y0:y1, x0:x1]).astype(np.float32, copy=False)
+    from ..io.plate import block_mean
 
-        win = block_mean(win, f)
-    return win
+    out = np.empty((int(arr.shape[0]), y1 - y0, x1 - x0), np.float32)
+    band = max(1, 256 // f)
+    for b0 in range(y0, y1, band):
+        b1 = min(b0 + band, y1)
+        raw = _compute(arr[:, b0 * f:b1 * f, x0 * f:x1 * f]).astype(np.float32, copy=False)
+        out[:, b0 - y0:b1 - y0] = block_mean(raw, f)
+    return out
 
 
 def _widen(a0: int, a1: int, length: int, halo: int, minimum: int) -> tuple[int, int]:
