@@ -13,7 +13,10 @@ not peak) and its time:
 * ``reader eager``: ``read_array(path)``, the whole field in memory (the contrast);
 * ``napari layers``: the plugin reader (``read_layers``: a lazy pyramid for sides over
   4096), a ``napari.layers.Image`` per channel (contrast limits given; napari loads the
-  level it shows), and a 512x512 full-resolution view of each;
+  level it shows), and a 512x512 full-resolution view of each; ``napari layers no
+  cache`` does the same with napari's opportunistic dask chunk cache off
+  (``napari.utils.resize_dask_cache(0)``; by default it may keep up to a quarter of
+  the machine's memory of chunks it has read);
 * ``batch regions``: ``run_batch`` on that one field with a tiny DCMIX model (width 8,
   ``per_field`` normalisation), ``--method`` (PCIM with ``--steps`` steps), ``input_size``
   256, ``--batch-size`` tiles per model call (default 4), regions of ``--region-size``
@@ -60,8 +63,11 @@ if step.startswith("reader"):
     arr = read_array(path, lazy=step == "reader lazy")
     view = float(np.asarray(arr[:, -512:, -512:]).mean())
     info = {"type": type(arr).__name__}
-elif step == "napari layers":
+elif step.startswith("napari layers"):
     import napari.layers
+    if step.endswith("no cache"):  # napari's opportunistic dask chunk cache off
+        from napari.utils import resize_dask_cache
+        resize_dask_cache(0)
     from napari_attribution._reader import read_layers
     base = current(); t0 = time.perf_counter()
     layers = read_layers(path)
@@ -158,7 +164,8 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     side = args.side or (4096 if args.quick else 20000)
-    steps = ["reader lazy", "reader eager", "napari layers", "batch regions"]
+    steps = ["reader lazy", "reader eager", "napari layers", "napari layers no cache",
+             "batch regions"]
     if args.quick:
         steps.append("batch whole")
     if args.only:
@@ -182,7 +189,7 @@ def main() -> None:
                      "regions": regions, "out": str(Path(tmp) / f"{step[-5:]}.zarr")}
             out = child(step, field, extra)
             rows.append({"step": step, "side": side, **out})
-            print(f"  {step:<15} peak {out['peak_rss_mb']:7.0f} MB "
+            print(f"  {step:<22} peak {out['peak_rss_mb']:7.0f} MB "
                   f"(after imports {out['rss_after_imports_mb']:5.0f} MB) "
                   f"{out['seconds']:8.1f} s", flush=True)
     print("\n| step | field | peak RSS (MB) | RSS after imports (MB) | seconds |")
