@@ -98,18 +98,15 @@ class RegionNormalizer:
 
         self.clf = clf
         self.fixed = None
-        self.note = "as the model's preprocessing, per region"
         norm = getattr(clf, "normalizer", None)
         if isinstance(norm, PercentileNormalizer) and norm.mode in ("per_field", "per_crop"):
             lo, hi = field_percentiles(arr, downsample, shape, region_size, norm.low,
                                        norm.high)
             self.fixed = PercentileNormalizer("per_dataset", norm.low, norm.high,
                                               lo.tolist(), hi.tolist())
-            self.note = (f"{norm.mode} percentiles of the whole field from a subsample of "
-                         f"at most {SAMPLE_PIXELS} pixels per channel")
-        elif isinstance(norm, PercentileNormalizer) or getattr(clf, "preprocess",
-                                                               None) is None:
-            self.note = "as the model's preprocessing (no per-image statistics)"
+        # otherwise the model's own preprocessing, region by region (per-dataset
+        # percentiles and none are the same; a bioimage.io package's per-sample
+        # statistics are then per region)
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
         if self.fixed is not None:
