@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     config = BatchConfig(methods=methods, params=params, device="cpu",
                          batch_size=args.images_per_task,
                          images_per_task=args.images_per_task)
+    load_before = list(os.getloadavg())  # other work on the machine skews the ratio
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if (args.data / "1049_Metadata.csv").exists():
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "batch_scaling", "dataset": dataset, "images": len(records),
               "method": args.method, "steps": args.steps,
               "images_per_task": args.images_per_task, "rows": rows,
+              "load_before_after": [load_before, list(os.getloadavg())],
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "python": sys.version.split()[0]},
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -50,13 +50,15 @@ from napari_attribution._reader import read_layers
 from napari_attribution.io.readers import read_array
 t0 = time.perf_counter()
 layers = read_layers(sys.argv[1])
-views = [np.asarray(d[:512, :512]).mean() for d, _, _ in layers]
+views = [np.asarray((d[0] if isinstance(d, list) else d)[:512, :512]).mean()
+         for d, _, _ in layers]  # level 0 of a pyramid
 t_napari = time.perf_counter() - t0
 t0 = time.perf_counter()
 arr = read_array(sys.argv[1], lazy=True)
 view = np.asarray(arr[:, -512:, -512:]).mean()
 t_array = time.perf_counter() - t0
 print(json.dumps({"layers": len(layers), "layer_type": type(layers[0][0]).__name__,
+                  "levels": len(layers[0][0]) if isinstance(layers[0][0], list) else 1,
                   "shape": list(arr.shape), "napari_seconds": t_napari,
                   "read_array_seconds": t_array,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

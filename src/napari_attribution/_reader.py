@@ -5,6 +5,7 @@ their provenance in the layer metadata."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -92,15 +93,41 @@ def image_layers(img: ImageData, base_name: str = "", image_key: str = "") -> li
 
     layers = []
     colours = stain_colormaps(list(img.channel_names))
+    levels = _levels(data.shape[-2:]) if img.extra.get("lazy") else 1
     for c, name in enumerate(img.channel_names):
         label = f"{base_name}{name}" if base_name else name
-        layers.append((data[c], {
+        extra: dict[str, Any] = {}
+        if levels > 1:  # napari loads one coarse level, then what the canvas shows
+            extra = {"multiscale": True}
+        layers.append((_pyramid(data[c], levels), {**extra,
             "name": f"{label} ({image_key})" if image_key else label,
             "colormap": colours[c],
             "blending": "additive", "scale": scale,
             "metadata": {**meta, "channel": name, "channel_index": c},
         }, "image"))
     return layers
+
+
+MULTISCALE_ABOVE = 4096  # lazy images with a side over this open as a pyramid
+PYRAMID_TOP = 2048  # the coarsest level's larger side is at most this
+
+
+def _levels(shape: Sequence[int]) -> int:
+    """Pyramid levels for a lazy image of ``shape`` (Y, X): halving until the larger side
+    is at most :data:`PYRAMID_TOP`; 1 (no pyramid) for sides up to :data:`MULTISCALE_ABOVE`."""
+    side = max(int(n) for n in shape)
+    if side <= MULTISCALE_ABOVE:
+        return 1
+    return 1 + math.ceil(math.log2(side / PYRAMID_TOP))
+
+
+def _pyramid(arr: Any, levels: int) -> Any:
+    """``arr`` itself, or a list of lazy views at 1, 1/2, 1/4, ... (every 2**k-th pixel
+    in Y and X) for napari's multiscale display: a single-scale layer would load the
+    whole 2-D plane as soon as it is shown. Level 0 is the full image."""
+    if levels <= 1:
+        return arr
+    return [arr] + [arr[..., ::2 ** k, ::2 ** k] for k in range(1, levels)]
 
 
 def _attribution_layer(img: ImageData, meta: dict, base_name: str) -> LayerData:

@@ -274,7 +274,7 @@ class ChannelPicker(QWidget):
             if layer.ndim < 3 or axis >= layer.ndim - 2:
                 raise InputError(f"layer {layer.name!r} has {layer.ndim} axes; the channel "
                                  f"axis must be one of the first {max(layer.ndim - 2, 0)}")
-            data = np.moveaxis(np.asarray(layer.data), axis, -3)
+            data = np.moveaxis(np.asarray(full_data(layer)), axis, -3)
             n_ch = data.shape[-3]
             names = layer.metadata.get("channel_names")
             if not names or len(names) != n_ch:
@@ -294,7 +294,7 @@ class ChannelPicker(QWidget):
                     + "); tick the layers of one image, one layer per channel, or use "
                     "'Combine layers' to make one multichannel image")
             layer = layers[0]
-            data = np.stack([np.asarray(ly.data) for ly in layers], axis=-3)
+            data = np.stack([np.asarray(full_data(ly)) for ly in layers], axis=-3)
             names = [str(ly.metadata.get("channel") or base_name(ly.name)) for ly in layers]
             scale = tuple(float(s) for s in layer.scale)
             translate = tuple(float(t) for t in layer.translate)
@@ -327,6 +327,12 @@ class ChannelPicker(QWidget):
                          scale=scale, translate=translate, metadata=meta, downsample=ds)
 
 
+def full_data(layer) -> Any:
+    """A layer's pixels at full resolution: level 0 of a multiscale layer (the reader
+    makes large lazy images multiscale; ``np.asarray`` of one gives its coarsest level)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def combine_layers(viewer, layers: list) -> Any:
     """Add one multichannel layer (C, …, Y, X) made of ``layers`` (one per channel, one
     shape); its metadata holds the channel names (napari shows it as one image)."""
@@ -337,7 +343,7 @@ def combine_layers(viewer, layers: list) -> Any:
         raise InputError("layers to combine must have one shape; got "
                          + ", ".join(f"{ly.name}: {ly.data.shape}" for ly in layers))
     names = [str(ly.metadata.get("channel") or base_name(ly.name)) for ly in layers]
-    data = np.stack([np.asarray(ly.data) for ly in layers], axis=0)
+    data = np.stack([np.asarray(full_data(ly)) for ly in layers], axis=0)
     first = layers[0]
     meta = {k: v for k, v in first.metadata.items() if k not in ("channel", "channel_index")}
     meta.update({"channel_names": names, "axes": "C" + "".join(

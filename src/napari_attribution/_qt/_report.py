@@ -83,7 +83,9 @@ def _confusion_html(cm: np.ndarray, names: list[str]) -> str:
 def _map_figure(layer) -> str:
     from matplotlib.figure import Figure
 
-    data = np.asarray(layer.data)
+    from ._layers import full_data
+
+    data = np.asarray(full_data(layer))
     plane = data.reshape(-1, *data.shape[-2:])[0]
     fig = Figure(figsize=(2.4, 2.6))
     ax = fig.add_subplot(1, 1, 1)

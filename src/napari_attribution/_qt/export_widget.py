@@ -188,7 +188,9 @@ def export_payload(layer) -> tuple:
                      "scale": [float(s) for s in layer.scale],
                      "translate": [float(t) for t in layer.translate],
                      "channel": info.get("channel"), "key": info.get("key")}
-    data = np.asarray(layer.data)
+    from ._layers import full_data
+
+    data = np.asarray(full_data(layer))
     data = data.reshape(-1, *data.shape[-2:]) if data.ndim > 2 else data
     px = tuple(float(s) for s in layer.scale[-2:])
     return (data,), {"provenance": prov, "pixel_size": px if px != (1.0, 1.0) else None,

@@ -47,6 +47,18 @@ class ImageRecord:
                    d.get("axes"), dict(d.get("info") or {}))
 
 
+def records_from_ngff_plate(path: str | Path) -> list[ImageRecord]:
+    """One record per field of an OME-Zarr (NGFF 0.4) HCS plate: id ``<well>_f<field>``,
+    channels from the first field's omero labels; each field is read as one
+    multichannel image (lazily when large)."""
+    from ..io.ngff import read_ngff_plate
+
+    return [ImageRecord(id=f"{f.well}_f{f.field}", well=f.well, site=f.field,
+                        paths=(str(f.path),), channel_names=f.channel_names,
+                        multichannel=True)
+            for f in read_ngff_plate(path)]
+
+
 def records_from_plate(plate: Any) -> list[ImageRecord]:
     """One record per field of view of a :class:`~napari_attribution.io.plate.Plate`."""
     fields = getattr(plate, "fields", None)
@@ -91,6 +103,49 @@ def read_record(record: ImageRecord, downsample: int = 1) -> np.ndarray:
     return block_mean(img, downsample)
 
 
+def open_record(record: ImageRecord) -> Any:
+    """(C, H, W) raw pixels of one record as the plate reads them, without reading them
+    all: a Dask array read chunk by chunk for images over the readers' lazy threshold
+    (``io.readers.LAZY_ABOVE_BYTES``), else a NumPy array. Z/T are reduced by maximum."""
+    from ..io.readers import read_image
+
+    try:
+        if record.multichannel:
+            arr = read_image(record.paths[0], axes=record.axes, lazy=True).as_chw("max")
+        else:
+            planes = []
+            for p in record.paths:
+                img = read_image(p, lazy=True)
+                if img.n_channels != 1:
+                    raise InputError(f"{p} holds {img.n_channels} channels; one file per "
+                                     "channel expects single-channel images")
+                planes.append(img.as_chw("max")[0])
+            if any(q.shape != planes[0].shape for q in planes):
+                raise InputError(f"the channel files have different shapes "
+                                 f"{[tuple(q.shape) for q in planes]}")
+            if all(isinstance(q, np.ndarray) for q in planes):
+                arr = np.stack(planes)
+            else:
+                import dask.array as da
+
+                arr = da.stack([da.asarray(q) for q in planes])
+    except InputError as err:
+        raise InputError(f"image {record.id}: {err}") from None
+    if record.channel_names and arr.shape[0] != len(record.channel_names):
+        raise InputError(f"image {record.id}: {record.paths[0]} has {arr.shape[0]} "
+                         f"channel(s); the plate has {len(record.channel_names)}")
+    return arr
+
+
+def record_shape(record: ImageRecord, downsample: int = 1) -> tuple[int, int, int]:
+    """(C, H, W) of a record after ``downsample``, without reading a large image."""
+    c, h, w = (int(n) for n in open_record(record).shape)
+    if min(h, w) < downsample:
+        raise InputError(f"image {record.id} is {h}x{w} pixels, smaller than the "
+                         f"downsampling factor {downsample}")
+    return c, h // downsample, w // downsample
+
+
 def check_records(records: Sequence[ImageRecord], n_channels: int | None = None) -> None:
     """Raise :class:`InputError` for an empty list, duplicate ids, missing files or a
     channel count other than the model's (listing the first few offenders)."""
@@ -100,7 +155,8 @@ def check_records(records: Sequence[ImageRecord], n_channels: int | None = None)
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise InputError(f"image ids must be unique; repeated: {dup[:5]}")
-    missing = [p for r in records for p in r.paths if not Path(p).is_file()]
+    # an OME-Zarr image is a folder
+    missing = [p for r in records for p in r.paths if not Path(p).exists()]
     if missing:
         raise InputError(f"{len(missing)} image file(s) are missing, e.g. "
                          f"{', '.join(missing[:5])}")

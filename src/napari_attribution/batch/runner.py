@@ -24,7 +24,7 @@ from typing import Any
 from ..core.errors import AttributionError, InputError
 from ..core.progress import Progress
 from .lock import StoreLock
-from .records import ImageRecord, check_records, read_record
+from .records import ImageRecord, check_records, record_shape
 from .store import BatchStore, run_payload
 from .task import TaskSpec, process_images
 
@@ -60,6 +60,9 @@ class BatchConfig:
     block averaging before the model sees it, as the crops of a model trained with
     ``downsample`` were (maps are then at that resolution, scaled back in napari);
     None takes the factor recorded in the bundle (``train --plate``), else 1.
+    ``regions``: compute fields region by region (``batch.regions``: opened lazily,
+    never whole in memory) — None does so for fields over 256 MiB of float32 pixels;
+    ``region_size`` is the side of a region in pixels.
     """
 
     methods: Sequence[str] = ()
@@ -71,6 +74,8 @@ class BatchConfig:
     batch_size: int = 16
     images_per_task: int | None = None
     downsample: int | None = None
+    regions: bool | None = None
+    region_size: int = 1024
 
     def method_params(self) -> dict[str, dict[str, Any]]:
         """Validated ``{method: params}`` in the order given."""
@@ -94,6 +99,8 @@ class BatchConfig:
         if self.batch_size < 1 or (self.images_per_task is not None
                                    and self.images_per_task < 1):
             raise InputError("batch_size and images_per_task must be at least 1")
+        if self.region_size < 1:
+            raise InputError(f"region_size must be at least 1; got {self.region_size}")
         if self.downsample is not None and self.downsample < 1:
             raise InputError(f"downsample must be a whole number >= 1; got {self.downsample}")
         return {m: dict(self.params.get(m, {})) for m in methods}
@@ -147,7 +154,8 @@ def _provenance(bundle: Any, config: BatchConfig) -> dict[str, Any]:
         "methods": list(config.methods), "params": config.params,
         "per_channel": config.per_channel, "target": config.target,
         "input_size": config.input_size, "batch_size": config.batch_size,
-        "downsample": config.downsample,
+        "downsample": config.downsample, "regions": config.regions,
+        "region_size": config.region_size,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -191,14 +199,18 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
         raise InputError(f"the plate's channels are in the order {names} but the model was "
                          f"trained on {bundle.channel_names}; give the channels in the "
                          "model's order")
-    first = read_record(records[0], config.downsample)
-    bundle.check_channels(first.shape[0], f"the plate's images ({records[0].id})")
-    shape = (int(first.shape[1]), int(first.shape[2]))
+    first = record_shape(records[0], config.downsample)  # a large image is not read
+    bundle.check_channels(first[0], f"the plate's images ({records[0].id})")
+    shape = (first[1], first[2])
     if config.input_size is not None and min(shape) < config.input_size:
         raise InputError(f"images are {shape[0]}x{shape[1]} pixels, smaller than "
                          f"input_size {config.input_size}")
     payload = run_payload(bundle.sha256, records, methods, config.per_channel,
                           config.target, shape, config.input_size, config.downsample)
+    from .regions import use_regions
+
+    if use_regions(first, config.regions):  # region by region: part of what makes the run
+        payload["regions"] = {"region_size": config.region_size}
     lock = StoreLock(output).acquire()  # one run per store; held until this run ends
     try:
         return (yield from _run_locked(
@@ -232,7 +244,8 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
                     methods=methods, per_channel=config.per_channel, target=config.target,
                     input_size=config.input_size, device=config.device,
                     batch_size=config.batch_size, image_shape=tuple(shape),
-                    downsample=config.downsample, trust=trust)
+                    downsample=config.downsample, trust=trust, regions=config.regions,
+                    region_size=config.region_size)
     computed: set[int] = set()
     deaths: list[str] = []
     n_workers_used = 0

@@ -19,7 +19,8 @@ Layout (Zarr format 2, OME-NGFF 0.4)::
                             omero channels: label ("pcim", or "pcim GFP" per channel)
                             and display window (set from the maps when the run
                             completes); napari_attribution: image index and id
-        0                   (n_maps, H, W) float32, one chunk: every map of the field
+        0                   (n_maps, H, W) float32, chunks of (n_maps, 2048, 2048) at
+                            most: every map of a field up to 2048x2048 in one chunk
 
 Image ``i`` of the root arrays is record ``i`` of the run; its maps are the field image
 ``fields[i]`` (``A/1/0``: row, column, field). Maps have the images' height and width
@@ -27,9 +28,11 @@ Image ``i`` of the root arrays is record ``i`` of the run; its maps are the fiel
 NGFF viewer opens the store as a plate of map images. Each chunk holds exactly one image
 and Zarr's local store writes a chunk by rename, so an image's outputs are complete
 exactly when its ``done`` chunk reads 1; a crash leaves at most unmarked images, which a
-rerun recomputes. Only the process driving the run writes attributes; workers write
-chunks only. The NGFF attributes are ome-zarr-models models (:mod:`.ngff`), never
-hand-written: creating a store without the library is an :class:`InputError`, and
+rerun recomputes. Larger fields (processed region by region, see ``batch.regions``) have
+their maps in several chunks, written region by region, and are marked done after the
+last one. Only the process driving the run writes attributes; workers write chunks only.
+The NGFF attributes are ome-zarr-models models (:mod:`.ngff`), never hand-written:
+creating a store without the library is an :class:`InputError`, and
 :func:`.ngff.validate_store` checks a written store with the library's validators.
 (Store format 1 kept all maps of a method in one ``maps/<method>/0`` array of shape
 (N, [C,] H, W); it is still read.)
@@ -56,6 +59,7 @@ from .records import ImageRecord
 FORMAT = "napari-attribution-batch"
 FORMAT_VERSION = 2
 ATTR = "napari_attribution"
+MAP_CHUNK = 2048  # largest map chunk side: big fields are written region by region
 _WELL = re.compile(r"^\s*([A-Za-z]+)[-_ ]?0*(\d+)\s*$")
 
 
@@ -195,6 +199,18 @@ def _clone_field(root: Path, template: str, new: str, attrs: dict[str, Any]) -> 
     (folder / ".zattrs").write_text(json.dumps(attrs))
 
 
+def map_mass(methods: Sequence[str], maps: dict[str, np.ndarray]
+             ) -> dict[str, np.ndarray | None]:
+    """Per method, the sum of absolute values of each channel of a per-channel (C, H, W)
+    map (None for a single map): what channel shares are computed from. Sums over the
+    regions of a large field add up to the sums over the whole field."""
+    out: dict[str, np.ndarray | None] = {}
+    for method in methods:
+        arr = np.asarray(maps[method], dtype=np.float64)
+        out[method] = np.abs(arr).reshape(arr.shape[0], -1).sum(1) if arr.ndim == 3 else None
+    return out
+
+
 class BatchStore:
     """Read and write one batch result store (see the module docstring for the layout)."""
 
@@ -287,7 +303,8 @@ class BatchStore:
                 if i == 0:  # the template: made by zarr itself
                     row, col, _ = path_i.split("/")
                     g = group.require_group(row).require_group(col).require_group(field)
-                    g.create_array("0", shape=(len(rows), h, w), chunks=(len(rows), h, w),
+                    g.create_array("0", shape=(len(rows), h, w),
+                                   chunks=(len(rows), min(h, MAP_CHUNK), min(w, MAP_CHUNK)),
                                    dtype="float32", fill_value=np.nan)
                     g.attrs.update(attrs)
                 else:  # every field has the same array: copy zarr's metadata files
@@ -415,17 +432,31 @@ class BatchStore:
     def write_image(self, index: int, probabilities: np.ndarray, maps: dict[str, np.ndarray],
                     targets: dict[str, int], seconds: float, field: str | None = None
                     ) -> None:
-        """Store every output of image ``index`` (its maps in the field image ``field``,
-        one chunk), then mark it done (always last)."""
+        """Store every output of image ``index`` (its maps in the field image ``field``),
+        then mark it done (always last)."""
         missing = set(self.methods) - set(maps)
         if missing:
             raise ValueError(f"maps missing for methods {sorted(missing)}")
         if self.methods:
-            if field is None:
-                field = self.meta["fields"][index]
-            planes = [np.asarray(maps[m], dtype=np.float32) for m in self.methods]
-            planes = [p if p.ndim == 3 else p[None] for p in planes]
-            self._array(f"{field}/0")[...] = np.concatenate(planes)
+            self.write_map_region(index, maps, 0, 0, field)
+        self.mark_image(index, probabilities, targets, seconds, map_mass(self.methods, maps))
+
+    def write_map_region(self, index: int, maps: dict[str, np.ndarray], y: int, x: int,
+                         field: str | None = None) -> None:
+        """Write the maps of every method for a region of image ``index`` whose top-left
+        pixel is (``y``, ``x``); the image is not marked done."""
+        if field is None:
+            field = self.meta["fields"][index]
+        planes = [np.asarray(maps[m], dtype=np.float32) for m in self.methods]
+        planes = [p if p.ndim == 3 else p[None] for p in planes]
+        h, w = planes[0].shape[-2:]
+        self._array(f"{field}/0")[:, y:y + h, x:x + w] = np.concatenate(planes)
+
+    def mark_image(self, index: int, probabilities: np.ndarray, targets: dict[str, int],
+                   seconds: float, mass: dict[str, np.ndarray | None]) -> None:
+        """Store image ``index``'s probabilities, targets, time and channel shares (from
+        ``mass``, each method's per-channel sum of absolute map values, see
+        :func:`map_mass`), then mark it done. Its maps must already be written."""
         self._array("probabilities")[index] = np.asarray(probabilities, dtype=np.float32)
         row = np.full(max(1, len(self.methods)), -1, dtype=np.int32)
         for j, method in enumerate(self.methods):
@@ -434,10 +465,9 @@ class BatchStore:
         share = self._array("channel_share")
         shares = np.full(share.shape[1:], np.nan, dtype=np.float32)
         for j, method in enumerate(self.methods):
-            arr = np.asarray(maps[method], dtype=np.float64)
-            if arr.ndim == 3:  # (C, H, W): each channel's share of the map's total
-                mass = np.abs(arr).reshape(arr.shape[0], -1).sum(1)
-                shares[j] = mass / mass.sum() if mass.sum() > 0 else np.nan
+            m = mass.get(method)
+            if m is not None:  # per-channel maps: each channel's share of the total
+                shares[j] = m / m.sum() if m.sum() > 0 else np.nan
         share[index] = shares
         self._array("seconds")[index] = np.float32(seconds)
         self._array("done")[index] = 1

@@ -2,7 +2,9 @@
 
 :func:`process_images` runs on a Dask worker (or in any process). It skips images
 already marked done, so a task that is re-run after its worker died never duplicates
-work that was finished, and writes each image's outputs before marking it done.
+work that was finished, and writes each image's outputs before marking it done. Images
+are opened lazily; a large field (``batch.regions``) is computed and written region by
+region, the others are read whole and computed together.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BundleError, InputError
-from .records import ImageRecord, read_record
+from .records import ImageRecord, open_record
 from .store import BatchStore
 
 _CACHE_LOCK = threading.Lock()
@@ -40,6 +42,8 @@ class TaskSpec:
     image_shape: tuple[int, int] = (0, 0)
     downsample: int = 1
     trust: bool = False
+    regions: bool | None = None
+    region_size: int = 1024
 
 
 def _worker_key() -> str:
@@ -131,9 +135,31 @@ def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord
 
         device = str(resolve_device("auto"))
     bundle = get_bundle(spec.bundle_path, spec.bundle_sha256, device, spec.trust)
-    planes = []
-    for _, record in todo:
-        img = read_record(record, spec.downsample)
+    from .regions import process_large_field, use_regions
+
+    where = dict(zip(indices, fields or [None] * len(indices), strict=True))
+    f = int(spec.downsample)
+    planes, small = [], []
+    large_seconds = 0.0
+    for index, record in todo:
+        arr = open_record(record)
+        c, h, w = (int(n) for n in arr.shape)
+        if min(h, w) < f:
+            raise InputError(f"image {record.id} is {h}x{w} pixels, smaller than the "
+                             f"downsampling factor {f}")
+        if use_regions((c, h // f, w // f), spec.regions):
+            t_large = time.perf_counter()
+            process_large_field(store, index, where[index], record, arr, bundle, spec,
+                                device)
+            large_seconds += time.perf_counter() - t_large
+            continue
+        if hasattr(arr, "compute"):  # read whole here, never through the distributed client
+            arr = arr.compute(scheduler="synchronous")
+        img = np.asarray(arr, dtype=np.float32)
+        if f > 1:
+            from ..io.plate import block_mean
+
+            img = block_mean(img, f)
         if tuple(img.shape[1:]) != tuple(spec.image_shape):
             raise InputError(f"image {record.id} is {img.shape[1]}x{img.shape[2]} pixels but "
                              f"the plate's images are {spec.image_shape[0]}x"
@@ -141,11 +167,14 @@ def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord
                              f"{' after downsampling' if spec.downsample > 1 else ''}; one "
                              "run needs equal-sized images")
         planes.append(img)
+        small.append((index, record))
+    if not small:
+        return {"computed": [i for i, _ in todo], "skipped": skipped,
+                "seconds": time.perf_counter() - t0}
     raw = np.stack(planes)
     probs, targets, maps = compute_outputs(bundle, raw, spec, device)
-    per_image = (time.perf_counter() - t0) / len(todo)
-    where = dict(zip(indices, fields or [None] * len(indices), strict=True))
-    for k, (index, _) in enumerate(todo):
+    per_image = (time.perf_counter() - t0 - large_seconds) / len(small)
+    for k, (index, _) in enumerate(small):
         store.write_image(index, probs[k], {m: a[k] for m, a in maps.items()},
                           {m: int(targets[k]) for m in maps}, per_image, where[index])
     return {"computed": [i for i, _ in todo], "skipped": skipped,

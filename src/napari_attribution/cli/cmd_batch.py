@@ -80,14 +80,29 @@ def run(args: argparse.Namespace) -> int:
                          per_channel=args.per_channel, target=args.target,
                          input_size=args.input_size, device=args.device,
                          batch_size=args.batch_size, images_per_task=args.images_per_task,
-                         downsample=args.downsample)
-    plate = open_plate(args)
-    records = records_from_plate(plate)
+                         downsample=args.downsample,
+                         regions={"auto": None, "always": True, "never": False}[args.regions],
+                         region_size=args.region_size)
+    from ..io.ngff import is_ngff_plate
+
+    if is_ngff_plate(args.plate):  # an OME-Zarr HCS plate: its fields are the images
+        from ..batch.records import records_from_ngff_plate
+
+        if args.pattern or args.bbbc013 or args.channels or args.plate_map:
+            raise InputError(f"{args.plate} is an OME-Zarr plate: its wells, fields and "
+                             "channels come from its metadata; drop --pattern, --bbbc013, "
+                             "--channels and --plate-map")
+        records = records_from_ngff_plate(args.plate)
+        channel_names = list(records[0].channel_names)
+    else:
+        plate = open_plate(args)
+        records = records_from_plate(plate)
+        channel_names = list(plate.channel_names)
     if not args.quiet:
         where = args.scheduler or (f"LocalCluster, {args.workers or 'auto'} worker(s), "
                                    f"{'threads' if args.threads else 'processes'}")
         print(f"batch: {len(records)} images from {args.plate} "
-              f"(channels {', '.join(plate.channel_names)}); methods: "
+              f"(channels {', '.join(channel_names)}); methods: "
               f"{', '.join(['predict', *methods])}; on {where}")
     gen = run_batch(records, args.model, args.output, config, scheduler=args.scheduler,
                     n_workers=args.workers, threads_per_worker=args.threads_per_worker,
@@ -116,7 +131,8 @@ def register(sub) -> None:
                     "probabilities, attribution maps and provenance to an OME-Zarr store "
                     "plus per-image and per-well CSV tables. Rerunning the same command "
                     "resumes; a store from a different run is refused unless --overwrite.")
-    p.add_argument("plate", type=Path, help="plate folder (one file per well/site/channel)")
+    p.add_argument("plate", type=Path, help="plate folder (files per well/site/channel, in "
+                   "any format the readers support), or an OME-Zarr HCS plate (.zarr)")
     p.add_argument("-m", "--model", type=Path, required=True,
                    help="model: bundle (.safetensors), exported program (.pt2), TorchScript "
                         "(legacy) or bioimage.io package")
@@ -136,6 +152,12 @@ def register(sub) -> None:
     w.add_argument("--downsample", type=positive_int, help="block-average each field by this "
                    "factor first (default: as the model's training crops were, recorded in "
                    "the bundle by train --plate; else 1)")
+    w.add_argument("--regions", choices=("auto", "always", "never"), default="auto",
+                   help="compute each field region by region, opened lazily (auto: fields "
+                        "over 256 MiB of float32 pixels, e.g. 8192x8192 with 2 channels)")
+    w.add_argument("--region-size", type=positive_int, default=1024,
+                   help="side of a region in pixels (default 1024): peak memory grows "
+                        "with its square")
     c = p.add_argument_group("execution")
     c.add_argument("--scheduler", help="address of a running Dask scheduler "
                    "(tcp://host:8786); default: start a LocalCluster")

@@ -1,5 +1,8 @@
 """Reading multichannel microscopy images (TIFF, OME-TIFF, one file per channel).
 
+:func:`read_image` is the one entry point for every format: TIFF here, OME-Zarr image
+groups with zarr (:mod:`.ngff`), CZI/ND2/LIF through bioio (:mod:`.formats`).
+
 Supported layouts: channel-first ``CYX``, ``ZCYX``, ``TCYX`` (and the like), channel-last
 ``YXC`` (RGB-style samples), plain multi-page TIFFs whose pages are channels, and one
 2-D file per channel. Channel names and pixel size come from the OME-XML when present
@@ -386,8 +389,14 @@ def read_image(path: str | Path, axes: str | None = None,
     import tifffile
 
     from .formats import is_bioio_path, read_image_bioio
+    from .ngff import is_ngff_image, read_ngff_image
 
     path = Path(path)
+    if is_ngff_image(path):  # OME-Zarr image group: read with zarr, same rules
+        if axes is not None or series is not None:
+            raise InputError(f"{path}: axes= and series= apply to TIFF files; OME-Zarr "
+                             "images name their axes")
+        return read_ngff_image(path, channel_names, lazy=lazy, max_bytes=max_bytes)
     if is_bioio_path(path):  # CZI, ND2, LIF, OME-Zarr: through bioio, same rules
         if axes is not None or series is not None:
             raise InputError(f"{path}: axes= and series= apply to TIFF files; bioio reads "

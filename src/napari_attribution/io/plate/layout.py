@@ -77,7 +77,7 @@ class Plate:
         found: dict[tuple[str, str], dict[str, Path]] = {}
         for p in sorted(root.iterdir()):
             m = rx.search(p.name)
-            if not m or not p.is_file():
+            if not m or not (p.is_file() or _is_image_folder(p)):
                 continue
             g = m.groupdict()
             well = normalise_well(g["well"]) if g.get("well") else \
@@ -213,11 +213,22 @@ class Plate:
         return int(channel)
 
 
-def probe_channels(path: Path, axes: str | None = None) -> int:
-    """Number of channels of an image file, from its header only."""
-    import tifffile
+def _is_image_folder(path: Path) -> bool:
+    """An image stored as a folder (OME-Zarr), which plates accept beside files."""
+    from ..ngff import is_ngff_image
 
-    from ..readers import _resolve_axes
+    return path.suffix.lower() == ".zarr" and is_ngff_image(path)
+
+
+def probe_channels(path: Path, axes: str | None = None) -> int:
+    """Number of channels of an image file, from its header only (TIFF), or from the
+    metadata the reader entry point reads lazily (OME-Zarr, CZI/ND2/LIF via bioio)."""
+    from ..readers import TIFF_SUFFIXES, _resolve_axes, read_image
+
+    if not str(path).lower().endswith(TIFF_SUFFIXES):
+        img = read_image(path, axes=axes, lazy=True)  # no pixel is read
+        return img.n_channels
+    import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
@@ -232,7 +243,7 @@ def probe_channels(path: Path, axes: str | None = None) -> int:
 def _stored_channel_names(path: Path, axes: str | None, n: int) -> list[str]:
     from ..readers import read_image
 
-    names = read_image(path, axes=axes).channel_names
+    names = read_image(path, axes=axes, lazy=True).channel_names
     return names if len(names) == n else [f"ch{i}" for i in range(n)]
 
 
