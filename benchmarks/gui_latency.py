@@ -135,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtCore import QSettings
 
     from napari_attribution._qt import AttributionWidget, TrainWidget
-    from napari_attribution.core.attribution import explain
     from napari_attribution.core.synthetic import make_cell_phenotype
     from napari_attribution.core.training import TrainConfig, train_dcmix
 
@@ -167,10 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     rows["idle (no job)"] = {**rec.stats(), "seconds": 2.0}
 
     def pcim_gen():
+        # the generator the widget's Explain runs (the bundle's preparation, the evidence
+        # check after the maps), with nothing connected
         bundle = train.session.bundle
-        x = bundle.prepare(data.images[:n_pcim])
-        return explain(bundle.model, x, method="pcim", steps=args.pcim_steps,
-                       device=args.device)
+        return bundle.explain(data.images[:n_pcim], None, method="pcim",
+                              steps=args.pcim_steps, device=args.device, evidence=True,
+                              input_size=None)
 
     def measure(name: str, widget_start, make_gen) -> None:
         for load in ("idle", "cpu hog"):

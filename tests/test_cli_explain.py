@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -123,3 +124,25 @@ def test_explain_shrinks_fields_like_the_training_images(tmp_path, trained_cells
                  "--device", "cpu", "-q", "-o", str(out1), "--downsample", "1"]) == 0
     raw_map = np.squeeze(read_attribution_tiff(out1)[0])
     assert raw_map.shape == raw.shape[-2:] and not np.allclose(raw_map, maps)
+
+
+def test_explain_tiling_option(tmp_path, trained_cells, cell_data):
+    """--tiling picks how PCIM covers a field larger than the model's input: one map on
+    one scale per field by default, each tile on its own with per_tile."""
+    bundle = save_training_result(tmp_path / "cells.safetensors", trained_cells)
+    field = np.concatenate([np.concatenate([cell_data.images[i], cell_data.images[i + 1]],
+                                           axis=-1) for i in (0, 2)], axis=-2)  # 64x64
+    tifffile.imwrite(tmp_path / "field.tif", field, photometric="minisblack")
+    provs = {}
+    for tiling in ("auto", "per_tile"):
+        out = tmp_path / f"{tiling}.ome.tif"
+        assert main(["explain", str(bundle), str(tmp_path / "field.tif"), "--param",
+                     "steps=3", "--device", "cpu", "-q", "-o", str(out), "--downsample", "1",
+                     "--tiling", tiling, "--input-size", "32"]) == 0
+        maps, meta = read_attribution_tiff(out)
+        assert np.squeeze(maps).shape == (64, 64)
+        provs[tiling] = meta["provenance"]["params"]
+    assert provs["auto"].get("map_scale") == "field"
+    assert provs["per_tile"].get("map_scale") != "field"
+    with pytest.raises(SystemExit):
+        main(["explain", str(bundle), str(tmp_path / "field.tif"), "--tiling", "nope"])

@@ -15,6 +15,7 @@ the GUI needs no core of its own (``benchmarks/gui_latency.py``).
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
@@ -25,41 +26,42 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 from ..core.progress import Progress
 
 log = logging.getLogger(__name__)
-FLUSH_MS = 250  # GUI updates from progress events at most this often (each one
+FLUSH_MS = 500  # GUI updates from progress events at most this often (each one
 # repaints the window: ~10-25 ms of GUI-thread time under Xvfb on 2 cores)
-INDICATOR_SPEED = 25  # percent: napari's "in progress" animation while our work runs
+PBAR_EVERY_S = 1.0  # napari's activity bar moves at most this often (each move runs
+# QApplication.processEvents and repaints the window)
 
 
-def calm_indicators(window: QWidget) -> list[tuple[Any, int]]:
-    """Cache the frames of the window's animated labels and slow them to
-    ``INDICATOR_SPEED`` %; returns ``(movie, old speed)`` pairs for :func:`restore_indicators`.
+def calm_indicators(window: QWidget) -> list[Any]:
+    """Pause the window's running animated labels (napari's "in progress" GIF) while our
+    work runs; returns the paused movies for :func:`restore_indicators`.
 
-    napari's activity indicator is a 256-px GIF scaled to 18 px frame by frame at 33 fps:
-    25-40 ms of GUI-thread time per second. On two cores every millisecond of it stalls
-    torch's parallel regions in the worker (measured: the job ran 1.3x longer with the
-    indicator than without). Cached frames and a quarter of the rate cost ~7 ms per second;
-    the indicator still turns. Only public Qt API (labels' movies), nothing private.
+    The GIF is a 256-px image scaled to 18 px frame by frame at 33 fps, and napari's canvas
+    makes Qt compose the whole window with OpenGL at each frame (llvmpipe threads on a
+    machine without a GPU): on two cores every millisecond of that stalls torch's parallel
+    regions in the worker (measured: the job ran ~1.3x longer with the animation than
+    without). The label stays visible, our progress bar and the activity dock still move.
+    Only public Qt API (labels' movies), nothing private of napari.
     """
     from qtpy.QtGui import QMovie
 
-    calmed = []
+    paused = []
     for label in window.findChildren(QLabel):
         movie = label.movie()
-        if movie is None or movie.speed() == INDICATOR_SPEED:
-            continue
-        if movie.cacheMode() != QMovie.CacheMode.CacheAll:
-            movie.setCacheMode(QMovie.CacheMode.CacheAll)
-        calmed.append((movie, movie.speed()))
-        movie.setSpeed(INDICATOR_SPEED)
-    return calmed
+        if movie is not None and movie.state() == QMovie.MovieState.Running:
+            movie.setPaused(True)
+            paused.append(movie)
+    return paused
 
 
-def restore_indicators(calmed: list[tuple[Any, int]]) -> None:
-    """Undo :func:`calm_indicators` (movies deleted meanwhile are skipped)."""
-    for movie, speed in calmed:
+def restore_indicators(paused: list[Any]) -> None:
+    """Undo :func:`calm_indicators` (movies napari stopped or deleted meanwhile are left)."""
+    from qtpy.QtGui import QMovie
+
+    for movie in paused:
         try:
-            if movie.speed() == INDICATOR_SPEED:
-                movie.setSpeed(speed)
+            if movie.state() == QMovie.MovieState.Paused:
+                movie.setPaused(False)
         except RuntimeError:
             pass
 
@@ -112,7 +114,9 @@ class TaskRunner(QObject):
         self._status = status
         self.worker = None
         self._pbar = None
-        self._calmed: list[tuple[Any, int]] = []
+        self._calmed: list[Any] = []
+        self._pbar_shown = 0.0
+        self._calm_again = False
         self._cancelled = False
         self._watched: weakref.ref | None = None  # weak: never keep a closed window alive
         self._pending: list[Progress] = []
@@ -151,6 +155,8 @@ class TaskRunner(QObject):
         self._cancelled = False
         self._pbar = progress(total=0, desc=description)
         self._calmed = calm_indicators(self._widget.window())
+        self._pbar_shown = 0.0
+        self._calm_again = True  # napari may start its animation after this call
         self._set_busy(True, description)
         outcome: dict[str, Any] = {}
 
@@ -226,6 +232,9 @@ class TaskRunner(QObject):
         if self._flushing or not self._pending:
             return
         events, self._pending = self._pending, []
+        if self._calm_again:
+            self._calm_again = False
+            self._calmed += calm_indicators(self._widget.window())
         self._flushing = True
         try:
             if self._on_progress is not None:
@@ -249,8 +258,10 @@ class TaskRunner(QObject):
             self._bar.setFormat(f"{text.replace('%', '%%')}  %p%")
             self._bar.setToolTip(ev.message)
         pbar = self._pbar
-        if pbar is None:
+        now = time.monotonic()
+        if pbar is None or (now - self._pbar_shown < PBAR_EVERY_S and ev.step < ev.total):
             return
+        self._pbar_shown = now
         try:
             if ev.total > 0 and pbar.total != ev.total:
                 pbar.total = ev.total

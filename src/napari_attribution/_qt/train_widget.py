@@ -37,6 +37,7 @@ from ._runner import TaskRunner
 
 NO_OBJECTS = "(whole images)"
 PLOT_EVERY_S = 3.0  # live plot within an epoch at most this often (renders cost CPU)
+EPOCH_PLOT_S = 1.5  # and after an epoch at most this often
 PER_CROP_KEYS = ("well", "site", "field", "control", "dose", "y", "x")
 
 
@@ -399,9 +400,14 @@ class TrainWidget(DockWidget):
                 self._live_loss.append((ev.step, p["loss"]))
             if p.get("channel_weights") is not None:
                 self._weights = p["channel_weights"]
-        # artists are updated in place: after each epoch, else at most once a second
+        # artists are updated in place: after an epoch at most every EPOCH_PLOT_S (and
+        # after the last one), within an epoch at most every PLOT_EVERY_S; each render and
+        # repaint takes CPU from the training on a small machine
         now = time.monotonic()
-        if self._weights is not None and (new_epoch or now - self._last_plot > PLOT_EVERY_S):
+        last = bool(events) and events[-1].total > 0 and events[-1].step >= events[-1].total
+        since = now - self._last_plot
+        if self._weights is not None and (last or since > PLOT_EVERY_S
+                                          or (new_epoch and since > EPOCH_PLOT_S)):
             self._last_plot = now
             self._plot(self._weights)
 

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                                           per_channel=args.per_channel, device=args.device,
                                           batch_size=args.batch_size,
                                           input_size=args.input_size or clf.input_size,
-                                          contrast=contrast,
+                                          contrast=contrast, tiling=args.tiling,
                                           evidence=not args.no_evidence_check,
                                           **params), quiet=args.quiet)
         names = clf.channel_names if args.per_channel else None
@@ -155,6 +155,11 @@ def register(sub) -> None:
                    help="method parameter, e.g. --param steps=12 (repeatable)")
     p.add_argument("--input-size", type=positive_int,
                    help="the model's input side in pixels; larger images are tiled")
+    p.add_argument("--tiling", choices=("auto", "field", "one_pass", "per_tile"),
+                   default="auto",
+                   help="PCIM on images larger than the input: one map on one scale per "
+                        "field (auto: in one pass when the model and memory allow), or "
+                        "per_tile (each tile on its own scale; the old behaviour)")
     p.add_argument("--downsample", type=positive_int,
                    help="block-average images by this factor before explaining (default: "
                         "the factor the model's training images were shrunk by, recorded "
