@@ -369,15 +369,7 @@ def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, 
         sub = ContrastModel(model, int(a), b)
         gen = _explain(sub, x_np[idx], CONTRAST_TARGET, method, per_channel, dev,
                        batch_size, input_size, overlap, tiled, params, t0, field)
-        try:
-            while True:
-                ev = next(gen)
-                frac = (g + ev.fraction) / len(groups)
-                yield Progress(int(round(1000 * frac)), 1000, ev.message, partial=ev.partial)
-        except StopIteration as stop:
-            res = stop.value
-        finally:
-            gen.close()
+        res = yield from _relay(gen, g, len(groups), "", {})
         if maps is None:
             maps = np.zeros((n, *res.maps.shape[1:]), np.float32)
             probabilities = probs.copy()
@@ -387,6 +379,22 @@ def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, 
     return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
                              method=method, params=params_out, contrast=b,
                              seconds=time.perf_counter() - t0)
+
+
+def _relay(gen: Generator[Progress, None, Any], part: int, parts: int, prefix: str,
+           partial: dict) -> Generator[Progress, None, Any]:
+    """Forward ``gen``'s progress as part ``part`` of ``parts`` of a larger job (per mille,
+    messages prefixed, ``partial`` merged in); return its value; close it when closed."""
+    try:
+        while True:
+            ev = next(gen)
+            frac = (part + ev.fraction) / parts
+            yield Progress(int(round(1000 * frac)), 1000, prefix + ev.message,
+                           partial={**partial, **ev.partial})
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        gen.close()
 
 
 #: ``explain``'s ways of covering an image larger than the model's input (PCIM)
@@ -436,17 +444,8 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
             plans.append(plan)
             gen = pcim_field(model, x_np[i], int(tgt[i]), cfg, plan, dev, per_channel,
                              amp=field["amp"])
-            try:
-                while True:
-                    ev = next(gen)
-                    frac = (i + ev.fraction) / n
-                    yield Progress(int(round(1000 * frac)), 1000,
-                                   f"{method}: image {i + 1}/{n} — {ev.message}",
-                                   partial={"image": i, **ev.partial})
-            except StopIteration as stop:
-                maps[i] = stop.value
-            finally:
-                gen.close()
+            maps[i] = yield from _relay(gen, i, n, f"{method}: image {i + 1}/{n} — ",
+                                        {"image": i})
         check_outputs(maps, what=f"{method} maps")
         first = plans[0].describe()
         all_params.update({
@@ -470,17 +469,9 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
         xb = batch_of(chunk)
         tb = torch.as_tensor(tgt[[i for i, _ in chunk]], device=dev)
         gen = fn(model, xb, tb, per_channel, **params)
-        try:
-            while True:
-                ev = next(gen)
-                frac = (b + ev.fraction) / n_batches
-                yield Progress(int(round(1000 * frac)), 1000,
-                               f"{method}: batch {b + 1}/{n_batches} — {ev.message}",
-                               partial={"batch": b, "n_batches": n_batches, **ev.partial})
-        except StopIteration as stop:
-            out = stop.value.detach().float().cpu().numpy()
-        finally:
-            gen.close()
+        out = (yield from _relay(gen, b, n_batches, f"{method}: batch {b + 1}/{n_batches} — ",
+                                 {"batch": b, "n_batches": n_batches}))
+        out = out.detach().float().cpu().numpy()
         for k, (i, (y, x)) in enumerate(chunk):
             if tiled:
                 blenders[i].add(out[k], y, x)

@@ -56,7 +56,7 @@ def read_image_bioio(path: str | Path, channel_names=None, *, scene: int | str |
                      lazy: bool = False, max_bytes: int | str | None = None):
     """Read one image through bioio as :class:`ImageData` (axes from ``TCZYX``, length-1
     axes dropped). ``scene`` picks one of several scenes (refused otherwise)."""
-    from .readers import ImageData, _fmt_bytes, max_image_bytes
+    from .readers import ImageData, max_image_bytes, too_large
 
     path = Path(path)
     if not path.exists():
@@ -89,10 +89,7 @@ def read_image_bioio(path: str | Path, channel_names=None, *, scene: int | str |
         declared = math.prod(shape) * dtype.itemsize
         limit = max_image_bytes(max_bytes)
         if declared > limit and not lazy:
-            raise InputError(f"{path} declares {' x '.join(map(str, shape))} ({order}) "
-                             f"{dtype} pixels ({_fmt_bytes(declared)}), more than the "
-                             f"{_fmt_bytes(limit)} limit; raise it with "
-                             "NAPARI_ATTRIBUTION_MAX_IMAGE_BYTES or read it lazily")
+            raise too_large(path, shape, dtype, limit, order)
         data = img.get_image_dask_data(order)
         if not lazy:
             data = np.asarray(data.compute())

@@ -71,7 +71,7 @@ def read_ngff_image(path: str | Path, channel_names=None, *, lazy: bool = False,
     The declared size is checked against the limit before any pixel is read; with
     ``lazy=True`` the pixels stay on disk as a Dask array read chunk by chunk.
     """
-    from .readers import ImageData, _check_dtype, _fmt_bytes, max_image_bytes
+    from .readers import ImageData, _check_dtype, max_image_bytes, too_large
 
     path = Path(path)
     if not path.exists():
@@ -104,10 +104,7 @@ def read_ngff_image(path: str | Path, channel_names=None, *, lazy: bool = False,
     declared = math.prod(shape) * np.dtype(arr.dtype).itemsize
     limit = max_image_bytes(max_bytes)
     if declared > limit and not lazy:
-        raise InputError(f"{path} declares {' x '.join(map(str, shape))} {arr.dtype} "
-                         f"pixels ({_fmt_bytes(declared)}), more than the "
-                         f"{_fmt_bytes(limit)} limit; raise it with "
-                         "NAPARI_ATTRIBUTION_MAX_IMAGE_BYTES or read it lazily")
+        raise too_large(path, shape, arr.dtype, limit)
     if lazy:
         import dask.array as da
 

@@ -127,6 +127,16 @@ def max_image_bytes(max_bytes: int | str | None = None) -> int:
     return number
 
 
+def too_large(path, shape: tuple, dtype, limit: int, axes: str = "") -> InputError:
+    """The error for an image that declares more than ``limit`` bytes of pixels."""
+    declared = math.prod(shape) * np.dtype(dtype).itemsize
+    return InputError(
+        f"{path} declares {' x '.join(map(str, shape))}{f' ({axes})' if axes else ''} "
+        f"{np.dtype(dtype)} pixels ({_fmt_bytes(declared)}), more than the "
+        f"{_fmt_bytes(limit)} limit; raise it with {MAX_BYTES_ENV}=8G (or max_bytes=), "
+        "or read it lazily (lazy=True, as the napari reader does)")
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -425,11 +435,7 @@ def read_image(path: str | Path, axes: str | None = None,
                 is_lazy = True
                 arr = _lazy_array(path, index)
             elif expected > limit:
-                raise InputError(
-                    f"{path} declares {' x '.join(map(str, shape))} {chosen.dtype} "
-                    f"pixels ({_fmt_bytes(expected)}), more than the "
-                    f"{_fmt_bytes(limit)} limit; raise it with {MAX_BYTES_ENV}=8G "
-                    "(or max_bytes=), or read it lazily (lazy=True, as the napari reader does)")
+                raise too_large(path, shape, chosen.dtype, limit)
             else:
                 arr = chosen.asarray()
             log.check(path)
