@@ -202,8 +202,20 @@ def test_napari_reader_gives_dask_layers_for_large_tiffs(tmp_path, monkeypatch):
     monkeypatch.setattr(_reader, "PYRAMID_TOP", 16)
     data, kw, _ = read_layers(str(tmp_path / "big.tif"))[0]
     assert kw["multiscale"] and [d.shape for d in data] == [(64, 64), (32, 32), (16, 16)]
-    assert all(isinstance(d, da.Array) for d in data)
+    assert isinstance(data[0], da.Array)
     np.testing.assert_array_equal(np.asarray(data[2]), arr[0, ::4, ::4])
+    np.testing.assert_array_equal(data[1][3:7, 2:5], arr[0, ::2, ::2][3:7, 2:5])
+    # coarse levels are read without napari's chunk cache: it keeps nothing of them
+    from dask.cache import Cache
+
+    cache = Cache(1e9)
+    cache.register()
+    try:
+        np.asarray(data[1])
+        np.asarray(data[2][:8])
+    finally:
+        cache.unregister()
+    assert cache.cache.total_bytes == 0
     layer = napari.layers.Image(data, multiscale=True, contrast_limits=(0, 8191))
     np.testing.assert_array_equal(np.asarray(full_data(layer)), arr[0])  # what widgets use
     monkeypatch.setattr(readers, "LAZY_ABOVE_BYTES", 10**9)

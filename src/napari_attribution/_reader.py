@@ -127,7 +127,42 @@ def _pyramid(arr: Any, levels: int) -> Any:
     whole 2-D plane as soon as it is shown. Level 0 is the full image."""
     if levels <= 1:
         return arr
-    return [arr] + [arr[..., ::2 ** k, ::2 ** k] for k in range(1, levels)]
+    return [arr] + [StridedLevel(arr, 2 ** k) for k in range(1, levels)]
+
+
+class StridedLevel:
+    """Every ``step``-th pixel in Y and X of a lazy (Dask) image, read on request.
+
+    Not a Dask array on purpose: napari keeps the chunks that Dask arrays compute in its
+    opportunistic cache (up to a quarter of the RAM), and a coarse level of a Dask view
+    computes every full-resolution chunk on the way (1.7 GB kept for a 20000² two-channel
+    field). Here each request runs on Dask's synchronous scheduler without callbacks, so
+    only the strided pixels stay in memory.
+    """
+
+    def __init__(self, base: Any, step: int) -> None:
+        self.base, self.step = base, int(step)
+        self.shape = tuple(base.shape[:-2]) + tuple(-(-int(n) // self.step)
+                                                     for n in base.shape[-2:])
+        self.dtype = base.dtype
+        self.ndim = len(self.shape)
+        self.size = math.prod(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> Any:
+        import numpy as np
+
+        view = self.base[..., :: self.step, :: self.step][key]
+        if hasattr(view, "compute"):
+            view = view.compute(scheduler="synchronous", callbacks=())
+        return np.asarray(view)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+
+        out = self[...]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def _attribution_layer(img: ImageData, meta: dict, base_name: str) -> LayerData:
