@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -52,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
+from ..layer_style import MAX_SAMPLES
 from . import ngff
 from .ngff import NGFF_VERSION, map_axes  # noqa: F401  (part of this module's API)
 from .records import ImageRecord
@@ -480,7 +482,11 @@ class BatchStore:
         if not len(done):
             return
         fields = list(meta["fields"])
-        maps = np.asarray(self._array(f"{fields[int(done[0])]}/0")[...])
+        arr = self._array(f"{fields[int(done[0])]}/0")
+        # heatmap_style looks at a million values at most: read every step-th pixel, not
+        # a whole (possibly 20000²) field
+        step = max(1, math.ceil(math.sqrt(arr.shape[-2] * arr.shape[-1] / MAX_SAMPLES)))
+        maps = np.asarray(arr[:, ::step, ::step])
         labels = [m if c is None else f"{m} {c}" for m, c in meta["map_rows"]]
         image = ngff.image_attrs(labels, float(meta.get("downsample", 1)),
                                  [ngff.map_window(plane) for plane in maps])
