@@ -391,6 +391,7 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
     keep_kind = cfg.preserve_substrate or cfg.substrate
     keep_substrate = (substrate if keep_kind == cfg.substrate
                       else make_substrate(xf, keep_kind, cfg.blur_sigma))
+    black = torch.zeros_like(xf) if cfg.game == "hybrid3" else None  # made once
     tiles = [yx for yx, bg in zip(plan.grid, plan.background, strict=True) if not bg]
     active_np = np.zeros((h, w), bool)
     for y, xx in tiles:
@@ -411,7 +412,7 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
     for step in range(cfg.steps):
         phase = _phase(cfg.game, step)  # as per image: 1 deletes, 2 keeps on black
         delete = phase == 1
-        sub = substrate if delete else keep_substrate if phase == 0 else torch.zeros_like(xf)
+        sub = substrate if delete else keep_substrate if phase == 0 else black
         with torch.enable_grad():
             a_full = _field_weights(logits, (h, w), cfg.max_weight, active,
                                     -1.0 if delete else 1.0)
