@@ -9,8 +9,10 @@ In one run and on one machine, for each field size:
   behaviour before field PCIM: 256 px tiles overlapping 64 px, each tile optimised and
   normalised on its own, maps blended);
 * **new**: ``explain(...)`` with its defaults (``tiling="auto"``: one scale per field,
-  overlap 16 px, background tiles skipped, batch size from memory; one pass is refused on
-  CPU because the field does not fit the 768 MiB default budget).
+  overlap 16 px, background tiles skipped, batch size from memory, tiles fitted to the
+  field because the model takes any input size (2048 px: 270 px tiles), channels-last
+  on CPU; one pass is refused on CPU because the field does not fit the 768 MiB default
+  budget).
 
 Each run happens in a fresh child process (``OMP_NUM_THREADS`` as given, default 1) that
 reports seconds per field (``explain`` only) and its peak resident memory
@@ -138,22 +140,26 @@ def child(args) -> None:
            "tiling": res.params.get("tiling"), "tiles": res.params.get("tiles_per_image"),
            "background_tiles": res.params.get("background_tiles"),
            "tile_batch": res.params.get("tile_batch"),
-           "tile_overlap": res.params.get("tile_overlap")}
+           "tile_overlap": res.params.get("tile_overlap"),
+           "tile": res.params.get("tile") or [TILE, TILE],
+           "channels_last": res.params.get("channels_last"), "amp": res.params.get("amp"),
+           "steps_run": res.params.get("steps_run")}
     if args.device == "cuda":
         out["cuda_peak"] = torch.cuda.max_memory_allocated()
     print("RESULT " + json.dumps(out))
 
 
-def grid_lines(n: int, overlap: int) -> list[int]:
+def grid_lines(n: int, overlap: int, tile: int = TILE) -> list[int]:
     from napari_attribution.core.tiling import tile_starts
 
     lines = set()
-    for s in tile_starts(n, TILE, overlap):
-        lines.update((s, s + TILE))
+    for s in tile_starts(n, tile, overlap):
+        lines.update((s, s + tile))
     return sorted(v for v in lines if 0 < v < n)
 
 
-def metrics(m: np.ndarray, cells: np.ndarray, probes: list[np.ndarray], overlap: int) -> dict:
+def metrics(m: np.ndarray, cells: np.ndarray, probes: list[np.ndarray], overlap: int,
+            tile: tuple[int, int] = (TILE, TILE)) -> dict:
     from scipy import ndimage
 
     vals = np.array([m[p].mean() for p in probes])
@@ -163,7 +169,7 @@ def metrics(m: np.ndarray, cells: np.ndarray, probes: list[np.ndarray], overlap:
     emp = float(np.percentile(m[empty], 99) / max(abs(ref), 1e-12))
     jy = np.abs(np.diff(m, axis=0))  # jump between row r-1 and r at index r-1
     jx = np.abs(np.diff(m, axis=1))
-    ly, lx = grid_lines(m.shape[0], overlap), grid_lines(m.shape[1], overlap)
+    ly, lx = grid_lines(m.shape[0], overlap, tile[0]), grid_lines(m.shape[1], overlap, tile[1])
     on = np.concatenate([jy[[v - 1 for v in ly]].ravel(), jx[:, [v - 1 for v in lx]].ravel()])
     offy = np.setdiff1d(np.arange(jy.shape[0]), [v - 1 for v in ly])
     offx = np.setdiff1d(np.arange(jx.shape[1]), [v - 1 for v in lx])
@@ -225,7 +231,7 @@ def main() -> None:
                     row = {"device": dev, "field": name, "path": p,
                            "cell_fraction": float(cells.mean()),
                            **{k: v for k, v in r.items() if k != "map"},
-                           **metrics(r["map"], cells, probes, ov)}
+                           **metrics(r["map"], cells, probes, ov, r["tile"])}
                     if not row["tiles"]:
                         from napari_attribution.core.tiling import tile_grid
 
@@ -236,13 +242,15 @@ def main() -> None:
                     print(f"{dev} {row['field']} {p}: {r['seconds']:.1f} s", flush=True)
     load1 = os.getloadavg()
     hdr = (f"{'device':6} {'field':16} {'path':4} {'tiling':9} {'tiles':>5} {'bg':>4} "
-           f"{'s/field':>8} {'speed-up':>8} {'peak RSS':>9} {'+work':>7} {'probe CV':>8} "
+           f"{'tile':>7} {'s/field':>8} {'speed-up':>8} {'peak RSS':>9} {'+work':>7} "
+           f"{'probe CV':>8} "
            f"{'empty+':>7} {'seam':>5}")
     print("\n" + hdr + "\n" + "-" * len(hdr))
     for r in rows:
         tiles, bg = r["tiles"][0], r["background_tiles"][0]
         print(f"{r['device']:6} {r['field']:16} {r['path']:4} {str(r['tiling']):9} "
-              f"{tiles:>5} {bg:>4} {r['seconds']:8.1f} {r['speedup']:7.2f}x "
+              f"{tiles:>5} {bg:>4} {'x'.join(map(str, r['tile'])):>7} "
+              f"{r['seconds']:8.1f} {r['speedup']:7.2f}x "
               f"{r['peak_rss'] / 2**20:7.0f}MB {(r['peak_rss'] - r['rss_before']) / 2**20:5.0f}MB "
               f"{r['probe_cv']:8.3f} {r['empty_pos']:7.3f} {r['seam']:5.2f}")
     if "cuda" not in devices:

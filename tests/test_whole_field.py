@@ -88,12 +88,15 @@ def test_empty_tiles_have_zero_evidence():
 
 
 def test_same_spot_same_value_mid_tile_or_across_a_boundary():
-    # Tiles of 32 overlapping 4 start at 0, 28, 56, 84, 96: spot A sits mid-tile,
-    # spot B straddles the edge at x=60, spot C shares its tile with three others.
+    # QuadSpot takes any size: tiles fitted to 35 px overlapping 4 start at 0, 31, 62,
+    # 93: spot A sits mid-tile, spot B straddles the edge at x=62, spot C shares its
+    # tile with three others.
     spots = [(14, 40), (14, 58), (4, 100), (4, 112), (22, 100), (22, 112)]
     x, masks = field_with_spots(32, 128, spots)
     kw = dict(device="cpu", input_size=32, tile_overlap=4, background=None)
-    new = run_generator(explain(QuadSpot(), x[None], 1, tiling="field", **kw)).maps[0]
+    res = run_generator(explain(QuadSpot(), x[None], 1, tiling="field", **kw))
+    assert res.params["tile"] == [32, 35] and res.params["tiles_per_image"] == [4]
+    new = res.maps[0]
     vals = np.array([new[m].mean() for m in masks])
     assert vals.min() > 0
     assert np.ptp(vals) / vals.mean() < 0.1, vals
@@ -219,3 +222,36 @@ def test_field_options_and_outputs():
     res = run_generator(explain(SpotModel(), x[None], 1, method="saliency", device="cpu",
                                 input_size=32))
     assert res.params["tiling"] == "per_tile"
+
+
+def test_tiles_fitted_to_the_field_when_the_model_takes_any_size():
+    # 2048 px with 256 px tiles overlapping 16: 9 per side; 8 of 270 cover it exactly.
+    assert F.fitted_tile(2048, 256, 16) == 270
+    assert len(F.tile_starts(2048, 270, 16)) == 8
+    assert F.fitted_tile(1360, 256, 16) == 285 and F.fitted_tile(256, 256, 16) == 256
+    assert F.fitted_tile(300, 256, 16) == 256        # one tile would need 300 > 288
+    assert F.fitted_tile(2048, 256, 16, growth=0.0) == 256
+    x, _ = field_with_spots(64, 136, [(10, 10)])
+    dev = torch.device("cpu")
+    any_size = F.plan_field(SpotModel(), x, 32, 2, dev, one_pass=False)
+    assert (any_size.tile_h, any_size.tile_w) == (33, 36) and len(any_size.grid) == 8
+    covered = np.zeros((64, 136), bool)
+    for y, xx in any_size.grid:
+        covered[y:y + any_size.tile_h, xx:xx + any_size.tile_w] = True
+    assert covered.all()
+    fixed = F.plan_field(FixedSize(32), x, 32, 2, dev, one_pass=False)
+    assert (fixed.tile_h, fixed.tile_w) == (32, 32) and len(fixed.grid) == 15
+
+
+def test_channels_last_on_cpu_gives_the_same_map(monkeypatch):
+    x, _ = field_with_spots(32, 96, [(10, 10), (12, 60)])
+    dev = torch.device("cpu")
+    model = small_cnn(n_classes=2)
+    cfg = PCIMConfig(steps=3)
+    maps = {}
+    for flag in (False, True):
+        monkeypatch.setattr(F, "CPU_CHANNELS_LAST", flag)
+        plan = F.plan_field(model, x, 32, 4, dev, one_pass=False, background=None)
+        maps[flag] = run_generator(F.pcim_field(model, x, 1, cfg, plan, dev, amp=False))
+        assert plan.channels_last is (flag and torch.backends.mkldnn.is_available())
+    np.testing.assert_allclose(maps[True], maps[False], atol=1e-4)

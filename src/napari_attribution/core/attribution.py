@@ -23,7 +23,7 @@ from .classifier import check_outputs, frozen, infer_channels
 from .contrast import CONTRAST_TARGET, ContrastModel, check_contrast
 from .devices import resolve_device
 from .errors import InputError
-from .field import BACKGROUND_FRACTION, pcim_field, plan_field
+from .field import BACKGROUND_FRACTION, channels_last_for, fast_copy, pcim_field, plan_field
 from .pcim import PCIMConfig, pcim_batch
 from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
 from .progress import Progress
@@ -407,9 +407,12 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
     n, c, h, w = x_np.shape
     fn = METHODS[method]
     all_params = _method_params(method, params)
-    # Small batches are faster per tile on the CPU (cache-bound convolutions).
+    # Small batches are faster per tile on the CPU (cache-bound convolutions), and the
+    # field path probes with its fast copy (BatchNorm folded, channels-last on CPU).
     probe_batch = min(batch_size, 4) if field is not None and dev.type == "cpu" \
         else batch_size
+    probe_model = fast_copy(model, channels_last=channels_last_for(dev)) \
+        if field is not None else model
 
     # Probabilities on the unmodified input (whole image, or mean over its tiles).
     grid = tile_grid(h, w, input_size, overlap) if tiled else [(0, 0)]
@@ -424,7 +427,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
     prob_sum: np.ndarray | None = None
     for b0 in range(0, len(items), probe_batch):
         chunk = items[b0:b0 + probe_batch]
-        p = torch.softmax(_probe(model, batch_of(chunk)).float(), 1).cpu().numpy()
+        p = torch.softmax(_probe(probe_model, batch_of(chunk)).float(), 1).cpu().numpy()
         if prob_sum is None:
             prob_sum = np.zeros((n, p.shape[1]), np.float64)
         np.add.at(prob_sum, [i for i, _ in chunk], p)
@@ -452,6 +455,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
             "per_channel": bool(per_channel), "batch_size": int(batch_size),
             "device": str(dev), "input_size": input_size,
             "tile_overlap": first["tile_overlap"], "probability_tile_overlap": overlap,
+            "tile": first["tile"], "channels_last": first["channels_last"],
             "tiling": first["tiling"], "tile_batch": first["tile_batch"],
             "tiles_per_image": [p.describe()["tiles"] for p in plans],
             "background_tiles": [p.describe()["background_tiles"] for p in plans],
