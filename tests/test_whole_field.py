@@ -88,14 +88,14 @@ def test_empty_tiles_have_zero_evidence():
 
 
 def test_same_spot_same_value_mid_tile_or_across_a_boundary():
-    # QuadSpot takes any size: tiles fitted to 35 px overlapping 4 start at 0, 31, 62,
-    # 93: spot A sits mid-tile, spot B straddles the edge at x=62, spot C shares its
-    # tile with three others.
+    # Tiles of 32 overlapping 4 start at 0, 28, 56, 84, 96 (no fitted size: 33..36
+    # holds no multiple of 16): spot A sits mid-tile, spot B straddles the edge at
+    # x=60, spot C shares its tile with three others.
     spots = [(14, 40), (14, 58), (4, 100), (4, 112), (22, 100), (22, 112)]
     x, masks = field_with_spots(32, 128, spots)
     kw = dict(device="cpu", input_size=32, tile_overlap=4, background=None)
     res = run_generator(explain(QuadSpot(), x[None], 1, tiling="field", **kw))
-    assert res.params["tile"] == [32, 35] and res.params["tiles_per_image"] == [4]
+    assert res.params["tile"] == [32, 32] and res.params["tiles_per_image"] == [5]
     new = res.maps[0]
     vals = np.array([new[m].mean() for m in masks])
     assert vals.min() > 0
@@ -225,22 +225,24 @@ def test_field_options_and_outputs():
 
 
 def test_tiles_fitted_to_the_field_when_the_model_takes_any_size():
-    # 2048 px with 256 px tiles overlapping 16: 9 per side; 8 of 270 cover it exactly.
-    assert F.fitted_tile(2048, 256, 16) == 270
-    assert len(F.tile_starts(2048, 270, 16)) == 8
-    assert F.fitted_tile(1360, 256, 16) == 285 and F.fitted_tile(256, 256, 16) == 256
+    # 2048 px with 256 px tiles overlapping 16: 9 per side; 8 of 272 cover it, every
+    # origin a multiple of 16 (the model's pooling phase is the same in every tile).
+    assert F.fitted_tile(2048, 256, 16) == 272
+    starts = F.tile_starts(2048, 272, 16)
+    assert len(starts) == 8 and all(s % 16 == 0 for s in starts)
+    assert F.fitted_tile(1360, 256, 16) == 288 and F.fitted_tile(256, 256, 16) == 256
     assert F.fitted_tile(300, 256, 16) == 256        # one tile would need 300 > 288
+    assert F.fitted_tile(280, 256, 16) == 280        # short axis: one tile, all of it
     assert F.fitted_tile(2048, 256, 16, growth=0.0) == 256
-    x, _ = field_with_spots(64, 136, [(10, 10)])
+    assert F.fitted_tile(136, 32, 2) == 32           # 33..36 holds no multiple of 16
+    x, _ = field_with_spots(144, 272, [(10, 10)])
     dev = torch.device("cpu")
-    any_size = F.plan_field(SpotModel(), x, 32, 2, dev, one_pass=False)
-    assert (any_size.tile_h, any_size.tile_w) == (33, 36) and len(any_size.grid) == 8
-    covered = np.zeros((64, 136), bool)
-    for y, xx in any_size.grid:
-        covered[y:y + any_size.tile_h, xx:xx + any_size.tile_w] = True
-    assert covered.all()
-    fixed = F.plan_field(FixedSize(32), x, 32, 2, dev, one_pass=False)
-    assert (fixed.tile_h, fixed.tile_w) == (32, 32) and len(fixed.grid) == 15
+    any_size = F.plan_field(SpotModel(), x, 128, 16, dev, one_pass=False)
+    assert (any_size.tile_h, any_size.tile_w) == (144, 144)
+    assert any_size.grid == [(0, 0), (0, 128)]
+    assert any("144x144" in n for n in any_size.notes)
+    fixed = F.plan_field(FixedSize(128), x, 128, 16, dev, one_pass=False)
+    assert (fixed.tile_h, fixed.tile_w) == (128, 128) and len(fixed.grid) == 6
 
 
 def test_channels_last_on_cpu_gives_the_same_map(monkeypatch):

@@ -409,7 +409,9 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
     all_params = _method_params(method, params)
     # Small batches are faster per tile on the CPU (cache-bound convolutions), and the
     # field path probes with its fast copy (BatchNorm folded, channels-last on CPU).
-    probe_batch = min(batch_size, 4) if field is not None and dev.type == "cpu" \
+    # (forward only, channels-last, one thread: 0.021 s per 256 px tile at batch 1 or 2,
+    # 0.028 s at 4)
+    probe_batch = min(batch_size, 2) if field is not None and dev.type == "cpu" \
         else batch_size
     probe_model = fast_copy(model, channels_last=channels_last_for(dev)) \
         if field is not None else model
