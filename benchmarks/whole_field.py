@@ -15,7 +15,8 @@ In one run and on one machine, for each field size:
   budget).
 
 Each run happens in a fresh child process (``OMP_NUM_THREADS`` as given, default 1) that
-reports seconds per field (``explain`` only) and its peak resident memory
+reports seconds per field (``explain`` only; wall clock, and the process's CPU time,
+which other processes on a shared machine disturb less) and its peak resident memory
 (``ru_maxrss``: the whole process, torch included; ``+work`` = above the RSS before the
 run). The parent computes, from the maps:
 
@@ -131,12 +132,12 @@ def child(args) -> None:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = run_generator(explain(model, x[None], 1, **kw))
-    sec = time.perf_counter() - t0
+    sec, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     np.save(args.child_out, res.maps[0])
-    out = {"seconds": sec, "peak_rss": rss, "rss_before": rss0,
+    out = {"seconds": sec, "cpu_seconds": cpu, "peak_rss": rss, "rss_before": rss0,
            "tiling": res.params.get("tiling"), "tiles": res.params.get("tiles_per_image"),
            "background_tiles": res.params.get("background_tiles"),
            "tile_batch": res.params.get("tile_batch"),
@@ -238,11 +239,13 @@ def main() -> None:
                         row["tiles"] = [len(tile_grid(*shape, TILE, OLD_OVERLAP))]
                         row["background_tiles"] = [0]
                     row["speedup"] = res["old"]["seconds"] / r["seconds"]
+                    row["cpu_speedup"] = res["old"]["cpu_seconds"] / r["cpu_seconds"]
                     rows.append(row)
                     print(f"{dev} {row['field']} {p}: {r['seconds']:.1f} s", flush=True)
     load1 = os.getloadavg()
     hdr = (f"{'device':6} {'field':16} {'path':4} {'tiling':9} {'tiles':>5} {'bg':>4} "
-           f"{'tile':>7} {'s/field':>8} {'speed-up':>8} {'peak RSS':>9} {'+work':>7} "
+           f"{'tile':>7} {'s/field':>8} {'speed-up':>8} {'CPU s':>6} {'CPU x':>6} "
+           f"{'peak RSS':>9} {'+work':>7} "
            f"{'probe CV':>8} "
            f"{'empty+':>7} {'seam':>5}")
     print("\n" + hdr + "\n" + "-" * len(hdr))
@@ -250,7 +253,8 @@ def main() -> None:
         tiles, bg = r["tiles"][0], r["background_tiles"][0]
         print(f"{r['device']:6} {r['field']:16} {r['path']:4} {str(r['tiling']):9} "
               f"{tiles:>5} {bg:>4} {'x'.join(map(str, r['tile'])):>7} "
-              f"{r['seconds']:8.1f} {r['speedup']:7.2f}x "
+              f"{r['seconds']:8.1f} {r['speedup']:7.2f}x {r['cpu_seconds']:6.1f} "
+              f"{r['cpu_speedup']:5.2f}x "
               f"{r['peak_rss'] / 2**20:7.0f}MB {(r['peak_rss'] - r['rss_before']) / 2**20:5.0f}MB "
               f"{r['probe_cv']:8.3f} {r['empty_pos']:7.3f} {r['seam']:5.2f}")
     if "cuda" not in devices:
