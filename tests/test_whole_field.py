@@ -257,3 +257,21 @@ def test_channels_last_on_cpu_gives_the_same_map(monkeypatch):
         maps[flag] = run_generator(F.pcim_field(model, x, 1, cfg, plan, dev, amp=False))
         assert plan.channels_last is (flag and torch.backends.mkldnn.is_available())
     np.testing.assert_allclose(maps[True], maps[False], atol=1e-4)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_closed_form_step_equals_autograd(monkeypatch, per_channel):
+    # one background tile (left out of the softmax) and overlapping tiles
+    x, _ = field_with_spots(32, 128, [(10, 10), (12, 40)])
+    dev = torch.device("cpu")
+    model = small_cnn(n_classes=2)
+    cfg = PCIMConfig(steps=4, tol=0.0)
+    maps = {}
+    for closed in (True, False):
+        monkeypatch.setattr(F, "CLOSED_FORM", closed)
+        plan = F.plan_field(model, x, 32, 4, dev, one_pass=False)
+        assert plan.background.sum() >= 1
+        maps[closed] = run_generator(F.pcim_field(model, x, 1, cfg, plan, dev,
+                                                  per_channel=per_channel, amp=False))
+    assert np.abs(maps[False]).max() > 0.1
+    np.testing.assert_allclose(maps[True], maps[False], atol=1e-4)

@@ -61,6 +61,9 @@ FIT_TILE_GROWTH = 0.125
 #: pooling grid (strides up to 16), so the same cell gets the same gradient wherever
 #: it lies (unaligned 270 px tiles doubled the benchmark's probe CV, 0.14 -> 0.27)
 FIT_TILE_ALIGN = 16
+#: the weights' gradient in closed form where PCIM's options allow (one scale, no cap,
+#: no regulariser); False = autograd through the field's softmax (tests compare both)
+CLOSED_FORM = True
 #: fraction of free memory a batch may use on an accelerator
 GPU_MEMORY_FRACTION = 0.6
 #: memory budget on CPU when none is given (bytes)
@@ -409,11 +412,24 @@ def _field_weights(logits: list[torch.Tensor], size: tuple[int, int], cap: float
         up = lg if lg.shape[-2:] == size else F.interpolate(
             lg, size=size, mode="bilinear", align_corners=False)
         total = up if total is None else total + up
+    cm = total.shape[1]
+    if not torch.is_grad_enabled():
+        # no graph: in place on one copy (the logits themselves stay as they are)
+        z = total.mul(sign)
+        if cap is not None:
+            half = 0.5 * math.log(cap)
+            z.div_(half).tanh_().mul_(half)
+        if active is not None:
+            z.masked_fill_(~active.expand_as(z), float("-inf"))
+        n = z[0].numel() if active is None else cm * int(active.sum())
+        z = torch.softmax(z.view(1, -1), 1).view(z.shape).mul_(n)
+        if active is not None:
+            z.masked_fill_(~active.expand_as(z), 1.0)
+        return z
     total = sign * total
     if cap is not None:
         half = 0.5 * math.log(cap)
         total = half * torch.tanh(total / half)
-    cm = total.shape[1]
     if active is None:
         n = total[0].numel()
         return n * torch.softmax(total.reshape(1, -1), 1).reshape(total.shape)
@@ -422,6 +438,38 @@ def _field_weights(logits: list[torch.Tensor], size: tuple[int, int], cap: float
     masked = total.masked_fill(~mask, float("-inf"))
     a = n * torch.softmax(masked.reshape(1, -1), 1).reshape(total.shape)
     return torch.where(mask, a, torch.ones_like(a))
+
+
+def _softmax_vjp(a: torch.Tensor, g: torch.Tensor, active: torch.Tensor | None,
+                 n: int, sign: float) -> torch.Tensor:
+    """Gradient w.r.t. the logits ``l`` of ``sum(g * a)`` for ``a = n softmax(sign l)``
+    over the active entries (``a`` = 1 and no gradient elsewhere):
+    ``sign * a * (g - sum(a g) / n)``. Overwrites ``g``."""
+    g.mul_(a)                      # a g (0 where no active tile reaches: g is 0 there)
+    g.sub_(a, alpha=float(g.sum()) / max(n, 1))
+    if active is not None:
+        g.masked_fill_(~active.expand_as(g), 0.0)
+    return g.mul_(sign)
+
+
+def _logits_grads(a_full: torch.Tensor, logits: list[torch.Tensor], g_acc: torch.Tensor,
+                  cfg: PCIMConfig, delete: bool) -> list[torch.Tensor]:
+    """Gradients w.r.t. the multi-scale logits of the tiles' accumulated weight gradient
+    ``g_acc`` plus the regularisers (autograd through :func:`_field_weights`)."""
+    with torch.enable_grad():
+        grads = list(torch.autograd.grad(a_full, logits, grad_outputs=g_acc))
+        reg = None
+        if cfg.tv_weight:
+            reg = cfg.tv_weight * _tv(a_full).sum()
+        if cfg.sparsity_weight:
+            e = cfg.sparsity_weight * _entropy(a_full).sum()
+            reg = e if reg is None else reg + e
+        if reg is not None:
+            if delete:
+                reg = -reg  # the deletion game flips the whole objective, as per tile
+            extra = torch.autograd.grad(reg, logits)
+            grads = [g1 + g2 for g1, g2 in zip(grads, extra, strict=True)]
+    return grads
 
 
 def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMConfig,
@@ -441,11 +489,15 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
     cm = c if per_channel else 1
     th, tw = plan.tile_h, plan.tile_w
     xf = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
-    substrate = make_substrate(xf, cfg.substrate, cfg.blur_sigma)
+    zero = torch.zeros(()).expand_as(xf)  # a zero field that takes no memory
+
+    def substrate_of(kind: str) -> torch.Tensor:
+        return zero if kind == "zero" else make_substrate(xf, kind, cfg.blur_sigma)
+
+    substrate = substrate_of(cfg.substrate)
     keep_kind = cfg.preserve_substrate or cfg.substrate
-    keep_substrate = (substrate if keep_kind == cfg.substrate
-                      else make_substrate(xf, keep_kind, cfg.blur_sigma))
-    black = torch.zeros_like(xf) if cfg.game == "hybrid3" else None  # made once
+    keep_substrate = substrate if keep_kind == cfg.substrate else substrate_of(keep_kind)
+    black = zero if cfg.game == "hybrid3" else None
     tiles = [yx for yx, bg in zip(plan.grid, plan.background, strict=True) if not bg]
     active_np = np.zeros((h, w), bool)
     for y, xx in tiles:
@@ -464,11 +516,16 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
     plan.channels_last = channels_last_for(device, dtype)
     model = fast_copy(model, channels_last=plan.channels_last)
     prev = torch.ones(1, cm, h, w)
+    # one scale, no cap, no regulariser (the defaults): the softmax's gradient in closed
+    # form, no autograd graph over the field (fewer field-sized buffers at once)
+    closed = (CLOSED_FORM and tuple(cfg.scales) == (1,) and cfg.max_weight is None
+              and not cfg.tv_weight and not cfg.sparsity_weight)
+    n_entries = cm * int(active_np.sum())
     for step in range(cfg.steps):
         phase = _phase(cfg.game, step)  # as per image: 1 deletes, 2 keeps on black
         delete = phase == 1
         sub = substrate if delete else keep_substrate if phase == 0 else black
-        with torch.enable_grad():
+        with torch.set_grad_enabled(not closed):
             a_full = _field_weights(logits, (h, w), cfg.max_weight, active,
                                     -1.0 if delete else 1.0)
         a_det = a_full.detach()
@@ -511,29 +568,21 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
                            f"PCIM step {step + 1}/{cfg.steps}, tile {k}/{len(tiles)}",
                            partial={"batch": batch})
         g_acc /= wsum
-        with torch.enable_grad():
-            grads = list(torch.autograd.grad(a_full, logits, grad_outputs=g_acc))
-            reg = None
-            if cfg.tv_weight:
-                reg = cfg.tv_weight * _tv(a_full).sum()
-            if cfg.sparsity_weight:
-                e = cfg.sparsity_weight * _entropy(a_full).sum()
-                reg = e if reg is None else reg + e
-            if reg is not None:
-                if delete:
-                    reg = -reg  # the deletion game flips the whole objective, as per tile
-                extra = torch.autograd.grad(reg, logits)
-                grads = [g1 + g2 for g1, g2 in zip(grads, extra, strict=True)]
+        if closed:
+            grads = [_softmax_vjp(a_det, g_acc, active, n_entries, -1.0 if delete else 1.0)]
+        else:
+            grads = _logits_grads(a_full, logits, g_acc, cfg, delete)
+        del a_full, a_det, g_acc
         with torch.no_grad():
             # One normalised step for the field: its largest update is ``lr``.
             scale = max(float(g.abs().max()) for g in grads)
             scale = cfg.lr / max(scale, 1e-30)
             for lg, g in zip(logits, grads, strict=True):
-                lg -= scale * g
+                lg.add_(g, alpha=-scale)
+            del grads
             a_new = _field_weights(logits, (h, w), cfg.max_weight, active, 1.0)
-            diff = (a_new - prev).abs()
-            change = float(diff[:, :, torch.from_numpy(active_np)].mean()) \
-                if active is not None else float(diff.mean())
+            # mean |change| over the active entries (the others stay 1 in both)
+            change = float(prev.sub_(a_new).abs_().sum()) / max(n_entries, 1)
             prev = a_new
         plan.steps_run = step + 1
         plan.amp = dtype is not None
