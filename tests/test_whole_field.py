@@ -275,3 +275,31 @@ def test_closed_form_step_equals_autograd(monkeypatch, per_channel):
                                                   per_channel=per_channel, amp=False))
     assert np.abs(maps[False]).max() > 0.1
     np.testing.assert_allclose(maps[True], maps[False], atol=1e-4)
+
+
+def test_hybrid3_field_matches_one_pass_and_leaves_background_at_zero():
+    # QuadSpot's gradient is local (no border effects) and its logit a mean over the
+    # input: tiles only rescale it uniformly, which the field's normalised step removes.
+    # So the tiled map must equal the one-pass map, in all three games (the third
+    # plays on a black background).
+    spots = [(6, 20), (20, 58), (8, 90), (22, 120)]   # (20, 58) straddles a tile edge
+    x, masks = field_with_spots(32, 160, spots)
+    kw = dict(device="cpu", input_size=32, tile_overlap=4, game="hybrid3", steps=6)
+    one = run_generator(explain(QuadSpot(), x[None], 1, tiling="one_pass", **kw))
+    tiled = run_generator(explain(QuadSpot(), x[None], 1, tiling="field", background=None,
+                                  **kw))
+    assert one.params["tiling"] == "one_pass" and tiled.params["tiling"] == "field"
+    assert tiled.params["tiles_per_image"][0] > 4
+    np.testing.assert_allclose(tiled.maps[0], one.maps[0], atol=2e-3)
+    vals = np.array([tiled.maps[0][m].mean() for m in masks])
+    assert vals.min() > 0.5 and np.ptp(vals) / vals.mean() < 0.15, vals  # noise differs
+    # hybrid3 is not hybrid: the black-background game changes the map
+    hyb = run_generator(explain(QuadSpot(), x[None], 1, tiling="field", background=None,
+                                **{**kw, "game": "hybrid"}))
+    assert np.abs(hyb.maps[0] - tiled.maps[0]).max() > 1e-2
+    # with background skipping, an empty stretch is exactly zero evidence
+    x2, m2 = field_with_spots(32, 160, [(14, 10)])
+    res = run_generator(explain(QuadSpot(), x2[None], 1, tiling="field", **kw))
+    assert res.params["background_tiles"][0] >= 3
+    np.testing.assert_array_equal(res.maps[0][:, 64:], 0.0)
+    assert res.maps[0][m2[0]].mean() > 0.5
