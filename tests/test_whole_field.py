@@ -303,3 +303,41 @@ def test_hybrid3_field_matches_one_pass_and_leaves_background_at_zero():
     assert res.params["background_tiles"][0] >= 3
     np.testing.assert_array_equal(res.maps[0][:, 64:], 0.0)
     assert res.maps[0][m2[0]].mean() > 0.5
+
+
+def test_evidence_check_on_tiled_fields():
+    from napari_attribution.core.evidence import evidence_check, evidence_check_tiled
+
+    x, masks = field_with_spots(32, 96, [(6, 10), (20, 70)])
+    x[0] = np.clip(x[0], 0, 0.3) + np.stack(masks).any(0) * 0.8   # spots well above 0.5
+    kw = dict(device="cpu", input_size=32, evidence=True, steps=4)
+    for tiling in ("auto", "per_tile"):
+        res = run_generator(explain(SpotModel(), x[None], 1, tiling=tiling, **kw))
+        ev = res.evidence
+        assert ev["state"] == ["localised"] and ev["tile"] == 32 and ev["tiles"] == 3
+        assert ev["gain"][0] > 0.2 and res.no_evidence() == []
+        assert res.provenance()["evidence"]["state"] == ["localised"]
+    # a model blind to the image: nothing localises, tiled or not
+    blind = run_generator(explain(QuadSpotBlind(), x[None], 1, **kw))
+    assert blind.evidence["state"] == ["none"] and blind.no_evidence() == [0]
+    # the truth localises, a random map does not; one tile = the untiled check
+    model = SpotModel().eval()
+    truth = np.stack(masks).any(0)[None].astype(np.float32)
+    rand = np.random.default_rng(0).random((1, 32, 96)).astype(np.float32)
+    assert evidence_check_tiled(model, x[None], truth, [1], 32)["state"] == ["localised"]
+    assert evidence_check_tiled(model, x[None], rand, [1], 32)["state"] == ["none"]
+    one = evidence_check_tiled(model, x[None, :, :, :32], truth[..., :32], [1], 32)
+    ref = evidence_check(model, x[None, :, :, :32], truth[..., :32], np.array([1]))
+    np.testing.assert_allclose(one["gain"], ref["gain"], atol=1e-5)
+
+
+class QuadSpotBlind(nn.Module):
+    """Ignores the image (a convolution so that its channels can be inferred)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.conv(x).mean((1, 2, 3)) * 0.0
+        return torch.stack([s + 2.0, s - 1.0], 1)

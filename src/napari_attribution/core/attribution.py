@@ -256,8 +256,9 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     ``targets``: one class for all, one per image, or None for the predicted class.
     ``contrast``: explain "target rather than ``contrast``" (logit difference, see
     :mod:`.contrast`); ``probabilities`` stay the model's own. ``evidence``: run
-    :func:`.evidence.evidence_check` afterwards (untiled images only) and store its
-    per-image 'localised' / 'none' state in the result and its provenance.
+    :func:`.evidence.evidence_check` afterwards (tiled fields:
+    :func:`.evidence.evidence_check_tiled`, probabilities over non-overlapping tiles)
+    and store its per-image 'localised' / 'none' state in the result and provenance.
     ``input_size``: the side of the square input the model was trained on; larger
     images are split into overlapping tiles, one batch of tiles at a time; smaller
     images are refused. Probabilities are the mean over tiles overlapping by
@@ -311,26 +312,38 @@ def explain(model: torch.nn.Module, images: np.ndarray,
                                                   per_channel, dev, batch_size, input_size,
                                                   overlap, tiled, params, t0, field)
         if evidence:
-            result.evidence = _evidence(net, x_np, result, dev, batch_size, tiled)
+            result.evidence = _evidence(net, x_np, result, dev, batch_size,
+                                        input_size if tiled else None)
             result.seconds = time.perf_counter() - t0
         return result
 
 
 def _evidence(model, x_np, result: AttributionResult, dev, batch_size: int,
-              tiled: bool) -> dict:
-    from .evidence import evidence_check
+              tile: int | None) -> dict:
+    """:func:`.evidence.evidence_check` on the result's maps; fields larger than the
+    model's input (``tile``) through :func:`.evidence.evidence_check_tiled` with the
+    fast model copy (channels-last on CPU), a couple of tiles per pass on CPU."""
+    from .evidence import evidence_check, evidence_check_tiled
 
-    if tiled:
-        return {"state": [None] * len(x_np), "note": "not checked: tiled images"}
+    if tile is not None:
+        fast = fast_copy(model, channels_last=channels_last_for(dev))
+        per_pass = min(batch_size, 2) if dev.type == "cpu" else batch_size
+
+        def check(net, x, maps, targets, batch_size, device):
+            return evidence_check_tiled(fast if net is model else fast_copy(
+                net, channels_last=channels_last_for(dev)), x, maps, targets, tile,
+                batch_size=per_pass, device=device)
+    else:
+        check = evidence_check
     net, tgt = model, result.targets
     if result.contrast is not None:
         # one check per target class: the contrast model is per (target, contrast) pair
         states: dict[str, list] = {}
         for a in np.unique(tgt):
             idx = np.flatnonzero(tgt == a)
-            sub = evidence_check(ContrastModel(model, int(a), result.contrast), x_np[idx],
-                                 result.maps[idx], np.full(len(idx), CONTRAST_TARGET),
-                                 batch_size=max(batch_size, 16), device=dev)
+            sub = check(ContrastModel(model, int(a), result.contrast), x_np[idx],
+                        result.maps[idx], np.full(len(idx), CONTRAST_TARGET),
+                        batch_size=max(batch_size, 16), device=dev)
             for key, vals in sub.items():
                 if isinstance(vals, list):
                     states.setdefault(key, [None] * len(tgt))
@@ -339,8 +352,7 @@ def _evidence(model, x_np, result: AttributionResult, dev, batch_size: int,
                 else:
                     states[key] = vals
         return states
-    return evidence_check(net, x_np, result.maps, tgt, batch_size=max(batch_size, 16),
-                          device=dev)
+    return check(net, x_np, result.maps, tgt, batch_size=max(batch_size, 16), device=dev)
 
 
 def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, batch_size,

@@ -17,6 +17,12 @@ of equal size, averaged over the ``fractions``:
   target than every random mask (mean over the fractions); else ``"none"``.
 
 Cost: ``len(fractions) * (1 + n_random)`` forward passes per image, no gradients.
+
+Images larger than the model's input (tiled fields, :func:`evidence_check_tiled`): the
+masks are drawn over the whole field, and a field's target probability is the mean over
+non-overlapping tiles of the model's input size covering it (the last row and column
+flush with the edge); the same states follow. Cost: the same number of passes over the
+field, each one forward pass per tile.
 """
 
 from __future__ import annotations
@@ -68,24 +74,7 @@ def evidence_check(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
     cfg = config or EvidenceConfig()
     x = torch.as_tensor(np.asarray(images, np.float32), device=device)
     n, c, h, w = x.shape
-    m = np.asarray(maps, np.float32)
-    if m.ndim == 4:
-        m = m.sum(1)
-    if m.shape != (n, h, w):
-        raise InputError(f"maps of shape {np.shape(maps)} do not fit images {x.shape}")
-    npix = h * w
-    rng = np.random.default_rng(cfg.seed)
-    flat = m.reshape(n, npix)
-    jitter = rng.random(flat.shape) * 1e-6 * (np.abs(flat).max(1, keepdims=True) + 1e-12)
-    rank = np.argsort(np.argsort(-(flat + jitter), axis=1, kind="stable"), axis=1)
-    k_all = [max(1, int(round(f * npix))) for f in cfg.fractions]
-    # masks (N, 1 + R, F, npix): index 0 = the map's top pixels, 1.. = random pixels
-    masks = np.zeros((n, 1 + cfg.n_random, len(k_all), npix), np.float32)
-    for j, k in enumerate(k_all):
-        masks[:, 0, j] = rank < k
-        for r in range(cfg.n_random):
-            rr = np.argsort(rng.random((n, npix)), axis=1)
-            masks[:, 1 + r, j] = rr < k
+    masks = deletion_masks(_check_maps(maps, (n, c, h, w)), cfg).astype(np.float32)
     mean = x.mean(dim=(2, 3), keepdim=True)
     tg = torch.as_tensor(np.asarray(targets), device=device).long()
     mk = torch.as_tensor(masks.reshape(n, -1, 1, h, w), device=device)
@@ -100,8 +89,83 @@ def evidence_check(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
             p = torch.softmax(model(batch).float(), 1)
             t = tg[sl].repeat_interleave(1 + n_var)
             probs[sl] = p.gather(1, t.view(-1, 1))[:, 0].view(-1, 1 + n_var).cpu().numpy()
+    return _summary(probs, cfg)
+
+
+def _check_maps(maps: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """Maps as (N, H, W) float32 (per-channel maps summed: whole pixels are deleted)."""
+    n, _, h, w = shape
+    m = np.asarray(maps, np.float32)
+    if m.ndim == 4:
+        m = m.sum(1)
+    if m.shape != (n, h, w):
+        raise InputError(f"maps of shape {np.shape(maps)} do not fit images {shape}")
+    return m
+
+
+def deletion_masks(m: np.ndarray, cfg: EvidenceConfig) -> np.ndarray:
+    """Boolean masks (N, 1 + n_random, len(fractions), H*W) for maps ``m`` (N, H, W):
+    index 0 = the map's top pixels (ties broken by a tiny seeded jitter), 1.. = random
+    pixels of the same number."""
+    n = m.shape[0]
+    npix = m[0].size
+    rng = np.random.default_rng(cfg.seed)
+    flat = m.reshape(n, npix)
+    jitter = rng.random(flat.shape) * 1e-6 * (np.abs(flat).max(1, keepdims=True) + 1e-12)
+    rank = np.argsort(np.argsort(-(flat + jitter), axis=1, kind="stable"), axis=1)
+    k_all = [max(1, int(round(f * npix))) for f in cfg.fractions]
+    masks = np.zeros((n, 1 + cfg.n_random, len(k_all), npix), bool)
+    for j, k in enumerate(k_all):
+        masks[:, 0, j] = rank < k
+        for r in range(cfg.n_random):
+            rr = np.argsort(rng.random((n, npix)), axis=1)
+            masks[:, 1 + r, j] = rr < k
+    return masks
+
+
+def evidence_check_tiled(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
+                         targets: np.ndarray, tile: int,
+                         config: EvidenceConfig | None = None, batch_size: int = 2,
+                         device: str | torch.device = "cpu") -> dict:
+    """:func:`evidence_check` for images larger than the model's ``tile`` x ``tile``
+    input: masks over the whole image, probabilities the mean over non-overlapping
+    tiles (``batch_size`` tiles per forward pass). Adds ``tile`` and ``tiles`` to the
+    answer."""
+    from .tiling import tile_grid
+
+    cfg = config or EvidenceConfig()
+    x_all = np.asarray(images, np.float32)
+    n, c, h, w = x_all.shape
+    masks = deletion_masks(_check_maps(maps, (n, c, h, w)), cfg)
+    grid = tile_grid(h, w, tile, 0)
+    n_var = masks.shape[1] * masks.shape[2]
+    probs = np.zeros((n, 1 + n_var), np.float32)
+    with torch.no_grad():
+        for i in range(n):
+            xi = torch.as_tensor(x_all[i], device=device)
+            mean = xi.mean(dim=(1, 2), keepdim=True)
+            mi = masks[i].reshape(n_var, h, w)
+            for v in range(1 + n_var):
+                xv = xi if v == 0 else torch.where(
+                    torch.as_tensor(mi[v - 1], device=device), mean, xi)
+                total = 0.0
+                for b0 in range(0, len(grid), batch_size):
+                    tb = torch.stack([xv[:, y:y + tile, xx:xx + tile]
+                                      for y, xx in grid[b0:b0 + batch_size]])
+                    p = torch.softmax(model(tb).float(), 1)[:, int(targets[i])]
+                    total += float(p.sum())
+                probs[i, v] = total / len(grid)
+    out = _summary(probs, cfg)
+    out.update({"tile": int(tile), "tiles": len(grid)})
+    return out
+
+
+def _summary(probs: np.ndarray, cfg: EvidenceConfig) -> dict:
+    """States and numbers from the target probabilities (N, 1 + V): column 0 intact,
+    then the variants in :func:`deletion_masks`'s order."""
+    n = probs.shape[0]
     p0 = probs[:, 0]
-    pv = probs[:, 1:].reshape(n, 1 + cfg.n_random, len(k_all))
+    pv = probs[:, 1:].reshape(n, 1 + cfg.n_random, len(cfg.fractions))
     drop_top = p0 - pv[:, 0].mean(1)
     drop_rand = p0 - pv[:, 1:].mean((1, 2))
     gain = drop_top - drop_rand
