@@ -445,6 +445,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
         if prob_sum is None:
             prob_sum = np.zeros((n, p.shape[1]), np.float64)
         np.add.at(prob_sum, [i for i, _ in chunk], p)
+    del probe_model  # field PCIM makes its own copy
     probabilities = (prob_sum / len(grid)).astype(np.float32)
     check_outputs(probabilities, what="class probabilities")
     tgt = _resolve_targets(targets, n, probabilities.shape[1], probabilities.argmax(1))

@@ -47,10 +47,9 @@ BACKGROUND_FRACTION = 0.05
 #: on CPU one tile at a time is fastest per tile (the convolutions are memory-bound:
 #: 0.09 s per 256 px tile at batch 1, 0.12 s at 4, 0.23 s at 16 with a width-32 CNN)
 CPU_MAX_BATCH = 1
-#: float32 convolutions channels-last on CPU (oneDNN): 0.05 s per 256 px tile
-#: forward/backward instead of 0.08 s, and 0.03 s instead of 0.06 s per probe forward
-#: pass (width-32 CNN, one thread; ``benchmarks/whole_field.py``), same results to
-#: float rounding
+#: float32 convolutions channels-last on CPU (oneDNN): 0.05-0.06 s per 256 px tile
+#: forward/backward instead of 0.08 s, and 0.02 s instead of 0.06 s per probe forward
+#: pass (width-32 CNN, one thread), the same results to float rounding
 CPU_CHANNELS_LAST = True
 #: when the model takes any input size, tiles may grow by up to this fraction of
 #: ``input_size`` so that fewer of them cover the field (2048 px: 8 tiles of 272
