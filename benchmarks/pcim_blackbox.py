@@ -14,7 +14,8 @@ Images (the models are those of ``fidelity.py``):
   tuning digit), synthetic cells of generator seed 2.
 
 Rows: gradient PCIM, black-box PCIM with its defaults, the previous black-box defaults
-(``PCIM-blackbox-v1``: 8 steps x 8 white-noise directions on 4 px cells, 129 passes),
+(``PCIM-blackbox-v2``: logits modulated by the contrast to both substrates, power 1;
+``PCIM-blackbox-v1``: 8 steps x 8 white-noise directions on 4 px cells, 129 passes),
 with ``--cap`` the default black-box parameterisation optimised with exact gradients
 (what a perfect gradient estimate would reach), and any ``--variants``. Reported: ROAD
 MoRF and deletion to the channel means (``fidelity.py``'s headline metrics), each with
@@ -53,6 +54,8 @@ TARGET_TIME = 4.0             # at most 4x gradient PCIM's time
 #: black-box PCIM's defaults before issue #14's rework
 V1 = {"steps": 8, "samples": 8, "sigma": 0.5, "lr": 0.25, "levels": 1, "modulate": "none",
       "orthogonal": False}
+#: black-box PCIM's defaults from issue #14's rework until the deletion contrast (v3)
+V2 = {"modulate": "contrast", "power": 1.0}
 
 
 def load_set(name: str, split: str, n: int, epochs: int, cache: Path | None) -> dict | None:
@@ -94,20 +97,20 @@ def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict,
 
 
 def lowdim_gradient(model, x: np.ndarray, t: np.ndarray, params: dict) -> np.ndarray:
-    """The black-box parameterisation (contrast-modulated 4 px logits) optimised with
+    """The black-box parameterisation (contrast-modulated coarse logits) optimised with
     *exact* gradients through the model, PCIM's normalised steps and hybrid game: what
     black-box PCIM could reach with a perfect gradient estimate (``--cap`` row)."""
     from torch.nn import functional as F
 
     from napari_attribution.core.pcim import _target_loss, blend, make_substrate, mixing_weights
-    from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig, contrast
+    from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig, modulation
 
     cfg = BlackboxPCIMConfig(**params)
     xt, tt = torch.from_numpy(np.asarray(x, np.float32)), torch.as_tensor(t).long()
     b, _, h, w = xt.shape
     dele, keep = make_substrate(xt, cfg.substrate), make_substrate(
         xt, cfg.preserve_substrate or cfg.substrate, cfg.blur_sigma)
-    mod = contrast(xt, [dele, keep]) if cfg.modulate == "contrast" else torch.ones(b, 1, h, w)
+    mod = modulation(xt, dele, keep, cfg.modulate, cfg.power)
     c = torch.zeros(b, 1, -(-h // cfg.cell), -(-w // cfg.cell), requires_grad=True)
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
@@ -203,7 +206,7 @@ def main() -> None:
     ap.add_argument("--variants", default=None,
                     help="JSON {label: params} of extra black-box variants")
     ap.add_argument("--no-default", action="store_true",
-                    help="leave out the default and v1 black-box rows")
+                    help="leave out the default, v2 and v1 black-box rows")
     ap.add_argument("--cap", action="store_true",
                     help="add the 'cap' row: the default black-box parameterisation "
                          "optimised with exact gradients")
@@ -221,6 +224,7 @@ def main() -> None:
     variants: dict[str, tuple[str, dict]] = {"PCIM": ("pcim", {})}
     if not args.no_default:
         variants["PCIM-blackbox"] = ("pcim_blackbox", {})
+        variants["PCIM-blackbox-v2"] = ("pcim_blackbox", dict(V2))
         variants["PCIM-blackbox-v1"] = ("pcim_blackbox", dict(V1))
     if args.cap:
         variants["cap"] = ("pcim_blackbox", {})

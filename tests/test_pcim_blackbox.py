@@ -8,7 +8,13 @@ import torch
 
 from napari_attribution.core.errors import InputError
 from napari_attribution.core.metrics import relevance_mass
-from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
+from napari_attribution.core.pcim import make_substrate
+from napari_attribution.core.pcim_blackbox import (
+    BlackboxPCIMConfig,
+    contrast,
+    modulation,
+    pcim_blackbox_batch,
+)
 
 REGION = (slice(4, 12), slice(12, 20))      # the only pixels the model reads (4 x 4 px cells)
 
@@ -111,9 +117,31 @@ def test_seeded_directions_and_contrast_modulation():
     assert plain[:, :, :3].std() > 0                     # the coarse field alone varies
 
 
+def test_default_modulation_is_the_deletion_contrast_so_the_blur_halo_stays_tied():
+    x = _images(n=2)
+    x[:, :, :, :6] = 0.0          # zero = the deletion substrate; the blur is not zero here
+    t = torch.ones(2, dtype=torch.long)
+    cfg = BlackboxPCIMConfig()
+    assert (cfg.modulate, cfg.substrate, cfg.preserve_substrate) == ("deletion", "zero", "blur")
+    a, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
+    edge = a[:, :, :6]            # deletion cannot change them: logit 0, one shared value
+    assert torch.allclose(edge, edge[:, :1, :1].expand_as(edge))
+    both, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, BlackboxPCIMConfig(
+        modulate="contrast", power=1.0)))
+    assert both[:, :, :6].std() > 1e-3          # the blurred substrate's halo varies
+    keep = make_substrate(x, "blur", 5.0)
+    m = modulation(x, torch.zeros_like(x), keep, "deletion", 0.5)
+    assert torch.allclose(m, contrast(x, [torch.zeros_like(x)]).sqrt())
+    assert (m[:, :, :, :6] == 0).all() and m[:, :, :, 6:].min() > 0
+    assert torch.equal(modulation(x, torch.zeros_like(x), keep, "none", 0.5),
+                       torch.ones(2, 1, 24, 24))
+
+
 def test_bad_options_are_refused_clearly():
     with pytest.raises(InputError, match="levels >= 1"):
         BlackboxPCIMConfig(levels=0)
+    with pytest.raises(InputError, match="power must be positive"):
+        BlackboxPCIMConfig(power=0.0)
     with pytest.raises(InputError, match="unknown modulate"):
         BlackboxPCIMConfig(modulate="edges")
     with pytest.raises(InputError, match="unknown black-box PCIM parameter"):

@@ -7,11 +7,16 @@ autograd through the model. The full-resolution logits are a low-dimensional fie
     l = m ⊙ U(c),
 
 ``c`` one logit per ``cell`` x ``cell`` pixels, ``U`` bilinear upsampling and ``m`` the
-pixel's *contrast* ``|x − s|`` (summed over channels, both games' substrates, scaled to
-mean one over the image). The blend ``s + a(x − s)`` cannot change a pixel that equals
-its substrate, and gradient PCIM's update of a pixel logit is proportional to
-``x − s`` too; the contrast gives the coarse field the image's fine structure (strokes,
-edges) for free. ``modulate="none"`` drops it (plain coarse logits).
+pixel's *contrast* to the deletion game's substrate, ``|x − s|`` summed over channels,
+scaled to mean one over the image and raised to ``power`` (``modulate="deletion"``, the
+default). The blend ``s + a(x − s)`` cannot change a pixel that equals its substrate,
+and gradient PCIM's update of a pixel logit is proportional to ``x − s`` too; the
+contrast gives the coarse field the image's fine structure (strokes, edges) for free.
+``modulate="contrast"`` sums the contrast to both games' substrates (the previous
+default: with the blurred preservation substrate it also lifts the halo around every
+stroke, which ROAD then removes first: MNIST ROAD 1.17x gradient PCIM's on the tuning
+digits, against 1.02x with the deletion contrast to the power 0.75);
+``modulate="none"`` drops the modulation (plain coarse logits).
 
 The gradient of the game's loss with respect to ``c`` is estimated by antithetic
 natural-evolution-strategy sampling (Wierstra et al. 2014; Salimans et al. 2017): for
@@ -51,7 +56,7 @@ from .errors import InputError
 from .pcim import SUBSTRATES, _target_loss, blend, make_substrate, mixing_weights
 from .progress import Progress
 
-MODULATIONS = ("contrast", "none")
+MODULATIONS = ("deletion", "contrast", "none")
 
 
 @dataclass
@@ -69,7 +74,8 @@ class BlackboxPCIMConfig:
     lr: float = 0.15
     cell: int = 4
     levels: int = 3
-    modulate: str = "contrast"
+    modulate: str = "deletion"
+    power: float = 0.75
     orthogonal: bool = True
     max_forward: int | None = None
     substrate: str = "zero"
@@ -82,8 +88,9 @@ class BlackboxPCIMConfig:
         for name in ("steps", "samples", "cell", "levels"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"black-box PCIM needs {name} >= 1; got {getattr(self, name)}")
-        if not (self.sigma > 0 and self.lr > 0):
-            raise InputError(f"sigma and lr must be positive; got {self.sigma}, {self.lr}")
+        if not (self.sigma > 0 and self.lr > 0 and self.power > 0):
+            raise InputError(f"sigma, lr and power must be positive; got {self.sigma}, "
+                             f"{self.lr}, {self.power}")
         if self.max_forward is not None and self.max_forward < 2 * self.samples:
             raise InputError(f"max_forward must allow one step (2 x samples = "
                              f"{2 * self.samples} forward passes); got {self.max_forward}")
@@ -118,6 +125,18 @@ def contrast(x: torch.Tensor, substrates: list[torch.Tensor]) -> torch.Tensor:
     m = sum((x - s).abs().sum(1, keepdim=True) for s in substrates)
     mean = m.flatten(1).mean(1).view(-1, 1, 1, 1)
     return torch.where(mean > 0, m / mean.clamp_min(1e-30), torch.ones_like(m))
+
+
+def modulation(x: torch.Tensor, delete_sub: torch.Tensor, keep_sub: torch.Tensor,
+               kind: str, power: float) -> torch.Tensor:
+    """(B, 1, H, W) per-pixel factor of the coarse logits (see the module docstring):
+    the mean-one contrast to the deletion substrate (``"deletion"``) or to both
+    substrates (``"contrast"``), raised to ``power``; ones for ``"none"``."""
+    if kind == "none":
+        return torch.ones_like(x[:, :1])
+    subs = [delete_sub] if kind == "deletion" else [delete_sub, keep_sub]
+    m = contrast(x, subs)
+    return m if power == 1 else m ** power
 
 
 def _gaussian(gen: torch.Generator, b: int, k: int, d: int, orthogonal: bool) -> torch.Tensor:
@@ -173,10 +192,7 @@ def pcim_blackbox_batch(model, x: torch.Tensor, targets: torch.Tensor,
         delete_sub = make_substrate(x, cfg.substrate, cfg.blur_sigma)
         keep_kind = cfg.preserve_substrate or cfg.substrate
         keep_sub = make_substrate(x, keep_kind, cfg.blur_sigma)
-        if cfg.modulate == "contrast":
-            mod = contrast(x, [delete_sub, keep_sub])
-        else:
-            mod = torch.ones(b, 1, h, w, device=x.device, dtype=x.dtype)
+        mod = modulation(x, delete_sub, keep_sub, cfg.modulate, cfg.power)
         mod_rep = mod[rep]
         logits = torch.zeros(b, 1, gh, gw, device=x.device, dtype=x.dtype)
     for step in range(n_steps):
