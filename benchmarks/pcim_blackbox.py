@@ -226,7 +226,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", choices=("tuning", "report"), default="report")
     ap.add_argument("--n-images", type=int, default=None,
-                    help="images per set (default 16 for tuning, 64 for report)")
+                    help="images per set (default 160 for tuning, 64 for report)")
     ap.add_argument("--sets", default="mnist,synthetic")
     ap.add_argument("--variants", default=None,
                     help="JSON {label: params} of extra black-box variants")
@@ -244,7 +244,7 @@ def main() -> None:
                     help="folder to keep trained models and images between runs")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    n = args.n_images or (16 if args.split == "tuning" else 64)
+    n = args.n_images or (160 if args.split == "tuning" else 64)
     torch.set_num_threads(args.threads)
     variants: dict[str, tuple[str, dict]] = {"PCIM": ("pcim", {})}
     if not args.no_default:
