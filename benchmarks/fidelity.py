@@ -19,8 +19,13 @@ reports on what was not tuned on:
   bootstrap interval of PCIM minus each baseline (same images).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fidelity.py [--quick] [--sets synthetic,mnist]
+        [--methods PCIM-blackbox --merge]
 
-Prints markdown tables; writes JSON to benchmarks/results/fidelity.json.
+Prints markdown tables; writes JSON to benchmarks/results/fidelity.json. ``--methods``
+runs only some columns (gradient PCIM always runs too: the paired intervals need its
+per-image scores); ``--merge`` writes them into the existing JSON, the other columns
+kept as they were (``column_runs`` says which run produced which column; the models must
+come out the same, checked by their accuracy).
 """
 
 from __future__ import annotations
@@ -134,19 +139,20 @@ def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict, ba
                       "backward_per_image": passes["backward"] / n}
 
 
-def run_set(s: dict, batch: int, seed: int) -> dict:
+def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None) -> dict:
     model, x, t = s["model"], s["images"], s["targets"]
     scores: dict[str, dict[str, np.ndarray]] = {}
     cost: dict[str, dict] = {}
-    for label, (method, params) in VARIANTS.items():
+    variants = {k: v for k, v in VARIANTS.items() if labels is None or k in labels}
+    for label, (method, params) in variants.items():
         maps, cost[label] = attribute(model, x, t, method, params, batch, seed)
         scores[label] = {m: FIDELITY_METRICS[m].scores(model, x, maps, t, seed=seed)
                          for m in (*INDEPENDENT, *TRAINED)}
     summary: dict[str, dict] = {}
-    for label in VARIANTS:
+    for label in variants:
         summary[label] = {m: bootstrap_interval(v, seed=seed) for m, v in scores[label].items()}
     paired: dict[str, dict] = {}
-    for label in VARIANTS:
+    for label in variants:
         if label == "PCIM":
             continue
         paired[label] = {m: bootstrap_interval(scores["PCIM"][m] - scores[label][m], seed=seed)
@@ -154,6 +160,37 @@ def run_set(s: dict, batch: int, seed: int) -> dict:
     return {"summary": summary, "paired_pcim_minus": paired, "cost": cost,
             "n_images": int(x.shape[0]), "model_accuracy": s["model_accuracy"],
             "note": s["note"], "trained_on": trained_perturbations("pcim")}
+
+
+def merge(old: dict, new: dict, labels: list[str], stamp: dict) -> dict:
+    """``old``'s results with the columns ``labels`` (and their paired intervals against
+    PCIM) taken from ``new``; refuses sets whose model accuracy differs (another model)."""
+    out = json.loads(json.dumps(old["results"]))
+    for name, r in new.items():
+        if name not in out:
+            raise SystemExit(f"--merge: set {name} is not in the existing results")
+        if abs(out[name]["model_accuracy"] - r["model_accuracy"]) > 1e-6:
+            raise SystemExit(f"--merge: {name}'s model differs from the stored run's "
+                             f"(accuracy {r['model_accuracy']} vs "
+                             f"{out[name]['model_accuracy']}); rerun every column")
+        for label in labels:
+            out[name]["summary"][label] = r["summary"][label]
+            out[name]["cost"][label] = r["cost"][label]
+            if label != "PCIM":
+                out[name]["paired_pcim_minus"][label] = r["paired_pcim_minus"][label]
+    runs = old.get("column_runs") or {label: {"date": old["date"]} for label in VARIANTS}
+    runs.update({label: stamp for label in labels})
+    return {"results": out, "column_runs": runs}
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _better(metric: str, diff_interval: tuple[float, float, float]) -> bool | None:
@@ -190,6 +227,16 @@ def check_targets(results: dict) -> list[dict]:
 
 def _cell(ci: tuple) -> str:
     return f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]"
+
+
+def markdown_subset(results: dict) -> str:
+    """The columns a ``--methods`` run produced, one line per set and metric."""
+    lines = []
+    for set_name, r in results.items():
+        for label, summary in r["summary"].items():
+            lines.append(f"{set_name} {label}: " + ", ".join(
+                f"{m} {_cell(v)}" for m, v in summary.items()))
+    return "\n".join(lines)
 
 
 def markdown(results: dict, targets: list[dict]) -> str:
@@ -230,7 +277,21 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="report-well choice, bootstrap")
     ap.add_argument("--sets", default="synthetic,mnist,bbbc013")
     ap.add_argument("--quick", action="store_true", help="12 images, 3 epochs (smoke run)")
+    ap.add_argument("--methods", default=None,
+                    help=f"comma-separated columns to run (of {', '.join(VARIANTS)}); "
+                         "PCIM always runs as the paired reference")
+    ap.add_argument("--merge", action="store_true",
+                    help="write the --methods columns into the existing JSON")
     args = ap.parse_args()
+    labels = None
+    if args.methods:
+        labels = [v.strip() for v in args.methods.split(",") if v.strip()]
+        unknown = sorted(set(labels) - set(VARIANTS))
+        if unknown:
+            raise SystemExit(f"unknown --methods {unknown}; known: {list(VARIANTS)}")
+    if args.merge and not labels:
+        raise SystemExit("--merge needs --methods")
+    run_labels = None if labels is None else ["PCIM"] + [v for v in labels if v != "PCIM"]
     if args.quick:
         args.n_images, args.epochs = 12, 3
     torch.set_num_threads(args.threads)
@@ -252,18 +313,35 @@ def main() -> None:
     results = {}
     for name, s in sets.items():
         t0 = time.perf_counter()
-        results[name] = run_set(s, args.batch, args.seed)
+        results[name] = run_set(s, args.batch, args.seed, run_labels)
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    import os
+
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    machine = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+               f"{torch.get_num_threads()} CPU thread(s)")
+    pa.RESULTS.mkdir(parents=True, exist_ok=True)
+    out = pa.RESULTS / ("fidelity_quick.json" if args.quick else "fidelity.json")
+    stamp = {"date": date, "commit": _git_commit(), "load_average": list(os.getloadavg())}
+    if args.merge:
+        old = json.loads(out.read_text())
+        merged = merge(old, results, labels, stamp)
+        results, extra = merged["results"], {"column_runs": merged["column_runs"]}
+        date, machine, old_args = old["date"], old["machine"], old["args"]
+        extra["merge_args"] = vars(args)
+        args_out = old_args
+    elif labels is not None:
+        print(markdown_subset(results))
+        print("(--methods without --merge: nothing written)")
+        return
+    else:
+        extra, args_out = {"column_runs": {label: stamp for label in VARIANTS}}, vars(args)
     targets = check_targets(results)
     table = markdown(results, targets)
     print(table)
-    pa.RESULTS.mkdir(parents=True, exist_ok=True)
-    out = pa.RESULTS / ("fidelity_quick.json" if args.quick else "fidelity.json")
     out.write_text(json.dumps({
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, torch "
-                   f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s)",
-        "args": vars(args), "variants": {k: list(v) for k, v in VARIANTS.items()},
+        "date": date, "machine": machine, "args": args_out,
+        "variants": {k: list(v) for k, v in VARIANTS.items()}, **extra,
         "results": results, "targets": targets, "markdown": table}, indent=2))
     print(f"written to {out}")
 

@@ -7,14 +7,15 @@ time ratio is measured under the same load); passes are counted with forward hoo
 
 Images (the models are those of ``fidelity.py``):
 
-* ``--split tuning``: what black-box PCIM's defaults were chosen on: the first
-  ``--n-images`` of MNIST digits 8000-8031 (``pcim_tuning.py``'s tuning digits), synthetic
-  cells of generator seed 1 (``pixel_attribution.py``'s evaluation set);
-* ``--split report`` (default): fresh images: MNIST digits from 8032 on (after every
-  tuning digit), synthetic cells of generator seed 2.
+* ``--split tuning``: what black-box PCIM's defaults were chosen on: MNIST digits
+  8000-8031 (``pcim_tuning.py``'s tuning digits) and, past 32 images, digits from 9000 on;
+  synthetic cells of generator seed 1 (``pixel_attribution.py``'s evaluation set);
+* ``--split report`` (default): fresh images: MNIST digits from 8032 on (at most 968, so
+  never a tuning digit), synthetic cells of generator seed 2.
 
 Rows: gradient PCIM, black-box PCIM with its defaults, the previous black-box defaults
-(``PCIM-blackbox-v1``: 8 steps x 8 white-noise directions on 4 px cells, 129 passes),
+(``PCIM-blackbox-v2``: logits modulated by the contrast to both substrates, power 1;
+``PCIM-blackbox-v1``: 8 steps x 8 white-noise directions on 4 px cells, 129 passes),
 with ``--cap`` the default black-box parameterisation optimised with exact gradients
 (what a perfect gradient estimate would reach), and any ``--variants``. Reported: ROAD
 MoRF and deletion to the channel means (``fidelity.py``'s headline metrics), each with
@@ -51,8 +52,35 @@ METRICS = ("road_morf", "deletion_mean")
 TARGET_FIDELITY = 1.10        # black-box ROAD MoRF at most 10 % above gradient PCIM's
 TARGET_TIME = 4.0             # at most 4x gradient PCIM's time
 #: black-box PCIM's defaults before issue #14's rework
-V1 = {"steps": 8, "samples": 8, "sigma": 0.5, "lr": 0.25, "levels": 1, "modulate": "none",
-      "orthogonal": False}
+V1 = {"steps": 8, "samples": 8, "sigma": 0.5, "lr": 0.25, "cell": 4, "levels": 1,
+      "modulate": "none", "orthogonal": False}
+#: black-box PCIM's defaults of issue #14's first rework (its orthogonal directions had
+#: Gaussian lengths; they now have equal lengths)
+V2 = {"steps": 6, "samples": 4, "cell": 4, "levels": 3, "modulate": "contrast", "power": 1.0}
+#: the tuning split's MNIST digits continue at 8000 + TUNING_MORE past its first 32
+TUNING_MORE = 1000
+
+
+def mnist_indices(split: str, n: int) -> np.ndarray:
+    """Positions (after digit 8000, the first the model did not train on) of a split's
+    MNIST digits: tuning = 8000-8031 (``pcim_tuning.py``'s tuning digits), then from 9000
+    on; report = from 8032 on. The two never share a digit."""
+    if split == "tuning":
+        return np.r_[np.arange(min(n, 32)), TUNING_MORE + np.arange(max(0, n - 32))]
+    if n > TUNING_MORE - 32:
+        raise SystemExit(f"--n-images {n}: the report digits would reach the tuning digits "
+                         f"from {8000 + TUNING_MORE} on (at most {TUNING_MORE - 32})")
+    return 32 + np.arange(n)
+
+
+def _digit_note(digits: np.ndarray) -> str:
+    runs, start = [], digits[0]
+    for a, b in zip(digits[:-1], digits[1:], strict=True):
+        if b != a + 1:
+            runs.append(f"{start}-{a}")
+            start = b
+    runs.append(f"{start}-{digits[-1]}")
+    return "MNIST digits " + ", ".join(runs)
 
 
 def load_set(name: str, split: str, n: int, epochs: int, cache: Path | None) -> dict | None:
@@ -61,12 +89,12 @@ def load_set(name: str, split: str, n: int, epochs: int, cache: Path | None) -> 
     if path is not None and path.exists():
         return torch.load(path, weights_only=False)
     if name == "mnist":
-        first = 0 if split == "tuning" else 32          # pcim_tuning.py used the first 32
-        s = pa.mnist_set(first + n)
+        idx = mnist_indices(split, n)
+        s = pa.mnist_set(int(idx.max()) + 1)
         if s is None:
             return None
-        s = {"model": s["model"], "images": s["images"][first:], "targets": s["targets"][first:],
-             "note": f"MNIST digits {8000 + first}-{8000 + first + n - 1}"}
+        s = {"model": s["model"], "images": s["images"][idx], "targets": s["targets"][idx],
+             "note": _digit_note(idx + 8000)}
     else:
         from napari_attribution.core.synthetic import make_cell_phenotype
 
@@ -94,21 +122,21 @@ def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict,
 
 
 def lowdim_gradient(model, x: np.ndarray, t: np.ndarray, params: dict) -> np.ndarray:
-    """The black-box parameterisation (contrast-modulated 4 px logits) optimised with
+    """The black-box parameterisation (contrast-modulated coarse logits) optimised with
     *exact* gradients through the model, PCIM's normalised steps and hybrid game: what
     black-box PCIM could reach with a perfect gradient estimate (``--cap`` row)."""
     from torch.nn import functional as F
 
     from napari_attribution.core.pcim import _target_loss, blend, make_substrate, mixing_weights
-    from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig, contrast
+    from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig, modulation
 
     cfg = BlackboxPCIMConfig(**params)
     xt, tt = torch.from_numpy(np.asarray(x, np.float32)), torch.as_tensor(t).long()
     b, _, h, w = xt.shape
     dele, keep = make_substrate(xt, cfg.substrate), make_substrate(
         xt, cfg.preserve_substrate or cfg.substrate, cfg.blur_sigma)
-    mod = contrast(xt, [dele, keep]) if cfg.modulate == "contrast" else torch.ones(b, 1, h, w)
-    c = torch.zeros(b, 1, -(-h // cfg.cell), -(-w // cfg.cell), requires_grad=True)
+    mod = modulation(xt, dele, keep, cfg.modulate, cfg.power)
+    c = torch.zeros(b, 1, *cfg.coarse_shape(h, w), requires_grad=True)
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -198,12 +226,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", choices=("tuning", "report"), default="report")
     ap.add_argument("--n-images", type=int, default=None,
-                    help="images per set (default 16 for tuning, 64 for report)")
+                    help="images per set (default 160 for tuning, 64 for report)")
     ap.add_argument("--sets", default="mnist,synthetic")
     ap.add_argument("--variants", default=None,
                     help="JSON {label: params} of extra black-box variants")
     ap.add_argument("--no-default", action="store_true",
-                    help="leave out the default and v1 black-box rows")
+                    help="leave out the default, v2 and v1 black-box rows")
     ap.add_argument("--cap", action="store_true",
                     help="add the 'cap' row: the default black-box parameterisation "
                          "optimised with exact gradients")
@@ -216,11 +244,12 @@ def main() -> None:
                     help="folder to keep trained models and images between runs")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    n = args.n_images or (16 if args.split == "tuning" else 64)
+    n = args.n_images or (160 if args.split == "tuning" else 64)
     torch.set_num_threads(args.threads)
     variants: dict[str, tuple[str, dict]] = {"PCIM": ("pcim", {})}
     if not args.no_default:
         variants["PCIM-blackbox"] = ("pcim_blackbox", {})
+        variants["PCIM-blackbox-v2"] = ("pcim_blackbox", dict(V2))
         variants["PCIM-blackbox-v1"] = ("pcim_blackbox", dict(V1))
     if args.cap:
         variants["cap"] = ("pcim_blackbox", {})

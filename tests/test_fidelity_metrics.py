@@ -150,3 +150,34 @@ def test_blackbox_pcim_finds_the_spot_with_forward_passes_only():
         _run(explain(model, x, 1, method="pcim_blackbox", per_channel=True, device="cpu"))
     with pytest.raises(InputError, match="samples >= 1"):
         _run(explain(model, x, 1, method="pcim_blackbox", samples=0, device="cpu"))
+
+
+def test_fidelity_benchmark_merges_single_columns_only_onto_the_same_models():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fidelity
+
+    def result(acc: float, value: float) -> dict:
+        cols = {label: {"road_morf": (value, value - 0.1, value + 0.1)}
+                for label in fidelity.VARIANTS}
+        return {"model_accuracy": acc, "summary": cols,
+                "cost": {label: {"forward_per_image": value} for label in fidelity.VARIANTS},
+                "paired_pcim_minus": {label: {"road_morf": (value, 0.0, 0.0)}
+                                      for label in fidelity.VARIANTS if label != "PCIM"}}
+
+    old = {"date": "then", "results": {"cells": result(0.9, 0.5)}}
+    new = {"cells": result(0.9, 0.2)}
+    stamp = {"date": "now"}
+    out = fidelity.merge(old, new, ["PCIM-blackbox"], stamp)
+    cells = out["results"]["cells"]
+    assert cells["summary"]["PCIM-blackbox"]["road_morf"][0] == 0.2
+    assert cells["paired_pcim_minus"]["PCIM-blackbox"]["road_morf"][0] == 0.2
+    assert cells["summary"]["PCIM"]["road_morf"][0] == 0.5        # the rest kept
+    assert cells["summary"]["IG50"]["road_morf"][0] == 0.5
+    assert old["results"]["cells"]["summary"]["PCIM-blackbox"]["road_morf"][0] == 0.5
+    assert out["column_runs"]["PCIM-blackbox"] == stamp
+    assert out["column_runs"]["IG50"] == {"date": "then"}
+    with pytest.raises(SystemExit, match="model differs"):
+        fidelity.merge(old, {"cells": result(0.8, 0.2)}, ["PCIM-blackbox"], stamp)

@@ -8,9 +8,16 @@ import torch
 
 from napari_attribution.core.errors import InputError
 from napari_attribution.core.metrics import relevance_mass
-from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
+from napari_attribution.core.pcim import make_substrate
+from napari_attribution.core.pcim_blackbox import (
+    BlackboxPCIMConfig,
+    _gaussian,
+    contrast,
+    modulation,
+    pcim_blackbox_batch,
+)
 
-REGION = (slice(4, 12), slice(12, 20))      # the only pixels the model reads (4 x 4 px cells)
+REGION = (slice(8, 16), slice(16, 24))      # the only pixels the model reads: one 8 px cell
 
 
 def _run(gen):
@@ -55,7 +62,7 @@ def test_map_favours_the_only_region_the_model_reads():
     area = inside.mean()                                 # 11 % of the image
     assert (relevance_mass(maps.numpy(), np.broadcast_to(inside, maps.shape)) > 3 * area).all()
     for m in maps.numpy():
-        assert m[inside].mean() > m[~inside].mean() + 0.25
+        assert m[inside].mean() > m[~inside].mean() + 0.15
         top = np.argsort(m.ravel())[::-1][:inside.sum()]
         assert inside.ravel()[top].mean() > 2.5 * area   # chance: 1 x area
     assert len(events) == BlackboxPCIMConfig().steps
@@ -65,18 +72,46 @@ def test_forward_budget_is_respected_and_counted():
     x = _images(n=2)
     model = RegionModel()
     cfg = BlackboxPCIMConfig(samples=4, steps=10, max_forward=40)
-    assert cfg.n_steps() == 5                            # 40 // (2 * 4)
+    assert len(cfg.plan(24, 24)) == 5                    # 40 // (2 * 4)
     _, events = _run(pcim_blackbox_batch(model, x, torch.ones(2, dtype=torch.long), cfg,
                                          batch_size=5))
-    assert sum(model.calls) == 2 * 5 * 2 * 4 <= 2 * 40
+    assert sum(model.calls) == 2 * 5 * 2 * 4 == 2 * cfg.forward_passes(24, 24)
     assert max(model.calls) <= 5                         # the forward batch size holds
     assert len(events) == 5 and events[-1].total == 5
     free = RegionModel()
     _run(pcim_blackbox_batch(free, x, torch.ones(2, dtype=torch.long),
                              BlackboxPCIMConfig(samples=3, steps=4)))
     assert sum(free.calls) == 2 * 4 * 2 * 3
+    with pytest.raises(InputError, match="allows no step"):
+        BlackboxPCIMConfig(samples=4, max_forward=7).plan(24, 24)
     with pytest.raises(InputError, match="max_forward"):
-        BlackboxPCIMConfig(samples=4, max_forward=7)
+        BlackboxPCIMConfig(max_forward=1)
+
+
+def test_grid_from_image_size_and_no_more_directions_than_logits():
+    cfg = BlackboxPCIMConfig()                           # 3 cells across the shorter side
+    assert cfg.coarse_shape(28, 28) == (3, 3) and cfg.coarse_shape(48, 96) == (3, 6)
+    assert BlackboxPCIMConfig(cell=4).coarse_shape(28, 28) == (7, 7)
+    assert cfg.plan(28, 28) == [(1, 9), (1, 9)] and cfg.forward_passes(28, 28) == 36
+    wide = BlackboxPCIMConfig(samples=16, steps=4, levels=2)
+    assert wide.plan(24, 24) == [(2, 4), (2, 4), (1, 9), (1, 9)]   # 2x2, then 3x3 logits
+    model = RegionModel()
+    _run(pcim_blackbox_batch(model, _images(n=2), torch.ones(2, dtype=torch.long), wide))
+    assert sum(model.calls) == 2 * 2 * (4 + 4 + 9 + 9)
+
+
+def test_orthogonal_directions_have_equal_lengths_so_a_full_set_is_exact():
+    gen = torch.Generator().manual_seed(0)
+    eps = _gaussian(gen, 2, 9, 9, orthogonal=True)       # (B, K, d), K = d
+    assert torch.allclose(eps @ eps.transpose(1, 2), 9 * torch.eye(9).expand(2, 9, 9),
+                          atol=1e-4)
+    # The antithetic estimate of a linear function's gradient is then exact.
+    g = torch.randn(9)
+    est = ((eps @ g)[..., None] * eps).sum(1) / 9        # sigma cancels for a linear loss
+    assert torch.allclose(est, g.expand(2, 9), atol=1e-4)
+    iid = _gaussian(gen, 2, 9, 9, orthogonal=False)
+    assert not torch.allclose(((iid @ g)[..., None] * iid).sum(1) / 9, g.expand(2, 9),
+                              atol=0.1)
 
 
 def test_no_autograd_graph_and_the_callers_grad_mode_is_left_alone():
@@ -97,11 +132,11 @@ def test_seeded_directions_and_contrast_modulation():
     x = _images(n=2)
     x[:, :, :, :3] = 0.0                                 # equal to the zero substrate ...
     t = torch.ones(2, dtype=torch.long)
-    cfg = BlackboxPCIMConfig(substrate="zero", preserve_substrate="zero")
+    cfg = BlackboxPCIMConfig(substrate="zero", preserve_substrate="zero", samples=4)
     a, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
     b, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
     c, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, BlackboxPCIMConfig(
-        substrate="zero", preserve_substrate="zero", seed=1)))
+        substrate="zero", preserve_substrate="zero", samples=4, seed=1)))
     assert torch.equal(a, b) and not torch.allclose(a, c)
     # ... so no blend can change those pixels: their logit stays 0, one shared value.
     edge = a[:, :, :3]
@@ -111,9 +146,33 @@ def test_seeded_directions_and_contrast_modulation():
     assert plain[:, :, :3].std() > 0                     # the coarse field alone varies
 
 
+def test_default_modulation_is_the_deletion_contrast_so_the_blur_halo_stays_tied():
+    x = _images(n=2)
+    x[:, :, :, :6] = 0.0          # zero = the deletion substrate; the blur is not zero here
+    t = torch.ones(2, dtype=torch.long)
+    cfg = BlackboxPCIMConfig()
+    assert (cfg.modulate, cfg.substrate, cfg.preserve_substrate) == ("deletion", "zero", "blur")
+    a, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
+    edge = a[:, :, :6]            # deletion cannot change them: logit 0, one shared value
+    assert torch.allclose(edge, edge[:, :1, :1].expand_as(edge))
+    both, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, BlackboxPCIMConfig(
+        modulate="contrast", power=1.0)))
+    assert both[:, :, :6].std() > 1e-3          # the blurred substrate's halo varies
+    keep = make_substrate(x, "blur", 5.0)
+    m = modulation(x, torch.zeros_like(x), keep, "deletion", 0.5)
+    assert torch.allclose(m, contrast(x, [torch.zeros_like(x)]).sqrt())
+    assert (m[:, :, :, :6] == 0).all() and m[:, :, :, 6:].min() > 0
+    assert torch.equal(modulation(x, torch.zeros_like(x), keep, "none", 0.5),
+                       torch.ones(2, 1, 24, 24))
+
+
 def test_bad_options_are_refused_clearly():
     with pytest.raises(InputError, match="levels >= 1"):
         BlackboxPCIMConfig(levels=0)
+    with pytest.raises(InputError, match="grid >= 1"):
+        BlackboxPCIMConfig(grid=0)
+    with pytest.raises(InputError, match="power must be positive"):
+        BlackboxPCIMConfig(power=0.0)
     with pytest.raises(InputError, match="unknown modulate"):
         BlackboxPCIMConfig(modulate="edges")
     with pytest.raises(InputError, match="unknown black-box PCIM parameter"):
