@@ -22,6 +22,19 @@ class SpotModel(nn.Module):
         return torch.stack([torch.full_like(s, 1.0), s], 1)
 
 
+class BlindModel(nn.Module):
+    """Has a convolution (so its channels can be inferred) but ignores the image:
+    class 0 always wins, no pixel carries evidence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.conv(x).mean((1, 2, 3)) * 0.0
+        return torch.stack([s + 2.0, s - 1.0], 1)
+
+
 def spot_images(n: int = 3, size: int = 24, c: int = 2, seed: int = 0):
     """Low noise with one bright 5x5 spot per image in channel 0; returns images, masks."""
     rng = np.random.default_rng(seed)

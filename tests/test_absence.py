@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attribution_models import SpotModel, small_cnn, spot_images
+from attribution_models import BlindModel, SpotModel, small_cnn, spot_images
 from napari_attribution.core.attribution import explain
 from napari_attribution.core.contrast import ContrastModel
 from napari_attribution.core.errors import InputError
@@ -101,21 +101,9 @@ def test_contrast_errors():
         run_generator(explain(model, x, 0, contrast=[1, 2], device="cpu"))
 
 
-class _Blind(nn.Module):
-    """Has a convolution (so its channels can be inferred) but ignores the image."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.conv(x).mean((1, 2, 3)) * 0.0
-        return torch.stack([s + 2.0, s - 1.0], 1)
-
-
 def test_evidence_none_for_a_blind_model_localised_for_a_spot_model():
     x, masks = spot_images(n=4, size=24)
-    blind = run_generator(explain(_Blind(), x, 0, device="cpu", evidence=True, steps=4))
+    blind = run_generator(explain(BlindModel(), x, 0, device="cpu", evidence=True, steps=4))
     assert blind.evidence["state"] == ["none"] * 4
     assert blind.no_evidence() == [0, 1, 2, 3]
     assert np.allclose(blind.evidence["gain"], 0, atol=1e-6)
@@ -220,7 +208,7 @@ def test_cli_contrast_and_no_evidence_warning(tmp_path, capsys):
                  "--device", "cpu", "-q", "--overwrite"]) == 2
     assert "same class" in capsys.readouterr().err
     blind = tmp_path / "blind.pt"
-    torch.jit.save(torch.jit.script(_Blind()), str(blind))
+    torch.jit.save(torch.jit.script(BlindModel()), str(blind))
     assert main(["explain", str(blind), str(img), "--param", "steps=3", "--device", "cpu",
                  "-q", "-o", str(tmp_path / "b.ome.tif")]) == 0
     out = capsys.readouterr().out

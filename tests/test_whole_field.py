@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from attribution_models import SpotModel, small_cnn
+from attribution_models import BlindModel, SpotModel, small_cnn
 from napari_attribution.core import field as F
 from napari_attribution.core.attribution import explain
 from napari_attribution.core.errors import InputError
@@ -318,7 +318,7 @@ def test_evidence_check_on_tiled_fields():
         assert ev["gain"][0] > 0.2 and res.no_evidence() == []
         assert res.provenance()["evidence"]["state"] == ["localised"]
     # a model blind to the image: nothing localises, tiled or not
-    blind = run_generator(explain(QuadSpotBlind(), x[None], 1, **kw))
+    blind = run_generator(explain(BlindModel(), x[None], 1, **kw))
     assert blind.evidence["state"] == ["none"] and blind.no_evidence() == [0]
     # the truth localises, a random map does not; one tile = the untiled check
     model = SpotModel().eval()
@@ -331,13 +331,3 @@ def test_evidence_check_on_tiled_fields():
     np.testing.assert_allclose(one["gain"], ref["gain"], atol=1e-5)
 
 
-class QuadSpotBlind(nn.Module):
-    """Ignores the image (a convolution so that its channels can be inferred)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.conv(x).mean((1, 2, 3)) * 0.0
-        return torch.stack([s + 2.0, s - 1.0], 1)
