@@ -326,13 +326,12 @@ def _evidence(model, x_np, result: AttributionResult, dev, batch_size: int,
     from .evidence import evidence_check, evidence_check_tiled
 
     if tile is not None:
-        fast = fast_copy(model, channels_last=channels_last_for(dev))
         per_pass = min(batch_size, 2) if dev.type == "cpu" else batch_size
 
         def check(net, x, maps, targets, batch_size, device):
-            return evidence_check_tiled(fast if net is model else fast_copy(
-                net, channels_last=channels_last_for(dev)), x, maps, targets, tile,
-                batch_size=per_pass, device=device)
+            fast = fast_copy(net, channels_last=channels_last_for(dev))
+            return evidence_check_tiled(fast, x, maps, targets, tile,
+                                        batch_size=per_pass, device=device)
     else:
         check = evidence_check
     net, tgt = model, result.targets
