@@ -336,3 +336,44 @@ def test_napari_opens_the_store_as_a_plate_with_napari_ome_zarr(make_napari_view
     assert all(tuple(layer.scale) == (2.0, 2.0) for layer in layers)
     store = BatchStore.open(store_path)  # well A/1, field 0 is the top-left tile
     np.testing.assert_array_equal(np.asarray(data[1][:H, :W]), store.maps("pcim")[0][1])
+
+
+@pytest.mark.parametrize("shape,chunks,step", [((2, 37, 53), (2, 8, 16), 3),
+                                                ((1, 64, 64), (1, 16, 16), 16),
+                                                ((3, 10, 9), (3, 10, 9), 4),
+                                                ((1, 20, 20), (1, 7, 5), 1)])
+def test_strided_sample_reads_chunk_by_chunk_and_equals_a_strided_read(
+        tmp_path, shape, chunks, step):
+    import zarr
+
+    from napari_attribution.batch.store import strided_sample
+
+    values = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=shape, chunks=chunks,
+                            dtype="float32")
+    arr[:] = values
+    reads = []
+
+    class Counting:  # records each read's extent
+        shape, chunks, dtype = arr.shape, arr.chunks, arr.dtype
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return arr[key]
+
+    out = strided_sample(Counting(), step)
+    np.testing.assert_array_equal(out, values[:, ::step, ::step])
+    for _, ys, xs in reads:  # no read spans more than one chunk
+        assert ys.start // chunks[1] == (ys.stop - 1) // chunks[1]
+        assert xs.start // chunks[2] == (xs.stop - 1) // chunks[2]
+
+
+def test_release_freed_memory_is_safe_to_call():
+    from napari_attribution.batch.regions import _malloc_trim, release_freed_memory
+
+    release_freed_memory()
+    release_freed_memory()
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert _malloc_trim() is not None

@@ -201,6 +201,24 @@ def _clone_field(root: Path, template: str, new: str, attrs: dict[str, Any]) -> 
     (folder / ".zattrs").write_text(json.dumps(attrs))
 
 
+def strided_sample(arr: Any, step: int) -> np.ndarray:
+    """``arr[..., ::step, ::step]`` of a chunked (C, H, W) array read one chunk at a time,
+    so that at most one decoded chunk is held besides the sample (a strided read of the
+    whole array decodes every chunk it touches at once)."""
+    c, h, w = (int(n) for n in arr.shape)
+    ch, cw = (int(n) for n in arr.chunks[-2:])
+    out = np.empty((c, -(-h // step), -(-w // step)), np.dtype(arr.dtype))
+    for y0 in range(0, h, ch):
+        ys = -(-y0 // step) * step  # the first sampled row in this band of chunks
+        for x0 in range(0, w, cw):
+            xs = -(-x0 // step) * step
+            if ys < min(y0 + ch, h) and xs < min(x0 + cw, w):
+                block = np.asarray(arr[:, ys:y0 + ch:step, xs:x0 + cw:step])
+                out[:, ys // step:ys // step + block.shape[1],
+                    xs // step:xs // step + block.shape[2]] = block
+    return out
+
+
 def map_mass(methods: Sequence[str], maps: dict[str, np.ndarray]
              ) -> dict[str, np.ndarray | None]:
     """Per method, the sum of absolute values of each channel of a per-channel (C, H, W)
@@ -486,7 +504,7 @@ class BatchStore:
         # heatmap_style looks at a million values at most: read every step-th pixel, not
         # a whole (possibly 20000²) field
         step = max(1, math.ceil(math.sqrt(arr.shape[-2] * arr.shape[-1] / MAX_SAMPLES)))
-        maps = np.asarray(arr[:, ::step, ::step])
+        maps = strided_sample(arr, step)
         labels = [m if c is None else f"{m} {c}" for m, c in meta["map_rows"]]
         image = ngff.image_attrs(labels, float(meta.get("downsample", 1)),
                                  [ngff.map_window(plane) for plane in maps])
