@@ -17,10 +17,12 @@ FAST = {"integrated_gradients": {"n_steps": 8}, "rise": {"n_masks": 64, "chunk":
 
 
 @pytest.mark.parametrize("method", sorted(FAST))
-def test_baseline_shapes(method):
+def test_baseline_shapes(method, recwarn):
     x = np.random.default_rng(0).normal(size=(2, 2, 16, 16)).astype(np.float32)
     res = run_generator(explain(small_cnn(), x, [0, 2], method=method, device="cpu",
                                 **FAST[method]))
+    # no library warning reaches the user (Captum's "did not already require gradients")
+    assert not [w for w in recwarn if "captum" in str(w.filename)], method
     assert res.maps.shape == (2, 16, 16) and np.isfinite(res.maps).all()
     assert res.method == method and res.targets.tolist() == [0, 2]
     if method != "gradcam":

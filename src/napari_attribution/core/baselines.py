@@ -46,6 +46,7 @@ def saliency(model, x, targets, per_channel=False, **params) -> MapGenerator:
     from captum.attr import Saliency
 
     _check_params("saliency", params, set())
+    x = x.detach().requires_grad_(True)  # Captum warns when it has to set this itself
     attr = Saliency(model).attribute(x, target=targets, abs=True)
     yield Progress(1, 1, "saliency")
     return _reduce(attr, per_channel, "absmax").detach()
