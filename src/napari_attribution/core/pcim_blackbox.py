@@ -63,6 +63,7 @@ from .pcim import SUBSTRATES, _target_loss, blend, make_substrate, mixing_weight
 from .progress import Progress
 
 MODULATIONS = ("deletion", "contrast", "none")
+DIFFERENCES = ("central", "forward")
 
 
 @dataclass
@@ -84,6 +85,7 @@ class BlackboxPCIMConfig:
     modulate: str = "deletion"
     power: float = 0.75
     orthogonal: bool = True
+    difference: str = "central"
     max_forward: int | None = None
     substrate: str = "zero"
     preserve_substrate: str | None = "blur"
@@ -101,6 +103,9 @@ class BlackboxPCIMConfig:
         if self.max_forward is not None and self.max_forward < 2:
             raise InputError(f"max_forward must allow one step (at least 2 forward passes); "
                              f"got {self.max_forward}")
+        if self.difference not in DIFFERENCES:
+            raise InputError(f"unknown difference {self.difference!r}; use one of "
+                             f"{DIFFERENCES}")
         if self.modulate not in MODULATIONS:
             raise InputError(f"unknown modulate {self.modulate!r}; use one of {MODULATIONS}")
         for name in ("substrate", "preserve_substrate"):
@@ -140,14 +145,20 @@ class BlackboxPCIMConfig:
                 factor = 2 ** (int(self.levels) - 1 - (step * int(self.levels)) // n)
                 dims = math.ceil(gh / factor) * math.ceil(gw / factor)
                 out.append((factor, min(int(self.samples), dims)))
-            if self.max_forward is None or 2 * sum(k for _, k in out) <= self.max_forward:
+            if self.max_forward is None or sum(self.step_cost(k) for _, k in out) \
+                    <= self.max_forward:
                 return out
         raise InputError(f"max_forward={self.max_forward} allows no step: the first needs "
-                         f"{2 * out[0][1]} forward passes")
+                         f"{self.step_cost(out[0][1])} forward passes")
+
+    def step_cost(self, k: int) -> int:
+        """Forward passes per image of a step with ``k`` directions: ``2k`` (central
+        differences) or ``k + 1`` (forward differences: one shared base point)."""
+        return 2 * k if self.difference == "central" else k + 1
 
     def forward_passes(self, h: int, w: int) -> int:
         """Forward passes per image for an H x W image (``explain`` adds one)."""
-        return 2 * sum(k for _, k in self.plan(h, w))
+        return sum(self.step_cost(k) for _, k in self.plan(h, w))
 
 
 def contrast(x: torch.Tensor, substrates: list[torch.Tensor]) -> torch.Tensor:
@@ -227,17 +238,19 @@ def pcim_blackbox_batch(model, x: torch.Tensor, targets: torch.Tensor,
         keep_sub = make_substrate(x, keep_kind, cfg.blur_sigma)
         mod = modulation(x, delete_sub, keep_sub, cfg.modulate, cfg.power)
         logits = torch.zeros(b, 1, gh, gw, device=x.device, dtype=x.dtype)
+    central = cfg.difference == "central"
     for step, (factor, k) in enumerate(plan):
         delete = step % 2 == 1
+        n_cand = cfg.step_cost(k)
         with torch.inference_mode():
             sub = delete_sub if delete else keep_sub
-            rep = torch.arange(b, device=x.device).repeat_interleave(2 * k)
+            rep = torch.arange(b, device=x.device).repeat_interleave(n_cand)
             mod_rep = mod[rep]
             eps = _level_directions(gen, b, k, (gh, gw), factor,
                                     cfg.orthogonal).to(x.device, x.dtype)
-            cand = torch.cat([logits[:, None] + cfg.sigma * eps,
-                              logits[:, None] - cfg.sigma * eps], 1)   # (B, 2K, 1, gh, gw)
-            flat = cand.reshape(b * 2 * k, 1, gh, gw)
+            other = logits[:, None] - cfg.sigma * eps if central else logits[:, None]
+            cand = torch.cat([logits[:, None] + cfg.sigma * eps, other], 1)  # (B, n, 1, ..)
+            flat = cand.reshape(b * n_cand, 1, gh, gw)
             losses = []
             for i in range(0, rep.numel(), batch_size):
                 idx = rep[i:i + batch_size]
@@ -245,11 +258,11 @@ def pcim_blackbox_batch(model, x: torch.Tensor, targets: torch.Tensor,
                 a = mixing_weights([-lg if delete else lg], (h, w))
                 out = model(blend(x[idx], a, sub[idx]))
                 losses.append(_target_loss(out.float(), targets[idx], cfg.loss))
-            loss = torch.cat(losses).view(b, 2 * k).to(x.dtype)
+            loss = torch.cat(losses).view(b, n_cand).to(x.dtype)
             if delete:
                 loss = -loss
-            diff = (loss[:, :k] - loss[:, k:]).view(b, k, 1, 1, 1)
-            grad = (diff * eps).sum(1) / (2 * cfg.sigma * k)
+            diff = (loss[:, :k] - loss[:, k:]).view(b, k, 1, 1, 1)   # k: -σε or the base
+            grad = (diff * eps).sum(1) / ((2 if central else 1) * cfg.sigma * k)
             scale = cfg.lr / grad.flatten(1).abs().amax(1).clamp_min(1e-30)
             logits = logits - scale.view(b, 1, 1, 1) * grad
             mean_loss = float(loss.mean())
