@@ -10,11 +10,15 @@ Images (the models are those of ``fidelity.py``):
 * ``--split tuning``: what black-box PCIM's defaults were chosen on: MNIST digits
   8000-8031 (``pcim_tuning.py``'s tuning digits) and, past 32 images, digits from 9000 on;
   synthetic cells of generator seed 1 (``pixel_attribution.py``'s evaluation set);
+  BBBC013 crops of the six wells ``pixel_attribution.py`` holds out (A01, A02, B02, C01,
+  F01, H01), model retrained without them;
 * ``--split report`` (default): fresh images: MNIST digits from 8032 on (at most 968, so
-  never a tuning digit), synthetic cells of generator seed 2.
+  never a tuning digit), synthetic cells of generator seed 2, and ``fidelity.py``'s
+  fresh BBBC013 crops (wells C12, D12, B01, C02, G02, G12; model retrained without them).
 
 Rows: gradient PCIM, black-box PCIM with its defaults, the previous black-box defaults
-(``PCIM-blackbox-v2``: logits modulated by the contrast to both substrates, power 1;
+(``PCIM-blackbox-v3``: 3 x 3 logits, central differences, 37 passes;
+``PCIM-blackbox-v2``: logits modulated by the contrast to both substrates, power 1;
 ``PCIM-blackbox-v1``: 8 steps x 8 white-noise directions on 4 px cells, 129 passes),
 with ``--cap`` the default black-box parameterisation optimised with exact gradients
 (what a perfect gradient estimate would reach), and any ``--variants``. Reported: ROAD
@@ -54,10 +58,14 @@ TARGET_FIDELITY = 1.10        # black-box ROAD MoRF at most 10 % above gradient 
 TARGET_TIME = 4.0             # at most 4x gradient PCIM's time
 #: black-box PCIM's defaults before issue #14's rework
 V1 = {"steps": 8, "samples": 8, "sigma": 0.5, "lr": 0.25, "cell": 4, "levels": 1,
-      "modulate": "none", "orthogonal": False}
+      "modulate": "none", "orthogonal": False, "difference": "central"}
 #: black-box PCIM's defaults of issue #14's first rework (its orthogonal directions had
 #: Gaussian lengths; they now have equal lengths)
-V2 = {"steps": 6, "samples": 4, "cell": 4, "levels": 3, "modulate": "contrast", "power": 1.0}
+V2 = {"steps": 6, "samples": 4, "sigma": 0.1, "lr": 0.15, "cell": 4, "levels": 3,
+      "modulate": "contrast", "power": 1.0, "difference": "central"}
+#: black-box PCIM's defaults of issue #14's second rework: 3 x 3 logits, central differences
+#: along 9 equal-length orthogonal directions, 2 steps (37 passes)
+V3 = {"steps": 2, "samples": 9, "sigma": 0.1, "lr": 0.15, "grid": 3, "difference": "central"}
 #: the tuning split's MNIST digits continue at 8000 + TUNING_MORE past its first 32
 TUNING_MORE = 1000
 
@@ -292,6 +300,7 @@ def main() -> None:
     variants: dict[str, tuple[str, dict]] = {"PCIM": ("pcim", {})}
     if not args.no_default:
         variants["PCIM-blackbox"] = ("pcim_blackbox", {})
+        variants["PCIM-blackbox-v3"] = ("pcim_blackbox", dict(V3))
         variants["PCIM-blackbox-v2"] = ("pcim_blackbox", dict(V2))
         variants["PCIM-blackbox-v1"] = ("pcim_blackbox", dict(V1))
     if args.cap:
