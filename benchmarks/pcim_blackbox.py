@@ -10,11 +10,15 @@ Images (the models are those of ``fidelity.py``):
 * ``--split tuning``: what black-box PCIM's defaults were chosen on: MNIST digits
   8000-8031 (``pcim_tuning.py``'s tuning digits) and, past 32 images, digits from 9000 on;
   synthetic cells of generator seed 1 (``pixel_attribution.py``'s evaluation set);
+  BBBC013 crops of the six wells ``pixel_attribution.py`` holds out (A01, A02, B02, C01,
+  F01, H01), model retrained without them;
 * ``--split report`` (default): fresh images: MNIST digits from 8032 on (at most 968, so
-  never a tuning digit), synthetic cells of generator seed 2.
+  never a tuning digit), synthetic cells of generator seed 2, and ``fidelity.py``'s
+  fresh BBBC013 crops (wells C12, D12, B01, C02, G02, G12; model retrained without them).
 
 Rows: gradient PCIM, black-box PCIM with its defaults, the previous black-box defaults
-(``PCIM-blackbox-v2``: logits modulated by the contrast to both substrates, power 1;
+(``PCIM-blackbox-v3``: 3 x 3 logits, central differences, 37 passes;
+``PCIM-blackbox-v2``: logits modulated by the contrast to both substrates, power 1;
 ``PCIM-blackbox-v1``: 8 steps x 8 white-noise directions on 4 px cells, 129 passes),
 with ``--cap`` the default black-box parameterisation optimised with exact gradients
 (what a perfect gradient estimate would reach), and any ``--variants``. Reported: ROAD
@@ -31,6 +35,7 @@ disturbed one) and the time ratio to gradient PCIM.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -53,10 +58,14 @@ TARGET_FIDELITY = 1.10        # black-box ROAD MoRF at most 10 % above gradient 
 TARGET_TIME = 4.0             # at most 4x gradient PCIM's time
 #: black-box PCIM's defaults before issue #14's rework
 V1 = {"steps": 8, "samples": 8, "sigma": 0.5, "lr": 0.25, "cell": 4, "levels": 1,
-      "modulate": "none", "orthogonal": False}
+      "modulate": "none", "orthogonal": False, "difference": "central"}
 #: black-box PCIM's defaults of issue #14's first rework (its orthogonal directions had
 #: Gaussian lengths; they now have equal lengths)
-V2 = {"steps": 6, "samples": 4, "cell": 4, "levels": 3, "modulate": "contrast", "power": 1.0}
+V2 = {"steps": 6, "samples": 4, "sigma": 0.1, "lr": 0.15, "cell": 4, "levels": 3,
+      "modulate": "contrast", "power": 1.0, "difference": "central"}
+#: black-box PCIM's defaults of issue #14's second rework: 3 x 3 logits, central differences
+#: along 9 equal-length orthogonal directions, 2 steps (37 passes)
+V3 = {"steps": 2, "samples": 9, "sigma": 0.1, "lr": 0.15, "grid": 3, "difference": "central"}
 #: the tuning split's MNIST digits continue at 8000 + TUNING_MORE past its first 32
 TUNING_MORE = 1000
 
@@ -83,11 +92,53 @@ def _digit_note(digits: np.ndarray) -> str:
     return "MNIST digits " + ", ".join(runs)
 
 
+@functools.lru_cache(maxsize=2)
+def bbbc_sets(split: str, n: int, epochs: int) -> dict[str, dict]:
+    """BBBC013 positives and negatives of one split (empty without the data).
+
+    report: ``fidelity.py``'s fresh sets (its default ``--seed 1``: wells C12, D12 and
+    B01, C02, G02, G12, model retrained without them). tuning: the six wells
+    ``pixel_attribution.py`` holds out (A01, A02 and B02, C01, F01, H01; disjoint from
+    the report wells by construction), model retrained without *them*, so neither split's
+    images were trained on and tuning never sees a report well."""
+    import fidelity
+
+    if split == "report":
+        return fidelity.fresh_bbbc(n, epochs, seed=1)
+    if not (pa.DATA / "bbbc013" / "1049_Metadata.csv").exists():
+        return {}
+    from napari_attribution.io.plate import load_bbbc013, take
+
+    data = load_bbbc013(pa.DATA / "bbbc013", crop_size=48, downsample=2, per_image=24, seed=0)
+    wells = np.unique(data.groups)
+    label_of = {w: int(data.labels[data.groups == w][0]) for w in wells}
+    rng = np.random.default_rng(0)                  # as in fidelity.fresh_bbbc
+    tuning = set(rng.choice([w for w in wells if label_of[w] == 1], 2, replace=False)) | set(
+        rng.choice([w for w in wells if label_of[w] == 0], 4, replace=False))
+    held = np.isin(data.groups, list(tuning))
+    res = pa._train(take(data, np.flatnonzero(~held)), epochs)
+    out = {}
+    for name, label in (("bbbc013_pos", 1), ("bbbc013_neg", 0)):
+        idx = np.flatnonzero(held & (data.labels == label))[:n]
+        ws = ", ".join(sorted(str(w) for w in tuning if label_of[w] == label))
+        out[name] = {"model": res.model.eval(), "images": res.normalizer(data.images[idx]),
+                     "targets": data.labels[idx],
+                     "note": f"BBBC013 crops of tuning wells {ws}, model retrained without "
+                             "the six tuning wells"}
+    return out
+
+
 def load_set(name: str, split: str, n: int, epochs: int, cache: Path | None) -> dict | None:
     """Model, images and targets of one set and split (cached in ``cache`` if given)."""
     path = cache / f"{name}_{split}_{n}_{epochs}.pt" if cache else None
     if path is not None and path.exists():
         return torch.load(path, weights_only=False)
+    if name.startswith("bbbc013"):
+        sets = bbbc_sets(split, n, epochs)
+        if path is not None and name in sets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(sets[name], path)
+        return sets.get(name)
     if name == "mnist":
         idx = mnist_indices(split, n)
         s = pa.mnist_set(int(idx.max()) + 1)
@@ -227,7 +278,7 @@ def main() -> None:
     ap.add_argument("--split", choices=("tuning", "report"), default="report")
     ap.add_argument("--n-images", type=int, default=None,
                     help="images per set (default 160 for tuning, 64 for report)")
-    ap.add_argument("--sets", default="mnist,synthetic")
+    ap.add_argument("--sets", default="mnist,synthetic,bbbc013_pos,bbbc013_neg")
     ap.add_argument("--variants", default=None,
                     help="JSON {label: params} of extra black-box variants")
     ap.add_argument("--no-default", action="store_true",
@@ -249,6 +300,7 @@ def main() -> None:
     variants: dict[str, tuple[str, dict]] = {"PCIM": ("pcim", {})}
     if not args.no_default:
         variants["PCIM-blackbox"] = ("pcim_blackbox", {})
+        variants["PCIM-blackbox-v3"] = ("pcim_blackbox", dict(V3))
         variants["PCIM-blackbox-v2"] = ("pcim_blackbox", dict(V2))
         variants["PCIM-blackbox-v1"] = ("pcim_blackbox", dict(V1))
     if args.cap:
@@ -259,7 +311,7 @@ def main() -> None:
     for name in args.sets.split(","):
         s = load_set(name, args.split, n, args.epochs, args.cache)
         if s is None:
-            print(f"skipping {name}: ../shared/data/mnist not found")
+            print(f"skipping {name}: its data is not in ../shared/data")
             continue
         t0 = time.perf_counter()
         results[name] = run_set(s, variants, args.batch, args.seed, args.repeats)

@@ -71,29 +71,37 @@ def test_map_favours_the_only_region_the_model_reads():
 def test_forward_budget_is_respected_and_counted():
     x = _images(n=2)
     model = RegionModel()
-    cfg = BlackboxPCIMConfig(samples=4, steps=10, max_forward=40)
+    cfg = BlackboxPCIMConfig(samples=4, steps=10, max_forward=40, difference="central")
     assert len(cfg.plan(24, 24)) == 5                    # 40 // (2 * 4)
     _, events = _run(pcim_blackbox_batch(model, x, torch.ones(2, dtype=torch.long), cfg,
                                          batch_size=5))
     assert sum(model.calls) == 2 * 5 * 2 * 4 == 2 * cfg.forward_passes(24, 24)
     assert max(model.calls) <= 5                         # the forward batch size holds
     assert len(events) == 5 and events[-1].total == 5
+    one_sided = RegionModel()                            # forward differences: K + 1 a step
+    cfg = BlackboxPCIMConfig(samples=4, steps=10, max_forward=40)
+    assert cfg.difference == "forward" and len(cfg.plan(24, 24)) == 8     # 40 // (4 + 1)
+    _, events = _run(pcim_blackbox_batch(one_sided, x, torch.ones(2, dtype=torch.long), cfg,
+                                         batch_size=7))
+    assert sum(one_sided.calls) == 2 * 8 * 5 == 2 * cfg.forward_passes(24, 24)
+    assert len(events) == 8 and max(one_sided.calls) <= 7
     free = RegionModel()
     _run(pcim_blackbox_batch(free, x, torch.ones(2, dtype=torch.long),
-                             BlackboxPCIMConfig(samples=3, steps=4)))
+                             BlackboxPCIMConfig(samples=3, steps=4, difference="central")))
     assert sum(free.calls) == 2 * 4 * 2 * 3
     with pytest.raises(InputError, match="allows no step"):
-        BlackboxPCIMConfig(samples=4, max_forward=7).plan(24, 24)
+        BlackboxPCIMConfig(samples=4, max_forward=4).plan(24, 24)        # needs 5
     with pytest.raises(InputError, match="max_forward"):
         BlackboxPCIMConfig(max_forward=1)
 
 
 def test_grid_from_image_size_and_no_more_directions_than_logits():
-    cfg = BlackboxPCIMConfig()                           # 3 cells across the shorter side
-    assert cfg.coarse_shape(28, 28) == (3, 3) and cfg.coarse_shape(48, 96) == (3, 6)
+    cfg = BlackboxPCIMConfig()                           # 5 cells across the shorter side
+    assert cfg.coarse_shape(28, 28) == (5, 5) and cfg.coarse_shape(48, 96) == (5, 10)
     assert BlackboxPCIMConfig(cell=4).coarse_shape(28, 28) == (7, 7)
-    assert cfg.plan(28, 28) == [(1, 9), (1, 9)] and cfg.forward_passes(28, 28) == 36
-    wide = BlackboxPCIMConfig(samples=16, steps=4, levels=2)
+    assert cfg.plan(28, 28) == [(1, 25), (1, 25)] and cfg.forward_passes(28, 28) == 52
+    assert cfg.forward_passes(48, 96) == 52              # 50 logits, still 25 directions
+    wide = BlackboxPCIMConfig(samples=16, steps=4, levels=2, grid=3, difference="central")
     assert wide.plan(24, 24) == [(2, 4), (2, 4), (1, 9), (1, 9)]   # 2x2, then 3x3 logits
     model = RegionModel()
     _run(pcim_blackbox_batch(model, _images(n=2), torch.ones(2, dtype=torch.long), wide))
@@ -175,8 +183,40 @@ def test_bad_options_are_refused_clearly():
         BlackboxPCIMConfig(power=0.0)
     with pytest.raises(InputError, match="unknown modulate"):
         BlackboxPCIMConfig(modulate="edges")
+    with pytest.raises(InputError, match="unknown difference"):
+        BlackboxPCIMConfig(difference="backward")
     with pytest.raises(InputError, match="unknown black-box PCIM parameter"):
         BlackboxPCIMConfig.from_params({"coarse": 2})
     with pytest.raises(InputError, match="pixel maps only"):
         _run(pcim_blackbox_batch(RegionModel(), _images(1), torch.ones(1, dtype=torch.long),
                                  BlackboxPCIMConfig(), per_channel=True))
+
+
+def test_one_sided_and_central_estimates_agree_with_autograd_on_the_field():
+    """With K = d directions both finite differences recover the gradient of the loss with
+    respect to the coarse logits (here of a differentiable model, checked by autograd):
+    the first step's update is the normalised gradient, whatever the difference."""
+    from torch.nn import functional as F
+
+    from napari_attribution.core.pcim import _target_loss, blend, mixing_weights
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 5, padding=2), torch.nn.Tanh(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 24 * 24, 2))
+    x, t = _images(n=2, seed=3), torch.ones(2, dtype=torch.long)
+    base = dict(steps=1, grid=3, samples=9, lr=0.1, sigma=0.005)
+    maps = {d: _run(pcim_blackbox_batch(net, x, t, BlackboxPCIMConfig(**base, difference=d)))[0]
+            for d in ("forward", "central")}
+    cfg = BlackboxPCIMConfig(**base)
+    keep = make_substrate(x, "blur", 5.0)
+    mod = modulation(x, torch.zeros_like(x), keep, "deletion", cfg.power)
+    c = torch.zeros(2, 1, 3, 3, requires_grad=True)
+    lg = F.interpolate(c, size=(24, 24), mode="bilinear", align_corners=False) * mod
+    loss = _target_loss(net(blend(x, mixing_weights([lg], (24, 24)), keep)), t, cfg.loss)
+    (g,) = torch.autograd.grad(loss.sum(), c)
+    step = -cfg.lr * g / g.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
+    lg = F.interpolate(step, size=(24, 24), mode="bilinear", align_corners=False) * mod
+    exact = torch.log(mixing_weights([lg], (24, 24)))[:, 0].detach()
+    for d, m in maps.items():
+        assert torch.allclose(m, exact, atol=2e-3), d
+    assert not torch.allclose(maps["forward"], torch.zeros_like(exact), atol=1e-2)
