@@ -411,3 +411,15 @@ def test_second_run_on_a_busy_store_is_refused_and_does_no_work(tmp_path, record
         with pytest.raises(StoreBusy):
             StoreLock(out).acquire()
     StoreLock(out).acquire().release()  # released on exit
+
+
+def test_local_cluster_workers_do_not_profile():
+    """Our LocalCluster has no dashboard: its workers must not sample stacks (memory)."""
+    from napari_attribution.batch.cluster import open_client
+
+    client, release = open_client(n_workers=1, processes=False, device="cpu")
+    try:
+        profiling = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+    finally:
+        release()
+    assert list(profiling.values()) == [False]
