@@ -290,6 +290,11 @@ def test_attribution_all_images_per_channel_baseline(make_napari_viewer, qtbot, 
     assert len({tuple(ly.contrast_limits) for ly in w.last_layers}) == 1
     assert w.colour_bar.range == tuple(w.last_layers[0].contrast_limits)
     assert set(w.last_result.targets.tolist()) == {1}
+    assert w.last_result.evidence  # checked by default
+    w.evidence.setChecked(False)  # the user may skip the check (slow on whole fields)
+    w.run()
+    _wait_idle(qtbot, w)
+    assert errors == [] and not w.last_result.evidence
 
 
 def test_export_widget(make_napari_viewer, qtbot, small_cells, tiny_bundle, tmp_path,
