@@ -349,7 +349,7 @@ def _step_grads(model: torch.nn.Module, logits: list[torch.Tensor], p: torch.Ten
             obj = -obj
         reg = None
         if cfg.tv_weight:
-            reg = cfg.tv_weight * _tv(p.shape[1] * p4)
+            reg = cfg.tv_weight * _tv(p.shape[1] * p.view(p4.shape))
         if cfg.sparsity_weight:
             e = cfg.sparsity_weight * _entropy(p)
             reg = e if reg is None else reg + e
