@@ -293,7 +293,7 @@ def _loss_and_output_grad(out: torch.Tensor, targets: torch.Tensor, kind: str,
         cache["index"] = targets.view(-1, 1)
         # lse_margin: the target's -inf mask, added to the logits
         cache["mask"] = torch.zeros_like(out).masked_fill_(onehot > 0, -math.inf)
-    zt = out.gather(1, cache["index"])[:, 0]
+    zt = out.gather(1, cache["index"]).view(-1)
     if kind == "logit":
         return zt.neg(), onehot.neg()
     z = out + cache["mask"] if kind == "lse_margin" else out
@@ -358,6 +358,27 @@ def _step_grads(model: torch.nn.Module, logits: list[torch.Tensor], p: torch.Ten
             loss_i = loss_i + reg.detach()
         grads = list(torch.autograd.grad(obj, logits))
     return grads, loss_i
+
+
+def _normalised_update(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float,
+                       active: torch.Tensor | None) -> None:
+    """``params -= lr · grads / max|grads|`` per image (the largest update is ``lr``);
+    images where ``active`` (broadcastable to the scale) is false stay."""
+    b = params[0].shape[0]
+    if b == 1 and len(grads) == 1 and active is None:   # the scale as a Python number
+        gmax = float(torch.linalg.vector_norm(grads[0], math.inf))
+        params[0].add_(grads[0], alpha=-lr / max(gmax, 1e-30))
+        return
+    if len(grads) == 1:
+        gmax = torch.linalg.vector_norm(grads[0].view(b, -1), math.inf, dim=1)
+    else:
+        gmax = torch.stack([torch.linalg.vector_norm(g.flatten(1), math.inf, dim=1)
+                            for g in grads], 1).amax(1)
+    scale = torch.div(-lr, gmax.clamp_min_(1e-30)).view(b, *(1,) * (params[0].dim() - 1))
+    if active is not None:
+        scale.mul_(active)
+    for lg, g in zip(params, grads, strict=True):
+        lg.addcmul_(scale, g)
 
 
 _NO_CONTEXT = contextlib.nullcontext()
@@ -429,16 +450,7 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
         with no_grad:
             if opt is None:
                 # Normalised gradient descent: per image, the largest update is ``lr``.
-                if len(grads) == 1:
-                    gmax = torch.linalg.vector_norm(grads[0].flatten(1), math.inf, dim=1)
-                else:
-                    gmax = torch.stack([torch.linalg.vector_norm(g.flatten(1), math.inf, dim=1)
-                                        for g in grads], 1).amax(1)
-                scale = torch.div(-cfg.lr, gmax.clamp_min_(1e-30)).view(active_col.shape)
-                if not all_active:
-                    scale.mul_(active_col)
-                for lg, g in zip(params, grads, strict=True):
-                    lg.addcmul_(scale, g)
+                _normalised_update(params, grads, cfg.lr, None if all_active else active_col)
             else:
                 keep = active.view(b, 1, 1, 1).to(x.dtype)
                 old = [lg.detach().clone() for lg in logits]
@@ -462,8 +474,13 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
         n_active = b
         if step + 1 >= cfg.min_steps:
             # mean |a_new - a_prev| > tol, with a = N p: sum |p_new - p_prev| > tol
-            active &= torch.linalg.vector_norm(p_new - prev, 1, dim=1) > cfg.tol
-            n_active = int(active.sum()) if b > 1 else int(active)
+            if b == 1:     # one image: one reduction, compared in Python
+                if not float(torch.dist(p_new, prev, 1)) > cfg.tol:
+                    active.zero_()
+                    n_active = 0
+            else:
+                active &= torch.linalg.vector_norm(p_new - prev, 1, dim=1) > cfg.tol
+                n_active = int(active.sum())
         prev = p_new
         all_active = n_active == b
         yield Progress(step + 1, cfg.steps, f"PCIM step {step + 1}/{cfg.steps}",
