@@ -266,17 +266,18 @@ def _closed_form(cfg: PCIMConfig) -> bool:
 
 def _softmax_vjp_batch(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Per row of (B, N) ``p = softmax(l)``, the gradient w.r.t. ``l`` of ``sum(g * p)``:
-    ``p * (g - sum(p g))``. Overwrites ``g``. (The batched form of
-    ``field._softmax_vjp``, which works on one field.)"""
+    ``p * (g - sum(p g))``. Overwrites ``g``. The batched form of
+    ``field._softmax_vjp`` (one field, with an activity mask and a sign), three tensor
+    calls also at batch 1."""
     g.mul_(p)
     return g.addcmul_(p, g.sum(1, keepdim=True), value=-1.0)
 
 
 def _loss_and_output_grad(out: torch.Tensor, targets: torch.Tensor, kind: str,
-                          cache: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-image loss of the model's logits ``out`` (no graph) and its gradient w.r.t.
-    ``out`` in closed form; ``None`` for the gradient where autograd must take it
-    (``margin`` beyond two classes: ties share the gradient). ``cache`` keeps the
+                          cache: dict) -> tuple[float, torch.Tensor | None]:
+    """The batch's summed loss of the model's logits ``out`` (no graph) and its gradient
+    w.r.t. ``out`` in closed form; ``None`` for the gradient where autograd must take
+    it (``margin`` beyond two classes: ties share the gradient). ``cache`` keeps the
     batch's constants (built on the first step)."""
     k = out.shape[1]
     if kind in ("lse_margin", "margin") and k == 2:
@@ -284,29 +285,31 @@ def _loss_and_output_grad(out: torch.Tensor, targets: torch.Tensor, kind: str,
         pm = cache.get("pm")
         if pm is None:
             pm = cache["pm"] = 1.0 - 2.0 * F.one_hot(targets, 2).to(out.dtype)
-        return (out * pm).sum(1), pm
+        return float((out * pm).sum()), pm
     if kind not in ("lse_margin", "ce", "logit"):
-        return _target_loss(out, targets, kind), None
+        return float(_target_loss(out, targets, kind).sum()), None
     onehot = cache.get("onehot")
     if onehot is None:
         onehot = cache["onehot"] = F.one_hot(targets, k).to(out.dtype)
         cache["index"] = targets.view(-1, 1)
         # lse_margin: the target's -inf mask, added to the logits
         cache["mask"] = torch.zeros_like(out).masked_fill_(onehot > 0, -math.inf)
-    zt = out.gather(1, cache["index"]).view(-1)
+    zt = float(out.gather(1, cache["index"]).sum())
     if kind == "logit":
-        return zt.neg(), onehot.neg()
+        return -zt, onehot.neg()
     z = out + cache["mask"] if kind == "lse_margin" else out
     ls = torch.log_softmax(z, 1)
-    # logsumexp(z) = max(z) - max(log_softmax(z)); d/dz = softmax(z) (- the target's 1)
-    return (z.amax(1) - ls.amax(1)).sub_(zt), ls.exp_().sub_(onehot)
+    # logsumexp(z) = max(z) - max(log_softmax(z)) per image; d/dz = softmax(z)
+    lse = (float(z.max()) - float(ls.max()) if out.shape[0] == 1
+           else float((z.amax(1) - ls.amax(1)).sum()))
+    return lse - zt, ls.exp_().sub_(onehot)
 
 
 def _step_grads(model: torch.nn.Module, logits: list[torch.Tensor], p: torch.Tensor,
                 base: torch.Tensor | None, diff: torch.Tensor, targets: torch.Tensor,
                 cfg: PCIMConfig, delete: bool, graph: bool, cache: dict
-                ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """One game's descent gradients and its per-image objective.
+                ) -> tuple[list[torch.Tensor], float]:
+    """One game's descent gradients and its objective, summed over the batch.
 
     ``p``: the game's weights over N, (B, N) (``softmax(±l)``; with their graph when
     ``graph``), blended as ``base + p · diff`` (``p · diff`` without a base). The
@@ -326,12 +329,11 @@ def _step_grads(model: torch.nn.Module, logits: list[torch.Tensor], p: torch.Ten
     else:
         with torch.enable_grad():
             out = model(xb)
-    loss_i, g_out = _loss_and_output_grad(out.detach(), targets, cfg.loss, cache)
+    loss, g_out = _loss_and_output_grad(out.detach(), targets, cfg.loss, cache)
     if g_out is None:
         with torch.enable_grad():
-            loss_i = _target_loss(out, targets, cfg.loss)
-        (gx,) = torch.autograd.grad(loss_i.sum(), xb)
-        loss_i = loss_i.detach()
+            loss_t = _target_loss(out, targets, cfg.loss).sum()
+        (gx,) = torch.autograd.grad(loss_t, xb)
     else:
         (gx,) = torch.autograd.grad(out, xb, g_out)
     g = torch.mul(gx, diff)                          # d loss / d p
@@ -339,10 +341,10 @@ def _step_grads(model: torch.nn.Module, logits: list[torch.Tensor], p: torch.Ten
         g = g.sum(1)
     g = g.view(b, -1)
     if delete:
-        loss_i = loss_i.neg()
+        loss = -loss
     if not graph:
         # d(±loss)/dl = p (g - <p, g>) in both games (the two signs cancel)
-        return [_softmax_vjp_batch(pd, g)], loss_i
+        return [_softmax_vjp_batch(pd, g)], loss
     with torch.enable_grad():
         obj = (p * g).sum()
         if delete:
@@ -354,10 +356,11 @@ def _step_grads(model: torch.nn.Module, logits: list[torch.Tensor], p: torch.Ten
             e = cfg.sparsity_weight * _entropy(p)
             reg = e if reg is None else reg + e
         if reg is not None:
-            obj = obj + reg.sum()
-            loss_i = loss_i + reg.detach()
+            reg = reg.sum()
+            obj = obj + reg
+            loss += float(reg)
         grads = list(torch.autograd.grad(obj, logits))
-    return grads, loss_i
+    return grads, loss
 
 
 def _normalised_update(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float,
@@ -366,7 +369,7 @@ def _normalised_update(params: list[torch.Tensor], grads: list[torch.Tensor], lr
     images where ``active`` (broadcastable to the scale) is false stay."""
     b = params[0].shape[0]
     if b == 1 and len(grads) == 1 and active is None:   # the scale as a Python number
-        gmax = float(torch.linalg.vector_norm(grads[0], math.inf))
+        gmax = max(float(grads[0].max()), -float(grads[0].min()))
         params[0].add_(grads[0], alpha=-lr / max(gmax, 1e-30))
         return
     if len(grads) == 1:
@@ -444,7 +447,7 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
         else:
             p = torch.softmax(params[0].neg() if delete else params[0], 1)
         p_keep = None
-        grads, loss_i = _step_grads(model, logits, p, *games[phase], targets, cfg, delete,
+        grads, loss = _step_grads(model, logits, p, *games[phase], targets, cfg, delete,
                                     graph, cache)
         del p
         with no_grad:
@@ -475,7 +478,7 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
         if step + 1 >= cfg.min_steps:
             # mean |a_new - a_prev| > tol, with a = N p: sum |p_new - p_prev| > tol
             if b == 1:     # one image: one reduction, compared in Python
-                if not float(torch.dist(p_new, prev, 1)) > cfg.tol:
+                if not float(prev.sub_(p_new).abs_().sum()) > cfg.tol:
                     active.zero_()
                     n_active = 0
             else:
@@ -484,8 +487,7 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
         prev = p_new
         all_active = n_active == b
         yield Progress(step + 1, cfg.steps, f"PCIM step {step + 1}/{cfg.steps}",
-                       partial={"loss": (float(loss_i.sum()) if b > 1 else float(loss_i))
-                                / b, "active": n_active})
+                       partial={"loss": loss / b, "active": n_active})
         if n_active == 0:
             break
     out_map = prev.view(b, cm, h, w) * n
