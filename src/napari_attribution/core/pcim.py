@@ -358,7 +358,7 @@ def _step_grads(model: torch.nn.Module, logits: list[torch.Tensor], p: torch.Ten
         if reg is not None:
             reg = reg.sum()
             obj = obj + reg
-            loss += float(reg)
+            loss += float(reg.detach())
         grads = list(torch.autograd.grad(obj, logits))
     return grads, loss
 
