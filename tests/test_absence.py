@@ -251,7 +251,7 @@ def test_step_gradient_matches_autograd(params, n_classes, per_channel, phase):
     for g, r in zip(grads, ref, strict=True):
         torch.testing.assert_close(g.view_as(r), r, rtol=1e-5, atol=1e-5 * float(r.abs().max()))
         assert float(r.abs().max()) > 0
-    assert got_obj == pytest.approx(float(obj.sum()), rel=1e-5, abs=1e-5)
+    assert got_obj == pytest.approx(float(obj.detach().sum()), rel=1e-5, abs=1e-5)
 
 
 def test_cli_contrast_and_no_evidence_warning(tmp_path, capsys):
