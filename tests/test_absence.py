@@ -207,6 +207,29 @@ def test_fused_step_matches_the_reference(params, per_channel, n_classes):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("params", [{}, {"tol": 0.02, "steps": 12}, {"loss": "ce"},
+                                    {"optimizer": "adam"}])
+def test_single_image_step_matches_the_reference(params):
+    """Batch 1 takes its own route (the update's scale and the convergence check as
+    Python numbers): same maps, losses and stopping step as the reference."""
+    model = _frozen(small_cnn(n_classes=3))
+    x = torch.randn(3, 2, 20, 20, generator=torch.Generator().manual_seed(0))
+    cfg = PCIMConfig(**params)
+    for i in range(3):
+        xi, ti = x[i:i + 1], torch.tensor([i])
+        ref, ref_losses = _reference_pcim(model, xi, ti, cfg)
+        gen = pcim_batch(model, xi, ti, cfg)
+        losses = []
+        try:
+            while True:
+                losses.append(next(gen).partial["loss"])
+        except StopIteration as stop:
+            got = stop.value
+        assert len(losses) == len(ref_losses)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("params", [{}, {"loss": "ce"}, {"loss": "logit"}, {"loss": "margin"},
                                     {"scales": (1, 4)}, {"max_weight": 5.0},
                                     {"tv_weight": 0.3}, {"sparsity_weight": 0.3}])
