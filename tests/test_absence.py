@@ -230,6 +230,41 @@ def test_single_image_step_matches_the_reference(params):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+class _PermutedGrad(torch.autograd.Function):
+    """Identity whose input gradient comes back in (C, B, H, W) memory order (as a
+    model that works channel by channel can return it): same values, not contiguous."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+class _ChannelMajor(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(_PermutedGrad.apply(x))
+
+
+@pytest.mark.parametrize("params", [{}, {"scales": (1, 4)}, {"optimizer": "adam"}])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_non_contiguous_input_gradient_gives_the_same_map(params, per_channel, batch):
+    inner = _frozen(small_cnn(n_classes=3))
+    x = torch.randn(batch, 2, 20, 20, generator=torch.Generator().manual_seed(0))
+    t = torch.arange(batch) % 3
+    cfg = PCIMConfig(steps=4, **params)
+    ref = run_generator(pcim_batch(inner, x, t, cfg, per_channel))
+    got = run_generator(pcim_batch(_ChannelMajor(inner).eval(), x, t, cfg, per_channel))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("params", [{}, {"loss": "ce"}, {"loss": "logit"}, {"loss": "margin"},
                                     {"scales": (1, 4)}, {"max_weight": 5.0},
                                     {"tv_weight": 0.3}, {"sparsity_weight": 0.3}])

@@ -339,7 +339,7 @@ def _step_grads(model: torch.nn.Module, logits: list[torch.Tensor], p: torch.Ten
     g = torch.mul(gx, diff)                          # d loss / d p
     if g.shape[1] != p4.shape[1]:                    # one weight for all channels
         g = g.sum(1)
-    g = g.view(b, -1)
+    g = g.reshape(b, -1)    # the input's gradient may be channels-last
     if delete:
         loss = -loss
     if not graph:
@@ -373,7 +373,7 @@ def _normalised_update(params: list[torch.Tensor], grads: list[torch.Tensor], lr
         params[0].add_(grads[0], alpha=-lr / max(gmax, 1e-30))
         return
     if len(grads) == 1:
-        gmax = torch.linalg.vector_norm(grads[0].view(b, -1), math.inf, dim=1)
+        gmax = torch.linalg.vector_norm(grads[0].reshape(b, -1), math.inf, dim=1)
     else:
         gmax = torch.stack([torch.linalg.vector_norm(g.flatten(1), math.inf, dim=1)
                             for g in grads], 1).amax(1)
@@ -458,7 +458,7 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                 keep = active.view(b, 1, 1, 1).to(x.dtype)
                 old = [lg.detach().clone() for lg in logits]
                 for lg, g in zip(logits, grads, strict=True):
-                    lg.grad = g.view_as(lg)
+                    lg.grad = g.reshape_as(lg)
                 opt.step()
                 for lg, o in zip(logits, old, strict=True):
                     lg.copy_(keep * lg + (1 - keep) * o)
