@@ -11,7 +11,10 @@ PCIM's own work shows), the DCMIX classifier of the fidelity benchmarks (``small
 backbone, width 16, 2-channel 48 px BBBC013 crops) and the default DCMIX classifier
 (channel mixing + the ``small`` backbone, width 32) on 2-channel 64 px crops. Runs of
 8 raw passes and of 8 PCIM steps (``tol=0``: no early stop) alternate; medians are
-compared, so load from other processes affects both alike.
+compared, so load from other processes affects both alike; rows whose raw runs are
+cheap repeat more often than ``--reps`` (about a second of raw runs). Each run is
+timed by the wall clock and by the thread's CPU time (``time.thread_time``: the time
+the process was descheduled on a shared machine left out); both ratios are reported.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pcim_step_overhead.py [--reps 25]
         [--json benchmarks/results/pcim_step_overhead.json]
@@ -90,18 +93,22 @@ def measure(model: torch.nn.Module, shape: tuple, n_classes: int, batch: int,
     for _ in range(2):
         raw()
         pcim()
-    t_raw, t_pcim = [], []
+    # cheap rows repeat until the raw runs total about a second (load spikes average out)
+    t0 = time.perf_counter()
+    raw()
+    reps = max(reps, min(1000, int(1.0 / max(time.perf_counter() - t0, 1e-6))))
+    t_raw, t_pcim, c_raw, c_pcim = [], [], [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        raw()
-        t_raw.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        pcim()
-        t_pcim.append(time.perf_counter() - t0)
+        for fn, wall, cpu in ((raw, t_raw, c_raw), (pcim, t_pcim, c_pcim)):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fn()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
     raw_ms = 1000 * float(np.median(t_raw)) / STEPS
     step_ms = 1000 * float(np.median(t_pcim)) / STEPS
-    return {"batch": batch, "raw_fwd_bwd_ms": raw_ms, "pcim_step_ms": step_ms,
-            "ratio": step_ms / raw_ms}
+    return {"batch": batch, "reps": reps, "raw_fwd_bwd_ms": raw_ms, "pcim_step_ms": step_ms,
+            "ratio": step_ms / raw_ms,
+            "ratio_cpu_time": float(np.median(c_pcim)) / float(np.median(c_raw))}
 
 
 def main() -> None:
@@ -111,6 +118,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
     for name, (build, shape, k) in MODELS.items():
         model = build()
@@ -118,22 +126,25 @@ def main() -> None:
             r = measure(model, shape, k, b, args.reps)
             rows.append({"model": name, **r})
             print(f"{name:42s} batch {b:3d}: raw {r['raw_fwd_bwd_ms']:7.2f} ms, "
-                  f"PCIM step {r['pcim_step_ms']:7.2f} ms, ratio {r['ratio']:.3f}", flush=True)
-    lines = ["| model | batch | raw fwd+bwd (ms) | PCIM step (ms) | ratio |",
-             "|---|---|---|---|---|"]
+                  f"PCIM step {r['pcim_step_ms']:7.2f} ms, ratio {r['ratio']:.3f} "
+                  f"(CPU time {r['ratio_cpu_time']:.3f})", flush=True)
+    lines = ["| model | batch | raw fwd+bwd (ms) | PCIM step (ms) | ratio | ratio, CPU time |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['batch']} | {r['raw_fwd_bwd_ms']:.2f} | "
-              f"{r['pcim_step_ms']:.2f} | {r['ratio']:.3f} |" for r in rows]
+              f"{r['pcim_step_ms']:.2f} | {r['ratio']:.3f} | {r['ratio_cpu_time']:.3f} |"
+              for r in rows]
     table = "\n".join(lines)
     print(table)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    print(f"load average (1 min): {load}")
+    print(f"load average (1 min): {load_start} at the start, {load} at the end")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.processor() or platform.machine()}, torch "
                        f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
-            "load_average_1min": load, "reps": args.reps, "steps": STEPS,
+            "load_average_1min": load, "load_average_1min_start": load_start,
+            "reps": args.reps, "steps": STEPS,
             "rows": rows, "markdown": table}, indent=2))
         print(f"written to {args.json}")
 

@@ -17,7 +17,10 @@ from napari_attribution.core.errors import InputError
 from napari_attribution.core.evidence import EvidenceConfig, evidence_check
 from napari_attribution.core.pcim import (
     PCIMConfig,
+    _closed_form,
+    _entropy,
     _target_loss,
+    _tv,
     blend,
     make_substrate,
     mixing_weights,
@@ -130,7 +133,7 @@ def test_evidence_config_checks():
 
 
 def _reference_pcim(model, x, targets, cfg: PCIMConfig, per_channel=False):
-    """PCIM's step as written before the step was fused (normalised optimiser)."""
+    """PCIM's step as written before the step was fused: autograd through everything."""
     b, c, h, w = x.shape
     cm = c if per_channel else 1
     substrate = make_substrate(x, cfg.substrate, cfg.blur_sigma)
@@ -140,6 +143,7 @@ def _reference_pcim(model, x, targets, cfg: PCIMConfig, per_channel=False):
     active = torch.ones(b, dtype=torch.bool)
     prev = torch.ones(b, cm, h, w)
     losses = []
+    opt = torch.optim.Adam(logits, lr=cfg.lr) if cfg.optimizer == "adam" else None
     for step in range(cfg.steps):
         delete = cfg.game == "hybrid" and step % 2 == 1
         a = mixing_weights([-lg for lg in logits] if delete else logits, (h, w),
@@ -147,14 +151,26 @@ def _reference_pcim(model, x, targets, cfg: PCIMConfig, per_channel=False):
         loss_i = _target_loss(model(blend(x, a, substrate if delete else keep_sub)),
                               targets, cfg.loss)
         loss_i = -loss_i if delete else loss_i
+        if cfg.tv_weight:
+            loss_i = loss_i + cfg.tv_weight * _tv(a)
+        if cfg.sparsity_weight:
+            loss_i = loss_i + cfg.sparsity_weight * _entropy(a)
         grads = torch.autograd.grad(loss_i.sum(), logits)
         losses.append(float(loss_i.detach().mean()))
         with torch.no_grad():
             keep = active.view(b, 1, 1, 1).float()
-            scale = torch.stack([g.flatten(1).abs().amax(1) for g in grads], 1).amax(1)
-            scale = (cfg.lr / scale.clamp_min(1e-30)).view(b, 1, 1, 1) * keep
-            for lg, g in zip(logits, grads, strict=True):
-                lg -= scale * g
+            if opt is None:
+                scale = torch.stack([g.flatten(1).abs().amax(1) for g in grads], 1).amax(1)
+                scale = (cfg.lr / scale.clamp_min(1e-30)).view(b, 1, 1, 1) * keep
+                for lg, g in zip(logits, grads, strict=True):
+                    lg -= scale * g
+            else:
+                old = [lg.detach().clone() for lg in logits]
+                for lg, g in zip(logits, grads, strict=True):
+                    lg.grad = g
+                opt.step()
+                for lg, o in zip(logits, old, strict=True):
+                    lg.copy_(keep * lg + (1 - keep) * o)
             a_new = mixing_weights(logits, (h, w), cfg.max_weight)
             change = (a_new - prev).abs().flatten(1).mean(1)
             prev = a_new
@@ -168,7 +184,9 @@ def _reference_pcim(model, x, targets, cfg: PCIMConfig, per_channel=False):
 
 @pytest.mark.parametrize("params", [{}, {"game": "preserve"}, {"scales": (1, 4)},
                                     {"max_weight": 5.0}, {"tol": 0.02, "steps": 12},
-                                    {"loss": "margin"}, {"loss": "ce"}])
+                                    {"loss": "margin"}, {"loss": "ce"}, {"loss": "logit"},
+                                    {"optimizer": "adam"}, {"tv_weight": 0.3},
+                                    {"sparsity_weight": 0.3}])
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_fused_step_matches_the_reference(params, per_channel, n_classes):
@@ -187,6 +205,111 @@ def test_fused_step_matches_the_reference(params, per_channel, n_classes):
     assert len(losses) == len(ref_losses)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("params", [{}, {"tol": 0.02, "steps": 12}, {"loss": "ce"},
+                                    {"optimizer": "adam"}])
+def test_single_image_step_matches_the_reference(params):
+    """Batch 1 takes its own route (the update's scale and the convergence check as
+    Python numbers): same maps, losses and stopping step as the reference."""
+    model = _frozen(small_cnn(n_classes=3))
+    x = torch.randn(3, 2, 20, 20, generator=torch.Generator().manual_seed(0))
+    cfg = PCIMConfig(**params)
+    for i in range(3):
+        xi, ti = x[i:i + 1], torch.tensor([i])
+        ref, ref_losses = _reference_pcim(model, xi, ti, cfg)
+        gen = pcim_batch(model, xi, ti, cfg)
+        losses = []
+        try:
+            while True:
+                losses.append(next(gen).partial["loss"])
+        except StopIteration as stop:
+            got = stop.value
+        assert len(losses) == len(ref_losses)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+class _PermutedGrad(torch.autograd.Function):
+    """Identity whose input gradient comes back in (C, B, H, W) memory order (as a
+    model that works channel by channel can return it): same values, not contiguous."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+class _ChannelMajor(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(_PermutedGrad.apply(x))
+
+
+@pytest.mark.parametrize("params", [{}, {"scales": (1, 4)}, {"optimizer": "adam"}])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_non_contiguous_input_gradient_gives_the_same_map(params, per_channel, batch):
+    inner = _frozen(small_cnn(n_classes=3))
+    x = torch.randn(batch, 2, 20, 20, generator=torch.Generator().manual_seed(0))
+    t = torch.arange(batch) % 3
+    cfg = PCIMConfig(steps=4, **params)
+    ref = run_generator(pcim_batch(inner, x, t, cfg, per_channel))
+    got = run_generator(pcim_batch(_ChannelMajor(inner).eval(), x, t, cfg, per_channel))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("params", [{}, {"loss": "ce"}, {"loss": "logit"}, {"loss": "margin"},
+                                    {"scales": (1, 4)}, {"max_weight": 5.0},
+                                    {"tv_weight": 0.3}, {"sparsity_weight": 0.3}])
+@pytest.mark.parametrize(("n_classes", "per_channel"), [(2, False), (3, True)])
+@pytest.mark.parametrize("phase", [0, 1, 2])
+def test_step_gradient_matches_autograd(params, n_classes, per_channel, phase):
+    """The step's gradient (only the model under autograd, the rest chained by hand or,
+    with scales/cap/regularisers, by autograd through the weights) equals autograd
+    through the whole objective, in each game, and so does its objective."""
+    from napari_attribution.core.pcim import _softmax_weights, _step_grads, _total_logits
+
+    model = _frozen(small_cnn(n_classes=n_classes))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 2, 20, 20, generator=gen)
+    t = torch.tensor([0, 1, 2]) % n_classes
+    cfg = PCIMConfig(**params)
+    b, c, h, w = x.shape
+    cm = c if per_channel else 1
+    n = cm * h * w
+    logits = [torch.randn(b, cm, math.ceil(h / s), math.ceil(w / s), generator=gen
+                          ).requires_grad_(True) for s in cfg.scales]
+    delete = phase == 1
+    sub = make_substrate(x, "zero" if phase else "blur", cfg.blur_sigma)
+    # autograd through everything
+    a = mixing_weights([-lg for lg in logits] if delete else logits, (h, w), cfg.max_weight)
+    loss_i = _target_loss(model(blend(x, a, sub)), t, cfg.loss)
+    obj = -loss_i if delete else loss_i
+    if cfg.tv_weight:
+        obj = obj + cfg.tv_weight * _tv(a)
+    if cfg.sparsity_weight:
+        obj = obj + cfg.sparsity_weight * _entropy(a)
+    ref = torch.autograd.grad(obj.sum(), logits)
+    # PCIM's step
+    graph = not _closed_form(cfg)
+    with torch.set_grad_enabled(graph):
+        p = _softmax_weights(_total_logits(logits, (h, w)), cfg.max_weight, delete)
+    p = p.reshape(b, n) if graph else p.detach().reshape(b, n)
+    base = None if phase == 2 else sub
+    grads, got_obj = _step_grads(model, logits, p, base, (x - sub) * n, t, cfg, delete,
+                                 graph, {})
+    assert len(grads) == len(ref)
+    for g, r in zip(grads, ref, strict=True):
+        torch.testing.assert_close(g.view_as(r), r, rtol=1e-5, atol=1e-5 * float(r.abs().max()))
+        assert float(r.abs().max()) > 0
+    assert got_obj == pytest.approx(float(obj.detach().sum()), rel=1e-5, abs=1e-5)
 
 
 def test_cli_contrast_and_no_evidence_warning(tmp_path, capsys):

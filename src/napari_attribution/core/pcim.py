@@ -40,6 +40,7 @@ frozen once its map stops changing (``tol``); one forward/backward serves the ba
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Generator
@@ -256,6 +257,136 @@ def _phase(game: str, step: int) -> int:
     return 0
 
 
+def _closed_form(cfg: PCIMConfig) -> bool:
+    """Whether the logits' gradient is taken in closed form (one full-resolution map, no
+    cap, no regulariser); otherwise autograd runs through PCIM's weights."""
+    return (cfg.scales == (1,) and cfg.max_weight is None and not cfg.tv_weight
+            and not cfg.sparsity_weight)
+
+
+def _softmax_vjp_batch(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per row of (B, N) ``p = softmax(l)``, the gradient w.r.t. ``l`` of ``sum(g * p)``:
+    ``p * (g - sum(p g))``. Overwrites ``g``. The batched form of
+    ``field._softmax_vjp`` (one field, with an activity mask and a sign), three tensor
+    calls also at batch 1."""
+    g.mul_(p)
+    return g.addcmul_(p, g.sum(1, keepdim=True), value=-1.0)
+
+
+def _loss_and_output_grad(out: torch.Tensor, targets: torch.Tensor, kind: str,
+                          cache: dict) -> tuple[float, torch.Tensor | None]:
+    """The batch's summed loss of the model's logits ``out`` (no graph) and its gradient
+    w.r.t. ``out`` in closed form; ``None`` for the gradient where autograd must take
+    it (``margin`` beyond two classes: ties share the gradient). ``cache`` keeps the
+    batch's constants (built on the first step)."""
+    k = out.shape[1]
+    if kind in ("lse_margin", "margin") and k == 2:
+        # two classes: both losses are z_other - z_target, one product and a sum
+        pm = cache.get("pm")
+        if pm is None:
+            pm = cache["pm"] = 1.0 - 2.0 * F.one_hot(targets, 2).to(out.dtype)
+        return float((out * pm).sum()), pm
+    if kind not in ("lse_margin", "ce", "logit"):
+        return float(_target_loss(out, targets, kind).sum()), None
+    onehot = cache.get("onehot")
+    if onehot is None:
+        onehot = cache["onehot"] = F.one_hot(targets, k).to(out.dtype)
+        cache["index"] = targets.view(-1, 1)
+        # lse_margin: the target's -inf mask, added to the logits
+        cache["mask"] = torch.zeros_like(out).masked_fill_(onehot > 0, -math.inf)
+    zt = float(out.gather(1, cache["index"]).sum())
+    if kind == "logit":
+        return -zt, onehot.neg()
+    z = out + cache["mask"] if kind == "lse_margin" else out
+    ls = torch.log_softmax(z, 1)
+    # logsumexp(z) = max(z) - max(log_softmax(z)) per image; d/dz = softmax(z)
+    lse = (float(z.max()) - float(ls.max()) if out.shape[0] == 1
+           else float((z.amax(1) - ls.amax(1)).sum()))
+    return lse - zt, ls.exp_().sub_(onehot)
+
+
+def _step_grads(model: torch.nn.Module, logits: list[torch.Tensor], p: torch.Tensor,
+                base: torch.Tensor | None, diff: torch.Tensor, targets: torch.Tensor,
+                cfg: PCIMConfig, delete: bool, graph: bool, cache: dict
+                ) -> tuple[list[torch.Tensor], float]:
+    """One game's descent gradients and its objective, summed over the batch.
+
+    ``p``: the game's weights over N, (B, N) (``softmax(±l)``; with their graph when
+    ``graph``), blended as ``base + p · diff`` (``p · diff`` without a base). The
+    objective is the loss, negated in the deletion game (``delete``: maximised), plus
+    the regularisers. Only the model runs under autograd: its input gradient is
+    chained by hand through the blend and, without ``graph``, the softmax; the result
+    is then one (B, N) gradient for the flat full-resolution logits, else one gradient
+    per tensor of ``logits`` (autograd through the weights).
+    """
+    b = p.shape[0]
+    pd = p.detach() if graph else p
+    p4 = pd.view(b, -1, *diff.shape[2:])
+    xb = p4 * diff if base is None else torch.addcmul(base, p4, diff)
+    xb.requires_grad_(True)
+    if torch.is_grad_enabled():
+        out = model(xb)
+    else:
+        with torch.enable_grad():
+            out = model(xb)
+    loss, g_out = _loss_and_output_grad(out.detach(), targets, cfg.loss, cache)
+    if g_out is None:
+        with torch.enable_grad():
+            loss_t = _target_loss(out, targets, cfg.loss).sum()
+        (gx,) = torch.autograd.grad(loss_t, xb)
+    else:
+        (gx,) = torch.autograd.grad(out, xb, g_out)
+    g = torch.mul(gx, diff)                          # d loss / d p
+    if g.shape[1] != p4.shape[1]:                    # one weight for all channels
+        g = g.sum(1)
+    g = g.reshape(b, -1)    # the input's gradient may be channels-last
+    if delete:
+        loss = -loss
+    if not graph:
+        # d(±loss)/dl = p (g - <p, g>) in both games (the two signs cancel)
+        return [_softmax_vjp_batch(pd, g)], loss
+    with torch.enable_grad():
+        obj = (p * g).sum()
+        if delete:
+            obj = -obj
+        reg = None
+        if cfg.tv_weight:
+            reg = cfg.tv_weight * _tv(p.shape[1] * p.view(p4.shape))
+        if cfg.sparsity_weight:
+            e = cfg.sparsity_weight * _entropy(p)
+            reg = e if reg is None else reg + e
+        if reg is not None:
+            reg = reg.sum()
+            obj = obj + reg
+            loss += float(reg.detach())
+        grads = list(torch.autograd.grad(obj, logits))
+    return grads, loss
+
+
+def _normalised_update(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float,
+                       active: torch.Tensor | None) -> None:
+    """``params -= lr · grads / max|grads|`` per image (the largest update is ``lr``);
+    images where ``active`` (broadcastable to the scale) is false stay."""
+    b = params[0].shape[0]
+    if b == 1 and len(grads) == 1 and active is None:   # the scale as a Python number
+        gmax = max(float(grads[0].max()), -float(grads[0].min()))
+        params[0].add_(grads[0], alpha=-lr / max(gmax, 1e-30))
+        return
+    if len(grads) == 1:
+        gmax = torch.linalg.vector_norm(grads[0].reshape(b, -1), math.inf, dim=1)
+    else:
+        gmax = torch.stack([torch.linalg.vector_norm(g.flatten(1), math.inf, dim=1)
+                            for g in grads], 1).amax(1)
+    scale = torch.div(-lr, gmax.clamp_min_(1e-30)).view(b, *(1,) * (params[0].dim() - 1))
+    if active is not None:
+        scale.mul_(active)
+    for lg, g in zip(params, grads, strict=True):
+        lg.addcmul_(scale, g)
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
 def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                config: PCIMConfig, per_channel: bool = False
                ) -> Generator[Progress, None, torch.Tensor]:
@@ -269,9 +400,10 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
 
     Per step the work outside the model is kept small (it matters at batch 1 on small
     models): the substrates and ``N · (x - s)`` are computed once, the blend is one
-    fused ``addcmul``, the deletion game's sign goes into the update's scale, and the
-    preservation weights computed for the convergence check are reused (with their
-    graph) by the next preservation step.
+    fused ``addcmul``, only the model runs under autograd (the loss's and the blend's
+    gradients, and for one full-resolution map without cap or regulariser the
+    softmax's, are taken in closed form), and the preservation weights computed for
+    the convergence check are reused by the next preservation step.
     """
     cfg = config
     b, c, h, w = x.shape
@@ -288,92 +420,77 @@ def pcim_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
     diff_zero = None
     if cfg.game == "hybrid3":   # the third game keeps the target from a black background
         diff_zero = diff_del if cfg.substrate == "zero" else x * n
+    games = ((keep_substrate, diff_keep), (substrate, diff_del), (None, diff_zero))
+    graph = not _closed_form(cfg)    # autograd through the weights (multi-scale, cap, ...)
     logits = [torch.zeros(b, cm, max(1, math.ceil(h / s)), max(1, math.ceil(w / s)),
-                          device=x.device, dtype=x.dtype, requires_grad=True)
+                          device=x.device, dtype=x.dtype, requires_grad=graph)
               for s in cfg.scales]
+    # what the update moves: the flat full-resolution logits, or every scale's logits
+    params = logits if graph else [logits[0].view(b, n)]
     opt = torch.optim.Adam(logits, lr=cfg.lr) if cfg.optimizer == "adam" else None
     active = torch.ones(b, dtype=torch.bool, device=x.device)
+    active_col = active.view(b, *(1,) * (params[0].dim() - 1))   # follows ``active``
     all_active = True
-    prev = torch.full((b, cm, h, w), 1.0 / n, device=x.device, dtype=x.dtype)  # p, not N p
-    p_keep = None    # preservation weights of the current logits, with their graph
-    pm = None        # the loss's per-class constants (signs or the target's -inf mask)
+    prev = torch.full((b, n), 1.0 / n, device=x.device, dtype=x.dtype)  # p, not N p
+    p_keep = None    # preservation weights of the current logits (with their graph)
+    cache: dict = {}  # the loss's per-batch constants
+    no_grad = torch.no_grad() if graph else _NO_CONTEXT  # updates of leaves with grad
     for step in range(cfg.steps):
         phase = _phase(cfg.game, step)
         delete = phase == 1
-        if delete:
-            p = _softmax_weights(_total_logits(logits, (h, w)), cfg.max_weight, True)
-            xb = torch.addcmul(substrate, p, diff_del)
+        if p_keep is not None and not delete:
+            p = p_keep
+        elif graph:
+            with torch.enable_grad():
+                p = _softmax_weights(_total_logits(logits, (h, w)), cfg.max_weight,
+                                     delete).view(b, n)
         else:
-            p = p_keep if p_keep is not None else _softmax_weights(
-                _total_logits(logits, (h, w)), cfg.max_weight, False)
-            xb = (torch.addcmul(keep_substrate, p, diff_keep) if phase == 0
-                  else p * diff_zero)
+            p = torch.softmax(params[0].neg() if delete else params[0], 1)
         p_keep = None
-        out = model(xb)
-        if cfg.loss in ("lse_margin", "margin") and out.shape[1] == 2:
-            # two classes: both losses are z_other - z_target, one product and a sum
-            if pm is None:
-                pm = 1.0 - 2.0 * F.one_hot(targets, 2).to(out.dtype)
-            loss_i = (out * pm).sum(1)
-        elif cfg.loss == "lse_margin":   # the target's -inf mask built once, not per step
-            if pm is None:
-                pm = torch.zeros_like(out).scatter_(1, targets.view(-1, 1), float("-inf"))
-            loss_i = torch.logsumexp(out + pm, 1) - out.gather(1, targets.view(-1, 1))[:, 0]
-        else:
-            loss_i = _target_loss(out, targets, cfg.loss)
-        sign = -1.0 if delete else 1.0
-        if cfg.tv_weight or cfg.sparsity_weight:
-            loss_i = sign * loss_i
-            sign = 1.0
-            if cfg.tv_weight:
-                loss_i = loss_i + cfg.tv_weight * _tv(n * p)
-            if cfg.sparsity_weight:
-                loss_i = loss_i + cfg.sparsity_weight * _entropy(p)
-        # Summed, not averaged: each image's gradient is independent of the batch size.
-        loss = loss_i.sum()
-        grads = torch.autograd.grad(loss, logits)
-        with torch.no_grad():
+        grads, loss = _step_grads(model, logits, p, *games[phase], targets, cfg, delete,
+                                    graph, cache)
+        del p
+        with no_grad:
             if opt is None:
-                # Normalised gradient descent: per image, the largest update is ``lr``
-                # (``sign`` turns the deletion game's loss around).
-                if len(grads) == 1:
-                    gmax = torch.linalg.vector_norm(grads[0].flatten(1), math.inf, dim=1)
-                else:
-                    gmax = torch.stack([torch.linalg.vector_norm(g.flatten(1), math.inf, dim=1)
-                                        for g in grads], 1).amax(1)
-                scale = torch.div(-sign * cfg.lr, gmax.clamp_min_(1e-30))
-                if not all_active:
-                    scale.mul_(active)
-                scale = scale.view(b, 1, 1, 1)
-                for lg, g in zip(logits, grads, strict=True):
-                    lg.addcmul_(scale, g)
+                # Normalised gradient descent: per image, the largest update is ``lr``.
+                _normalised_update(params, grads, cfg.lr, None if all_active else active_col)
             else:
                 keep = active.view(b, 1, 1, 1).to(x.dtype)
                 old = [lg.detach().clone() for lg in logits]
                 for lg, g in zip(logits, grads, strict=True):
-                    lg.grad = g if sign > 0 else -g
+                    lg.grad = g.reshape_as(lg)
                 opt.step()
                 for lg, o in zip(logits, old, strict=True):
                     lg.copy_(keep * lg + (1 - keep) * o)
-        # The new preservation weights: the convergence check's, and (with their graph)
-        # the next step's when that step plays the preservation game.
+        # The new preservation weights: the convergence check's, and the next step's
+        # when that step plays the preservation game.
         next_keeps = step + 1 < cfg.steps and _phase(cfg.game, step + 1) != 1
-        with torch.set_grad_enabled(next_keeps):
-            p_new = _softmax_weights(_total_logits(logits, (h, w)), cfg.max_weight, False)
+        if graph:
+            with torch.set_grad_enabled(next_keeps):
+                p_new = _softmax_weights(_total_logits(logits, (h, w)), cfg.max_weight,
+                                         False).view(b, n)
+        else:
+            p_new = torch.softmax(params[0], 1)
         if next_keeps:
             p_keep = p_new
             p_new = p_new.detach()
+        n_active = b
         if step + 1 >= cfg.min_steps:
-            # mean |a_new - a_prev| > tol, with a = N p
-            active &= (p_new - prev).abs_().flatten(1).mean(1) > cfg.tol / n
+            # mean |a_new - a_prev| > tol, with a = N p: sum |p_new - p_prev| > tol
+            if b == 1:     # one image: one reduction, compared in Python
+                if not float(prev.sub_(p_new).abs_().sum()) > cfg.tol:
+                    active.zero_()
+                    n_active = 0
+            else:
+                active &= torch.linalg.vector_norm(p_new - prev, 1, dim=1) > cfg.tol
+                n_active = int(active.sum())
         prev = p_new
-        n_active = int(active.sum()) if step + 1 >= cfg.min_steps else b
         all_active = n_active == b
         yield Progress(step + 1, cfg.steps, f"PCIM step {step + 1}/{cfg.steps}",
-                       partial={"loss": sign * float(loss.detach()) / b, "active": n_active})
+                       partial={"loss": loss / b, "active": n_active})
         if n_active == 0:
             break
-    out_map = prev.detach() * n
+    out_map = prev.view(b, cm, h, w) * n
     if cfg.readout == "log":
         out_map = torch.log(out_map.clamp_min(1e-30))
     return out_map[:, 0] if not per_channel else out_map
