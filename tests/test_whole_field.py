@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -331,3 +333,42 @@ def test_evidence_check_on_tiled_fields():
     np.testing.assert_allclose(one["gain"], ref["gain"], atol=1e-5)
 
 
+
+
+def test_fast_copy_moves_relus_behind_pooling_with_the_same_outputs_and_gradients():
+    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+
+    torch.manual_seed(0)
+    dcmix = DCMIXClassifier(ModelConfig(2, 3, width=8)).eval()
+    plain = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+                          nn.Conv2d(4, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3)).eval()
+    indexed = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2, return_indices=True))
+    assert F._relu_after_pool(indexed) == 0  # a pool returning indices keeps its ReLU
+    x = torch.randn(2, 2, 37, 45)
+    for model, moved in ((dcmix, 3), (plain, 1)):
+        assert F._relu_after_pool(copy.deepcopy(model)) == moved
+        fast = F.fast_copy(model)
+        assert F._relu_after_pool(fast) == 0  # no ReLU left in front of a pool
+        outs, grads = [], []
+        for net in (model, fast):
+            xi = x.clone().requires_grad_(True)
+            out = net(xi)
+            (g,) = torch.autograd.grad(out[:, 1].sum(), xi)
+            outs.append(out.detach())
+            grads.append(g)
+        assert grads[0].abs().max() > 0
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 1100, 600), (1, 1, 300, 700)])
+def test_field_blur_is_the_gaussian_blur(shape, monkeypatch):
+    from napari_attribution.core.pcim import gaussian_blur
+
+    monkeypatch.setattr(F, "BLUR_BLOCK", 128)  # several blocks on a small field
+    x = torch.rand(shape)
+    for sigma in (2.0, 5.0):
+        torch.testing.assert_close(F.field_blur(x, sigma), gaussian_blur(x, sigma),
+                                   atol=1e-5, rtol=0)
