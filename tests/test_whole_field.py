@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -331,3 +333,82 @@ def test_evidence_check_on_tiled_fields():
     np.testing.assert_allclose(one["gain"], ref["gain"], atol=1e-5)
 
 
+
+
+def test_fast_copy_moves_relus_behind_pooling_with_the_same_outputs_and_gradients():
+    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+
+    torch.manual_seed(0)
+    dcmix = DCMIXClassifier(ModelConfig(2, 3, width=8)).eval()
+    plain = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+                          nn.Conv2d(4, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3)).eval()
+    indexed = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2, return_indices=True))
+    assert F._relu_after_pool(indexed) == 0  # a pool returning indices keeps its ReLU
+    x = torch.randn(2, 2, 37, 45)
+    for model, moved in ((dcmix, 3), (plain, 1)):
+        assert F._relu_after_pool(copy.deepcopy(model)) == moved
+        fast = F.fast_copy(model)
+        assert F._relu_after_pool(fast) == 0  # no ReLU left in front of a pool
+        outs, grads = [], []
+        for net in (model, fast):
+            xi = x.clone().requires_grad_(True)
+            out = net(xi)
+            (g,) = torch.autograd.grad(out[:, 1].sum(), xi)
+            outs.append(out.detach())
+            grads.append(g)
+        assert grads[0].abs().max() > 0
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 1100, 600), (1, 1, 300, 700)])
+def test_field_blur_is_the_gaussian_blur(shape, monkeypatch):
+    from napari_attribution.core.pcim import gaussian_blur
+
+    monkeypatch.setattr(F, "BLUR_BLOCK", 128)  # several blocks on a small field
+    x = torch.rand(shape)
+    for sigma in (2.0, 5.0):
+        torch.testing.assert_close(F.field_blur(x, sigma), gaussian_blur(x, sigma),
+                                   atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_input_gradient_convolution_matches_autograd(channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 5, (3, 5), padding=(0, 2)).eval()
+    assert F.InputGradConv2d.eligible(conv)
+    assert not F.InputGradConv2d.eligible(nn.Conv2d(2, 5, 3, stride=2))
+    assert not F.InputGradConv2d.eligible(nn.Conv2d(16, 5, 3))  # many inputs: oneDNN's
+    fast = F.InputGradConv2d.of(conv).requires_grad_(False)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 2, 19, 23).contiguous(memory_format=fmt)
+    gy = torch.randn(3, 5, 17, 23)
+    grads = []
+    for net in (conv, fast):
+        xi = x.clone().requires_grad_(True)
+        out = net(xi)
+        assert out.shape == (3, 5, 17, 23)
+        (g,) = torch.autograd.grad(out, xi, gy)
+        grads.append(g)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # reduced precision: float32 grad
+        xi = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(fast(xi).float().sum(), xi)
+    assert g.dtype == torch.float32 and g.shape == x.shape
+
+
+def test_provenance_counts_tile_passes_and_model_rewrites():
+    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+
+    torch.manual_seed(0)
+    model = DCMIXClassifier(ModelConfig(2, 2, width=8)).eval()
+    x, _ = field_with_spots(48, 128, [(20, 10), (22, 100)])
+    res = run_generator(explain(model, x[None], 1, device="cpu", input_size=32,
+                                tile_overlap=4, tiling="field", steps=4, tol=0.0))
+    p = res.params
+    live = p["tiles_per_image"][0] - p["background_tiles"][0]
+    assert p["steps_run"] == [4] and p["tile_passes"] == [4 * live] and live > 0
+    assert p["model_rewrites"] == {"conv_bn_folded": 5, "relu_after_pool": 3,
+                                   "input_grad_convs": 1}

@@ -474,6 +474,8 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
             "tiles_per_image": [p.describe()["tiles"] for p in plans],
             "background_tiles": [p.describe()["background_tiles"] for p in plans],
             "steps_run": [p.steps_run for p in plans],
+            "tile_passes": [p.tile_passes for p in plans],
+            "model_rewrites": first["model_rewrites"],
             "background": field["background"], "amp": first["amp"],
             "amp_check": first["amp_check"], "field_notes": first["notes"],
             "map_scale": "field"})

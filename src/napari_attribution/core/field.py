@@ -83,6 +83,39 @@ def window(tile_h: int, tile_w: int, overlap: int) -> np.ndarray:
     return np.outer(ramp(tile_h), ramp(tile_w))
 
 
+#: field blurs use row blocks of this many pixels (with the kernel's halo) of the blur
+#: matrix instead of the whole (n, n) matrix
+BLUR_BLOCK = 256
+
+
+def field_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """:func:`.pcim.gaussian_blur` of a (B, C, H, W) field, the same result to float
+    rounding: the products with its banded (n, n) blur matrices taken
+    :data:`BLUR_BLOCK` rows at a time over only the columns the kernel reaches (2048 px:
+    ~5x fewer operations than the full products, the rest of the matrix being zeros)."""
+    from .pcim import _MATRIX_BLUR_MAX, _blur_matrix, gaussian_blur
+
+    h, w = x.shape[-2:]
+    radius = max(1, int(math.ceil(3 * sigma))) if sigma > 0 else 0
+    radius = min(radius, h - 1, w - 1) if min(h, w) > 1 else 0
+    if (radius < 1 or max(h, w) > _MATRIX_BLUR_MAX or min(h, w) <= 2 * BLUR_BLOCK
+            or x.dtype not in (torch.float32, torch.float64)):
+        return gaussian_blur(x, sigma)
+    mh = _blur_matrix(h, float(sigma), radius, x.dtype, x.device)
+    mw = _blur_matrix(w, float(sigma), radius, x.dtype, x.device)
+    y = torch.empty_like(x)
+    for r0 in range(0, h, BLUR_BLOCK):
+        r1, c0 = min(h, r0 + BLUR_BLOCK), max(0, r0 - radius)
+        c1 = min(h, r0 + BLUR_BLOCK + radius)
+        y[..., r0:r1, :] = torch.matmul(mh[r0:r1, c0:c1], x[..., c0:c1, :])
+    out = torch.empty_like(x)
+    for r0 in range(0, w, BLUR_BLOCK):
+        r1, c0 = min(w, r0 + BLUR_BLOCK), max(0, r0 - radius)
+        c1 = min(w, r0 + BLUR_BLOCK + radius)
+        out[..., r0:r1] = torch.matmul(y[..., c0:c1], mw[r0:r1, c0:c1].T)
+    return out
+
+
 def background_tiles(x: np.ndarray, grid: list[tuple[int, int]], tile_h: int, tile_w: int,
                      fraction: float | None = BACKGROUND_FRACTION) -> np.ndarray:
     """Boolean per tile of ``grid``: True where no channel of the (lightly blurred) field
@@ -92,10 +125,8 @@ def background_tiles(x: np.ndarray, grid: list[tuple[int, int]], tile_h: int, ti
     is background."""
     if not fraction:
         return np.zeros(len(grid), bool)
-    from .pcim import gaussian_blur
-
     xt = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
-    sm = gaussian_blur(xt, 2.0)[0].numpy()
+    sm = field_blur(xt, 2.0)[0].numpy()
     step = max(1, int(math.sqrt(sm[0].size / 2e5)))  # percentiles on a subsample
     sub = sm[:, ::step, ::step].reshape(sm.shape[0], -1)
     p5, p50, hi = np.percentile(sub, [5, 50, 99.9], axis=1)
@@ -180,6 +211,9 @@ class FieldPlan:
     amp: bool = False
     amp_check: dict | None = None
     channels_last: bool = False
+    #: tile forward/backward passes run and what the model's fast copy changed
+    tile_passes: int = 0
+    model_rewrites: dict | None = None
 
     def describe(self) -> dict:
         return {"tiling": "one_pass" if self.one_pass else "field",
@@ -187,7 +221,8 @@ class FieldPlan:
                 "tiles": len(self.grid), "background_tiles": int(self.background.sum()),
                 "tile_batch": self.batch_size, "memory_budget_bytes": self.budget,
                 "steps_run": self.steps_run, "amp": self.amp, "amp_check": self.amp_check,
-                "channels_last": self.channels_last,
+                "channels_last": self.channels_last, "tile_passes": self.tile_passes,
+                "model_rewrites": self.model_rewrites,
                 "notes": list(self.notes)}
 
 
@@ -371,11 +406,116 @@ def check_amp(model, xb, sb, ab, tgt, loss, dtype) -> dict:
             "ok": dp <= AMP_MAX_PROB_DIFF and cos >= AMP_MIN_COSINE}
 
 
+#: convolutions from at most this many input channels get :class:`InputGradConv2d`
+#: in the fast copy (oneDNN's input gradient of the 1 -> 32 channel first convolution
+#: took 9-35 ms per 272 px tile, one matrix product and nine shifted sums 4-5 ms)
+FAST_GRAD_MAX_IN = 4
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """A stride-1 convolution into few channels whose input gradient is one matrix
+    product (output gradient, pixels x out-channels, times the kernel) followed by the
+    shifted sum of its ``kh * kw`` planes (col2im); no weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(weight)
+        ctx.padding, ctx.x_dtype = padding, x.dtype
+        return torch.nn.functional.conv2d(x, weight, bias, 1, padding)
+
+    @staticmethod
+    def backward(ctx, g):
+        (weight,) = ctx.saved_tensors
+        co, ci, kh, kw = weight.shape
+        n, _, h, w = g.shape
+        ph, pw = ctx.padding
+        # (ci * kh * kw, n * h * w): one product, whatever g's memory layout
+        cols = weight.reshape(co, -1).t().to(g.dtype) @ g.permute(0, 2, 3, 1).reshape(-1, co).t()
+        cols = cols.view(ci, kh * kw, n, h, w)
+        # the input gradient with a border of kh - 1, kw - 1 px (stride 1)
+        out = g.new_zeros(n, ci, h + kh - 1, w + kw - 1)
+        for i in range(kh * kw):
+            dy, dx = divmod(i, kw)
+            out[:, :, dy:dy + h, dx:dx + w] += cols[:, i].transpose(0, 1)
+        hi, wi = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw
+        gx = out[:, :, ph:ph + hi, pw:pw + wi]
+        return gx.to(ctx.x_dtype), None, None, None
+
+
+class InputGradConv2d(torch.nn.Conv2d):
+    """The same convolution, its input gradient taken as a forward convolution (see
+    :class:`_ConvInputGrad`) while its weights need no gradient."""
+
+    @classmethod
+    def eligible(cls, conv: torch.nn.Module) -> bool:
+        c = conv
+        return (type(c) is torch.nn.Conv2d and c.in_channels <= FAST_GRAD_MAX_IN
+                and c.groups == 1 and tuple(c.stride) == (1, 1)
+                and tuple(c.dilation) == (1, 1) and c.padding_mode == "zeros"
+                and not isinstance(c.padding, str)
+                and all(0 <= p < k for p, k in zip(c.padding, c.kernel_size, strict=True)))
+
+    @classmethod
+    def of(cls, conv: torch.nn.Conv2d) -> InputGradConv2d:
+        new = cls.__new__(cls)
+        new.__dict__ = conv.__dict__.copy()
+        new._parameters = dict(conv._parameters)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad):
+            return super().forward(x)
+        return _ConvInputGrad.apply(x, self.weight, self.bias, tuple(self.padding))
+
+
+def _fast_input_grads(net: torch.nn.Module) -> int:
+    """Replace, in place, each eligible convolution into few channels (the model's
+    first, typically) by :class:`InputGradConv2d`. Returns how many."""
+    done = 0
+    for mod in list(net.modules()):
+        for name, child in list(mod._modules.items()):
+            if child is not None and InputGradConv2d.eligible(child):
+                mod._modules[name] = InputGradConv2d.of(child)
+                done += 1
+    return done
+
+
+def _relu_after_pool(net: torch.nn.Module) -> int:
+    """Move every ReLU that a Sequential feeds straight into a MaxPool2d (the child
+    before the pool, or the last child of a plain Sequential before it) behind the pool,
+    in place. ``max(relu(x)) = relu(max(x))`` (ReLU is monotone) and the gradient is the
+    same, but the ReLU and its backward run on a quarter of the pixels (2x2 pools).
+    Returns how many moved."""
+    from torch import nn
+
+    moved = 0
+    for mod in list(net.modules()):
+        if type(mod) is not nn.Sequential:
+            continue
+        names = list(mod._modules)
+        for n1, n2 in zip(names, names[1:], strict=False):
+            a, b = mod._modules[n1], mod._modules[n2]
+            if type(b) is not nn.MaxPool2d or b.return_indices:
+                continue
+            if type(a) is nn.ReLU:
+                mod._modules[n1] = nn.Identity()
+            elif type(a) is nn.Sequential and len(a) and type(a[-1]) is nn.ReLU:
+                a._modules[list(a._modules)[-1]] = nn.Identity()
+            else:
+                continue
+            mod._modules[n2] = nn.Sequential(b, nn.ReLU(inplace=True))
+            moved += 1
+    return moved
+
+
 def fast_copy(model: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
     """A copy of the (eval-mode, frozen) ``model`` with every Conv2d-BatchNorm2d pair of
     a Sequential folded into one convolution (the same function, one pass less over
-    memory), channels-last if asked (faster bf16 on CPU); ``model`` itself when it
-    cannot be copied (scripted or exported modules) or is in training mode."""
+    memory), ReLUs moved behind the max-pooling they feed (:func:`_relu_after_pool`),
+    convolutions from few channels with a faster input gradient
+    (:func:`_fast_input_grads`), channels-last if asked (faster bf16 on CPU); ``model``
+    itself when it cannot be copied (scripted or exported modules) or is in training
+    mode."""
     import copy
 
     from torch import nn
@@ -387,6 +527,7 @@ def fast_copy(model: torch.nn.Module, channels_last: bool = False) -> torch.nn.M
         net = copy.deepcopy(model)
     except Exception:
         return model
+    folded = 0
     for mod in list(net.modules()):
         if not isinstance(mod, nn.Sequential):
             continue
@@ -396,6 +537,14 @@ def fast_copy(model: torch.nn.Module, channels_last: bool = False) -> torch.nn.M
                     and b.track_running_stats and a.out_channels == b.num_features):
                 mod._modules[n1] = fuse_conv_bn_eval(a, b)
                 mod._modules[n2] = nn.Identity()
+                folded += 1
+    #: what the copy changed (the field plan's provenance records it)
+    rewrites = {"conv_bn_folded": folded, "relu_after_pool": _relu_after_pool(net),
+                "input_grad_convs": _fast_input_grads(net)}
+    try:
+        net.fast_copy_rewrites = rewrites
+    except Exception:  # modules that take no new attributes (scripted)
+        pass
     for p in net.parameters():
         p.requires_grad_(False)
     return net.to(memory_format=torch.channels_last) if channels_last else net
@@ -491,6 +640,8 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
     zero = torch.zeros(()).expand_as(xf)  # a zero field that takes no memory
 
     def substrate_of(kind: str) -> torch.Tensor:
+        if kind == "blur":
+            return field_blur(xf, cfg.blur_sigma)
         return zero if kind == "zero" else make_substrate(xf, kind, cfg.blur_sigma)
 
     substrate = substrate_of(cfg.substrate)
@@ -514,6 +665,8 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
     dtype = amp_dtype(device, amp)
     plan.channels_last = channels_last_for(device, dtype)
     model = fast_copy(model, channels_last=plan.channels_last)
+    plan.model_rewrites = getattr(model, "fast_copy_rewrites", None)
+    plan.tile_passes = 0
     prev = torch.ones(1, cm, h, w)
     # one scale, no cap, no regulariser (the defaults): the softmax's gradient in closed
     # form, no autograd graph over the field (fewer field-sized buffers at once)
@@ -562,6 +715,7 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
             for j, (y, xx) in enumerate(chunk):
                 g_acc[..., y:y + th, xx:xx + tw] += g[j] * win
             loss_total += float(loss_i.sum())
+            plan.tile_passes += len(chunk)
             k += len(chunk)
             yield Progress(int(1000 * (step + k / len(tiles)) / cfg.steps), 1000,
                            f"PCIM step {step + 1}/{cfg.steps}, tile {k}/{len(tiles)}",
