@@ -132,6 +132,19 @@ def test_evidence_config_checks():
         EvidenceConfig(n_random=0)
 
 
+def _objective(model, x, logits, substrate, targets, cfg, delete):
+    """PCIM's per-image objective, by autograd through blend, softmax and regularisers."""
+    h, w = x.shape[-2:]
+    a = mixing_weights([-lg for lg in logits] if delete else logits, (h, w), cfg.max_weight)
+    loss = _target_loss(model(blend(x, a, substrate)), targets, cfg.loss)
+    loss = -loss if delete else loss
+    if cfg.tv_weight:
+        loss = loss + cfg.tv_weight * _tv(a)
+    if cfg.sparsity_weight:
+        loss = loss + cfg.sparsity_weight * _entropy(a)
+    return loss
+
+
 def _reference_pcim(model, x, targets, cfg: PCIMConfig, per_channel=False):
     """PCIM's step as written before the step was fused: autograd through everything."""
     b, c, h, w = x.shape
@@ -146,15 +159,8 @@ def _reference_pcim(model, x, targets, cfg: PCIMConfig, per_channel=False):
     opt = torch.optim.Adam(logits, lr=cfg.lr) if cfg.optimizer == "adam" else None
     for step in range(cfg.steps):
         delete = cfg.game == "hybrid" and step % 2 == 1
-        a = mixing_weights([-lg for lg in logits] if delete else logits, (h, w),
-                           cfg.max_weight)
-        loss_i = _target_loss(model(blend(x, a, substrate if delete else keep_sub)),
-                              targets, cfg.loss)
-        loss_i = -loss_i if delete else loss_i
-        if cfg.tv_weight:
-            loss_i = loss_i + cfg.tv_weight * _tv(a)
-        if cfg.sparsity_weight:
-            loss_i = loss_i + cfg.sparsity_weight * _entropy(a)
+        loss_i = _objective(model, x, logits, substrate if delete else keep_sub, targets,
+                            cfg, delete)
         grads = torch.autograd.grad(loss_i.sum(), logits)
         losses.append(float(loss_i.detach().mean()))
         with torch.no_grad():
@@ -194,6 +200,11 @@ def test_fused_step_matches_the_reference(params, per_channel, n_classes):
     x = torch.randn(3, 2, 20, 20, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0, 1, 2]) % n_classes
     cfg = PCIMConfig(**params)
+    _assert_matches_reference(model, x, t, cfg, per_channel)
+
+
+def _assert_matches_reference(model, x, t, cfg, per_channel=False):
+    """pcim_batch gives the reference's losses (every step) and maps."""
     ref, ref_losses = _reference_pcim(model, x, t, cfg, per_channel)
     gen = pcim_batch(model, x, t, cfg, per_channel)
     losses = []
@@ -216,18 +227,7 @@ def test_single_image_step_matches_the_reference(params):
     x = torch.randn(3, 2, 20, 20, generator=torch.Generator().manual_seed(0))
     cfg = PCIMConfig(**params)
     for i in range(3):
-        xi, ti = x[i:i + 1], torch.tensor([i])
-        ref, ref_losses = _reference_pcim(model, xi, ti, cfg)
-        gen = pcim_batch(model, xi, ti, cfg)
-        losses = []
-        try:
-            while True:
-                losses.append(next(gen).partial["loss"])
-        except StopIteration as stop:
-            got = stop.value
-        assert len(losses) == len(ref_losses)
-        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        _assert_matches_reference(model, x[i:i + 1], torch.tensor([i]), cfg)
 
 
 class _PermutedGrad(torch.autograd.Function):
@@ -288,14 +288,7 @@ def test_step_gradient_matches_autograd(params, n_classes, per_channel, phase):
                           ).requires_grad_(True) for s in cfg.scales]
     delete = phase == 1
     sub = make_substrate(x, "zero" if phase else "blur", cfg.blur_sigma)
-    # autograd through everything
-    a = mixing_weights([-lg for lg in logits] if delete else logits, (h, w), cfg.max_weight)
-    loss_i = _target_loss(model(blend(x, a, sub)), t, cfg.loss)
-    obj = -loss_i if delete else loss_i
-    if cfg.tv_weight:
-        obj = obj + cfg.tv_weight * _tv(a)
-    if cfg.sparsity_weight:
-        obj = obj + cfg.sparsity_weight * _entropy(a)
+    obj = _objective(model, x, logits, sub, t, cfg, delete)  # autograd through everything
     ref = torch.autograd.grad(obj.sum(), logits)
     # PCIM's step
     graph = not _closed_form(cfg)
