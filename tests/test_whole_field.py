@@ -412,3 +412,22 @@ def test_provenance_counts_tile_passes_and_model_rewrites():
     assert p["steps_run"] == [4] and p["tile_passes"] == [4 * live] and live > 0
     assert p["model_rewrites"] == {"conv_bn_folded": 5, "relu_after_pool": 3,
                                    "input_grad_convs": 1}
+
+
+def test_field_probabilities_are_the_mean_over_tiles_that_do_not_overlap():
+    """Every pixel weighs the same in a field's probabilities (as in the evidence check),
+    whatever the attribution tiles' overlap."""
+    from napari_attribution.core.tiling import tile_grid
+
+    torch.manual_seed(0)
+    model = small_cnn().eval()
+    x, _ = field_with_spots(48, 128, [(20, 10), (22, 100)])
+    res = run_generator(explain(model, x[None], 1, device="cpu", input_size=32,
+                                tile_overlap=8, tiling="field", steps=2))
+    grid = tile_grid(48, 128, 32, 0)
+    assert len(grid) == 2 * 4  # the last row overlaps the one before: 48 = 32 + 16
+    with torch.no_grad():
+        tiles = torch.stack([torch.from_numpy(x[:, y:y + 32, xx:xx + 32]) for y, xx in grid])
+        want = torch.softmax(model(tiles), 1).mean(0).numpy()
+    np.testing.assert_allclose(res.probabilities[0], want, rtol=1e-5, atol=1e-6)
+    assert res.params["probability_tile_overlap"] == 0
