@@ -82,7 +82,7 @@ class AttributionWidget(DockWidget):
         self.evidence.setChecked(True)
         self.evidence.setToolTip("Deletes each map's top pixels and random ones and warns "
                                  "when the model cares no more about the map's; on whole "
-                                 "fields it adds about a third to the time")
+                                 "fields it adds about half the time again")
         self.predict_btn = QPushButton("Predict")
         self.run_btn = QPushButton("Explain")
         self.cancel_btn = QPushButton("Cancel")
