@@ -364,14 +364,17 @@ def test_fast_copy_moves_relus_behind_pooling_with_the_same_outputs_and_gradient
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 1100, 600), (1, 1, 300, 700)])
-def test_field_blur_is_the_gaussian_blur(shape, monkeypatch):
-    from napari_attribution.core.pcim import gaussian_blur
+def test_banded_blur_is_the_gaussian_blur(shape, monkeypatch):
+    """The blur matrices' banded products equal the depthwise convolution."""
+    from napari_attribution.core import pcim
 
-    monkeypatch.setattr(F, "BLUR_BLOCK", 128)  # several blocks on a small field
     x = torch.rand(shape)
-    for sigma in (2.0, 5.0):
-        torch.testing.assert_close(F.field_blur(x, sigma), gaussian_blur(x, sigma),
-                                   atol=1e-5, rtol=0)
+    monkeypatch.setattr(pcim, "_MATRIX_BLUR_MAX", 0)  # the convolution: the reference
+    want = {sigma: pcim.gaussian_blur(x, sigma) for sigma in (2.0, 5.0)}
+    monkeypatch.setattr(pcim, "_MATRIX_BLUR_MAX", 2048)
+    monkeypatch.setattr(pcim, "BLUR_BLOCK", 128)  # several blocks on a small image
+    for sigma, ref in want.items():
+        torch.testing.assert_close(pcim.gaussian_blur(x, sigma), ref, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -83,39 +83,6 @@ def window(tile_h: int, tile_w: int, overlap: int) -> np.ndarray:
     return np.outer(ramp(tile_h), ramp(tile_w))
 
 
-#: field blurs use row blocks of this many pixels (with the kernel's halo) of the blur
-#: matrix instead of the whole (n, n) matrix
-BLUR_BLOCK = 256
-
-
-def field_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """:func:`.pcim.gaussian_blur` of a (B, C, H, W) field, the same result to float
-    rounding: the products with its banded (n, n) blur matrices taken
-    :data:`BLUR_BLOCK` rows at a time over only the columns the kernel reaches (2048 px:
-    ~5x fewer operations than the full products, the rest of the matrix being zeros)."""
-    from .pcim import _MATRIX_BLUR_MAX, _blur_matrix, gaussian_blur
-
-    h, w = x.shape[-2:]
-    radius = max(1, int(math.ceil(3 * sigma))) if sigma > 0 else 0
-    radius = min(radius, h - 1, w - 1) if min(h, w) > 1 else 0
-    if (radius < 1 or max(h, w) > _MATRIX_BLUR_MAX or min(h, w) <= 2 * BLUR_BLOCK
-            or x.dtype not in (torch.float32, torch.float64)):
-        return gaussian_blur(x, sigma)
-    mh = _blur_matrix(h, float(sigma), radius, x.dtype, x.device)
-    mw = _blur_matrix(w, float(sigma), radius, x.dtype, x.device)
-    y = torch.empty_like(x)
-    for r0 in range(0, h, BLUR_BLOCK):
-        r1, c0 = min(h, r0 + BLUR_BLOCK), max(0, r0 - radius)
-        c1 = min(h, r0 + BLUR_BLOCK + radius)
-        y[..., r0:r1, :] = torch.matmul(mh[r0:r1, c0:c1], x[..., c0:c1, :])
-    out = torch.empty_like(x)
-    for r0 in range(0, w, BLUR_BLOCK):
-        r1, c0 = min(w, r0 + BLUR_BLOCK), max(0, r0 - radius)
-        c1 = min(w, r0 + BLUR_BLOCK + radius)
-        out[..., r0:r1] = torch.matmul(y[..., c0:c1], mw[r0:r1, c0:c1].T)
-    return out
-
-
 def background_tiles(x: np.ndarray, grid: list[tuple[int, int]], tile_h: int, tile_w: int,
                      fraction: float | None = BACKGROUND_FRACTION) -> np.ndarray:
     """Boolean per tile of ``grid``: True where no channel of the (lightly blurred) field
@@ -125,8 +92,10 @@ def background_tiles(x: np.ndarray, grid: list[tuple[int, int]], tile_h: int, ti
     is background."""
     if not fraction:
         return np.zeros(len(grid), bool)
+    from .pcim import gaussian_blur
+
     xt = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
-    sm = field_blur(xt, 2.0)[0].numpy()
+    sm = gaussian_blur(xt, 2.0)[0].numpy()
     step = max(1, int(math.sqrt(sm[0].size / 2e5)))  # percentiles on a subsample
     sub = sm[:, ::step, ::step].reshape(sm.shape[0], -1)
     p5, p50, hi = np.percentile(sub, [5, 50, 99.9], axis=1)
@@ -640,8 +609,6 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
     zero = torch.zeros(()).expand_as(xf)  # a zero field that takes no memory
 
     def substrate_of(kind: str) -> torch.Tensor:
-        if kind == "blur":
-            return field_blur(xf, cfg.blur_sigma)
         return zero if kind == "zero" else make_substrate(xf, kind, cfg.blur_sigma)
 
     substrate = substrate_of(cfg.substrate)
