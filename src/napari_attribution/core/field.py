@@ -37,7 +37,16 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .pcim import PCIMConfig, _entropy, _phase, _target_loss, _tv, blend, make_substrate
+from .pcim import (
+    PCIMConfig,
+    _entropy,
+    _normalised_update,
+    _phase,
+    _target_loss,
+    _tv,
+    blend,
+    make_substrate,
+)
 from .progress import Progress
 from .tiling import tile_starts
 
@@ -694,11 +703,8 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
             grads = _logits_grads(a_full, logits, g_acc, cfg, delete)
         del a_full, a_det, g_acc
         with torch.no_grad():
-            # One normalised step for the field: its largest update is ``lr``.
-            scale = max(float(g.abs().max()) for g in grads)
-            scale = cfg.lr / max(scale, 1e-30)
-            for lg, g in zip(logits, grads, strict=True):
-                lg.add_(g, alpha=-scale)
+            # One normalised step for the field (one image): its largest update is ``lr``.
+            _normalised_update(logits, grads, cfg.lr, None)
             del grads
             a_new = _field_weights(logits, (h, w), cfg.max_weight, active, 1.0)
             # mean |change| over the active entries (the others stay 1 in both)

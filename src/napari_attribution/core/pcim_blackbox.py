@@ -66,7 +66,14 @@ import torch
 from torch.nn import functional as F
 
 from .errors import InputError
-from .pcim import SUBSTRATES, _target_loss, blend, make_substrate, mixing_weights
+from .pcim import (
+    SUBSTRATES,
+    _normalised_update,
+    _target_loss,
+    blend,
+    make_substrate,
+    mixing_weights,
+)
 from .progress import Progress
 
 MODULATIONS = ("deletion", "contrast", "none")
@@ -271,8 +278,7 @@ def pcim_blackbox_batch(model, x: torch.Tensor, targets: torch.Tensor,
                 loss = -loss
             diff = (loss[:, :k] - loss[:, k:]).view(b, k, 1, 1, 1)   # k: -σε or the base
             grad = (diff * eps).sum(1) / ((2 if central else 1) * cfg.sigma * k)
-            scale = cfg.lr / grad.flatten(1).abs().amax(1).clamp_min(1e-30)
-            logits = logits - scale.view(b, 1, 1, 1) * grad
+            _normalised_update([logits], [grad], cfg.lr, None)   # largest update: lr
             mean_loss = float(loss.mean())
         yield Progress(step + 1, n_steps, f"black-box PCIM step {step + 1}/{n_steps}",
                        partial={"loss": mean_loss})
