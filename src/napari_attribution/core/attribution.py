@@ -360,8 +360,7 @@ def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, 
     """``_explain`` on :class:`ContrastModel` wrappers, one per target class."""
     n, _, h, w = x_np.shape
     # The model's own probabilities (mean over tiles when tiled), as ``_explain`` reports.
-    grid = tile_grid(h, w, input_size, 0 if field is not None else overlap) if tiled \
-        else [(0, 0)]
+    grid = _probability_grid(h, w, input_size, overlap, tiled, field)
     sh, sw = (input_size, input_size) if tiled else (h, w)
     probs = np.zeros((n, 0))
     for y, x in grid:
@@ -409,6 +408,17 @@ def _relay(gen: Generator[Progress, None, Any], part: int, parts: int, prefix: s
         gen.close()
 
 
+def _probability_grid(h: int, w: int, input_size: int | None, overlap: int, tiled: bool,
+                      field: dict | None) -> list[tuple[int, int]]:
+    """Tile origins whose mean class probabilities ``explain`` reports: the whole image,
+    the attribution tiles, or for a field tiles that do not overlap (only the last row
+    and column may): every pixel weighs the same, as in the evidence check (a 2048²
+    field: 64 forward passes instead of 121)."""
+    if not tiled:
+        return [(0, 0)]
+    return tile_grid(h, w, input_size, 0 if field is not None else overlap)
+
+
 #: ``explain``'s ways of covering an image larger than the model's input (PCIM)
 TILINGS = ("auto", "field", "one_pass", "per_tile")
 
@@ -428,12 +438,8 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
     probe_model = fast_copy(model, channels_last=channels_last_for(dev)) \
         if field is not None else model
 
-    # Probabilities on the unmodified input (whole image, or mean over its tiles). A
-    # field's are the mean over tiles that do not overlap (only the last row and column
-    # may): every pixel weighs the same, as in the evidence check, and a 2048² field
-    # takes 64 forward passes instead of 121.
-    grid = tile_grid(h, w, input_size, 0 if field is not None else overlap) if tiled \
-        else [(0, 0)]
+    # Probabilities on the unmodified input (whole image, or mean over its tiles).
+    grid = _probability_grid(h, w, input_size, overlap, tiled, field)
     side_h, side_w = (input_size, input_size) if tiled else (h, w)
     # Work items: (image, tile origin); processed batch_size at a time, here and below.
     items = [(i, yx) for i in range(n) for yx in grid]
