@@ -369,7 +369,7 @@ def test_strided_sample_reads_chunk_by_chunk_and_equals_a_strided_read(
 
 
 def test_release_freed_memory_is_safe_to_call():
-    from napari_attribution.batch.regions import _malloc_trim, release_freed_memory
+    from napari_attribution.core.allocator import _malloc_trim, release_freed_memory
 
     release_freed_memory()
     release_freed_memory()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import baselines
+from .allocator import reuse_freed_memory
 from .classifier import check_outputs, frozen, infer_channels
 from .contrast import CONTRAST_TARGET, ContrastModel, check_contrast
 from .devices import resolve_device
@@ -437,6 +438,8 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
         else batch_size
     probe_model = fast_copy(model, channels_last=channels_last_for(dev)) \
         if field is not None else model
+    if field is not None and dev.type == "cpu":
+        reuse_freed_memory()  # tile passes reuse freed blocks (see .allocator)
 
     # Probabilities on the unmodified input (whole image, or mean over its tiles).
     grid = _probability_grid(h, w, input_size, overlap, tiled, field)

@@ -24,7 +24,9 @@ global pooling) and the whole field fits the memory budget, the field is one til
 
 Memory: the field (image, two substrates, logits, weights, gradient: a few float32 copies)
 plus one batch of tiles' activations; the batch size comes from the free memory (CUDA) or
-the budget, and a batch that runs out of memory is retried at half the size.
+the budget, and a batch that runs out of memory is retried at half the size. On the CPU
+freed blocks of up to 32 MiB are kept for the next tile (:func:`.allocator.
+reuse_freed_memory`) instead of faulting fresh pages in for every tile pass.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .allocator import reuse_freed_memory
 from .errors import InputError
 from .pcim import (
     PCIMConfig,
@@ -611,6 +614,11 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
     if cfg.optimizer != "normalized":
         raise InputError("field tiling supports PCIM's 'normalized' optimizer only; use "
                          "tiling='per_tile' for adam")
+    if device.type == "cpu":
+        # every tile pass allocates its activations afresh: keep freed blocks for reuse
+        # instead of faulting fresh pages in (:mod:`.allocator`; a 2048² field's
+        # ``explain``: 1.03 M -> 0.18 M minor page faults, 35.1 -> 31.2 s)
+        reuse_freed_memory()
     c, h, w = x.shape
     cm = c if per_channel else 1
     th, tw = plan.tile_h, plan.tile_w
