@@ -16,7 +16,10 @@ reports on what was not tuned on:
   (PCIM's pass count) and from a blurred-image baseline (PCIM's preservation reference);
   a random map as the floor;
 * **intervals**: the mean over images with a 95 % bootstrap interval, and the paired
-  bootstrap interval of PCIM minus each baseline (same images).
+  bootstrap interval of PCIM minus each baseline (same images);
+* **cost** per method: forward and backward passes and ms per image, and the peak memory
+  above the start while it explains the set (``--batch`` images at a time; the process's
+  resident-set high-water mark, ``core.peak_memory.track_peak``).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fidelity.py [--quick] [--sets synthetic,mnist]
         [--methods PCIM-blackbox --merge]
@@ -50,6 +53,7 @@ from napari_attribution.core.metrics import (  # noqa: E402
     bootstrap_interval,
     trained_perturbations,
 )
+from napari_attribution.core.peak_memory import track_peak  # noqa: E402
 from napari_attribution.core.progress import run_generator  # noqa: E402
 
 #: label -> (method, parameters)
@@ -125,18 +129,22 @@ def fresh_bbbc(n: int, epochs: int, seed: int) -> dict[str, dict]:
 
 def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict, batch: int,
               seed: int) -> tuple[np.ndarray, dict]:
-    """Maps and cost (ms, forward and backward passes per image) of one variant."""
+    """Maps and cost of one variant: ms, forward and backward passes per image, and the
+    peak memory above the start while it explains the set ``batch`` images at a time
+    (the process's resident set, :func:`track_peak`)."""
     if method == "random":
         rng = np.random.default_rng(seed)
         return rng.random((x.shape[0], *x.shape[-2:])).astype(np.float32), {
-            "ms_per_image": 0.0, "forward_per_image": 0.0, "backward_per_image": 0.0}
-    with count_passes(model) as passes:
+            "ms_per_image": 0.0, "forward_per_image": 0.0, "backward_per_image": 0.0,
+            "peak_mib": 0.0}
+    with track_peak("cpu") as peak, count_passes(model) as passes:
         res = run_generator(explain(model, x, t, method=method, device="cpu",
                                     batch_size=batch, **params))
     n = x.shape[0]
     return res.maps, {"ms_per_image": 1000 * res.seconds / n,
                       "forward_per_image": passes["forward"] / n,
-                      "backward_per_image": passes["backward"] / n}
+                      "backward_per_image": passes["backward"] / n,
+                      "peak_mib": peak["peak_mib"]}
 
 
 def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None) -> dict:
@@ -158,7 +166,7 @@ def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None) -> 
         paired[label] = {m: bootstrap_interval(scores["PCIM"][m] - scores[label][m], seed=seed)
                          for m in scores["PCIM"]}
     return {"summary": summary, "paired_pcim_minus": paired, "cost": cost,
-            "n_images": int(x.shape[0]), "model_accuracy": s["model_accuracy"],
+            "n_images": int(x.shape[0]), "batch": int(batch), "model_accuracy": s["model_accuracy"],
             "note": s["note"], "trained_on": trained_perturbations("pcim")}
 
 
@@ -225,6 +233,10 @@ def check_targets(results: dict) -> list[dict]:
     return out
 
 
+def _mib(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
 def _cell(ci: tuple) -> str:
     return f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]"
 
@@ -257,6 +269,8 @@ def markdown(results: dict, targets: list[dict]) -> str:
             for v in labels) + " |")
         lines.append("| ms per image | " + " | ".join(
             f"{r['cost'][v]['ms_per_image']:.1f}" for v in labels) + " |")
+        lines.append(f"| peak MiB (batch {r.get('batch', '?')}) | " + " | ".join(
+            _mib(r["cost"][v].get("peak_mib")) for v in labels) + " |")
         lines.append("")
     lines += ["| set | metric | PCIM | baseline | baseline value | intervals apart | "
               "paired difference |", "|---|---|---|---|---|---|---|"]

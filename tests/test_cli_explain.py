@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -73,6 +74,8 @@ def test_evaluate_table(tmp_path, trained_cells, capsys):
     for r in rows:
         assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
         assert 0 <= r["relevance_mass"] <= 1 and r["ms_per_image"] > 0
+        if sys.platform.startswith("linux"):  # the process's resident-set high-water mark
+            assert r["peak_source"] == "process_rss" and r["peak_mib"] >= 0
     assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "4", "--methods",
                  "pcim", "--metrics", "deletion", "--format", "csv", "--device", "cpu",
                  "-q"]) == 0

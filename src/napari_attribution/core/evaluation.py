@@ -20,6 +20,7 @@ from .metrics import (
     sanity_spearman,
     trained_perturbations,
 )
+from .peak_memory import track_peak
 from .progress import Progress
 
 EvalOutput = tuple[list[dict], dict[str, AttributionResult]]
@@ -100,7 +101,9 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
     metrics without ``masks``), its 95 % bootstrap interval over images under
     ``intervals``, the metrics the method optimises during attribution under
     ``trained_on`` (not independent evidence), forward and backward passes per image,
-    ms per image, peak CUDA memory (``None`` on CPU) and the batch size.
+    ms per image, peak memory above the start in MiB (``peak_mib``: CUDA tensors, or the
+    process's resident set on a Linux CPU, see :func:`.peak_memory.track_peak`; ``None``
+    where it cannot be measured) and the batch size.
     """
     bad = [m for m in methods if m not in available_methods()]
     if bad:
@@ -122,9 +125,7 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
         params = dict(method_params.get(name, {}))
         yield Progress(k, total, f"{name}: attribution")
         dev = resolve_device(device)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        with count_passes(model) as passes:
+        with track_peak(dev) as peak, count_passes(model) as passes:
             res = yield from explain(model, images, targets, method=name, device=device,
                                      batch_size=batch_size, **params)
         results[name] = res
@@ -137,8 +138,7 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
             else passes["forward"] / n_img,
             "backward_per_image": None if passes["backward"] is None
             else passes["backward"] / n_img,
-            "peak_mib": (torch.cuda.max_memory_allocated(res_dev) / 2**20
-                         if res_dev.type == "cuda" else None),
+            "peak_mib": peak["peak_mib"], "peak_source": peak["peak_source"],
             "trained_on": [m for m in trained_perturbations(name, params) if m in metrics],
             "intervals": {},
         }
