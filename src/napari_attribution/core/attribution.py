@@ -24,7 +24,14 @@ from .classifier import check_outputs, frozen, infer_channels
 from .contrast import CONTRAST_TARGET, ContrastModel, check_contrast
 from .devices import resolve_device
 from .errors import InputError
-from .field import BACKGROUND_FRACTION, channels_last_for, fast_copy, pcim_field, plan_field
+from .field import (
+    BACKGROUND_FRACTION,
+    channels_last_for,
+    fast_copy,
+    is_oom,
+    pcim_field,
+    plan_field,
+)
 from .pcim import PCIMConfig, pcim_batch
 from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
 from .progress import Progress
@@ -236,6 +243,8 @@ def _probe(model, x: torch.Tensor) -> torch.Tensor:
     except InputError:
         raise
     except RuntimeError as err:
+        if is_oom(err):
+            raise  # the caller retries with fewer images per pass
         raise InputError(f"the model cannot run on images of shape {tuple(x.shape[1:])} "
                          f"(channels, height, width): {str(err).splitlines()[0]}") from None
     if out.ndim != 2:
@@ -393,6 +402,19 @@ def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, 
                              seconds=time.perf_counter() - t0)
 
 
+def _smaller_batch(err: BaseException, batch: int, dev: torch.device) -> int:
+    """Half of ``batch`` after an out-of-memory ``err`` (the accelerator's cache emptied);
+    re-raises any other error, and out of memory with a single image as a clear error."""
+    if not is_oom(err):
+        raise err
+    if batch <= 1:
+        raise InputError(f"out of memory on {dev} with a single image (or tile); use "
+                         "smaller images, a smaller input_size, or the CPU") from None
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return max(1, batch // 2)
+
+
 def _relay(gen: Generator[Progress, None, Any], part: int, parts: int, prefix: str,
            partial: dict) -> Generator[Progress, None, Any]:
     """Forward ``gen``'s progress as part ``part`` of ``parts`` of a larger job (per mille,
@@ -452,12 +474,18 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
                             for i, (y, x) in chunk]).to(dev)
 
     prob_sum: np.ndarray | None = None
-    for b0 in range(0, len(items), probe_batch):
+    b0 = 0
+    while b0 < len(items):
         chunk = items[b0:b0 + probe_batch]
-        p = torch.softmax(_probe(probe_model, batch_of(chunk)).float(), 1).cpu().numpy()
+        try:
+            p = torch.softmax(_probe(probe_model, batch_of(chunk)).float(), 1).cpu().numpy()
+        except (RuntimeError, MemoryError) as err:  # out of memory: fewer per pass
+            probe_batch = _smaller_batch(err, probe_batch, dev)
+            continue
         if prob_sum is None:
             prob_sum = np.zeros((n, p.shape[1]), np.float64)
         np.add.at(prob_sum, [i for i, _ in chunk], p)
+        b0 += len(chunk)
     del probe_model  # field PCIM makes its own copy
     probabilities = (prob_sum / len(grid)).astype(np.float32)
     check_outputs(probabilities, what="class probabilities")
@@ -497,14 +525,26 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
                                  method=method, params=_jsonable(all_params),
                                  seconds=time.perf_counter() - t0)
     blenders = {i: TileBlender(shape, input_size, overlap) for i in range(n)} if tiled else {}
-    n_batches = (len(items) + batch_size - 1) // batch_size
-    for b in range(n_batches):
-        chunk = items[b * batch_size:(b + 1) * batch_size]
+    # A batch that runs out of memory is started again at half the size (the batches
+    # before it are kept); the size that worked is in the provenance.
+    bs, done, b, retries = batch_size, 0, 0, 0
+    while done < len(items):
+        chunk = items[done:done + bs]
+        n_batches = b + 1 + (len(items) - done - len(chunk) + bs - 1) // bs
         xb = batch_of(chunk)
         tb = torch.as_tensor(tgt[[i for i, _ in chunk]], device=dev)
         gen = fn(model, xb, tb, per_channel, **params)
-        out = (yield from _relay(gen, b, n_batches, f"{method}: batch {b + 1}/{n_batches} — ",
-                                 {"batch": b, "n_batches": n_batches}))
+        try:
+            out = (yield from _relay(gen, b, n_batches,
+                                     f"{method}: batch {b + 1}/{n_batches} — ",
+                                     {"batch": b, "n_batches": n_batches}))
+        except (RuntimeError, MemoryError) as err:
+            del xb, gen
+            bs = _smaller_batch(err, bs, dev)
+            retries += 1
+            continue
+        done += len(chunk)
+        b += 1
         out = out.detach().float().cpu().numpy()
         for k, (i, (y, x)) in enumerate(chunk):
             if tiled:
@@ -514,10 +554,12 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
     for i, bl in blenders.items():
         maps[i] = bl.result()
     check_outputs(maps, what=f"{method} maps")
-    all_params.update({"per_channel": bool(per_channel), "batch_size": int(batch_size),
+    all_params.update({"per_channel": bool(per_channel), "batch_size": int(bs),
                        "device": str(dev), "input_size": input_size,
                        "tile_overlap": overlap if tiled else None,
                        "tiling": "per_tile" if tiled else None})
+    if retries:
+        all_params.update({"batch_size_asked": int(batch_size), "oom_retries": retries})
     return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
                              method=method, params=_jsonable(all_params),
                              seconds=time.perf_counter() - t0)
