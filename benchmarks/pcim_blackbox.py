@@ -186,7 +186,7 @@ def lowdim_gradient(model, x: np.ndarray, t: np.ndarray, params: dict) -> np.nda
     b, _, h, w = xt.shape
     dele, keep = make_substrate(xt, cfg.substrate), make_substrate(
         xt, cfg.preserve_substrate or cfg.substrate, cfg.blur_sigma)
-    mod = modulation(xt, dele, keep, cfg.modulate, cfg.power)
+    mod = modulation(xt, dele, keep, cfg.modulate, cfg.power, cfg.blur_sigma)
     c = torch.zeros(b, 1, *cfg.coarse_shape(h, w), requires_grad=True)
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
