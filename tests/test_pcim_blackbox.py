@@ -154,12 +154,12 @@ def test_seeded_directions_and_contrast_modulation():
     assert plain[:, :, :3].std() > 0                     # the coarse field alone varies
 
 
-def test_default_modulation_is_the_deletion_contrast_so_the_blur_halo_stays_tied():
+def test_deletion_modulation_ties_pixels_equal_to_the_zero_substrate():
     x = _images(n=2)
     x[:, :, :, :6] = 0.0          # zero = the deletion substrate; the blur is not zero here
     t = torch.ones(2, dtype=torch.long)
-    cfg = BlackboxPCIMConfig()
-    assert (cfg.modulate, cfg.substrate, cfg.preserve_substrate) == ("deletion", "zero", "blur")
+    cfg = BlackboxPCIMConfig(modulate="deletion", power=0.75)
+    assert (cfg.substrate, cfg.preserve_substrate) == ("zero", "blur")
     a, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
     edge = a[:, :, :6]            # deletion cannot change them: logit 0, one shared value
     assert torch.allclose(edge, edge[:, :1, :1].expand_as(edge))
@@ -172,6 +172,18 @@ def test_default_modulation_is_the_deletion_contrast_so_the_blur_halo_stays_tied
     assert (m[:, :, :, :6] == 0).all() and m[:, :, :, 6:].min() > 0
     assert torch.equal(modulation(x, torch.zeros_like(x), keep, "none", 0.5),
                        torch.ones(2, 1, 24, 24))
+
+
+def test_default_modulation_is_the_excess_over_the_blurred_image():
+    cfg = BlackboxPCIMConfig()
+    assert (cfg.modulate, cfg.power, cfg.blur_sigma) == ("excess", 0.5, 5.0)
+    x = _images(n=2)
+    x[:, :, :, :6] = 0.0          # dark next to bright: below its blur, no excess ...
+    a, _ = _run(pcim_blackbox_batch(RegionModel(), x, torch.ones(2, dtype=torch.long), cfg))
+    m = modulation(x, x, x, "excess", 1.0, blur_sigma=5.0)
+    assert (m[:, 0, :, :6] == 0).all()
+    edge = a[:, :, :6]            # ... so logit 0 there, one shared value
+    assert torch.allclose(edge, edge[:, :1, :1].expand_as(edge))
 
 
 def test_bad_options_are_refused_clearly():
@@ -209,7 +221,7 @@ def test_one_sided_and_central_estimates_agree_with_autograd_on_the_field():
             for d in ("forward", "central")}
     cfg = BlackboxPCIMConfig(**base)
     keep = make_substrate(x, "blur", 5.0)
-    mod = modulation(x, torch.zeros_like(x), keep, "deletion", cfg.power)
+    mod = modulation(x, torch.zeros_like(x), keep, cfg.modulate, cfg.power, cfg.blur_sigma)
     c = torch.zeros(2, 1, 3, 3, requires_grad=True)
     lg = F.interpolate(c, size=(24, 24), mode="bilinear", align_corners=False) * mod
     loss = _target_loss(net(blend(x, mixing_weights([lg], (24, 24)), keep)), t, cfg.loss)

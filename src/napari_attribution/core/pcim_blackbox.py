@@ -98,8 +98,8 @@ class BlackboxPCIMConfig:
     grid: int = 5
     cell: int | None = None
     levels: int = 1
-    modulate: str = "deletion"
-    power: float = 0.75
+    modulate: str = "excess"
+    power: float = 0.5
     orthogonal: bool = True
     difference: str = "forward"
     max_forward: int | None = None
