@@ -67,7 +67,8 @@ V2 = {"steps": 6, "samples": 4, "sigma": 0.1, "lr": 0.15, "cell": 4, "levels": 3
       "modulate": "contrast", "power": 1.0, "difference": "central"}
 #: black-box PCIM's defaults of issue #14's second rework: 3 x 3 logits, central differences
 #: along 9 equal-length orthogonal directions, 2 steps (37 passes)
-V3 = {"steps": 2, "samples": 9, "sigma": 0.1, "lr": 0.15, "grid": 3, "difference": "central"}
+V3 = {"steps": 2, "samples": 9, "sigma": 0.1, "lr": 0.15, "grid": 3, "difference": "central",
+      "modulate": "deletion", "power": 0.75}
 #: black-box PCIM's defaults of issue #14's third rework: as now, but the coarse field
 #: modulated by the contrast to the deletion substrate (power 0.75), not the excess
 V4 = {"modulate": "deletion", "power": 0.75}
