@@ -18,7 +18,10 @@ get the fine detail, the dark side of every edge gets none (logit 0, no halo).
 summed over channels (the blend ``s + a(x − s)`` cannot change a pixel equal to its
 substrate); ``modulate="contrast"`` sums the contrast to both games' substrates (with
 the blurred preservation substrate it lifts the halo around every stroke, which ROAD
-then removes first); ``modulate="none"`` drops the modulation.
+then removes first); ``modulate="none"`` drops the modulation. The excess assumes the
+evidence is *brighter* than its surroundings (fluorescence; MNIST strokes): in images
+where it is darker (brightfield, absorbance) it gives those pixels no detail; use
+``modulate="deletion"`` there.
 
 * **The modulation, not the gradient estimate, limited BBBC013 positives** (GFP
   gathering in nuclei; tuning split, ROAD-MoRF / gradient PCIM's). With the deletion
