@@ -154,12 +154,12 @@ def test_seeded_directions_and_contrast_modulation():
     assert plain[:, :, :3].std() > 0                     # the coarse field alone varies
 
 
-def test_default_modulation_is_the_deletion_contrast_so_the_blur_halo_stays_tied():
+def test_deletion_modulation_ties_pixels_equal_to_the_zero_substrate():
     x = _images(n=2)
     x[:, :, :, :6] = 0.0          # zero = the deletion substrate; the blur is not zero here
     t = torch.ones(2, dtype=torch.long)
-    cfg = BlackboxPCIMConfig()
-    assert (cfg.modulate, cfg.substrate, cfg.preserve_substrate) == ("deletion", "zero", "blur")
+    cfg = BlackboxPCIMConfig(modulate="deletion", power=0.75)
+    assert (cfg.substrate, cfg.preserve_substrate) == ("zero", "blur")
     a, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
     edge = a[:, :, :6]            # deletion cannot change them: logit 0, one shared value
     assert torch.allclose(edge, edge[:, :1, :1].expand_as(edge))
@@ -172,6 +172,18 @@ def test_default_modulation_is_the_deletion_contrast_so_the_blur_halo_stays_tied
     assert (m[:, :, :, :6] == 0).all() and m[:, :, :, 6:].min() > 0
     assert torch.equal(modulation(x, torch.zeros_like(x), keep, "none", 0.5),
                        torch.ones(2, 1, 24, 24))
+
+
+def test_default_modulation_is_the_excess_over_the_blurred_image():
+    cfg = BlackboxPCIMConfig()
+    assert (cfg.modulate, cfg.power, cfg.blur_sigma) == ("excess", 0.5, 5.0)
+    x = _images(n=2)
+    x[:, :, :, :6] = 0.0          # dark next to bright: below its blur, no excess ...
+    a, _ = _run(pcim_blackbox_batch(RegionModel(), x, torch.ones(2, dtype=torch.long), cfg))
+    m = modulation(x, x, x, "excess", 1.0, blur_sigma=5.0)
+    assert (m[:, 0, :, :6] == 0).all()
+    edge = a[:, :, :6]            # ... so logit 0 there, one shared value
+    assert torch.allclose(edge, edge[:, :1, :1].expand_as(edge))
 
 
 def test_bad_options_are_refused_clearly():
@@ -209,7 +221,7 @@ def test_one_sided_and_central_estimates_agree_with_autograd_on_the_field():
             for d in ("forward", "central")}
     cfg = BlackboxPCIMConfig(**base)
     keep = make_substrate(x, "blur", 5.0)
-    mod = modulation(x, torch.zeros_like(x), keep, "deletion", cfg.power)
+    mod = modulation(x, torch.zeros_like(x), keep, cfg.modulate, cfg.power, cfg.blur_sigma)
     c = torch.zeros(2, 1, 3, 3, requires_grad=True)
     lg = F.interpolate(c, size=(24, 24), mode="bilinear", align_corners=False) * mod
     loss = _target_loss(net(blend(x, mixing_weights([lg], (24, 24)), keep)), t, cfg.loss)
@@ -220,3 +232,83 @@ def test_one_sided_and_central_estimates_agree_with_autograd_on_the_field():
     for d, m in maps.items():
         assert torch.allclose(m, exact, atol=2e-3), d
     assert not torch.allclose(maps["forward"], torch.zeros_like(exact), atol=1e-2)
+
+
+def _spots(n: int = 2, size: int = 24) -> torch.Tensor:
+    """Dark images (0.05) with a bright 4 x 4 spot (1.0) in channel 0 at (6..10, 14..18)."""
+    x = torch.full((n, 2, size, size), 0.05)
+    x[:, 0, 6:10, 14:18] = 1.0
+    return x
+
+
+def test_excess_modulation_is_zero_on_the_dark_side_of_edges():
+    x = _spots()
+    m = modulation(x, torch.zeros_like(x), make_substrate(x, "blur", 2.0), "excess", 1.0,
+                   blur_sigma=2.0)
+    assert m.shape == (2, 1, 24, 24)
+    assert torch.allclose(m.flatten(1).mean(1), torch.ones(2))           # mean one
+    assert m[:, :, 6:10, 14:18].min() > 1.0                               # the spot
+    ring = torch.zeros(24, 24, dtype=torch.bool)
+    ring[3:13, 11:21] = True
+    ring[6:10, 14:18] = False
+    assert (m[:, 0][:, ring] == 0).all()           # the halo: darker than its blur
+    assert (m[:, 0, :2, :2] == 0).all()            # the flat background: no excess
+    # "contrast" (to zero and to the blur) lifts that halo; "excess" does not.
+    c = modulation(x, torch.zeros_like(x), make_substrate(x, "blur", 2.0), "contrast", 1.0)
+    assert c[:, 0][:, ring].min() > 0
+    sq = modulation(x, torch.zeros_like(x), x, "excess", 0.5, blur_sigma=2.0)
+    assert torch.allclose(sq, m.sqrt())
+    flat = torch.full((1, 2, 24, 24), 0.3)                                # nothing stands out
+    assert torch.equal(modulation(flat, flat, flat, "excess", 0.75), torch.ones(1, 1, 24, 24))
+
+
+def test_excess_map_ties_the_halo_and_ranks_what_the_model_reads_first():
+    """Under ``modulate="excess"`` every pixel without excess keeps logit 0 (one shared
+    value); the textured pixels the model reads outrank a brighter spot it ignores."""
+    x = torch.full((2, 2, 24, 24), 0.05)
+    x[:, 0, 1:5, 1:5] = 0.6                          # a distractor, far from REGION
+    noise = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+    x[:, 0, 8:16, 16:24] += 0.4 * noise              # texture inside REGION
+    t = torch.ones(2, dtype=torch.long)
+    cfg = BlackboxPCIMConfig.from_params({"modulate": "excess", "blur_sigma": 2.0})
+    assert cfg.to_dict()["modulate"] == "excess"
+    maps, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
+    zero = modulation(x, x, x, "excess", 1.0, blur_sigma=2.0)[:, 0] == 0
+    assert zero.sum() > 300
+    for i in range(2):
+        assert maps[i][zero[i]].std() < 1e-6                  # tied: logit 0
+        read = torch.zeros(24, 24, dtype=torch.bool)
+        read[REGION] = True
+        read &= ~zero[i]
+        spot = torch.zeros(24, 24, dtype=torch.bool)
+        spot[1:5, 1:5] = True
+        assert maps[i][read].mean() > maps[i][spot].max()
+        assert maps[i][spot].max() < maps[i][zero[i]][0]      # pushed below the tie
+
+
+@pytest.mark.parametrize("modulate", ["excess", "deletion"])
+def test_forward_estimate_matches_autograd_for_each_modulation(modulate):
+    """K = d directions: the first step equals the exact normalised gradient step through
+    the same parameterisation, for the excess modulation as for the deletion contrast."""
+    from torch.nn import functional as F
+
+    from napari_attribution.core.pcim import _target_loss, blend, mixing_weights
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 5, padding=2), torch.nn.Tanh(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 24 * 24, 2))
+    x, t = _images(n=2, seed=4), torch.ones(2, dtype=torch.long)
+    cfg = BlackboxPCIMConfig(steps=1, grid=3, samples=9, lr=0.1, sigma=0.005,
+                             modulate=modulate)
+    got, _ = _run(pcim_blackbox_batch(net, x, t, cfg))
+    keep = make_substrate(x, "blur", cfg.blur_sigma)
+    mod = modulation(x, torch.zeros_like(x), keep, modulate, cfg.power, cfg.blur_sigma)
+    c = torch.zeros(2, 1, 3, 3, requires_grad=True)
+    lg = F.interpolate(c, size=(24, 24), mode="bilinear", align_corners=False) * mod
+    loss = _target_loss(net(blend(x, mixing_weights([lg], (24, 24)), keep)), t, cfg.loss)
+    (g,) = torch.autograd.grad(loss.sum(), c)
+    step = -cfg.lr * g / g.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
+    lg = F.interpolate(step, size=(24, 24), mode="bilinear", align_corners=False) * mod
+    exact = torch.log(mixing_weights([lg], (24, 24)))[:, 0].detach()
+    assert torch.allclose(got, exact, atol=2e-3)
+    assert exact.std() > 1e-2                       # the step moved the map
