@@ -312,3 +312,26 @@ def test_forward_estimate_matches_autograd_for_each_modulation(modulate):
     exact = torch.log(mixing_weights([lg], (24, 24)))[:, 0].detach()
     assert torch.allclose(got, exact, atol=2e-3)
     assert exact.std() > 1e-2                       # the step moved the map
+
+
+def test_coarse_grid_on_large_images_is_warned_about():
+    from napari_attribution.core.attribution import explain
+    from napari_attribution.core.progress import run_generator
+
+    cfg = BlackboxPCIMConfig()
+    assert cfg.coarseness_warning(48, 48) is None          # the tuned scale: ~10 px/logit
+    assert cfg.coarseness_warning(120, 120) is None        # 24 px per logit: the limit
+    msg = cfg.coarseness_warning(320, 320)
+    assert "5 x 5 logits span 64 px" in msg and "grid=20, samples=400" in msg
+    assert "802 forward passes per image instead of 52" in msg
+    assert BlackboxPCIMConfig(cell=8).coarseness_warning(320, 320) is None
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2)).eval()
+    x = np.random.default_rng(0).random((1, 2, 160, 160), dtype=np.float32)
+    res = run_generator(explain(model, x, 1, method="pcim_blackbox", device="cpu",
+                                samples=4))
+    assert len(res.warnings) == 1 and res.provenance()["warnings"] == res.warnings
+    small = run_generator(explain(model, x[..., :40, :40], 1, method="pcim_blackbox",
+                                  device="cpu", samples=4))
+    assert small.warnings == []

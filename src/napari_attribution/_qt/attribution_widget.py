@@ -297,7 +297,8 @@ class AttributionWidget(DockWidget):
             self.say(f"{method}: {len(result.maps)} map(s) in {result.seconds:.1f} s"
                      + (f"; curves {curve_s:.1f} s" if curves else "")
                      + (f" — no localised evidence in {len(none)} map(s): their top pixels "
-                        "matter no more than random ones" if none else ""))
+                        "matter no more than random ones" if none else "")
+                     + "".join(f" — {w}" for w in result.warnings))
 
         return self.runner.start(work(), f"explaining ({method})", done)
 

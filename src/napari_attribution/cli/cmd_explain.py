@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             what += f" vs {clf.class_names[contrast]}"
         print(f"{image}: {args.method} map for class {what} "
               f"(p={result.probabilities[0, result.targets[0]]:.3f}) -> {out}")
-        for line in evidence_warnings(result):
+        for line in evidence_warnings(result) + [f"warning: {w}" for w in result.warnings]:
             print(f"{image}: {line}")
         if (result.evidence or {}).get("note"):
             print(f"{image}: evidence check {result.evidence['note']}")

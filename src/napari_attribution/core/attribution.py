@@ -56,6 +56,9 @@ class AttributionResult:
     #: :func:`.evidence.evidence_check`'s answer (``state`` per image: 'localised' or
     #: 'none', and its numbers), or None when not checked
     evidence: dict | None = None
+    #: plain warnings about how far to trust these maps (e.g. a coarse black-box grid);
+    #: the CLI prints them, the widget shows them, exports carry them
+    warnings: list[str] = field(default_factory=list)
 
     def no_evidence(self) -> list[int]:
         """Indices of the images whose map does not localise evidence."""
@@ -77,6 +80,7 @@ class AttributionResult:
             "targets": [int(t) for t in self.targets],
             "contrast": None if self.contrast is None else int(self.contrast),
             "evidence": _jsonable(self.evidence),
+            "warnings": list(self.warnings),
             "seconds": float(self.seconds),
             "package": "napari-attribution",
             "version": __version__,
@@ -325,6 +329,11 @@ def explain(model: torch.nn.Module, images: np.ndarray,
             result.evidence = _evidence(net, x_np, result, dev, batch_size,
                                         input_size if tiled else None)
             result.seconds = time.perf_counter() - t0
+        if method == "pcim_blackbox":
+            side = (input_size, input_size) if tiled else (h, w)
+            coarse = BlackboxPCIMConfig.from_params(params).coarseness_warning(*side)
+            if coarse:
+                result.warnings.append(coarse)
         return result
 
 

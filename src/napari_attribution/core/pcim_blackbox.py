@@ -102,6 +102,9 @@ from .pcim import (
 from .progress import Progress
 
 MODULATIONS = ("deletion", "contrast", "excess", "none")
+#: pixels per coarse logit above which ``explain`` warns that the map is coarse (the
+#: defaults were tuned on 28-48 px images: 6-10 px per logit)
+COARSE_CELL_PX = 24
 DIFFERENCES = ("central", "forward")
 
 
@@ -169,6 +172,23 @@ class BlackboxPCIMConfig:
         per logit, or (``cell=None``) ``grid`` cells across the shorter side."""
         cell = self.cell or max(1, math.ceil(min(h, w) / int(self.grid)))
         return max(1, math.ceil(h / cell)), max(1, math.ceil(w / cell))
+
+    def coarseness_warning(self, h: int, w: int) -> str | None:
+        """A plain warning when one coarse logit spans more than :data:`COARSE_CELL_PX`
+        pixels of an H x W image (the default 5 x 5 grid on whole fields), else None."""
+        gh, gw = self.coarse_shape(h, w)
+        cell = max(h / gh, w / gw)
+        if cell <= COARSE_CELL_PX:
+            return None
+        grid = max(int(self.grid), math.ceil(min(h, w) / 16))
+        passes = 2 * (grid * grid + 1)
+        return (f"black-box PCIM's {gh} x {gw} logits span {cell:.0f} px each on these "
+                f"{h}x{w} images: the model decides which regions matter only at that "
+                "scale (finer detail comes from the image itself). "
+                f"For a finer map raise the grid (e.g. grid={grid}, samples={grid * grid}: "
+                f"{passes} forward passes per image instead of "
+                f"{self.forward_passes(h, w)}), or use gradient PCIM if the model can be "
+                "differentiated.")
 
     def plan(self, h: int, w: int) -> list[tuple[int, int]]:
         """(coarsening factor, directions) of every step for an H x W image.
