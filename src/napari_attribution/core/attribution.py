@@ -31,6 +31,7 @@ from .field import (
     is_oom,
     pcim_field,
     plan_field,
+    smaller_batch,
 )
 from .pcim import PCIMConfig, pcim_batch
 from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
@@ -411,19 +412,6 @@ def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, 
                              seconds=time.perf_counter() - t0)
 
 
-def _smaller_batch(err: BaseException, batch: int, dev: torch.device) -> int:
-    """Half of ``batch`` after an out-of-memory ``err`` (the accelerator's cache emptied);
-    re-raises any other error, and out of memory with a single image as a clear error."""
-    if not is_oom(err):
-        raise err
-    if batch <= 1:
-        raise InputError(f"out of memory on {dev} with a single image (or tile); use "
-                         "smaller images, a smaller input_size, or the CPU") from None
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    return max(1, batch // 2)
-
-
 def _relay(gen: Generator[Progress, None, Any], part: int, parts: int, prefix: str,
            partial: dict) -> Generator[Progress, None, Any]:
     """Forward ``gen``'s progress as part ``part`` of ``parts`` of a larger job (per mille,
@@ -489,7 +477,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
         try:
             p = torch.softmax(_probe(probe_model, batch_of(chunk)).float(), 1).cpu().numpy()
         except (RuntimeError, MemoryError) as err:  # out of memory: fewer per pass
-            probe_batch = _smaller_batch(err, probe_batch, dev)
+            probe_batch = smaller_batch(err, probe_batch, dev)
             continue
         if prob_sum is None:
             prob_sum = np.zeros((n, p.shape[1]), np.float64)
@@ -549,7 +537,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
                                      {"batch": b, "n_batches": n_batches}))
         except (RuntimeError, MemoryError) as err:
             del xb, gen
-            bs = _smaller_batch(err, bs, dev)
+            bs = smaller_batch(err, bs, dev)
             retries += 1
             continue
         done += len(chunk)

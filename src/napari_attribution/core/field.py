@@ -217,6 +217,20 @@ def is_oom(err: BaseException) -> bool:
         or "can't allocate memory" in str(err).lower())
 
 
+def smaller_batch(err: BaseException, batch: int, device: torch.device) -> int:
+    """Half of ``batch`` after an out-of-memory ``err`` (the accelerator's cache emptied);
+    re-raises any other error, and out of memory with a single image or tile as a clear
+    error."""
+    if not is_oom(err):
+        raise err
+    if batch <= 1:
+        raise InputError(f"out of memory on {device} with a single image (or tile); use "
+                         "smaller images, a smaller input_size, or the CPU") from None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return max(1, batch // 2)
+
+
 def memory_budget_for(device: torch.device, given: float | None = None) -> float:
     """Bytes one batch may use: ``given``, else :data:`GPU_MEMORY_FRACTION` of the free
     memory on CUDA, else :data:`CPU_DEFAULT_BUDGET` (at most the available RAM)."""
@@ -686,14 +700,7 @@ def pcim_field(model: torch.nn.Module, x: np.ndarray, target: int, config: PCIMC
                 _, loss_i, g = _forward_grad(model, xb, sb, ab, tgt, cfg.loss, delete, dtype,
                                              plan.channels_last)
             except Exception as err:
-                if not is_oom(err):
-                    raise
-                if batch == 1:
-                    raise InputError("out of memory with a single tile; give a smaller "
-                                     "input_size or run on the CPU") from None
-                batch = max(1, batch // 2)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                batch = smaller_batch(err, batch, device)
                 continue
             g = g.cpu()
             for j, (y, xx) in enumerate(chunk):
