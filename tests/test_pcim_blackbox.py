@@ -204,14 +204,30 @@ def test_bad_options_are_refused_clearly():
                                  BlackboxPCIMConfig(), per_channel=True))
 
 
-def test_one_sided_and_central_estimates_agree_with_autograd_on_the_field():
-    """With K = d directions both finite differences recover the gradient of the loss with
-    respect to the coarse logits (here of a differentiable model, checked by autograd):
-    the first step's update is the normalised gradient, whatever the difference."""
+def _exact_first_step(net, x: torch.Tensor, t: torch.Tensor,
+                      cfg: BlackboxPCIMConfig) -> torch.Tensor:
+    """The first step's map (log-weights, (B, H, W)) from the exact gradient of the
+    preservation game's loss w.r.t. a 3 x 3 grid of coarse logits on 24 px images
+    (autograd through the same parameterisation), normalised as black-box PCIM steps."""
     from torch.nn import functional as F
 
     from napari_attribution.core.pcim import _target_loss, blend, mixing_weights
 
+    keep = make_substrate(x, "blur", cfg.blur_sigma)
+    mod = modulation(x, torch.zeros_like(x), keep, cfg.modulate, cfg.power, cfg.blur_sigma)
+    c = torch.zeros(x.shape[0], 1, 3, 3, requires_grad=True)
+    lg = F.interpolate(c, size=(24, 24), mode="bilinear", align_corners=False) * mod
+    loss = _target_loss(net(blend(x, mixing_weights([lg], (24, 24)), keep)), t, cfg.loss)
+    (g,) = torch.autograd.grad(loss.sum(), c)
+    step = -cfg.lr * g / g.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
+    lg = F.interpolate(step, size=(24, 24), mode="bilinear", align_corners=False) * mod
+    return torch.log(mixing_weights([lg], (24, 24)))[:, 0].detach()
+
+
+def test_one_sided_and_central_estimates_agree_with_autograd_on_the_field():
+    """With K = d directions both finite differences recover the gradient of the loss with
+    respect to the coarse logits (here of a differentiable model, checked by autograd):
+    the first step's update is the normalised gradient, whatever the difference."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 5, padding=2), torch.nn.Tanh(),
                               torch.nn.Flatten(), torch.nn.Linear(4 * 24 * 24, 2))
@@ -219,16 +235,7 @@ def test_one_sided_and_central_estimates_agree_with_autograd_on_the_field():
     base = dict(steps=1, grid=3, samples=9, lr=0.1, sigma=0.005)
     maps = {d: _run(pcim_blackbox_batch(net, x, t, BlackboxPCIMConfig(**base, difference=d)))[0]
             for d in ("forward", "central")}
-    cfg = BlackboxPCIMConfig(**base)
-    keep = make_substrate(x, "blur", 5.0)
-    mod = modulation(x, torch.zeros_like(x), keep, cfg.modulate, cfg.power, cfg.blur_sigma)
-    c = torch.zeros(2, 1, 3, 3, requires_grad=True)
-    lg = F.interpolate(c, size=(24, 24), mode="bilinear", align_corners=False) * mod
-    loss = _target_loss(net(blend(x, mixing_weights([lg], (24, 24)), keep)), t, cfg.loss)
-    (g,) = torch.autograd.grad(loss.sum(), c)
-    step = -cfg.lr * g / g.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
-    lg = F.interpolate(step, size=(24, 24), mode="bilinear", align_corners=False) * mod
-    exact = torch.log(mixing_weights([lg], (24, 24)))[:, 0].detach()
+    exact = _exact_first_step(net, x, t, BlackboxPCIMConfig(**base))
     for d, m in maps.items():
         assert torch.allclose(m, exact, atol=2e-3), d
     assert not torch.allclose(maps["forward"], torch.zeros_like(exact), atol=1e-2)
@@ -290,10 +297,6 @@ def test_excess_map_ties_the_halo_and_ranks_what_the_model_reads_first():
 def test_forward_estimate_matches_autograd_for_each_modulation(modulate):
     """K = d directions: the first step equals the exact normalised gradient step through
     the same parameterisation, for the excess modulation as for the deletion contrast."""
-    from torch.nn import functional as F
-
-    from napari_attribution.core.pcim import _target_loss, blend, mixing_weights
-
     torch.manual_seed(1)
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 5, padding=2), torch.nn.Tanh(),
                               torch.nn.Flatten(), torch.nn.Linear(4 * 24 * 24, 2))
@@ -301,15 +304,7 @@ def test_forward_estimate_matches_autograd_for_each_modulation(modulate):
     cfg = BlackboxPCIMConfig(steps=1, grid=3, samples=9, lr=0.1, sigma=0.005,
                              modulate=modulate)
     got, _ = _run(pcim_blackbox_batch(net, x, t, cfg))
-    keep = make_substrate(x, "blur", cfg.blur_sigma)
-    mod = modulation(x, torch.zeros_like(x), keep, modulate, cfg.power, cfg.blur_sigma)
-    c = torch.zeros(2, 1, 3, 3, requires_grad=True)
-    lg = F.interpolate(c, size=(24, 24), mode="bilinear", align_corners=False) * mod
-    loss = _target_loss(net(blend(x, mixing_weights([lg], (24, 24)), keep)), t, cfg.loss)
-    (g,) = torch.autograd.grad(loss.sum(), c)
-    step = -cfg.lr * g / g.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
-    lg = F.interpolate(step, size=(24, 24), mode="bilinear", align_corners=False) * mod
-    exact = torch.log(mixing_weights([lg], (24, 24)))[:, 0].detach()
+    exact = _exact_first_step(net, x, t, cfg)
     assert torch.allclose(got, exact, atol=2e-3)
     assert exact.std() > 1e-2                       # the step moved the map
 
