@@ -423,3 +423,27 @@ def test_local_cluster_workers_do_not_profile():
     finally:
         release()
     assert list(profiling.values()) == [False]
+
+
+def test_plan_warns_about_black_box_pcims_coarse_grid_on_whole_fields(tmp_path, records,
+                                                                     bundle_path):
+    from dataclasses import replace
+
+    from napari_attribution.batch.runner import plan_warnings
+
+    cfg = BatchConfig(methods=["pcim_blackbox", "saliency"])
+    (msg,) = plan_warnings(cfg, cfg.methods, (320, 400), regions=False)
+    assert msg.startswith("black-box PCIM's 5 x 7 logits span 64 px each on these 320x400")
+    assert plan_warnings(replace(cfg, input_size=48), cfg.methods, (320, 400), False) == []
+    (region,) = plan_warnings(cfg, cfg.methods, (20000, 20000), regions=True)
+    assert "1024x1024 images" in region            # what explain sees: one region
+    assert plan_warnings(BatchConfig(methods=["pcim_blackbox"],
+                                     params={"pcim_blackbox": {"cell": 8}}),
+                         ["pcim_blackbox"], (320, 400), False) == []
+    # a run on small images: nothing to warn about, and the store says so
+    run = BatchConfig(methods=["pcim_blackbox"], params={"pcim_blackbox": {"samples": 4}},
+                      device="cpu", batch_size=6)
+    result = run_generator(run_batch(records, bundle_path, tmp_path / "bb.zarr", run,
+                                     n_workers=1, processes=False))
+    assert result.warnings == []
+    assert result.open().meta["provenance"]["warnings"] == []

@@ -120,6 +120,8 @@ class BatchResult:
     compute_seconds: float
     n_workers: int
     fingerprint: str
+    #: plain warnings about the plan (e.g. black-box PCIM's coarse grid on whole fields)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -134,6 +136,21 @@ def default_table_paths(output: Path, table: Path | None) -> tuple[Path, Path]:
     """Per-image and per-well CSV paths: beside the store unless ``table`` is given."""
     base = Path(table) if table else output.with_suffix(".csv")
     return base, base.with_name(base.stem + "_wells.csv")
+
+
+def plan_warnings(config: BatchConfig, methods: Sequence[str], shape: tuple[int, int],
+                  regions: bool) -> list[str]:
+    """Plain warnings about the methods on what ``explain`` will see of each image of
+    ``shape`` (after downsampling): ``input_size`` tiles, a region, or the image."""
+    from ..core.attribution import method_warnings
+
+    if config.input_size is not None:
+        side = (config.input_size, config.input_size)
+    elif regions:
+        side = (min(shape[0], config.region_size), min(shape[1], config.region_size))
+    else:
+        side = shape
+    return [w for m in methods for w in method_warnings(m, config.params.get(m, {}), *side)]
 
 
 def _provenance(bundle: Any, config: BatchConfig) -> dict[str, Any]:
@@ -209,13 +226,15 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
                           config.target, shape, config.input_size, config.downsample)
     from .regions import use_regions
 
-    if use_regions(first, config.regions):  # region by region: part of what makes the run
+    regions = use_regions(first, config.regions)
+    if regions:  # region by region: part of what makes the run
         payload["regions"] = {"region_size": config.region_size}
+    warnings = plan_warnings(config, methods, shape, regions)
     lock = StoreLock(output).acquire()  # one run per store; held until this run ends
     try:
         return (yield from _run_locked(
             records, bundle, bundle_path, output, config, methods, payload, shape, t_start,
-            client=client, scheduler=scheduler, n_workers=n_workers,
+            warnings, client=client, scheduler=scheduler, n_workers=n_workers,
             threads_per_worker=threads_per_worker, processes=processes,
             overwrite=overwrite, table=table, trust=trust))
     finally:
@@ -223,14 +242,15 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
 
 
 def _run_locked(records, bundle, bundle_path, output, config, methods, payload, shape,
-                t_start, *, client, scheduler, n_workers, threads_per_worker, processes,
+                t_start, warnings, *, client, scheduler, n_workers, threads_per_worker, processes,
                 overwrite, table, trust) -> Generator[Progress, None, BatchResult]:
     """The run proper, with the store's lock held."""
     from .table import image_rows, well_rows, write_csv
 
     store = BatchStore.open_for_run(
         output, payload=payload, records=records, channel_names=bundle.channel_names,
-        class_names=bundle.class_names, provenance=_provenance(bundle, config),
+        class_names=bundle.class_names,
+        provenance={**_provenance(bundle, config), "warnings": warnings},
         overwrite=overwrite)
     n = len(records)
     fields = list(store.meta.get("fields") or [None] * n)
@@ -309,7 +329,8 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
         store_path=output, table_path=table_path, wells_path=wells_path, n_images=n,
         n_computed=len(computed), n_skipped=n - len(computed),
         seconds=time.perf_counter() - t_start, compute_seconds=t_compute,
-        n_workers=n_workers_used, fingerprint=store.meta["fingerprint"])
+        n_workers=n_workers_used, fingerprint=store.meta["fingerprint"],
+        warnings=warnings)
     store.mark_complete({"table": str(table_path), "wells": str(wells_path),
                          "n_images": n, "last_run_computed": len(computed),
                          "last_run_seconds": round(result.seconds, 3),

@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
              if result.n_computed else "") + ")")
     print(f"store: {result.store_path}\ntable: {result.table_path}\nwells: "
           f"{result.wells_path}")
+    for line in result.warnings:
+        print(f"warning: {line}")
     return 0
 
 

@@ -330,12 +330,20 @@ def explain(model: torch.nn.Module, images: np.ndarray,
             result.evidence = _evidence(net, x_np, result, dev, batch_size,
                                         input_size if tiled else None)
             result.seconds = time.perf_counter() - t0
-        if method == "pcim_blackbox":
-            side = (input_size, input_size) if tiled else (h, w)
-            coarse = BlackboxPCIMConfig.from_params(params).coarseness_warning(*side)
-            if coarse:
-                result.warnings.append(coarse)
+        side = (input_size, input_size) if tiled else (h, w)
+        result.warnings += method_warnings(method, params, *side)
         return result
+
+
+def method_warnings(method: str, params: dict, h: int, w: int) -> list[str]:
+    """Plain warnings about running ``method`` with ``params`` on H x W inputs (the size
+    the method sees: the tile when images are tiled): black-box PCIM's coarse grid on
+    large images (:meth:`.BlackboxPCIMConfig.coarseness_warning`). Batch runs check
+    their plan with it too."""
+    if method == "pcim_blackbox":
+        coarse = BlackboxPCIMConfig.from_params(params).coarseness_warning(h, w)
+        return [coarse] if coarse else []
+    return []
 
 
 def _evidence(model, x_np, result: AttributionResult, dev, batch_size: int,
