@@ -366,14 +366,3 @@ def test_strided_sample_reads_chunk_by_chunk_and_equals_a_strided_read(
     for _, ys, xs in reads:  # no read spans more than one chunk
         assert ys.start // chunks[1] == (ys.stop - 1) // chunks[1]
         assert xs.start // chunks[2] == (xs.stop - 1) // chunks[2]
-
-
-def test_release_freed_memory_is_safe_to_call():
-    from napari_attribution.core.allocator import _malloc_trim, release_freed_memory
-
-    release_freed_memory()
-    release_freed_memory()
-    import platform
-
-    if platform.libc_ver()[0] == "glibc":
-        assert _malloc_trim() is not None
