@@ -4,7 +4,7 @@ BBBC013's negative controls are defined by an *absence* (GFP stays out of the nu
 The audit found that on negatives a random map scores as well as any map on every
 fidelity metric but deletion to zero. This script measures, on held-out wells:
 
-1. the evidence check (:mod:`napari_attribution.core.evidence`): its threshold
+1. the evidence check (:mod:`napari_attribution.core.attribution.evidence`): its threshold
    ``min_gain`` is calibrated on *tuning wells* as the 95th percentile of the gain a
    random map achieves (so 'localised' means: beats what a random map reaches 95 % of
    the time), then applied on *report wells*: how often 'none' fires on PCIM maps of
@@ -37,11 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pixel_attribution as pa  # noqa: E402
-from napari_attribution.core.attribution import explain  # noqa: E402
-from napari_attribution.core.contrast import ContrastModel  # noqa: E402
-from napari_attribution.core.evidence import EvidenceConfig, evidence_check  # noqa: E402
-from napari_attribution.core.metrics import FIDELITY_METRICS, bootstrap_interval  # noqa: E402
-from napari_attribution.core.progress import run_generator  # noqa: E402
+from napari_attribution.core.attribution.contrast import ContrastModel  # noqa: E402
+from napari_attribution.core.attribution.evidence import EvidenceConfig, evidence_check  # noqa: E402
+from napari_attribution.core.attribution.explain import explain  # noqa: E402
+from napari_attribution.core.evaluation.metrics import FIDELITY_METRICS, bootstrap_interval  # noqa: E402
+from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
 METRICS = ("road_morf", "deletion_mean")
 DEFAULT = EvidenceConfig()      # the library's threshold, beside the calibrated one

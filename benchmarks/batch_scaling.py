@@ -49,8 +49,8 @@ def synthetic_plate(root: Path, n: int, size: int = 640):
 def make_model(path: Path) -> Path:
     import torch
 
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
-    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.data.normalization import PercentileNormalizer
     from napari_attribution.io.bundle import save_bundle
 
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def time_workers(n_workers: int, records, bundle: Path, work: Path, config) -> d
     from distributed import Client, LocalCluster
 
     from napari_attribution.batch import run_batch
-    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.runtime.progress import run_generator
 
     per_task = config.images_per_task or config.batch_size
     t0 = time.perf_counter()

@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"BBBC013 not found at {args.data}; nothing to do")
         return 1
 
-    from napari_attribution.core.attribution import explain
-    from napari_attribution.core.metrics import relevance_mass, spearman
-    from napari_attribution.core.progress import run_generator
-    from napari_attribution.core.training import TrainConfig, train_dcmix
+    from napari_attribution.core.attribution.explain import explain
+    from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+    from napari_attribution.core.evaluation.metrics import relevance_mass, spearman
+    from napari_attribution.core.runtime.progress import run_generator
     from napari_attribution.io.bundle import load_bundle, save_training_result
     from napari_attribution.io.figures import save_overlay_figure
     from napari_attribution.io.plate import load_bbbc013, open_bbbc013, take

@@ -80,7 +80,7 @@ elif step.startswith("napari layers"):
             "levels": len(made[0].data) if made[0].multiscale else 1}
 else:
     from napari_attribution.batch import BatchConfig, records_from_plate, run_batch
-    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.runtime.progress import run_generator
     from napari_attribution.io.plate import Plate
     import torch
     base = current(); t0 = time.perf_counter()
@@ -125,8 +125,8 @@ def write_field(path: Path, side: int, seed: int = 0) -> None:
 def tiny_bundle(path: Path) -> Path:
     import torch
 
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
-    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.data.normalization import PercentileNormalizer
     from napari_attribution.io.bundle import save_bundle
 
     torch.manual_seed(0)

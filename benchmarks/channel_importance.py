@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from napari_attribution.core.progress import run_generator
-from napari_attribution.core.synthetic import make_multi_snr
-from napari_attribution.core.training import TrainConfig, train_dcmix
+from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+from napari_attribution.core.data.synthetic import make_multi_snr
+from napari_attribution.core.runtime.progress import run_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -50,7 +50,7 @@ def step_seconds(n_channels: int, size: int, batch: int = 128, repeats: int = 40
     with the mixing layer (C channels in), without it on one channel (the layer's own
     cost) and without it on all C channels (the all-channel CNN), interleaved so that
     load from other processes affects all three alike."""
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
 
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available()
                        else "cpu")

@@ -46,15 +46,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pixel_attribution as pa  # noqa: E402
-from napari_attribution.core.attribution import explain  # noqa: E402
-from napari_attribution.core.evaluation import count_passes  # noqa: E402
-from napari_attribution.core.metrics import (  # noqa: E402
+from napari_attribution.core.attribution.explain import explain  # noqa: E402
+from napari_attribution.core.evaluation.comparison import count_passes  # noqa: E402
+from napari_attribution.core.evaluation.metrics import (  # noqa: E402
     FIDELITY_METRICS,
     bootstrap_interval,
     trained_perturbations,
 )
-from napari_attribution.core.peak_memory import track_peak  # noqa: E402
-from napari_attribution.core.progress import run_generator  # noqa: E402
+from napari_attribution.core.runtime.peak_memory import track_peak  # noqa: E402
+from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
 #: label -> (method, parameters)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -73,7 +73,7 @@ TUNING_IMAGES = 32                            # pcim_tuning.py used the first 32
 
 
 def fresh_synthetic(n: int, epochs: int) -> dict:
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     res = pa._train(make_cell_phenotype(n_images=400, size=48, seed=0), epochs)
     test = make_cell_phenotype(n_images=n, size=48, seed=2)     # tuning used seed 1

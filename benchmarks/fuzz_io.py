@@ -60,9 +60,9 @@ def main() -> None:
     from safetensors import safe_open
 
     import fuzz_io_cases as fc
-    from napari_attribution.core.progress import run_generator
-    from napari_attribution.core.synthetic import make_cell_phenotype
-    from napari_attribution.core.training import TrainConfig, train_dcmix
+    from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
+    from napari_attribution.core.runtime.progress import run_generator
     from napari_attribution.io.bundle import save_training_result
 
     failures: Counter = Counter()

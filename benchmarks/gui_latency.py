@@ -135,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtCore import QSettings
 
     from napari_attribution._qt import AttributionWidget, TrainWidget
-    from napari_attribution.core.synthetic import make_cell_phenotype
-    from napari_attribution.core.training import TrainConfig, train_dcmix
+    from napari_attribution.core.attribution.explain import explain_classifier
+    from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
                       str(Path(os.environ.get("TMPDIR", "/tmp")) / "na-bench-settings"))
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         # the generator the widget's Explain runs (the bundle's preparation, the evidence
         # check after the maps), with nothing connected
         bundle = train.session.bundle
-        return bundle.explain(data.images[:n_pcim], None, method="pcim",
+        return explain_classifier(bundle, data.images[:n_pcim], None, method="pcim",
                               steps=args.pcim_steps, device=args.device, evidence=True,
                               input_size=None)
 

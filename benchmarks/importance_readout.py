@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_attribution.core.progress import run_generator
-from napari_attribution.core.synthetic import make_cell_phenotype
-from napari_attribution.core.training import TrainConfig, train_dcmix
+from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+from napari_attribution.core.data.synthetic import make_cell_phenotype
+from napari_attribution.core.runtime.progress import run_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

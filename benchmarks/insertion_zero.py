@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pixel_attribution as pa  # noqa: E402
-from napari_attribution.core.attribution import explain  # noqa: E402
-from napari_attribution.core.metrics import FIDELITY_METRICS, bootstrap_interval  # noqa: E402
-from napari_attribution.core.progress import run_generator  # noqa: E402
-from napari_attribution.core.synthetic import make_cell_phenotype  # noqa: E402
+from napari_attribution.core.attribution.explain import explain  # noqa: E402
+from napari_attribution.core.data.synthetic import make_cell_phenotype  # noqa: E402
+from napari_attribution.core.evaluation.metrics import FIDELITY_METRICS, bootstrap_interval  # noqa: E402
+from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
 VARIANTS = {"PCIM": ("pcim", {}), "PCIM-hybrid3": ("pcim", {"game": "hybrid3"}),
             "IG50": ("integrated_gradients", {"n_steps": 50})}

@@ -43,7 +43,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
     from napari_attribution.io import model_scan as scan
     from napari_attribution.io.models import load_model
 

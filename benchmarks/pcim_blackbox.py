@@ -50,10 +50,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pixel_attribution as pa  # noqa: E402
-from napari_attribution.core.attribution import explain  # noqa: E402
-from napari_attribution.core.evaluation import count_passes  # noqa: E402
-from napari_attribution.core.metrics import FIDELITY_METRICS, bootstrap_interval  # noqa: E402
-from napari_attribution.core.progress import run_generator  # noqa: E402
+from napari_attribution.core.attribution.explain import explain  # noqa: E402
+from napari_attribution.core.evaluation.comparison import count_passes  # noqa: E402
+from napari_attribution.core.evaluation.metrics import FIDELITY_METRICS, bootstrap_interval  # noqa: E402
+from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
 METRICS = ("road_morf", "deletion_mean")
 TARGET_FIDELITY = 1.10        # black-box ROAD MoRF at most 10 % above gradient PCIM's
@@ -153,7 +153,7 @@ def load_set(name: str, split: str, n: int, epochs: int, cache: Path | None) -> 
         s = {"model": s["model"], "images": s["images"][idx], "targets": s["targets"][idx],
              "note": _digit_note(idx + 8000)}
     else:
-        from napari_attribution.core.synthetic import make_cell_phenotype
+        from napari_attribution.core.data.synthetic import make_cell_phenotype
 
         res = pa._train(make_cell_phenotype(n_images=400, size=48, seed=0), epochs)
         seed = 1 if split == "tuning" else 2
@@ -184,8 +184,13 @@ def lowdim_gradient(model, x: np.ndarray, t: np.ndarray, params: dict) -> np.nda
     black-box PCIM could reach with a perfect gradient estimate (``--cap`` row)."""
     from torch.nn import functional as F
 
-    from napari_attribution.core.pcim import _target_loss, blend, make_substrate, mixing_weights
-    from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig, modulation
+    from napari_attribution.core.attribution.pcim import (
+        _target_loss,
+        blend,
+        make_substrate,
+        mixing_weights,
+    )
+    from napari_attribution.core.attribution.pcim_blackbox import BlackboxPCIMConfig, modulation
 
     cfg = BlackboxPCIMConfig(**params)
     xt, tt = torch.from_numpy(np.asarray(x, np.float32)), torch.as_tensor(t).long()

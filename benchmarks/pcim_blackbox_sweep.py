@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pcim_blackbox as pb  # noqa: E402
-from napari_attribution.core.metrics import FIDELITY_METRICS  # noqa: E402
+from napari_attribution.core.evaluation.metrics import FIDELITY_METRICS  # noqa: E402
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from napari_attribution.core.pcim import PCIMConfig, pcim_batch
+from napari_attribution.core.attribution.pcim import PCIMConfig, pcim_batch
 
 STEPS = 8
 
@@ -47,13 +47,13 @@ def tiny_cnn() -> torch.nn.Module:
 
 
 def dcmix_default() -> torch.nn.Module:
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
 
     return DCMIXClassifier(ModelConfig(n_channels=2, n_classes=2))
 
 
 def dcmix_bench() -> torch.nn.Module:
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
 
     return DCMIXClassifier(ModelConfig(n_channels=2, n_classes=2, width=16))
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pixel_attribution as pa  # noqa: E402
-from napari_attribution.core.evaluation import evaluate_methods  # noqa: E402
-from napari_attribution.core.pcim import PCIMConfig  # noqa: E402
-from napari_attribution.core.progress import run_generator  # noqa: E402
+from napari_attribution.core.attribution.pcim import PCIMConfig  # noqa: E402
+from napari_attribution.core.evaluation.comparison import evaluate_methods  # noqa: E402
+from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "defaults (keep on blur + delete to zero)": {},

@@ -30,10 +30,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from napari_attribution.core.attribution import explain
-from napari_attribution.core.evaluation import evaluate_methods
-from napari_attribution.core.pcim import PCIMConfig, pcim_batch
-from napari_attribution.core.progress import run_generator
+from napari_attribution.core.attribution.explain import explain
+from napari_attribution.core.attribution.pcim import PCIMConfig, pcim_batch
+from napari_attribution.core.evaluation.comparison import evaluate_methods
+from napari_attribution.core.runtime.progress import run_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -87,7 +87,7 @@ def mnist_set(n_eval: int) -> dict | None:
 
 
 def _train(data, epochs: int):
-    from napari_attribution.core.training import TrainConfig, train_dcmix
+    from napari_attribution.core.channels.training import TrainConfig, train_dcmix
 
     cfg = TrainConfig(epochs=epochs, batch_size=32, device="cpu", seed=0, width=16,
                       ablation_check=False)
@@ -100,7 +100,7 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def synthetic_set(n_eval: int, epochs: int) -> dict:
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     res = _train(make_cell_phenotype(n_images=400, size=48, seed=0), epochs)
     test = make_cell_phenotype(n_images=n_eval, size=48, seed=1)
@@ -114,7 +114,7 @@ def synthetic_set(n_eval: int, epochs: int) -> dict:
 def bbbc_sets(n_eval: int, epochs: int) -> dict[str, dict]:
     if not (DATA / "bbbc013" / "1049_Metadata.csv").exists():
         return {}
-    from napari_attribution.core.normalization import prepare_inputs
+    from napari_attribution.core.data.normalization import prepare_inputs
     from napari_attribution.io.plate import load_bbbc013, take
 
     data = load_bbbc013(DATA / "bbbc013", crop_size=48, downsample=2, per_image=24, seed=0)

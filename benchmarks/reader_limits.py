@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--lazy-side", type=int, default=20000)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from napari_attribution.core.errors import InputError
+    from napari_attribution.core.runtime.errors import InputError
     from napari_attribution.io.readers import read_image
 
     out: dict = {"python": platform.python_version()}

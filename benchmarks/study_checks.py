@@ -36,8 +36,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "bbbc013"
 
 
 def _run(data, cfg) -> dict:
-    from napari_attribution.core.progress import run_generator
-    from napari_attribution.core.training import train_dcmix
+    from napari_attribution.core.channels.training import train_dcmix
+    from napari_attribution.core.runtime.progress import run_generator
 
     res = run_generator(train_dcmix(data, cfg))
     imp = res.importance.as_dict()
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                    default=ROOT / "benchmarks" / "results" / "study_checks.json")
     args = p.parse_args(argv)
 
-    from napari_attribution.core.training import TrainConfig
-    from napari_attribution.core.traps import TRAPS
+    from napari_attribution.core.channels.training import TrainConfig
+    from napari_attribution.core.study.traps import TRAPS
 
     variants = {"defaults": {},
                 "unregularised": {"entropy_weight": 0.0, "channel_dropout": 0.0}}

@@ -108,7 +108,7 @@ def make_field(h: int, w: int, seed: int = 0, sparse: bool = False):
 def make_model(width: int, seed: int):
     import torch
 
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
 
     torch.manual_seed(seed)
     return DCMIXClassifier(ModelConfig(2, 2, width=width)).eval()
@@ -120,8 +120,8 @@ def child(args) -> None:
 
     import torch
 
-    from napari_attribution.core.attribution import explain
-    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.attribution.explain import explain
+    from napari_attribution.core.runtime.progress import run_generator
 
     h, w = args.child_shape
     x, _, _ = make_field(h, w, args.seed, args.child_sparse)
@@ -151,7 +151,7 @@ def child(args) -> None:
 
 
 def grid_lines(n: int, overlap: int, tile: int = TILE) -> list[int]:
-    from napari_attribution.core.tiling import tile_starts
+    from napari_attribution.core.data.tiling import tile_starts
 
     lines = set()
     for s in tile_starts(n, tile, overlap):
@@ -234,7 +234,7 @@ def main() -> None:
                            **{k: v for k, v in r.items() if k != "map"},
                            **metrics(r["map"], cells, probes, ov, r["tile"])}
                     if not row["tiles"]:
-                        from napari_attribution.core.tiling import tile_grid
+                        from napari_attribution.core.data.tiling import tile_grid
 
                         row["tiles"] = [len(tile_grid(*shape, TILE, OLD_OVERLAP))]
                         row["background_tiles"] = [0]

@@ -121,7 +121,7 @@ def dismiss_notifications() -> None:
 def open_sample(viewer: Any) -> Any:
     """File -> Open Sample -> Cell phenotype, and the same data as an ImageSet."""
     from napari_attribution._sample_data import CELL_IMAGES, CELL_SIZE
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     viewer.open_sample(PLUGIN, "cell_phenotype")
     return make_cell_phenotype(n_images=CELL_IMAGES, size=CELL_SIZE, seed=0)

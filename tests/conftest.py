@@ -25,7 +25,7 @@ requires_mnist = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def cell_data():
     """A small synthetic cell-phenotype set (Marker channel informative)."""
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     return make_cell_phenotype(n_images=240, size=32, seed=0)
 
@@ -33,8 +33,8 @@ def cell_data():
 @pytest.fixture(scope="session")
 def trained_cells(cell_data):
     """A DCMIX model trained briefly on ``cell_data`` (CPU, seconds)."""
-    from napari_attribution.core.progress import run_generator
-    from napari_attribution.core.training import TrainConfig, train_dcmix
+    from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+    from napari_attribution.core.runtime.progress import run_generator
 
     cfg = TrainConfig(epochs=12, batch_size=32, device="cpu", seed=0, width=16)
     return run_generator(train_dcmix(cell_data, cfg))

@@ -4,7 +4,7 @@ Shared by ``tests/test_fuzz_io.py`` (a few hundred cases in the suite) and
 ``benchmarks/fuzz_io.py`` (thousands, with the counts reported in docs/benchmarks.md).
 Every case ends in one of two outcomes, counted in :data:`COUNTS`:
 
-* ``clear_error``: an :class:`~napari_attribution.core.errors.AttributionError` with a
+* ``clear_error``: an :class:`~napari_attribution.core.runtime.errors.AttributionError` with a
   message (the reader refused the file);
 * ``correct``: a read whose result matches what was written.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import strategies as st
 
-from napari_attribution.core.errors import AttributionError
+from napari_attribution.core.runtime.errors import AttributionError
 
 COUNTS: Counter = Counter()
 

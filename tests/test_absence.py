@@ -11,11 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from attribution_models import BlindModel, SpotModel, small_cnn, spot_images
-from napari_attribution.core.attribution import explain
-from napari_attribution.core.contrast import ContrastModel
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.evidence import EvidenceConfig, evidence_check
-from napari_attribution.core.pcim import (
+from napari_attribution.core.attribution.contrast import ContrastModel
+from napari_attribution.core.attribution.evidence import EvidenceConfig, evidence_check
+from napari_attribution.core.attribution.explain import explain
+from napari_attribution.core.attribution.pcim import (
     PCIMConfig,
     _closed_form,
     _entropy,
@@ -26,7 +25,8 @@ from napari_attribution.core.pcim import (
     mixing_weights,
     pcim_batch,
 )
-from napari_attribution.core.progress import run_generator
+from napari_attribution.core.runtime.errors import InputError
+from napari_attribution.core.runtime.progress import run_generator
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -274,7 +274,11 @@ def test_step_gradient_matches_autograd(params, n_classes, per_channel, phase):
     """The step's gradient (only the model under autograd, the rest chained by hand or,
     with scales/cap/regularisers, by autograd through the weights) equals autograd
     through the whole objective, in each game, and so does its objective."""
-    from napari_attribution.core.pcim import _softmax_weights, _step_grads, _total_logits
+    from napari_attribution.core.attribution.pcim import (
+        _softmax_weights,
+        _step_grads,
+        _total_logits,
+    )
 
     model = _frozen(small_cnn(n_classes=n_classes))
     gen = torch.Generator().manual_seed(3)
@@ -370,7 +374,7 @@ def test_hybrid3_third_game_keeps_on_black():
 @pytest.mark.parametrize("shape", [(2, 3, 20, 33), (1, 1, 2, 9), (1, 2, 64, 64)])
 @pytest.mark.parametrize("sigma", [1.0, 5.0])
 def test_matrix_blur_equals_padded_convolution(shape, sigma):
-    from napari_attribution.core.pcim import gaussian_blur
+    from napari_attribution.core.attribution.pcim import gaussian_blur
 
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     radius = min(math.ceil(3 * sigma), shape[-1] - 1, shape[-2] - 1)

@@ -8,7 +8,7 @@ import resource
 import pytest
 import torch
 
-from napari_attribution.core import allocator
+from napari_attribution.core.runtime import allocator
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
@@ -28,7 +28,7 @@ def test_freed_blocks_are_reused_not_faulted_in_again(fresh_cache, monkeypatch):
     assert allocator.reuse_freed_memory() is True  # once per process, cached
     # a field tile's forward/backward pass (width-32 CNN, 272 px): with glibc's default
     # dynamic thresholds each pass faults ~5600 pages in afresh (measured), ~230 here
-    from napari_attribution.core.backbones import SmallCNN
+    from napari_attribution.core.channels.backbones import SmallCNN
 
     torch.manual_seed(0)
     net = SmallCNN(1, 2).eval().requires_grad_(False)

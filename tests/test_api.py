@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import napari_attribution as na
-from napari_attribution.core.errors import InputError
+from napari_attribution.core.runtime.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_attribution.cli import main
-from napari_attribution.core.errors import OutputError
+from napari_attribution.core.runtime.errors import OutputError
 from napari_attribution.io.atomic import TMP_PREFIX, atomic_write_text
 from napari_attribution.io.bundle import save_training_result
 from napari_attribution.io.figures import save_overlay_figure
@@ -126,7 +126,7 @@ def test_train_refuses_existing_bundle_before_training(tmp_path, bundle, capsys)
 
 
 def _small_npz(folder):
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     data = make_cell_phenotype(n_images=48, size=24, seed=0)
     path = folder / "small.npz"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from attribution_models import SpotModel, small_cnn, spot_images
-from napari_attribution.core.attribution import explain
-from napari_attribution.core.baselines import channel_ablation, channel_permutation
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.metrics import pointing_game, relevance_mass
-from napari_attribution.core.progress import run_generator
+from napari_attribution.core.attribution.baselines import channel_ablation, channel_permutation
+from napari_attribution.core.attribution.explain import explain
+from napari_attribution.core.evaluation.metrics import pointing_game, relevance_mass
+from napari_attribution.core.runtime.errors import InputError
+from napari_attribution.core.runtime.progress import run_generator
 
 FAST = {"integrated_gradients": {"n_steps": 8}, "rise": {"n_masks": 64, "chunk": 32},
         "extremal_mask": {"steps": 5}, "occlusion": {}, "saliency": {}, "gradcam": {}}

@@ -21,8 +21,8 @@ from napari_attribution.batch import (  # noqa: E402
 )
 from napari_attribution.batch.ngff import validate_store  # noqa: E402
 from napari_attribution.batch.records import read_record  # noqa: E402
-from napari_attribution.core.errors import BundleError, Cancelled, InputError  # noqa: E402
-from napari_attribution.core.progress import run_generator  # noqa: E402
+from napari_attribution.core.runtime.errors import BundleError, Cancelled, InputError  # noqa: E402
+from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 from ngff_rules import check_plate  # noqa: E402
 
 PATTERN = r"(?P<well>[A-H]\d{2})_s(?P<site>\d+)_(?P<channel>[a-z]+)\.tif$"
@@ -54,8 +54,8 @@ def write_plate(root, wells=("A01", "A02", "B01", "B02"), sites=(1, 2, 3), size=
 def make_bundle(path, seed=0, n_channels=2):
     import torch
 
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
-    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.data.normalization import PercentileNormalizer
     from napari_attribution.io.bundle import save_bundle
 
     torch.manual_seed(seed)
@@ -88,7 +88,7 @@ def bundle_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(records, bundle_path):
     """The single-process computation: predict_proba and explain over the whole stack."""
-    from napari_attribution.core.attribution import explain
+    from napari_attribution.core.attribution.explain import explain
     from napari_attribution.io.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
@@ -333,7 +333,7 @@ def test_downsampled_run_matches_downsampled_images_and_aligns_in_napari(
     """A model trained on 2x downsampled crops sees 2x downsampled fields; its maps are
     placed over the full-resolution plate in napari."""
     from napari_attribution.batch.napari_reader import read_batch_store
-    from napari_attribution.core.attribution import explain
+    from napari_attribution.core.attribution.explain import explain
     from napari_attribution.io.bundle import load_bundle
     from napari_attribution.io.plate import block_mean
 
@@ -371,8 +371,8 @@ def test_downsampled_run_matches_downsampled_images_and_aligns_in_napari(
     # a bundle that records its training crops' factor gets it by default
     import torch
 
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
-    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.data.normalization import PercentileNormalizer
     from napari_attribution.io.bundle import save_bundle
 
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ pytest.importorskip("distributed")
 pytest.importorskip("zarr")
 
 from napari_attribution.cli import main  # noqa: E402
-from napari_attribution.core.errors import InputError  # noqa: E402
+from napari_attribution.core.runtime.errors import InputError  # noqa: E402
 from test_batch import PATTERN, make_bundle, write_plate  # noqa: E402
 
 

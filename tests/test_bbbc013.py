@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import BBBC013, requires_bbbc013
-from napari_attribution.core.errors import InputError
+from napari_attribution.core.runtime.errors import InputError
 
 pytestmark = [requires_bbbc013, pytest.mark.realdata]
 

@@ -16,8 +16,8 @@ from napari_attribution.batch.records import (  # noqa: E402
     read_record,
     records_from_ngff_plate,
 )
-from napari_attribution.core.errors import InputError  # noqa: E402
-from napari_attribution.core.progress import run_generator  # noqa: E402
+from napari_attribution.core.runtime.errors import InputError  # noqa: E402
+from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 from ngff_rules import check_plate  # noqa: E402
 from test_batch import CHANNELS, PATTERN, make_bundle, write_plate  # noqa: E402
 

@@ -15,7 +15,7 @@ pytest.importorskip("bioimageio.spec")
 
 import napari_attribution as na  # noqa: E402
 from napari_attribution.cli import main  # noqa: E402
-from napari_attribution.core.errors import BundleError  # noqa: E402
+from napari_attribution.core.runtime.errors import BundleError  # noqa: E402
 from napari_attribution.io.bioimageio import apply_preprocessing  # noqa: E402
 from napari_attribution.io.model_scan import UnsafeModelError  # noqa: E402
 from napari_attribution.io.writers import read_attribution_tiff  # noqa: E402
@@ -90,7 +90,7 @@ def test_hostile_packages_are_refused(package, tmp_path, capsys):
     target.write_bytes(b"original")
     # an architecture from an arbitrary importable callable
     evil = _unzip(out, tmp_path / "evil")
-    _edit_rdf(evil, "import_from: napari_attribution.core.dcmix", "import_from: os")
+    _edit_rdf(evil, "import_from: napari_attribution.core.channels.dcmix", "import_from: os")
     with pytest.raises(UnsafeModelError, match="architecture .* from os"):
         na.load_model(evil)
     assert main(["explain", str(evil), str(tmp_path / "none.npy"), "-q"]) == 2

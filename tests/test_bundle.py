@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_attribution.core.errors import BundleError
+from napari_attribution.core.runtime.errors import BundleError
 from napari_attribution.io.bundle import load_bundle, save_training_result
 
 

@@ -111,8 +111,8 @@ def test_explain_shrinks_fields_like_the_training_images(tmp_path, trained_cells
     comes back on the raw pixel grid; --downsample 1 overrides."""
     import dataclasses
 
-    from napari_attribution.core.inference import shrink
-    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.models.inference import shrink
+    from napari_attribution.core.runtime.progress import run_generator
 
     result = dataclasses.replace(trained_cells,
                                  data_info={**trained_cells.data_info, "downsample": 2})
@@ -127,11 +127,12 @@ def test_explain_shrinks_fields_like_the_training_images(tmp_path, trained_cells
     maps, meta = read_attribution_tiff(out)
     maps = np.squeeze(maps)
     assert maps.shape == raw.shape[-2:]
+    from napari_attribution.core.attribution.explain import explain_classifier
     from napari_attribution.io.models import load_model
 
     clf = load_model(bundle)
-    want = run_generator(clf.explain(shrink(raw[None], 2), method="saliency",
-                                     device="cpu")).maps[0]
+    want = run_generator(explain_classifier(clf, shrink(raw[None], 2), method="saliency",
+                                            device="cpu")).maps[0]
     np.testing.assert_allclose(maps[:h - 1:2, ::2], want, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(maps[h - 1], maps[h - 2])     # the dropped edge row
     assert meta["provenance"]["downsample"] == 2

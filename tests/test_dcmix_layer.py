@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_attribution.core.dcmix import ChannelMixing, DCMIXClassifier, ModelConfig
-from napari_attribution.core.errors import InputError
+from napari_attribution.core.channels.dcmix import ChannelMixing, DCMIXClassifier, ModelConfig
+from napari_attribution.core.runtime.errors import InputError
 
 
 def test_weights_are_convex_combination():

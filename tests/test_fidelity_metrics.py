@@ -8,15 +8,19 @@ import pytest
 import torch
 
 from attribution_models import SpotModel, spot_images
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.evaluation import count_passes, evaluate_methods, resolve_metrics
-from napari_attribution.core.metrics import (
+from napari_attribution.core.evaluation.comparison import (
+    count_passes,
+    evaluate_methods,
+    resolve_metrics,
+)
+from napari_attribution.core.evaluation.metrics import (
     FIDELITY_METRICS,
     bootstrap_interval,
     road_curves,
     trained_perturbations,
 )
-from napari_attribution.core.road import noisy_linear_impute
+from napari_attribution.core.evaluation.road import noisy_linear_impute
+from napari_attribution.core.runtime.errors import InputError
 
 
 def _run(gen):
@@ -130,9 +134,9 @@ def test_evaluation_rows_label_trained_perturbations_and_give_intervals():
 
 
 def test_blackbox_pcim_finds_the_spot_with_forward_passes_only():
-    from napari_attribution.core.attribution import explain
-    from napari_attribution.core.metrics import relevance_mass
-    from napari_attribution.core.pcim_blackbox import BlackboxPCIMConfig
+    from napari_attribution.core.attribution.explain import explain
+    from napari_attribution.core.attribution.pcim_blackbox import BlackboxPCIMConfig
+    from napari_attribution.core.evaluation.metrics import relevance_mass
 
     model = SpotModel()
     x, masks = spot_images(n=4, size=24, seed=4)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_attribution.core.errors import InputError
+from napari_attribution.core.runtime.errors import InputError
 from napari_attribution.io.readers import read_image
 
 bioio = pytest.importorskip("bioio")

@@ -38,7 +38,7 @@ def test_fuzz_plate_maps(case):
 
 
 def test_plate_map_overflowing_control_flag(tmp_path):
-    from napari_attribution.core.errors import InputError
+    from napari_attribution.core.runtime.errors import InputError
     from napari_attribution.io.plate import read_plate_map
 
     path = tmp_path / "map.csv"

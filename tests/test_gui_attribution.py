@@ -26,15 +26,15 @@ def _isolated_settings(tmp_path):
 
 @pytest.fixture(scope="module")
 def cells():
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     return make_cell_phenotype(n_images=48, size=SIZE, seed=1)
 
 
 @pytest.fixture(scope="module")
 def bundle(cells):
-    from napari_attribution.core.progress import run_generator
-    from napari_attribution.core.training import TrainConfig, train_dcmix
+    from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+    from napari_attribution.core.runtime.progress import run_generator
 
     cfg = TrainConfig(epochs=3, batch_size=16, width=8, device="cpu", seed=0)
     from napari_attribution.io.models import load_model
@@ -78,7 +78,7 @@ def test_predict_then_explain_with_every_method(make_napari_viewer, qtbot, cells
                                                 errors):
     """The Predict -> Explain -> Explain path: the target survives Predict renaming the
     first entry, for every method, and a rerun replaces its layer."""
-    from napari_attribution.core.attribution import available_methods
+    from napari_attribution.core.attribution.explain import available_methods
 
     viewer = make_napari_viewer()
     _add(viewer, cells, n=8)
@@ -299,8 +299,8 @@ def test_study_report(make_napari_viewer, qtbot, cells, bundle, tmp_path, errors
     """One HTML file with the importance chart, the confusion matrix and example maps."""
     from napari_attribution._qt import ExportWidget
     from napari_attribution._qt._common import session_for
-    from napari_attribution.core.progress import run_generator
-    from napari_attribution.core.training import TrainConfig, train_dcmix
+    from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+    from napari_attribution.core.runtime.progress import run_generator
 
     viewer = make_napari_viewer()
     _add(viewer, cells, n=8)

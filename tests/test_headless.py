@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     import napari_attribution as na
     import napari_attribution.batch as batch
     from napari_attribution import api, cli
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     data = make_cell_phenotype(n_images=48, size=24, seed=0)
     result = na.train(data, epochs=1, device="cpu")

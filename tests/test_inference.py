@@ -1,4 +1,4 @@
-"""The training scale shared by Predict, Explain and the curves (core/inference.py)."""
+"""The training scale shared by Predict, Explain and the curves (core/models/inference.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from attribution_models import small_cnn, spot_images
-from napari_attribution.core.attribution import explain
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.inference import (
+from napari_attribution.core.attribution.explain import explain
+from napari_attribution.core.evaluation.tiled_curves import tile_curves
+from napari_attribution.core.models.inference import (
     ModelScale,
     shrink,
-    tile_curves,
     tile_probabilities,
     tiling_for,
 )
-from napari_attribution.core.progress import run_generator
+from napari_attribution.core.runtime.errors import InputError
+from napari_attribution.core.runtime.progress import run_generator
 
 
 def test_model_scale_from_provenance():

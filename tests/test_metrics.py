@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from attribution_models import SpotModel, small_cnn, spot_images
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.metrics import (
+from napari_attribution.core.evaluation.metrics import (
     _auc,
     deletion_auc,
     insertion_auc,
@@ -19,6 +18,7 @@ from napari_attribution.core.metrics import (
     spearman,
     topk_channel_accuracy,
 )
+from napari_attribution.core.runtime.errors import InputError
 
 
 def test_auc_normalised_trapezoid():

@@ -13,14 +13,14 @@ from torch import nn
 
 import napari_attribution as na
 from napari_attribution.cli import main
-from napari_attribution.core.errors import BundleError, InputError
+from napari_attribution.core.runtime.errors import BundleError, InputError
 from napari_attribution.io.writers import read_attribution_tiff
 
 
 def make_bundle(path):
     """A small untrained DCMIX bundle: channels dna, gfp; classes neg, pos."""
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
-    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.data.normalization import PercentileNormalizer
     from napari_attribution.io.bundle import save_bundle
 
     torch.manual_seed(0)
@@ -161,7 +161,7 @@ def test_user_module_is_never_mutated():
 
 
 def test_channel_importance_leaves_a_training_result_as_it_was(tmp_path):
-    from napari_attribution.core.synthetic import make_multi_snr
+    from napari_attribution.core.data.synthetic import make_multi_snr
 
     data = make_multi_snr(n_images=64, size=16, seed=0)
     result = na.train(data, epochs=1, batch_size=32, width=4, device="cpu",

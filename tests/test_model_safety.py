@@ -18,7 +18,7 @@ import torch
 import hostile_models as H
 import napari_attribution as na
 from napari_attribution.cli import main
-from napari_attribution.core.errors import BundleError
+from napari_attribution.core.runtime.errors import BundleError
 
 TARGET_BYTES = b"0123456789abcdef-original-bytes"
 

@@ -17,7 +17,7 @@ pytest.importorskip("ome_zarr_models", reason="ome-zarr-models (batch extra) not
 from napari_attribution.batch import ngff  # noqa: E402
 from napari_attribution.batch.records import ImageRecord  # noqa: E402
 from napari_attribution.batch.store import ATTR, BatchStore, map_rows, run_payload  # noqa: E402
-from napari_attribution.core.errors import InputError  # noqa: E402
+from napari_attribution.core.runtime.errors import InputError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ngff_rules import check_plate  # noqa: E402

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from attribution_models import small_cnn, spot_images
-from napari_attribution.core.attribution import explain
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.progress import run_generator
+from napari_attribution.core.attribution.explain import explain
+from napari_attribution.core.runtime.errors import InputError
+from napari_attribution.core.runtime.progress import run_generator
 
 
 class Cramped(nn.Module):

@@ -9,22 +9,22 @@ from torch import nn
 
 from attribution_models import SpotModel, small_cnn, spot_images
 from conftest import MNIST, requires_mnist
-from napari_attribution.core.attribution import (
+from napari_attribution.core.attribution.explain import (
     AttributionResult,
     available_methods,
     explain,
 )
-from napari_attribution.core.errors import BundleError, Cancelled, InputError
-from napari_attribution.core.metrics import relevance_mass
-from napari_attribution.core.pcim import (
+from napari_attribution.core.attribution.pcim import (
     PCIMConfig,
     blend,
     make_substrate,
     mixing_weights,
     pcim_batch,
 )
-from napari_attribution.core.progress import Progress, run_generator
-from napari_attribution.core.tiling import TileBlender, tile_grid
+from napari_attribution.core.data.tiling import TileBlender, tile_grid
+from napari_attribution.core.evaluation.metrics import relevance_mass
+from napari_attribution.core.runtime.errors import BundleError, Cancelled, InputError
+from napari_attribution.core.runtime.progress import Progress, run_generator
 
 
 def test_uniform_weights_reproduce_input():

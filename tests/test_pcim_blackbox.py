@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.metrics import relevance_mass
-from napari_attribution.core.pcim import make_substrate
-from napari_attribution.core.pcim_blackbox import (
+from napari_attribution.core.attribution.pcim import make_substrate
+from napari_attribution.core.attribution.pcim_blackbox import (
     BlackboxPCIMConfig,
     _gaussian,
     contrast,
     modulation,
     pcim_blackbox_batch,
 )
+from napari_attribution.core.evaluation.metrics import relevance_mass
+from napari_attribution.core.runtime.errors import InputError
 
 REGION = (slice(8, 16), slice(16, 24))      # the only pixels the model reads: one 8 px cell
 
@@ -211,7 +211,7 @@ def _exact_first_step(net, x: torch.Tensor, t: torch.Tensor,
     (autograd through the same parameterisation), normalised as black-box PCIM steps."""
     from torch.nn import functional as F
 
-    from napari_attribution.core.pcim import _target_loss, blend, mixing_weights
+    from napari_attribution.core.attribution.pcim import _target_loss, blend, mixing_weights
 
     keep = make_substrate(x, "blur", cfg.blur_sigma)
     mod = modulation(x, torch.zeros_like(x), keep, cfg.modulate, cfg.power, cfg.blur_sigma)
@@ -310,8 +310,8 @@ def test_forward_estimate_matches_autograd_for_each_modulation(modulate):
 
 
 def test_coarse_grid_on_large_images_is_warned_about():
-    from napari_attribution.core.attribution import explain
-    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.attribution.explain import explain
+    from napari_attribution.core.runtime.progress import run_generator
 
     cfg = BlackboxPCIMConfig()
     assert cfg.coarseness_warning(48, 48) is None          # the tuned scale: ~10 px/logit

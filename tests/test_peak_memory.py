@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_attribution.core.peak_memory import track_peak
+from napari_attribution.core.runtime.peak_memory import track_peak
 
 LINUX = sys.platform.startswith("linux")
 
@@ -29,7 +29,7 @@ def test_cpu_peak_sees_a_block_allocated_and_freed_inside():
 
 
 def test_unknown_where_it_cannot_be_measured(monkeypatch):
-    from napari_attribution.core import peak_memory
+    from napari_attribution.core.runtime import peak_memory
 
     monkeypatch.setattr(peak_memory, "_reset_high_water", lambda: False)
     with track_peak("cpu") as peak:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.splits import grouped_split
+from napari_attribution.core.runtime.errors import InputError
+from napari_attribution.core.study.splits import grouped_split
 from napari_attribution.io.plate import (
     Plate,
     normalise_well,
@@ -106,7 +106,7 @@ def test_sample_crops_match_field_pixels(plate_dir):
     y, x = data.metadata["y"][i], data.metadata["x"][i]
     np.testing.assert_array_equal(data.images[i], plate.read_field(fov)[:, y:y + 24, x:x + 24])
     # the default: each whole field normalised per channel, then cropped
-    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.core.data.normalization import PercentileNormalizer
 
     default = plate.sample("random", crop_size=24, per_image=2, masks=False)
     assert default.metadata["normalization"]["mode"] == "per_field"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_attribution.cli import main
-from napari_attribution.core.errors import InputError
+from napari_attribution.core.runtime.errors import InputError
 from napari_attribution.io.plate import Plate
 from plate_factory import PATTERN, nfkb_pair
 

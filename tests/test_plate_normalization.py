@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_attribution.cli import main
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.normalization import PercentileNormalizer, canonical_mode
+from napari_attribution.core.data.normalization import PercentileNormalizer, canonical_mode
+from napari_attribution.core.runtime.errors import InputError
 from plate_factory import PATTERN, nfkb_pair
 
 
@@ -60,8 +60,8 @@ def test_explain_applies_the_bundle_normalisation(trained, tmp_path):
     import tifffile
 
     import napari_attribution as na
-    from napari_attribution.core.attribution import explain
-    from napari_attribution.core.progress import run_generator
+    from napari_attribution.core.attribution.explain import explain
+    from napari_attribution.core.runtime.progress import run_generator
 
     plate, _, bundle = trained
     raw = plate.read_field(plate.fields[0])

@@ -8,8 +8,8 @@ import pytest
 import tifffile
 
 from napari_attribution.cli import main
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.splits import split_dataset
+from napari_attribution.core.runtime.errors import InputError
+from napari_attribution.core.study.splits import split_dataset
 from napari_attribution.io.plate import Plate, parse_label_rule
 from plate_factory import PATTERN, disc_labels, marker_plate
 
@@ -140,7 +140,7 @@ def test_label_images_replace_the_builtin_segmentation(marked, tmp_path):
 
 
 def test_crop_geometry_from_the_nucleus_size(marked):
-    from napari_attribution.core.segmentation import crop_geometry
+    from napari_attribution.core.data.segmentation import crop_geometry
 
     root, _ = marked
     plate = Plate.scan(root, PATTERN, CH)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from attribution_models import small_cnn
-from napari_attribution.core.metrics import perturbation_curves
-from napari_attribution.core.road import noisy_linear_impute
+from napari_attribution.core.evaluation.metrics import perturbation_curves
+from napari_attribution.core.evaluation.road import noisy_linear_impute
 
 quantus = pytest.importorskip("quantus", reason="Quantus not installed (pip install quantus)")
 

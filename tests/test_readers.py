@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_attribution.core.errors import InputError
+from napari_attribution.core.runtime.errors import InputError
 from napari_attribution.io.readers import read_channel_files, read_image
 
 RNG = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_attribution.core.errors import InputError
+from napari_attribution.core.runtime.errors import InputError
 from napari_attribution.io.readers import (
     MAX_BYTES_ENV,
     max_image_bytes,

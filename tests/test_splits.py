@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.splits import (
+from napari_attribution.core.runtime.errors import InputError
+from napari_attribution.core.study.splits import (
     choose_split_unit,
     grouped_split,
     spatial_groups,

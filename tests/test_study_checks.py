@@ -7,24 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from napari_attribution.core.classification import (
-    balanced_accuracy,
-    class_balanced_mean,
-    classification_report,
-    stratified_bootstrap,
-)
-from napari_attribution.core.posthoc import posthoc_channel_importance
-from napari_attribution.core.progress import run_generator
-from napari_attribution.core.shortcut import shortcut_check
-from napari_attribution.core.splits import grouped_split
-from napari_attribution.core.study_design import check_study_design
-from napari_attribution.core.training import (
+from napari_attribution.core.channels.posthoc import posthoc_channel_importance
+from napari_attribution.core.channels.training import (
     TrainConfig,
     balanced_order,
     class_weights,
     train_dcmix,
 )
-from napari_attribution.core.traps import (
+from napari_attribution.core.runtime.progress import run_generator
+from napari_attribution.core.study.classification import (
+    balanced_accuracy,
+    class_balanced_mean,
+    classification_report,
+    stratified_bootstrap,
+)
+from napari_attribution.core.study.design import check_study_design
+from napari_attribution.core.study.shortcut import shortcut_check
+from napari_attribution.core.study.splits import grouped_split
+from napari_attribution.core.study.traps import (
     make_batch_effect_trap,
     make_low_snr_trap,
     make_rare_class_trap,
@@ -203,7 +203,7 @@ def test_checks_are_stored_and_channels_json_has_warnings(tmp_path, capsys):
 
 
 def test_repeats_and_retrain_check():
-    from napari_attribution.core.repeats import retrain_check, train_repeats
+    from napari_attribution.core.channels.repeats import retrain_check, train_repeats
 
     data = make_batch_effect_trap(n_images=64, size=16, seed=0)
     cfg = TrainConfig(epochs=1, **FAST)
@@ -245,7 +245,7 @@ def test_cli_train_repeats_retrain_and_evaluate_channel_check(tmp_path, capsys):
 
 
 def test_npz_wells_feed_the_design_check(tmp_path):
-    from napari_attribution.core.errors import InputError
+    from napari_attribution.core.runtime.errors import InputError
     from napari_attribution.io.training_data import load_npz
 
     data = make_batch_effect_trap(n_images=24, size=16, seed=0)
@@ -261,7 +261,10 @@ def test_npz_wells_feed_the_design_check(tmp_path):
 
 
 def test_shared_weights_warn_and_name_the_used_channels():
-    from napari_attribution.core.importance import ChannelImportance, shared_weight_warnings
+    from napari_attribution.core.channels.importance import (
+        ChannelImportance,
+        shared_weight_warnings,
+    )
 
     def imp(w, names=("Marker", "DNA", "Actin")):
         w = np.array([w], np.float64)

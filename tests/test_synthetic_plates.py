@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.synthetic_plates import make_trap_plate
+from napari_attribution.core.data.synthetic_plates import make_trap_plate
+from napari_attribution.core.runtime.errors import InputError
 from napari_attribution.io.synthetic_plates import write_trap_plate
 
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_attribution.core.data import ImageSet
-from napari_attribution.core.errors import Cancelled, InputError
-from napari_attribution.core.progress import Progress, run_generator
-from napari_attribution.core.splits import grouped_split
-from napari_attribution.core.synthetic import make_multi_snr
-from napari_attribution.core.training import TrainConfig, train_dcmix
+from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+from napari_attribution.core.data.dataset import ImageSet
+from napari_attribution.core.data.synthetic import make_multi_snr
+from napari_attribution.core.runtime.errors import Cancelled, InputError
+from napari_attribution.core.runtime.progress import Progress, run_generator
+from napari_attribution.core.study.splits import grouped_split
 
 FAST = dict(batch_size=32, device="cpu", width=8)
 
@@ -119,7 +119,7 @@ def test_constant_images_and_unknown_device_are_named():
 
 
 def test_subset_slices_per_image_metadata():
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     data = make_cell_phenotype(n_images=10, size=24, seed=3)
     part = data.subset(np.array([7, 2]))
@@ -134,8 +134,8 @@ def test_batchnorm_statistics_come_from_the_epoch():
     """Running statistics are the average over the epoch's batches, not PyTorch's 0/1
     start values moved 10 % a step: with those, a model that fitted its training images
     predicted one class on every validation image for the first ~50 steps."""
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
-    from napari_attribution.core.training import _batchnorm_stats_per_epoch
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.channels.training import _batchnorm_stats_per_epoch
 
     torch.manual_seed(0)
     model = DCMIXClassifier(ModelConfig(n_channels=3, n_classes=2, width=8)).train()
@@ -157,7 +157,7 @@ def test_batchnorm_statistics_come_from_the_epoch():
 
 
 def test_small_set_is_learned_not_stuck_at_chance():
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     data = make_cell_phenotype(n_images=160, size=32, seed=2)
     cfg = TrainConfig(epochs=6, device="cpu", width=16, ablation_check=False,

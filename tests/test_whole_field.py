@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from attribution_models import BlindModel, SpotModel, small_cnn
-from napari_attribution.core import field as F
-from napari_attribution.core.attribution import explain
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.pcim import PCIMConfig
-from napari_attribution.core.progress import run_generator
+from napari_attribution.core.attribution import field as F
+from napari_attribution.core.attribution.explain import explain
+from napari_attribution.core.attribution.pcim import PCIMConfig
+from napari_attribution.core.runtime.errors import InputError
+from napari_attribution.core.runtime.progress import run_generator
 
 
 class QuadSpot(nn.Module):
@@ -308,7 +308,7 @@ def test_hybrid3_field_matches_one_pass_and_leaves_background_at_zero():
 
 
 def test_evidence_check_on_tiled_fields():
-    from napari_attribution.core.evidence import evidence_check, evidence_check_tiled
+    from napari_attribution.core.attribution.evidence import evidence_check, evidence_check_tiled
 
     x, masks = field_with_spots(32, 96, [(6, 10), (20, 70)])
     x[0] = np.clip(x[0], 0, 0.3) + np.stack(masks).any(0) * 0.8   # spots well above 0.5
@@ -336,7 +336,7 @@ def test_evidence_check_on_tiled_fields():
 
 
 def test_fast_copy_moves_relus_behind_pooling_with_the_same_outputs_and_gradients():
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
 
     torch.manual_seed(0)
     dcmix = DCMIXClassifier(ModelConfig(2, 3, width=8)).eval()
@@ -366,7 +366,7 @@ def test_fast_copy_moves_relus_behind_pooling_with_the_same_outputs_and_gradient
 @pytest.mark.parametrize("shape", [(1, 2, 1100, 600), (1, 1, 300, 700)])
 def test_banded_blur_is_the_gaussian_blur(shape, monkeypatch):
     """The blur matrices' banded products equal the depthwise convolution."""
-    from napari_attribution.core import pcim
+    from napari_attribution.core.attribution import pcim
 
     x = torch.rand(shape)
     monkeypatch.setattr(pcim, "_MATRIX_BLUR_MAX", 0)  # the convolution: the reference
@@ -403,7 +403,7 @@ def test_input_gradient_convolution_matches_autograd(channels_last):
 
 
 def test_provenance_counts_tile_passes_and_model_rewrites():
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
 
     torch.manual_seed(0)
     model = DCMIXClassifier(ModelConfig(2, 2, width=8)).eval()
@@ -420,7 +420,7 @@ def test_provenance_counts_tile_passes_and_model_rewrites():
 def test_field_probabilities_are_the_mean_over_tiles_that_do_not_overlap():
     """Every pixel weighs the same in a field's probabilities (as in the evidence check),
     whatever the attribution tiles' overlap."""
-    from napari_attribution.core.tiling import tile_grid
+    from napari_attribution.core.data.tiling import tile_grid
 
     torch.manual_seed(0)
     model = small_cnn().eval()

@@ -31,7 +31,7 @@ def _isolated_settings(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def small_cells():
-    from napari_attribution.core.synthetic import make_cell_phenotype
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     return make_cell_phenotype(n_images=N_IMAGES, size=SIZE, seed=1)
 
@@ -39,8 +39,8 @@ def small_cells():
 @pytest.fixture(scope="module")
 def tiny_bundle(small_cells):
     """A DCMIX model trained for 3 epochs on the small set (a couple of seconds on CPU)."""
-    from napari_attribution.core.progress import run_generator
-    from napari_attribution.core.training import TrainConfig, train_dcmix
+    from napari_attribution.core.channels.training import TrainConfig, train_dcmix
+    from napari_attribution.core.runtime.progress import run_generator
     from napari_attribution.io.models import load_model
 
     cfg = TrainConfig(epochs=3, batch_size=16, width=8, device="cpu", seed=0)
@@ -48,7 +48,7 @@ def tiny_bundle(small_cells):
 
 
 def _cfg(**kw):
-    from napari_attribution.core.training import TrainConfig
+    from napari_attribution.core.channels.training import TrainConfig
 
     base = {"epochs": 2, "batch_size": 16, "width": 8, "device": "cpu", "seed": 0,
             "progress_every": 1}
@@ -339,7 +339,7 @@ def test_settings_persist(make_napari_viewer):
     w2, a2 = TrainWidget(viewer), AttributionWidget(viewer)
     assert w2.epochs.value() == 7 and w2.backbone.currentText() == "resnet18"
     assert a2.method.currentText() == "occlusion"
-    from napari_attribution.core.devices import available_devices
+    from napari_attribution.core.runtime.devices import available_devices
 
     assert [w2.device.itemText(i) for i in range(w2.device.count())] == \
         ["auto", *available_devices()]

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_attribution.core.errors import InputError
-from napari_attribution.core.importance import ChannelImportance
+from napari_attribution.core.channels.importance import ChannelImportance
+from napari_attribution.core.runtime.errors import InputError
 from napari_attribution.io.writers import (
     read_attribution_tiff,
     read_importance_csv,

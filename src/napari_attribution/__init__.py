@@ -11,13 +11,9 @@ discovery.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:  # the version is written once, in pyproject.toml
-    __version__ = version("napari-attribution")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree, not installed
-    __version__ = "0+unknown"
+from .core.runtime.version import __version__
 
 _LAZY = {
     "train": "api", "explain": "api", "channel_importance": "api", "save_bundle": "api",
@@ -25,11 +21,12 @@ _LAZY = {
     "load_plate": "api",
     "posthoc_importance": "api", "retrain_check": "api", "check_study_design": "api",
     "load_bundle": "io.bundle", "load_model": "io.models", "export_program": "io.model_export",
-    "Classifier": "core.classifier", "UnsafeModelError": "io.model_scan",
-    "ImageSet": "core.data", "TrainConfig": "core.training", "PCIMConfig": "core.pcim",
-    "available_methods": "core.attribution",
-    "AttributionError": "core.errors", "InputError": "core.errors",
-    "BundleError": "core.errors", "Cancelled": "core.errors", "OutputError": "core.errors",
+    "Classifier": "core.models.classifier", "UnsafeModelError": "io.model_scan",
+    "ImageSet": "core.data.dataset", "TrainConfig": "core.channels.training",
+    "PCIMConfig": "core.attribution.pcim", "available_methods": "core.attribution.explain",
+    "AttributionError": "core.runtime.errors", "InputError": "core.runtime.errors",
+    "BundleError": "core.runtime.errors", "Cancelled": "core.runtime.errors",
+    "OutputError": "core.runtime.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -7,7 +7,7 @@ then sit on the nuclei of *nuclear* cells: the first thing a new user sees shoul
 
 from __future__ import annotations
 
-from .core.synthetic import make_cell_phenotype, make_multi_snr
+from .core.data.synthetic import make_cell_phenotype, make_multi_snr
 from .layer_style import stain_colormaps
 
 CELL_IMAGES = 400  # enough images for the default 15 epochs to find the Marker channel

@@ -1,7 +1,7 @@
 """The scripting API: one call per task, over the same generators the GUI and CLI drive.
 
 Each verb runs its generator to completion; pass ``progress=callable`` to see the
-:class:`~napari_attribution.core.progress.Progress` events (for example to print them).
+:class:`~napari_attribution.core.runtime.progress.Progress` events (for example to print them).
 
     import napari_attribution as na
 
@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from .core.attribution import AttributionResult
-from .core.classifier import frozen
-from .core.data import ImageSet
-from .core.errors import InputError
-from .core.importance import ChannelImportance
-from .core.importance import channel_importance as _channel_importance
-from .core.progress import Progress, run_generator
-from .core.training import TrainConfig, TrainResult, train_dcmix
+from .core.attribution.explain import AttributionResult, explain_classifier
+from .core.channels.importance import ChannelImportance
+from .core.channels.importance import channel_importance as _channel_importance
+from .core.channels.training import TrainConfig, TrainResult, train_dcmix
+from .core.data.dataset import ImageSet
+from .core.models.classifier import frozen
+from .core.runtime.errors import InputError
+from .core.runtime.progress import Progress, run_generator
 from .io.bundle import save_training_result
 from .io.models import load_model
 
@@ -54,7 +54,7 @@ def train(data: ImageSet, config: TrainConfig | None = None, *, repeats: int = 1
     ``study_design``, ``shortcut``, ``posthoc``; ``repeats=N`` trains N seeds and fills
     ``result.repeats`` with the spread of the channel importance.
     """
-    from .core.repeats import train_repeats
+    from .core.channels.repeats import train_repeats
 
     cfg = _config(config, options)
     gen = train_dcmix(data, cfg) if repeats == 1 else train_repeats(data, cfg, repeats)
@@ -65,7 +65,7 @@ def retrain_check(data: ImageSet, config: TrainConfig | None = None, *,
                   progress: ProgressCallback = None, **options: Any) -> dict[str, Any]:
     """Balanced accuracy of models retrained on each channel alone and without each
     channel (2C+1 trainings, same split); the dict also holds the seconds spent."""
-    from .core.repeats import retrain_check as _retrain
+    from .core.channels.repeats import retrain_check as _retrain
 
     return run_generator(_retrain(data, _config(config, options)), progress)
 
@@ -80,7 +80,7 @@ def posthoc_importance(model: Any, data: ImageSet, *, method: str = "permutation
     ``model``: anything ``io.models.load_model`` takes; raw images are prepared as the
     model records (a bundle's normalisation; none for a bare module).
     """
-    from .core.posthoc import posthoc_channel_importance
+    from .core.channels.posthoc import posthoc_channel_importance
 
     clf = load_model(model, trust=trust)
     clf.check_channels(data.n_channels, "the data")
@@ -93,7 +93,7 @@ def posthoc_importance(model: Any, data: ImageSet, *, method: str = "permutation
 def check_study_design(data: ImageSet) -> list[str]:
     """The study-design warnings for ``data`` (independent wells, fields and plates per
     class, class balance), before any training."""
-    from .core.study_design import check_study_design as _check
+    from .core.study.design import check_study_design as _check
 
     return _check(data).warnings
 
@@ -138,27 +138,28 @@ def explain(model: ModelLike, images: np.ndarray, *, method: str = "pcim",
     model records (a bundle's normalisation; none for a bare module); an ImageSet of plate
     crops that were already normalised the model's way is used as it is. ``targets``:
     class indices or names, ``"predicted"`` or None (the predicted class). ``options`` go
-    to :func:`napari_attribution.core.attribution.explain` (``per_channel``, ``device``,
+    to :func:`napari_attribution.core.attribution.explain.explain` (``per_channel``, ``device``,
     ``input_size`` for tiling, ``contrast`` (a class index or name: "target rather than
     contrast"), ``evidence=True`` (the 'localised' / 'none' check), method parameters).
     The result's ``provenance()`` names the model (path, kind, sha256, channel and class
     names, normalisation).
     """
     clf = load_model(model, trust=trust)
-    return run_generator(clf.explain(images, targets, method=method, **options), progress)
+    return run_generator(explain_classifier(clf, images, targets, method=method, **options),
+                         progress)
 
 
 def sample_cells(n_images: int = 400, size: int = 48, seed: int = 0) -> ImageSet:
     """The synthetic cell-phenotype sample (the marker moves into the nucleus in one
     channel only; nuclei masks and ground truth in ``metadata`` and ``masks``)."""
-    from .core.synthetic import make_cell_phenotype
+    from .core.data.synthetic import make_cell_phenotype
 
     return make_cell_phenotype(n_images=n_images, size=size, seed=seed)
 
 
 def sample_multi_snr(n_images: int = 600, size: int = 32, seed: int = 0) -> ImageSet:
     """The synthetic multi-SNR sample (known true channel order in ``metadata``)."""
-    from .core.synthetic import make_multi_snr
+    from .core.data.synthetic import make_multi_snr
 
     return make_multi_snr(n_images=n_images, size=size, seed=seed)
 

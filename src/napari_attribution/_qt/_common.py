@@ -25,8 +25,8 @@ from qtpy.QtWidgets import (
 if TYPE_CHECKING:
     import napari
 
-    from ..core.classifier import Classifier
-    from ..core.data import ImageSet
+    from ..core.data.dataset import ImageSet
+    from ..core.models.classifier import Classifier
 
 ORG, APP = "napari-attribution", "widgets"
 FONT_PT = 9  # smallest font in the plots
@@ -339,6 +339,6 @@ def channel_colours(viewer: napari.Viewer, names: list[str]) -> list[str]:
 
 def device_choices() -> list[str]:
     """``auto`` plus the devices that exist on this machine."""
-    from ..core.devices import available_devices
+    from ..core.runtime.devices import available_devices
 
     return ["auto", *available_devices()]

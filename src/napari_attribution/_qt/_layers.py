@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 
 AUTO_AXIS, NO_AXIS = -2, -1
 MAX_CHANNELS = 8  # a leading axis this short is taken for channels by "auto"

@@ -23,7 +23,7 @@ from typing import Any
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 
-from ..core.progress import Progress
+from ..core.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 FLUSH_MS = 500  # GUI updates from progress events at most this often (each one
@@ -73,7 +73,7 @@ def _drive(gen: Generator[Progress, None, Any]) -> Generator[Progress, None, Any
 
 def error_text(err: BaseException, what: str = "") -> str:
     """The sentence a user sees for ``err`` (our own errors without their class name)."""
-    from ..core.errors import AttributionError
+    from ..core.runtime.errors import AttributionError
 
     msg = str(err) if isinstance(err, AttributionError) else f"{type(err).__name__}: {err}"
     return f"{what + ': ' if what else ''}{msg}"
@@ -84,7 +84,7 @@ def notify_error(err: BaseException, what: str = "", line: QLabel | None = None)
     error notification; unexpected errors are also logged with their traceback."""
     from napari.utils.notifications import show_error
 
-    from ..core.errors import AttributionError
+    from ..core.runtime.errors import AttributionError
 
     text = error_text(err, what)
     if not isinstance(err, AttributionError):

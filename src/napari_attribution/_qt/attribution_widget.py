@@ -23,8 +23,8 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..core.errors import InputError
-from ..core.progress import Progress
+from ..core.runtime.errors import InputError
+from ..core.runtime.progress import Progress
 from ._common import DockWidget, PlotCanvas, Settings, device_choices
 from ._layers import ChannelPicker, Selection
 from ._results import KIND, ColourBar, put_result_layer, result_name, run_contrast
@@ -37,7 +37,7 @@ MAX_CONTRAST_CLASSES = 4
 
 
 def _methods() -> list[str]:
-    from ..core.attribution import available_methods
+    from ..core.attribution.explain import available_methods
 
     return available_methods()
 
@@ -156,7 +156,7 @@ class AttributionWidget(DockWidget):
 
     @staticmethod
     def _scale(bundle):
-        from ..core.inference import ModelScale
+        from ..core.models.inference import ModelScale
 
         scale = ModelScale.from_provenance(getattr(bundle, "provenance", None))
         size = getattr(bundle, "input_size", None)  # e.g. a bioimage.io package's
@@ -166,7 +166,7 @@ class AttributionWidget(DockWidget):
 
     def _inputs(self) -> tuple[Any, Selection, dict]:
         """Model, frozen selection (channels in the model's order) and how to look at it."""
-        from ..core.inference import tiling_for
+        from ..core.models.inference import tiling_for
 
         bundle = self.session.bundle
         if bundle is None:
@@ -225,7 +225,7 @@ class AttributionWidget(DockWidget):
 
     def predict(self) -> Any:
         """Class probabilities of the chosen image(s) on the model's input, in a worker."""
-        from ..core.inference import shrink, tile_probabilities
+        from ..core.models.inference import shrink, tile_probabilities
 
         try:
             bundle, sel, look = self._inputs()
@@ -235,7 +235,7 @@ class AttributionWidget(DockWidget):
         device = self.device.currentText()
 
         def work() -> Generator[Progress, None, np.ndarray]:
-            from ..core.devices import resolve_device
+            from ..core.runtime.devices import resolve_device
 
             x = bundle.prepare(shrink(sel.images, look["shrink"]))
             probs, _ = yield from tile_probabilities(bundle.model, x, look["tile"],
@@ -250,7 +250,9 @@ class AttributionWidget(DockWidget):
 
     def run(self) -> Any:
         """Explain the chosen image(s) in a worker; returns the worker."""
-        from ..core.inference import shrink, tile_curves
+        from ..core.attribution.explain import explain_classifier
+        from ..core.evaluation.tiled_curves import tile_curves
+        from ..core.models.inference import shrink
 
         try:
             bundle, sel, look = self._inputs()
@@ -271,11 +273,11 @@ class AttributionWidget(DockWidget):
         def work() -> Generator[Progress, None, tuple]:
             import time
 
-            from ..core.devices import resolve_device
+            from ..core.runtime.devices import resolve_device
 
             raw = shrink(sel.images, look["shrink"])  # at the model's training scale
             x = bundle.prepare(raw)
-            result = yield from bundle.explain(raw, target, method=method,
+            result = yield from explain_classifier(bundle, raw, target, method=method,
                                                per_channel=per_channel, device=device,
                                                input_size=look["tile"], evidence=check_evidence,
                                                contrast=contrast, **params)

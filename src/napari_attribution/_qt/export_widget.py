@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 from ._common import DockWidget, Settings
 from ._results import KIND, provenance_text
 

@@ -16,8 +16,8 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
-from ..core.errors import InputError
-from ..core.progress import Progress
+from ..core.runtime.errors import InputError
+from ..core.runtime.progress import Progress
 from ._common import DockWidget, PlotCanvas, Settings, channel_colours
 from ._layers import ChannelPicker
 from ._runner import TaskRunner

@@ -23,8 +23,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core.errors import InputError
-from ..core.progress import Progress
+from ..core.runtime.errors import InputError
+from ..core.runtime.progress import Progress
 from ._common import (
     DockWidget,
     PlotCanvas,
@@ -124,8 +124,8 @@ class TrainWidget(DockWidget):
 
         # -- model -----------------------------------------------------------------------
         model_box = QGroupBox("Model")
-        from ..core.backbones import BACKBONES
-        from ..core.training import TrainConfig
+        from ..core.channels.backbones import BACKBONES
+        from ..core.channels.training import TrainConfig
 
         defaults = TrainConfig()
         self.backbone = QComboBox()
@@ -300,8 +300,8 @@ class TrainWidget(DockWidget):
     def _object_dataset(self, sel: Selection):
         """Crops around the points of the chosen Points layer, labelled by its ``class``
         feature (cut by ``core.objects``)."""
-        from ..core.data import ImageSet
-        from ..core.objects import crops_around_points, labels_from_classes
+        from ..core.data.dataset import ImageSet
+        from ..core.data.objects import crops_around_points, labels_from_classes
 
         layer = self.viewer.layers[self.objects.currentText()]
         if sel.index is not None or not len(layer.data):
@@ -329,7 +329,7 @@ class TrainWidget(DockWidget):
     def dataset(self):
         """The labelled images of the ticked layers as an ImageSet (or, with a Points
         layer chosen under Objects, crops around its points)."""
-        from ..core.data import ImageSet
+        from ..core.data.dataset import ImageSet
 
         sel = self._selection()
         if self.objects.currentText() not in ("", NO_OBJECTS):
@@ -356,7 +356,7 @@ class TrainWidget(DockWidget):
     # -- training --------------------------------------------------------------------------
 
     def config(self):
-        from ..core.training import TrainConfig
+        from ..core.channels.training import TrainConfig
 
         return TrainConfig(epochs=self.epochs.value(), batch_size=self.batch.value(),
                            backbone=self.backbone.currentText(), n_heads=self.heads.value(),
@@ -364,7 +364,7 @@ class TrainWidget(DockWidget):
 
     def start_training(self, config=None) -> Any:
         """Train on the ticked layers in a worker; returns the worker (None on bad input)."""
-        from ..core.training import train_dcmix
+        from ..core.channels.training import train_dcmix
 
         try:
             data, sel = self.dataset()

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 from .task import _CACHE_LOCK, WORKER_DEVICES
 
 try:

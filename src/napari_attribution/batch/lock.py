@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..core.errors import InputError, OutputError
+from ..core.runtime.errors import InputError, OutputError
 from ..io.atomic import why_failed
 
 try:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 
 NGFF_VERSION = "0.4"
 #: placeholder display window of a map channel until the run completes (then the

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 
 
 @dataclass(frozen=True)

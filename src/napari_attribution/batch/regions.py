@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.allocator import release_freed_memory
-from ..core.errors import InputError
+from ..core.runtime.allocator import release_freed_memory
+from ..core.runtime.errors import InputError
 
 LARGE_FIELD_BYTES = 256 * 1024**2  # float32 pixels of one field, as the readers' lazy limit
 DEFAULT_REGION_SIZE = 1024
@@ -95,7 +95,7 @@ class RegionNormalizer:
 
     def __init__(self, clf: Any, arr: Any, downsample: int, shape: tuple[int, int],
                  region_size: int) -> None:
-        from ..core.normalization import PercentileNormalizer
+        from ..core.data.normalization import PercentileNormalizer
 
         self.clf = clf
         self.fixed = None
@@ -133,7 +133,7 @@ def field_percentiles(arr: Any, downsample: int, shape: tuple[int, int], region_
 def _probabilities(clf: Any, x: np.ndarray, device: Any) -> np.ndarray:
     import torch
 
-    from ..core.classifier import frozen
+    from ..core.models.classifier import frozen
 
     with frozen(clf.model, device) as net, torch.no_grad():
         logits = net(torch.from_numpy(np.ascontiguousarray(x[None])).to(device)).float()
@@ -148,8 +148,8 @@ def process_large_field(store: Any, index: int, field: str | None, record: Any, 
                         clf: Any, spec: Any, device: str) -> None:
     """Compute and store one large field's outputs region by region (see the module
     docstring); ``arr`` is its raw (C, H, W) pixels, lazy or not. Marks it done last."""
-    from ..core.attribution import explain
-    from ..core.progress import run_generator
+    from ..core.attribution.explain import explain
+    from ..core.runtime.progress import run_generator
     from .store import map_mass
 
     t0 = time.perf_counter()

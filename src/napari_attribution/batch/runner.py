@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import AttributionError, InputError
-from ..core.progress import Progress
+from ..core.runtime.errors import AttributionError, InputError
+from ..core.runtime.progress import Progress
 from .lock import StoreLock
 from .records import ImageRecord, check_records, record_shape
 from .store import BatchStore, run_payload
@@ -81,7 +81,7 @@ class BatchConfig:
         """Validated ``{method: params}`` in the order given."""
         methods = list(dict.fromkeys(self.methods))
         if methods:
-            from ..core.attribution import available_methods
+            from ..core.attribution.explain import available_methods
 
             unknown = [m for m in methods if m not in available_methods()]
             if unknown:
@@ -92,7 +92,7 @@ class BatchConfig:
             raise InputError(f"parameters given for method(s) {extra} that are not run "
                              f"(methods: {methods or 'none'})")
         if methods:
-            from ..core.attribution import check_method_params
+            from ..core.attribution.explain import check_method_params
 
             for m in methods:
                 check_method_params(m, self.params.get(m, {}))
@@ -142,7 +142,7 @@ def plan_warnings(config: BatchConfig, methods: Sequence[str], shape: tuple[int,
                   regions: bool) -> list[str]:
     """Plain warnings about the methods on what ``explain`` will see of each image of
     ``shape`` (after downsampling): ``input_size`` tiles, a region, or the image."""
-    from ..core.attribution import method_warnings
+    from ..core.attribution.explain import method_warnings
 
     if config.input_size is not None:
         side = (config.input_size, config.input_size)

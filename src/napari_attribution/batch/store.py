@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 from ..layer_style import MAX_SAMPLES
 from . import ngff
 from .ngff import NGFF_VERSION, map_axes  # noqa: F401  (part of this module's API)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import BundleError, InputError
+from ..core.runtime.errors import BundleError, InputError
 from .records import ImageRecord, open_record
 from .store import BatchStore
 
@@ -91,7 +91,7 @@ def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str
 
     This is the single-process computation; batch runs call it per task.
     """
-    from ..core.progress import run_generator
+    from ..core.runtime.progress import run_generator
 
     probs = bundle.predict_proba(raw, batch_size=spec.batch_size, device=device)
     if spec.target is None:
@@ -103,7 +103,7 @@ def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str
         targets = np.full(raw.shape[0], spec.target, dtype=np.int64)
     maps: dict[str, np.ndarray] = {}
     if spec.methods:
-        from ..core.attribution import explain
+        from ..core.attribution.explain import explain
 
         x = bundle.prepare(raw).astype(np.float32)
         for method, params in spec.methods.items():
@@ -131,7 +131,7 @@ def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord
         return {"computed": [], "skipped": skipped, "seconds": 0.0}
     device = current_worker_device(spec.device)
     if device == "auto":
-        from ..core.devices import resolve_device
+        from ..core.runtime.devices import resolve_device
 
         device = str(resolve_device("auto"))
     bundle = get_bundle(spec.bundle_path, spec.bundle_sha256, device, spec.trust)

@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 import sys
 
-from ..core.errors import AttributionError
+from ..core.runtime.errors import AttributionError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 from ._checks import positive_int
 from .model_args import add_trust_argument
 from .progress_bar import run_with_bar

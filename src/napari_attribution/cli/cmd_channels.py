@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from ..core.importance import ChannelImportance
+from ..core.channels.importance import ChannelImportance
 from ._checks import add_overwrite_argument
 
 
@@ -81,9 +81,9 @@ def report_json(imp: ChannelImportance | None, warnings: list[str],
 def format_checks(warnings: list[str], checks: dict[str, Any]) -> str:
     """The study checks as text: validation metrics, post-hoc importance, shortcut
     check, spread over repeats, retraining check, then the warnings, prominently."""
-    from ..core.classification import format_classification_report
-    from ..core.posthoc import PosthocImportance, format_posthoc
-    from ..core.shortcut import ShortcutCheck, format_shortcut
+    from ..core.channels.posthoc import PosthocImportance, format_posthoc
+    from ..core.study.classification import format_classification_report
+    from ..core.study.shortcut import ShortcutCheck, format_shortcut
 
     parts: list[str] = []
     if checks.get("validation"):
@@ -141,7 +141,7 @@ def format_retrain(rc: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.errors import BundleError
+    from ..core.runtime.errors import BundleError
     from ..io.atomic import atomic_write_text, check_output
     from .model_args import load_from_args
 

@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..core.training import TrainConfig, train_dcmix
+from ..core.channels.training import TrainConfig, train_dcmix
 from .progress_bar import run_with_bar
 
 
@@ -54,8 +54,8 @@ def _explain(result, bundle_path: Path, data, out: Path, args: argparse.Namespac
     """PCIM on validation images of the last class; save maps, a figure, the score."""
     import numpy as np
 
-    from ..core.attribution import explain
-    from ..core.metrics import relevance_mass
+    from ..core.attribution.explain import explain
+    from ..core.evaluation.metrics import relevance_mass
     from ..io.bundle import file_sha256
     from ..io.figures import save_overlay_figure
     from ..io.writers import write_attribution_tiff

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import InputError
-from ..core.metrics import FIDELITY_METRICS
+from ..core.evaluation.metrics import FIDELITY_METRICS
+from ..core.runtime.errors import InputError
 from ._checks import add_overwrite_argument, positive_int
 from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
@@ -89,7 +89,7 @@ def _label(col: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.evaluation import evaluate_methods
+    from ..core.evaluation.comparison import evaluate_methods
     from ..io.atomic import atomic_write_text, check_output
 
     if args.output:
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 def channel_check(clf, x: np.ndarray, labels: np.ndarray | None, seed: int = 0) -> dict:
     """Post-hoc channel importance (pixel permutation and Captum feature ablation) of
     any model on labelled images, beside the DCMIX weights when the model is a bundle."""
-    from ..core.posthoc import posthoc_channel_importance
+    from ..core.channels.posthoc import posthoc_channel_importance
 
     if labels is None:
         raise InputError("the channel check needs labels (an npz with 'labels', or "
@@ -137,7 +137,7 @@ def channel_check(clf, x: np.ndarray, labels: np.ndarray | None, seed: int = 0) 
 
 def _with_channel_check(text: str, rows: list[dict], clf, x: np.ndarray,
                         labels: np.ndarray | None, args: argparse.Namespace) -> str:
-    from ..core.posthoc import PosthocImportance, format_posthoc
+    from ..core.channels.posthoc import PosthocImportance, format_posthoc
 
     check = channel_check(clf, x, labels, args.seed)
     if args.format == "json":

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
-from ..core.inference import ModelScale, expand, shrink
+from ..core.attribution.explain import explain_classifier
+from ..core.models.inference import ModelScale, expand, shrink
+from ..core.runtime.errors import InputError
 from ._checks import add_overwrite_argument, positive_int
 from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
@@ -75,7 +76,7 @@ def evidence_warnings(result) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.attribution import check_method_params
+    from ..core.attribution.explain import check_method_params
     from ..io.atomic import check_output
     from ..io.writers import attribution_tiff_path, write_attribution_tiff
 
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     for image, out_path in zip(args.images, outputs, strict=True):
         raw = read_images(image)
         clf.check_channels(raw.shape[1], f"{image}")
-        result = run_with_bar(clf.explain(shrink(raw, factor), target, method=args.method,
+        result = run_with_bar(explain_classifier(clf, shrink(raw, factor), target,
+                                                     method=args.method,
                                           per_channel=args.per_channel, device=args.device,
                                           batch_size=args.batch_size,
                                           input_size=args.input_size or clf.input_size,
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from ..core.attribution import available_methods
+    from ..core.attribution.explain import available_methods
 
     p = sub.add_parser("explain", help="pixel attribution maps for image files",
                        description="Explain a classifier's decision on image files: one "

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.data import ImageSet
-from ..core.errors import InputError
-from ..core.normalization import MODES
-from ..core.splits import SPLIT_UNITS
-from ..core.training import TrainConfig, train_dcmix
+from ..core.channels.training import TrainConfig, train_dcmix
+from ..core.data.dataset import ImageSet
+from ..core.data.normalization import MODES
+from ..core.runtime.errors import InputError
+from ..core.study.splits import SPLIT_UNITS
 from ._checks import (
     add_overwrite_argument,
     learning_rate,
@@ -25,7 +25,7 @@ SAMPLES = ("cells", "multi-snr")
 
 
 def load_sample(name: str, seed: int = 0) -> ImageSet:
-    from ..core.synthetic import make_cell_phenotype, make_multi_snr
+    from ..core.data.synthetic import make_cell_phenotype, make_multi_snr
 
     if name == "cells":
         return make_cell_phenotype(n_images=400, size=48, seed=seed)
@@ -58,7 +58,7 @@ def load_training_data(args: argparse.Namespace) -> ImageSet:
 def declare_input_normalization(data: ImageSet, declared: str | None, source: str) -> ImageSet:
     """Record what was already applied to npz/table images (``--input-normalization`` or
     the npz key ``normalization``); undeclared images are taken as raw, with a warning."""
-    from ..core.normalization import canonical_mode
+    from ..core.data.normalization import canonical_mode
 
     if declared is not None:
         data.metadata["normalization"] = {"mode": canonical_mode(declared, "field"),
@@ -181,7 +181,7 @@ def _norm_mode(text: str) -> str:
     """A --normalization value; old names map to new ones with a note on stderr."""
     import sys
 
-    from ..core.normalization import canonical_mode
+    from ..core.data.normalization import canonical_mode
 
     if text == "auto":
         return text
@@ -209,8 +209,8 @@ def bundle_path(output: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.repeats import retrain_check, train_repeats
-    from ..core.study_design import check_study_design
+    from ..core.channels.repeats import retrain_check, train_repeats
+    from ..core.study.design import check_study_design
     from ..io.atomic import check_output
     from ..io.bundle import save_training_result
     from .cmd_channels import format_checks, format_importance, format_warnings

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Generator
 from typing import TypeVar
 
-from ..core.progress import Progress, run_generator
+from ..core.runtime.progress import Progress, run_generator
 
 R = TypeVar("R")
 

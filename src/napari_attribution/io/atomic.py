@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.errors import OutputError
+from ..core.runtime.errors import OutputError
 
 TMP_PREFIX = ".tmp-"
 

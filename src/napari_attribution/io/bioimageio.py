@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.classifier import Classifier
-from ..core.errors import BundleError
+from ..core.models.classifier import Classifier
+from ..core.runtime.errors import BundleError
 
-ARCHITECTURE_MODULE = "napari_attribution.core.dcmix"
+ARCHITECTURE_MODULE = "napari_attribution.core.channels.dcmix"
 ARCHITECTURE_CALLABLE = "build_dcmix"
 _PRE_SUPPORTED = ("scale_range", "scale_linear", "zero_mean_unit_variance",
                   "fixed_zero_mean_unit_variance", "clip", "ensure_dtype")
@@ -319,7 +319,7 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
         np.save(tmpd / "test_input.npy", test_in)
         prepared = clf.prepare(test_in)
         with torch.no_grad():
-            from ..core.classifier import frozen
+            from ..core.models.classifier import frozen
 
             with frozen(clf.module, "cpu") as net:
                 test_out = torch.softmax(net(torch.from_numpy(prepared)), 1).numpy()

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.dcmix import DCMIXClassifier, ModelConfig
-from ..core.errors import BundleError
-from ..core.importance import ChannelImportance
-from ..core.normalization import PercentileNormalizer
+from ..core.channels.dcmix import DCMIXClassifier, ModelConfig
+from ..core.channels.importance import ChannelImportance
+from ..core.data.normalization import PercentileNormalizer
+from ..core.runtime.errors import BundleError
 from .atomic import atomic_write_bytes, check_output
 
 FORMAT = "napari-attribution-bundle"
@@ -63,7 +63,7 @@ class ModelBundle:
         """Model inputs: raw (N, C, H, W) or (C, H, W) images normalised as at training
         time, or an ImageSet / plate ``FieldCrops`` whose crops were already normalised
         the model's way (used as they are; see ``core.normalization.prepare_inputs``)."""
-        from ..core.normalization import prepare_inputs
+        from ..core.data.normalization import prepare_inputs
 
         arr = np.asarray(getattr(images, "images", images))
         self.check_channels(arr.shape[-3])
@@ -78,8 +78,8 @@ class ModelBundle:
         Unlike probabilities they do not saturate: scores averaged over many cells (a
         well's mean log-odds) keep their ranking where every probability is ~0 or ~1.
         """
-        from ..core.devices import resolve_device
-        from ..core.validation import check_images
+        from ..core.runtime.devices import resolve_device
+        from ..core.runtime.validation import check_images
 
         x = self.prepare(images)
         x = check_images(x[None] if x.ndim == 3 else x, self.n_channels)
@@ -299,7 +299,7 @@ def check_weights(path: Path | str, state: dict[str, torch.Tensor],
 
 
 def save_training_result(path: str | Path, result, overwrite: bool = True) -> Path:
-    """Save a :class:`~napari_attribution.core.training.TrainResult` as a bundle."""
+    """Save a :class:`~napari_attribution.core.channels.training.TrainResult` as a bundle."""
     checks = result.checks()
     return save_bundle(path, result.model, result.channel_names, result.class_names,
                        result.normalizer, result.provenance(), result.importance,

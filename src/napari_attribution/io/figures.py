@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 
 
 def _stretch(a: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 
 BIOIO_SUFFIXES = (".czi", ".nd2", ".lif", ".zarr")
 PLUGINS = {".czi": "bioio-czi", ".nd2": "bioio-nd2", ".lif": "bioio-lif",

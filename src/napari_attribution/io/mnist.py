@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 
 _SPLITS = {"test": "t10k", "train": "train"}
 

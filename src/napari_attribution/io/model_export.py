@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..core.classifier import frozen
-from ..core.errors import BundleError
+from ..core.models.classifier import frozen
+from ..core.runtime.errors import BundleError
 
 META_FILE = "napari_attribution.json"
 

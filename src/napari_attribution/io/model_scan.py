@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 import torch
 
-from ..core.errors import BundleError
+from ..core.runtime.errors import BundleError
 
 
 class UnsafeModelError(BundleError):

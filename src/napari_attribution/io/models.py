@@ -1,5 +1,5 @@
 """``load_model``: one loader for every model a user can hand in, returning a
-:class:`~napari_attribution.core.classifier.Classifier`.
+:class:`~napari_attribution.core.models.classifier.Classifier`.
 
 Formats:
 
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.classifier import Classifier, default_names, infer_channels
-from ..core.errors import BundleError, InputError
-from ..core.normalization import PercentileNormalizer, canonical_mode
+from ..core.data.normalization import PercentileNormalizer, canonical_mode
+from ..core.models.classifier import Classifier, default_names, infer_channels
+from ..core.runtime.errors import BundleError, InputError
 from .bundle import SUFFIX, ModelBundle, file_sha256, load_bundle
 from .model_export import read_export_metadata
 from .model_scan import (
@@ -88,7 +88,7 @@ def load_model(source: Any, *, trust: bool = False, device: str | torch.device =
     ``channel_names`` / ``class_names``: names for models that carry none.
     Bad or unsafe files raise :class:`BundleError` (``UnsafeModelError``).
     """
-    from ..core.training import TrainResult
+    from ..core.channels.training import TrainResult
 
     names = {"channel_names": channel_names, "class_names": class_names}
     if isinstance(source, Classifier):
@@ -262,7 +262,7 @@ def from_module(module: torch.nn.Module, *, kind: str = "module",
     if n_ch is None:
         raise BundleError("cannot tell how many channels the model takes; give "
                           "channel_names")
-    from ..core.classifier import _n_classes_of
+    from ..core.models.classifier import _n_classes_of
 
     n_cls = len(class_names) if class_names else n_classes or _n_classes_of(module)
     if n_cls is None:
@@ -282,7 +282,7 @@ def from_module(module: torch.nn.Module, *, kind: str = "module",
 def _probe_classes(module: torch.nn.Module, n_channels: int) -> int:
     """The number of classes, from one forward pass on a blank image (only for modules
     that are the caller's own or passed the operator scan)."""
-    from ..core.classifier import frozen
+    from ..core.models.classifier import frozen
 
     for side in (64, 32, 28, 96, 128):
         try:

@@ -7,7 +7,7 @@ labels, the pixel size from the dataset's scale. :func:`read_ngff_plate` lists t
 fields of an NGFF HCS plate (``plate`` -> ``row/col`` wells -> fields) with their well,
 field and channel names, for ``napari-attribution batch``. Metadata are read from the
 groups' attributes as the 0.4 specification lays them out; anything missing or
-inconsistent is an :class:`~napari_attribution.core.errors.InputError` naming the path.
+inconsistent is an :class:`~napari_attribution.core.runtime.errors.InputError` naming the path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 
 #: NGFF axis names as this package's axis letters
 _AXES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}

@@ -7,7 +7,7 @@ Supported layouts: channel-first ``CYX``, ``ZCYX``, ``TCYX`` (and the like), cha
 ``YXC`` (RGB-style samples), plain multi-page TIFFs whose pages are channels, and one
 2-D file per channel. Channel names and pixel size come from the OME-XML when present
 (ImageJ resolution tags otherwise). Every failure raises
-:class:`~napari_attribution.core.errors.InputError` naming the file.
+:class:`~napari_attribution.core.runtime.errors.InputError` naming the file.
 
 The reader never guesses: a file whose pages do not match its OME metadata (planes
 missing, pages of other shapes), a damaged page chain, or several images of different
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32,
                     np.float32, np.float64)

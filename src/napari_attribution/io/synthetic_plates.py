@@ -1,4 +1,4 @@
-"""Write a synthetic trap plate (:mod:`napari_attribution.core.synthetic_plates`) as a
+"""Write a synthetic trap plate (:mod:`napari_attribution.core.data.synthetic_plates`) as a
 plate folder, the way microscopes and CellProfiler leave real ones: one 16-bit TIFF per
 field and channel (``B02_s1_DNA.tif``), a plate map (``plate_map.csv``: well, class) and
 an object table (``objects.csv``: well, site, x, y, label)."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from ..core.synthetic_plates import TrapPlate, make_trap_plate
+from ..core.data.synthetic_plates import TrapPlate, make_trap_plate
 
 PATTERN = r"(?P<well>[A-P]\d+)_s(?P<site>\d+)_(?P<channel>[^_.]+)\.tif$"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.data import ImageSet
-from ..core.errors import InputError
+from ..core.data.dataset import ImageSet
+from ..core.runtime.errors import InputError
 
 
 def load_npz(path: str | Path) -> ImageSet:
@@ -29,7 +29,7 @@ def load_npz(path: str | Path) -> ImageSet:
 
             meta = {}
             if "normalization" in z:  # what was applied upstream: per_field, none ...
-                from ..core.normalization import canonical_mode
+                from ..core.data.normalization import canonical_mode
 
                 meta["normalization"] = {"mode": canonical_mode(str(z["normalization"]),
                                                                 "field"),

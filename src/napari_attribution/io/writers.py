@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.runtime.errors import InputError
 from .atomic import atomic_path, atomic_write, atomic_write_text, check_output
 
 FORMAT = "napari-attribution-result"
@@ -203,7 +203,7 @@ def write_importance_csv(path: str | Path, importance,
                          overwrite: bool = True) -> Path:
     """Write channel importance as CSV (one row per channel); returns the path.
 
-    ``importance`` is a :class:`~napari_attribution.core.importance.ChannelImportance`
+    ``importance`` is a :class:`~napari_attribution.core.channels.importance.ChannelImportance`
     (its ``rows()``), a ``{channel: value}`` mapping or a list of row dicts. With
     ``provenance`` a sidecar ``<name>.provenance.json`` is written next to it. Both are
     written atomically; existing files are refused unless ``overwrite``.

@@ -19,7 +19,7 @@ them aligned. BBBC013 in one line::
     data = load_bbbc013("../shared/data/bbbc013")   # controls, 48 px crops at 2x on nuclei
 """
 
-from ...core.segmentation import segment_nuclei
+from ...core.data.segmentation import segment_nuclei
 from .bbbc013 import (
     BBBC013_CHANNELS,
     BBBC013_CLASSES,

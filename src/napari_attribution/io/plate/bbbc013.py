@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ...core.data import ImageSet
-from ...core.errors import InputError
+from ...core.data.dataset import ImageSet
+from ...core.runtime.errors import InputError
 from .layout import Plate
 from .plate_map import PlateMap, read_plate_map
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...core.data import ImageSet
-from ...core.errors import InputError
-from ...core.normalization import PercentileNormalizer, canonical_mode
-from ...core.segmentation import crop_geometry, median_diameter, object_means
+from ...core.data.dataset import ImageSet
+from ...core.data.normalization import PercentileNormalizer, canonical_mode
+from ...core.data.segmentation import crop_geometry, median_diameter, object_means
+from ...core.runtime.errors import InputError
 from .labels import LabelsInput, LabelSource
 from .objects import LabelRule
 from .plate_map import WellInfo, normalise_well
@@ -201,7 +201,7 @@ def _iter(plate: Plate, fields: list[FieldOfView], s: CropSettings, source: Labe
             if rule is not None:
                 means = _means_at(raw, nuc_labels, centres, s.nucleus_diameter)
         elif rule is not None or (s.crops == "nuclei" and nuc_labels is not None):
-            from ...core.segmentation import object_centres
+            from ...core.data.segmentation import object_centres
 
             ids, centres = object_centres(nuc_labels)
             if rule is not None:

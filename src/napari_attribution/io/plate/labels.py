@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ...core.errors import InputError
-from ...core.segmentation import check_labels_image, segment_nuclei
+from ...core.data.segmentation import check_labels_image, segment_nuclei
+from ...core.runtime.errors import InputError
 from .plate_map import normalise_well, site_key
 
 #: Label images given per field: keyed by ``(well, site)`` or ``"A01_s1"`` (or ``"A01"``

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ...core.data import ImageSet
-from ...core.errors import InputError
+from ...core.data.dataset import ImageSet
+from ...core.runtime.errors import InputError
 from .plate_map import PlateMap, class_key, normalise_well, read_plate_map
 
 
@@ -177,7 +177,7 @@ class Plate:
 
     def sample(self, crops: str = "nuclei", crop_size: int | None = None,
                per_image: int | None = 64, **options: Any) -> ImageSet:
-        """Crops of the plate as an :class:`~napari_attribution.core.data.ImageSet`.
+        """Crops of the plate as an :class:`~napari_attribution.core.data.dataset.ImageSet`.
 
         See :func:`~napari_attribution.io.plate.crops.sample_plate` for every option:
         crop mode, size and downsampling (from the median nucleus size when not given),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.errors import InputError
+from ...core.runtime.errors import InputError
 from .plate_map import class_key, normalise_well, read_csv_rows, site_key
 
 OBJECT_COLUMNS = ("well", "site", "file", "x", "y", "label")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core.errors import InputError
+from ...core.runtime.errors import InputError
 
 _WELL_RE = re.compile(r"^\s*([A-Za-z]+)[-_ ]?0*(\d+)\s*$")
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...core.data import ImageSet
-from ...core.errors import InputError
-from ...core.splits import SPLIT_UNITS, choose_split_unit, spatial_groups
+from ...core.data.dataset import ImageSet
+from ...core.runtime.errors import InputError
+from ...core.study.splits import SPLIT_UNITS, choose_split_unit, spatial_groups
 from .crops import FieldCrops, LabelSource, _iter, resolve_settings, select_fields, take
 from .objects import LabelRule, ObjectTable, parse_label_rule, read_objects
 from .plate_map import normalise_well, site_key

@@ -1,0 +1,600 @@
+"""One entry point for pixel attribution: :func:`explain` over a registry of methods.
+
+``explain`` validates the input, picks targets (the predicted class by default),
+splits the images into batches (and each image into overlapping tiles when it is
+larger than the model's ``input_size``), runs the chosen method as a generator of
+:class:`Progress` events and returns an :class:`AttributionResult`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.tiling import TileBlender, tile_grid
+from ..models.classifier import Classifier, check_outputs, frozen, infer_channels
+from ..runtime.allocator import reuse_freed_memory
+from ..runtime.devices import resolve_device
+from ..runtime.errors import InputError
+from ..runtime.progress import Progress
+from ..runtime.validation import check_images
+from . import baselines
+from .contrast import CONTRAST_TARGET, ContrastModel, check_contrast
+from .field import (
+    BACKGROUND_FRACTION,
+    channels_last_for,
+    fast_copy,
+    is_oom,
+    pcim_field,
+    plan_field,
+    smaller_batch,
+)
+from .pcim import PCIMConfig, pcim_batch
+from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
+
+
+@dataclass
+class AttributionResult:
+    """Attribution maps for N images with what is needed to trust and reproduce them."""
+
+    maps: np.ndarray
+    targets: np.ndarray
+    probabilities: np.ndarray
+    method: str
+    params: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    #: the model's provenance (``Classifier.describe``), filled by ``Classifier.explain``
+    model: dict = field(default_factory=dict)
+    #: the contrast class per image ("target rather than contrast"), or None
+    contrast: int | None = None
+    #: :func:`.evidence.evidence_check`'s answer (``state`` per image: 'localised' or
+    #: 'none', and its numbers), or None when not checked
+    evidence: dict | None = None
+    #: plain warnings about how far to trust these maps (e.g. a coarse black-box grid);
+    #: the CLI prints them, the widget shows them, exports carry them
+    warnings: list[str] = field(default_factory=list)
+
+    def no_evidence(self) -> list[int]:
+        """Indices of the images whose map does not localise evidence."""
+        if not self.evidence or "state" not in self.evidence:
+            return []
+        return [i for i, s in enumerate(self.evidence["state"]) if s == "none"]
+
+    def provenance(self) -> dict:
+        """Method, parameters, targets, probabilities, the model (path, kind, sha256,
+        channel and class names, normalisation), package version and time (JSON-ready).
+        Faces add only their own context (image file, layer names)."""
+        from ..runtime.version import __version__
+
+        return {
+            **_jsonable(self.model),
+            "probabilities": np.asarray(self.probabilities).tolist(),
+            "method": self.method,
+            "params": _jsonable(self.params),
+            "targets": [int(t) for t in self.targets],
+            "contrast": None if self.contrast is None else int(self.contrast),
+            "evidence": _jsonable(self.evidence),
+            "warnings": list(self.warnings),
+            "seconds": float(self.seconds),
+            "package": "napari-attribution",
+            "version": __version__,
+            "torch_version": torch.__version__,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj)
+
+
+def _pcim(model, x, targets, per_channel=False, **params):
+    cfg = PCIMConfig.from_params(params)
+    return (yield from pcim_batch(model, x, targets, cfg, per_channel))
+
+
+def _pcim_blackbox(model, x, targets, per_channel=False, **params):
+    cfg = BlackboxPCIMConfig.from_params(params)
+    return (yield from pcim_blackbox_batch(model, x, targets, cfg, per_channel))
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a (JSON-parsed) parameter value fits a type annotation."""
+    import types
+    import typing
+
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) \
+            and bool(np.isfinite(value))
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, list | tuple) and all(
+            _type_ok(v, args[0]) for v in value) if args else isinstance(value, list | tuple)
+    return True  # objects (e.g. a torch layer) are the API's business
+
+
+def _type_name(hint: Any) -> str:
+    import typing
+
+    args = typing.get_args(hint)
+    if args and typing.get_origin(hint) not in (tuple, list):
+        return " or ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "null"
+    return {int: "a whole number", float: "a number", str: "text",
+            bool: "true or false"}.get(hint, "a list" if typing.get_origin(hint) in
+                                       (tuple, list) else getattr(hint, "__name__", str(hint)))
+
+
+def check_method_params(method: str, params: dict) -> None:
+    """Raise :class:`InputError` for unknown parameter names or values of the wrong type
+    (``steps="abc"``), before any work starts."""
+    import typing
+
+    if method not in METHODS:
+        raise InputError(f"unknown attribution method {method!r}; choose one of "
+                         f"{available_methods()}")
+    configs = {"pcim": PCIMConfig, "pcim_blackbox": BlackboxPCIMConfig}
+    target = configs.get(method, METHODS[method])
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return
+    if method not in configs:
+        sig = inspect.signature(target)
+        known = {k for k, v in sig.parameters.items() if v.kind is v.POSITIONAL_OR_KEYWORD
+                 and k not in ("model", "x", "targets", "per_channel")}
+        hints = {k: hints.get(k, Any) for k in known}
+    unknown = sorted(set(params) - set(hints))
+    if unknown:
+        what = "PCIM parameter(s)" if method in configs else "parameter(s)"
+        raise InputError(f"unknown {what} {unknown} for {method}; known: "
+                         f"{sorted(hints) or 'none'}")
+    for key, value in params.items():
+        if not _type_ok(value, hints[key]):
+            raise InputError(f"{method} parameter {key}={value!r} must be "
+                             f"{_type_name(hints[key])}")
+
+
+def _method_params(method: str, params: dict) -> dict:
+    """Every parameter the method will use: its defaults overlaid with ``params``."""
+    if method == "pcim":
+        return PCIMConfig.from_params(params).to_dict()
+    if method == "pcim_blackbox":
+        return BlackboxPCIMConfig.from_params(params).to_dict()
+    sig = inspect.signature(METHODS[method])
+    out = {k: v.default for k, v in sig.parameters.items()
+           if v.default is not inspect.Parameter.empty and k != "per_channel"}
+    out.update(params)
+    return out
+
+
+#: registry: name -> batch generator ``fn(model, x, targets, per_channel, **params)``
+METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
+    "pcim": _pcim,
+    "pcim_blackbox": _pcim_blackbox,
+    "saliency": baselines.saliency,
+    "integrated_gradients": baselines.integrated_gradients,
+    "integrated_gradients_blur": baselines.integrated_gradients_blur,
+    "occlusion": baselines.occlusion,
+    "gradcam": baselines.gradcam,
+    "rise": baselines.rise,
+    "extremal_mask": baselines.extremal_mask,
+}
+
+#: methods whose result depends on gradients (need a differentiable model)
+NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "integrated_gradients_blur",
+              "gradcam", "extremal_mask"}
+
+
+def available_methods() -> list[str]:
+    """Names accepted by :func:`explain`."""
+    return list(METHODS)
+
+
+def _resolve_targets(targets, n: int, n_classes: int, predicted: np.ndarray) -> np.ndarray:
+    if targets is None:
+        return predicted.astype(np.int64)
+    arr = np.atleast_1d(np.asarray(targets))
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"target classes must be integers; got {arr.dtype}")
+    if arr.ndim != 1 or (arr.size != 1 and arr.size != n):
+        raise InputError(f"give one target class or one per image ({n}); got {arr.size}")
+    if arr.min() < 0 or arr.max() >= n_classes:
+        bad = int(arr[(arr < 0) | (arr >= n_classes)][0])
+        raise InputError(f"target class {bad} is out of range: the model has {n_classes} "
+                         f"classes (0..{n_classes - 1})")
+    return np.broadcast_to(arr, (n,)).astype(np.int64).copy()
+
+
+def _model_channels(model: torch.nn.Module) -> int | None:
+    return infer_channels(model)
+
+
+def _probe(model, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``x``, turning shape errors deep inside the model into InputError."""
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except InputError:
+        raise
+    except RuntimeError as err:
+        if is_oom(err):
+            raise  # the caller retries with fewer images per pass
+        raise InputError(f"the model cannot run on images of shape {tuple(x.shape[1:])} "
+                         f"(channels, height, width): {str(err).splitlines()[0]}") from None
+    if out.ndim != 2:
+        raise InputError(f"the model must map (B, C, H, W) to logits (B, n_classes); it "
+                         f"returned shape {tuple(out.shape)}")
+    return out
+
+
+def explain(model: torch.nn.Module, images: np.ndarray,
+            targets: int | Sequence[int] | None = None, method: str = "pcim",
+            per_channel: bool = False, device: str = "auto", batch_size: int = 32,
+            input_size: int | None = None, tile_overlap: int | None = None,
+            contrast: int | None = None, evidence: bool = False,
+            tiling: str = "auto", background: float | None = BACKGROUND_FRACTION,
+            memory_budget: float | None = None, amp: bool | None = None,
+            **params) -> Generator[Progress, None, AttributionResult]:
+    """Attribution maps for normalised float images (N, C, H, W) under ``model``.
+
+    ``targets``: one class for all, one per image, or None for the predicted class.
+    ``contrast``: explain "target rather than ``contrast``" (logit difference, see
+    :mod:`.contrast`); ``probabilities`` stay the model's own. ``evidence``: run
+    :func:`.evidence.evidence_check` afterwards (tiled fields:
+    :func:`.evidence.evidence_check_tiled`, probabilities over non-overlapping tiles)
+    and store its per-image 'localised' / 'none' state in the result and provenance.
+    ``input_size``: the side of the square input the model was trained on; larger
+    images are split into overlapping tiles, one batch of tiles at a time; smaller
+    images are refused. Probabilities are the mean over tiles overlapping by
+    ``tile_overlap`` (default a quarter tile).
+
+    PCIM maps of tiled images (``tiling``, see :mod:`.field`): ``"auto"`` (default)
+    optimises one map per field on one scale, in one pass when the model takes any input
+    size and the field fits ``memory_budget`` (bytes; None = from free memory), else in
+    tiles overlapping by ``tile_overlap`` (default ``input_size // 16``) with background
+    tiles (``background``: fraction of the field's intensity range; None = none) left
+    at zero evidence; ``"field"`` never one pass; ``"one_pass"`` always; ``"per_tile"``
+    the old behaviour (each tile on its own scale, blended). ``amp``: mixed precision
+    on CUDA (default on). Other methods always run per tile.
+    ``params`` go to the method (see ``METHODS``). Cancel by closing the generator.
+    """
+    t0 = time.perf_counter()
+    check_method_params(method, params)
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1; got {batch_size}")
+    if tiling not in TILINGS:
+        raise InputError(f"unknown tiling {tiling!r}; choose one of {TILINGS}")
+    if background is not None and not 0 <= float(background) < 1:
+        raise InputError(f"background must be a fraction in [0, 1) or None; got {background}")
+    x_np = check_images(images, _model_channels(model))
+    n, c, h, w = x_np.shape
+    if input_size is not None:
+        input_size = int(input_size)
+        if min(h, w) < input_size:
+            raise InputError(f"images are {h}x{w} pixels but the model needs at least "
+                             f"{input_size}x{input_size}")
+    tiled = input_size is not None and max(h, w) > input_size
+    overlap = 0
+    if tiled:
+        overlap = int(tile_overlap if tile_overlap is not None else input_size // 4)
+    field = None
+    if tiled and method == "pcim" and tiling != "per_tile":
+        field = {"one_pass": {"auto": None, "field": False, "one_pass": True}[tiling],
+                 "overlap": tile_overlap, "background": background,
+                 "memory_budget": memory_budget, "amp": amp}
+    dev = resolve_device(device)
+    # The caller's module keeps its own mode, device and gradient flags afterwards.
+    with frozen(model, dev) as net:
+        if contrast is None:
+            result = yield from _explain(net, x_np, targets, method, per_channel, dev,
+                                         batch_size, input_size, overlap, tiled, params, t0,
+                                         field)
+        else:
+            result = yield from _explain_contrast(net, x_np, targets, contrast, method,
+                                                  per_channel, dev, batch_size, input_size,
+                                                  overlap, tiled, params, t0, field)
+        if evidence:
+            result.evidence = _evidence(net, x_np, result, dev, batch_size,
+                                        input_size if tiled else None)
+            result.seconds = time.perf_counter() - t0
+        side = (input_size, input_size) if tiled else (h, w)
+        result.warnings += method_warnings(method, params, *side)
+        return result
+
+
+def method_warnings(method: str, params: dict, h: int, w: int) -> list[str]:
+    """Plain warnings about running ``method`` with ``params`` on H x W inputs (the size
+    the method sees: the tile when images are tiled): black-box PCIM's coarse grid on
+    large images (:meth:`.BlackboxPCIMConfig.coarseness_warning`). Batch runs check
+    their plan with it too."""
+    if method == "pcim_blackbox":
+        coarse = BlackboxPCIMConfig.from_params(params).coarseness_warning(h, w)
+        return [coarse] if coarse else []
+    return []
+
+
+def _evidence(model, x_np, result: AttributionResult, dev, batch_size: int,
+              tile: int | None) -> dict:
+    """:func:`.evidence.evidence_check` on the result's maps; fields larger than the
+    model's input (``tile``) through :func:`.evidence.evidence_check_tiled` with the
+    fast model copy (channels-last on CPU), a couple of tiles per pass on CPU."""
+    from .evidence import evidence_check, evidence_check_tiled
+
+    if tile is not None:
+        per_pass = min(batch_size, 2) if dev.type == "cpu" else batch_size
+
+        def check(net, x, maps, targets, batch_size, device):
+            fast = fast_copy(net, channels_last=channels_last_for(dev))
+            return evidence_check_tiled(fast, x, maps, targets, tile,
+                                        batch_size=per_pass, device=device)
+    else:
+        check = evidence_check
+    net, tgt = model, result.targets
+    if result.contrast is not None:
+        # one check per target class: the contrast model is per (target, contrast) pair
+        states: dict[str, list] = {}
+        for a in np.unique(tgt):
+            idx = np.flatnonzero(tgt == a)
+            sub = check(ContrastModel(model, int(a), result.contrast), x_np[idx],
+                        result.maps[idx], np.full(len(idx), CONTRAST_TARGET),
+                        batch_size=max(batch_size, 16), device=dev)
+            for key, vals in sub.items():
+                if isinstance(vals, list):
+                    states.setdefault(key, [None] * len(tgt))
+                    for k, i in enumerate(idx):
+                        states[key][i] = vals[k]
+                else:
+                    states[key] = vals
+        return states
+    return check(net, x_np, result.maps, tgt, batch_size=max(batch_size, 16), device=dev)
+
+
+def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, batch_size,
+                      input_size, overlap, tiled, params, t0,
+                      field=None) -> Generator[Progress, None, AttributionResult]:
+    """``_explain`` on :class:`ContrastModel` wrappers, one per target class."""
+    n, _, h, w = x_np.shape
+    # The model's own probabilities (mean over tiles when tiled), as ``_explain`` reports.
+    grid = _probability_grid(h, w, input_size, overlap, tiled, field)
+    sh, sw = (input_size, input_size) if tiled else (h, w)
+    probs = np.zeros((n, 0))
+    for y, x in grid:
+        tile = x_np[:, :, y:y + sh, x:x + sw]
+        p = np.concatenate([torch.softmax(_probe(model, torch.from_numpy(
+            np.ascontiguousarray(tile[i:i + batch_size])).to(dev)).float(), 1).cpu().numpy()
+            for i in range(0, n, batch_size)])
+        probs = p / len(grid) if probs.size == 0 else probs + p / len(grid)
+    probs = probs.astype(np.float32)
+    tgt = _resolve_targets(targets, n, probs.shape[1], probs.argmax(1))
+    b = check_contrast(contrast, tgt, probs.shape[1])
+    maps = None
+    probabilities = None
+    groups = np.unique(tgt)
+    for g, a in enumerate(groups):
+        idx = np.flatnonzero(tgt == a)
+        sub = ContrastModel(model, int(a), b)
+        gen = _explain(sub, x_np[idx], CONTRAST_TARGET, method, per_channel, dev,
+                       batch_size, input_size, overlap, tiled, params, t0, field)
+        res = yield from _relay(gen, g, len(groups), "", {})
+        if maps is None:
+            maps = np.zeros((n, *res.maps.shape[1:]), np.float32)
+            probabilities = probs.copy()
+            params_out = res.params
+        maps[idx] = res.maps
+    params_out = {**params_out, "contrast": b}
+    return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
+                             method=method, params=params_out, contrast=b,
+                             seconds=time.perf_counter() - t0)
+
+
+def _relay(gen: Generator[Progress, None, Any], part: int, parts: int, prefix: str,
+           partial: dict) -> Generator[Progress, None, Any]:
+    """Forward ``gen``'s progress as part ``part`` of ``parts`` of a larger job (per mille,
+    messages prefixed, ``partial`` merged in); return its value; close it when closed."""
+    try:
+        while True:
+            ev = next(gen)
+            frac = (part + ev.fraction) / parts
+            yield Progress(int(round(1000 * frac)), 1000, prefix + ev.message,
+                           partial={**partial, **ev.partial})
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        gen.close()
+
+
+def _probability_grid(h: int, w: int, input_size: int | None, overlap: int, tiled: bool,
+                      field: dict | None) -> list[tuple[int, int]]:
+    """Tile origins whose mean class probabilities ``explain`` reports: the whole image,
+    the attribution tiles, or for a field tiles that do not overlap (only the last row
+    and column may): every pixel weighs the same, as in the evidence check (a 2048²
+    field: 64 forward passes instead of 121)."""
+    if not tiled:
+        return [(0, 0)]
+    return tile_grid(h, w, input_size, 0 if field is not None else overlap)
+
+
+#: ``explain``'s ways of covering an image larger than the model's input (PCIM)
+TILINGS = ("auto", "field", "one_pass", "per_tile")
+
+
+def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_size,
+             overlap, tiled, params, t0, field=None
+             ) -> Generator[Progress, None, AttributionResult]:
+    n, c, h, w = x_np.shape
+    fn = METHODS[method]
+    all_params = _method_params(method, params)
+    # Small batches are faster per tile on the CPU (cache-bound convolutions), and the
+    # field path probes with its fast copy (BatchNorm folded, channels-last on CPU).
+    # (forward only, channels-last, one thread: 0.021 s per 256 px tile at batch 1 or 2,
+    # 0.028 s at 4)
+    probe_batch = min(batch_size, 2) if field is not None and dev.type == "cpu" \
+        else batch_size
+    probe_model = fast_copy(model, channels_last=channels_last_for(dev)) \
+        if field is not None else model
+    if field is not None and dev.type == "cpu":
+        reuse_freed_memory()  # tile passes reuse freed blocks (see .allocator)
+
+    # Probabilities on the unmodified input (whole image, or mean over its tiles).
+    grid = _probability_grid(h, w, input_size, overlap, tiled, field)
+    side_h, side_w = (input_size, input_size) if tiled else (h, w)
+    # Work items: (image, tile origin); processed batch_size at a time, here and below.
+    items = [(i, yx) for i in range(n) for yx in grid]
+
+    def batch_of(chunk: list) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(x_np[i, :, y:y + side_h, x:x + side_w])
+                            for i, (y, x) in chunk]).to(dev)
+
+    prob_sum: np.ndarray | None = None
+    b0 = 0
+    while b0 < len(items):
+        chunk = items[b0:b0 + probe_batch]
+        try:
+            p = torch.softmax(_probe(probe_model, batch_of(chunk)).float(), 1).cpu().numpy()
+        except (RuntimeError, MemoryError) as err:  # out of memory: fewer per pass
+            probe_batch = smaller_batch(err, probe_batch, dev)
+            continue
+        if prob_sum is None:
+            prob_sum = np.zeros((n, p.shape[1]), np.float64)
+        np.add.at(prob_sum, [i for i, _ in chunk], p)
+        b0 += len(chunk)
+    del probe_model  # field PCIM makes its own copy
+    probabilities = (prob_sum / len(grid)).astype(np.float32)
+    check_outputs(probabilities, what="class probabilities")
+    tgt = _resolve_targets(targets, n, probabilities.shape[1], probabilities.argmax(1))
+
+    shape = (c, h, w) if per_channel else (h, w)
+    maps = np.zeros((n, *shape), np.float32)
+    if field is not None:
+        plans = []
+        cfg = PCIMConfig.from_params(params)
+        for i in range(n):
+            plan = plan_field(model, x_np[i], input_size, field["overlap"], dev,
+                              max_batch=batch_size, memory_budget=field["memory_budget"],
+                              one_pass=field["one_pass"], background=field["background"])
+            plans.append(plan)
+            gen = pcim_field(model, x_np[i], int(tgt[i]), cfg, plan, dev, per_channel,
+                             amp=field["amp"])
+            maps[i] = yield from _relay(gen, i, n, f"{method}: image {i + 1}/{n} — ",
+                                        {"image": i})
+        check_outputs(maps, what=f"{method} maps")
+        first = plans[0].describe()
+        all_params.update({
+            "per_channel": bool(per_channel), "batch_size": int(batch_size),
+            "device": str(dev), "input_size": input_size,
+            "tile_overlap": first["tile_overlap"], "probability_tile_overlap": 0,
+            "tile": first["tile"], "channels_last": first["channels_last"],
+            "tiling": first["tiling"], "tile_batch": first["tile_batch"],
+            "tiles_per_image": [p.describe()["tiles"] for p in plans],
+            "background_tiles": [p.describe()["background_tiles"] for p in plans],
+            "steps_run": [p.steps_run for p in plans],
+            "tile_passes": [p.tile_passes for p in plans],
+            "model_rewrites": first["model_rewrites"],
+            "background": field["background"], "amp": first["amp"],
+            "amp_check": first["amp_check"], "field_notes": first["notes"],
+            "map_scale": "field"})
+        return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
+                                 method=method, params=_jsonable(all_params),
+                                 seconds=time.perf_counter() - t0)
+    blenders = {i: TileBlender(shape, input_size, overlap) for i in range(n)} if tiled else {}
+    # A batch that runs out of memory is started again at half the size (the batches
+    # before it are kept); the size that worked is in the provenance.
+    bs, done, b, retries = batch_size, 0, 0, 0
+    while done < len(items):
+        chunk = items[done:done + bs]
+        n_batches = b + 1 + (len(items) - done - len(chunk) + bs - 1) // bs
+        xb = batch_of(chunk)
+        tb = torch.as_tensor(tgt[[i for i, _ in chunk]], device=dev)
+        gen = fn(model, xb, tb, per_channel, **params)
+        try:
+            out = (yield from _relay(gen, b, n_batches,
+                                     f"{method}: batch {b + 1}/{n_batches} — ",
+                                     {"batch": b, "n_batches": n_batches}))
+        except (RuntimeError, MemoryError) as err:
+            del xb, gen
+            bs = smaller_batch(err, bs, dev)
+            retries += 1
+            continue
+        done += len(chunk)
+        b += 1
+        out = out.detach().float().cpu().numpy()
+        for k, (i, (y, x)) in enumerate(chunk):
+            if tiled:
+                blenders[i].add(out[k], y, x)
+            else:
+                maps[i] = out[k]
+    for i, bl in blenders.items():
+        maps[i] = bl.result()
+    check_outputs(maps, what=f"{method} maps")
+    all_params.update({"per_channel": bool(per_channel), "batch_size": int(bs),
+                       "device": str(dev), "input_size": input_size,
+                       "tile_overlap": overlap if tiled else None,
+                       "tiling": "per_tile" if tiled else None})
+    if retries:
+        all_params.update({"batch_size_asked": int(batch_size), "oom_retries": retries})
+    return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
+                             method=method, params=_jsonable(all_params),
+                             seconds=time.perf_counter() - t0)
+
+
+def explain_classifier(clf: Classifier, images: np.ndarray, targets: Any = None,
+                       method: str = "pcim", **options: Any
+                       ) -> Generator[Progress, None, AttributionResult]:
+    """PCIM or a baseline on raw images through a :class:`Classifier`; the result carries
+    the model's provenance.
+
+    ``images`` are prepared as the model records (normalisation); ``targets``: as
+    :meth:`Classifier.resolve_targets`; ``options`` go to :func:`explain` (``contrast``
+    may be a class name here).
+    """
+    arr = np.asarray(images)
+    x = clf.prepare(arr[None] if arr.ndim == 3 else arr)
+    tgt = clf.resolve_targets(targets)
+    if isinstance(tgt, list) and any(t is None for t in tgt):
+        raise InputError("give class targets for every image, or 'predicted' for all")
+    options.setdefault("input_size", clf.input_size)
+    if options.get("contrast") is not None:   # "A rather than B": a name or an index
+        contrast = options["contrast"]
+        if not isinstance(contrast, (str, int, np.integer)) or isinstance(contrast, bool):
+            raise InputError(f"the contrast class must be one class index or name; got "
+                             f"{contrast!r}")
+        options["contrast"] = clf.resolve_targets(contrast)
+        if options["contrast"] is None:
+            raise InputError("the contrast must be a class, not 'predicted'")
+    result = yield from explain(clf.module, x, tgt, method=method, **options)
+    result.model = clf.describe()
+    result.model["target_names"] = [clf.class_names[int(t)] for t in result.targets]
+    return result

@@ -1,0 +1,453 @@
+"""Training a DCMIX classifier: a generator of progress events returning the result."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..data.dataset import ImageSet
+from ..data.normalization import PercentileNormalizer, training_normalizer
+from ..runtime.devices import resolve_device
+from ..runtime.errors import InputError
+from ..runtime.progress import Progress, ProgressGenerator
+from ..runtime.validation import check_not_constant
+from ..study.classification import balanced_accuracy, classification_report
+from ..study.design import StudyDesign, check_study_design
+from ..study.shortcut import ShortcutCheck, shortcut_check
+from ..study.splits import split_dataset
+from .augment import Augmentation
+from .dcmix import DCMIXClassifier, ModelConfig
+from .importance import ChannelImportance, channel_importance, shared_weight_warnings
+from .posthoc import PosthocImportance, posthoc_channel_importance
+
+CLASS_BALANCE = ("sampling", "weights", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Training options. Defaults suit small crops (32-128 px) on a CPU.
+
+    ``class_balance``: ``sampling`` (default) draws training images with probability
+    inversely proportional to their class size, so every class is seen equally often;
+    ``weights`` keeps the order and weights the loss per class instead; ``none`` trains
+    on the raw class proportions.
+
+    ``design_check`` (study design before training), ``shortcut_check`` (intensity
+    statistics on the same split) and ``posthoc_check`` (within-channel pixel
+    permutation) fill ``TrainResult.study_design``, ``.shortcut`` and ``.posthoc`` and
+    add plain-language strings to ``TrainResult.warnings``; see docs/study_design.md.
+    """
+
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    mixing_lr: float = 0.05
+    weight_decay: float = 1e-4
+    backbone: str = "small"
+    width: int | None = None
+    n_heads: int = 1
+    mixing: bool = True
+    entropy_weight: float = 0.1
+    channel_dropout: float = 0.2
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True
+    normalization: str = "auto"
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    augment: bool = True
+    intensity_jitter: float = 0.1
+    ablation_check: bool = True
+    class_balance: str = "sampling"
+    design_check: bool = True
+    shortcut_check: bool = True
+    posthoc_check: bool = True
+    progress_every: int = 10
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "percentiles" in known:
+            known["percentiles"] = tuple(known["percentiles"])
+        return cls(**known)
+
+
+@dataclass
+class TrainResult:
+    """A trained model with everything needed to use and describe it."""
+
+    model: DCMIXClassifier
+    model_config: ModelConfig
+    train_config: TrainConfig
+    normalizer: PercentileNormalizer
+    channel_names: list[str]
+    class_names: list[str]
+    history: list[dict] = field(default_factory=list)
+    importance: ChannelImportance | None = None
+    train_index: np.ndarray | None = None
+    val_index: np.ndarray | None = None
+    val_groups: list[str] | None = None
+    data_info: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    validation: dict[str, Any] = field(default_factory=dict)
+    study_design: StudyDesign | None = None
+    shortcut: ShortcutCheck | None = None
+    posthoc: list[PosthocImportance] = field(default_factory=list)
+    repeats: dict[str, Any] | None = None
+    retrain_check: dict[str, Any] | None = None
+    check_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.history[-1]["val_accuracy"] if self.history else float("nan")
+
+    @property
+    def val_balanced_accuracy(self) -> float:
+        return self.validation.get("balanced_accuracy", float("nan"))
+
+    def checks(self) -> dict[str, Any]:
+        """The study checks as JSON-ready values (stored in bundles under these keys)."""
+        return {
+            "warnings": list(self.warnings),
+            "validation": dict(self.validation),
+            "study_design": None if self.study_design is None else self.study_design.to_dict(),
+            "shortcut_check": None if self.shortcut is None else self.shortcut.to_dict(),
+            "posthoc_importance": [p.to_dict() for p in self.posthoc],
+            "importance_repeats": self.repeats,
+            "retrain_check": self.retrain_check,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        from ..runtime.version import __version__
+
+        return {
+            "method": "DCMIX",
+            "train_config": self.train_config.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "channel_names": self.channel_names,
+            "class_names": self.class_names,
+            "normalization": self.normalizer.to_dict(),
+            "seed": self.train_config.seed,
+            "final_val_accuracy": self.val_accuracy,
+            "final_val_balanced_accuracy": self.val_balanced_accuracy,
+            "check_seconds": dict(self.check_seconds),
+            "n_train": None if self.train_index is None else int(len(self.train_index)),
+            "n_validation": None if self.val_index is None else int(len(self.val_index)),
+            "validation_groups": self.val_groups,
+            "data": self.data_info,
+            "epochs_run": len(self.history),
+            "train_seconds": round(self.seconds, 2),
+            "warnings": list(self.warnings),
+            "package_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def _set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model: DCMIXClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             amp: bool = False, n_classes: int | None = None) -> tuple[float, float, float]:
+    """Mean cross-entropy, accuracy and balanced accuracy of ``model`` on tensors
+    already on its device."""
+    model.eval()
+    dev = x.device
+    loss, preds = 0.0, []
+    for i in range(0, x.shape[0], batch_size):
+        with _autocast(dev, amp):
+            logits = model(x[i:i + batch_size]).float()
+        loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+        preds.append(logits.argmax(1).cpu())
+    pred = torch.cat(preds).numpy()
+    yn = y.cpu().numpy()
+    return (loss / x.shape[0], float((pred == yn).mean()),
+            balanced_accuracy(yn, pred, n_classes))
+
+
+def balanced_order(labels: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    """One epoch of indices in which every class fills an equal share: a class larger
+    than its share gives a fresh random subset each epoch, a smaller one is repeated
+    (whole shuffled copies, then a random remainder). Equal classes give a permutation."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    n = labels.size
+    quota = [n // classes.size + (1 if k < n % classes.size else 0)
+             for k in range(classes.size)]
+    parts = []
+    for c, q in zip(classes, quota, strict=True):
+        members = torch.from_numpy(np.flatnonzero(labels == c))
+        reps = [members[torch.randperm(members.numel(), generator=gen)]
+                for _ in range(-(-q // members.numel()))]
+        parts.append(torch.cat(reps)[:q])
+    out = torch.cat(parts)
+    return out[torch.randperm(out.numel(), generator=gen)]
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Loss weights that make every class count equally: N / (K * n_class); 0 for a
+    class absent from ``labels`` (it contributes no terms anyway)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+    present = counts > 0
+    w = np.zeros(n_classes)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
+                ) -> ProgressGenerator[TrainResult]:
+    """Train a DCMIX classifier on ``data``; yields :class:`Progress`, returns TrainResult.
+
+    The split is grouped by ``data.groups``; normalisation is fitted on the training
+    part only. The mixing logits get their own (larger) learning rate, ``mixing_lr``:
+    with the network's rate the weights barely leave uniform. ``entropy_weight`` adds
+    a prior pushing each head towards few channels, so that weights reflect what the
+    model relies on rather than where they stood when the loss reached zero.
+    """
+    cfg = config or TrainConfig()
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise InputError("epochs and batch size must be at least 1")
+    device = resolve_device(cfg.device)
+    check_not_constant(data.images)
+    t_start = time.perf_counter()
+    _set_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    train_idx, val_idx = split_dataset(data, cfg.val_fraction, cfg.seed)
+    if np.unique(data.labels[train_idx]).size < 2:
+        raise InputError("the training split holds a single class; add images of more classes")
+    warnings: list[str] = [str(w) for w in data.metadata.get("warnings", []) or []]
+    check_seconds: dict[str, float] = {}
+    design = None
+    if cfg.design_check:
+        t0 = time.perf_counter()
+        design = check_study_design(data, val_idx)
+        check_seconds["study_design"] = time.perf_counter() - t0
+        warnings += [w for w in design.warnings if w not in warnings]
+    normalizer, x_np = training_normalizer(data.metadata, cfg.normalization, data.images,
+                                           train_idx, cfg.percentiles, cfg.seed)
+    x_all = torch.from_numpy(x_np)
+    y_all = torch.from_numpy(data.labels)
+    x_tr, y_tr = x_all[train_idx].to(device), y_all[train_idx].to(device)
+    x_va, y_va = x_all[val_idx].to(device), y_all[val_idx].to(device)
+    if cfg.class_balance not in CLASS_BALANCE:
+        raise InputError(f"class_balance must be one of {CLASS_BALANCE}; got "
+                         f"{cfg.class_balance!r}")
+    balance_w = torch.tensor(class_weights(data.labels[train_idx], data.n_classes),
+                             dtype=torch.float32)
+    loss_weight = balance_w.to(device) if cfg.class_balance == "weights" else None
+    y_train_np = data.labels[train_idx]
+    balanced = cfg.class_balance == "sampling"
+
+    mcfg = ModelConfig(n_channels=data.n_channels, n_classes=data.n_classes,
+                       n_heads=cfg.n_heads, backbone=cfg.backbone, width=cfg.width,
+                       mixing=cfg.mixing)
+    model = DCMIXClassifier(mcfg).to(device)
+    mix_params = list(model.mixing.parameters()) if model.mixing is not None else []
+    net_params = list(model.backbone.parameters())
+    groups = [{"params": net_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if mix_params:
+        groups.append({"params": mix_params, "lr": cfg.mixing_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    augment = Augmentation(cfg.augment, cfg.augment, cfg.intensity_jitter if cfg.augment else 0)
+    amp = cfg.mixed_precision and device.type == "cuda"
+    channel_mean = x_tr.mean(dim=(0, 2, 3))
+    history: list[dict] = []
+    step = 0
+    for w in warnings:
+        yield Progress(0, total, f"study design: {w}", {"warning": w})
+    yield Progress(0, total, f"training on {device} ({len(train_idx)} train / "
+                   f"{len(val_idx)} validation images)")
+    for epoch in range(cfg.epochs):
+        model.train()
+        _batchnorm_stats_per_epoch(model)
+        t0 = time.perf_counter()
+        order = (balanced_order(y_train_np, gen) if balanced else
+                 torch.randperm(len(train_idx), generator=gen)).to(device)
+        run_loss, n_seen = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb = augment(x_tr[idx], gen) if cfg.augment else x_tr[idx]
+            if cfg.channel_dropout > 0:
+                xb = _drop_channels(xb, channel_mean, cfg.channel_dropout, gen)
+            with _autocast(device, amp):
+                logits = model(xb)
+                loss = F.cross_entropy(logits.float(), y_tr[idx], weight=loss_weight)
+                if cfg.entropy_weight > 0 and model.mixing is not None:
+                    loss = loss + cfg.entropy_weight * model.mixing.entropy()
+            if not torch.isfinite(loss):
+                raise InputError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
+                                 "lower the learning rate or check the images")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            run_loss += loss.item() * idx.numel()
+            n_seen += idx.numel()
+            if step % cfg.progress_every == 0 and b + 1 < steps_per_epoch:
+                yield Progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}", {
+                    "epoch": epoch + 1, "loss": run_loss / n_seen,
+                    "channel_weights": _weights(model)})
+        epoch_seconds = time.perf_counter() - t0
+        val_loss, val_acc, val_bacc = evaluate(model, x_va, y_va, 4 * cfg.batch_size, amp,
+                                               data.n_classes)
+        record = {"epoch": epoch + 1, "train_loss": run_loss / n_seen, "val_loss": val_loss,
+                  "val_accuracy": val_acc, "val_balanced_accuracy": val_bacc,
+                  "epoch_seconds": epoch_seconds,
+                  "channel_weights": _weights(model)}
+        history.append(record)
+        yield Progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}: loss "
+                       f"{record['train_loss']:.3f}, validation balanced accuracy "
+                       f"{val_bacc:.3f}",
+                       dict(record))
+
+    _batchnorm_stats_per_epoch(model, restore=True)
+    model.eval()
+    importance = None
+    if model.mixing is not None or cfg.ablation_check:
+        yield Progress(step, total, "checking channel importance by ablation")
+        t0 = time.perf_counter()
+        importance = channel_importance(model, x_va, y_va, data.channel_names,
+                                        batch_size=4 * cfg.batch_size,
+                                        ablation=cfg.ablation_check, seed=cfg.seed)
+        check_seconds["importance_and_ablation"] = time.perf_counter() - t0
+    pred = _predictions(model, x_va, 4 * cfg.batch_size)
+    validation = classification_report(data.labels[val_idx], pred, list(data.class_names))
+    posthoc: list[PosthocImportance] = []
+    if cfg.posthoc_check:
+        yield Progress(step, total, "checking channel importance by pixel permutation")
+        t0 = time.perf_counter()
+        posthoc.append(posthoc_channel_importance(model, x_va, y_va, data.channel_names,
+                                                  "permutation", batch_size=4 * cfg.batch_size,
+                                                  seed=cfg.seed))
+        check_seconds["posthoc_permutation"] = time.perf_counter() - t0
+    shortcut = None
+    if cfg.shortcut_check:
+        yield Progress(step, total, "shortcut check: intensity statistics on the same split")
+        t0 = time.perf_counter()
+        shortcut = shortcut_check(x_all.numpy(), data.labels, train_idx, val_idx,
+                                  data.channel_names, _object_masks(data),
+                                  validation["balanced_accuracy"])
+        check_seconds["shortcut_check"] = time.perf_counter() - t0
+        if shortcut.warnings and _wells_held_out(data, train_idx, val_idx):
+            shortcut.warnings = [w + " (The validation crops come from wells not used in "
+                                 "training, so a one-well batch effect cannot explain this "
+                                 "alone; a staining difference between conditions still "
+                                 "could.)" for w in shortcut.warnings]
+        warnings += shortcut.warnings
+    if importance is not None:
+        used = None
+        if posthoc:
+            low = posthoc[0].drop_interval[:, 0]
+            used = [n for n, lo in zip(posthoc[0].channel_names, low, strict=True) if lo > 0]
+        warnings += shared_weight_warnings(importance, used)
+    return TrainResult(
+        model=model.cpu(), model_config=mcfg, train_config=cfg, normalizer=normalizer,
+        channel_names=list(data.channel_names), class_names=list(data.class_names),
+        history=history, importance=importance, train_index=train_idx, val_index=val_idx,
+        val_groups=None if data.groups is None else sorted({str(g) for g in
+                                                            data.groups[val_idx]}),
+        data_info=_data_info(data),
+        seconds=time.perf_counter() - t_start,
+        warnings=warnings, validation=validation, study_design=design, shortcut=shortcut,
+        posthoc=posthoc, check_seconds=check_seconds,
+    )
+
+
+@torch.no_grad()
+def _predictions(model: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]).argmax(1).cpu()
+                      for i in range(0, x.shape[0], batch_size)]).numpy()
+
+
+def _wells_held_out(data: ImageSet, train_idx: np.ndarray, val_idx: np.ndarray) -> bool:
+    """Whether the validation crops come only from wells with no training crops."""
+    from ..study.design import unit_keys
+
+    wells = unit_keys(data).get("well")
+    return wells is not None and not set(wells[val_idx]) & set(wells[train_idx])
+
+
+def _object_masks(data: ImageSet) -> np.ndarray | None:
+    """Per-crop object masks (N, H, W) when the data set carries them (``nuclei``)."""
+    m = data.metadata.get("nuclei")
+    if m is not None and np.shape(m) == (len(data), *data.images.shape[-2:]):
+        return np.asarray(m, bool)
+    return None
+
+
+def _data_info(data: ImageSet) -> dict[str, Any]:
+    """What the training images were: their size and, for plate crops, how they were cut
+    (so that inference can look at new images the same way)."""
+    info: dict[str, Any] = {"image_size": [int(s) for s in data.images.shape[-2:]],
+                            "n_images": len(data)}
+    for key in ("source", "crops", "crop_size", "downsample", "nucleus_diameter",
+                "geometry", "segmentation", "split_by", "objects"):
+        value = data.metadata.get(key)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            info[key] = value
+    if isinstance(data.metadata.get("normalization"), (str, dict)):
+        info["input_normalization"] = data.metadata["normalization"]
+    return info
+
+
+def _batchnorm_stats_per_epoch(model: nn.Module, restore: bool = False) -> None:
+    """Make the batch-norm layers average their statistics over this epoch's batches.
+
+    PyTorch's default starts the running statistics at mean 0, variance 1 and moves
+    them by 10 % a step. The first layer sees the mixed image, whose convolution has a
+    variance of about 0.01, and in the first epochs the weights change faster than the
+    moving average follows: on small data sets (a few steps per epoch) the model then
+    fitted its training images while predicting one class on every validation image
+    for 10 epochs. A cumulative average (``momentum=None``) restarted every epoch gives
+    the validation, and the final model, statistics of the current weights.
+    ``restore=True`` (after training) keeps the statistics and puts PyTorch's usual
+    moving average back, so the returned model behaves like any other if trained on.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            if restore:
+                m.momentum = 0.1
+            else:
+                m.reset_running_stats()
+                m.momentum = None
+
+
+def _drop_channels(x: torch.Tensor, mean: torch.Tensor, p: float,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Replace each (image, channel) by the channel's mean with probability ``p``."""
+    drop = (torch.rand(x.shape[0], x.shape[1], 1, 1, generator=gen) < p).to(x.device)
+    return torch.where(drop, mean.view(1, -1, 1, 1).to(x.dtype), x)
+
+
+def _weights(model: DCMIXClassifier) -> list[list[float]] | None:
+    w = model.mixing_weights()
+    return None if w is None else w.cpu().tolist()
