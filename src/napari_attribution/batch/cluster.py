@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.runtime.errors import InputError
-from .task import _CACHE_LOCK, WORKER_DEVICES
+from .task import WORKER_ATTRIBUTE, WorkerState
 
 try:
     import dask
@@ -43,7 +43,8 @@ def choose_device(requested: str, worker_name: Any) -> str:
 
 
 class BatchWorkerSetup(WorkerPlugin):
-    """Sets torch threads and the worker's device when a worker (re)starts."""
+    """Sets torch threads and the worker's device when a worker (re)starts, and holds the
+    worker's model cache (:class:`~.task.WorkerState`) for as long as the worker lives."""
 
     name = "napari-attribution-batch"
 
@@ -57,12 +58,14 @@ class BatchWorkerSetup(WorkerPlugin):
         for var in THREAD_ENV:
             os.environ.setdefault(var, str(self.threads))
         torch.set_num_threads(self.threads)
-        with _CACHE_LOCK:
-            WORKER_DEVICES[worker.address] = choose_device(self.device, worker.name)
+        setattr(worker, WORKER_ATTRIBUTE, WorkerState(choose_device(self.device, worker.name)))
 
     def teardown(self, worker: Any) -> None:
-        with _CACHE_LOCK:
-            WORKER_DEVICES.pop(worker.address, None)
+        state = getattr(worker, WORKER_ATTRIBUTE, None)
+        if state is not None:
+            with state.lock:
+                state.models.clear()
+            setattr(worker, WORKER_ATTRIBUTE, None)
 
 
 def default_workers(device: str = "auto") -> int:

@@ -20,11 +20,6 @@ from ..core.runtime.errors import BundleError, InputError
 from .records import ImageRecord, open_record
 from .store import BatchStore
 
-_CACHE_LOCK = threading.Lock()
-_MODELS: dict[tuple, Any] = {}
-#: worker address -> device chosen for it by the worker plugin (see ``cluster``)
-WORKER_DEVICES: dict[str, str] = {}
-
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -46,43 +41,64 @@ class TaskSpec:
     region_size: int = 1024
 
 
-def _worker_key() -> str:
+class WorkerState:
+    """What one worker keeps between tasks: its device and the models it has loaded.
+
+    On a Dask worker the :class:`~.cluster.BatchWorkerSetup` plugin creates it at worker
+    start and drops it (and the models) at teardown; outside Dask one process-wide state
+    serves the in-process runs.
+    """
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device = device
+        self.lock = threading.Lock()
+        self.models: dict[tuple, Any] = {}
+
+
+#: the attribute the worker plugin sets on a Dask worker
+WORKER_ATTRIBUTE = "napari_attribution_state"
+_LOCAL = WorkerState()
+
+
+def worker_state() -> WorkerState:
+    """The calling worker's state (the process-wide one outside a Dask worker or before
+    the plugin ran)."""
     try:
         from distributed import get_worker
 
-        return get_worker().address
+        worker = get_worker()
     except (ImportError, ValueError):
-        return "local"
+        return _LOCAL
+    return getattr(worker, WORKER_ATTRIBUTE, None) or _LOCAL
 
 
 def current_worker_device(default: str) -> str:
     """Device assigned to the worker running the calling task (``default`` outside Dask)."""
-    key = _worker_key()
-    with _CACHE_LOCK:
-        return WORKER_DEVICES.get(key, default)
+    return worker_state().device or default
 
 
 def get_bundle(path: str, sha256: str, device: str, trust: bool = False) -> Any:
     """The model (a ``Classifier``), loaded once per worker thread and device (cached)."""
     from ..io.models import load_model
 
-    key = (_worker_key(), threading.get_ident(), path, sha256, device)
-    with _CACHE_LOCK:
-        bundle = _MODELS.get(key)
+    state = worker_state()
+    key = (threading.get_ident(), path, sha256, device)
+    with state.lock:
+        bundle = state.models.get(key)
     if bundle is None:
         bundle = load_model(path, device=device, trust=trust)
         if bundle.sha256 != sha256:
             raise BundleError(f"the model bundle {path} changed since the run started "
                               "(sha256 differs); restart the run")
-        with _CACHE_LOCK:
-            _MODELS[key] = bundle
+        with state.lock:
+            state.models[key] = bundle
     return bundle
 
 
 def clear_model_cache() -> None:
-    """Forget cached models (tests, or after replacing a bundle file)."""
-    with _CACHE_LOCK:
-        _MODELS.clear()
+    """Forget the models cached outside Dask (tests, or after replacing a bundle file)."""
+    with _LOCAL.lock:
+        _LOCAL.models.clear()
 
 
 def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str
