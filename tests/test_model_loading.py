@@ -129,7 +129,8 @@ def test_nan_outputs_are_errors_not_results(tmp_path, capsys):
         torch.jit.save(torch.jit.script(_NaNModel()), str(p))
     np.save(tmp_path / "x.npy", x[0])
     out = tmp_path / "m.ome.tif"
-    assert main(["explain", str(p), str(tmp_path / "x.npy"), "-o", str(out), "-q"]) == 2
+    assert main(["explain", str(p), str(tmp_path / "x.npy"), "-o", str(out), "-q",
+                 "--trust-model"]) == 2
     assert "non-finite" in capsys.readouterr().err and not out.exists()
 
 

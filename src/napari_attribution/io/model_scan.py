@@ -121,6 +121,11 @@ def _kind_allowed(kind: str) -> bool:
     return False
 
 
+def operator_allowed(kind: str) -> bool:
+    """Whether a TorchScript operator kind is on the pure-tensor allowlist."""
+    return kind in _OTHER_TORCHSCRIPT or _kind_allowed(kind)
+
+
 def _refuse(source: str, op: str, why: str = "") -> UnsafeModelError:
     return UnsafeModelError(
         f"{source} was not loaded: it uses the operator {op!r}"

@@ -42,7 +42,6 @@ from .model_scan import (
     UnsafeModelError,
     restricted_unpickling,
     scan_exported,
-    scan_torchscript,
 )
 from .model_trust import check_zip_limits, refuse, untrusted_pt2_copy
 
@@ -146,7 +145,11 @@ def load_model(source: Any, *, trust: bool = False, device: str | torch.device =
 
 def _load_torchscript(path: Path, trust: bool, device, normalize, names) -> Classifier:
     if not trust:  # by format: TorchScript runs its own code while loading
-        raise refuse(path, "is TorchScript, which can run code when loaded")
+        with zipfile.ZipFile(path) as z:
+            scripted = any("/code/" in f"/{n}" for n in z.namelist())
+        raise refuse(path, "is TorchScript, which can run code when loaded" if scripted
+                     else "is a torch.save pickle archive, not TorchScript or a .pt2 "
+                          "program: unpickling it can run code")
     sha = file_sha256(path)
     try:
         with warnings.catch_warnings():
@@ -166,13 +169,14 @@ def _load_torchscript(path: Path, trust: bool, device, normalize, names) -> Clas
 def _informative_scan(module, path: Path) -> list[str]:
     """Operators of a trusted TorchScript model; a warning names those outside the
     pure-tensor allow-list (the user chose to trust the file: nothing is refused)."""
-    try:
-        return scan_torchscript(module, str(path))
-    except UnsafeModelError as err:
-        warnings.warn(f"trusted model: {err}".split(". Load it only")[0], stacklevel=3)
-        from .model_scan import torchscript_ops
+    from .model_scan import operator_allowed, torchscript_ops
 
-        return sorted(torchscript_ops(module))
+    ops = sorted(torchscript_ops(module))
+    odd = [op for op in ops if not operator_allowed(op)]
+    if odd:
+        warnings.warn(f"{path} (trusted) uses operators outside the pure-tensor allowlist: "
+                      f"{', '.join(odd[:5])}", stacklevel=3)
+    return ops
 
 
 def _load_export(path: Path, trust: bool, device, normalize, names) -> Classifier:
@@ -201,7 +205,12 @@ def _load_export(path: Path, trust: bool, device, normalize, names) -> Classifie
                           f"{msg[:300]}") from None
     ops = [] if trust else scan_exported(program, str(path))
     shape = _example_shape(program)
-    module = program.module()
+    try:
+        module = program.module()
+    except Exception as err:  # noqa: BLE001 - unlifting fails in many ways
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BundleError(f"{path} is not a loadable exported program: {msg[:300]}"
+                          ) from None
     if device is not None and str(device) != "cpu":
         module.to(device)
     names = {k: names[k] or meta.get(k) for k in names}
