@@ -51,7 +51,7 @@ _DCMIX_KWARGS = {
     "n_classes": lambda v: isinstance(v, int) and 2 <= v <= 10_000,
     "n_heads": lambda v: isinstance(v, int) and 1 <= v <= 64,
     "backbone": lambda v: isinstance(v, str) and len(v) < 64,
-    "width": lambda v: v is None or (isinstance(v, int) and 1 <= v <= 1024),
+    "width": lambda v: v is None or (isinstance(v, int) and 1 <= v <= 256),
     "mixing": lambda v: isinstance(v, bool),
     "output": lambda v: v in ("logits", "probabilities"),
 }
@@ -213,6 +213,17 @@ def _check_local(file_descr, path: Path, what: str, allow_download: bool) -> Non
                           "you trust that address")
 
 
+def _check_inner_zip(data: io.BytesIO, path: Path, what: str) -> None:
+    """The archive limits on a weights file that is itself a zip (torch.save's format)."""
+    import zipfile
+
+    from .model_trust import check_zip_limits
+
+    if zipfile.is_zipfile(data):
+        check_zip_limits(data, f"{path} ({what})")
+    data.seek(0)
+
+
 def _read(file_descr, what: str) -> io.BytesIO:
     """The bytes of a package file (inside a folder or a zip), in memory."""
     try:
@@ -228,6 +239,7 @@ def _load_torchscript_entry(entry, path: Path, trust: bool, device,
 
     _check_local(entry, path, "torchscript weights", allow_download)
     data = _read(entry, "torchscript weights")
+    _check_inner_zip(data, path, "torchscript weights")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(data, map_location=device)
@@ -272,6 +284,7 @@ def _load_state_dict_entry(entry, path: Path, trust: bool, device,
         raise BundleError(f"{path}: the architecture {arch.callable} did not build a torch "
                           "module")
     data = _read(entry, "pytorch_state_dict weights")
+    _check_inner_zip(data, path, "pytorch_state_dict weights")
     try:
         state = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
