@@ -421,3 +421,31 @@ def test_a_model_that_never_answers_is_stopped(tmp_path, monkeypatch, capsys):
     for thread in threading.enumerate():  # leave nothing spinning for the next tests
         if thread.name == "napari-attribution-model-probe":
             thread.join(60)
+
+
+def test_size_expressions_and_member_names_are_allow_listed():
+    """The grammar for symbolic sizes accepts what torch writes and nothing that would
+    run other Python under sympify; member names are matched whole."""
+    from napari_attribution.io.model_trust import PT2_MEMBERS, _safe_member, check_sym_expr
+
+    ok = ["Symbol('s0', positive=True, integer=True)",
+          "Add(Symbol('s53', positive=True, integer=True), Integer(-2))",
+          "Max(Integer(1), FloorDiv(Symbol('s7', positive=True, integer=True), Integer(2)))",
+          "TruncToInt(Mul(Float('0.5', precision=53), ToFloat(Symbol('s0', positive=True, "
+          "integer=True))))", "Integer(3)", "True"]
+    bad = ["__import__('os').system('id')", "Symbol('s0').__class__",
+           "Symbol('__import__')", "Pow(Integer(9), Integer(999999999))",
+           "Integer(9)**Integer(9)", "Symbol('s0', positive=__import__('os'))",
+           "Float('1', precision=10**9)", "Integer(1); Integer(2)", "lambda: 0",
+           "Symbol(\"s0\")", "Integer(1)[0]", "getattr(Integer(1), 'x')", "x" * 5000]
+    assert all(check_sym_expr(s) for s in ok)
+    assert not any(check_sym_expr(s) for s in bad)
+    import re
+
+    assert any(re.fullmatch(p, "data/weights/weight_12") for p in PT2_MEMBERS)
+    for name in ("data/weights/weight_12/x", "data/weights/weight_x", "xdata/weights/weight_1",
+                 "data/constants/opaque_obj_0", "data/aotinductor/model/a.so"):
+        assert not any(re.fullmatch(p, name) for p in PT2_MEMBERS), name
+    assert _safe_member("m/data/weights/weight_0")
+    for name in ("/etc/passwd", "m/../x", "m\\..\\x", "c:/x", "m//x", "m/./x"):
+        assert not _safe_member(name), name

@@ -191,6 +191,9 @@ def _check_payload_config(path, name: str, data: bytes, members: set[str]) -> No
     if not isinstance(entries, dict):
         raise refuse(path, f"holds a malformed {name}")
     for key, entry in entries.items():
+        if not _IDENT_PATH.fullmatch(key) or any(a.startswith("__") for a in key.split(".")):
+            raise refuse(path, f"names a tensor {key[:60]!r}, which is not a plain "
+                               "attribute path")
         if not isinstance(entry, dict) or entry.get("use_pickle") is not False or \
                 not isinstance(entry.get("tensor_meta"), dict):
             raise refuse(path, f"stores {key!r} as a pickled Python object, which can run "
@@ -276,15 +279,16 @@ def _check_tree_spec(text: str) -> bool:
 #: evaluates the text as Python: only these names, integers, symbol names and keyword
 #: flags can appear). No powers or shifts: ``Pow(9, 10**9)`` would never finish.
 SYM_FUNCTIONS = frozenset("""
-Symbol Integer Add Mul Max Min Eq Ne Lt Le Gt Ge StrictLessThan StrictGreaterThan
+Symbol Integer Float Rational Add Mul Max Min Eq Ne Lt Le Gt Ge StrictLessThan StrictGreaterThan
 LessThan GreaterThan Unequality Equality And Or Not FloorDiv Mod PythonMod CleanDiv
 CeilDiv CeilToInt FloorToInt IntTrueDiv TruncToInt RoundToInt ModularIndexing Where
-Identity
+Identity ToFloat FloatTrueDiv TruncToFloat
 """.split())
 SYM_FLAGS = frozenset({"positive", "integer", "nonnegative", "real", "finite",
                        "negative", "nonpositive", "nonzero", "zero", "even", "odd"})
 _SYM_TOKEN = re.compile(r"\s*(?:(?P<int>-?[0-9]{1,19})|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|"
-                        r"(?P<str>'[a-z]{1,4}[0-9]{1,9}')|(?P<punct>[(),=]))")
+                        r"(?P<str>'(?:[a-z]{1,4}[0-9]{1,9}|-?[0-9]{1,19}(?:\.[0-9]{1,19})?"
+                        r"(?:e-?[0-9]{1,3})?)')|(?P<punct>[(),=]))")
 
 
 def check_sym_expr(text: str) -> bool:
@@ -330,6 +334,9 @@ def _sym_expr(toks: list[tuple[str, str]], i: int, depth: int) -> int:
         elif kind == "name" and val in SYM_FLAGS and toks[i + 1] == ("punct", "="):
             if toks[i + 2] not in (("name", "True"), ("name", "False")):
                 raise ValueError(val)
+            i += 3
+        elif (kind, val) == ("name", "precision") and toks[i + 1] == ("punct", "=") and \
+                toks[i + 2][0] == "int" and 0 < int(toks[i + 2][1]) <= 1024:
             i += 3
         else:
             i = _sym_expr(toks, i, depth + 1)
