@@ -449,3 +449,18 @@ def test_size_expressions_and_member_names_are_allow_listed():
     assert _safe_member("m/data/weights/weight_0")
     for name in ("/etc/passwd", "m/../x", "m\\..\\x", "c:/x", "m//x", "m/./x"):
         assert not _safe_member(name), name
+
+
+def test_a_pt2_with_a_member_twice_is_refused(tmp_path):
+    """Zip allows one name twice; which copy torch would read is not defined: refused."""
+    import zipfile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = H.plain_pt2(tmp_path / "dup.pt2")
+        with zipfile.ZipFile(p) as z:
+            name = next(n for n in z.namelist() if n.endswith("models/model.json"))
+        with zipfile.ZipFile(p, "a") as z:
+            z.writestr(name, "{}")
+    with pytest.raises(BundleError, match="two files under one name"):
+        na.load_model(p)

@@ -147,6 +147,9 @@ def check_pt2(path: str | Path) -> str:
                    if "/constants/" in f"/{name}" or name.endswith((".pt", ".pkl")) else
                    "a file that is not plain tensor data, the graph or metadata")
             raise refuse(path, f"holds {name!r}: {why}")
+    if len(set(rel)) != len(rel):
+        raise refuse(path, "holds two files under one name (which one torch reads is not "
+                           "defined)")
     if "models/model.json" not in rel:
         raise refuse(path, "holds no exported graph (models/model.json)")
     return root
