@@ -302,3 +302,50 @@ def test_exported_models_are_explained_in_napari(package, make_napari_viewer, qt
     assert prov["model_kind"] == t.session.bundle.kind and prov["source_layers"]
     assert np.isfinite(np.asarray(layer.data)).all()
     shutil.rmtree(tmp_path / "settings", ignore_errors=True)
+
+
+def test_weights_at_a_url_load_when_asked(package, tmp_path):
+    """With allow_download the weights are fetched (one request) and predict like the
+    bundle. Run in a fresh process so that bioimageio's download cache is a tmp folder."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import hostile_models as H
+
+    bundle, out = package
+    hits: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server name
+            hits.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    served = _unzip(out, tmp_path / "served")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **k: Handler(*a, directory=str(served), **k))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/weights.pt"
+        pkg = H.bioimageio_url_weights(out, tmp_path / "remote", url)
+        code = ("import numpy as np, napari_attribution as na\n"
+                "x = np.random.default_rng(0).normal(100, 10, (2, 2, 32, 32))"
+                ".astype(np.float32)\n"
+                f"a = na.load_model({str(pkg)!r}, allow_download=True).predict_proba(x)\n"
+                f"b = na.load_model({str(bundle)!r}).predict_proba(x)\n"
+                "print('maxdiff', float(np.abs(a - b).max()))\n")
+        env = {**os.environ, "BIOIMAGEIO_CACHE_PATH": str(tmp_path / "cache"),
+               "PYTHONPATH": os.pathsep.join(sys.path)}
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert float(res.stdout.split("maxdiff")[1]) < 1e-5
+        assert hits == ["/weights.pt"]
+    finally:
+        server.shutdown()
+        server.server_close()
