@@ -1,4 +1,4 @@
-"""Overhead of the operator scan that guards TorchScript and torch.export files.
+"""Overhead of the trust checks and the operator scan on TorchScript and torch.export files.
 
     python benchmarks/model_scan.py [--repeats 5] [--width 64]
 
@@ -8,9 +8,11 @@ and once as a ``torch.export`` program (``.pt2``); its backbone (the same ResNet
 without the mixing layer) is also scripted, which keeps control flow and inlines every
 functional body (a larger graph to scan). For each format the script times, as
 the median of ``--repeats`` runs: loading the file without any check (``torch.jit.load``
-/ ``torch.export.load``), the checks alone (archive check + graph scan on the loaded
-program), for ``.pt2`` loading under the restricted unpickler, and the full guarded
-``load_model`` (which also hashes the file and builds the callable module).
+/ ``torch.export.load``), the checks alone (graph scan on the loaded program; for ``.pt2``
+also the archive-member allow-list), for ``.pt2`` the untrusted load (allow-listed
+in-memory copy, restricted unpickler), and the full ``load_model`` (untrusted for
+``.pt2``; trusted for TorchScript, which never loads untrusted; it also hashes the file,
+builds the callable module and times a first forward call).
 Target: the checks take < 1 s.
 Writes JSON to benchmarks/results/model_scan.json and prints a table.
 """
@@ -45,6 +47,7 @@ def _median_seconds(fn, repeats: int) -> float:
 def main() -> None:
     from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
     from napari_attribution.io import model_scan as scan
+    from napari_attribution.io import model_trust as trust
     from napari_attribution.io.models import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,20 +73,18 @@ def main() -> None:
         program = torch.export.load(str(pt2_path))
 
         def ts_checks() -> None:
-            scan.check_torchscript_archive(ts_path)
-            scan.scan_torchscript(ts)
+            scan.torchscript_ops(ts)
 
         def sc_checks() -> None:
-            scan.check_torchscript_archive(sc_path)
-            scan.scan_torchscript(sc)
+            scan.torchscript_ops(sc)
 
         def pt2_checks() -> None:
-            scan.check_export_archive(pt2_path)
+            trust.check_pt2(pt2_path)
             scan.scan_exported(program)
 
         def pt2_restricted_load() -> None:
             with scan.restricted_unpickling():
-                torch.export.load(str(pt2_path))
+                torch.export.load(trust.untrusted_pt2_copy(pt2_path))
 
         for fmt, path, raw, checks, extra in (
             ("TorchScript", ts_path, lambda: torch.jit.load(str(ts_path)), ts_checks, None),
@@ -99,7 +100,8 @@ def main() -> None:
                              scan.exported_ops(program)),
                 "load_unchecked_s": _median_seconds(raw, args.repeats),
                 "checks_s": _median_seconds(checks, args.repeats),
-                "load_model_s": _median_seconds(lambda p=path: load_model(p), args.repeats),
+                "load_model_s": _median_seconds(
+                    lambda p=path: load_model(p, trust=p.suffix != ".pt2"), args.repeats),
             }
             if extra is not None:
                 row["restricted_load_s"] = _median_seconds(extra, args.repeats)

@@ -317,25 +317,27 @@ def test_cli_contrast_and_no_evidence_warning(tmp_path, capsys):
     torch.jit.save(torch.jit.script(small_cnn(n_classes=3)), str(model))
     img = tmp_path / "x.npy"
     np.save(img, np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32))
-    assert main(["explain", str(model), str(img), "-t", "2", "--contrast", "1",
+    assert main(["explain", str(model), str(img), "-t", "2", "--contrast", "1", "--trust-model",
                  "--param", "steps=3", "--device", "cpu", "-q"]) == 0
     maps, meta = read_attribution_tiff(tmp_path / "x.pcim.ome.tif")
     prov = meta["provenance"]
     assert prov["contrast"] == 1 and prov["targets"] == [2]
     assert prov["evidence"]["state"][0] in ("localised", "none")
     assert " vs " in capsys.readouterr().out
-    assert main(["explain", str(model), str(img), "-t", "1", "--contrast", "1",
+    assert main(["explain", str(model), str(img), "-t", "1", "--contrast", "1", "--trust-model",
                  "--device", "cpu", "-q", "--overwrite"]) == 2
     assert "same class" in capsys.readouterr().err
     blind = tmp_path / "blind.pt"
     torch.jit.save(torch.jit.script(BlindModel()), str(blind))
     assert main(["explain", str(blind), str(img), "--param", "steps=3", "--device", "cpu",
+                 "--trust-model",
                  "-q", "-o", str(tmp_path / "b.ome.tif")]) == 0
     out = capsys.readouterr().out
     assert "no localised evidence" in out and "random pixels" in out
     _, meta = read_attribution_tiff(tmp_path / "b.ome.tif")
     assert meta["provenance"]["evidence"]["state"] == ["none"]
     assert main(["explain", str(blind), str(img), "--no-evidence-check", "--device", "cpu",
+                 "--trust-model",
                  "-q", "--param", "steps=3", "-o", str(tmp_path / "c.ome.tif")]) == 0
     assert "no localised evidence" not in capsys.readouterr().out
 

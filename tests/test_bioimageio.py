@@ -82,6 +82,19 @@ def _edit_rdf(folder, old, new):
     rdf.write_text(text.replace(old, new))
 
 
+def test_packages_exported_before_the_core_split_still_load(package, tmp_path):
+    """Packages written before core/ had subpackages name the architecture
+    ``napari_attribution.core.dcmix``: still this package's own network, untrusted."""
+    ref, out = package
+    old = _unzip(out, tmp_path / "old")
+    _edit_rdf(old, "import_from: napari_attribution.core.channels.dcmix",
+              "import_from: napari_attribution.core.dcmix")
+    clf = na.load_model(old)
+    raw = np.random.default_rng(5).normal(100, 10, (2, 2, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(clf.predict_proba(raw), na.load_model(out).predict_proba(raw),
+                               atol=1e-6)
+
+
 def test_hostile_packages_are_refused(package, tmp_path, capsys):
     import hostile_models as H
 
@@ -91,27 +104,135 @@ def test_hostile_packages_are_refused(package, tmp_path, capsys):
     # an architecture from an arbitrary importable callable
     evil = _unzip(out, tmp_path / "evil")
     _edit_rdf(evil, "import_from: napari_attribution.core.channels.dcmix", "import_from: os")
-    with pytest.raises(UnsafeModelError, match="architecture .* from os"):
+    with pytest.raises(UnsafeModelError, match=r"architecture os\.build_dcmix, which is "
+                                               "Python code"):
         na.load_model(evil)
     assert main(["explain", str(evil), str(tmp_path / "none.npy"), "-q"]) == 2
     err = capsys.readouterr().err
-    assert "Python code" in err and "Traceback" not in err
-    # torchscript weights that overwrite a file when run
+    assert "Python code" in err and "--trust-model" in err and "Traceback" not in err
+    # torchscript weights (and no state dict) that overwrite a file when run
+    import yaml
+
     ts = _unzip(out, tmp_path / "ts")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         H.torchscript_from_file(ts / "weights.torchscript", target)
     import bioimageio.spec as spec
 
-    sha = spec.utils.get_sha256(ts / "weights.torchscript")
-    rdf = (ts / "rdf.yaml").read_text()
-    rdf = rdf.replace("weights:\n", "weights:\n  torchscript:\n    source: weights.torchscript\n"
-                      f"    sha256: {sha}\n    pytorch_version: '2.13'\n"
-                      "    parent: pytorch_state_dict\n", 1)
-    (ts / "rdf.yaml").write_text(rdf)
-    with pytest.raises(UnsafeModelError, match="aten::from_file"):
+    rdf = yaml.safe_load((ts / "rdf.yaml").read_text())
+    rdf["weights"] = {"torchscript": {
+        "source": "weights.torchscript", "pytorch_version": "2.13",
+        "sha256": str(spec.utils.get_sha256(ts / "weights.torchscript"))}}
+    (ts / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
+    with pytest.raises(UnsafeModelError, match="has TorchScript weights, which can run code"):
         na.load_model(ts)
     assert not marker.exists() and target.read_bytes() == b"original"
+
+
+def _helpers(out, tmp_path, target, hostile_pt):
+    """Packages whose architecture is one of this package's own helpers (issue 22: any
+    ``napari_attribution.*`` name used to be trusted)."""
+    import hostile_models as H
+
+    return {
+        "atomic_writer": H.bioimageio_architecture(
+            out, tmp_path / "aw", "napari_attribution.io.atomic", "atomic_write_text",
+            {"path": str(target), "text": "pwned"}),
+        "load_model_trusted": H.bioimageio_architecture(
+            out, tmp_path / "lm", "napari_attribution.io.models", "load_model",
+            {"source": str(hostile_pt), "trust": True}),
+        "prefix_alike": H.bioimageio_architecture(
+            out, tmp_path / "pa", "napari_attribution.core.channels.dcmix", "build_dcmix_evil", {}),
+        "module_alike": H.bioimageio_architecture(
+            out, tmp_path / "ma", "napari_attribution.core.channels.dcmix.evil", "build_dcmix", {}),
+    }
+
+
+@pytest.mark.parametrize("name", ["atomic_writer", "load_model_trusted", "prefix_alike",
+                                  "module_alike"])
+def test_package_helpers_are_not_architectures(package, tmp_path, capsys, name):
+    """Only the exact (import_from, callable) pairs of ARCHITECTURES load untrusted: a
+    package helper named as the architecture is refused on every face, nothing written."""
+    import hostile_models as H
+
+    _, out = package
+    target = tmp_path / "target.bin"
+    target.write_bytes(b"original")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hostile_pt = H.torchscript_from_file(tmp_path / "ff.pt", target)
+    pkg = _helpers(out, tmp_path, target, hostile_pt)[name]
+    x = np.zeros((1, 2, 16, 16), np.float32)
+    np.save(tmp_path / "x.npy", x[0])
+    with pytest.raises(UnsafeModelError, match="which is Python code .*--trust-model"):
+        na.load_model(pkg)
+    with pytest.raises(UnsafeModelError):
+        na.explain(pkg, x, device="cpu")
+    for args in (["explain", str(pkg), str(tmp_path / "x.npy"), "-q"],
+                 ["channels", str(pkg)],
+                 ["evaluate", str(pkg), "--sample", "cells", "-n", "2", "--methods",
+                  "saliency", "-q"],
+                 ["export-model", str(pkg), "-o", str(tmp_path / "o.pt2")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert "Python code" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert target.read_bytes() == b"original"
+    assert not (tmp_path / "x.pcim.ome.tif").exists() and not (tmp_path / "o.pt2").exists()
+    if name == "atomic_writer":  # the file is real: trusted, the helper does write
+        with pytest.raises(BundleError):
+            na.load_model(pkg, trust=True)
+        assert target.read_text() == "pwned"
+
+
+def test_weights_at_a_url_are_not_downloaded(package, tmp_path, capsys):
+    """Weights given as a URL: refused unless allow_download / --allow-download, and no
+    connection is made (a local server counts them)."""
+    import http.server
+    import threading
+
+    import hostile_models as H
+
+    _, out = package
+    hits: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server name
+            hits.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    served = _unzip(out, tmp_path / "served")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **k: Handler(*a, directory=str(served), **k))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    connections: list[int] = []
+    original = server.process_request
+    server.process_request = lambda *a: connections.append(1) or original(*a)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/weights.pt"
+        pkg = H.bioimageio_url_weights(out, tmp_path / "remote", url)
+        x = np.zeros((1, 2, 16, 16), np.float32)
+        np.save(tmp_path / "x.npy", x[0])
+        with pytest.raises(BundleError, match="nothing is downloaded unless you ask: pass "
+                                              "--allow-download"):
+            na.load_model(pkg)
+        with pytest.raises(BundleError, match="--allow-download"):
+            na.load_model(pkg, trust=True)  # trust is about code, not about fetching
+        with pytest.raises(BundleError, match="--allow-download"):
+            na.explain(pkg, x, device="cpu")
+        for args in (["explain", str(pkg), str(tmp_path / "x.npy"), "-q"],
+                     ["channels", str(pkg)],
+                     ["export-model", str(pkg), "-o", str(tmp_path / "o.pt2")]):
+            assert main(args) == 2
+            err = capsys.readouterr().err.strip()
+            assert "--allow-download" in err and len(err.splitlines()) == 1
+        assert connections == [] and hits == []
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_broken_packages_give_one_clear_error(tmp_path, capsys):
@@ -194,3 +315,50 @@ def test_exported_models_are_explained_in_napari(package, make_napari_viewer, qt
     assert prov["model_kind"] == t.session.bundle.kind and prov["source_layers"]
     assert np.isfinite(np.asarray(layer.data)).all()
     shutil.rmtree(tmp_path / "settings", ignore_errors=True)
+
+
+def test_weights_at_a_url_load_when_asked(package, tmp_path):
+    """With allow_download the weights are fetched (one request) and predict like the
+    bundle. Run in a fresh process so that bioimageio's download cache is a tmp folder."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import hostile_models as H
+
+    bundle, out = package
+    hits: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server name
+            hits.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    served = _unzip(out, tmp_path / "served")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **k: Handler(*a, directory=str(served), **k))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/weights.pt"
+        pkg = H.bioimageio_url_weights(out, tmp_path / "remote", url)
+        code = ("import numpy as np, napari_attribution as na\n"
+                "x = np.random.default_rng(0).normal(100, 10, (2, 2, 32, 32))"
+                ".astype(np.float32)\n"
+                f"a = na.load_model({str(pkg)!r}, allow_download=True).predict_proba(x)\n"
+                f"b = na.load_model({str(bundle)!r}).predict_proba(x)\n"
+                "print('maxdiff', float(np.abs(a - b).max()))\n")
+        env = {**os.environ, "BIOIMAGEIO_CACHE_PATH": str(tmp_path / "cache"),
+               "PYTHONPATH": os.pathsep.join(sys.path)}
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert float(res.stdout.split("maxdiff")[1]) < 1e-5
+        assert hits == ["/weights.pt"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -45,7 +45,7 @@ def test_explain_torchscript_and_errors(tmp_path, capsys):
     torch.jit.save(torch.jit.script(small_cnn()), str(model))
     img = tmp_path / "x.npy"
     np.save(img, np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32))
-    assert main(["explain", str(model), str(img), "-m", "integrated_gradients",
+    assert main(["explain", str(model), str(img), "-m", "integrated_gradients", "--trust-model",
                  "--param", "n_steps=8", "--device", "cpu", "-q"]) == 0
     maps, meta = read_attribution_tiff(tmp_path / "x.integrated_gradients.ome.tif")
     assert maps.shape == (16, 16) and meta["provenance"]["model_kind"] == "torchscript"
@@ -55,22 +55,25 @@ def test_explain_torchscript_and_errors(tmp_path, capsys):
     field = tmp_path / "field.npy"
     np.save(field, np.random.default_rng(1).normal(size=(2, 160, 160)).astype(np.float32))
     capsys.readouterr()
-    assert main(["explain", str(model), str(field), "-m", "pcim_blackbox", "--param",
+    assert main(["explain", str(model), str(field), "-m", "pcim_blackbox", "--trust-model",
+                 "--param",
                  "samples=4", "--no-evidence-check", "--device", "cpu", "-q"]) == 0
     out = capsys.readouterr().out
     assert "warning: black-box PCIM's 5 x 5 logits span 32 px each" in out
     assert "grid=10, samples=100" in out
     _, meta = read_attribution_tiff(tmp_path / "field.pcim_blackbox.ome.tif")
     assert meta["provenance"]["warnings"][0].startswith("black-box PCIM's 5 x 5 logits")
-    assert main(["explain", str(model), str(img), "-t", "7", "--device", "cpu", "-q"]) == 2
+    assert main(["explain", str(model), str(img), "-t", "7", "--device", "cpu", "-q",
+                 "--trust-model"]) == 2
     assert "out of range" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
-    assert main(["explain", str(bad), str(img), "--device", "cpu"]) == 2
+    assert main(["explain", str(bad), str(img), "--device", "cpu", "--trust-model"]) == 2
     assert "neither" in capsys.readouterr().err
     three = tmp_path / "three.npy"
     np.save(three, np.zeros((3, 16, 16), np.float32))
-    assert main(["explain", str(model), str(three), "--device", "cpu", "-q"]) == 2
+    assert main(["explain", str(model), str(three), "--device", "cpu", "-q",
+                 "--trust-model"]) == 2
     assert "channel" in capsys.readouterr().err
 
 

@@ -129,7 +129,8 @@ def test_nan_outputs_are_errors_not_results(tmp_path, capsys):
         torch.jit.save(torch.jit.script(_NaNModel()), str(p))
     np.save(tmp_path / "x.npy", x[0])
     out = tmp_path / "m.ome.tif"
-    assert main(["explain", str(p), str(tmp_path / "x.npy"), "-o", str(out), "-q"]) == 2
+    assert main(["explain", str(p), str(tmp_path / "x.npy"), "-o", str(out), "-q",
+                 "--trust-model"]) == 2
     assert "non-finite" in capsys.readouterr().err and not out.exists()
 
 
@@ -244,3 +245,125 @@ def test_pt2_batch_run(bundle, tmp_path):
     attrs = dict(zarr.open_group(str(out), mode="r").attrs)
     text = json.dumps(attrs)
     assert '"model_kind": "export"' in text and '"target": 1' in text
+
+
+def make_scaled_bundle(path):
+    """A bundle trained (as recorded) on fields shrunk 2x into 32 px crops, with a
+    per-dataset normaliser: everything an export must carry to predict the same."""
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.data.normalization import PercentileNormalizer
+    from napari_attribution.io.bundle import save_bundle
+
+    torch.manual_seed(1)
+    model = DCMIXClassifier(ModelConfig(2, 2, width=8)).eval()
+    norm = PercentileNormalizer(mode="per_dataset", lo=[90.0, 80.0], hi=[120.0, 130.0])
+    return save_bundle(path, model, ["dna", "gfp"], ["neg", "pos"], norm,
+                       provenance={"data": {"downsample": 2, "image_size": [32, 32]}})
+
+
+def test_exports_keep_the_bundles_meaning(tmp_path, capsys):
+    """bundle -> export-model (.pt2 and bioimage.io) -> loaded WITHOUT trust -> the same
+    probabilities on the same raw field (normaliser, names and the 2x training downsample
+    travel with the file), from the API and the command line."""
+    from napari_attribution.core.models.inference import ModelScale, shrink
+
+    bundle = make_scaled_bundle(tmp_path / "b.safetensors")
+    outs = [tmp_path / "m.pt2"]
+    assert main(["export-model", str(bundle), "-o", str(outs[0])]) == 0
+    if _has_bioimageio():
+        outs.append(tmp_path / "m.zip")
+        assert main(["export-model", str(bundle), "-o", str(outs[1])]) == 0
+    ref = na.load_model(bundle)
+    raw = np.random.default_rng(4).normal(100, 12, (3, 2, 64, 80)).astype(np.float32)
+    want = ref.predict_proba(shrink(raw, 2))
+    np.save(tmp_path / "field.npy", raw[0])
+    capsys.readouterr()
+    lines = []
+    for src in [bundle, *outs]:
+        clf = na.load_model(src)
+        assert not clf.trusted and clf.channel_names == ["dna", "gfp"]
+        assert clf.class_names == ["neg", "pos"]
+        scale = ModelScale.from_provenance(clf.provenance)
+        assert scale.downsample == 2, src
+        got = clf.predict_proba(shrink(raw, scale.downsample))
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=str(src))
+        assert main(["explain", str(src), str(tmp_path / "field.npy"), "-m", "saliency",
+                     "-t", "pos", "-o", str(tmp_path / f"{src.suffix[1:]}.ome.tif"),
+                     "--no-evidence-check", "-q"]) == 0
+        lines.append(capsys.readouterr().out)
+    probs = [line.split("(p=")[1].split(")")[0] for line in lines]
+    assert len(set(probs)) == 1, probs
+    assert all("shrunk 2x" in line for line in lines)
+
+
+def _has_bioimageio() -> bool:
+    try:
+        import bioimageio.spec  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_malformed_metadata_and_reversed_ranges_are_refused(tmp_path, capsys):
+    """No silent "p=1.000": an export whose metadata is malformed, or any normaliser with
+    lo >= hi, is refused with one sentence."""
+    import zipfile
+
+    from napari_attribution.core.data.normalization import PercentileNormalizer
+    from napari_attribution.io.model_export import export_program
+
+    bundle = make_scaled_bundle(tmp_path / "b.safetensors")
+    pt2 = export_program(bundle, tmp_path / "m.pt2")
+
+    def rewrite(dst, edit):
+        with zipfile.ZipFile(pt2) as zin, zipfile.ZipFile(dst, "w") as zout:
+            for item in zin.infolist():
+                data = zin.read(item.filename)
+                if item.filename.endswith("/extra/napari_attribution.json"):
+                    data = edit(data)
+                zout.writestr(item.filename, data)
+        return dst
+
+    def meta_edit(key, value):
+        def edit(data):
+            meta = json.loads(data)
+            meta[key] = value
+            return json.dumps(meta).encode()
+        return edit
+
+    cases = {
+        "notjson.pt2": (lambda d: d[:-5], "not valid JSON"),
+        "reversed.pt2": (meta_edit("normalization", {"mode": "per_dataset", "low": 1.0,
+                                                     "high": 99.8, "lo": [120.0, 80.0],
+                                                     "hi": [90.0, 130.0]}),
+                         "reversed in channel 0"),
+        "equal.pt2": (meta_edit("normalization", {"mode": "per_dataset", "lo": [1.0, 1.0],
+                                                  "hi": [1.0, 2.0]}), "lo=1 >= hi=1"),
+        "nan.pt2": (meta_edit("normalization", {"mode": "per_dataset", "lo": [None, 1.0],
+                                                "hi": [2.0, 2.0]}), "NaN"),
+        "mode.pt2": (meta_edit("normalization", {"mode": "whatever"}), "normalization"),
+        "names.pt2": (meta_edit("channel_names", "dna"), "channel_names"),
+        "scale.pt2": (meta_edit("scale", {"downsample": 0}), "scale.downsample"),
+    }
+    img = tmp_path / "x.npy"
+    np.save(img, np.zeros((2, 32, 32), np.float32))
+    for name, (edit, msg) in cases.items():
+        bad = rewrite(tmp_path / name, edit)
+        with pytest.raises(BundleError, match=msg):
+            na.load_model(bad)
+        assert main(["explain", str(bad), str(img), "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    # a bundle whose normaliser is reversed
+    header, body = _header(bundle)
+    meta = json.loads(header["__metadata__"]["napari_attribution"])
+    meta["normalization"]["lo"], meta["normalization"]["hi"] = [130.0, 80.0], [90.0, 130.0]
+    header["__metadata__"]["napari_attribution"] = json.dumps(meta)
+    _write(tmp_path / "rev.safetensors", header, body)
+    with pytest.raises(BundleError, match="reversed in channel 0"):
+        na.load_model(tmp_path / "rev.safetensors")
+    # fitting on a constant channel still gives lo < hi (and maps it to 0)
+    x = np.stack([np.full((4, 8, 8), 5.0), np.random.default_rng(0).random((4, 8, 8))], 1)
+    norm = PercentileNormalizer(mode="per_dataset").fit(x.astype(np.float32))
+    assert norm.lo[0] < norm.hi[0] and np.allclose(norm(x)[:, 0], 0)
+    PercentileNormalizer.from_dict(norm.to_dict())

@@ -8,6 +8,7 @@ with a sentence naming the problem, never a traceback.
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,21 +22,39 @@ from napari_attribution.cli import main
 from napari_attribution.core.runtime.errors import BundleError
 
 TARGET_BYTES = b"0123456789abcdef-original-bytes"
+TS_REFUSAL = "is TorchScript, which can run code when loaded; pass --trust-model"
 
 
 #: name -> (builder(path, marker, target), expected message fragment)
 HOSTILE = {
     "pickle": (lambda d, m, t: H.pickle_payload(d / "evil.pt", m), "pickled models"),
     "torch_save_pickle": (lambda d, m, t: H.torch_save_payload(d / "evil.pth", m),
-                          "not a loadable TorchScript"),
+                          "torch.save pickle archive"),
     "torchscript_from_file": (lambda d, m, t: H.torchscript_from_file(d / "ff.pt", t),
-                              "'aten::from_file'"),
+                              TS_REFUSAL),
     "torchscript_setstate": (lambda d, m, t: H.torchscript_setstate(d / "ss.pt", t),
-                             "'__setstate__'"),
+                             TS_REFUSAL),
+    # issue 22: hooks and a line-continued __setstate__ ran code past the old scan
+    "torchscript_hooks": (lambda d, m, t: H.torchscript_hooks(d / "hk.pt", t), TS_REFUSAL),
+    "torchscript_setstate_continued": (
+        lambda d, m, t: H.torchscript_setstate_continued(d / "sc.pt", t), TS_REFUSAL),
     "export_custom_op": (lambda d, m, t: H.export_custom_op(d / "op.pt2", m),
                          "'na_hostile::touch'"),
     "export_pickled_weight": (lambda d, m, t: H.export_pickled_weight(d / "pw.pt2", m),
-                              "pickled Python object"),
+                              "not plain tensor data"),
+    # issue 22: a pickle under an allowed name, a nested opaque pickle, a native
+    # library, a member escaping the archive, Python in a size expression
+    "export_numbered_pickled_weight": (
+        lambda d, m, t: H.export_numbered_pickled_weight(d / "np.pt2", m),
+        "as a pickled Python object"),
+    "export_nested_opaque": (lambda d, m, t: H.export_nested_opaque(d / "no.pt2", m),
+                             "opaque_obj_0/x"),
+    "export_aotinductor": (lambda d, m, t: H.export_aotinductor(d / "ao.pt2"),
+                           "native library"),
+    "export_dotdot": (lambda d, m, t: H.export_dotdot(d / "dd.pt2"),
+                      "points outside the archive"),
+    "export_sym_expr": (lambda d, m, t: H.export_sym_expr(d / "se.pt2", m),
+                        "evaluate as Python"),
 }
 
 
@@ -65,6 +84,13 @@ def images(tmp_path):
 def _no_effect(marker: Path, target: Path) -> None:
     assert not marker.exists(), "a payload ran: the marker file was created"
     assert target.read_bytes() == TARGET_BYTES, "a payload ran: the target was overwritten"
+    assert set(Path(tempfile.gettempdir()).glob("aotinductor_*")) <= AOTI_BEFORE, \
+        "a load left an aotinductor_* folder behind"
+    for folder in (Path("/"), Path(tempfile.gettempdir()), marker.parent, Path.cwd()):
+        assert not (folder / "escaped.txt").exists(), "a ../ member was extracted"
+
+
+AOTI_BEFORE = set(Path(tempfile.gettempdir()).glob("aotinductor_*"))
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
@@ -81,15 +107,16 @@ def test_api_refuses_hostile_files(hostile, images, name):
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-@pytest.mark.parametrize("command", ["explain", "evaluate", "channels"])
+@pytest.mark.parametrize("command", ["explain", "evaluate", "channels", "export-model"])
 def test_cli_refuses_hostile_files(hostile, images, tmp_path, capsys, name, command):
     files, marker, target = hostile
     _, img = images
-    out = tmp_path / "out.ome.tif"
+    out = tmp_path / ("out.pt2" if command == "export-model" else "out.ome.tif")
     args = {"explain": ["explain", str(files[name]), str(img), "-o", str(out), "-q"],
             "evaluate": ["evaluate", str(files[name]), "--sample", "cells", "-n", "2",
                          "--methods", "saliency", "-q"],
-            "channels": ["channels", str(files[name])]}[command]
+            "channels": ["channels", str(files[name])],
+            "export-model": ["export-model", str(files[name]), "-o", str(out)]}[command]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1
@@ -98,7 +125,8 @@ def test_cli_refuses_hostile_files(hostile, images, tmp_path, capsys, name, comm
     _no_effect(marker, target)
 
 
-@pytest.mark.parametrize("name", ["torchscript_from_file", "export_custom_op"])
+@pytest.mark.parametrize("name", ["torchscript_from_file", "export_custom_op",
+                                  "export_nested_opaque", "export_aotinductor"])
 def test_cli_batch_refuses_hostile_files(hostile, tmp_path, capsys, name):
     pytest.importorskip("distributed")
     pytest.importorskip("zarr")
@@ -129,10 +157,8 @@ def test_hostile_files_really_act_when_trusted(tmp_path):
         op = H.export_custom_op(tmp_path / "op.pt2", marker)
     na.load_model(ff, trust=True).predict_proba(x)
     assert target.read_bytes().startswith(b"AAAAAAAA")
-    clf = na.load_model(op, trust=True)
-    assert clf.trusted and not marker.exists()
-    clf.predict_proba(x)
-    assert marker.exists()
+    clf = na.load_model(op, trust=True)  # its first forward call is made (and timed) here
+    assert clf.trusted and marker.exists()
     # the command line says so in the provenance of what a trusted model produced
     target.write_bytes(TARGET_BYTES)
     img = tmp_path / "img.npy"
@@ -179,12 +205,14 @@ def test_scripted_model_with_allowed_ops_loads_and_explains(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.script(_Realistic()), str(p))
-    clf = na.load_model(p)
-    assert clf.kind == "torchscript" and not clf.trusted and clf.n_classes == 3
+    with pytest.raises(BundleError, match=TS_REFUSAL):
+        na.load_model(p)  # by format, whatever its operators
+    clf = na.load_model(p, trust=True)
+    assert clf.kind == "torchscript" and clf.trusted and clf.n_classes == 3
     assert {"aten::conv2d", "aten::upsample_bilinear2d", "prim::If", "prim::Loop"} <= \
         set(clf.operators)
     x = np.random.default_rng(0).random((2, 2, 40, 40)).astype(np.float32)
-    res = na.explain(p, x, method="saliency", targets="class 1", device="cpu")
+    res = na.explain(p, x, method="saliency", targets="class 1", device="cpu", trust=True)
     assert res.maps.shape == (2, 40, 40) and res.provenance()["model_kind"] == "torchscript"
 
 
@@ -204,10 +232,235 @@ def test_widget_loader_refuses_hostile_files(hostile, make_napari_viewer, qtbot,
     w = TrainWidget(make_napari_viewer())
     assert not w.trust.isChecked()  # trusting is an explicit act
     for name in ("torchscript_from_file", "export_custom_op", "pickle",
-                 "export_pickled_weight"):
+                 "export_pickled_weight", "export_nested_opaque", "torchscript_hooks"):
         seen.clear()
         w.load_model(files[name])
         qtbot.waitUntil(lambda: not w.runner.running, timeout=30000)
         assert seen and HOSTILE[name][1] in seen[-1] and "Traceback" not in seen[-1]
         assert w.session.bundle is None
     _no_effect(marker, target)
+
+
+# --- issue 22: what loads without trust, and what a trusted load still never does -------
+
+def test_plain_torch_export_loads_untrusted_without_unpickling(tmp_path, monkeypatch):
+    """An archive as torch.export.save writes it for a plain model (graph JSON, raw
+    tensors, a tensor constant) loads without trust, and nothing is unpickled."""
+    import pickle
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = H.plain_pt2(tmp_path / "plain.pt2")
+    ref = na.load_model(p, trust=True)
+    x = np.random.default_rng(0).random((1, 2, 16, 16)).astype(np.float32)
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("an untrusted load unpickled something")
+
+    monkeypatch.setattr(pickle, "loads", no_unpickling)
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    monkeypatch.setattr(torch._C, "_pickle_load_obj", no_unpickling, raising=False)
+    clf = na.load_model(p)
+    assert clf.kind == "export" and not clf.trusted and clf.n_classes == 2
+    assert "aten::conv2d" in clf.operators  # the operator scan still ran (second line)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(clf.predict_proba(x), ref.predict_proba(x))
+
+
+def test_untrusted_pt2_is_checked_before_torch_opens_it(hostile, monkeypatch):
+    """The member allow-list is applied before torch.export.load is ever called."""
+    files, marker, target = hostile
+    calls: list[str] = []
+    original = torch.export.load
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: calls.append("load") or
+                        original(*a, **k))
+    for name in ("export_nested_opaque", "export_aotinductor", "export_dotdot",
+                 "export_numbered_pickled_weight", "export_pickled_weight",
+                 "export_sym_expr"):
+        with pytest.raises(BundleError, match=HOSTILE[name][1]):
+            na.load_model(files[name])
+    assert calls == []
+    _no_effect(marker, target)
+
+
+def test_trusted_pt2_never_loads_native_libraries(hostile):
+    """Even trusted, AOTInductor members are left out (this tool runs the graph, never the
+    compiled library): nothing is dlopened and no aotinductor_* folder is left behind."""
+    files, marker, target = hostile
+    clf = na.load_model(files["export_aotinductor"], trust=True)
+    assert clf.kind == "export" and clf.trusted
+    clf.predict_proba(np.zeros((1, 2, 16, 16), np.float32))
+    _no_effect(marker, target)
+
+
+def test_guard_code_is_never_compiled_untrusted(tmp_path):
+    """A .pt2's guard code is Python source torch compiles into the module: an untrusted
+    load drops it (the graph still runs); a trusted one runs it, so the file is real."""
+    marker = tmp_path / "marker.txt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = H.export_guard_code(tmp_path / "g.pt2", marker)
+    x = np.zeros((1, 2, 16, 16), np.float32)
+    na.load_model(p).predict_proba(x)
+    assert not marker.exists()
+    na.load_model(p, trust=True).predict_proba(x)
+    assert marker.exists()
+
+
+def test_new_hostile_files_really_act_when_trusted(tmp_path):
+    """The issue-22 payloads are real: trusted, each one writes (so the refusals above
+    are meaningful)."""
+    x = np.zeros((1, 2, 16, 16), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, what in (("export_nested_opaque", "marker"), ("export_sym_expr", "marker"),
+                           ("export_numbered_pickled_weight", "marker"),
+                           ("torchscript_hooks", "target"),
+                           ("torchscript_setstate_continued", "target")):
+            d = tmp_path / name
+            d.mkdir()
+            marker, target = d / "marker.txt", d / "target.bin"
+            target.write_bytes(TARGET_BYTES)
+            path = HOSTILE[name][0](d, marker, target)
+            target.write_bytes(TARGET_BYTES)
+            try:
+                na.load_model(path, trust=True).predict_proba(x)
+            except BundleError:
+                pass  # the payload ran while loading; the rest of the file is junk
+            acted = marker.exists() if what == "marker" else \
+                target.read_bytes() != TARGET_BYTES
+            assert acted, f"{name} did nothing even when trusted"
+
+
+@pytest.mark.parametrize("kind", ["pt2", "bioimageio", "torchscript"])
+def test_zip_bombs_are_refused_before_extraction(tmp_path, capsys, kind):
+    """A 1 MB zip expanding to 1 GiB is refused from its directory, through the API and
+    the command line, trusted or not, in well under a second of reading."""
+    import time
+
+    names = {"pt2": ("m/data/weights/weight_0",), "bioimageio": ("weights.pt",),
+             "torchscript": ("m/data/0",)}[kind]
+    small = {"pt2": {"m/archive_format": "pt2", "m/models/model.json": "{}"},
+             "bioimageio": {"rdf.yaml": "type: model\n"},
+             "torchscript": {"m/code/__torch__.py": "", "m/data.pkl": ""}}[kind]
+    suffix = {"pt2": ".pt2", "bioimageio": ".zip", "torchscript": ".pt"}[kind]
+    bomb = H.zip_bomb(tmp_path / f"bomb{suffix}", names, small=small)
+    assert bomb.stat().st_size < 1.2e6
+    t0 = time.perf_counter()
+    for trust in (False, True):
+        with pytest.raises(BundleError, match="expands 1000x|expands 10[0-9][0-9]x"):
+            na.load_model(bomb, trust=trust)
+    assert main(["explain", str(bomb), str(tmp_path / "x.npy"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "zip bomb" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert time.perf_counter() - t0 < 5
+
+
+def test_zip_bomb_peak_memory(tmp_path):
+    """Peak memory of a process that refuses a zip bomb (ru_maxrss: everything, torch
+    included) stays well under 1 GiB."""
+    import subprocess
+    import sys
+
+    bomb = H.zip_bomb(tmp_path / "bomb.pt2", ("m/data/weights/weight_0",),
+                      small={"m/archive_format": "pt2"})
+    code = ("import resource, napari_attribution as na\n"
+            "from napari_attribution.core.runtime.errors import BundleError\n"
+            f"try:\n    na.load_model({str(bomb)!r})\nexcept BundleError as e:\n"
+            "    print('refused', e)\n"
+            "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert "refused" in out and "zip bomb" in out
+    peak = int(out.split("peak_kib")[1].split()[0]) / 2**20
+    assert peak < 0.75, f"peak memory {peak:.2f} GiB"
+
+
+class _Forever(torch.nn.Module):
+    """Pure tensor operators in a ``while`` loop that takes seconds (about 20 us a step):
+    "forever" for a 0.3 s limit, yet short enough that the call left running in the
+    background ends soon after the test."""
+
+    def __init__(self, steps: int = 150_000) -> None:
+        super().__init__()
+        self.steps = steps
+        self.conv = torch.nn.Conv2d(2, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i = 0
+        while i < self.steps:
+            x = x * 1.0
+            i += 1
+        return self.conv(x).mean((2, 3))
+
+
+def test_a_model_that_never_answers_is_stopped(tmp_path, monkeypatch, capsys):
+    """A model call has a time limit (NAPARI_ATTRIBUTION_MODEL_TIMEOUT or ``timeout``):
+    an allowed-op loop is refused with one sentence instead of hanging explain."""
+    import threading
+    import time
+
+    p = tmp_path / "loop.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_Forever()), str(p))
+    t0 = time.perf_counter()
+    with pytest.raises(BundleError, match="did not answer one image within 0.3 s"):
+        na.load_model(p, trust=True, timeout=0.3)
+    monkeypatch.setenv("NAPARI_ATTRIBUTION_MODEL_TIMEOUT", "0.3")
+    img = tmp_path / "x.npy"
+    np.save(img, np.zeros((2, 16, 16), np.float32))
+    assert main(["explain", str(p), str(img), "--trust-model", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "NAPARI_ATTRIBUTION_MODEL_TIMEOUT" in err and len(err.splitlines()) == 1
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "x.pcim.ome.tif").exists()
+    monkeypatch.setenv("NAPARI_ATTRIBUTION_MODEL_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="not a number of seconds"):
+        na.load_model(p, trust=True)
+    for thread in threading.enumerate():  # leave nothing spinning for the next tests
+        if thread.name == "napari-attribution-model-probe":
+            thread.join(60)
+
+
+def test_size_expressions_and_member_names_are_allow_listed():
+    """The grammar for symbolic sizes accepts what torch writes and nothing that would
+    run other Python under sympify; member names are matched whole."""
+    from napari_attribution.io.model_trust import PT2_MEMBERS, _safe_member, check_sym_expr
+
+    ok = ["Symbol('s0', positive=True, integer=True)",
+          "Add(Symbol('s53', positive=True, integer=True), Integer(-2))",
+          "Max(Integer(1), FloorDiv(Symbol('s7', positive=True, integer=True), Integer(2)))",
+          "TruncToInt(Mul(Float('0.5', precision=53), ToFloat(Symbol('s0', positive=True, "
+          "integer=True))))", "Integer(3)", "True"]
+    bad = ["__import__('os').system('id')", "Symbol('s0').__class__",
+           "Symbol('__import__')", "Pow(Integer(9), Integer(999999999))",
+           "Integer(9)**Integer(9)", "Symbol('s0', positive=__import__('os'))",
+           "Float('1', precision=10**9)", "Integer(1); Integer(2)", "lambda: 0",
+           "Symbol(\"s0\")", "Integer(1)[0]", "getattr(Integer(1), 'x')", "x" * 5000]
+    assert all(check_sym_expr(s) for s in ok)
+    assert not any(check_sym_expr(s) for s in bad)
+    import re
+
+    assert any(re.fullmatch(p, "data/weights/weight_12") for p in PT2_MEMBERS)
+    for name in ("data/weights/weight_12/x", "data/weights/weight_x", "xdata/weights/weight_1",
+                 "data/constants/opaque_obj_0", "data/aotinductor/model/a.so"):
+        assert not any(re.fullmatch(p, name) for p in PT2_MEMBERS), name
+    assert _safe_member("m/data/weights/weight_0")
+    for name in ("/etc/passwd", "m/../x", "m\\..\\x", "c:/x", "m//x", "m/./x"):
+        assert not _safe_member(name), name
+
+
+def test_a_pt2_with_a_member_twice_is_refused(tmp_path):
+    """Zip allows one name twice; which copy torch would read is not defined: refused."""
+    import zipfile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = H.plain_pt2(tmp_path / "dup.pt2")
+        with zipfile.ZipFile(p) as z:
+            name = next(n for n in z.namelist() if n.endswith("models/model.json"))
+        with zipfile.ZipFile(p, "a") as z:
+            z.writestr(name, "{}")
+    with pytest.raises(BundleError, match="two files under one name"):
+        na.load_model(p)

@@ -156,7 +156,9 @@ def test_torchscript_model(tmp_path):
 
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(small_cnn()), str(path))
-    clf = load_model(path)
+    with pytest.raises(BundleError, match="TorchScript, which can run code"):
+        load_model(path)  # TorchScript is code: only loaded when trusted
+    clf = load_model(path, trust=True)
     model = clf.module
     assert clf.kind == "torchscript" and len(clf.sha256) == 64
     assert clf.n_channels == 2 and "aten::conv2d" in clf.operators

@@ -71,7 +71,8 @@ def retrain_check(data: ImageSet, config: TrainConfig | None = None, *,
 
 
 def posthoc_importance(model: Any, data: ImageSet, *, method: str = "permutation",
-                       n_repeats: int = 3, seed: int = 0, trust: bool = False):
+                       n_repeats: int = 3, seed: int = 0, trust: bool = False,
+                       allow_download: bool = False):
     """Channel importance of ANY classifier on labelled ``data``, without mixing weights:
     ``permutation`` (pixels of one channel shuffled within each image) or
     ``feature_ablation`` (Captum, channel replaced by its mean); loss rise and
@@ -82,7 +83,7 @@ def posthoc_importance(model: Any, data: ImageSet, *, method: str = "permutation
     """
     from .core.channels.posthoc import posthoc_channel_importance
 
-    clf = load_model(model, trust=trust)
+    clf = load_model(model, trust=trust, allow_download=allow_download)
     clf.check_channels(data.n_channels, "the data")
     with frozen(clf.module):
         return posthoc_channel_importance(clf.module, clf.prepare(data), data.labels,
@@ -107,13 +108,14 @@ ModelLike = Any  # a path, Classifier, ModelBundle, TrainResult or torch module
 
 
 def channel_importance(model: ModelLike, data: ImageSet | None = None, *,
-                       trust: bool = False) -> ChannelImportance:
+                       trust: bool = False, allow_download: bool = False
+                       ) -> ChannelImportance:
     """Channel importance of a DCMIX model: mixing weights, per head and overall, with the
     channel-ablation check computed on ``data`` (raw images; normalised as in training).
 
     Without ``data``, the importance stored at training time is returned.
     """
-    clf = load_model(model, trust=trust)
+    clf = load_model(model, trust=trust, allow_download=allow_download)
     if data is None:
         if clf.importance is None:
             raise InputError(f"{clf.source} has no stored channel importance; pass data to "
@@ -130,7 +132,8 @@ def channel_importance(model: ModelLike, data: ImageSet | None = None, *,
 
 def explain(model: ModelLike, images: np.ndarray, *, method: str = "pcim",
             targets: int | str | Sequence[int | str] | None = None, trust: bool = False,
-            progress: ProgressCallback = None, **options: Any) -> AttributionResult:
+            allow_download: bool = False, progress: ProgressCallback = None,
+            **options: Any) -> AttributionResult:
     """Attribution maps for raw ``images`` (N, C, H, W) or (C, H, W).
 
     ``model``: anything ``io.models.load_model`` takes (a bundle, ``.pt2`` or
@@ -144,7 +147,7 @@ def explain(model: ModelLike, images: np.ndarray, *, method: str = "pcim",
     The result's ``provenance()`` names the model (path, kind, sha256, channel and class
     names, normalisation).
     """
-    clf = load_model(model, trust=trust)
+    clf = load_model(model, trust=trust, allow_download=allow_download)
     return run_generator(explain_classifier(clf, images, targets, method=method, **options),
                          progress)
 

@@ -146,9 +146,10 @@ class TrainWidget(DockWidget):
         self.save_btn = QPushButton("Save model…")
         self.save_btn.setEnabled(False)
         self.trust = QCheckBox("Trust this model file")
-        self.trust.setToolTip("Run TorchScript / exported models even if they use operators "
-                              "beyond pure tensor maths (they could read or write files). "
-                              "Only for models from a source you trust.")
+        self.trust.setToolTip("Load model files that can run code when loaded (TorchScript, "
+                              ".pt2 archives with pickles or native libraries, bioimage.io "
+                              "architectures from elsewhere). Only for files from a source "
+                              "you trust.")
         self.bar = QProgressBar()
         self.model_label = QLabel("no model")
         self.model_label.setWordWrap(True)

@@ -138,7 +138,7 @@ def register(sub) -> None:
     p.add_argument("-m", "--model", type=Path, required=True,
                    help="model: bundle (.safetensors), exported program (.pt2), TorchScript "
                         "(legacy) or bioimage.io package")
-    add_trust_argument(p)
+    add_trust_argument(p, downloads=False)  # workers reload it: give a local package
     p.add_argument("-o", "--output", type=Path, required=True, help="result store (.zarr)")
     add_plate_arguments(p)
     w = p.add_argument_group("what to compute")

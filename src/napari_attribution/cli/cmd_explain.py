@@ -95,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
         if contrast is None:
             raise InputError("--contrast needs a class (index or name), not 'predicted'")
         contrast = int(contrast)
-    factor = args.downsample or ModelScale.from_provenance(
-        getattr(clf.bundle, "provenance", None)).downsample
+    factor = args.downsample or ModelScale.from_provenance(clf.provenance).downsample
     if factor > 1:
         print(f"images are shrunk {factor}x before explaining, as the model's training "
               "images were (--downsample 1 to override); maps are written at full size")

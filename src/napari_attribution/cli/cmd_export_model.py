@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from ..io.model_export import export_program
 
     out = export_program(args.model, args.output, size=args.size, trust=args.trust_model,
-                         overwrite=args.overwrite)
-    print(f"{args.model} -> {out} (torch.export program; channel and class names and "
-          "normalisation recorded inside)")
+                         overwrite=args.overwrite, allow_download=args.allow_download)
+    print(f"{args.model} -> {out} (torch.export program; channel and class names, "
+          "normalisation and training scale recorded inside; loads without --trust-model)")
     return 0
 
 

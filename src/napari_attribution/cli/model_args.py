@@ -11,11 +11,18 @@ MODEL_HELP = ("model: bundle (.safetensors), exported program (.pt2), TorchScrip
               "(legacy) or bioimage.io package (folder with rdf.yaml, or .zip)")
 
 
-def add_trust_argument(p: argparse.ArgumentParser) -> None:
+def add_trust_argument(p: argparse.ArgumentParser, downloads: bool = True) -> None:
     p.add_argument("--trust-model", action="store_true",
-                   help="run a TorchScript/exported model even if it uses operators "
-                        "outside the pure-tensor allowlist (they may read or write files: "
-                        "only for models from a source you trust)")
+                   help="load a model file that can run code when loaded (TorchScript; "
+                        ".pt2 archives with pickles or native libraries; bioimage.io "
+                        "packages whose architecture is not this package's own): only for "
+                        "files from a source you trust. Without it, only bundles, plain "
+                        ".pt2 programs (graph + tensors, as export-model writes) and "
+                        "bioimage.io state dicts of this package's architecture load")
+    if downloads:
+        p.add_argument("--allow-download", action="store_true",
+                       help="fetch bioimage.io weights given as a URL (nothing is "
+                            "downloaded otherwise)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser, name: str = "model") -> None:
@@ -33,4 +40,5 @@ def load_from_args(args: argparse.Namespace, name: str = "model"):
     from ..io.models import load_model
 
     return load_model(getattr(args, name), trust=args.trust_model,
-                      normalize=getattr(args, "normalize", None))
+                      normalize=getattr(args, "normalize", None),
+                      allow_download=getattr(args, "allow_download", False))

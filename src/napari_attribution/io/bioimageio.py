@@ -4,11 +4,18 @@ In: a bioimage.io model package (a folder with ``rdf.yaml``, or its ``.zip``) de
 an image classifier: one image input with ``channel`` and ``y``/``x`` axes (``batch``
 optional), one output with ``batch`` and ``channel`` axes (the classes). Weights:
 
-* ``torchscript``: loaded and scanned like any TorchScript file (``io.model_scan``);
-* ``pytorch_state_dict``: tensors read with torch's restricted unpickler; the
-  architecture is built only from this package's own classes (``import_from``
-  ``napari_attribution.*``) unless ``trust=True``, because an architecture is Python
-  code (a source file in the package, or any importable callable).
+* ``pytorch_state_dict``: tensors read with torch's restricted unpickler, for an
+  architecture named *exactly* in :data:`ARCHITECTURES` (``import_from`` and
+  ``callable`` both equal; its kwargs checked): loads without trust. Any other
+  architecture is Python code (a source file in the package, or any importable
+  callable, this package's own helpers included) and needs ``trust=True``;
+* ``torchscript``: TorchScript can run code when loaded: only with ``trust=True``.
+
+Weights given as a URL are refused unless ``allow_download=True``. A ``.zip`` package is
+checked against the archive limits of ``io.model_trust`` before it is opened.
+Packages written by :func:`export_bioimageio` carry the bundle's exact normaliser and
+training scale in ``config.napari_attribution``; loading them uses those (validated), so
+they predict what the bundle predicts.
 
 The input's declared preprocessing (``scale_range``, ``scale_linear``,
 ``zero_mean_unit_variance``, ``fixed_zero_mean_unit_variance``, ``clip``,
@@ -36,6 +43,22 @@ from ..core.runtime.errors import BundleError
 
 ARCHITECTURE_MODULE = "napari_attribution.core.channels.dcmix"
 ARCHITECTURE_CALLABLE = "build_dcmix"
+#: the module name packages exported before the core was split into subpackages carry
+LEGACY_ARCHITECTURE_MODULE = "napari_attribution.core.dcmix"
+#: (import_from, callable) pairs that load without trust, compared as whole strings (never
+#: imported: each pair stands for this package's own ``build_dcmix``)
+ARCHITECTURES = frozenset({(ARCHITECTURE_MODULE, ARCHITECTURE_CALLABLE),
+                           (LEGACY_ARCHITECTURE_MODULE, ARCHITECTURE_CALLABLE)})
+#: the kwargs of build_dcmix that an untrusted package may set, and their checks
+_DCMIX_KWARGS = {
+    "n_channels": lambda v: isinstance(v, int) and 1 <= v <= 1024,
+    "n_classes": lambda v: isinstance(v, int) and 2 <= v <= 10_000,
+    "n_heads": lambda v: isinstance(v, int) and 1 <= v <= 64,
+    "backbone": lambda v: isinstance(v, str) and len(v) < 64,
+    "width": lambda v: v is None or (isinstance(v, int) and 1 <= v <= 256),
+    "mixing": lambda v: isinstance(v, bool),
+    "output": lambda v: v in ("logits", "probabilities"),
+}
 _PRE_SUPPORTED = ("scale_range", "scale_linear", "zero_mean_unit_variance",
                   "fixed_zero_mean_unit_variance", "clip", "ensure_dtype")
 
@@ -50,12 +73,16 @@ def _spec():
 
 
 def load_bioimageio(path: str | Path, trust: bool = False,
-                    device: str | torch.device = "cpu") -> Classifier:
+                    device: str | torch.device = "cpu",
+                    allow_download: bool = False) -> Classifier:
     """A :class:`Classifier` for the bioimage.io model package at ``path``."""
     from .bundle import file_sha256
+    from .model_trust import check_zip_limits
 
     spec = _spec()
     path = Path(path)
+    if path.is_file():
+        check_zip_limits(path)
     rdf = path
     if path.is_dir():
         rdf = next(p for p in (path / "rdf.yaml", path / "bioimageio.yaml") if p.exists())
@@ -97,19 +124,41 @@ def load_bioimageio(path: str | Path, trust: bool = False,
         if name not in _PRE_SUPPORTED:
             raise BundleError(f"{path}: the input preprocessing {name!r} is not supported "
                               f"(supported: {', '.join(_PRE_SUPPORTED)})")
-    module = _load_weights(descr, path, trust, device)
+    recorded: dict[str, Any] = {}
+    if isinstance(ours, dict):  # our own export: the bundle's normaliser and scale
+        from .model_export import check_model_metadata
+
+        recorded = check_model_metadata(
+            {k: v for k, v in ours.items() if k in ("normalization", "scale")}, path)
+        if recorded.get("normalizer") is not None and recorded["normalizer"].lo is not None \
+                and len(recorded["normalizer"].lo) != len(channel_names):
+            raise BundleError(f"{path}: the recorded normalisation has "
+                              f"{len(recorded['normalizer'].lo)} channel(s) but the "
+                              f"package declares {len(channel_names)}")
+    module = _load_weights(descr, path, trust, device, allow_download)
     probabilities = isinstance(ours, dict) and ours.get("output") == "probabilities"
     wrapped = _AxesAdapter(module, in_axes, log=probabilities)
     root = rdf.parent if rdf.is_file() else path
     sha = file_sha256(path) if path.is_file() else file_sha256(rdf)
+    normalization: Any = {"bioimageio_preprocessing": [
+        {"id": n, "kwargs": json.loads(k.model_dump_json())} for n, k in steps]}
+    normalizer = recorded.get("normalizer")
+    if normalizer is not None:
+        preprocess = normalizer
+        normalization = {**normalizer.to_dict(), **normalization}
+    elif isinstance(ours, dict) and ours.get("normalization") == "none":
+        preprocess = None
+    else:
+        def preprocess(x):
+            return apply_preprocessing(x, steps, in_axes)
+    provenance: dict[str, Any] = {"bioimageio_name": descr.name,
+                                  "bioimageio_id": str(descr.id or ""), "root": str(root)}
+    if "training" in recorded:
+        provenance["data"] = recorded["training"]["data"]
     clf = Classifier(
         module=wrapped, kind="bioimageio", channel_names=channel_names,
-        class_names=class_names, preprocess=lambda x: apply_preprocessing(x, steps, in_axes),
-        normalization={"bioimageio_preprocessing": [
-            {"id": n, "kwargs": json.loads(k.model_dump_json())} for n, k in steps]},
-        path=path, sha256=sha, trusted=trust,
-        provenance={"bioimageio_name": descr.name, "bioimageio_id": str(descr.id or ""),
-                    "root": str(root)})
+        class_names=class_names, preprocess=preprocess, normalization=normalization,
+        path=path, sha256=sha, trusted=trust, provenance=provenance, normalizer=normalizer)
     return clf
 
 
@@ -127,14 +176,56 @@ def _axis(tensor, axis_id: str):
     return next(a for a in tensor.axes if str(a.id) == axis_id)
 
 
-def _load_weights(descr, path: Path, trust: bool, device) -> torch.nn.Module:
+def _architecture_key(entry) -> tuple[str, str] | None:
+    arch = getattr(entry, "architecture", None)
+    import_from = getattr(arch, "import_from", None)
+    if arch is None or import_from is None:
+        return None
+    return str(import_from), str(arch.callable)
+
+
+def _load_weights(descr, path: Path, trust: bool, device, allow_download: bool
+                  ) -> torch.nn.Module:
+    from .model_trust import refuse
+
     w = descr.weights
-    if w.torchscript is not None and (w.pytorch_state_dict is None or not trust):
-        return _load_torchscript_entry(w.torchscript, path, trust, device)
-    if w.pytorch_state_dict is not None:
-        return _load_state_dict_entry(w.pytorch_state_dict, path, trust, device)
+    sd, ts = w.pytorch_state_dict, w.torchscript
+    if sd is not None and (trust or _architecture_key(sd) in ARCHITECTURES):
+        return _load_state_dict_entry(sd, path, trust, device, allow_download)
+    if ts is not None and trust:
+        return _load_torchscript_entry(ts, path, trust, device, allow_download)
+    if sd is not None:
+        key = _architecture_key(sd)
+        arch = sd.architecture
+        where = (f"{key[0]}.{key[1]}" if key else
+                 f"{arch.callable} from a source file in the package")
+        raise refuse(path, f"needs the architecture {where}, which is Python code (only "
+                           f"{', '.join(f'{a}.{b}' for a, b in sorted(ARCHITECTURES))} "
+                           "loads without trust)")
+    if ts is not None:
+        raise refuse(path, "has TorchScript weights, which can run code when loaded")
     raise BundleError(f"{path}: no pytorch_state_dict or torchscript weights (found "
                       f"{[k for k, v in w if v is not None]})")
+
+
+def _check_local(file_descr, path: Path, what: str, allow_download: bool) -> None:
+    """Refuse a package file given as a URL unless downloads were asked for."""
+    source = str(getattr(file_descr, "source", "") or "")
+    if "://" in source and not source.startswith("file://") and not allow_download:
+        raise BundleError(f"{path}: its {what} are at {source[:200]}; nothing is downloaded "
+                          "unless you ask: pass --allow-download (allow_download=True) if "
+                          "you trust that address")
+
+
+def _check_inner_zip(data: io.BytesIO, path: Path, what: str) -> None:
+    """The archive limits on a weights file that is itself a zip (torch.save's format)."""
+    import zipfile
+
+    from .model_trust import check_zip_limits
+
+    if zipfile.is_zipfile(data):
+        check_zip_limits(data, f"{path} ({what})")
+    data.seek(0)
 
 
 def _read(file_descr, what: str) -> io.BytesIO:
@@ -145,48 +236,59 @@ def _read(file_descr, what: str) -> io.BytesIO:
         raise BundleError(f"cannot read the {what} of the package: {err}") from None
 
 
-def _load_torchscript_entry(entry, path: Path, trust: bool, device) -> torch.nn.Module:
+def _load_torchscript_entry(entry, path: Path, trust: bool, device,
+                            allow_download: bool) -> torch.nn.Module:
+    """TorchScript weights: only reached with ``trust=True``."""
     import warnings
 
-    from .model_scan import check_torchscript_archive, scan_torchscript
-
+    _check_local(entry, path, "torchscript weights", allow_download)
     data = _read(entry, "torchscript weights")
-    if not trust:
-        check_torchscript_archive(data, f"{path} (torchscript weights)")
-        data.seek(0)
+    _check_inner_zip(data, path, "torchscript weights")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(data, map_location=device)
-    if not trust:
-        scan_torchscript(module, f"{path} (torchscript weights)")
     return module
 
 
-def _load_state_dict_entry(entry, path: Path, trust: bool, device) -> torch.nn.Module:
+def _build_ours(path: Path, kwargs: dict) -> torch.nn.Module:
+    """build_dcmix with kwargs checked against :data:`_DCMIX_KWARGS` (no trust needed)."""
+    from ..core.channels.dcmix import build_dcmix
+
+    for key, value in kwargs.items():
+        check = _DCMIX_KWARGS.get(key)
+        if check is None or isinstance(value, bool) and key != "mixing" or not check(value):
+            raise BundleError(f"{path}: the architecture argument {key}={value!r} is not "
+                              f"one {ARCHITECTURE_CALLABLE} accepts")
+    return build_dcmix(**kwargs)
+
+
+def _load_state_dict_entry(entry, path: Path, trust: bool, device,
+                           allow_download: bool) -> torch.nn.Module:
     import importlib
 
     arch = entry.architecture
-    import_from = getattr(arch, "import_from", None)
-    if import_from is None or not str(import_from).startswith("napari_attribution"):
-        if not trust:
-            from .model_scan import UnsafeModelError
-
-            where = f"from {import_from}" if import_from else "from a source file in the package"
-            raise UnsafeModelError(
-                f"{path} was not loaded: its pytorch_state_dict weights need an "
-                f"architecture ({arch.callable}) {where}, which is Python code. Load it "
-                "only if you trust where it comes from: pass --trust-model (command "
-                "line), trust=True (Python) or tick 'Trust this model file' (napari).")
-        if import_from is None:
-            raise BundleError(f"{path}: architectures from source files are not supported; "
-                              "use the package's torchscript weights")
+    key = _architecture_key(entry)
+    kwargs = json.loads(json.dumps(dict(arch.kwargs), default=str))
+    _check_local(entry, path, "pytorch_state_dict weights", allow_download)
     try:
-        fn = getattr(importlib.import_module(str(import_from)), str(arch.callable))
-        module = fn(**dict(arch.kwargs))
+        if key in ARCHITECTURES:
+            module = _build_ours(path, kwargs)
+        elif key is None:
+            raise BundleError(f"{path}: architectures from source files are not "
+                              "supported; use the package's torchscript weights")
+        else:  # trusted: any importable callable
+            fn = getattr(importlib.import_module(key[0]), key[1])
+            module = fn(**dict(arch.kwargs))
     except (ImportError, AttributeError, TypeError, ValueError) as err:
+        if isinstance(err, BundleError):
+            raise
         raise BundleError(f"{path}: cannot build the architecture {arch.callable} from "
-                          f"{import_from}: {err}") from None
+                          f"{key[0] if key else 'a source file'}: {err}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise BundleError(f"{path}: the architecture {arch.callable} did not build a torch "
+                          "module")
     data = _read(entry, "pytorch_state_dict weights")
+    _check_inner_zip(data, path, "pytorch_state_dict weights")
     try:
         state = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
@@ -297,6 +399,7 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
     from bioimageio.spec.model import v0_5 as m
 
     from .. import __version__
+    from .model_export import model_scale
     from .models import load_model
 
     clf = load_model(model)
@@ -362,7 +465,8 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
             config={"napari_attribution": {
                 "version": __version__, "channel_names": clf.channel_names,
                 "class_names": clf.class_names, "source_sha256": clf.sha256,
-                "normalization": clf.normalization, "output": "probabilities"}},
+                "normalization": clf.normalization, "output": "probabilities",
+                "scale": model_scale(clf)}},
         )
         from .atomic import atomic_write
 
@@ -380,4 +484,15 @@ def _readme(clf: Classifier) -> str:
     return (f"# DCMIX classifier\n\nChannels: {', '.join(clf.channel_names)}.\n"
             f"Classes: {', '.join(clf.class_names)}.\n\nExported by napari-attribution "
             "from a model bundle. Input: raw images (batch, channel, y, x), normalised by "
-            "the declared preprocessing. Output: class logits.\n")
+            "the declared preprocessing. Output: class probabilities.\n\n"
+            f"Training scale: {_scale_text(clf)}. Shrink raw images the same way "
+            "(average blocks of that many pixels) before the model sees them; "
+            "`config.napari_attribution.scale` records it.\n")
+
+
+def _scale_text(clf: Classifier) -> str:
+    from .model_export import model_scale
+
+    s = model_scale(clf)
+    size = f"{s['input_size']} px inputs" if s["input_size"] else "whole images"
+    return f"images shrunk {s['downsample']}x, {size}"

@@ -1,32 +1,27 @@
-"""Refuse model programs that can do more than tensor arithmetic, before anything runs.
+"""Operator scan of model programs: a second line of defence, not the trust decision.
 
-TorchScript archives and ``torch.export`` programs are programs: besides convolutions
-they can read and write files (``aten::from_file``, ``aten::save``), call custom or
-Python operators, or unpickle arbitrary objects while loading. This module checks them
-against an allowlist of pure tensor operators:
+Whether a file loads without ``trust`` is decided by its format and archive members
+(``io.model_trust``): TorchScript never does; a ``.pt2`` only when it holds nothing but
+the graph as JSON and raw tensors. What loads is then walked against an allowlist of
+pure tensor operators before any forward call:
 
-* :func:`check_torchscript_archive` reads a TorchScript zip *before* ``torch.jit.load``:
-  ``__setstate__`` methods (which TorchScript runs while loading) are refused.
-* :func:`scan_torchscript` walks every method's inlined graph after loading, before any
-  forward call.
-* :func:`restricted_unpickling` forces ``torch.load(weights_only=True)`` inside
-  ``torch.export.load`` (which otherwise falls back to full pickle) and
-  :func:`check_export_archive` refuses the archive's opaque Python objects;
-  :func:`scan_exported` walks the exported graph.
+* :func:`scan_exported` walks an exported program's graphs (refuses custom operators,
+  Python callables outside a short list, file or process operators);
+* :func:`scan_torchscript` walks every method of a TorchScript module (for trusted files
+  it only names what is outside the allowlist, in a warning);
+* :func:`restricted_unpickling` forces ``torch.load(weights_only=True)`` for the duration
+  of a ``torch.export.load`` (the untrusted copy holds no pickle to read; this is a
+  backstop).
 
-A refusal raises :class:`UnsafeModelError` naming the operator; ``trust=True`` at the
-loader skips these checks (the user vouches for the file).
+The scan cannot prove a program harmless (hooks, control flow, what an operator does with
+its arguments): it is not a guarantee, which is why code-bearing formats need trust.
 """
 
 from __future__ import annotations
 
-import re
 import threading
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
@@ -126,6 +121,11 @@ def _kind_allowed(kind: str) -> bool:
     return False
 
 
+def operator_allowed(kind: str) -> bool:
+    """Whether a TorchScript operator kind is on the pure-tensor allowlist."""
+    return kind in _OTHER_TORCHSCRIPT or _kind_allowed(kind)
+
+
 def _refuse(source: str, op: str, why: str = "") -> UnsafeModelError:
     return UnsafeModelError(
         f"{source} was not loaded: it uses the operator {op!r}"
@@ -133,19 +133,6 @@ def _refuse(source: str, op: str, why: str = "") -> UnsafeModelError:
         "could read or write files or run code. Load it only if you trust where it "
         "comes from: pass --trust-model (command line), trust=True (Python) or tick "
         "'Trust this model file' (napari).")
-
-
-def check_torchscript_archive(path: str | Path | BinaryIO, name: str | None = None) -> None:
-    """Refuse a TorchScript zip whose code defines ``__setstate__`` (run at load time).
-    ``path`` may be an open binary file; ``name`` is used in messages."""
-    name = name or str(path)
-    with zipfile.ZipFile(path if hasattr(path, "read") else Path(path)) as z:
-        for member in z.namelist():
-            if "/code/" in member and member.endswith(".py"):
-                text = z.read(member).decode("utf-8", "replace")
-                if re.search(r"def\s+__setstate__\b", text):
-                    raise _refuse(name, "__setstate__",
-                                  "a method TorchScript runs while loading the file")
 
 
 def _walk_block(block) -> Iterator:
@@ -212,17 +199,6 @@ def restricted_unpickling() -> Iterator[None]:
             yield
         finally:
             torch.load = original
-
-
-def check_export_archive(path: str | Path) -> None:
-    """Refuse a ``.pt2`` archive holding opaque or custom Python objects (unpickled with
-    full pickle by ``torch.export.load``)."""
-    path = Path(path)
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            leaf = name.rsplit("/", 1)[-1]
-            if "/constants/" in name and leaf.startswith(("custom_obj", "opaque_obj")):
-                raise _refuse(str(path), leaf, "a Python object unpickled while loading")
 
 
 def exported_ops(program) -> set[str]:

@@ -10,16 +10,21 @@ Formats:
   optional ``bioimageio`` extra;
 * in memory: a ``Classifier``, ``ModelBundle``, ``TrainResult`` or ``torch.nn.Module``.
 
-TorchScript and exported programs are programs, not data: they can call operators that
-read or write files. They are scanned against an allowlist of pure tensor operators
-before any forward call (``io.model_scan``) and refused otherwise, unless
-``trust=True``. Plain pickled models are never unpickled; pickles inside ``.pt2``
-archives go through torch's restricted (weights-only) unpickler unless ``trust=True``.
+What loads without ``trust`` is decided by format, never by scanning code
+(``io.model_trust``): bundles; ``.pt2`` archives holding only the graph as JSON and raw
+tensors (what ``export-model`` writes); bioimage.io packages whose state-dict weights are
+for an exactly named architecture of this package. TorchScript, and ``.pt2`` or
+bioimage.io files with anything else, are refused unless ``trust=True``. Plain pickled
+models are never unpickled. The operator scan (``io.model_scan``) still runs on what
+loads untrusted, as a second line of defence. Every zip is checked against size limits
+before extraction; a first forward call is timed (:func:`probe_call`).
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,17 +40,18 @@ from .bundle import SUFFIX, ModelBundle, file_sha256, load_bundle
 from .model_export import read_export_metadata
 from .model_scan import (
     UnsafeModelError,
-    check_export_archive,
-    check_torchscript_archive,
     restricted_unpickling,
     scan_exported,
-    scan_torchscript,
 )
+from .model_trust import check_zip_limits, refuse, untrusted_pt2_copy
 
 EXPORT_SUFFIXES = (".pt2",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip")
 #: preprocessing for models that record none (``--normalize``)
 NORMALIZE_CHOICES = ("none", "per_field", "per_crop", "per_image")
+#: environment variable: seconds a model's first forward call may take (default 120)
+TIMEOUT_ENV = "NAPARI_ATTRIBUTION_MODEL_TIMEOUT"
+DEFAULT_TIMEOUT = 120.0
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -78,11 +84,16 @@ def _is_export_archive(path: Path) -> bool:
 
 def load_model(source: Any, *, trust: bool = False, device: str | torch.device = "cpu",
                normalize: str | None = None, channel_names: list[str] | None = None,
-               class_names: list[str] | None = None) -> Classifier:
+               class_names: list[str] | None = None, allow_download: bool = False,
+               timeout: float | None = None) -> Classifier:
     """A :class:`Classifier` from a file path or an in-memory model.
 
-    ``trust``: skip the operator scan of TorchScript / exported programs (only for files
-    from a source you trust: they may then read or write files when run).
+    ``trust``: load files that can carry code (TorchScript; ``.pt2`` archives with
+    pickles, native libraries or other members; bioimage.io architectures from
+    elsewhere). Only for files from a source you trust: they can run code when loaded.
+    ``allow_download``: fetch bioimage.io weights given as a URL (refused otherwise).
+    ``timeout``: seconds the first forward call of a loaded file may take (default: the
+    ``NAPARI_ATTRIBUTION_MODEL_TIMEOUT`` environment variable, else 120).
     ``normalize``: preprocessing for models that record none (``none`` or
     ``per_image``); bundles and bioimage.io packages always use their own.
     ``channel_names`` / ``class_names``: names for models that carry none.
@@ -107,10 +118,14 @@ def load_model(source: Any, *, trust: bool = False, device: str | torch.device =
     path = Path(source)
     if not path.exists():
         raise BundleError(f"model file not found: {path}")
+    if path.is_file() and path.stat().st_size > 0 and zipfile.is_zipfile(path):
+        check_zip_limits(path)  # before anything reads a member
     if _is_bioimageio(path):
         from .bioimageio import load_bioimageio
 
-        return load_bioimageio(path, trust=trust, device=device)
+        clf = load_bioimageio(path, trust=trust, device=device,
+                              allow_download=allow_download)
+        return _probed(clf, timeout)
     if path.is_dir():
         raise BundleError(f"{path} is a folder; give a model bundle (.safetensors), an "
                           "exported program (.pt2), a TorchScript file or a bioimage.io "
@@ -124,14 +139,18 @@ def load_model(source: Any, *, trust: bool = False, device: str | torch.device =
                           "an exported program (.pt2) nor a TorchScript archive; plain "
                           "pickled models are not loaded because unpickling can run code")
     if _is_export_archive(path):
-        return _load_export(path, trust, device, normalize, names)
-    return _load_torchscript(path, trust, device, normalize, names)
+        return _probed(_load_export(path, trust, device, normalize, names), timeout)
+    return _probed(_load_torchscript(path, trust, device, normalize, names), timeout)
 
 
 def _load_torchscript(path: Path, trust: bool, device, normalize, names) -> Classifier:
+    if not trust:  # by format: TorchScript runs its own code while loading
+        with zipfile.ZipFile(path) as z:
+            scripted = any("/code/" in f"/{n}" for n in z.namelist())
+        raise refuse(path, "is TorchScript, which can run code when loaded" if scripted
+                     else "is a torch.save pickle archive, not TorchScript or a .pt2 "
+                          "program: unpickling it can run code")
     sha = file_sha256(path)
-    if not trust:
-        check_torchscript_archive(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation warning
@@ -140,25 +159,41 @@ def _load_torchscript(path: Path, trust: bool, device, normalize, names) -> Clas
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise BundleError(f"{path} is not a loadable TorchScript model (a pickled state "
                           f"dict or a truncated file?): {msg}") from None
-    ops = [] if trust else scan_torchscript(module, str(path))
+    ops = _informative_scan(module, path)
     clf = from_module(module, kind="torchscript", normalize=normalize, path=path,
                       sha256=sha, **names)
     clf.trusted, clf.operators = trust, ops
     return clf
 
 
+def _informative_scan(module, path: Path) -> list[str]:
+    """Operators of a trusted TorchScript model; a warning names those outside the
+    pure-tensor allow-list (the user chose to trust the file: nothing is refused)."""
+    from .model_scan import operator_allowed, torchscript_ops
+
+    ops = sorted(torchscript_ops(module))
+    odd = [op for op in ops if not operator_allowed(op)]
+    if odd:
+        warnings.warn(f"{path} (trusted) uses operators outside the pure-tensor allowlist: "
+                      f"{', '.join(odd[:5])}", stacklevel=3)
+    return ops
+
+
 def _load_export(path: Path, trust: bool, device, normalize, names) -> Classifier:
     sha = file_sha256(path)
-    if not trust:
-        check_export_archive(path)
+    meta = read_export_metadata(path)  # malformed metadata is refused before loading
+    # untrusted: an in-memory copy of allow-listed members only (nothing unpickled,
+    # compiled or dlopened); trusted: the file without AOTInductor libraries (never used
+    # here, and loading them leaves aotinductor_* folders behind)
+    source = untrusted_pt2_copy(path) if not trust else _without_aotinductor(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if trust:
-                program = torch.export.load(str(path))
+                program = torch.export.load(source)
             else:
                 with restricted_unpickling():
-                    program = torch.export.load(str(path))
+                    program = torch.export.load(source)
     except Exception as err:  # noqa: BLE001 - deserialisation fails in many ways
         if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err):
             raise UnsafeModelError(
@@ -170,26 +205,104 @@ def _load_export(path: Path, trust: bool, device, normalize, names) -> Classifie
                           f"{msg[:300]}") from None
     ops = [] if trust else scan_exported(program, str(path))
     shape = _example_shape(program)
-    module = program.module()
+    try:
+        module = program.module()
+    except Exception as err:  # noqa: BLE001 - unlifting fails in many ways
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BundleError(f"{path} is not a loadable exported program: {msg[:300]}"
+                          ) from None
     if device is not None and str(device) != "cpu":
         module.to(device)
-    meta = read_export_metadata(path)  # written by export-model: names, normalisation
     names = {k: names[k] or meta.get(k) for k in names}
     clf = from_module(module, kind="export", normalize=normalize, path=path, sha256=sha,
                       n_channels=None if shape is None else shape[1],
                       n_classes=_output_classes(program), **names)
     if "normalization" in meta and normalize is None:
-        try:
-            normalizer = PercentileNormalizer.from_dict(meta["normalization"])
-        except (TypeError, ValueError) as err:
-            raise BundleError(f"{path}: the recorded normalisation is unreadable: {err}"
-                              ) from None
+        normalizer = meta["normalizer"]
+        if normalizer.lo is not None and len(normalizer.lo) != clf.n_channels:
+            raise BundleError(f"{path}: the recorded normalisation has {len(normalizer.lo)} "
+                              f"channel(s) but the model takes {clf.n_channels}")
         clf.preprocess, clf.normalizer = normalizer, normalizer
         clf.normalization = normalizer.to_dict()
     clf.provenance = meta.get("training", {})
     if shape is not None and isinstance(shape[2], int) and _static_hw(program):
         clf.input_size = int(shape[2])
     clf.trusted, clf.operators = trust, ops
+    return clf
+
+
+def _without_aotinductor(path: Path):
+    """``path``, or an in-memory copy without ``data/aotinductor/`` members."""
+    import io
+
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+        if not any("/data/aotinductor/" in f"/{i.filename}" for i in infos):
+            return str(path)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as out:
+            for info in infos:
+                if "/data/aotinductor/" not in f"/{info.filename}":
+                    out.writestr(info, z.read(info))
+    buf.seek(0)
+    return buf
+
+
+def model_timeout(timeout: float | None = None) -> float:
+    """Seconds a model call may take: ``timeout``, else ``$NAPARI_ATTRIBUTION_MODEL_TIMEOUT``,
+    else 120."""
+    if timeout is None:
+        raw = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_TIMEOUT
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise InputError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if not timeout > 0:
+        raise InputError(f"the model time limit must be positive; got {timeout}")
+    return float(timeout)
+
+
+def probe_call(module: torch.nn.Module, x: torch.Tensor, timeout: float, what: str):
+    """``module(x)`` without gradients in a watchdog thread: a model that has not answered
+    within ``timeout`` seconds is refused (``BundleError``). The call itself cannot be
+    stopped: it goes on in a daemon thread until it returns or the process ends."""
+    from ..core.models.classifier import frozen
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            with torch.no_grad(), frozen(module) as net:
+                box["out"] = net(x)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+            box["err"] = err
+
+    thread = threading.Thread(target=run, name="napari-attribution-model-probe",
+                              daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise BundleError(f"{what} did not answer one image within {timeout:g} s (a loop "
+                          f"that never ends?); set {TIMEOUT_ENV} to allow longer")
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+def _probed(clf: Classifier, timeout: float | None) -> Classifier:
+    """``clf`` after one timed forward call on a blank image (see :func:`probe_call`)."""
+    limit = model_timeout(timeout)
+    side = clf.input_size or 64
+    dev = next((p.device for p in clf.module.parameters()), torch.device("cpu"))
+    x = torch.zeros(1, clf.n_channels, side, side, device=dev)
+    try:
+        probe_call(clf.module, x, limit, str(clf.path or "the model"))
+    except BundleError:
+        raise
+    except Exception:  # noqa: BLE001, S110 - shape errors surface later, with context
+        pass
     return clf
 
 
@@ -266,7 +379,7 @@ def from_module(module: torch.nn.Module, *, kind: str = "module",
 
     n_cls = len(class_names) if class_names else n_classes or _n_classes_of(module)
     if n_cls is None:
-        n_cls = _probe_classes(module, n_ch)
+        n_cls = _probe_classes(module, n_ch, None if path is None else str(path))
     normalizer = None if mode == "none" else PercentileNormalizer(
         mode=canonical_mode(mode, "crop"))
     return Classifier(
@@ -279,15 +392,17 @@ def from_module(module: torch.nn.Module, *, kind: str = "module",
         path=path, sha256=sha256, normalizer=normalizer)
 
 
-def _probe_classes(module: torch.nn.Module, n_channels: int) -> int:
-    """The number of classes, from one forward pass on a blank image (only for modules
-    that are the caller's own or passed the operator scan)."""
-    from ..core.models.classifier import frozen
-
+def _probe_classes(module: torch.nn.Module, n_channels: int, what: str | None = None
+                   ) -> int:
+    """The number of classes, from one timed forward pass on a blank image (only for
+    modules that are the caller's own or loaded by the rules above)."""
+    limit = model_timeout()
     for side in (64, 32, 28, 96, 128):
         try:
-            with torch.no_grad(), frozen(module) as net:
-                out = net(torch.zeros(1, n_channels, side, side))
+            out = probe_call(module, torch.zeros(1, n_channels, side, side), limit,
+                             what or "the model")
+        except BundleError:
+            raise
         except Exception:  # noqa: BLE001, S112 - try the next size
             continue
         if isinstance(out, torch.Tensor) and out.ndim == 2:

@@ -66,6 +66,8 @@ class PercentileNormalizer:
         if not 0 <= self.low < self.high <= 100:
             raise InputError(f"percentiles must satisfy 0 <= low < high <= 100; got "
                              f"{self.low}, {self.high}")
+        if self.lo is not None or self.hi is not None:
+            self.lo, self.hi = check_range(self.lo, self.hi)
 
     @property
     def fitted(self) -> bool:
@@ -82,6 +84,8 @@ class PercentileNormalizer:
             rng = np.random.default_rng(seed)
             flat = flat[:, rng.choice(flat.shape[1], max_pixels, replace=False)]
         lo, hi = np.percentile(flat, [self.low, self.high], axis=1)
+        # a constant channel: a range just wide enough to keep lo < hi (maps it to 0)
+        hi = np.where(hi > lo, hi, lo + np.maximum(np.abs(lo) * 1e-6, 1e-6))
         self.lo, self.hi = lo.astype(float).tolist(), hi.astype(float).tolist()
         return self
 
@@ -117,6 +121,29 @@ class PercentileNormalizer:
         mode = canonical_mode(d.get("mode", "per_dataset"), warn=False)  # old bundles
         return cls(mode=mode, low=d.get("low", 1.0), high=d.get("high", 99.8),
                    lo=d.get("lo"), hi=d.get("hi"))
+
+
+def check_range(lo, hi) -> tuple[list[float], list[float]]:
+    """Per-channel ``lo``/``hi`` as float lists, refused unless both are lists of finite
+    numbers of one length with ``lo < hi`` in every channel (``lo >= hi`` would flip or
+    blow up the inputs)."""
+    try:
+        a = np.asarray(lo, np.float64)
+        b = np.asarray(hi, np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"the normalisation range is not numeric (lo={lo!r}, hi={hi!r})"
+                         ) from None
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise InputError(f"the normalisation range needs one lo and one hi per channel; got "
+                         f"{np.shape(lo)} and {np.shape(hi)} values")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise InputError("the normalisation range holds NaN or infinite values")
+    bad = np.flatnonzero(a >= b)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"the normalisation range is empty or reversed in channel {i} "
+                         f"(lo={a[i]:g} >= hi={b[i]:g})")
+    return a.tolist(), b.tolist()
 
 
 def declared_normalization(metadata: dict[str, Any]) -> dict[str, Any] | None:
