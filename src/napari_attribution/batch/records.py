@@ -47,16 +47,19 @@ class ImageRecord:
                    d.get("axes"), dict(d.get("info") or {}))
 
 
-def records_from_ngff_plate(path: str | Path) -> list[ImageRecord]:
+def records_from_ngff_plate(path: str | Path, fill_missing: bool | None = None
+                            ) -> list[ImageRecord]:
     """One record per field of an OME-Zarr (NGFF 0.4) HCS plate: id ``<well>_f<field>``,
     channels from the first field's omero labels; each field is read as one
-    multichannel image (lazily when large)."""
+    multichannel image (lazily when large). Fields with chunks missing on disk are
+    refused, or allowed with a warning (``fill_missing``, see ``io.ngff.read_ngff_plate``;
+    the workers then need ``NAPARI_ATTRIBUTION_ALLOW_MISSING_CHUNKS=1``)."""
     from ..io.ngff import read_ngff_plate
 
     return [ImageRecord(id=f"{f.well}_f{f.field}", well=f.well, site=f.field,
                         paths=(str(f.path),), channel_names=f.channel_names,
                         multichannel=True)
-            for f in read_ngff_plate(path)]
+            for f in read_ngff_plate(path, fill_missing)]
 
 
 def records_from_plate(plate: Any) -> list[ImageRecord]:

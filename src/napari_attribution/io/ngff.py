@@ -12,7 +12,6 @@ inconsistent is an :class:`~napari_attribution.core.errors.InputError` naming th
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -104,20 +103,38 @@ def inside(root: Path, rel: str, what: str) -> Path:
 
 def missing_chunks(arr: Any, folder: Path) -> tuple[int, int]:
     """(missing, expected): chunks (shards for sharded Zarr v3) of the Zarr array stored in
-    ``folder`` that are absent on disk, read as the fill value by zarr. Counted from one
-    listing of the folder, without reading a chunk."""
+    ``folder`` that are absent on disk, which zarr would read as the fill value. Counted
+    from one listing of the folder (each file name decoded as a chunk key), without
+    reading a chunk; the cost follows the files on disk, not the declared size."""
     unit = tuple(int(n) for n in (getattr(arr, "shards", None) or arr.chunks))
-    grid = [max(1, -(-int(s) // c)) for s, c in zip(arr.shape, unit, strict=True)]
-    expected = math.prod(grid)
-    stored: set[str] = set()
+    grid = tuple(max(1, -(-int(s) // c)) for s, c in zip(arr.shape, unit, strict=True))
+    meta = arr.metadata
+    encoding = getattr(meta, "chunk_key_encoding", None)
+    if encoding is not None:  # Zarr v3: "c/0/1/2" (default) or "0.1.2" (v2 encoding)
+        sep = encoding.separator
+        prefix = "c" + sep if encoding.name == "default" else ""
+    else:  # Zarr v2: "0.1.2" or "0/1/2"
+        sep, prefix = getattr(meta, "dimension_separator", None) or ".", ""
+
+    def decode(key: str) -> tuple[int, ...]:
+        if not key.startswith(prefix):
+            raise ValueError(key)
+        return tuple(int(k) for k in key[len(prefix):].split(sep))
+    present: set[tuple[int, ...]] = set()
     for dirpath, _dirs, files in os.walk(folder):
         rel = Path(dirpath).relative_to(folder).as_posix()
-        prefix = "" if rel == "." else rel + "/"
-        stored.update(prefix + f for f in files)
-    encode = arr.metadata.encode_chunk_key
-    present = sum(1 for coords in itertools.product(*map(range, grid))
-                  if encode(coords) in stored)
-    return expected - present, expected
+        for name in files:
+            key = name if rel == "." else f"{rel}/{name}"
+            try:
+                coords = tuple(decode(key))
+            except (ValueError, IndexError, TypeError):
+                continue  # metadata files and anything that is not a chunk
+            if (len(coords) == len(grid)
+                    and all(0 <= c < g for c, g in zip(coords, grid, strict=True))
+                    and meta.encode_chunk_key(coords) == key):
+                present.add(coords)
+    expected = math.prod(grid)
+    return expected - len(present), expected
 
 
 def check_chunks(arr: Any, folder: Path, where: Path, rel: str,
