@@ -312,8 +312,12 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
     with tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)
         weights = tmpd / "weights.pt"
+        # in memory, then written by Python: torch's zip writer turns a full disk into a
+        # RuntimeError from C++ (or, in a destructor, an abort) instead of an OSError
+        buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in clf.module.state_dict().items()},
-                   weights)
+                   buffer)
+        weights.write_bytes(buffer.getvalue())
         rng = np.random.default_rng(0)
         test_in = rng.random((1, clf.n_channels, size, size)).astype(np.float32)
         np.save(tmpd / "test_input.npy", test_in)
