@@ -162,8 +162,23 @@ def _ngff_image(path, arr, dataset="0", chunks=(1, 32, 32)):
     return path
 
 
+def _bundle(tmp_path, n_channels):
+    """A small untrained model bundle (for the command line)."""
+    import torch
+
+    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.normalization import PercentileNormalizer
+    from napari_attribution.io.bundle import save_bundle
+
+    torch.manual_seed(0)
+    return save_bundle(tmp_path / "m.safetensors",
+                       DCMIXClassifier(ModelConfig(n_channels, 2, width=8)).eval(),
+                       ["dna", "gfp"][:n_channels], ["neg", "pos"],
+                       PercentileNormalizer(mode="per_crop"))
+
+
 def test_ngff_missing_chunks_are_refused_or_filled_with_a_named_warning(tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, capsys):
     from napari_attribution.io.ngff import FILL_MISSING_ENV, MissingChunksWarning
 
     monkeypatch.delenv(FILL_MISSING_ENV, raising=False)
@@ -188,6 +203,17 @@ def test_ngff_missing_chunks_are_refused_or_filled_with_a_named_warning(tmp_path
         np.testing.assert_array_equal(np.asarray(read_image(path, lazy=True).data), expected)
     with pytest.raises(InputError, match="are missing"):  # an explicit False wins
         read_image(path, fill_missing=False)
+    monkeypatch.delenv(FILL_MISSING_ENV)
+    from napari_attribution.cli import main  # explain: exit 2, or the flag and a warning
+
+    args = ["explain", str(_bundle(tmp_path, 2)), str(path), "-o", str(tmp_path / "m.ome.tif"),
+            "-m", "saliency", "--no-evidence-check", "--device", "cpu", "-q"]
+    capsys.readouterr()
+    assert main(args) == 2 and not (tmp_path / "m.ome.tif").exists()
+    assert "2 of the 8 chunks of array '0' are missing" in capsys.readouterr().err
+    assert main([*args, "--allow-missing-chunks"]) == 0 and (tmp_path / "m.ome.tif").exists()
+    out = capsys.readouterr().out
+    assert "warning: " in out and "read as the fill value (0)" in out
 
 
 def test_zarr_declaring_40000_squared_is_refused_quickly(tmp_path, capsys):
@@ -216,16 +242,7 @@ def test_zarr_declaring_40000_squared_is_refused_quickly(tmp_path, capsys):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert seconds < 2.0 and peak < 20 * 1024**2
-    import torch
-
-    from napari_attribution.core.dcmix import DCMIXClassifier, ModelConfig
-    from napari_attribution.core.normalization import PercentileNormalizer
-    from napari_attribution.io.bundle import save_bundle
-
-    torch.manual_seed(0)
-    model = save_bundle(tmp_path / "m.safetensors",
-                        DCMIXClassifier(ModelConfig(1, 2, width=8)).eval(), ["dna"],
-                        ["neg", "pos"], PercentileNormalizer(mode="per_crop"))
+    model = _bundle(tmp_path, 1)
     assert main(["explain", str(model), str(one), "-o", str(tmp_path / "m.ome.tif"),
                  "--device", "cpu", "-q"]) == 2
     err = capsys.readouterr().err.strip()
