@@ -13,6 +13,7 @@ zarr = pytest.importorskip("zarr")
 
 from napari_attribution.batch import BatchConfig, records_from_plate, run_batch  # noqa: E402
 from napari_attribution.batch.records import (  # noqa: E402
+    check_records,
     open_record,
     read_record,
     records_from_ngff_plate,
@@ -320,19 +321,24 @@ def test_ngff_plate_fields_with_missing_chunks_are_refused_or_allowed(tmp_path, 
               for w in ("A/1", "B/1")}
     plate = write_ngff_plate(tmp_path / "holes.zarr", fields)
     (plate / "B" / "1" / "0" / "0" / "1.1.0").unlink()  # chunks (1, 32, 32): 8 per field
-    with pytest.raises(InputError, match=r"1 field\(s\) of the plate have missing chunks "
-                                         r"\(1 in all\): B/1/0 \(1 of 8 chunks\)"):
-        records_from_ngff_plate(plate)
+    records = records_from_ngff_plate(plate)  # listing reads no chunk
+    with pytest.raises(InputError, match=r"1 image\(s\) have missing chunks \(1 in all\): "
+                                         r"B01_f0 \(.*holes.zarr/B/1/0\) \(1 of 8 chunks\)"):
+        check_records(records)
     out = tmp_path / "out.zarr"
     args = ["batch", str(plate), "--model", str(bundle_path), "-o", str(out), "--workers",
             "1", "--threads", "--device", "cpu", "-q"]
-    assert main(args) == 2
+    assert main(args) == 2  # refused before any work: no store
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "B/1/0 (1 of 8 chunks)" in err and not out.exists()
-    with pytest.warns(MissingChunksWarning, match="B/1/0"):
-        assert len(records_from_ngff_plate(plate, fill_missing=True)) == 2
+    assert err.count("\n") == 0 and "(1 of 8 chunks)" in err and not out.exists()
+    with pytest.warns(MissingChunksWarning, match="B01_f0"):
+        check_records(records, fill_missing=True)
     assert main([*args, "--allow-missing-chunks"]) == 0
-    assert "warning: " in capsys.readouterr().out and FILL_MISSING_ENV not in os.environ
+    printed = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("warning: ")]
+    assert len(printed) == 2 and "1 image(s) have missing chunks" in printed[0]  # the plan
+    assert "1 of the 8 chunks of array '0'" in printed[1]  # the worker reading the field
+    assert FILL_MISSING_ENV not in os.environ
     from napari_attribution.batch import open_result
     from napari_attribution.io.bundle import load_bundle
 

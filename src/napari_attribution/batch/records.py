@@ -47,19 +47,16 @@ class ImageRecord:
                    d.get("axes"), dict(d.get("info") or {}))
 
 
-def records_from_ngff_plate(path: str | Path, fill_missing: bool | None = None
-                            ) -> list[ImageRecord]:
+def records_from_ngff_plate(path: str | Path) -> list[ImageRecord]:
     """One record per field of an OME-Zarr (NGFF 0.4) HCS plate: id ``<well>_f<field>``,
     channels from the first field's omero labels; each field is read as one
-    multichannel image (lazily when large). Fields with chunks missing on disk are
-    refused, or allowed with a warning (``fill_missing``, see ``io.ngff.read_ngff_plate``;
-    the workers then need ``NAPARI_ATTRIBUTION_ALLOW_MISSING_CHUNKS=1``)."""
+    multichannel image (lazily when large)."""
     from ..io.ngff import read_ngff_plate
 
     return [ImageRecord(id=f"{f.well}_f{f.field}", well=f.well, site=f.field,
                         paths=(str(f.path),), channel_names=f.channel_names,
                         multichannel=True)
-            for f in read_ngff_plate(path, fill_missing)]
+            for f in read_ngff_plate(path)]
 
 
 def records_from_plate(plate: Any) -> list[ImageRecord]:
@@ -149,9 +146,13 @@ def record_shape(record: ImageRecord, downsample: int = 1) -> tuple[int, int, in
     return c, h // downsample, w // downsample
 
 
-def check_records(records: Sequence[ImageRecord], n_channels: int | None = None) -> None:
-    """Raise :class:`InputError` for an empty list, duplicate ids, missing files or a
-    channel count other than the model's (listing the first few offenders)."""
+def check_records(records: Sequence[ImageRecord], n_channels: int | None = None,
+                  fill_missing: bool | None = None) -> None:
+    """Raise :class:`InputError` for an empty list, duplicate ids, missing files, OME-Zarr
+    images with chunks missing on disk (all listed in one error; with ``fill_missing``
+    or ``NAPARI_ATTRIBUTION_ALLOW_MISSING_CHUNKS=1`` one warning instead, see
+    ``io.ngff.report_holes``) or a channel count other than the model's (listing the
+    first few offenders)."""
     if not records:
         raise InputError("no images to process (empty plate or no file matched the pattern)")
     ids = [r.id for r in records]
@@ -163,6 +164,16 @@ def check_records(records: Sequence[ImageRecord], n_channels: int | None = None)
     if missing:
         raise InputError(f"{len(missing)} image file(s) are missing, e.g. "
                          f"{', '.join(missing[:5])}")
+    from ..io.ngff import image_holes, is_ngff_image, report_holes
+
+    holes = []  # OME-Zarr images with chunks missing: refused before any work
+    for r in records:
+        for p in r.paths:
+            if is_ngff_image(p):
+                missing, expected = image_holes(p)
+                if missing:
+                    holes.append((f"{r.id} ({p})", missing, expected))
+    report_holes("image(s)", holes, fill_missing)
     if n_channels is not None:
         bad = [r.id for r in records
                if r.channel_names and len(r.channel_names) != n_channels]

@@ -9,9 +9,6 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 def add_overwrite_argument(p: argparse.ArgumentParser, what: str = "output files") -> None:
@@ -47,20 +44,27 @@ def missing_chunks_allowed(allow: bool) -> Iterator[None]:
             os.environ[FILL_MISSING_ENV] = old
 
 
-def noting_missing_chunks(read: Callable[[], T]) -> tuple[T, list[str]]:
-    """``read()`` and the missing-chunk warnings it gave, as plain lines to print."""
+@contextmanager
+def printing_missing_chunks() -> Iterator[None]:
+    """While a command runs, print the readers' missing-chunk warnings as plain
+    ``warning: ...`` lines (once each), when they happen; other warnings as usual."""
     from ..io.ngff import MissingChunksWarning
 
-    with warnings.catch_warnings(record=True) as caught:
+    seen: set[str] = set()
+    with warnings.catch_warnings():
         warnings.simplefilter("always", MissingChunksWarning)
-        out = read()
-    lines = []
-    for w in caught:
-        if issubclass(w.category, MissingChunksWarning):
-            lines.append(str(w.message))
-        else:  # anything else: shown as Python would have shown it
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    return out, lines
+        show = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, MissingChunksWarning):
+                return show(message, category, filename, lineno, file, line)
+            if str(message) not in seen:
+                seen.add(str(message))
+                print(f"warning: {message}", flush=True)
+            return None
+
+        warnings.showwarning = showwarning
+        yield
 
 
 def _number(kind: type, low: float | None, high: float | None, low_open: bool,

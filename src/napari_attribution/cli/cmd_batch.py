@@ -10,8 +10,8 @@ from ..core.errors import InputError
 from ._checks import (
     add_missing_chunks_argument,
     missing_chunks_allowed,
-    noting_missing_chunks,
     positive_int,
+    printing_missing_chunks,
 )
 from .model_args import add_trust_argument
 from .progress_bar import run_with_bar
@@ -78,7 +78,7 @@ def add_plate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with missing_chunks_allowed(args.allow_missing_chunks):
+    with missing_chunks_allowed(args.allow_missing_chunks), printing_missing_chunks():
         return _run(args)
 
 
@@ -102,9 +102,7 @@ def _run(args: argparse.Namespace) -> int:
             raise InputError(f"{args.plate} is an OME-Zarr plate: its wells, fields and "
                              "channels come from its metadata; drop --pattern, --bbbc013, "
                              "--channels and --plate-map")
-        records, notes = noting_missing_chunks(lambda: records_from_ngff_plate(args.plate))
-        for note in notes:
-            print(f"warning: {note}")
+        records = records_from_ngff_plate(args.plate)
         channel_names = list(records[0].channel_names)
     else:
         plate = open_plate(args)

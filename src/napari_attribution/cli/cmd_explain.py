@@ -14,8 +14,8 @@ from ..core.inference import ModelScale, expand, shrink
 from ._checks import (
     add_missing_chunks_argument,
     add_overwrite_argument,
-    noting_missing_chunks,
     positive_int,
+    printing_missing_chunks,
 )
 from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
@@ -108,9 +108,8 @@ def run(args: argparse.Namespace) -> int:
               "images were (--downsample 1 to override); maps are written at full size")
     fill = True if args.allow_missing_chunks else None  # None: the environment decides
     for image, out_path in zip(args.images, outputs, strict=True):
-        raw, notes = noting_missing_chunks(lambda image=image: read_images(image, fill))
-        for note in notes:
-            print(f"warning: {note}")
+        with printing_missing_chunks():
+            raw = read_images(image, fill)
         clf.check_channels(raw.shape[1], f"{image}")
         result = run_with_bar(clf.explain(shrink(raw, factor), target, method=args.method,
                                           per_channel=args.per_channel, device=args.device,

@@ -280,14 +280,13 @@ class NgffField:
     channel_names: tuple[str, ...]
 
 
-def read_ngff_plate(path: str | Path, fill_missing: bool | None = None) -> list[NgffField]:
+def read_ngff_plate(path: str | Path) -> list[NgffField]:
     """Every field of the NGFF HCS plate at ``path`` in plate order (rows, columns, then
     field order), with channel names from the first field's ``omero`` labels.
 
-    Every well and field path must stay inside the plate, and every field's chunks must
-    be on disk (fields with missing chunks are listed in one :class:`InputError`, or in
-    one :class:`MissingChunksWarning` when ``fill_missing`` allows them); no pixel is
-    read."""
+    Every well and field path must stay inside the plate; no pixel is read. (Fields with
+    chunks missing on disk are found by :func:`image_holes`, which batch runs call for
+    every image before any work: ``batch.records.check_records``.)"""
     from .plate.plate_map import normalise_well
 
     path = Path(path)
@@ -301,8 +300,6 @@ def read_ngff_plate(path: str | Path, fill_missing: bool | None = None) -> list[
         raise InputError(f"{path}: the plate metadata list no wells")
     out: list[NgffField] = []
     names: tuple[str, ...] | None = None
-    holes: list[str] = []
-    n_missing = 0
     for w in wells:
         wpath = str(w.get("path", "")) if isinstance(w, dict) else ""
         parts = wpath.split("/")
@@ -325,26 +322,39 @@ def read_ngff_plate(path: str | Path, fill_missing: bool | None = None) -> list[
             if not is_ngff_image(field_dir):
                 raise InputError(f"{field_dir}: field {fpath!r} of well {wpath} is not an "
                                  "OME-Zarr image")
-            arr, _m, _d, _axes, letters, rel = _open_dataset(field_dir)
-            missing, expected = missing_chunks(arr, field_dir / rel)
-            if missing:
-                holes.append(f"{wpath}/{fpath} ({missing} of {expected} chunks)")
-                n_missing += missing
             if names is None:
+                arr, _m, _d, _axes, letters, _rel = _open_dataset(field_dir)
                 n_c = int(arr.shape[letters.index("C")]) if "C" in letters else 1
                 labels = _labels(field_dir)
                 names = tuple(labels) if (len(labels) == n_c and all(labels)
                                           and len(set(labels)) == n_c) else \
                     tuple(f"ch{i}" for i in range(n_c))
             out.append(NgffField(well, fpath, field_dir, names))
-    if holes:
-        shown = ", ".join(holes[:5]) + (" ..." if len(holes) > 5 else "")
-        what = (f"{path}: {len(holes)} field(s) of the plate have missing chunks "
-                f"({n_missing} in all): {shown}")
-        if not allow_missing_chunks(fill_missing):
-            raise InputError(f"{what}; refusing to read them as the fill value. If the "
-                             "fields were written without their empty chunks, allow them "
-                             f"with --allow-missing-chunks ({FILL_MISSING_ENV}=1)")
-        warnings.warn(f"{what}; they are read as the fill value because missing chunks "
-                      "were allowed", MissingChunksWarning, stacklevel=2)
     return out
+
+
+def image_holes(path: str | Path) -> tuple[int, int]:
+    """(missing, expected) chunks of the full-resolution array of an NGFF image group,
+    from its metadata and one listing of its folder (no pixel read)."""
+    path = Path(path)
+    arr, _m, _d, _axes, _letters, rel = _open_dataset(path)
+    return missing_chunks(arr, path / rel)
+
+
+def report_holes(what: str, holes: list[tuple[str, int, int]],
+                 fill_missing: bool | None = None) -> None:
+    """One :class:`InputError` listing the images with missing chunks (name, missing,
+    expected), or one :class:`MissingChunksWarning` when ``fill_missing`` (or the
+    environment) allows them; nothing when ``holes`` is empty."""
+    if not holes:
+        return
+    shown = ", ".join(f"{name} ({m} of {n} chunks)" for name, m, n in holes[:5])
+    text = (f"{len(holes)} {what} have missing chunks "
+            f"({sum(m for _, m, _ in holes)} in all): {shown}"
+            f"{' ...' if len(holes) > 5 else ''}")
+    if not allow_missing_chunks(fill_missing):
+        raise InputError(f"{text}; refusing to read them as the fill value. If they were "
+                         "written without their empty chunks, allow them with "
+                         f"--allow-missing-chunks ({FILL_MISSING_ENV}=1)")
+    warnings.warn(f"{text}; they are read as the fill value because missing chunks were "
+                  "allowed", MissingChunksWarning, stacklevel=3)
