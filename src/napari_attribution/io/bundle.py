@@ -191,7 +191,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
                           f"{len(meta['channel_names'])} channel names for "
                           f"{config.n_channels} channels")
     model.eval().to(device)
-    importance = _importance(path, meta.get("importance"), config)
+    importance = _importance(path, meta.get("importance"), config,
+                             list(meta["channel_names"]))
     checks, unreadable = check_reports(meta, list(meta["class_names"]),
                                        list(meta["channel_names"]))
     return ModelBundle(
@@ -227,13 +228,20 @@ _CONFIG_RANGES = {"n_channels": (1, 4096), "n_classes": (2, 100_000), "n_heads":
                   "width": (1, 65_536)}
 
 
-def _importance(path: Path, imp: Any, config: ModelConfig) -> ChannelImportance | None:
+def _importance(path: Path, imp: Any, config: ModelConfig, channels: list[str]
+                ) -> ChannelImportance | None:
     """The stored DCMIX channel importance, refused when unreadable, of the wrong shape
     for the model, or not finite (NaN would print as a ranking)."""
     if imp is None:
         return None
+    if not isinstance(imp, dict) or imp.get("channel_names") != channels:
+        raise BundleError(f"{path}: the stored channel importance does not name the model's "
+                          f"channels {channels}")
     try:
         importance = ChannelImportance.from_dict(imp)
+        if not isinstance(importance.extra, dict) or not _is_number(
+                importance.baseline_accuracy, none_ok=True):
+            raise ValueError("'extra' must be an object, 'baseline_accuracy' a number")
         arrays = {k: getattr(importance, k) for k in (
             "weights", "head_effect", "overall", "ablation_accuracy_drop",
             "ablation_loss_increase", "ablation_drop_interval", "ablation_loss_interval")}
@@ -313,17 +321,52 @@ def _report_problem(key: str, block: Any, classes: list[str], channels: list[str
                 not all(c in support and _is_number(support[c]) for c in recall):
             return "'per_class_recall' and 'support' must give a number per class"
     if key in ("importance_repeats", "retrain_check"):
-        n = len(block["channel_names"])
+        names = block["channel_names"]
+        n = len(names)
+        if not names or not all(isinstance(c, str) for c in names):
+            return "'channel_names' must be a non-empty list of names"
         if key == "importance_repeats" and not all(
                 len(block[s]) == n and all(_is_number(v) for v in block[s])
                 for s in ("mean", "std", "min", "max")):
             return f"'mean', 'std', 'min' and 'max' must hold {n} numbers"
+        if key == "importance_repeats" and not (
+                isinstance(block.get("balanced_accuracy") or [], list)
+                and all(_is_number(v) for v in block.get("balanced_accuracy") or [])):
+            return "'balanced_accuracy' must be a list of numbers"
         if key == "retrain_check" and not all(
                 _is_number(block["alone"].get(c)) and
-                _is_number(block["without"].get(c), none_ok=True)
-                for c in block["channel_names"]):
+                _is_number(block["without"].get(c), none_ok=True) for c in names):
             return "'alone' and 'without' must give a number per channel"
+    render = _RENDER.get(key)
+    if render is not None:  # the report's own reader and formatter must accept it
+        try:
+            render(block)
+        except Exception as err:  # noqa: BLE001 - any failure there means malformed
+            return f"unreadable: {type(err).__name__}: {err}"[:200]
     return None
+
+
+def _render_validation(block: dict) -> str:
+    from ..core.classification import format_classification_report
+
+    return format_classification_report(block)
+
+
+def _render_shortcut(block: dict) -> str:
+    from ..core.shortcut import ShortcutCheck, format_shortcut
+
+    return format_shortcut(ShortcutCheck.from_dict(block))
+
+
+def _render_posthoc(block: list) -> str:
+    from ..core.posthoc import PosthocImportance, format_posthoc
+
+    return format_posthoc([PosthocImportance.from_dict(d) for d in block])
+
+
+#: reports whose reader and formatter live in core: a stored report must pass through them
+_RENDER = {"validation": _render_validation, "shortcut_check": _render_shortcut,
+           "posthoc_importance": _render_posthoc}
 
 
 def check_reports(meta: dict[str, Any], classes: list[str], channels: list[str]
