@@ -168,11 +168,11 @@ def check_records(records: Sequence[ImageRecord], n_channels: int | None = None,
 
     holes = []  # OME-Zarr images with chunks missing: refused before any work
     for r in records:
-        for p in r.paths:
-            if is_ngff_image(p):
-                missing, expected = image_holes(p)
-                if missing:
-                    holes.append((f"{r.id} ({p})", missing, expected))
+        for path in r.paths:
+            if is_ngff_image(path):
+                n_missing, expected = image_holes(path)
+                if n_missing:
+                    holes.append((f"{r.id} ({path})", n_missing, expected))
     report_holes("image(s)", holes, fill_missing)
     if n_channels is not None:
         bad = [r.id for r in records
