@@ -10,7 +10,13 @@
    lazy) and through ``read_array(lazy=True)`` (the batch/plate call); a 512x512 view of
    each channel is computed. Peak resident memory (``ru_maxrss``) of that process is
    reported.
-Writes JSON to benchmarks/results/reader_limits.json and prints the figures.
+3. OME-Zarr (``--zarr-side``, default 40000): an image group declaring 1 x side x side
+   uint16 with no chunk written (a few hundred bytes on disk) and one declaring 2 x side x
+   side are opened with ``read_image``: time and traced peak memory to the refusal
+   (missing chunks; the size limit); and the cost of the missing-chunk check on a whole
+   2 x 8192 x 8192 image of 256 x 256 chunks, against reading it.
+Writes JSON to benchmarks/results/reader_limits.json (``--zarr-only``: only part 3, to
+reader_limits_zarr.json) and prints the figures.
 """
 
 from __future__ import annotations
@@ -65,17 +71,85 @@ print(json.dumps({"layers": len(layers), "layer_type": type(layers[0][0]).__name
 """
 
 
+def _ngff(path: Path, shape: tuple, chunks: tuple, data=None):
+    """A (C, Y, X) NGFF 0.4 image group; no chunk is written unless ``data``."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = group.create_array("0", shape=shape, chunks=chunks, dtype="uint16")
+    if data is not None:
+        arr[:] = data
+    group.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}], "axes": [
+        {"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"}]}]
+    return arr
+
+
+def zarr_cases(tmp: Path, side: int) -> dict:
+    """Part 3: OME-Zarr images declaring more than is on disk."""
+    import tracemalloc
+
+    from napari_attribution.core.runtime.errors import InputError
+    from napari_attribution.io.ngff import missing_chunks
+    from napari_attribution.io.readers import read_image
+
+    out: dict = {}
+    for name, channels in (("declared_1ch", 1), ("declared_2ch", 2)):
+        path = tmp / f"{name}.ome.zarr"
+        _ngff(path, (channels, side, side), (1, 1024, 1024))
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        try:
+            read_image(path)
+            message = "read (not refused)"
+        except InputError as err:
+            message = str(err)
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        out[name] = {"shape": [channels, side, side], "seconds": seconds,
+                     "traced_peak_mb": peak / 1e6, "message": message}
+        print(f"OME-Zarr {channels}x{side}x{side} declared: {seconds * 1000:.0f} ms, "
+              f"{peak / 1e6:.1f} MB traced -> {message[:120]}")
+    whole = tmp / "whole.ome.zarr"
+    data = np.random.default_rng(0).integers(1, 4000, (2, 8192, 8192), dtype=np.uint16)
+    arr = _ngff(whole, data.shape, (1, 256, 256), data)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        counted = missing_chunks(arr, whole / "0")
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    read_image(whole)
+    read_seconds = time.perf_counter() - t0
+    out["chunk_check"] = {"shape": list(data.shape), "chunks": counted[1],
+                          "missing": counted[0], "check_seconds_median": sorted(times)[2],
+                          "read_seconds": read_seconds}
+    print(f"missing-chunk check of a whole 2x8192x8192 image ({counted[1]} chunks): "
+          f"{sorted(times)[2] * 1000:.1f} ms (reading it: {read_seconds:.2f} s)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--side", type=int, default=50000)
     ap.add_argument("--lazy-side", type=int, default=20000)
+    ap.add_argument("--zarr-side", type=int, default=40000)
+    ap.add_argument("--zarr-only", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from napari_attribution.core.runtime.errors import InputError
     from napari_attribution.io.readers import read_image
 
     out: dict = {"python": platform.python_version()}
+    if args.zarr_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            out["zarr"] = zarr_cases(Path(tmp), args.zarr_side)
+        dest = ROOT / "benchmarks" / "results" / "reader_limits_zarr.json"
+        dest.write_text(json.dumps(out, indent=2) + "\n")
+        return
     with tempfile.TemporaryDirectory() as tmp:
+        out["zarr"] = zarr_cases(Path(tmp), args.zarr_side)
         big = Path(tmp) / "declared.tif"
         write_declared(big, args.side)
         t0 = time.perf_counter()

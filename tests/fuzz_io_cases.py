@@ -204,9 +204,11 @@ def plate_map_cases(draw):
                 row[c] = draw(st.text(alphabet=st.characters(blacklist_categories=["Cs"]),
                                       max_size=8))
         rows.append(row)
+    delimiter = draw(st.sampled_from([",", ",", ";", "\t"]))
     return {"columns": columns, "rows": rows, "garbage": draw(st.binary(max_size=40)),
             "use_garbage": draw(st.integers(0, 9)) == 0,
-            "row_col": draw(st.integers(0, 3)) == 0}
+            "row_col": draw(st.integers(0, 3)) == 0, "delimiter": delimiter,
+            "decimal_comma": delimiter != "," and draw(st.booleans())}
 
 
 def run_plate_map_case(case: dict, folder: Path) -> str:
@@ -219,9 +221,12 @@ def run_plate_map_case(case: dict, folder: Path) -> str:
         path.write_bytes(case["garbage"])
     else:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=case["columns"])
+        delimiter = case.get("delimiter", ",")
+        writer = csv.DictWriter(buf, fieldnames=case["columns"], delimiter=delimiter)
         writer.writeheader()
-        writer.writerows(case["rows"])
+        for r in case["rows"]:  # ';'-separated files from many locales: "2,5" for 2.5
+            writer.writerow({k: v.replace(".", ",") if case.get("decimal_comma") and
+                             k in ("dose", "control") else v for k, v in r.items()})
         path.write_text(buf.getvalue(), encoding="utf-8")
     kw = {"row_column": "row", "col_column": "col"} if case["row_col"] else {}
     try:
@@ -251,7 +256,9 @@ def run_plate_map_case(case: dict, folder: Path) -> str:
 # ----------------------------------------------------------------------------- bundles
 
 META_KEYS = ["format", "format_version", "config", "channel_names", "class_names",
-             "normalization", "provenance", "importance"]
+             "normalization", "provenance", "importance", "validation", "study_design",
+             "shortcut_check", "posthoc_importance", "importance_repeats", "retrain_check"]
+CONFIG_KEYS = ["n_channels", "n_classes", "n_heads", "width"]
 ODD_VALUES = [None, 0, -1, 1.5, "x", "", [], {}, [1, 2], ["a"], {"a": 1}, True, 10**9,
               float("nan")]
 
@@ -259,8 +266,8 @@ ODD_VALUES = [None, 0, -1, 1.5, "x", "", [], {}, [1, 2], ["a"], {"a": 1}, True, 
 @st.composite
 def bundle_cases(draw):
     edits = draw(st.lists(st.tuples(st.sampled_from(META_KEYS), st.sampled_from(
-        ["delete", "replace", "nested"]), st.sampled_from(range(len(ODD_VALUES)))),
-        max_size=3))
+        ["delete", "replace", "nested", "deep", "config"]),
+        st.sampled_from(range(len(ODD_VALUES)))), max_size=3))
     return {"edits": edits, "raw_text": draw(st.one_of(st.none(), st.text(max_size=40)))}
 
 
@@ -276,6 +283,10 @@ def run_bundle_case(case: dict, base_meta: dict, state: dict, folder: Path) -> s
             meta.pop(key, None)
         elif how == "replace":
             meta[key] = value
+        elif how == "config" and isinstance(meta.get("config"), dict):
+            meta["config"][CONFIG_KEYS[vi % len(CONFIG_KEYS)]] = value
+        elif how == "deep" and isinstance(meta.get(key), dict | list) and meta[key]:
+            _deep_edit(meta[key], vi, value)  # one level further down
         elif isinstance(meta.get(key), dict) and meta[key]:
             sub = sorted(meta[key])[vi % len(meta[key])]
             meta[key][sub] = value
@@ -296,4 +307,30 @@ def run_bundle_case(case: dict, base_meta: dict, state: dict, folder: Path) -> s
     assert all(isinstance(c, str) for c in bundle.channel_names), bundle.channel_names
     assert all(isinstance(c, str) for c in bundle.class_names), bundle.class_names
     assert n_c == bundle.n_channels and n_k >= 2
+    # and its stored importance and reports must print (what `channels` shows)
+    from napari_attribution.cli.cmd_channels import (
+        format_checks,
+        format_importance,
+        report_json,
+    )
+
+    try:
+        if bundle.importance is not None:
+            for fmt in ("text", "csv"):
+                format_importance(bundle.importance, fmt)
+        format_checks(bundle.warnings, bundle.checks)
+        json.dumps(report_json(bundle.importance, bundle.warnings, bundle.checks))
+    except Exception as err:
+        raise AssertionError(f"a loaded bundle does not print: raw {type(err).__name__}: "
+                             f"{err}") from err
     return _count("bundle", "correct")
+
+
+def _deep_edit(node, vi: int, value) -> None:
+    """Replace one value one level below ``node`` (a dict's value's item, or a list's)."""
+    child = node[sorted(node)[vi % len(node)]] if isinstance(node, dict) else \
+        node[vi % len(node)]
+    if isinstance(child, dict) and child:
+        child[sorted(child)[vi % len(child)]] = value
+    elif isinstance(child, list) and child:
+        child[vi % len(child)] = value

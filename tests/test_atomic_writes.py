@@ -221,3 +221,39 @@ def test_cli_turns_a_stray_oserror_into_one_line(monkeypatch, capsys):
     assert cli.main([]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: /data/x.zarr/0/0: No space left on device ([Errno 28])"
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".zip"])
+def test_export_model_on_a_full_disk_is_one_line_not_an_abort(tmp_path, bundle, suffix):
+    """torch's zip writer ends its archive in a C++ destructor: a write failing there
+    aborted the process (SIGABRT). A real write failure (the file size limit, EFBIG, as a
+    disk filling up gives ENOSPC) must be one line, exit 2, and leave nothing behind."""
+    import importlib.util
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import napari_attribution
+
+    if suffix == ".zip" and importlib.util.find_spec("bioimageio") is None:
+        pytest.skip("bioimage.io export needs bioimageio.spec (not installed)")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(napari_attribution.__file__).parents[1]),
+           "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "napari_attribution.cli", "export-model",
+                           str(bundle), "-o", str(out / f"model{suffix}")],
+                          preexec_fn=small_files, capture_output=True, text=True, env=env,
+                          timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err[-2000:]
+    assert err.count("\n") == 0 and err.startswith("error: cannot write")
+    assert "file size limit" in err and "Traceback" not in err
+    assert list(out.iterdir()) == []

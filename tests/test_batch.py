@@ -413,6 +413,81 @@ def test_second_run_on_a_busy_store_is_refused_and_does_no_work(tmp_path, record
     StoreLock(out).acquire().release()  # released on exit
 
 
+def test_the_lock_is_keyed_on_the_resolved_store(tmp_path, records, bundle_path):
+    """A symlink to a store (or a path with '..') is the same store: one lock."""
+    from napari_attribution.batch.lock import StoreBusy, StoreLock, lock_path
+
+    out = tmp_path / "real.zarr"
+    link = tmp_path / "link.zarr"
+    link.symlink_to(out, target_is_directory=True)  # dangling until the store exists
+    (tmp_path / "sub").mkdir()
+    dotted = tmp_path / "sub" / ".." / "real.zarr"
+    assert lock_path(link) == lock_path(out) == lock_path(dotted)
+    cfg = BatchConfig(device="cpu", batch_size=4, images_per_task=1)
+    first = run_batch(records, bundle_path, out, cfg, n_workers=1, processes=False)
+    next(first)  # holds the store
+    for other in (link, dotted):
+        with pytest.raises(StoreBusy, match="in use by another run"):
+            run_generator(run_batch(records, bundle_path, other, cfg, n_workers=1,
+                                    processes=False))
+    result = run_generator(first)
+    assert result.n_computed == len(records)
+    again = run_generator(run_batch(records, bundle_path, link, cfg, n_workers=1,
+                                    processes=False))  # through the link: same store
+    assert again.n_computed == 0 and again.n_skipped == len(records)
+    assert link.is_symlink() and out.is_dir() and not link.with_name("link.zarr.lock").exists()
+    with StoreLock(link), pytest.raises(StoreBusy):
+        StoreLock(out).acquire()
+
+
+def test_a_store_left_half_created_is_restarted_a_foreign_folder_is_not(
+        tmp_path, records, bundle_path, monkeypatch):
+    import errno
+
+    from napari_attribution.batch import store as store_mod
+    from napari_attribution.core.runtime.errors import OutputError
+
+    out = tmp_path / "full.zarr"
+    cfg = BatchConfig(methods=["saliency"], device="cpu", batch_size=4)
+    clone = store_mod._clone_field
+    calls = []
+
+    def disk_full(*args, **kwargs):  # the disk fills up after the third field
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return clone(*args, **kwargs)
+
+    monkeypatch.setattr(store_mod, "_clone_field", disk_full)
+    with pytest.raises(OutputError, match=r"cannot create the result store .*full.zarr: the "
+                                          r"disk is full \(\[Errno 28\]\).*afresh"):
+        run_generator(run_batch(records, bundle_path, out, cfg, n_workers=1,
+                                processes=False))
+    assert (out / store_mod.CREATING).is_file() and BatchStore.is_half_created(out)
+    assert not BatchStore.is_store(out)
+    monkeypatch.setattr(store_mod, "_clone_field", clone)
+    result = run_generator(run_batch(records, bundle_path, out, cfg, n_workers=1,
+                                     processes=False))  # the same command again
+    assert result.n_computed == len(records) and not (out / store_mod.CREATING).exists()
+    validate_store(out)
+    # what zarr leaves before the marker (an empty group) is restarted too ...
+    empty = tmp_path / "empty.zarr"
+    zarr = pytest.importorskip("zarr")
+    zarr.open_group(str(empty), mode="w", zarr_format=2)
+    assert BatchStore.is_half_created(empty)
+    # ... but a folder the tool did not make is never deleted
+    for name, content in (("notes.txt", "mine"), (".zattrs", '{"owner": "someone"}')):
+        foreign = tmp_path / f"foreign_{name}.zarr"
+        foreign.mkdir()
+        (foreign / ".zgroup").write_text('{"zarr_format": 2}')
+        (foreign / name).write_text(content)
+        assert not BatchStore.is_half_created(foreign)
+        with pytest.raises(InputError, match="is not a napari-attribution batch store"):
+            run_generator(run_batch(records, bundle_path, foreign, cfg, n_workers=1,
+                                    processes=False))
+        assert (foreign / name).read_text() == content
+
+
 def test_local_cluster_workers_do_not_profile():
     """Our LocalCluster has no dashboard: its workers must not sample stacks (memory)."""
     from napari_attribution.batch.cluster import open_client

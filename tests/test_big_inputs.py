@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ zarr = pytest.importorskip("zarr")
 
 from napari_attribution.batch import BatchConfig, records_from_plate, run_batch  # noqa: E402
 from napari_attribution.batch.records import (  # noqa: E402
+    check_records,
     open_record,
     read_record,
     records_from_ngff_plate,
@@ -306,3 +308,64 @@ def test_broken_ngff_plates_give_clear_errors(tmp_path):
         records_from_ngff_plate(plate)
     with pytest.raises(InputError, match="not an OME-Zarr HCS plate"):
         records_from_ngff_plate(plate / "A")
+
+
+def test_ngff_plate_fields_with_missing_chunks_are_refused_or_allowed(tmp_path, bundle_path,
+                                                                      capsys, monkeypatch):
+    from napari_attribution.cli import main
+    from napari_attribution.io.ngff import FILL_MISSING_ENV, MissingChunksWarning
+
+    monkeypatch.delenv(FILL_MISSING_ENV, raising=False)
+    rng = np.random.default_rng(4)
+    fields = {w: [rng.integers(1, 3000, (2, 64, 64)).astype(np.uint16)]
+              for w in ("A/1", "B/1")}
+    plate = write_ngff_plate(tmp_path / "holes.zarr", fields)
+    (plate / "B" / "1" / "0" / "0" / "1.1.0").unlink()  # chunks (1, 32, 32): 8 per field
+    records = records_from_ngff_plate(plate)  # listing reads no chunk
+    with pytest.raises(InputError, match=r"1 image\(s\) have missing chunks \(1 in all\): "
+                                         r"B01_f0 \(.*holes.zarr/B/1/0\) \(1 of 8 chunks\)"):
+        check_records(records)
+    out = tmp_path / "out.zarr"
+    args = ["batch", str(plate), "--model", str(bundle_path), "-o", str(out), "--workers",
+            "1", "--threads", "--device", "cpu", "-q"]
+    assert main(args) == 2  # refused before any work: no store
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "(1 of 8 chunks)" in err and not out.exists()
+    with pytest.warns(MissingChunksWarning, match="B01_f0"):
+        check_records(records, fill_missing=True)
+    assert main([*args, "--allow-missing-chunks"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("warning: ")]
+    assert len(printed) == 2 and "1 image(s) have missing chunks" in printed[0]  # the plan
+    assert "1 of the 8 chunks of array '0'" in printed[1]  # the worker reading the field
+    assert FILL_MISSING_ENV not in os.environ
+    from napari_attribution.batch import open_result
+    from napari_attribution.io.bundle import load_bundle
+
+    filled = fields["B/1"][0].copy()
+    filled[1, 32:, :32] = 0
+    ref = load_bundle(bundle_path).predict_proba(
+        np.stack([fields["A/1"][0], filled]).astype(np.float32))
+    np.testing.assert_allclose(open_result(out).probabilities(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_ngff_plate_paths_must_stay_inside_the_plate(tmp_path):
+    arr = np.ones((2, 8, 8), np.uint16)
+    plate = write_ngff_plate(tmp_path / "p.zarr", {"A/1": [arr]})
+    write_ngff_plate(tmp_path / "other.zarr", {"A/1": [arr * 7]})
+    attrs = json.loads((plate / ".zattrs").read_text())
+    attrs["plate"]["wells"][0]["path"] = "../other.zarr/A/1"
+    (plate / ".zattrs").write_text(json.dumps(attrs))
+    with pytest.raises(InputError, match="not row/column"):
+        records_from_ngff_plate(plate)
+    attrs["plate"]["wells"][0]["path"] = "../1"
+    (plate / ".zattrs").write_text(json.dumps(attrs))
+    with pytest.raises(InputError, match=r"well path '\.\./1' .* points outside"):
+        records_from_ngff_plate(plate)
+    attrs["plate"]["wells"][0]["path"] = "A/1"
+    (plate / ".zattrs").write_text(json.dumps(attrs))
+    well = json.loads((plate / "A" / "1" / ".zattrs").read_text())
+    well["well"]["images"][0]["path"] = "../../../other.zarr/A/1/0"
+    (plate / "A" / "1" / ".zattrs").write_text(json.dumps(well))
+    with pytest.raises(InputError, match="field path .* points outside"):
+        records_from_ngff_plate(plate)

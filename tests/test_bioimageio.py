@@ -84,11 +84,11 @@ def _edit_rdf(folder, old, new):
 
 def test_packages_exported_before_the_core_split_still_load(package, tmp_path):
     """Packages written before core/ had subpackages name the architecture
-    ``napari_attribution.core.dcmix``: still this package's own network, untrusted."""
+    ``napari_attribution.core.dcmix``: still this package's own network, untrusted."""  # pre-split
     ref, out = package
     old = _unzip(out, tmp_path / "old")
     _edit_rdf(old, "import_from: napari_attribution.core.channels.dcmix",
-              "import_from: napari_attribution.core.dcmix")
+              "import_from: napari_attribution.core.dcmix")  # pre-split name
     clf = na.load_model(old)
     raw = np.random.default_rng(5).normal(100, 10, (2, 2, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(clf.predict_proba(raw), na.load_model(out).predict_proba(raw),

@@ -174,6 +174,34 @@ def test_plate_map_errors(tmp_path):
         read_plate_map(tmp_path / "nope.csv")
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_plate_maps_separated_by_semicolons_or_tabs(tmp_path, sep):
+    """Spreadsheets in many locales save ';'-separated CSV with decimal commas: read the
+    same as the ','-separated map (it was a raw TypeError)."""
+    (tmp_path / "comma.csv").write_text("well,class,dose,control\nA01,neg,0.5,-1\n"
+                                        "B02,pos,12.25,1\nC03,,,\n")
+    rows = [["well", "class", "dose", "control"], ["A01", "neg", "0,5", "-1"],
+            ["B02", "pos", "12,25", "1"], ["C03", "", "", ""]]
+    (tmp_path / "other.csv").write_text("".join(sep.join(r) + "\n" for r in rows))
+    ref, got = read_plate_map(tmp_path / "comma.csv"), read_plate_map(tmp_path / "other.csv")
+    assert list(got.wells) == ["A01", "B02", "C03"]
+    assert got["B02"].dose == 12.25 and got["A01"].control == -1
+    assert got["C03"].label is None and np.isnan(got["C03"].dose)
+    for w in ref.wells:
+        a, b = ref[w], got[w]
+        assert (a.label, a.control) == (b.label, b.control)
+        assert a.dose == b.dose or (np.isnan(a.dose) and np.isnan(b.dose))
+
+
+def test_plate_map_rows_longer_than_the_header_are_one_clear_error(tmp_path):
+    (tmp_path / "m.csv").write_text("well;class\nA01;neg;0,5;oops\n")
+    with pytest.raises(InputError, match=r"m\.csv, line 2: 4 fields but the header has 2 "
+                                         r"\(columns separated by semicolons"):
+        read_plate_map(tmp_path / "m.csv")
+    (tmp_path / "short.csv").write_text("well,class,dose\nA01\n")  # trailing cells left out
+    assert read_plate_map(tmp_path / "short.csv")["A01"].label is None
+
+
 def test_wells_with_different_channel_counts(plate_dir, tmp_path):
     (plate_dir / "B02_s2_w2.tif").unlink()
     with pytest.raises(InputError, match=r"B02 site 2 .*B02_s2_w1\.tif.*missing"):

@@ -1,6 +1,7 @@
 """One run at a time per result store: an exclusive lock file beside the store.
 
-``<store>.lock`` (e.g. ``plate.zarr.lock``) is held with ``flock`` by the process driving
+``<store>.lock`` (e.g. ``plate.zarr.lock``, beside the store's resolved path: a symlink
+to a store locks the store itself) is held with ``flock`` by the process driving
 a run, from before the store is opened (or replaced with ``overwrite``) until the run
 ends, fails or is cancelled; it says who holds it (host, pid, start time). A second run on
 the same store is refused at once with that information, so two runs never compute the
@@ -31,12 +32,15 @@ class StoreBusy(InputError):
 
 
 def lock_path(store: str | Path) -> Path:
-    store = Path(store)
+    """The lock file of ``store``: beside the store's *resolved* path, so every name of
+    one store (a symlink, ``..`` in the path, a relative path) takes the same lock."""
+    store = Path(os.path.realpath(store))
     return store.with_name(store.name + ".lock")
 
 
 class StoreLock:
-    """An exclusive, non-blocking lock on one result store (a context manager)."""
+    """An exclusive, non-blocking lock on one result store (a context manager), keyed on
+    the store's resolved path."""
 
     def __init__(self, store: str | Path) -> None:
         self.store = Path(store)

@@ -146,9 +146,13 @@ def record_shape(record: ImageRecord, downsample: int = 1) -> tuple[int, int, in
     return c, h // downsample, w // downsample
 
 
-def check_records(records: Sequence[ImageRecord], n_channels: int | None = None) -> None:
-    """Raise :class:`InputError` for an empty list, duplicate ids, missing files or a
-    channel count other than the model's (listing the first few offenders)."""
+def check_records(records: Sequence[ImageRecord], n_channels: int | None = None,
+                  fill_missing: bool | None = None) -> None:
+    """Raise :class:`InputError` for an empty list, duplicate ids, missing files, OME-Zarr
+    images with chunks missing on disk (all listed in one error; with ``fill_missing``
+    or ``NAPARI_ATTRIBUTION_ALLOW_MISSING_CHUNKS=1`` one warning instead, see
+    ``io.ngff.report_holes``) or a channel count other than the model's (listing the
+    first few offenders)."""
     if not records:
         raise InputError("no images to process (empty plate or no file matched the pattern)")
     ids = [r.id for r in records]
@@ -160,6 +164,16 @@ def check_records(records: Sequence[ImageRecord], n_channels: int | None = None)
     if missing:
         raise InputError(f"{len(missing)} image file(s) are missing, e.g. "
                          f"{', '.join(missing[:5])}")
+    from ..io.ngff import image_holes, is_ngff_image, report_holes
+
+    holes = []  # OME-Zarr images with chunks missing: refused before any work
+    for r in records:
+        for path in r.paths:
+            if is_ngff_image(path):
+                n_missing, expected = image_holes(path)
+                if n_missing:
+                    holes.append((f"{r.id} ({path})", n_missing, expected))
+    report_holes("image(s)", holes, fill_missing)
     if n_channels is not None:
         bad = [r.id for r in records
                if r.channel_names and len(r.channel_names) != n_channels]

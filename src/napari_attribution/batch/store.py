@@ -52,13 +52,17 @@ from typing import Any
 
 import numpy as np
 
-from ..core.runtime.errors import InputError
+from ..core.runtime.errors import InputError, OutputError
+from ..io.atomic import why_failed
 from ..layer_style import MAX_SAMPLES
 from . import ngff
 from .ngff import NGFF_VERSION, map_axes  # noqa: F401  (part of this module's API)
 from .records import ImageRecord
 
 FORMAT = "napari-attribution-batch"
+#: written first into a store being created, removed once its metadata are complete: a
+#: folder holding it is a store this package left half-created (a crash, a full disk)
+CREATING = ".napari-attribution-creating"
 FORMAT_VERSION = 2
 ATTR = "napari_attribution"
 MAP_CHUNK = 2048  # largest map chunk side: big fields are written region by region
@@ -285,19 +289,58 @@ class BatchStore:
                              f"{version}); please upgrade")
         return store
 
+    @staticmethod
+    def is_half_created(path: str | Path) -> bool:
+        """True if ``path`` is a store this package began to create and never finished
+        (its creation marker is there, its batch metadata are not), or holds no more
+        than the empty Zarr group a creation starts with: safe to create afresh."""
+        path = Path(path)
+        if not path.is_dir() or BatchStore.is_store(path):
+            return False
+        if (path / CREATING).is_file():
+            return True
+        names = {p.name for p in path.iterdir()}
+        if not names <= {".zgroup", ".zattrs"}:
+            return False
+        try:
+            attrs = json.loads((path / ".zattrs").read_text()) if ".zattrs" in names else {}
+        except (OSError, ValueError):
+            return False
+        return attrs == {}
+
     @classmethod
     def create(cls, path: str | Path, *, payload: dict[str, Any],
                records: Sequence[ImageRecord], channel_names: Sequence[str],
                class_names: Sequence[str], provenance: dict[str, Any]) -> BatchStore:
-        """Create an empty store for ``records`` (every image not done yet)."""
-        zarr = require_zarr()
+        """Create an empty store for ``records`` (every image not done yet).
+
+        A creation marker (:data:`CREATING`) is written first and removed last, so a
+        creation cut short (a full disk, a crash) leaves a store that
+        :meth:`open_for_run` recognises and starts afresh; a failure to write is an
+        :class:`OutputError` saying so."""
+        require_zarr()
         ngff.require_models()  # before anything is written: no store without NGFF models
         path = Path(path)
+        try:
+            return cls._create(path, payload=payload, records=records,
+                               channel_names=channel_names, class_names=class_names,
+                               provenance=provenance)
+        except OSError as err:
+            raise OutputError(f"cannot create the result store {path}: {why_failed(err)} "
+                              f"([Errno {err.errno}]); the part written is recognised and "
+                              "started afresh when you run the same command again") from None
+
+    @classmethod
+    def _create(cls, path: Path, *, payload: dict[str, Any],
+                records: Sequence[ImageRecord], channel_names: Sequence[str],
+                class_names: Sequence[str], provenance: dict[str, Any]) -> BatchStore:
+        zarr = require_zarr()
         n = len(records)
         h, w = payload["image_shape"]
         methods = list(payload["methods"])
         per_channel = bool(payload["per_channel"])
         group = zarr.open_group(str(path), mode="w", zarr_format=2)
+        (path / CREATING).write_text(json.dumps({"format": FORMAT, "pid": os.getpid()}))
         group.create_array("probabilities", shape=(n, len(class_names)),
                            chunks=(1, len(class_names)), dtype="float32", fill_value=np.nan)
         group.create_array("targets", shape=(n, max(1, len(methods))),
@@ -346,6 +389,7 @@ class BatchStore:
                          "bundle_sha256": payload["bundle_sha256"]} for m in methods},
             "provenance": provenance, "complete": False,
         }
+        (path / CREATING).unlink()  # the store is whole from here on
         return cls(path, group)
 
     @classmethod
@@ -356,10 +400,11 @@ class BatchStore:
         """Resume the store at ``path`` if it belongs to this run, else create it.
 
         A store from a different run (other model, methods, parameters or images) is an
-        :class:`InputError` unless ``overwrite``; a path holding anything other than a
-        batch store is never deleted.
+        :class:`InputError` unless ``overwrite``; a store this package left half-created
+        (:meth:`is_half_created`) is started afresh; a path holding anything else is
+        never deleted. A symlink to a store is followed (the store itself is used).
         """
-        path = Path(path)
+        given, path = Path(path), Path(os.path.realpath(path))
         fp = fingerprint(payload)
         kw = dict(payload=payload, records=records, channel_names=channel_names,
                   class_names=class_names, provenance=provenance)
@@ -368,7 +413,10 @@ class BatchStore:
         if not cls.is_store(path):
             if path.is_dir() and not any(path.iterdir()):
                 return cls.create(path, **kw)
-            raise InputError(f"output {path} exists and is not a napari-attribution batch "
+            if cls.is_half_created(path):
+                shutil.rmtree(path)
+                return cls.create(path, **kw)
+            raise InputError(f"output {given} exists and is not a napari-attribution batch "
                              "store; choose another output path")
         store = cls.open(path, mode="r+")
         if store.meta.get("fingerprint") == fp:
@@ -377,7 +425,7 @@ class BatchStore:
             shutil.rmtree(path)
             return cls.create(path, **kw)
         why = store.describe_difference(payload)
-        raise InputError(f"output {path} holds results of a different run ({why}); "
+        raise InputError(f"output {given} holds results of a different run ({why}); "
                          "refusing to mix them. Use --overwrite "
                          "(overwrite=True) to replace it, or choose another output path")
 

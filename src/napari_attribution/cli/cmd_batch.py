@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..core.runtime.errors import InputError
-from ._checks import positive_int
+from ._checks import (
+    add_missing_chunks_argument,
+    missing_chunks_allowed,
+    positive_int,
+    printing_missing_chunks,
+)
 from .model_args import add_trust_argument
 from .progress_bar import run_with_bar
 
@@ -73,6 +78,11 @@ def add_plate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with missing_chunks_allowed(args.allow_missing_chunks), printing_missing_chunks():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..batch import BatchConfig, records_from_plate, run_batch
 
     methods = list(dict.fromkeys(args.method or []))
@@ -174,6 +184,7 @@ def register(sub) -> None:
     c.add_argument("--batch-size", type=positive_int, default=16, help="images per model call")
     c.add_argument("--images-per-task", type=positive_int, help="images per Dask task "
                    "(default: batch size)")
+    add_missing_chunks_argument(c)
     c.add_argument("--overwrite", action="store_true",
                    help="replace a result store written by a different run (refused while "
                         "another run holds the store)")

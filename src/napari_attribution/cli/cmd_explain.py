@@ -12,7 +12,12 @@ import numpy as np
 from ..core.attribution.explain import explain_classifier
 from ..core.models.inference import ModelScale, expand, shrink
 from ..core.runtime.errors import InputError
-from ._checks import add_overwrite_argument, positive_int
+from ._checks import (
+    add_missing_chunks_argument,
+    add_overwrite_argument,
+    positive_int,
+    printing_missing_chunks,
+)
 from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
 
@@ -31,8 +36,10 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def read_images(path: Path) -> np.ndarray:
-    """One image file as (N, C, H, W): TIFF (C, H, W) or ``.npy`` (C, H, W)/(N, C, H, W)."""
+def read_images(path: Path, fill_missing: bool | None = None) -> np.ndarray:
+    """One image file as (N, C, H, W): any format the readers take (TIFF, OME-Zarr, ...)
+    as (C, H, W), or ``.npy`` (C, H, W)/(N, C, H, W). ``fill_missing``: see
+    :func:`~napari_attribution.io.readers.read_image`."""
     if path.suffix == ".npy":
         if not path.exists():
             raise InputError(f"image file not found: {path}")
@@ -40,7 +47,7 @@ def read_images(path: Path) -> np.ndarray:
     else:
         from ..io.readers import read_image
 
-        arr = read_image(path).as_chw()
+        arr = read_image(path, fill_missing=fill_missing).as_chw()
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim == 3:
@@ -99,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
     if factor > 1:
         print(f"images are shrunk {factor}x before explaining, as the model's training "
               "images were (--downsample 1 to override); maps are written at full size")
+    fill = True if args.allow_missing_chunks else None  # None: the environment decides
     for image, out_path in zip(args.images, outputs, strict=True):
-        raw = read_images(image)
+        with printing_missing_chunks():
+            raw = read_images(image, fill)
         clf.check_channels(raw.shape[1], f"{image}")
         result = run_with_bar(explain_classifier(clf, shrink(raw, factor), target,
                                                      method=args.method,
@@ -167,6 +176,7 @@ def register(sub) -> None:
                         "in its bundle; 1 = raw pixels)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=32)
+    add_missing_chunks_argument(p)
     add_overwrite_argument(p)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=run)

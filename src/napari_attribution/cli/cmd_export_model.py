@@ -8,6 +8,17 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.runtime.errors import OutputError
+    from ..io.atomic import why_failed
+
+    try:
+        return _run(args)
+    except OSError as err:  # a write outside the atomic writer (the package's parts)
+        raise OutputError(f"cannot write the exported model {args.output}: "
+                          f"{why_failed(err)} ([Errno {err.errno}])") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..io.atomic import check_output
 
     fmt = args.format or ("bioimageio" if args.output.suffix == ".zip" else "pt2")

@@ -32,7 +32,9 @@ def why_failed(err: OSError) -> str:
                errno.EDQUOT: "the disk quota is exceeded", errno.ENOENT: "no such folder",
                errno.ENOTDIR: "a part of the path is not a folder",
                errno.EISDIR: "it is a folder", errno.EEXIST: "it already exists",
-               errno.ENAMETOOLONG: "the name is too long"}
+               errno.ENAMETOOLONG: "the name is too long",
+               errno.EFBIG: "the file is larger than the file system or this process's "
+                            "file size limit allows"}
     return reasons.get(err.errno or -1, err.strerror or str(err))
 
 

@@ -44,7 +44,7 @@ from ..core.runtime.errors import BundleError
 ARCHITECTURE_MODULE = "napari_attribution.core.channels.dcmix"
 ARCHITECTURE_CALLABLE = "build_dcmix"
 #: the module name packages exported before the core was split into subpackages carry
-LEGACY_ARCHITECTURE_MODULE = "napari_attribution.core.dcmix"
+LEGACY_ARCHITECTURE_MODULE = "napari_attribution.core.dcmix"  # pre-split name
 #: (import_from, callable) pairs that load without trust, compared as whole strings (never
 #: imported: each pair stands for this package's own ``build_dcmix``)
 ARCHITECTURES = frozenset({(ARCHITECTURE_MODULE, ARCHITECTURE_CALLABLE),
@@ -415,8 +415,12 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
     with tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)
         weights = tmpd / "weights.pt"
+        # in memory, then written by Python: torch's zip writer turns a full disk into a
+        # RuntimeError from C++ (or, in a destructor, an abort) instead of an OSError
+        buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in clf.module.state_dict().items()},
-                   weights)
+                   buffer)
+        weights.write_bytes(buffer.getvalue())
         rng = np.random.default_rng(0)
         test_in = rng.random((1, clf.n_channels, size, size)).astype(np.float32)
         np.save(tmpd / "test_input.npy", test_in)

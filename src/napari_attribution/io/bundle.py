@@ -170,10 +170,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
     try:
         config = ModelConfig.from_dict(meta["config"])
         normalizer = PercentileNormalizer.from_dict(meta["normalization"])
-        model = DCMIXClassifier(config)
-    except (KeyError, TypeError, ValueError) as err:
+        with torch.device("meta"):  # shapes only: a config claiming a huge net allocates
+            shape_only = DCMIXClassifier(config)  # nothing before the weights are checked
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise BundleError(f"{path}: bundle metadata is inconsistent: {err}") from None
-    check_weights(path, state, model)
+    check_weights(path, state, shape_only)
+    model = DCMIXClassifier(config)
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as err:
@@ -189,19 +191,17 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
                           f"{len(meta['channel_names'])} channel names for "
                           f"{config.n_channels} channels")
     model.eval().to(device)
-    imp = meta.get("importance")
-    try:
-        importance = None if imp is None else ChannelImportance.from_dict(imp)
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise BundleError(f"{path}: the stored channel importance is unreadable: {err}"
-                          ) from None
+    importance = _importance(path, meta.get("importance"), config,
+                             list(meta["channel_names"]))
+    checks, unreadable = check_reports(meta, list(meta["class_names"]),
+                                       list(meta["channel_names"]))
     return ModelBundle(
         model=model, config=config, channel_names=list(meta["channel_names"]),
         class_names=list(meta["class_names"]), normalizer=normalizer,
         provenance=meta.get("provenance") or {}, importance=importance,
         path=path, sha256=file_sha256(path),
-        warnings=[str(w) for w in meta.get("warnings") or []],
-        checks={k: meta[k] for k in CHECK_KEYS if meta.get(k) is not None},
+        warnings=[str(w) for w in meta.get("warnings") or []] + unreadable,
+        checks=checks,
     )
 
 
@@ -220,6 +220,173 @@ _CONFIG_TYPES = {"n_channels": int, "n_classes": int, "n_heads": int, "backbone"
                  "width": (int, type(None)), "mixing": bool}
 _NORM_TYPES = {"mode": str, "low": (int, float), "high": (int, float),
                "lo": (list, type(None)), "hi": (list, type(None))}
+
+
+#: sane bounds of the architecture numbers (a bundle outside them is refused before any
+#: network is built)
+_CONFIG_RANGES = {"n_channels": (1, 4096), "n_classes": (2, 100_000), "n_heads": (1, 4096),
+                  "width": (1, 65_536)}
+
+
+def _importance(path: Path, imp: Any, config: ModelConfig, channels: list[str]
+                ) -> ChannelImportance | None:
+    """The stored DCMIX channel importance, refused when unreadable, of the wrong shape
+    for the model, or not finite (NaN would print as a ranking)."""
+    if imp is None:
+        return None
+    if not isinstance(imp, dict) or imp.get("channel_names") != channels:
+        raise BundleError(f"{path}: the stored channel importance does not name the model's "
+                          f"channels {channels}")
+    try:
+        importance = ChannelImportance.from_dict(imp)
+        if not isinstance(importance.extra, dict) or not _is_number(
+                importance.baseline_accuracy, none_ok=True):
+            raise ValueError("'extra' must be an object, 'baseline_accuracy' a number")
+        arrays = {k: getattr(importance, k) for k in (
+            "weights", "head_effect", "overall", "ablation_accuracy_drop",
+            "ablation_loss_increase", "ablation_drop_interval", "ablation_loss_interval")}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise BundleError(f"{path}: the stored channel importance is unreadable: {err}"
+                          ) from None
+    for key, arr in arrays.items():
+        if arr is None:
+            if key in ("weights", "head_effect", "overall"):
+                raise BundleError(f"{path}: the stored channel importance has no {key!r}")
+            continue
+        if not np.isfinite(arr).all():
+            raise BundleError(f"{path}: the stored channel importance {key!r} holds NaN or "
+                              "infinite values (a corrupt file)")
+        # (heads, C) weights, (heads,) head effect, (C, 2) intervals, else (C,)
+        shape = {"weights": (config.n_heads, config.n_channels),
+                 "head_effect": (config.n_heads,)}.get(
+            key, (config.n_channels, 2) if key.endswith("interval") else
+            (config.n_channels,))
+        if arr.shape != shape:
+            raise BundleError(f"{path}: the stored channel importance {key!r} has shape "
+                              f"{arr.shape}; a model of {config.n_channels} channels and "
+                              f"{config.n_heads} head(s) needs {shape}")
+    return importance
+
+
+_NUM = (int, float)
+#: the keys (and their types) each stored training report must have; see check_reports
+_REPORT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
+    "validation": {"class_names": (list,), "accuracy": _NUM, "balanced_accuracy": _NUM,
+                   "per_class_recall": (dict,), "support": (dict,),
+                   "confusion_matrix": (list,)},
+    "study_design": {},
+    "shortcut_check": {"channel_names": (list,), "chance": _NUM,
+                       "all_features_balanced_accuracy": _NUM,
+                       "per_channel_balanced_accuracy": (dict,),
+                       "per_statistic_balanced_accuracy": (dict,)},
+    "posthoc_importance": {"method": (str,), "channel_names": (list,),
+                           "baseline_balanced_accuracy": _NUM, "baseline_loss": _NUM,
+                           "n_images": (int,), "loss_increase": (list,),
+                           "loss_interval": (list,), "balanced_accuracy_drop": (list,),
+                           "drop_interval": (list,)},
+    "importance_repeats": {"channel_names": (list,), "seeds": (list,), "mean": (list,),
+                           "std": (list,), "min": (list,), "max": (list,)},
+    "retrain_check": {"channel_names": (list,), "all_channels": _NUM, "seconds": _NUM,
+                      "n_models": (int,), "alone": (dict,), "without": (dict,)},
+}
+
+
+def _is_number(v: Any, none_ok: bool = False) -> bool:
+    return (v is None and none_ok) or (isinstance(v, _NUM) and not isinstance(v, bool))
+
+
+def _report_problem(key: str, block: Any, classes: list[str], channels: list[str]
+                    ) -> str | None:
+    """What is wrong with one stored report (None when it is usable)."""
+    items = block if key == "posthoc_importance" else [block]
+    if not isinstance(items, list) or not all(isinstance(b, dict) for b in items):
+        return f"it must be {'a list of objects' if key == 'posthoc_importance' else 'an object'}"
+    for b in items:
+        for name, types in _REPORT_KEYS[key].items():
+            if name not in b:
+                return f"it has no {name!r}"
+            if not isinstance(b[name], types) or isinstance(b[name], bool):
+                return f"{name!r} must be {' or '.join(t.__name__ for t in types)}"
+    if key == "validation":
+        names = block["class_names"]
+        k = len(names)
+        cm = block["confusion_matrix"]
+        if not all(isinstance(n, str) for n in names):
+            return "'class_names' must be names"
+        if len(cm) != k or not all(isinstance(r, list) and len(r) == k and
+                                   all(_is_number(v) for v in r) for r in cm):
+            return f"'confusion_matrix' must be {k} x {k} numbers"
+        recall, support = block["per_class_recall"], block["support"]
+        if not all(_is_number(v, none_ok=True) for v in recall.values()) or \
+                not all(c in support and _is_number(support[c]) for c in recall):
+            return "'per_class_recall' and 'support' must give a number per class"
+    if key in ("importance_repeats", "retrain_check"):
+        names = block["channel_names"]
+        n = len(names)
+        if not names or not all(isinstance(c, str) for c in names):
+            return "'channel_names' must be a non-empty list of names"
+        if key == "importance_repeats" and not all(
+                len(block[s]) == n and all(_is_number(v) for v in block[s])
+                for s in ("mean", "std", "min", "max")):
+            return f"'mean', 'std', 'min' and 'max' must hold {n} numbers"
+        if key == "importance_repeats" and not (
+                isinstance(block.get("balanced_accuracy") or [], list)
+                and all(_is_number(v) for v in block.get("balanced_accuracy") or [])):
+            return "'balanced_accuracy' must be a list of numbers"
+        if key == "retrain_check" and not all(
+                _is_number(block["alone"].get(c)) and
+                _is_number(block["without"].get(c), none_ok=True) for c in names):
+            return "'alone' and 'without' must give a number per channel"
+    render = _RENDER.get(key)
+    if render is not None:  # the report's own reader and formatter must accept it
+        try:
+            render(block)
+        except Exception as err:  # noqa: BLE001 - any failure there means malformed
+            return f"unreadable: {type(err).__name__}: {err}"[:200]
+    return None
+
+
+def _render_validation(block: dict) -> str:
+    from ..core.study.classification import format_classification_report
+
+    return format_classification_report(block)
+
+
+def _render_shortcut(block: dict) -> str:
+    from ..core.study.shortcut import ShortcutCheck, format_shortcut
+
+    return format_shortcut(ShortcutCheck.from_dict(block))
+
+
+def _render_posthoc(block: list) -> str:
+    from ..core.channels.posthoc import PosthocImportance, format_posthoc
+
+    return format_posthoc([PosthocImportance.from_dict(d) for d in block])
+
+
+#: reports whose reader and formatter live in core: a stored report must pass through them
+_RENDER = {"validation": _render_validation, "shortcut_check": _render_shortcut,
+           "posthoc_importance": _render_posthoc}
+
+
+def check_reports(meta: dict[str, Any], classes: list[str], channels: list[str]
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """The training reports stored in a bundle (``CHECK_KEYS``) that are usable, and a
+    warning for each one that is not (missing keys, wrong types): such a report is left
+    out, the model itself still loads. The one place where stored reports are checked."""
+    checks: dict[str, Any] = {}
+    warnings: list[str] = []
+    for key in CHECK_KEYS:
+        block = meta.get(key)
+        if block is None:
+            continue
+        problem = _report_problem(key, block, classes, channels)
+        if problem is None:
+            checks[key] = block
+        else:
+            warnings.append(f"the bundle's stored {key.replace('_', ' ')} report is "
+                            f"malformed ({problem}); it is ignored")
+    return checks, warnings
 
 
 def _parse_metadata(path: Path, raw: str) -> dict[str, Any]:
@@ -250,6 +417,11 @@ def _parse_metadata(path: Path, raw: str) -> dict[str, Any]:
             raise BundleError(f"{path}: bundle metadata {key!r} must be a non-empty list of "
                               "names (strings)")
     _check_fields(path, "config", meta["config"], _CONFIG_TYPES)
+    for key, (low, high) in _CONFIG_RANGES.items():
+        value = meta["config"].get(key)
+        if value is not None and not low <= value <= high:
+            raise BundleError(f"{path}: bundle metadata config.{key} = {value} is outside "
+                              f"the sane range {low}..{high} (a corrupt or tampered file)")
     _check_fields(path, "normalization", meta["normalization"], _NORM_TYPES)
     for key in ("lo", "hi"):
         vals = meta["normalization"].get(key)

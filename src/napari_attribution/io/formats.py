@@ -56,7 +56,7 @@ def read_image_bioio(path: str | Path, channel_names=None, *, scene: int | str |
                      lazy: bool = False, max_bytes: int | str | None = None):
     """Read one image through bioio as :class:`ImageData` (axes from ``TCZYX``, length-1
     axes dropped). ``scene`` picks one of several scenes (refused otherwise)."""
-    from .readers import ImageData, max_image_bytes, too_large
+    from .readers import ImageData, check_declared_size
 
     path = Path(path)
     if not path.exists():
@@ -86,12 +86,10 @@ def read_image_bioio(path: str | Path, channel_names=None, *, scene: int | str |
         order = "TCZYX"
         shape = tuple(int(getattr(dims, a)) for a in order)
         dtype = np.dtype(img.dtype)
-        declared = math.prod(shape) * dtype.itemsize
-        limit = max_image_bytes(max_bytes)
-        if declared > limit and not lazy:
-            raise too_large(path, shape, dtype, limit, order)
+        check_declared_size(path, shape, dtype, max_bytes, order, lazy=lazy)
+        is_lazy = bool(lazy)
         data = img.get_image_dask_data(order)
-        if not lazy:
+        if not is_lazy:
             data = np.asarray(data.compute())
         names = [str(n) for n in (img.channel_names or [])]
         sizes = img.physical_pixel_sizes
@@ -115,5 +113,5 @@ def read_image_bioio(path: str | Path, channel_names=None, *, scene: int | str |
     return ImageData(raw=raw, raw_axes=axes, channel_names=names,
                      pixel_size=(py, px) if py and px else None,
                      z_spacing=_size(sizes.Z, "Z", path), path=path,
-                     extra={"lazy": bool(lazy), "reader": "bioio",
+                     extra={"lazy": is_lazy, "reader": "bioio",
                             "scene": img.current_scene})

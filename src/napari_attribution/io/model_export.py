@@ -9,6 +9,7 @@ tensors and that metadata: they load without ``trust`` (``io.model_trust``).
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -49,12 +50,14 @@ def export_program(model: Any, path: str | Path, size: int = 64, trust: bool = F
     meta = {"format": "napari-attribution-export", **clf.describe(),
             "source_sha256": clf.sha256, "training": clf.provenance,
             "scale": model_scale(clf)}
-    from .atomic import atomic_write  # complete under the final name, or nothing
+    from .atomic import atomic_write_bytes  # complete under the final name, or nothing
 
     extra = {META_FILE: json.dumps(meta, default=str)}
-    return atomic_write(path, lambda tmp: torch.export.save(program, str(tmp),
-                                                            extra_files=extra),
-                        overwrite, "exported model")
+    # Serialised in memory, written by Python: torch's zip writer finishes the archive in
+    # its destructor, and a disk that fills up there aborts the whole process (SIGABRT).
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files=extra)
+    return atomic_write_bytes(path, buffer.getvalue(), overwrite, "exported model")
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:

@@ -127,6 +127,21 @@ def max_image_bytes(max_bytes: int | str | None = None) -> int:
     return number
 
 
+def check_declared_size(path, shape: tuple, dtype, max_bytes: int | str | None = None,
+                        axes: str = "", *, lazy: bool = False) -> bool:
+    """The one size rule of every reader (TIFF, OME-Zarr, bioio), applied to the size an
+    image *declares* before any pixel is read: True when it is to be read lazily (``lazy``
+    and over :data:`LAZY_ABOVE_BYTES` or the limit), False to read it into memory; an
+    image over :func:`max_image_bytes` that is not read lazily raises :func:`too_large`."""
+    limit = max_image_bytes(max_bytes)
+    declared = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+    if lazy and declared > min(limit, LAZY_ABOVE_BYTES):
+        return True
+    if declared > limit:
+        raise too_large(path, tuple(int(n) for n in shape), dtype, limit, axes)
+    return False
+
+
 def too_large(path, shape: tuple, dtype, limit: int, axes: str = "") -> InputError:
     """The error for an image that declares more than ``limit`` bytes of pixels."""
     declared = math.prod(shape) * np.dtype(dtype).itemsize
@@ -386,15 +401,20 @@ def _lazy_array(path: Path, index: int):
 
 def read_image(path: str | Path, axes: str | None = None,
                channel_names: Sequence[str] | None = None, *, series: int | None = None,
-               lazy: bool = False, max_bytes: int | str | None = None) -> ImageData:
-    """Read one TIFF/OME-TIFF. ``axes`` (e.g. ``"YXC"``, ``"ZCYX"``) overrides the
-    stored or guessed axes; ``channel_names`` overrides stored names; ``series`` picks
-    one image of a file holding several (refused otherwise).
+               lazy: bool = False, max_bytes: int | str | None = None,
+               fill_missing: bool | None = None) -> ImageData:
+    """Read one TIFF/OME-TIFF (or OME-Zarr image group, or a bioio format). ``axes``
+    (e.g. ``"YXC"``, ``"ZCYX"``) overrides the stored or guessed axes;
+    ``channel_names`` overrides stored names; ``series`` picks one image of a file
+    holding several (refused otherwise).
 
     Images whose declared size exceeds :func:`max_image_bytes` (``max_bytes``) are
-    refused before reading. With ``lazy=True`` (napari, batch) images over 256 MiB are
-    returned as a Dask array (``raw``, ``extra["lazy"]``) read chunk by chunk on demand,
-    whatever their size.
+    refused before reading (:func:`check_declared_size`, one rule for every format).
+    With ``lazy=True`` (napari, batch) images over 256 MiB are returned as a Dask array
+    (``raw``, ``extra["lazy"]``) read chunk by chunk on demand, whatever their size.
+    An OME-Zarr image with chunks missing on disk is refused unless ``fill_missing``
+    (or ``NAPARI_ATTRIBUTION_ALLOW_MISSING_CHUNKS=1``) allows reading them as the fill
+    value, with an ``io.ngff.MissingChunksWarning``.
     """
     import tifffile
 
@@ -406,7 +426,8 @@ def read_image(path: str | Path, axes: str | None = None,
         if axes is not None or series is not None:
             raise InputError(f"{path}: axes= and series= apply to TIFF files; OME-Zarr "
                              "images name their axes")
-        return read_ngff_image(path, channel_names, lazy=lazy, max_bytes=max_bytes)
+        return read_ngff_image(path, channel_names, lazy=lazy, max_bytes=max_bytes,
+                               fill_missing=fill_missing)
     if is_bioio_path(path):  # CZI, ND2, LIF, OME-Zarr: through bioio, same rules
         if axes is not None or series is not None:
             raise InputError(f"{path}: axes= and series= apply to TIFF files; bioio reads "
@@ -431,13 +452,8 @@ def read_image(path: str | Path, axes: str | None = None,
                 raise InputError(f"{path}: the image has no pixels (shape {shape})")
             expected = math.prod(shape) * np.dtype(chosen.dtype).itemsize
             _check_truncated(tif, path)
-            if lazy and expected > min(limit, LAZY_ABOVE_BYTES):
-                is_lazy = True
-                arr = _lazy_array(path, index)
-            elif expected > limit:
-                raise too_large(path, shape, chosen.dtype, limit)
-            else:
-                arr = chosen.asarray()
+            is_lazy = check_declared_size(path, shape, chosen.dtype, limit, lazy=lazy)
+            arr = _lazy_array(path, index) if is_lazy else chosen.asarray()
             log.check(path)
             where = str(path)
             ome = (_ome_info(tif.ome_metadata, where) if tif.is_ome and tif.ome_metadata

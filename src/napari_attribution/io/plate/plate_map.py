@@ -67,18 +67,53 @@ class PlateMap:
         return normalise_well(well) in self.wells
 
 
+#: the delimiters a CSV may use: the one that splits the header into most columns wins
+CSV_DELIMITERS = (",", ";", "\t")
+
+
+def csv_delimiter(header: str) -> str:
+    """The delimiter of a CSV file from its header line: whichever of ``,``, ``;`` and
+    tab splits it into most columns (``,`` when none does; quotes are respected)."""
+    counts = {d: len(next(csv.reader([header], delimiter=d), [])) for d in CSV_DELIMITERS}
+    best = max(CSV_DELIMITERS, key=lambda d: counts[d])  # first wins a tie: ","
+    return best if counts[best] > 1 else ","
+
+
 def read_csv_rows(path: Path, what: str) -> list[dict[str, str]]:
-    """The rows of a CSV file (BOM tolerated), or a clear error naming ``what`` it is."""
+    """The rows of a CSV file (BOM tolerated; ``,``, ``;`` or tab separated, see
+    :func:`csv_delimiter`), or a clear error naming ``what`` it is. A row with more
+    fields than the header is refused; missing trailing fields are empty."""
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            delimiter = csv_delimiter(f.readline())
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=delimiter, restval="")
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"cannot read {what} {path}: {err}") from None
     if not rows:
         raise InputError(f"{what} {path} has no rows")
+    for i, r in enumerate(rows, start=2):
+        if None in r:  # DictReader keeps surplus fields under the key None
+            raise InputError(f"{what} {path}, line {i}: {len(r) - 1 + len(r[None])} fields "
+                             f"but the header has {len(r) - 1} (columns separated by "
+                             f"{_delimiter_name(delimiter)}; quote values that contain it)")
     return rows
+
+
+def _delimiter_name(d: str) -> str:
+    return {",": "commas", ";": "semicolons", "\t": "tabs"}[d]
+
+
+def parse_number(text: str) -> float:
+    """A number from a CSV cell; a decimal comma (``0,5``, as ``;``-separated files from
+    many locales write it) is read as a decimal point."""
+    text = text.strip()
+    if "," in text and "." not in text and text.count(",") == 1:
+        text = text.replace(",", ".")
+    return float(text)
 
 
 def read_plate_map(
@@ -112,9 +147,9 @@ def read_plate_map(
         try:
             well = normalise_well(r[row_column], r[col_column]) if use_rc \
                 else normalise_well(r[well_column])
-            control = int(float(r[control_column])) if control_column in cols and \
+            control = int(parse_number(r[control_column])) if control_column in cols and \
                 (r[control_column] or "").strip() else 0
-            dose = float(r[dose_column]) if dose_column in cols and \
+            dose = parse_number(r[dose_column]) if dose_column in cols and \
                 (r[dose_column] or "").strip() else float("nan")
         except (InputError, ValueError, OverflowError) as err:
             raise InputError(f"plate map {path}, line {i}: {err}") from None
