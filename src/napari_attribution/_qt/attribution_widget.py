@@ -296,10 +296,16 @@ class AttributionWidget(DockWidget):
             if curves:
                 self._plot_curves(curves)
             none = result.no_evidence()
+            unsure = [i for i, s in enumerate((result.evidence or {}).get("state", []))
+                      if s == "undetermined"]
+            inputs = [f for f in result.findings if f.is_warning]
             self.say(f"{method}: {len(result.maps)} map(s) in {result.seconds:.1f} s"
                      + (f"; curves {curve_s:.1f} s" if curves else "")
                      + (f" — no localised evidence in {len(none)} map(s): their top pixels "
-                        "matter no more than random ones" if none else "")
+                        "matter no more than pixels elsewhere" if none else "")
+                     + (f" — evidence check undetermined for {len(unsure)} map(s): the "
+                        "target stays saturated after every deletion" if unsure else "")
+                     + "".join(f" — {f.code}: {f.message}" for f in inputs)
                      + "".join(f" — {w}" for w in result.warnings))
 
         return self.runner.start(work(), f"explaining ({method})", done)

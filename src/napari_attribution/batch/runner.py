@@ -219,6 +219,13 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     first = record_shape(records[0], config.downsample)  # a large image is not read
     bundle.check_channels(first[0], f"the plate's images ({records[0].id})")
     shape = (first[1], first[2])
+    scale_notes: list[str] = []
+    if config.input_size is None:  # tiles of the model's training size, never one pass
+        from ..core.attribution.explain import scale_for
+
+        size, found = scale_for(bundle, shape)
+        config = replace(config, input_size=size)
+        scale_notes = [f"{f.code}: {f.message}" for f in found]
     if config.input_size is not None and min(shape) < config.input_size:
         raise InputError(f"images are {shape[0]}x{shape[1]} pixels, smaller than "
                          f"input_size {config.input_size}")
@@ -229,7 +236,7 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     regions = use_regions(first, config.regions)
     if regions:  # region by region: part of what makes the run
         payload["regions"] = {"region_size": config.region_size}
-    warnings = plan_warnings(config, methods, shape, regions)
+    warnings = scale_notes + plan_warnings(config, methods, shape, regions)
     lock = StoreLock(output).acquire()  # one run per store; held until this run ends
     try:
         return (yield from _run_locked(
