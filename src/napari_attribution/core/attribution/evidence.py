@@ -54,6 +54,7 @@ from ..study.findings import Finding, make, register_code
 EVIDENCE_STATES = ("localised", "none", "undetermined")
 SCORES = ("logit", "probability")
 NULLS = ("shift", "pixels")
+SUBSTRATES = ("mean", "blur", "zero")
 
 EVIDENCE_NONE = register_code(
     "evidence-none", "caution",
@@ -75,7 +76,9 @@ class EvidenceConfig:
     min_gain: float = 0.5
     score: str = "logit"
     null: str = "shift"
-    saturation: float = 0.99
+    saturation: float | None = 0.99
+    substrate: str = "mean"
+    blur_sigma: float = 5.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -88,17 +91,20 @@ class EvidenceConfig:
             raise InputError(f"evidence score must be one of {SCORES}; got {self.score!r}")
         if self.null not in NULLS:
             raise InputError(f"evidence null must be one of {NULLS}; got {self.null!r}")
-        if not 0 < float(self.saturation) <= 1:
-            raise InputError(f"evidence saturation must lie in (0, 1]; got "
+        if self.substrate not in SUBSTRATES:
+            raise InputError(f"evidence substrate must be one of {SUBSTRATES}; got "
+                             f"{self.substrate!r}")
+        if self.saturation is not None and not 0 < float(self.saturation) <= 1:
+            raise InputError(f"evidence saturation must lie in (0, 1] or be None; got "
                              f"{self.saturation}")
 
     @classmethod
     def legacy(cls) -> EvidenceConfig:
         """The check as first written: probabilities, random pixels, 4 null masks,
-        ``min_gain`` 0.05, no saturation state (``saturation`` 1: never undetermined
-        unless the probability is exactly 1). Kept for the benchmark's comparison."""
+        ``min_gain`` 0.05, never 'undetermined' (``saturation`` None). Kept for the
+        benchmark's comparison."""
         return cls(n_random=4, min_gain=0.05, score="probability", null="pixels",
-                   saturation=1.0)
+                   saturation=None)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -121,7 +127,7 @@ def evidence_check(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
     x = torch.as_tensor(np.asarray(images, np.float32), device=device)
     n, c, h, w = x.shape
     masks = deletion_masks(_check_maps(maps, (n, c, h, w)), cfg).astype(np.float32)
-    mean = x.mean(dim=(2, 3), keepdim=True)
+    mean = substrate_of(x, cfg)
     tg = torch.as_tensor(np.asarray(targets), device=device).long()
     mk = torch.as_tensor(masks.reshape(n, -1, 1, h, w), device=device)
     n_var = mk.shape[1]
@@ -139,6 +145,16 @@ def evidence_check(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
             scores[sl] = s.view(-1, 1 + n_var).cpu().numpy()
             probs[sl] = p.view(-1, 1 + n_var).cpu().numpy()
     return _summary(scores if cfg.score == "logit" else probs, probs, cfg)
+
+
+def substrate_of(x: torch.Tensor, cfg: EvidenceConfig) -> torch.Tensor:
+    """What deleted pixels of ``x`` (N, C, H, W) become: the channel means (default),
+    the image blurred (``blur_sigma`` px) or zero (broadcastable to ``x``)."""
+    if cfg.substrate == "mean":
+        return x.mean(dim=(2, 3), keepdim=True)
+    from .pcim import make_substrate
+
+    return make_substrate(x, cfg.substrate, cfg.blur_sigma)
 
 
 def target_scores(logits: torch.Tensor, targets: torch.Tensor
@@ -211,7 +227,7 @@ def evidence_check_tiled(model: torch.nn.Module, images: np.ndarray, maps: np.nd
     with torch.no_grad():
         for i in range(n):
             xi = torch.as_tensor(x_all[i], device=device)
-            mean = xi.mean(dim=(1, 2), keepdim=True)
+            mean = substrate_of(xi[None], cfg)[0]
             mi = masks[i].reshape(n_var, h, w)
             for v in range(1 + n_var):
                 xv = xi if v == 0 else torch.where(
@@ -246,7 +262,7 @@ def _summary(scores: np.ndarray, probs: np.ndarray, cfg: EvidenceConfig) -> dict
     beats = (drop_top[:, None] > drop_each).all(1)
     localised = (gain >= cfg.min_gain) & beats
     p_min = probs.min(1)
-    saturated = p_min >= cfg.saturation
+    saturated = np.zeros(n, bool) if cfg.saturation is None else p_min >= cfg.saturation
     state = np.where(localised, "localised", np.where(saturated, "undetermined", "none"))
     reasons = []
     for i in range(n):
