@@ -13,7 +13,7 @@ by well, a *tuning* half and a *report* half; each half holds
 
 Maps: PCIM's for the set's class (they localise on positives: GFP in the nuclei), and
 random maps (uniform noise: they localise nothing). On the tuning half, for each
-candidate configuration (deletion fractions x null deletions) the threshold ``min_gain``
+candidate configuration (deletion fractions, null deletions, substrate) the threshold ``min_gain``
 is the 95th percentile of the random maps' gain on positives (so a random map passes
 about 5 % of the time), and the configuration with the fewest non-'localised' PCIM maps
 of positives is chosen; the report half is then scored with it, and with the check as
@@ -53,9 +53,12 @@ from napari_attribution.core.models.inference import shrink  # noqa: E402
 from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
 CROP, DOWNSAMPLE = 48, 2
-CANDIDATES = {"f0.1-0.3/shift": ((0.1, 0.3), "shift"),
-              "f0.2-0.5/shift": ((0.2, 0.5), "shift"),
-              "f0.1-0.3/pixels": ((0.1, 0.3), "pixels")}
+#: name -> (fractions, null deletions, substrate)
+CANDIDATES = {"f0.1-0.3/shift/mean": ((0.1, 0.3), "shift", "mean"),
+              "f0.1-0.3/shift/blur": ((0.1, 0.3), "shift", "blur"),
+              "f0.1-0.3/shift/zero": ((0.1, 0.3), "shift", "zero"),
+              "f0.2-0.5/shift/blur": ((0.2, 0.5), "shift", "blur"),
+              "f0.1-0.3/pixels/blur": ((0.1, 0.3), "pixels", "blur")}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -206,14 +209,16 @@ def main() -> None:
 
     # Tuning half: min_gain per candidate from random maps of positives; pick the best.
     tuning, numbers = {}, {}
-    for name, (fractions, null) in CANDIDATES.items():
+    for name, (fractions, null, substrate) in CANDIDATES.items():
         t1 = time.perf_counter()
-        loose = EvidenceConfig(fractions=fractions, null=null, min_gain=-1e9)
+        loose = EvidenceConfig(fractions=fractions, null=null, substrate=substrate,
+                               min_gain=-1e9)
         ev = run_config(loose, "tune")
         rand_gain = np.concatenate([ev[k]["gain"] for k in ev if k.startswith("pos")
                                     and k.endswith("/random")])
         min_gain = round(max(0.1, float(np.quantile(rand_gain, 0.95))), 2)
-        cfg = EvidenceConfig(fractions=fractions, null=null, min_gain=min_gain)
+        cfg = EvidenceConfig(fractions=fractions, null=null, substrate=substrate,
+                             min_gain=min_gain)
         states = {k: restate(v, min_gain, cfg.saturation) for k, v in ev.items()}
         miss = np.concatenate([np.asarray(states[k]) != "localised" for k in states
                                if k.startswith("pos") and k.endswith("/pcim")])
@@ -240,8 +245,8 @@ def main() -> None:
                          "median_p0": {k: float(np.median(v["p0"])) for k, v in ev.items()}}
         if label == "tuned":   # the library's default threshold on the same numbers
             dflt = EvidenceConfig()
-            if (dflt.fractions, dflt.null, dflt.n_random) == (cfg.fractions, cfg.null,
-                                                              cfg.n_random):
+            if (dflt.fractions, dflt.null, dflt.n_random, dflt.substrate) == (
+                    cfg.fractions, cfg.null, cfg.n_random, cfg.substrate):
                 report["default"] = {
                     "config": dflt.to_dict(), "median_gain": report[label]["median_gain"],
                     "median_p0": report[label]["median_p0"],
