@@ -241,6 +241,9 @@ def main() -> None:
         ev = run_config(cfg, "report")
         report[label] = {"config": cfg.to_dict(),
                          "rates": {k: rates(v["state"]) for k, v in ev.items()},
+                         "per_image": {k: {f: v[f] for f in ("state", "gain", "p0", "p_min",
+                                                             "beats_all_random")}
+                                       for k, v in ev.items()},
                          "median_gain": {k: float(np.median(v["gain"])) for k, v in ev.items()},
                          "median_p0": {k: float(np.median(v["p0"])) for k, v in ev.items()}}
         if label == "tuned":   # the library's default threshold on the same numbers
