@@ -448,3 +448,37 @@ def test_plan_warns_about_black_box_pcims_coarse_grid_on_whole_fields(tmp_path, 
     # the test bundle records no training size: said once, nothing about the grid
     assert [w.split(":")[0] for w in result.warnings] == ["field-scale"]
     assert result.open().meta["provenance"]["warnings"] == result.warnings
+
+
+def test_crop_trained_bundle_is_run_in_tiles_of_its_training_size(tmp_path, records):
+    """A bundle trained on 16 px crops (recorded ``input_size``) sees the 32 px fields in
+    16 px tiles: its probabilities are the mean over the four tiles, never one global
+    pass, and the store records the tile size."""
+    import torch
+
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.data.normalization import PercentileNormalizer
+    from napari_attribution.io.bundle import load_bundle, save_bundle
+
+    torch.manual_seed(1)
+    path = save_bundle(tmp_path / "crops.safetensors",
+                       DCMIXClassifier(ModelConfig(2, 2, width=8)).eval(), CHANNELS,
+                       ["neg", "pos"], PercentileNormalizer(mode="per_image"),
+                       provenance={"data": {"image_size": [16, 16], "input_size": 16}})
+    out = tmp_path / "tiles.zarr"
+    result = run_generator(run_batch(records[:3], path, out,
+                                     BatchConfig(methods=["saliency"], device="cpu"),
+                                     n_workers=1, processes=False))
+    assert [w for w in result.warnings if w.startswith("field-scale")] == []
+    store = open_result(out)
+    assert store.meta["provenance"]["input_size"] == 16
+    bundle = load_bundle(path)
+    raw = np.stack([read_record(r) for r in records[:3]])
+    x = bundle.prepare(raw)
+    tiles = [x[:, :, y:y + 16, xx:xx + 16] for y in (0, 16) for xx in (0, 16)]
+    with torch.no_grad():
+        want = np.mean([torch.softmax(bundle.model(torch.from_numpy(t)), 1).numpy()
+                        for t in tiles], 0)
+    np.testing.assert_allclose(store.probabilities(), want, rtol=1e-4, atol=1e-5)
+    whole = bundle.predict_proba(raw)
+    assert np.abs(whole - want).max() > 1e-4     # one global pass would differ

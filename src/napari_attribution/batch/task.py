@@ -85,6 +85,25 @@ def clear_model_cache() -> None:
         _MODELS.clear()
 
 
+def tiled_probabilities(bundle: Any, raw: np.ndarray, input_size: int | None,
+                        batch_size: int, device: str) -> np.ndarray:
+    """Class probabilities (N, K) of raw images: one pass per image when they fit the
+    model's input, else the mean over non-overlapping tiles of ``input_size`` (a model
+    trained on crops never sees a whole field in one global-pooling pass)."""
+    if input_size is None or max(raw.shape[-2:]) <= int(input_size):
+        return bundle.predict_proba(raw, batch_size=batch_size, device=device)
+    from ..core.models.classifier import check_outputs, frozen
+    from ..core.models.inference import tile_probabilities
+    from ..core.runtime.progress import run_generator
+
+    x = np.asarray(bundle.prepare(raw), np.float32)
+    with frozen(bundle.model, device) as net:
+        probs, _ = run_generator(tile_probabilities(net, x, int(input_size), overlap=0,
+                                                    batch_size=batch_size, device=device))
+    check_outputs(probs, what="class probabilities")
+    return probs
+
+
 def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str
                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Probabilities (N, K), targets (N,) and maps per method for raw images (N, C, H, W).
@@ -93,7 +112,7 @@ def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str
     """
     from ..core.runtime.progress import run_generator
 
-    probs = bundle.predict_proba(raw, batch_size=spec.batch_size, device=device)
+    probs = tiled_probabilities(bundle, raw, spec.input_size, spec.batch_size, device)
     if spec.target is None:
         targets = probs.argmax(1).astype(np.int64)
     else:
