@@ -482,3 +482,29 @@ def test_crop_trained_bundle_is_run_in_tiles_of_its_training_size(tmp_path, reco
     np.testing.assert_allclose(store.probabilities(), want, rtol=1e-4, atol=1e-5)
     whole = bundle.predict_proba(raw)
     assert np.abs(whole - want).max() > 1e-4     # one global pass would differ
+
+
+def test_evidence_check_in_a_batch_run(tmp_path, records, bundle_path):
+    """``evidence=True``: every image computed gets a state, and the findings count them."""
+    run = BatchConfig(methods=["saliency"], device="cpu", batch_size=6, evidence=True)
+    result = run_generator(run_batch(records[:6], bundle_path, tmp_path / "ev.zarr", run,
+                                     n_workers=1, processes=False))
+    assert sorted(result.evidence) == list(range(6))
+    assert set(result.evidence.values()) <= {"localised", "none", "undetermined"}
+    n_flagged = sum(s != "localised" for s in result.evidence.values())
+    counted = sum(len(f.evidence["images"]) for f in result.findings)
+    assert counted == n_flagged
+    assert {f.code for f in result.findings} <= {"evidence-none", "evidence-undetermined"}
+    # the same states as the check run on the same images in one process
+    from napari_attribution.core.attribution.explain import explain
+    from napari_attribution.io.models import load_model
+
+    clf = load_model(bundle_path)
+    raw = np.stack([read_record(r) for r in records[:6]])
+    ref = run_generator(explain(clf.model, clf.prepare(raw), method="saliency",
+                                device="cpu", evidence=True))
+    assert [result.evidence[i] for i in range(6)] == ref.evidence["state"]
+    plain = run_generator(run_batch(records[:2], bundle_path, tmp_path / "plain.zarr",
+                                    BatchConfig(methods=["saliency"], device="cpu"),
+                                    n_workers=1, processes=False))
+    assert plain.evidence == {} and plain.findings == []
