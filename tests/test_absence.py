@@ -333,7 +333,7 @@ def test_cli_contrast_and_no_evidence_warning(tmp_path, capsys):
                  "--trust-model",
                  "-q", "-o", str(tmp_path / "b.ome.tif")]) == 0
     out = capsys.readouterr().out
-    assert "no localised evidence" in out and "random pixels" in out
+    assert "evidence-none" in out and "no localised evidence" in out and "elsewhere" in out
     _, meta = read_attribution_tiff(tmp_path / "b.ome.tif")
     assert meta["provenance"]["evidence"]["state"] == ["none"]
     assert main(["explain", str(blind), str(img), "--no-evidence-check", "--device", "cpu",
@@ -404,3 +404,86 @@ def test_api_contrast_by_class_name(trained_cells, cell_data):
     with pytest.raises(InputError, match="contrast"):
         na.explain(trained_cells, cell_data.images[:1], targets=1, contrast=[0, 1],
                    device="cpu")
+
+
+class _LoudSpot(SpotModel):
+    """SpotModel with logits 20x larger: p(spots) is 1.0 whatever a few deletions do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 20
+
+
+def test_evidence_sees_through_saturation_in_log_odds():
+    x, masks = spot_images(n=4, size=24)
+    model = _frozen(_LoudSpot())
+    small = dict(fractions=(0.01, 0.02))          # deletes a few spot pixels at most
+    truth = masks.astype(np.float32)
+    ev = evidence_check(model, x, truth, np.ones(4, int), EvidenceConfig(**small))
+    assert min(ev["p_min"]) > 0.999                 # p(target) never moves ...
+    assert ev["state"] == ["localised"] * 4         # ... the log-odds do
+    assert min(ev["gain"]) > 5
+    # in probabilities the same deletions cannot tell: 'undetermined', with the reason
+    prob = evidence_check(model, x, truth, np.ones(4, int),
+                          EvidenceConfig(score="probability", **small))
+    assert prob["state"] == ["undetermined"] * 4
+    assert all("saturated" in r for r in prob["reason"])
+    # the check as first written called them 'none'
+    legacy = evidence_check(model, x, truth, np.ones(4, int),
+                            EvidenceConfig(**{**EvidenceConfig.legacy().to_dict(), **small}))
+    assert legacy["state"] == ["none"] * 4
+    # a random map does not localise in log-odds either
+    rand = evidence_check(model, x, np.random.default_rng(0).random((4, 24, 24)),
+                          np.ones(4, int), EvidenceConfig(**small))
+    assert "localised" not in rand["state"]
+
+
+class _SureBlind(BlindModel):
+    """Ignores the image; class 0 wins by 40 nats (p = 1.0 before and after anything)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 40 / 3
+
+
+def test_evidence_undetermined_when_saturated_none_when_not():
+    from napari_attribution.core.attribution.evidence import evidence_findings
+
+    x, _ = spot_images(n=3, size=24)
+    maps = np.random.default_rng(1).random((3, 24, 24)).astype(np.float32)
+    sure = evidence_check(_frozen(_SureBlind()), x, maps, np.zeros(3, int))
+    assert sure["state"] == ["undetermined"] * 3 and min(sure["p_min"]) > 0.99
+    unsure = evidence_check(_frozen(BlindModel()), x, maps, np.zeros(3, int))
+    assert unsure["state"] == ["none"] * 3          # p = 0.95: deletions could have shown it
+    found = evidence_findings(sure)
+    assert [(f.code, f.severity) for f in found] == [("evidence-undetermined", "note")]
+    assert found[0].evidence["images"] == [0, 1, 2]
+    found = evidence_findings(unsure)
+    assert [(f.code, f.severity) for f in found] == [("evidence-none", "caution")]
+    assert evidence_findings(None) == []
+    # through explain: the result's findings and provenance carry them
+    res = run_generator(explain(_SureBlind(), x, 0, device="cpu", evidence=True, steps=2))
+    assert res.evidence["state"] == ["undetermined"] * 3 and res.no_evidence() == []
+    assert [f["code"] for f in res.provenance()["findings"]] == ["evidence-undetermined"]
+
+
+def test_evidence_nulls_and_substrates():
+    x, masks = spot_images(n=4, size=24)
+    model = _frozen(SpotModel())
+    truth = masks.astype(np.float32)
+    for kw in ({"null": "pixels"}, {"substrate": "blur", "blur_sigma": 3.0},
+               {"substrate": "zero"}):
+        ev = evidence_check(model, x, truth, np.ones(4, int), EvidenceConfig(**kw))
+        assert ev["state"] == ["localised"] * 4, kw
+    # the shifted null keeps the top mask's size and moves it by >= a quarter image
+    from napari_attribution.core.attribution.evidence import deletion_masks
+
+    m = deletion_masks(truth, EvidenceConfig(n_random=5))
+    assert (m.sum(-1) == m[:, :1].sum(-1)).all()
+    top = m[:, 0].reshape(4, 2, 24, 24)
+    for r in range(1, 6):
+        assert not (m[:, r].reshape(4, 2, 24, 24) & top).all()
+    with pytest.raises(InputError, match="null"):
+        EvidenceConfig(null="nope")
+    with pytest.raises(InputError, match="substrate"):
+        EvidenceConfig(substrate="nope")
+    with pytest.raises(InputError, match="saturation"):
+        EvidenceConfig(saturation=1.5)

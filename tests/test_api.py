@@ -68,3 +68,71 @@ def test_explain_with_class_name_and_raw_images(api_result, tmp_path):
     assert one.maps.shape == (1, 32, 32)
     with pytest.raises(InputError, match="unknown target class .mitotic."):
         na.explain(path, data.images[:2], targets="mitotic")
+
+
+def _field(data, n: int = 3) -> np.ndarray:
+    """A bigger field: ``n`` x ``n`` of the set's images side by side (C, n*S, n*S)."""
+    rows = [np.concatenate(list(data.images[r * n:(r + 1) * n]), -1) for r in range(n)]
+    return np.concatenate(rows, -2)
+
+
+def test_crop_trained_bundle_explains_a_field_in_tiles_of_its_training_size(api_result,
+                                                                             tmp_path):
+    data, result, _ = api_result
+    path = na.save_bundle(tmp_path / "m.safetensors", result)
+    bundle = na.load_bundle(path)
+    assert bundle.provenance["data"]["input_size"] == 32 and bundle.input_size == 32
+    field = _field(data)                                            # (4, 96, 96)
+    res = na.explain(path, field, device="cpu", steps=2)
+    assert res.maps.shape == (1, 96, 96)
+    assert res.params["input_size"] == 32 and res.params["tiling"] is not None
+    assert res.model["input_size"] == 32
+    assert not [f for f in res.all_findings() if f.code == "field-scale"]
+    # an old bundle (no input_size recorded): the training images' size is used
+    old = na.load_bundle(path)
+    del old.provenance["data"]["input_size"]
+    assert na.explain(old, field, device="cpu", steps=2).params["input_size"] == 32
+    # nothing recorded at all: one pass, and a field-scale caution says so
+    del old.provenance["data"]["image_size"]
+    res = na.explain(old, field, device="cpu", steps=2)
+    assert res.params["input_size"] is None
+    codes = [f.code for f in res.all_findings()]
+    assert "field-scale" in codes
+    assert "field-scale" in [f["code"] for f in res.provenance()["findings"]]
+    # images of the training size are explained whole, with no finding
+    crops = na.explain(path, data.images[:3], device="cpu", steps=2)
+    assert crops.params["input_size"] is None and crops.all_findings() == []
+
+
+def test_explain_an_imageset_of_prepared_crops(api_result, tmp_path):
+    from napari_attribution.io.plate import take
+
+    data, result, _ = api_result
+    path = na.save_bundle(tmp_path / "m.safetensors", result)
+    sub = take(data, np.arange(4))
+    res = na.explain(path, sub, device="cpu", steps=2)
+    assert res.maps.shape == (4, 32, 32)
+    ref = na.explain(path, data.images[:4], device="cpu", steps=2)
+    np.testing.assert_allclose(res.probabilities, ref.probabilities, atol=1e-5)
+    # crops normalised the model's way are used as they are
+    prepared = take(data, np.arange(4))
+    prepared.images = result.normalizer(data.images[:4])
+    prepared.metadata = {**prepared.metadata, "normalization": result.normalizer.to_dict()}
+    got = na.explain(path, prepared, device="cpu", steps=2)
+    np.testing.assert_allclose(got.probabilities, ref.probabilities, atol=1e-5)
+
+
+def test_swapped_channels_get_a_channel_map_caution(api_result, tmp_path):
+    data, result, _ = api_result
+    path = na.save_bundle(tmp_path / "m.safetensors", result)
+    ref = na.load_bundle(path).provenance["data"]["channel_reference"]
+    assert set(ref["channels"]) == set(data.channel_names)
+    test = na.sample_cells(n_images=24, size=32, seed=5)
+    right = na.explain(path, test.images, device="cpu", method="saliency")
+    assert [f for f in right.all_findings() if f.code == "channel-map-suspect"] == []
+    swapped = test.images[:, [1, 0, 2, 3]]            # Marker fed as DNA, DNA as Marker
+    res = na.explain(path, swapped, device="cpu", method="saliency")
+    found = [f for f in res.all_findings() if f.code == "channel-map-suspect"]
+    assert found and all(f.severity == "caution" for f in found)
+    assert {f.evidence["channel"] for f in found} == {"DNA", "Marker"}
+    assert {f.evidence["looks_like"] for f in found} == {"DNA", "Marker"}

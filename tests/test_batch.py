@@ -520,5 +520,66 @@ def test_plan_warns_about_black_box_pcims_coarse_grid_on_whole_fields(tmp_path, 
                       device="cpu", batch_size=6)
     result = run_generator(run_batch(records, bundle_path, tmp_path / "bb.zarr", run,
                                      n_workers=1, processes=False))
-    assert result.warnings == []
-    assert result.open().meta["provenance"]["warnings"] == []
+    # the test bundle records no training size: said once, nothing about the grid
+    assert [w.split(":")[0] for w in result.warnings] == ["field-scale"]
+    assert result.open().meta["provenance"]["warnings"] == result.warnings
+
+
+def test_crop_trained_bundle_is_run_in_tiles_of_its_training_size(tmp_path, records):
+    """A bundle trained on 16 px crops (recorded ``input_size``) sees the 32 px fields in
+    16 px tiles: its probabilities are the mean over the four tiles, never one global
+    pass, and the store records the tile size."""
+    import torch
+
+    from napari_attribution.core.channels.dcmix import DCMIXClassifier, ModelConfig
+    from napari_attribution.core.data.normalization import PercentileNormalizer
+    from napari_attribution.io.bundle import load_bundle, save_bundle
+
+    torch.manual_seed(1)
+    path = save_bundle(tmp_path / "crops.safetensors",
+                       DCMIXClassifier(ModelConfig(2, 2, width=8)).eval(), CHANNELS,
+                       ["neg", "pos"], PercentileNormalizer(mode="per_image"),
+                       provenance={"data": {"image_size": [16, 16], "input_size": 16}})
+    out = tmp_path / "tiles.zarr"
+    result = run_generator(run_batch(records[:3], path, out,
+                                     BatchConfig(methods=["saliency"], device="cpu"),
+                                     n_workers=1, processes=False))
+    assert [w for w in result.warnings if w.startswith("field-scale")] == []
+    store = open_result(out)
+    assert store.meta["provenance"]["input_size"] == 16
+    bundle = load_bundle(path)
+    raw = np.stack([read_record(r) for r in records[:3]])
+    x = bundle.prepare(raw)
+    tiles = [x[:, :, y:y + 16, xx:xx + 16] for y in (0, 16) for xx in (0, 16)]
+    with torch.no_grad():
+        want = np.mean([torch.softmax(bundle.model(torch.from_numpy(t)), 1).numpy()
+                        for t in tiles], 0)
+    np.testing.assert_allclose(store.probabilities(), want, rtol=1e-4, atol=1e-5)
+    whole = bundle.predict_proba(raw)
+    assert np.abs(whole - want).max() > 1e-4     # one global pass would differ
+
+
+def test_evidence_check_in_a_batch_run(tmp_path, records, bundle_path):
+    """``evidence=True``: every image computed gets a state, and the findings count them."""
+    run = BatchConfig(methods=["saliency"], device="cpu", batch_size=6, evidence=True)
+    result = run_generator(run_batch(records[:6], bundle_path, tmp_path / "ev.zarr", run,
+                                     n_workers=1, processes=False))
+    assert sorted(result.evidence) == list(range(6))
+    assert set(result.evidence.values()) <= {"localised", "none", "undetermined"}
+    n_flagged = sum(s != "localised" for s in result.evidence.values())
+    counted = sum(len(f.evidence["images"]) for f in result.findings)
+    assert counted == n_flagged
+    assert {f.code for f in result.findings} <= {"evidence-none", "evidence-undetermined"}
+    # the same states as the check run on the same images in one process
+    from napari_attribution.core.attribution.explain import explain
+    from napari_attribution.io.models import load_model
+
+    clf = load_model(bundle_path)
+    raw = np.stack([read_record(r) for r in records[:6]])
+    ref = run_generator(explain(clf.model, clf.prepare(raw), method="saliency",
+                                device="cpu", evidence=True))
+    assert [result.evidence[i] for i in range(6)] == ref.evidence["state"]
+    plain = run_generator(run_batch(records[:2], bundle_path, tmp_path / "plain.zarr",
+                                    BatchConfig(methods=["saliency"], device="cpu"),
+                                    n_workers=1, processes=False))
+    assert plain.evidence == {} and plain.findings == []

@@ -138,7 +138,9 @@ def test_train_on_a_plate_folder(tmp_path, capsys):
     assert prov["n_train"] + prov["n_validation"] == 32
     data_info = dict(prov["data"])
     assert data_info.pop("input_normalization")["mode"] == "per_field"
-    assert data_info == {"image_size": [16, 16], "n_images": 32, "source": str(plate),
+    assert set(data_info.pop("channel_reference")["channels"]) == {"dna", "gfp"}
+    assert data_info == {"image_size": [16, 16], "input_size": 16, "n_images": 32,
+                         "source": str(plate),
                          "crops": "grid", "crop_size": 16, "downsample": 1,
                          "geometry": "given", "segmentation": "otsu", "split_by": "well"}
     assert bundle.normalizer.mode == "per_field"

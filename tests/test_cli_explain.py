@@ -166,3 +166,33 @@ def test_explain_tiling_option(tmp_path, trained_cells, cell_data):
     assert provs["per_tile"].get("map_scale") != "field"
     with pytest.raises(SystemExit):
         main(["explain", str(bundle), str(tmp_path / "field.tif"), "--tiling", "nope"])
+
+
+def test_crop_trained_bundle_explains_a_field_in_tiles_of_its_crop_size(tmp_path, trained_cells,
+                                                                        cell_data, capsys):
+    """A bundle trained on 32 px crops records input_size 32; explain tiles a 96 px field
+    at 32 px (never one global pass); the provenance and the output say so."""
+    bundle = save_training_result(tmp_path / "cells.safetensors", trained_cells)
+    from napari_attribution.io.bundle import load_bundle
+
+    assert load_bundle(bundle).provenance["data"]["input_size"] == 32
+    rows = [np.concatenate(list(cell_data.images[r * 3:(r + 1) * 3]), -1) for r in range(3)]
+    field = np.concatenate(rows, -2)
+    np.save(tmp_path / "field.npy", field)
+    out = tmp_path / "field.ome.tif"
+    assert main(["explain", str(bundle), str(tmp_path / "field.npy"), "-m", "saliency",
+                 "--device", "cpu", "-q", "-o", str(out)]) == 0
+    maps, meta = read_attribution_tiff(out)
+    prov = meta["provenance"]
+    assert np.squeeze(maps).shape == (96, 96)
+    assert prov["params"]["input_size"] == 32 and prov["params"]["tiling"] == "per_tile"
+    assert prov["input_size"] == 32
+    assert "field-scale" not in capsys.readouterr().out
+    # swapped channels: the channel-map caution is printed and kept in the provenance
+    np.save(tmp_path / "swapped.npy", field[[1, 0, 2, 3]])
+    out2 = tmp_path / "swapped.ome.tif"
+    assert main(["explain", str(bundle), str(tmp_path / "swapped.npy"), "-m", "saliency",
+                 "--device", "cpu", "-q", "-o", str(out2)]) == 0
+    assert "channel-map-suspect" in capsys.readouterr().out
+    codes = [f["code"] for f in read_attribution_tiff(out2)[1]["provenance"]["findings"]]
+    assert "channel-map-suspect" in codes

@@ -169,6 +169,36 @@ def test_channels_reach_the_model_by_name(make_napari_viewer, qtbot, cells, bund
     np.testing.assert_allclose(w2.last_probabilities, ref, atol=1e-5)
 
 
+def test_a_swapped_channel_map_is_flagged(make_napari_viewer, qtbot, cells, bundle, errors):
+    """DNA's pixels under the Marker name (and the reverse): Predict and Explain say the
+    channels look like the other trained channels; the right map says nothing."""
+    viewer = make_napari_viewer()
+    _add(viewer, cells, n=16)
+    w = _widget(viewer, bundle)
+    w.scope.setCurrentText("all images")
+    w.predict()
+    _wait(qtbot, w)
+    assert errors == [] and w.last_findings == []
+    assert "channel-map-suspect" not in w.status.text()
+    swapped = make_napari_viewer()
+    names = list(cells.channel_names)
+    for c, src in enumerate([1, 0, 2, 3]):          # Marker's data as DNA and vice versa
+        swapped.add_image(cells.images[:16, src], name=names[c], blending="additive")
+    w2 = _widget(swapped, bundle)
+    w2.scope.setCurrentText("all images")
+    w2.predict()
+    _wait(qtbot, w2)
+    assert errors == []
+    assert {f.evidence["channel"] for f in w2.last_findings} == {"DNA", "Marker"}
+    assert "channel-map-suspect" in w2.status.text()
+    w2.method.setCurrentText("saliency")
+    w2.run()
+    _wait(qtbot, w2)
+    assert errors == [] and "channel-map-suspect" in w2.status.text()
+    codes = [f["code"] for f in w2.last_result.provenance()["findings"]]
+    assert "channel-map-suspect" in codes
+
+
 def test_training_scale_is_applied(make_napari_viewer, qtbot, cells, bundle, errors):
     """A model trained on crops shrunk 2x sees full-resolution fields shrunk 2x and in
     tiles of its input size; the maps go back over the field via the layer scale."""

@@ -27,6 +27,12 @@ def test_model_scale_from_provenance():
     assert ModelScale.from_provenance({}) == ModelScale(1, None)
     assert ModelScale.from_provenance({"data": {"image_size": [32, 48]}}).input_size is None
     assert "shrunk 2x, 64 px tiles" == s.describe()
+    assert s.source == "image_size"           # an older bundle: inferred
+    rec = ModelScale.from_provenance({"data": {"input_size": 48, "image_size": [48, 48]}})
+    assert (rec.input_size, rec.source) == (48, "recorded")
+    assert ModelScale.from_provenance({"data": {"input_size": "48"}}).source is None
+    assert ModelScale.from_provenance({"data": {"input_size": None,
+                                                "image_size": [40, 40]}}).input_size == 40
 
 
 def test_shrink_is_a_block_mean():

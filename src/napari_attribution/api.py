@@ -134,7 +134,7 @@ def explain(model: ModelLike, images: np.ndarray, *, method: str = "pcim",
             targets: int | str | Sequence[int | str] | None = None, trust: bool = False,
             allow_download: bool = False, progress: ProgressCallback = None,
             **options: Any) -> AttributionResult:
-    """Attribution maps for raw ``images`` (N, C, H, W) or (C, H, W).
+    """Attribution maps for raw ``images`` (N, C, H, W) or (C, H, W), or an ImageSet.
 
     ``model``: anything ``io.models.load_model`` takes (a bundle, ``.pt2`` or
     TorchScript path, a ``TrainResult``, a torch module). Images are prepared as the
@@ -143,9 +143,13 @@ def explain(model: ModelLike, images: np.ndarray, *, method: str = "pcim",
     class indices or names, ``"predicted"`` or None (the predicted class). ``options`` go
     to :func:`napari_attribution.core.attribution.explain.explain` (``per_channel``, ``device``,
     ``input_size`` for tiling, ``contrast`` (a class index or name: "target rather than
-    contrast"), ``evidence=True`` (the 'localised' / 'none' check), method parameters).
-    The result's ``provenance()`` names the model (path, kind, sha256, channel and class
-    names, normalisation).
+    contrast"), ``evidence=True`` (the 'localised' / 'none' / 'undetermined' check),
+    method parameters). Images larger than the model's training input (a bundle's
+    recorded ``input_size``) are explained in tiles of it. The result's ``provenance()``
+    names the model (path, kind, sha256, channel and class names, normalisation);
+    ``all_findings()`` holds the evidence check's findings, ``field-scale`` (no known
+    training size) and ``channel-map-suspect`` (a channel looks like another trained
+    channel).
     """
     clf = load_model(model, trust=trust, allow_download=allow_download)
     return run_generator(explain_classifier(clf, images, targets, method=method, **options),

@@ -52,6 +52,8 @@ class AttributionWidget(DockWidget):
         self.last_result = None
         self.last_curves: dict = {}
         self.last_probabilities: np.ndarray | None = None
+        #: the last prediction's findings about its input (``channel-map-suspect``)
+        self.last_findings: list = []
 
         self.model_label = QLabel("no model: train or load one in the Train widget")
         self.model_label.setWordWrap(True)
@@ -234,17 +236,22 @@ class AttributionWidget(DockWidget):
             return None
         device = self.device.currentText()
 
-        def work() -> Generator[Progress, None, np.ndarray]:
+        def work() -> Generator[Progress, None, tuple]:
+            from ..core.attribution.explain import channel_map_findings
             from ..core.runtime.devices import resolve_device
 
-            x = bundle.prepare(shrink(sel.images, look["shrink"]))
+            raw = shrink(sel.images, look["shrink"])
+            x = bundle.prepare(raw)
             probs, _ = yield from tile_probabilities(bundle.model, x, look["tile"],
                                                      device=resolve_device(device))
-            return probs
+            return probs, channel_map_findings(bundle, raw)
 
-        def done(probs: np.ndarray) -> None:
+        def done(value: tuple) -> None:
+            probs, findings = value
+            self.last_findings = findings
             self._show_proba(probs, list(bundle.class_names), sel, look)
-            self.say(f"predicted {len(probs)} image(s) ({self._how(look)})")
+            self.say(f"predicted {len(probs)} image(s) ({self._how(look)})"
+                     + "".join(f" — {f.code}: {f.message}" for f in findings))
 
         return self.runner.start(work(), "predicting", done)
 
@@ -296,10 +303,16 @@ class AttributionWidget(DockWidget):
             if curves:
                 self._plot_curves(curves)
             none = result.no_evidence()
+            unsure = [i for i, s in enumerate((result.evidence or {}).get("state", []))
+                      if s == "undetermined"]
+            inputs = [f for f in result.findings if f.is_warning]
             self.say(f"{method}: {len(result.maps)} map(s) in {result.seconds:.1f} s"
                      + (f"; curves {curve_s:.1f} s" if curves else "")
                      + (f" — no localised evidence in {len(none)} map(s): their top pixels "
-                        "matter no more than random ones" if none else "")
+                        "matter no more than pixels elsewhere" if none else "")
+                     + (f" — evidence check undetermined for {len(unsure)} map(s): the "
+                        "target stays saturated after every deletion" if unsure else "")
+                     + "".join(f" — {f.code}: {f.message}" for f in inputs)
                      + "".join(f" — {w}" for w in result.warnings))
 
         return self.runner.start(work(), f"explaining ({method})", done)

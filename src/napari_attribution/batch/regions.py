@@ -130,14 +130,28 @@ def field_percentiles(arr: Any, downsample: int, shape: tuple[int, int], region_
     return lo.astype(np.float64), hi.astype(np.float64)
 
 
-def _probabilities(clf: Any, x: np.ndarray, device: Any) -> np.ndarray:
+def _probabilities(clf: Any, x: np.ndarray, device: Any,
+                   input_size: int | None = None) -> np.ndarray:
+    """Class probabilities of one normalised region (C, H, W): one pass, or the mean over
+    non-overlapping tiles of ``input_size`` when the region is larger."""
     import torch
 
     from ..core.models.classifier import frozen
 
-    with frozen(clf.model, device) as net, torch.no_grad():
-        logits = net(torch.from_numpy(np.ascontiguousarray(x[None])).to(device)).float()
-    p = torch.softmax(logits, 1).cpu().numpy()[0]
+    if input_size is not None and max(x.shape[-2:]) > int(input_size) \
+            and min(x.shape[-2:]) >= int(input_size):
+        from ..core.models.inference import tile_probabilities
+        from ..core.runtime.progress import run_generator
+
+        with frozen(clf.model, device) as net:
+            probs, _ = run_generator(tile_probabilities(
+                net, np.ascontiguousarray(x[None], np.float32), int(input_size), overlap=0,
+                device=device))
+        p = probs[0]
+    else:
+        with frozen(clf.model, device) as net, torch.no_grad():
+            logits = net(torch.from_numpy(np.ascontiguousarray(x[None])).to(device)).float()
+        p = torch.softmax(logits, 1).cpu().numpy()[0]
     if not np.isfinite(p).all():
         raise InputError("the model gave non-finite class probabilities on a region of "
                          "the field")
@@ -167,7 +181,7 @@ def process_large_field(store: Any, index: int, field: str | None, record: Any, 
     prob_sum = None
     for y0, y1, x0, x1 in grid:
         x = normalise(read_window(arr, f, y0, y1, x0, x1))
-        p = _probabilities(clf, x, device) * ((y1 - y0) * (x1 - x0))
+        p = _probabilities(clf, x, device, spec.input_size) * ((y1 - y0) * (x1 - x0))
         prob_sum = p if prob_sum is None else prob_sum + p
     release_freed_memory()
     probs = (prob_sum / (h * w)).astype(np.float32)

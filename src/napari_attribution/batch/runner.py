@@ -62,7 +62,8 @@ class BatchConfig:
     None takes the factor recorded in the bundle (``train --plate``), else 1.
     ``regions``: compute fields region by region (``batch.regions``: opened lazily,
     never whole in memory) — None does so for fields over 256 MiB of float32 pixels;
-    ``region_size`` is the side of a region in pixels.
+    ``region_size`` is the side of a region in pixels. ``evidence``: the evidence check
+    on the first method's maps (14 forward passes per image or tile).
     """
 
     methods: Sequence[str] = ()
@@ -76,6 +77,10 @@ class BatchConfig:
     downsample: int | None = None
     regions: bool | None = None
     region_size: int = 1024
+    #: run the evidence check (``core.attribution.evidence``) on the first method's maps
+    #: of every image computed whole (not region by region); the states per image and
+    #: their findings come back in ``BatchResult.evidence`` / ``findings``
+    evidence: bool = False
 
     def method_params(self) -> dict[str, dict[str, Any]]:
         """Validated ``{method: params}`` in the order given."""
@@ -122,6 +127,10 @@ class BatchResult:
     fingerprint: str
     #: plain warnings about the plan (e.g. black-box PCIM's coarse grid on whole fields)
     warnings: list[str] = field(default_factory=list)
+    #: the evidence check's state per image index computed in this run (``evidence=True``)
+    evidence: dict[int, str] = field(default_factory=dict)
+    #: findings of this run (``evidence-none``, ``evidence-undetermined``)
+    findings: list = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -130,6 +139,17 @@ class BatchResult:
 
     def open(self) -> BatchStore:
         return BatchStore.open(self.store_path)
+
+
+def _evidence_findings(evidence: dict[int, str], records: Sequence[Any]) -> list:
+    """``evidence-none`` / ``evidence-undetermined`` findings for a run's states."""
+    if not evidence:
+        return []
+    from ..core.attribution.evidence import evidence_findings
+
+    idx = sorted(evidence)
+    return evidence_findings({"state": [evidence[i] for i in idx]},
+                             [str(records[i].id) for i in idx])
 
 
 def default_table_paths(output: Path, table: Path | None) -> tuple[Path, Path]:
@@ -219,6 +239,13 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     first = record_shape(records[0], config.downsample)  # a large image is not read
     bundle.check_channels(first[0], f"the plate's images ({records[0].id})")
     shape = (first[1], first[2])
+    scale_notes: list[str] = []
+    if config.input_size is None:  # tiles of the model's training size, never one pass
+        from ..core.attribution.explain import scale_for
+
+        size, found = scale_for(bundle, shape)
+        config = replace(config, input_size=size)
+        scale_notes = [f"{f.code}: {f.message}" for f in found]
     if config.input_size is not None and min(shape) < config.input_size:
         raise InputError(f"images are {shape[0]}x{shape[1]} pixels, smaller than "
                          f"input_size {config.input_size}")
@@ -229,7 +256,7 @@ def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
     regions = use_regions(first, config.regions)
     if regions:  # region by region: part of what makes the run
         payload["regions"] = {"region_size": config.region_size}
-    warnings = plan_warnings(config, methods, shape, regions)
+    warnings = scale_notes + plan_warnings(config, methods, shape, regions)
     lock = StoreLock(output).acquire()  # one run per store; held until this run ends
     try:
         return (yield from _run_locked(
@@ -265,8 +292,10 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
                     input_size=config.input_size, device=config.device,
                     batch_size=config.batch_size, image_shape=tuple(shape),
                     downsample=config.downsample, trust=trust, regions=config.regions,
-                    region_size=config.region_size)
+                    region_size=config.region_size,
+                    evidence=bool(config.evidence and methods))
     computed: set[int] = set()
+    evidence: dict[int, str] = {}
     deaths: list[str] = []
     n_workers_used = 0
     t_compute = 0.0
@@ -301,6 +330,7 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
                 # worker died before reporting back: done in this run, counted once.
                 new = [i for i in out["computed"] + out["skipped"] if i not in computed]
                 computed.update(new)
+                evidence.update({int(k): v for k, v in (out.get("evidence") or {}).items()})
                 n_done += len(new)
                 rate = len(computed) / max(time.perf_counter() - t0, 1e-9)
                 lost, workers = _lost_workers(client, workers)
@@ -330,7 +360,8 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
         n_computed=len(computed), n_skipped=n - len(computed),
         seconds=time.perf_counter() - t_start, compute_seconds=t_compute,
         n_workers=n_workers_used, fingerprint=store.meta["fingerprint"],
-        warnings=warnings)
+        warnings=warnings, evidence=dict(sorted(evidence.items())),
+        findings=_evidence_findings(evidence, records))
     store.mark_complete({"table": str(table_path), "wells": str(wells_path),
                          "n_images": n, "last_run_computed": len(computed),
                          "last_run_seconds": round(result.seconds, 3),

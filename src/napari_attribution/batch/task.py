@@ -39,6 +39,7 @@ class TaskSpec:
     trust: bool = False
     regions: bool | None = None
     region_size: int = 1024
+    evidence: bool = False
 
 
 class WorkerState:
@@ -101,15 +102,37 @@ def clear_model_cache() -> None:
         _LOCAL.models.clear()
 
 
-def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str
+def tiled_probabilities(bundle: Any, raw: np.ndarray, input_size: int | None,
+                        batch_size: int, device: str) -> np.ndarray:
+    """Class probabilities (N, K) of raw images: one pass per image when they fit the
+    model's input, else the mean over non-overlapping tiles of ``input_size`` (a model
+    trained on crops never sees a whole field in one global-pooling pass)."""
+    if input_size is None or max(raw.shape[-2:]) <= int(input_size):
+        return bundle.predict_proba(raw, batch_size=batch_size, device=device)
+    from ..core.models.classifier import check_outputs, frozen
+    from ..core.models.inference import tile_probabilities
+    from ..core.runtime.progress import run_generator
+
+    x = np.asarray(bundle.prepare(raw), np.float32)
+    with frozen(bundle.model, device) as net:
+        probs, _ = run_generator(tile_probabilities(net, x, int(input_size), overlap=0,
+                                                    batch_size=batch_size, device=device))
+    check_outputs(probs, what="class probabilities")
+    return probs
+
+
+def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str,
+                    evidence: list | None = None
                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Probabilities (N, K), targets (N,) and maps per method for raw images (N, C, H, W).
 
-    This is the single-process computation; batch runs call it per task.
+    This is the single-process computation; batch runs call it per task. With
+    ``spec.evidence`` the first method's maps are checked and their states appended to
+    ``evidence``.
     """
     from ..core.runtime.progress import run_generator
 
-    probs = bundle.predict_proba(raw, batch_size=spec.batch_size, device=device)
+    probs = tiled_probabilities(bundle, raw, spec.input_size, spec.batch_size, device)
     if spec.target is None:
         targets = probs.argmax(1).astype(np.int64)
     else:
@@ -122,12 +145,15 @@ def compute_outputs(bundle: Any, raw: np.ndarray, spec: TaskSpec, device: str
         from ..core.attribution.explain import explain
 
         x = bundle.prepare(raw).astype(np.float32)
-        for method, params in spec.methods.items():
+        for k, (method, params) in enumerate(spec.methods.items()):
+            check = bool(spec.evidence and k == 0)
             result = run_generator(explain(
                 bundle.model, x, targets=targets, method=method,
                 per_channel=spec.per_channel, device=device, batch_size=spec.batch_size,
-                input_size=spec.input_size, **params))
+                input_size=spec.input_size, evidence=check, **params))
             maps[method] = np.asarray(result.maps, dtype=np.float32)
+            if check and evidence is not None:
+                evidence.extend(result.evidence["state"])
     return probs, targets, maps
 
 
@@ -188,10 +214,12 @@ def process_images(spec: TaskSpec, indices: list[int], records: list[ImageRecord
         return {"computed": [i for i, _ in todo], "skipped": skipped,
                 "seconds": time.perf_counter() - t0}
     raw = np.stack(planes)
-    probs, targets, maps = compute_outputs(bundle, raw, spec, device)
+    states: list[str] = []
+    probs, targets, maps = compute_outputs(bundle, raw, spec, device, states)
     per_image = (time.perf_counter() - t0 - large_seconds) / len(small)
     for k, (index, _) in enumerate(small):
         store.write_image(index, probs[k], {m: a[k] for m, a in maps.items()},
                           {m: int(targets[k]) for m in maps}, per_image, where[index])
     return {"computed": [i for i, _ in todo], "skipped": skipped,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0,
+            "evidence": {int(i): s for (i, _), s in zip(small, states, strict=False)}}

@@ -67,19 +67,11 @@ def output_path(image: Path, output: Path | None, method: str, n_inputs: int) ->
 
 
 def evidence_warnings(result) -> list[str]:
-    """Plain warnings for maps that do not localise evidence (see core.evidence)."""
-    ev = result.evidence or {}
-    none = result.no_evidence()
-    if not none:
-        return []
-    n = len(ev.get("state", []))
-    which = "the map" if n == 1 else f"{len(none)} of {n} maps (images {none[:10]})"
-    gain = ev["gain"][none[0]]
-    return [f"warning: no localised evidence: {which} — deleting the map's top pixels "
-            f"lowers the target probability no more than deleting random pixels (gain "
-            f"{gain:+.3f}). The class is probably carried by the image as a whole or by an "
-            "absence (e.g. a negative control); do not read the map as the model's reason. "
-            "Try --contrast with another class."]
+    """Plain lines for the result's findings: the evidence check's ('none' is a caution,
+    'undetermined' a note: see core.attribution.evidence) and the inputs' (field-scale,
+    channel-map-suspect)."""
+    return [f"{'warning' if f.is_warning else 'note'} ({f.code}): {f.message}"
+            for f in result.all_findings()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                                                      method=args.method,
                                           per_channel=args.per_channel, device=args.device,
                                           batch_size=args.batch_size,
-                                          input_size=args.input_size or clf.input_size,
+                                          input_size=args.input_size,
                                           contrast=contrast, tiling=args.tiling,
                                           evidence=not args.no_evidence_check,
                                           **params), quiet=args.quiet)

@@ -50,6 +50,14 @@ class ModelBundle:
     def n_channels(self) -> int:
         return self.config.n_channels
 
+    @property
+    def input_size(self) -> int | None:
+        """The side of the training images (recorded, or inferred from the training
+        data's image size in older bundles); None when unknown."""
+        from ..core.models.inference import ModelScale
+
+        return ModelScale.from_provenance(self.provenance).input_size
+
     def check_channels(self, n_channels: int, what: str = "the images") -> None:
         """Raise :class:`BundleError` if ``n_channels`` differs from the model's."""
         if n_channels != self.n_channels:

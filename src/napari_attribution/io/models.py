@@ -337,11 +337,16 @@ def _output_classes(program) -> int | None:
 
 def from_bundle(bundle: ModelBundle) -> Classifier:
     """A :class:`Classifier` over a DCMIX bundle: its preprocessing is the bundle's own
-    ``prepare`` (the normalisation recorded at training time)."""
+    ``prepare`` (the normalisation recorded at training time) and its input size the
+    side of its training images (recorded, or inferred from older bundles' provenance:
+    ``ModelScale``), so that larger images are explained in tiles of that size."""
+    from ..core.models.inference import ModelScale
+
+    scale = ModelScale.from_provenance(bundle.provenance)
     return Classifier(
         module=bundle.model, kind="bundle", channel_names=list(bundle.channel_names),
         class_names=list(bundle.class_names), normalization=bundle.normalizer.to_dict(),
-        path=bundle.path,
+        input_size=scale.input_size, path=bundle.path,
         sha256=bundle.sha256, provenance=dict(bundle.provenance or {}),
         importance=bundle.importance, bundle=bundle, normalizer=bundle.normalizer)
 

@@ -25,6 +25,7 @@ from ..runtime.devices import resolve_device
 from ..runtime.errors import InputError
 from ..runtime.progress import Progress
 from ..runtime.validation import check_images
+from ..study.findings import Finding, make, register_code
 from . import baselines
 from .contrast import CONTRAST_TARGET, ContrastModel, check_contrast
 from .field import (
@@ -60,12 +61,22 @@ class AttributionResult:
     #: plain warnings about how far to trust these maps (e.g. a coarse black-box grid);
     #: the CLI prints them, the widget shows them, exports carry them
     warnings: list[str] = field(default_factory=list)
+    #: structured findings about the inputs (``field-scale``, ``channel-map-suspect``);
+    #: the evidence check's come from :meth:`all_findings`
+    findings: list[Finding] = field(default_factory=list)
 
     def no_evidence(self) -> list[int]:
         """Indices of the images whose map does not localise evidence."""
         if not self.evidence or "state" not in self.evidence:
             return []
         return [i for i, s in enumerate(self.evidence["state"]) if s == "none"]
+
+    def all_findings(self) -> list[Finding]:
+        """The result's findings and the evidence check's (``evidence-none``,
+        ``evidence-undetermined``)."""
+        from .evidence import evidence_findings
+
+        return [*self.findings, *evidence_findings(self.evidence)]
 
     def provenance(self) -> dict:
         """Method, parameters, targets, probabilities, the model (path, kind, sha256,
@@ -82,6 +93,7 @@ class AttributionResult:
             "contrast": None if self.contrast is None else int(self.contrast),
             "evidence": _jsonable(self.evidence),
             "warnings": list(self.warnings),
+            "findings": [f.as_dict() for f in self.all_findings()],
             "seconds": float(self.seconds),
             "package": "napari-attribution",
             "version": __version__,
@@ -570,22 +582,41 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
                              seconds=time.perf_counter() - t0)
 
 
-def explain_classifier(clf: Classifier, images: np.ndarray, targets: Any = None,
+FIELD_SCALE = register_code(
+    "field-scale", "caution",
+    "the model records no training input size: images are explained whole, in one pass, "
+    "which for a model trained on crops is the wrong scale")
+
+
+def explain_classifier(clf: Classifier, images: Any, targets: Any = None,
                        method: str = "pcim", **options: Any
                        ) -> Generator[Progress, None, AttributionResult]:
     """PCIM or a baseline on raw images through a :class:`Classifier`; the result carries
     the model's provenance.
 
-    ``images`` are prepared as the model records (normalisation); ``targets``: as
+    ``images``: raw (N, C, H, W) or (C, H, W), or an ImageSet / plate crops (prepared
+    crops are used as they are); they are prepared as the model records (normalisation).
+    Images larger than the model's training input (``clf.input_size``) are explained in
+    tiles of that size unless ``input_size`` says otherwise; a bundle that records no
+    size gets a ``field-scale`` finding. ``targets``: as
     :meth:`Classifier.resolve_targets`; ``options`` go to :func:`explain` (``contrast``
     may be a class name here).
     """
-    arr = np.asarray(images)
-    x = clf.prepare(arr[None] if arr.ndim == 3 else arr)
+    if hasattr(images, "images"):   # an ImageSet or plate FieldCrops: prepare knows how
+        x = clf.prepare(images)
+        raw = np.asarray(images.images)
+    else:
+        raw = np.asarray(images)
+        raw = raw[None] if raw.ndim == 3 else raw
+        x = clf.prepare(raw)
+    x = x[None] if x.ndim == 3 else x
     tgt = clf.resolve_targets(targets)
     if isinstance(tgt, list) and any(t is None for t in tgt):
         raise InputError("give class targets for every image, or 'predicted' for all")
-    options.setdefault("input_size", clf.input_size)
+    findings = channel_map_findings(clf, raw)
+    if options.get("input_size") is None:
+        options["input_size"], found = scale_for(clf, x.shape[-2:])
+        findings += found
     if options.get("contrast") is not None:   # "A rather than B": a name or an index
         contrast = options["contrast"]
         if not isinstance(contrast, (str, int, np.integer)) or isinstance(contrast, bool):
@@ -597,4 +628,47 @@ def explain_classifier(clf: Classifier, images: np.ndarray, targets: Any = None,
     result = yield from explain(clf.module, x, tgt, method=method, **options)
     result.model = clf.describe()
     result.model["target_names"] = [clf.class_names[int(t)] for t in result.targets]
+    result.findings += findings
     return result
+
+
+def channel_map_findings(clf: Classifier, images: np.ndarray) -> list[Finding]:
+    """``channel-map-suspect`` cautions for raw ``images`` (N, C, H, W) in the model's
+    channel order, against the per-channel statistics its bundle recorded at training
+    (none for models without them)."""
+    from ..channels.channel_map import check_channel_map
+
+    data = clf.provenance.get("data") if isinstance(clf.provenance, dict) else None
+    ref = data.get("channel_reference") if isinstance(data, dict) else None
+    if not isinstance(ref, dict) or images.ndim != 4:
+        return []
+    return check_channel_map(ref, images, list(clf.channel_names))
+
+
+def scale_for(clf: Classifier, shape: Sequence[int]) -> tuple[int | None, list[Finding]]:
+    """The tile side to explain images of ``shape`` (H, W) at under ``clf``: its training
+    input size when the images are larger (None when they fit in one pass), with a
+    ``field-scale`` finding when a trained bundle records none and the images are not of
+    a size it could have been trained at."""
+    h, w = (int(s) for s in shape[-2:])
+    side = clf.input_size
+    if side is not None:
+        if max(h, w) <= side:
+            return None, []
+        if min(h, w) < side:
+            return None, [make(FIELD_SCALE, f"the images ({h}x{w} px) are narrower than the "
+                                            f"model's training input ({side} px) in one "
+                                            "direction, so they cannot be tiled at it; they "
+                                            "are explained whole, in one pass",
+                               input_size=side, image_size=[h, w])]
+        return int(side), []
+    trained = (clf.provenance.get("data") or {}).get("image_size") \
+        if isinstance(clf.provenance, dict) else None
+    if clf.kind in ("bundle", "train_result") and trained != [h, w]:
+        return None, [make(FIELD_SCALE, f"the model ({clf.source}) records no training "
+                                        f"input size, so the {h}x{w} px images are "
+                                        "explained whole in one pass; if it was trained on "
+                                        "crops, give the crop size (input_size / "
+                                        "--input-size) to explain them in tiles of it",
+                           input_size=None, image_size=[h, w])]
+    return None, []

@@ -407,13 +407,20 @@ def _object_masks(data: ImageSet) -> np.ndarray | None:
 def _data_info(data: ImageSet) -> dict[str, Any]:
     """What the training images were: their size and, for plate crops, how they were cut
     (so that inference can look at new images the same way)."""
-    info: dict[str, Any] = {"image_size": [int(s) for s in data.images.shape[-2:]],
-                            "n_images": len(data)}
+    h, w = (int(s) for s in data.images.shape[-2:])
+    info: dict[str, Any] = {"image_size": [h, w], "n_images": len(data),
+                            # the side the model was trained at: larger images (whole
+                            # fields) are explained in tiles of it, never in one pass
+                            "input_size": h if h == w else None}
     for key in ("source", "crops", "crop_size", "downsample", "nucleus_diameter",
                 "geometry", "segmentation", "split_by", "objects"):
         value = data.metadata.get(key)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             info[key] = value
+    from .channel_map import channel_reference
+
+    # per-channel statistics, so that a wrong channel map at predict time is caught
+    info["channel_reference"] = channel_reference(data.images, list(data.channel_names))
     if isinstance(data.metadata.get("normalization"), (str, dict)):
         info["input_normalization"] = data.metadata["normalization"]
     return info

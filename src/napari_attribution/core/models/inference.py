@@ -23,25 +23,34 @@ from ..runtime.progress import Progress
 
 @dataclass(frozen=True)
 class ModelScale:
-    """How training images were cut: shrink factor from raw pixels and input side."""
+    """How training images were cut: shrink factor from raw pixels and input side.
+
+    ``source`` says where ``input_size`` came from: ``"recorded"`` (the bundle's
+    ``data.input_size``, written by training since this release), ``"image_size"``
+    (inferred from the training images' recorded size: older bundles) or None (unknown:
+    the model is then run on whole images, one global pass)."""
 
     downsample: int = 1
     input_size: int | None = None
+    source: str | None = None
 
     @classmethod
     def from_provenance(cls, provenance: dict | None) -> ModelScale:
-        """Read ``provenance["data"]`` as written by training (``image_size``,
-        ``downsample``); missing values mean raw pixels and whole images."""
+        """Read ``provenance["data"]`` as written by training (``input_size``, else a
+        square ``image_size``; ``downsample``); missing values mean raw pixels and whole
+        images."""
         data = (provenance or {}).get("data") or {}
-        size = data.get("image_size")
-        side = None
-        if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
-            side = int(size[0])
+        side, source = _side(data.get("input_size")), "recorded"
+        if side is None:
+            size = data.get("image_size")
+            if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+                side = _side(size[0])
+            source = "image_size"
         try:
             ds = max(1, int(data.get("downsample", 1) or 1))
         except (TypeError, ValueError):
             ds = 1
-        return cls(downsample=ds, input_size=side)
+        return cls(downsample=ds, input_size=side, source=source if side else None)
 
     def factor_for(self, layer_downsample: int = 1) -> int:
         """How much more images already shrunk ``layer_downsample`` times must shrink."""
@@ -56,6 +65,17 @@ class ModelScale:
         size = f"{self.input_size} px tiles" if self.input_size else "whole images"
         shrink = f"shrunk {self.downsample}x" if self.downsample > 1 else "raw pixels"
         return f"{shrink}, {size}"
+
+
+def _side(value) -> int | None:
+    """A positive whole number of pixels, or None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        side = int(value)
+    except (TypeError, ValueError):
+        return None
+    return side if side > 0 and side == value else None
 
 
 def shrink(images: np.ndarray, factor: int) -> np.ndarray:
