@@ -95,8 +95,8 @@ def sample_plate(
     Every object (crop) of every field is used up to a budget: ``max_objects`` crops in
     all (default :data:`DEFAULT_MAX_OBJECTS`; beyond it a uniform random sample of all
     objects, kept while reading so memory stays bounded) and ``time_budget`` seconds of
-    reading and cutting (default none; fields are then read round-robin over wells and
-    those not reached in time are left out). ``per_image`` additionally caps crops per
+    reading and cutting (default none; fields are then read round-robin over wells, at
+    least one per well, and those not reached in time are left out). ``per_image`` additionally caps crops per
     field (default None = all; ignored with ``objects`` or ``label_rule``). What was
     used is in ``metadata["sampling"]`` (objects found and used, fields, wells, budget)
     and a ``sample-budget`` note in ``metadata["findings"]`` says when objects were left
@@ -160,7 +160,8 @@ def sample_plate(
         names = list(class_names) if class_names is not None else \
             (pm.class_names if pm is not None else [])
     kept, budget = _gather(_iter(plate, fields, s, source, per_field, rule, progress),
-                           len(fields), max_objects, time_budget, seed)
+                           len(fields), len({f.well for f in fields}), max_objects,
+                           time_budget, seed)
     imgs, msks, labels_out, means, meta = [], [], [], [], _MetaLists()
     for fc in kept:
         imgs.extend(fc.images)
@@ -227,11 +228,12 @@ def _round_robin(fields: list[FieldOfView]) -> list[FieldOfView]:
     return out
 
 
-def _gather(stream, n_fields: int, max_objects: int | None, time_budget: float | None,
-            seed: int) -> tuple[list[FieldCrops], dict[str, Any]]:
-    """Read fields until done or out of time, keeping at most ``max_objects`` crops: each
-    crop gets a random key and the smallest keys stay (a uniform sample of all crops,
-    whatever the field order). Returns the kept fields and what the budget did."""
+def _gather(stream, n_fields: int, n_wells: int, max_objects: int | None,
+            time_budget: float | None, seed: int) -> tuple[list[FieldCrops], dict[str, Any]]:
+    """Read fields until done or out of time (but at least one field of every well: they
+    come round-robin), keeping at most ``max_objects`` crops: each crop gets a random key
+    and the smallest keys stay (a uniform sample of all crops, whatever the field order).
+    Returns the kept fields and what the budget did."""
     rng = np.random.default_rng(seed + 7919)
     kept: list[FieldCrops] = []
     keys: list[np.ndarray] = []
@@ -255,7 +257,7 @@ def _gather(stream, n_fields: int, max_objects: int | None, time_budget: float |
                 keep = keys[j] <= thr
                 if not keep.all():
                     kept[j], keys[j] = f.subset(keep), keys[j][keep]
-        if (time_budget is not None and fields_read < n_fields
+        if (time_budget is not None and n_wells <= fields_read < n_fields
                 and time.perf_counter() - t0 > time_budget):
             stopped = True
             break
