@@ -10,7 +10,7 @@ from ..core.data.dataset import ImageSet
 from ..core.data.normalization import MODES
 from ..core.runtime.errors import InputError
 from ..core.study.splits import SPLIT_UNITS
-from ..io.plate.sampling import DEFAULT_MAX_OBJECTS
+from ..io.plate.sampling import DEFAULT_MAX_OBJECTS, sampling_summary
 from ._checks import (
     add_overwrite_argument,
     learning_rate,
@@ -110,25 +110,6 @@ def load_plate_crops(args: argparse.Namespace) -> ImageSet:
         if not f.is_warning:  # cautions are printed with the warnings
             print(f"note ({f.code}): {f.message}")
     return data
-
-
-def sampling_summary(md: dict) -> str:
-    """Which nuclei channel, and how many objects, fields and wells were used."""
-    lines = []
-    if md.get("nuclei"):
-        lines.append(md["nuclei"]["summary"])
-    s = md.get("sampling")
-    if s:
-        budget = [f"at most {s['max_objects']} objects" if s.get("max_objects") else
-                  "no object budget"]
-        if s.get("time_budget"):
-            budget.append(f"{s['time_budget']:g} s")
-        if s.get("per_image"):
-            budget.append(f"{s['per_image']} per field")
-        lines.append(f"used {s['objects_used']} of {s['objects_found']} objects from "
-                     f"{s['fields_used']} field(s) in {s['wells_used']} well(s) "
-                     f"({', '.join(budget)})")
-    return "\n".join(lines)
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:

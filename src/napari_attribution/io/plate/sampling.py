@@ -96,11 +96,11 @@ def sample_plate(
     all (default :data:`DEFAULT_MAX_OBJECTS`; beyond it a uniform random sample of all
     objects, kept while reading so memory stays bounded) and ``time_budget`` seconds of
     reading and cutting (default none; fields are then read round-robin over wells, at
-    least one per well, and those not reached in time are left out). ``per_image`` additionally caps crops per
-    field (default None = all; ignored with ``objects`` or ``label_rule``). What was
-    used is in ``metadata["sampling"]`` (objects found and used, fields, wells, budget)
-    and a ``sample-budget`` note in ``metadata["findings"]`` says when objects were left
-    out. ``crop_size`` is in downsampled pixels. Without
+    least one per well, and those not reached in time are left out). ``per_image``
+    additionally caps crops per field (default None = all; ignored with ``objects`` or
+    ``label_rule``). What was used is in ``metadata["sampling"]`` (objects found and
+    used, fields, wells, budget) and a ``sample-budget`` note in ``metadata["findings"]``
+    says when objects were left out. ``crop_size`` is in downsampled pixels. Without
     ``crop_size`` it comes from the median nucleus diameter (crops ~6 diameters), and so
     does ``downsample`` unless given (a nucleus ~8 px after downsampling); a crop size
     given alone means ``downsample=1``. Both are recorded in ``metadata``.
@@ -214,6 +214,25 @@ def sample_plate(
                     class_names=names, groups=metadata["well"].copy(),
                     masks=np.stack(msks) if msks else None, metadata=metadata)
     return assign_split(data, split_by, val_wells)
+
+
+def sampling_summary(md: dict) -> str:
+    """Which nuclei channel, and how many objects, fields and wells were used."""
+    lines = []
+    if md.get("nuclei"):
+        lines.append(md["nuclei"]["summary"])
+    s = md.get("sampling")
+    if s:
+        budget = [f"at most {s['max_objects']} objects" if s.get("max_objects") else
+                  "no object budget"]
+        if s.get("time_budget"):
+            budget.append(f"{s['time_budget']:g} s")
+        if s.get("per_image"):
+            budget.append(f"{s['per_image']} per field")
+        lines.append(f"used {s['objects_used']} of {s['objects_found']} objects from "
+                     f"{s['fields_used']} field(s) in {s['wells_used']} well(s) "
+                     f"({', '.join(budget)})")
+    return "\n".join(lines)
 
 
 def _round_robin(fields: list[FieldOfView]) -> list[FieldOfView]:
