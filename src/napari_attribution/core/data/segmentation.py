@@ -217,8 +217,10 @@ FRAGMENT_AREA_RATIO = 3.0
 #: ... while the nuclei channel gives at least this many times more objects.
 FRAGMENT_COUNT_RATIO = 1.5
 #: Objects this many times smaller in area than those of a channel named like a nuclear
-#: stain are not nuclei (foci or a nuclear-body marker merged into blobs).
-SMALLER_THAN_NAMED = 2.0
+#: stain are not nuclei (foci or a nuclear-body marker merged into blobs) ...
+SMALLER_THAN_NAMED = 1.5
+#: ... nor are objects this many times fewer (a marker present in some cells only).
+FEWER_THAN_NAMED = 1.3
 
 
 def nuclei_plausibility(survey: dict[str, dict[str, float]], chosen: str) -> str | None:
@@ -232,7 +234,8 @@ def nuclei_plausibility(survey: dict[str, dict[str, float]], chosen: str) -> str
       ``FRAGMENT_COUNT_RATIO`` x the objects, each ``FRAGMENT_AREA_RATIO`` x smaller:
       foci, speckles, puncta);
     * its name is no nuclear stain and a channel named like one gives objects at least
-      ``SMALLER_THAN_NAMED`` x larger (a foci channel chosen instead of Hoechst).
+      ``SMALLER_THAN_NAMED`` x larger or ``FEWER_THAN_NAMED`` x more objects (a foci
+      channel chosen instead of Hoechst).
 
     A channel with fewer, larger objects than the nuclei (a cell body) is not evidence
     against them, and without names a foci channel whose spots merge into one blob per
@@ -252,10 +255,15 @@ def nuclei_plausibility(survey: dict[str, dict[str, float]], chosen: str) -> str
                     f"objects, as foci or speckles give, not one nucleus per cell")
     if nuclear_stain_rank(chosen) is None:
         for other, st in survey.items():
-            if (other != chosen and nuclear_stain_rank(other) is not None
-                    and st["median_area"] >= SMALLER_THAN_NAMED * me["median_area"]):
+            if other == chosen or nuclear_stain_rank(other) is None:
+                continue
+            if st["median_area"] >= SMALLER_THAN_NAMED * me["median_area"]:
                 return (f"its objects (median area {me['median_area']:.0f} px) are "
                         f"{st['median_area'] / max(me['median_area'], 1):.1f}x smaller "
                         f"than those of {other} ({st['median_area']:.0f} px), whose name "
                         "is a nuclear stain")
+            if st["objects"] >= FEWER_THAN_NAMED * me["objects"]:
+                return (f"it gives {me['per_field']:.0f} objects per field, {other} (whose "
+                        f"name is a nuclear stain) {st['per_field']:.0f}: a marker present "
+                        "in some nuclei only")
     return None
