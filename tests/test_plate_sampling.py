@@ -52,7 +52,10 @@ def test_plausibility_flags_foci_not_cell_bodies():
     body = {"objects": 90, "per_field": 45, "median_area": 600.0}
     assert nuclei_plausibility({"DNA": nuclei, "Body": body}, "DNA") is None
     assert nuclei_plausibility({"DNA": nuclei, "H2AX": foci}, "DNA") is None
-    assert "many small objects" in nuclei_plausibility({"DNA": nuclei, "H2AX": foci}, "H2AX")
+    assert "many small objects" in nuclei_plausibility({"w1": nuclei, "w2": foci}, "w2")
+    # a dense field: bodies merge into fewer, larger objects; the DNA name is trusted
+    merged_bodies = {"objects": 40, "per_field": 20, "median_area": 900.0}
+    assert nuclei_plausibility({"DNA": nuclei, "Body": merged_bodies}, "DNA") is None
     merged = {"objects": 95, "per_field": 47, "median_area": 60.0}  # one blob per nucleus
     assert "2.5x smaller" in nuclei_plausibility({"Hoechst": nuclei, "H2AX": merged}, "H2AX")
     assert "no object" in nuclei_plausibility(

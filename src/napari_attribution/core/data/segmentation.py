@@ -230,20 +230,22 @@ def nuclei_plausibility(survey: dict[str, dict[str, float]], chosen: str) -> str
     the same fields. Nuclei come one per cell, so the channel is implausible when
 
     * it gives no object;
-    * it gives many more, much smaller objects than another channel (at least
-      ``FRAGMENT_COUNT_RATIO`` x the objects, each ``FRAGMENT_AREA_RATIO`` x smaller:
-      foci, speckles, puncta);
-    * its name is no nuclear stain and a channel named like one gives objects at least
-      ``SMALLER_THAN_NAMED`` x larger or ``FEWER_THAN_NAMED`` x more objects (a foci
-      channel chosen instead of Hoechst).
+    * its name is no nuclear stain, and it gives many more, much smaller objects than
+      another channel (at least ``FRAGMENT_COUNT_RATIO`` x the objects, each
+      ``FRAGMENT_AREA_RATIO`` x smaller: foci, speckles, puncta), or a channel named
+      like a nuclear stain gives objects at least ``SMALLER_THAN_NAMED`` x larger or
+      ``FEWER_THAN_NAMED`` x more objects (a foci channel chosen instead of Hoechst).
 
-    A channel with fewer, larger objects than the nuclei (a cell body) is not evidence
-    against them, and without names a foci channel whose spots merge into one blob per
-    nucleus cannot be told from nuclei inside cell bodies by counts and sizes alone.
+    Counts and sizes alone cannot tell foci inside nuclei from nuclei inside (touching,
+    merged) cell bodies, so a channel named like a nuclear stain is only doubted when
+    it gives no object: on a dense field the cell-body channel gives fewer, larger
+    objects, and that is no evidence against the DNA stain.
     """
     me = survey[chosen]
     if me["objects"] == 0:
         return f"no object was found on {chosen}"
+    if nuclear_stain_rank(chosen) is not None:
+        return None
     for other, st in survey.items():
         if other == chosen or st["objects"] == 0:
             continue
@@ -253,17 +255,16 @@ def nuclei_plausibility(survey: dict[str, dict[str, float]], chosen: str) -> str
                     f"area {me['median_area']:.0f} px, {other} gives "
                     f"{st['per_field']:.0f} of {st['median_area']:.0f} px: many small "
                     f"objects, as foci or speckles give, not one nucleus per cell")
-    if nuclear_stain_rank(chosen) is None:
-        for other, st in survey.items():
-            if other == chosen or nuclear_stain_rank(other) is None:
-                continue
-            if st["median_area"] >= SMALLER_THAN_NAMED * me["median_area"]:
-                return (f"its objects (median area {me['median_area']:.0f} px) are "
-                        f"{st['median_area'] / max(me['median_area'], 1):.1f}x smaller "
-                        f"than those of {other} ({st['median_area']:.0f} px), whose name "
-                        "is a nuclear stain")
-            if st["objects"] >= FEWER_THAN_NAMED * me["objects"]:
-                return (f"it gives {me['per_field']:.0f} objects per field, {other} (whose "
-                        f"name is a nuclear stain) {st['per_field']:.0f}: a marker present "
-                        "in some nuclei only")
+    for other, st in survey.items():
+        if other == chosen or nuclear_stain_rank(other) is None:
+            continue
+        if st["median_area"] >= SMALLER_THAN_NAMED * me["median_area"]:
+            return (f"its objects (median area {me['median_area']:.0f} px) are "
+                    f"{st['median_area'] / max(me['median_area'], 1):.1f}x smaller "
+                    f"than those of {other} ({st['median_area']:.0f} px), whose name "
+                    "is a nuclear stain")
+        if st["objects"] >= FEWER_THAN_NAMED * me["objects"]:
+            return (f"it gives {me['per_field']:.0f} objects per field, {other} (whose "
+                    f"name is a nuclear stain) {st['per_field']:.0f}: a marker present "
+                    "in some nuclei only")
     return None
