@@ -31,7 +31,7 @@ def test_shim_maps_todays_warnings_and_reads_native_findings_first():
     from napari_attribution.core.study.findings import Finding
 
     assert wc._shim("Every class comes from a single well (x): ...").code == \
-        "design-class-is-unit"
+        "design-class-is-well"
     assert wc._shim("The brightness of DNA alone separates the classes ...").code == \
         "shortcut-batch"
     assert wc._shim("something new").code == "unmapped-warning"
