@@ -84,3 +84,33 @@ def marker_plate(root: Path, n_fields: int = 4, n: int = 25, positives: int = 5,
             k += 1
         write_field(root, "B02", site, {"DNA": dna, "PH3": ph3, "BODY": body})
     return root, truth
+
+
+def foci_plate(root: Path, wells: dict[str, str] | None = None, sites: int = 2,
+               size: int = 128, n: int = 12, radius: int = 7, seed: int = 0,
+               names: tuple[str, str] = ("Hoechst", "H2AX")) -> Path:
+    """A DNA-damage plate whose DNA stain is called ``Hoechst`` (no channel "DNA"):
+    nuclei of ``radius`` px (area ~ pi r^2) in ``names[0]``, and in ``names[1]`` 5-8
+    bright foci per nucleus in damaged wells, 0-1 in controls. Default wells: two per
+    class (B02, B04 damaged; B03, B05 control); plate map ``map.csv``."""
+    wells = wells or {"B02": "damaged", "B03": "control", "B04": "damaged",
+                      "B05": "control"}
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for well, cls in wells.items():
+        for site in range(1, sites + 1):
+            centres = nuclei_positions(rng, n, size, radius)
+            lab = disc_labels(centres, size, radius)
+            dna = rng.normal(100, 10, (size, size)) + 800 * (lab > 0)
+            foci = rng.normal(100, 10, (size, size))
+            for cy, cx in centres:
+                k = rng.integers(5, 9) if cls == "damaged" else rng.integers(0, 2)
+                for _ in range(k):
+                    r, a = rng.uniform(0, radius - 2), rng.uniform(0, 2 * np.pi)
+                    fy, fx = cy + r * np.sin(a), cx + r * np.cos(a)
+                    foci += 1500 * np.exp(-((yy - fy) ** 2 + (xx - fx) ** 2) / (2 * 1.0))
+            write_field(root, well, site, {names[0]: dna, names[1]: foci})
+    (root / "map.csv").write_text("well,class\n" + "".join(
+        f"{w},{c}\n" for w, c in wells.items()))
+    return root

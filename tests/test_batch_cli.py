@@ -139,6 +139,9 @@ def test_train_on_a_plate_folder(tmp_path, capsys):
     data_info = dict(prov["data"])
     assert data_info.pop("input_normalization")["mode"] == "per_field"
     assert set(data_info.pop("channel_reference")["channels"]) == {"dna", "gfp"}
+    sampling = data_info.pop("sampling")  # what was used: 4 tiles per field, all kept
+    assert (sampling["objects_used"], sampling["objects_found"], sampling["fields_used"],
+            sampling["wells_used"], sampling["per_image"]) == (32, 32, 8, 4, 4)
     assert data_info == {"image_size": [16, 16], "input_size": 16, "n_images": 32,
                          "source": str(plate),
                          "crops": "grid", "crop_size": 16, "downsample": 1,

@@ -56,3 +56,17 @@ def test_written_plate_reads_back(tmp_path):
 def test_unknown_trap_is_refused():
     with pytest.raises(InputError, match="unknown trap"):
         make_trap_plate("nope")
+
+
+def test_dna_damage_plate_has_hoechst_and_foci_in_damaged_wells(tmp_path):
+    p = make_trap_plate("dna_damage", seed=0, sites=1)
+    assert p.channel_names == ["Hoechst", "H2AX"] and p.informative_channel == "H2AX"
+    assert sorted(p.well_classes.values()) == ["control", "control", "damaged", "damaged"]
+    bright = {w: float((p.fields[(w, 1)][1] > 0.6).sum()) for w in p.well_classes}
+    damaged = [bright[w] for w, c in p.well_classes.items() if c == "damaged"]
+    control = [bright[w] for w, c in p.well_classes.items() if c == "control"]
+    assert min(damaged) > 4 * max(control)  # 5-8 foci per nucleus against 0-1
+    w = write_trap_plate(tmp_path / "p", "dna_damage", seed=0, sites=1,
+                         rename={"Hoechst": "w2", "H2AX": "w1"})
+    assert sorted(f.name for f in w.folder.glob("E02_*.tif")) == ["E02_s1_w1.tif",
+                                                                 "E02_s1_w2.tif"]

@@ -413,6 +413,9 @@ def test_bbbc013_walkthrough_in_napari(make_napari_viewer, qtbot, errors):
     assert [layer.name for layer in viewer.layers] == ["GFP", "DNA", "nuclei"]
     assert w.picker.checked_names() == ["GFP", "DNA"]
     assert "cytoplasmic GFP: 64" in w.label_status.text()  # 16 wells x 4 crops
+    # the status line names the nuclei channel and what was used
+    assert "nuclei: DNA (named as a nuclear stain)" in w.status.text()
+    assert "used 96 of" in w.status.text() and "sample-budget" in w.status.text()
     w.start_training(_cfg(epochs=8, width=16))
     _wait_idle(qtbot, w, timeout=120000)
     assert errors == []

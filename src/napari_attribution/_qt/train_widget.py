@@ -45,6 +45,10 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+#: The widget's object budget for plates: crops become napari layers, held in memory.
+PLATE_MAX_OBJECTS = 4000
+
+
 class TrainWidget(DockWidget):
     """Choose image layers and class labels, train a DCMIX classifier, load or save one."""
 
@@ -72,6 +76,19 @@ class TrainWidget(DockWidget):
         self.plate_btn = QPushButton("Load BBBC013 plate…")
         self.plate_btn.setToolTip("Read a plate folder with its plate map (1049_Metadata.csv) "
                                   "as labelled crops, one layer per channel")
+        self.nuclei_channel = QComboBox()
+        self.nuclei_channel.setEditable(True)
+        self.nuclei_channel.addItems(["auto", "DNA", "GFP"])
+        self.nuclei_channel.setToolTip(
+            "Channel the plate's nuclei are segmented on. auto: the one named like a "
+            "nuclear stain (DNA, Hoechst, DAPI, DRAQ5, SiR-DNA, H2B, nuclei ...)")
+        self.max_objects = QSpinBox()
+        self.max_objects.setRange(0, 1_000_000)
+        self.max_objects.setSingleStep(500)
+        self.max_objects.setValue(PLATE_MAX_OBJECTS)
+        self.max_objects.setToolTip("Object budget: every segmented object is used up to "
+                                    "this many crops (a uniform random sample beyond it); "
+                                    "0 = no limit")
         self.label_status = QLabel("no labels yet")
         self.label_status.setWordWrap(True)
         self.combine_btn = QPushButton("Combine layers")
@@ -106,6 +123,12 @@ class TrainWidget(DockWidget):
         orow.addWidget(QLabel("crop"))
         orow.addWidget(self.object_size)
         form.addRow("Objects", orow)
+        prow = QHBoxLayout()
+        prow.addWidget(QLabel("nuclei"))
+        prow.addWidget(self.nuclei_channel, 1)
+        prow.addWidget(QLabel("objects ≤"))
+        prow.addWidget(self.max_objects)
+        form.addRow("Plate", prow)
         row2 = QHBoxLayout()
         row2.addWidget(self.clear_btn)
         row2.addWidget(self.combine_btn)
@@ -613,8 +636,10 @@ class TrainWidget(DockWidget):
         return Path(out)
 
     def load_plate(self, root: str | Path | None = None, crop_size: int = 64,
-                   per_image: int | None = 16, downsample: int = 2) -> Any:
-        """Read a BBBC013-style plate folder into labelled crop layers (in a worker)."""
+                   per_image: int | None = None, downsample: int = 2) -> Any:
+        """Read a BBBC013-style plate folder into labelled crop layers (in a worker):
+        every object up to the "objects ≤" budget, nuclei segmented on the "nuclei"
+        channel (auto: by name); the status line names the channel and the counts."""
         from ..io.plate import load_bbbc013
 
         if root is None:
@@ -623,12 +648,16 @@ class TrainWidget(DockWidget):
             if not root:
                 return None
         self.settings.set("plate_dir", str(root))
+        nuc = self.nuclei_channel.currentText().strip()
+        budget = self.max_objects.value() or None
 
         def work() -> Generator[Progress, None, Any]:
             yield Progress(0, 1, f"reading plate {Path(root).name} (segmenting nuclei)")
             # raw crops: the layers carry no normalisation record, so training fits its own
             return load_bbbc013(root, crop_size=crop_size, per_image=per_image,
-                                downsample=downsample, normalization="none")
+                                downsample=downsample, normalization="none",
+                                nuclei_channel=None if nuc in ("", "auto") else nuc,
+                                max_objects=budget)
 
         return self.runner.start(work(), "reading plate", self._add_plate_layers)
 
@@ -660,6 +689,11 @@ class TrainWidget(DockWidget):
         self._labels_key = None
         self._update_label_status()
         self._show_crop()
+        from ..io.plate.sampling import sampling_summary
+
+        lines = [sampling_summary(data.metadata)]
+        lines += [str(f) for f in data.metadata.get("findings", [])]
+        self.say("; ".join(x.replace("\n", "; ") for x in lines if x))
 
     def _show_model(self, bundle) -> None:
         self.save_btn.setEnabled(self.session.train_result is not None and

@@ -10,11 +10,14 @@ from ..core.data.dataset import ImageSet
 from ..core.data.normalization import MODES
 from ..core.runtime.errors import InputError
 from ..core.study.splits import SPLIT_UNITS
+from ..io.plate.sampling import DEFAULT_MAX_OBJECTS, sampling_summary
 from ._checks import (
     add_overwrite_argument,
     learning_rate,
     non_negative_float,
+    non_negative_int,
     open_fraction,
+    positive_float,
     positive_int,
     probability,
 )
@@ -93,13 +96,19 @@ def load_plate_crops(args: argparse.Namespace) -> ImageSet:
                         labels=args.labels, labels_pattern=args.labels_pattern,
                         objects=args.objects, objects_columns=args.objects_columns,
                         label_rule=args.label_rule, split_by=args.split_by,
-                        val_wells=args.val_wells.split(",") if args.val_wells else None)
+                        val_wells=args.val_wells.split(",") if args.val_wells else None,
+                        max_objects=args.max_objects or None,
+                        time_budget=args.time_budget)
     md = data.metadata
     counts = ", ".join(f"{n} {int((data.labels == i).sum())}"
                        for i, n in enumerate(data.class_names))
+    print(sampling_summary(md))
     print(f"{len(data)} crops of {md['crop_size']} px at {md['downsample']}x "
           f"({md['geometry']}); classes: {counts}; normalisation {md['normalization']['mode']}"
           f"; held out by {md['split_by']}")
+    for f in md.get("findings", []):
+        if not f.is_warning:  # cautions are printed with the warnings
+            print(f"note ({f.code}): {f.message}")
     return data
 
 
@@ -125,10 +134,19 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    "is 1)")
     c.add_argument("--downsample", type=positive_int, help="block-average fields first "
                    "(default: to a median nucleus of about 8 px)")
-    c.add_argument("--per-image", type=positive_int, default=48, help="crops per field of "
-                   "view (all objects with --objects or --label-rule)")
-    c.add_argument("--nuclei-channel", help="channel to segment nuclei on (default: DNA if "
-                   "present, else the last)")
+    c.add_argument("--per-image", type=positive_int, default=None, help="cap on crops per "
+                   "field of view (default: every object, up to --max-objects; ignored with "
+                   "--objects or --label-rule)")
+    c.add_argument("--max-objects", type=non_negative_int, default=DEFAULT_MAX_OBJECTS,
+                   help="object budget: use every segmented object up to this many crops "
+                   "in all, beyond it a uniform random sample (default "
+                   f"{DEFAULT_MAX_OBJECTS}; 0: no limit)")
+    c.add_argument("--time-budget", type=positive_float, help="seconds of reading and "
+                   "cutting crops; fields are read round-robin over wells and those not "
+                   "reached in time are left out (default: no limit)")
+    c.add_argument("--nuclei-channel", help="channel to segment nuclei on (default: the one "
+                   "named like a nuclear stain: DNA, Hoechst, DAPI, DRAQ5, SiR-DNA, H2B, "
+                   "nuclei ...; else the last, with a 'segmentation' caution)")
     c.add_argument("--labels", type=Path, help="folder of nuclei label images (cellpose, "
                    "stardist, napari) to use instead of the built-in Otsu segmentation")
     c.add_argument("--labels-pattern", help="filename regex of the label images, groups "

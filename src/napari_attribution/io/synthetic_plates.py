@@ -28,9 +28,14 @@ class WrittenPlate:
     plate: TrapPlate
 
 
-def write_trap_plate(folder: str | Path, kind: str, seed: int = 0, **kwargs) -> WrittenPlate:
-    """Generate the trap ``kind`` and write it under ``folder`` (created)."""
+def write_trap_plate(folder: str | Path, kind: str, seed: int = 0,
+                     rename: dict[str, str] | None = None, **kwargs) -> WrittenPlate:
+    """Generate the trap ``kind`` and write it under ``folder`` (created); ``rename``
+    gives channels other names on disk (``{"Hoechst": "w1"}``: a plate whose file names
+    say nothing about the stains)."""
     plate = make_trap_plate(kind, seed=seed, **kwargs)
+    if rename:
+        plate.channel_names = [rename.get(c, c) for c in plate.channel_names]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for (well, site), img in plate.fields.items():

@@ -423,6 +423,13 @@ def _data_info(data: ImageSet) -> dict[str, Any]:
     info["channel_reference"] = channel_reference(data.images, list(data.channel_names))
     if isinstance(data.metadata.get("normalization"), (str, dict)):
         info["input_normalization"] = data.metadata["normalization"]
+    for key in ("sampling", "nuclei"):  # plate crops: what was used, which nuclei channel
+        if isinstance(data.metadata.get(key), dict):
+            info[key] = dict(data.metadata[key])
+    found = [f.as_dict() for f in data.metadata.get("findings", []) or []
+             if hasattr(f, "as_dict")]
+    if found:
+        info["findings"] = found
     return info
 
 

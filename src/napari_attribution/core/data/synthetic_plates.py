@@ -11,7 +11,10 @@ hold-out split, training, checks — is exercised:
   in an uninformative channel that separates the wells on its own;
 * ``rare_mitotic``: one well, channels DNA / PH3 / cell body; 5 % of the cells are
   mitotic (PH3 bright, condensed DNA), labelled per object;
-* ``low_snr``: four wells per class, the informative marker at low signal-to-noise.
+* ``low_snr``: four wells per class, the informative marker at low signal-to-noise;
+* ``dna_damage``: two wells per class, the DNA stain named ``Hoechst`` (no channel is
+  called DNA) and ``H2AX`` foci (5-8 per nucleus when damaged, 0-1 in controls): a
+  plate the old "DNA, else the last channel" rule segmented on the foci.
 
 :func:`make_trap_plate` returns the fields and the truth; ``io.synthetic_plates`` writes
 them as a plate folder (one TIFF per field and channel), plate map and object table.
@@ -25,7 +28,7 @@ import numpy as np
 
 from ..runtime.errors import InputError
 
-TRAPS = ("confounded_pair", "rare_mitotic", "low_snr")
+TRAPS = ("confounded_pair", "rare_mitotic", "low_snr", "dna_damage")
 
 
 @dataclass
@@ -89,6 +92,17 @@ def _pixels_by_label(labels: np.ndarray, n: int) -> list[tuple[np.ndarray, np.nd
     return out
 
 
+def _add_spot(img: np.ndarray, y: int, x: int, amplitude: float, sigma: float = 1.0
+              ) -> None:
+    """Add a Gaussian spot (a DNA-damage focus) at (y, x) in place."""
+    r = int(3 * sigma) + 1
+    y0, y1 = max(0, y - r), min(img.shape[0], y + r + 1)
+    x0, x1 = max(0, x - r), min(img.shape[1], x + r + 1)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    img[y0:y1, x0:x1] += amplitude * np.exp(-((yy - y) ** 2 + (xx - x) ** 2)
+                                            / (2 * sigma ** 2))
+
+
 def make_trap_plate(kind: str, seed: int = 0, size: int = 256, cells_per_field: int = 60,
                     nucleus_radius: float = 8.0, sites: int = 2) -> TrapPlate:
     """One of :data:`TRAPS` as fields with per-object truth (deterministic by ``seed``)."""
@@ -103,6 +117,10 @@ def make_trap_plate(kind: str, seed: int = 0, size: int = 256, cells_per_field: 
         wells = {"C05": ""}
         channels, informative, confound = ["DNA", "PH3", "CellBody"], "PH3", None
         classes = ["interphase", "mitotic"]
+    elif kind == "dna_damage":
+        wells = {"E02": "damaged", "E03": "control", "E04": "damaged", "E05": "control"}
+        channels, informative, confound = ["Hoechst", "H2AX"], "H2AX", None
+        classes = ["control", "damaged"]
     else:
         wells = {f"D{c:02d}": ("treated" if c % 2 else "control") for c in range(2, 10)}
         channels, informative, confound = ["DNA", "Marker", "Actin"], "Marker", None
@@ -122,7 +140,13 @@ def make_trap_plate(kind: str, seed: int = 0, size: int = 256, cells_per_field: 
             cyt_px = _pixels_by_label(cyto, len(cells))
             for k, (cy, cx, _) in enumerate(cells, start=1):
                 nuc, cyt = nuc_px[k], cyt_px[k]
-                if kind == "rare_mitotic":
+                if kind == "dna_damage":
+                    label = well_class
+                    img[0][nuc] += rng.uniform(0.6, 1.0)
+                    n_foci = rng.integers(5, 9) if label == "damaged" else rng.integers(0, 2)
+                    for j in rng.choice(len(nuc[0]), min(n_foci, len(nuc[0])), replace=False):
+                        _add_spot(img[1], nuc[0][j], nuc[1][j], rng.uniform(1.0, 1.6))
+                elif kind == "rare_mitotic":
                     mitotic = rng.random() < 0.05
                     label = classes[int(mitotic)]
                     img[0][nuc] += rng.uniform(0.6, 1.0) * (1.8 if mitotic else 1.0)

@@ -10,6 +10,7 @@ from ...core.data.dataset import ImageSet
 from ...core.runtime.errors import InputError
 from .layout import Plate
 from .plate_map import PlateMap, read_plate_map
+from .sampling import DEFAULT_MAX_OBJECTS
 
 BBBC013_PATTERN = r"Channel(?P<channel>\d+)-(?P<site>\d+)-(?P<row>[A-Z]+)-(?P<col>\d+)\.tif$"
 BBBC013_CHANNELS = {"GFP": "1", "DNA": "2"}
@@ -39,7 +40,7 @@ def load_bbbc013(
     controls_only: bool = True,
     crop_size: int | None = None,
     crops: str = "nuclei",
-    per_image: int | None = 64,
+    per_image: int | None = None,
     downsample: int | None = None,
     channels: Sequence[str] = ("GFP", "DNA"),
     seed: int = 0,
@@ -47,6 +48,8 @@ def load_bbbc013(
     normalization: str = "per_field",
     masks: bool = True,
     split_by: str = "auto",
+    nuclei_channel: str | None = "DNA",
+    max_objects: int | None = DEFAULT_MAX_OBJECTS,
 ) -> ImageSet:
     """Crops of the BBBC013 plate; labels 0 = cytoplasmic GFP (negative control),
     1 = nuclear GFP (positive control); groups = well.
@@ -55,26 +58,30 @@ def load_bbbc013(
     ``metadata["labelled"]`` False; ``metadata["well"|"dose"|"control"]`` are per-crop
     arrays for scoring by well. Nuclei are segmented on the DNA channel (read for
     segmentation even when not in ``channels``). ``crop_size`` and ``downsample`` default
-    to the median nucleus size (48 px at 2x); other options as :meth:`Plate.sample`.
+    to the median nucleus size (48 px at 2x); every object is used up to ``max_objects``
+    (``per_image`` caps each field); other options as :meth:`Plate.sample`.
     """
     plate = open_bbbc013(root, channels)
     if "DNA" not in plate.channel_names and (crops == "nuclei" or masks
                                              or crop_size is None or downsample is None):
         both = open_bbbc013(root, [*plate.channel_names, "DNA"])
         data = load_from(both, controls_only, crop_size, crops, per_image, downsample, seed,
-                         wells, normalization, masks, split_by)
+                         wells, normalization, masks, split_by, nuclei_channel, max_objects)
         out = data.select_channels(list(plate.channel_names))
         out.metadata = data.metadata
         return out
     return load_from(plate, controls_only, crop_size, crops, per_image, downsample, seed,
-                     wells, normalization, masks, split_by)
+                     wells, normalization, masks, split_by, nuclei_channel, max_objects)
 
 
 def load_from(plate: Plate, controls_only: bool, crop_size: int | None, crops: str,
               per_image: int | None, downsample: int | None, seed: int, wells,
-              normalization: str, masks: bool, split_by: str) -> ImageSet:
-    nuc = "DNA" if "DNA" in plate.channel_names else None
+              normalization: str, masks: bool, split_by: str,
+              nuclei_channel: str | None = "DNA",
+              max_objects: int | None = DEFAULT_MAX_OBJECTS) -> ImageSet:
+    nuc = nuclei_channel if nuclei_channel in plate.channel_names else None
     return plate.sample(crops=crops, crop_size=crop_size, per_image=per_image, wells=wells,
                         labelled_only=controls_only, downsample=downsample,
                         nuclei_channel=nuc, masks=masks, normalization=normalization,
-                        class_names=BBBC013_CLASSES, seed=seed, split_by=split_by)
+                        class_names=BBBC013_CLASSES, seed=seed, split_by=split_by,
+                        max_objects=max_objects)

@@ -17,7 +17,15 @@ import numpy as np
 
 from ...core.data.dataset import ImageSet
 from ...core.data.normalization import PercentileNormalizer, canonical_mode
-from ...core.data.segmentation import crop_geometry, median_diameter, object_means
+from ...core.data.segmentation import (
+    choose_nuclei_channel,
+    crop_geometry,
+    median_diameter,
+    nuclei_plausibility,
+    object_means,
+    object_stats,
+    segment_nuclei,
+)
 from ...core.runtime.errors import InputError
 from .labels import LabelsInput, LabelSource
 from .objects import LabelRule
@@ -49,10 +57,18 @@ class CropSettings:
     segmentation: str
     nucleus_diameter: float | None = None
     geometry: str = "given"
+    #: how the nuclei channel was chosen: "given", "named" (a DNA-stain name) or "fallback"
+    nuclei_choice: str = "given"
+    #: per channel, the built-in segmentation of the first fields (objects, median area)
+    nuclei_survey: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: why the nuclei channel's objects do not look like nuclei (None: they do)
+    nuclei_check: str | None = None
     normalizer: PercentileNormalizer | None = field(default=None, repr=False)
+    _survey: Any = field(default=None, repr=False)
 
     def record(self, plate: Plate) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("normalizer", "percentiles")}
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("normalizer", "percentiles", "_survey")}
         norm: dict[str, Any] = {"mode": self.normalization, "low": self.percentiles[0],
                                 "high": self.percentiles[1],
                                 "applied_to": "whole fields after downsampling, before "
@@ -85,6 +101,58 @@ class FieldCrops:
     object_labels: list[str] | None = None
     object_means: np.ndarray | None = None
     normalization: str = "none"
+    #: crops this field could give before any cap (objects found, or grid tiles)
+    n_found: int = 0
+    #: areas (px, full resolution) of the nuclei segmented in this field
+    nucleus_areas: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.corners)
+
+    def subset(self, keep: np.ndarray) -> FieldCrops:
+        """The same field with only the crops where ``keep`` (bool, one per crop)."""
+        idx = np.flatnonzero(keep)
+        return FieldCrops(
+            self.fov, self.index, self.images[idx],
+            None if self.masks is None else self.masks[idx],
+            [self.corners[i] for i in idx], self.info, self.field_shape,
+            None if self.object_labels is None else [self.object_labels[i] for i in idx],
+            None if self.object_means is None else self.object_means[idx],
+            self.normalization, self.n_found, self.nucleus_areas)
+
+
+class _Survey:
+    """Objects the built-in segmentation finds on every channel of the first fields (read
+    anyway: for the crop geometry, or the first fields cropped), to check that the
+    nuclei channel's objects look like nuclei (:func:`nuclei_plausibility`)."""
+
+    def __init__(self, names: list[str], nuc_idx: int, source: LabelSource) -> None:
+        self.names, self.nuc_idx, self.source = list(names), nuc_idx, source
+        self.areas: dict[str, list[np.ndarray]] = {n: [] for n in self.names}
+        self.n_fields = 0
+
+    @property
+    def wanted(self) -> bool:
+        return self.n_fields < _GEOMETRY_FIELDS
+
+    def add(self, pixels: np.ndarray, nuc_labels: np.ndarray) -> None:
+        from ...core.data.segmentation import object_areas
+
+        self.n_fields += 1
+        self.areas[self.names[self.nuc_idx]].append(object_areas(nuc_labels))
+        if self.source.builtin:
+            for c, name in enumerate(self.names):
+                if c != self.nuc_idx:
+                    self.areas[name].append(object_areas(segment_nuclei(pixels[c])))
+
+    def finish(self, s: CropSettings) -> None:
+        nuc = self.names[self.nuc_idx]
+        s.nuclei_survey = {n: object_stats(areas=a) for n, a in self.areas.items() if a}
+        if self.source.builtin and len(s.nuclei_survey) > 1:
+            s.nuclei_check = nuclei_plausibility(s.nuclei_survey, nuc)
+        elif s.nuclei_survey[nuc]["objects"] == 0:
+            s.nuclei_check = (f"the label images of the first fields hold no object "
+                              f"({self.source.name})")
 
 
 def resolve_settings(plate: Plate, fields: list[FieldOfView], crops: str = "nuclei",
@@ -105,20 +173,32 @@ def resolve_settings(plate: Plate, fields: list[FieldOfView], crops: str = "nucl
     if crops == "random" and not per_image:
         raise InputError("random crops need per_image (how many crops per field)")
     source = source or LabelSource()
-    nuc_idx = plate._channel_index(nuclei_channel)
+    nuc_idx, how = choose_nuclei_channel(plate.channel_names, nuclei_channel)
+    nuc_name = plate.channel_names[nuc_idx]
     diameter, geometry = None, "given"
     if crop_size is not None and downsample is None:
         downsample = 1  # a crop size given alone is in full-resolution pixels
+    survey = _Survey(plate.channel_names, nuc_idx, source)
     if crop_size is None:
-        lab = [source(f.well, f.site, plate.read_field(f)[nuc_idx])
-               for f in fields[:_GEOMETRY_FIELDS]]
-        diameter = median_diameter(lab)
-        crop_size, downsample = crop_geometry(diameter, crop_size, downsample)
-        geometry = (f"from the median nucleus diameter {diameter:.1f} px in "
-                    f"{len(lab)} field(s)")
+        # the first fields, segmented once: crop geometry, and (below) whether the
+        # nuclei channel's objects look like nuclei next to what the other channels give
+        lab = []
+        for f in fields[:_GEOMETRY_FIELDS]:
+            px = plate.read_field(f)
+            lab.append(source(f.well, f.site, px[nuc_idx]))
+            survey.add(px, lab[-1])
+        if lab:
+            diameter = median_diameter(lab)
+            crop_size, downsample = crop_geometry(diameter, crop_size, downsample)
+            geometry = (f"from the median nucleus diameter {diameter:.1f} px in "
+                        f"{len(lab)} field(s)")
     settings = CropSettings(crops, int(crop_size), int(downsample), per_image,
-                            plate.channel_names[nuc_idx], masks, mode,
-                            tuple(percentiles), seed, source.name, diameter, geometry)
+                            nuc_name, masks, mode,
+                            tuple(percentiles), seed, source.name, diameter, geometry,
+                            how)
+    settings._survey = survey
+    if survey.n_fields:
+        survey.finish(settings)
     settings.normalizer = _fit_normalizer(plate, settings, fields)
     return settings
 
@@ -193,8 +273,13 @@ def _iter(plate: Plate, fields: list[FieldOfView], s: CropSettings, source: Labe
         full_shape = raw.shape[-2:]
         need_nuclei = s.crops == "nuclei" or s.masks or rule is not None
         nuc_labels = source(fov.well, fov.site, raw[nuc_idx]) if need_nuclei else None
+        survey = s._survey
+        if nuc_labels is not None and survey is not None and not s.nuclei_survey:
+            survey.add(raw, nuc_labels)
+            if not survey.wanted or i == len(fields) - 1:
+                survey.finish(s)
         table = objects.get(i) if objects is not None else None
-        centres, names, means = None, None, None
+        centres, names, means, areas = None, None, None, None
         if table is not None:
             centres, names = table
             _check_inside(centres, full_shape, fov)
@@ -220,8 +305,11 @@ def _iter(plate: Plate, fields: list[FieldOfView], s: CropSettings, source: Labe
             raise InputError(f"crop size {size} is larger than the field of view "
                              f"{h}x{w} ({fov.files[0]})")
         every = table is not None or rule is not None
-        corners, pick = _crop_corners(s.crops, size, None if every else s.per_image, (h, w),
-                                      centres, ds, rng)
+        corners, pick, n_found = _crop_corners(s.crops, size, None if every else s.per_image,
+                                               (h, w), centres, ds, rng)
+        if nuc_labels is not None:
+            counts = np.bincount(nuc_labels.ravel())
+            areas = counts[1:][counts[1:] > 0]
         if names is not None:
             names = [names[k] for k in pick]
         if means is not None:
@@ -236,7 +324,7 @@ def _iter(plate: Plate, fields: list[FieldOfView], s: CropSettings, source: Labe
         info = pm.wells.get(fov.well) if pm is not None else None
         yield FieldCrops(fov, i, images, crop_masks, [(y * ds, x * ds) for y, x in corners],
                          info, (int(full_shape[0]), int(full_shape[1])), names, means,
-                         s.normalization)
+                         s.normalization, n_found, areas)
     if progress is not None:
         progress(len(fields), len(fields), "done")
 
@@ -270,8 +358,9 @@ def _means_at(raw: np.ndarray, nuc_labels: np.ndarray | None, centres: np.ndarra
 
 def _crop_corners(mode: str, size: int, per_image: int | None, shape: tuple[int, int],
                   centres: np.ndarray | None, downsample: int, rng: np.random.Generator
-                  ) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Top-left corners (downsampled pixels) and, for centred crops, which centres."""
+                  ) -> tuple[list[tuple[int, int]], np.ndarray, int]:
+    """Top-left corners (downsampled pixels), which centres (or tiles) they are, and how
+    many there were before ``per_image`` capped them."""
     h, w = shape
     if centres is not None:
         c = np.asarray(centres, float).reshape(-1, 2) / downsample
@@ -284,14 +373,16 @@ def _crop_corners(mode: str, size: int, per_image: int | None, shape: tuple[int,
         assert per_image is not None
         ys = rng.integers(0, h - size + 1, per_image)
         xs = rng.integers(0, w - size + 1, per_image)
-        return [(int(y), int(x)) for y, x in zip(ys, xs, strict=True)], np.arange(per_image)
+        return ([(int(y), int(x)) for y, x in zip(ys, xs, strict=True)],
+                np.arange(per_image), per_image)
     else:
         corners = []
     pick = np.arange(len(corners))
+    n_found = len(corners)
     if per_image is not None and len(corners) > per_image:
         pick = np.sort(rng.choice(len(corners), per_image, replace=False))
         corners = [corners[i] for i in pick]
-    return corners, pick
+    return corners, pick, n_found
 
 
 def take(data: ImageSet, index: np.ndarray) -> ImageSet:

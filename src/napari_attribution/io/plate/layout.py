@@ -176,11 +176,13 @@ class Plate:
                 yield fov, self.read_field(fov)
 
     def sample(self, crops: str = "nuclei", crop_size: int | None = None,
-               per_image: int | None = 64, **options: Any) -> ImageSet:
+               per_image: int | None = None, **options: Any) -> ImageSet:
         """Crops of the plate as an :class:`~napari_attribution.core.data.dataset.ImageSet`.
 
         See :func:`~napari_attribution.io.plate.crops.sample_plate` for every option:
         crop mode, size and downsampling (from the median nucleus size when not given),
+        every object up to a budget (``max_objects``, ``time_budget``; ``per_image``
+        caps each field), the nuclei channel (chosen by name when not given),
         per-field normalisation (default), label images, per-object labels (``objects``
         table, ``label_rule``) and the held-out unit (``split_by``, ``val_wells``).
         """
@@ -199,18 +201,12 @@ class Plate:
                                 **options)
 
     def _channel_index(self, channel: str | int | None) -> int:
-        if channel is None:
-            return self.channel_names.index("DNA") if "DNA" in self.channel_names \
-                else len(self.channel_names) - 1
-        if isinstance(channel, str):
-            if channel not in self.channel_names:
-                raise InputError(f"no channel {channel!r}; the plate has "
-                                 f"{self.channel_names}")
-            return self.channel_names.index(channel)
-        if not 0 <= int(channel) < len(self.channel_names):
-            raise InputError(f"channel index {channel} out of range for "
-                             f"{len(self.channel_names)} channels")
-        return int(channel)
+        """Index of ``channel`` (a name, case-insensitive, or a number); None: the
+        nuclei channel chosen by name (:func:`...core.data.segmentation.choose_nuclei_channel`:
+        DNA, Hoechst, DAPI ..., else the last channel)."""
+        from ...core.data.segmentation import choose_nuclei_channel
+
+        return choose_nuclei_channel(self.channel_names, channel)[0]
 
 
 def _is_image_folder(path: Path) -> bool:

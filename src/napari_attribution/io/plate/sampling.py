@@ -3,6 +3,7 @@ rule, per-crop metadata, and groups for the held-out unit (:mod:`...core.splits`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import numpy as np
 
 from ...core.data.dataset import ImageSet
 from ...core.runtime.errors import InputError
+from ...core.study.findings import Finding, make, register_code
 from ...core.study.splits import SPLIT_UNITS, choose_split_unit, spatial_groups
 from .crops import FieldCrops, LabelSource, _iter, resolve_settings, select_fields, take
 from .objects import LabelRule, ObjectTable, parse_label_rule, read_objects
@@ -19,6 +21,21 @@ from .plate_map import normalise_well, site_key
 if TYPE_CHECKING:
     from .labels import LabelsInput
     from .layout import FieldOfView, Plate
+
+
+#: Default object budget of :func:`sample_plate`: every object is used up to this many
+#: crops (a uniform random sample of all objects beyond it). 10,000 crops of 3 channels
+#: at 48 px hold 280 MB as float32; training on them takes minutes per epoch on a CPU.
+DEFAULT_MAX_OBJECTS = 10_000
+
+SEGMENTATION = register_code(
+    "segmentation", "caution",
+    "nuclei were segmented on a channel chosen as a fallback (no DNA-stain name), or the "
+    "objects found there do not look like nuclei (many small objects, or none)")
+SAMPLE_BUDGET = register_code(
+    "sample-budget", "note",
+    "not every segmented object was used: the object or time budget (or a per-field cap) "
+    "kept a sample of them")
 
 
 class _MetaLists:
@@ -51,7 +68,7 @@ def sample_plate(
     plate: Plate,
     crops: str = "nuclei",
     crop_size: int | None = None,
-    per_image: int | None = 64,
+    per_image: int | None = None,
     wells: Sequence[str] | None = None,
     labelled_only: bool = True,
     downsample: int | None = None,
@@ -69,17 +86,31 @@ def sample_plate(
     label_rule: str | LabelRule | None = None,
     split_by: str = "auto",
     val_wells: Sequence[str] | None = None,
+    max_objects: int | None = DEFAULT_MAX_OBJECTS,
+    time_budget: float | None = None,
 ) -> ImageSet:
     """Crops of ``plate`` as an ImageSet (labels, groups for the split, per-crop metadata).
 
-    Crops: ``"nuclei"`` (centred on nuclei), ``"grid"`` (tiles) or ``"random"``;
-    ``per_image`` caps crops per field (None = all; every object is kept with
-    ``objects`` or ``label_rule``). ``crop_size`` is in downsampled pixels. Without
+    Crops: ``"nuclei"`` (centred on nuclei), ``"grid"`` (tiles) or ``"random"``.
+    Every object (crop) of every field is used up to a budget: ``max_objects`` crops in
+    all (default :data:`DEFAULT_MAX_OBJECTS`; beyond it a uniform random sample of all
+    objects, kept while reading so memory stays bounded) and ``time_budget`` seconds of
+    reading and cutting (default none; fields are then read round-robin over wells, at
+    least one per well, and those not reached in time are left out). ``per_image``
+    additionally caps crops per field (default None = all; ignored with ``objects`` or
+    ``label_rule``). What was used is in ``metadata["sampling"]`` (objects found and
+    used, fields, wells, budget) and a ``sample-budget`` note in ``metadata["findings"]``
+    says when objects were left out. ``crop_size`` is in downsampled pixels. Without
     ``crop_size`` it comes from the median nucleus diameter (crops ~6 diameters), and so
     does ``downsample`` unless given (a nucleus ~8 px after downsampling); a crop size
     given alone means ``downsample=1``. Both are recorded in ``metadata``.
-    Nuclei: Otsu segmentation of ``nuclei_channel`` (default ``DNA`` if present, else
-    the last channel), or ``labels`` made elsewhere (cellpose, stardist, napari): a dict
+    Nuclei: Otsu segmentation of ``nuclei_channel`` (default: the channel named like a
+    DNA stain, :data:`~...core.data.segmentation.NUCLEAR_STAIN_NAMES`: DNA, Hoechst,
+    DAPI, DRAQ5, SiR-DNA, H2B, nuclei ...; else the last channel, with a ``segmentation``
+    caution), checked against what the other channels would give (a foci channel gives
+    many small objects: ``segmentation`` caution); ``metadata["nuclei"]`` says which
+    channel, how many objects and their median area. Or ``labels`` made elsewhere
+    (cellpose, stardist, napari): a dict
     ``{(well, site) or "A01_s1": array or file}``, a folder of label files matched by
     ``labels_pattern`` (default: the plate's pattern), or a callable(nuclei) -> labels.
     ``normalization``: ``"per_field"`` (default: percentiles of each field per channel),
@@ -106,6 +137,14 @@ def sample_plate(
     if table is not None and crops != "nuclei":
         raise InputError("an object table centres crops on its objects; use crops='nuclei'")
     fields = select_fields(plate, wells, labelled_only and not by_object)
+    if max_objects is not None and max_objects < 1:
+        raise InputError(f"max_objects must be at least 1 (or None: no limit); got "
+                         f"{max_objects}")
+    if time_budget is not None and not time_budget > 0:
+        raise InputError(f"time_budget must be a positive number of seconds; got "
+                         f"{time_budget}")
+    if time_budget is not None:
+        fields = _round_robin(fields)
     per_field = _assign_objects(plate, fields, table) if table is not None else None
     if per_field is not None:
         fields = [f for i, f in enumerate(fields) if i in per_field]
@@ -120,8 +159,11 @@ def sample_plate(
     else:
         names = list(class_names) if class_names is not None else \
             (pm.class_names if pm is not None else [])
+    kept, budget = _gather(_iter(plate, fields, s, source, per_field, rule, progress),
+                           len(fields), len({f.well for f in fields}), max_objects,
+                           time_budget, seed)
     imgs, msks, labels_out, means, meta = [], [], [], [], _MetaLists()
-    for fc in _iter(plate, fields, s, source, per_field, rule, progress):
+    for fc in kept:
         imgs.extend(fc.images)
         if fc.masks is not None:
             msks.extend(fc.masks)
@@ -152,6 +194,10 @@ def sample_plate(
     metadata.update(s.record(plate))
     metadata["per_crop_keys"] = list(meta.keys)
     metadata["warnings"] = []
+    findings = _sampling_findings(s, budget, metadata)
+    metadata["findings"] = findings
+    # Until every face reads findings, cautions also go where warnings are read today.
+    metadata["warnings"] += [f.message for f in findings if f.is_warning]
     y = np.asarray(labels_out, np.int64)
     if rule is not None:
         all_means = np.concatenate(means)[:, plate.channel_names.index(rule.channel)]
@@ -168,6 +214,143 @@ def sample_plate(
                     class_names=names, groups=metadata["well"].copy(),
                     masks=np.stack(msks) if msks else None, metadata=metadata)
     return assign_split(data, split_by, val_wells)
+
+
+def sampling_summary(md: dict) -> str:
+    """Which nuclei channel, and how many objects, fields and wells were used."""
+    lines = []
+    if md.get("nuclei"):
+        lines.append(md["nuclei"]["summary"])
+    s = md.get("sampling")
+    if s:
+        budget = [f"at most {s['max_objects']} objects" if s.get("max_objects") else
+                  "no object budget"]
+        if s.get("time_budget"):
+            budget.append(f"{s['time_budget']:g} s")
+        if s.get("per_image"):
+            budget.append(f"{s['per_image']} per field")
+        lines.append(f"used {s['objects_used']} of {s['objects_found']} objects from "
+                     f"{s['fields_used']} field(s) in {s['wells_used']} well(s) "
+                     f"({', '.join(budget)})")
+    return "\n".join(lines)
+
+
+def _round_robin(fields: list[FieldOfView]) -> list[FieldOfView]:
+    """Fields ordered site 1 of every well, then site 2 ...: a time budget that stops
+    early still leaves every well (and so every class) some fields."""
+    by_well: dict[str, list[FieldOfView]] = {}
+    for f in fields:
+        by_well.setdefault(f.well, []).append(f)
+    out: list[FieldOfView] = []
+    for k in range(max(len(v) for v in by_well.values())):
+        out += [v[k] for v in by_well.values() if k < len(v)]
+    return out
+
+
+def _gather(stream, n_fields: int, n_wells: int, max_objects: int | None,
+            time_budget: float | None, seed: int) -> tuple[list[FieldCrops], dict[str, Any]]:
+    """Read fields until done or out of time (but at least one field of every well: they
+    come round-robin), keeping at most ``max_objects`` crops: each crop gets a random key
+    and the smallest keys stay (a uniform sample of all crops, whatever the field order).
+    Returns the kept fields and what the budget did."""
+    rng = np.random.default_rng(seed + 7919)
+    kept: list[FieldCrops] = []
+    keys: list[np.ndarray] = []
+    found = fields_read = 0
+    areas: list[np.ndarray] = []
+    wells_read: set[str] = set()
+    t0 = time.perf_counter()
+    stopped = False
+    for fc in stream:
+        fields_read += 1
+        wells_read.add(fc.fov.well)
+        found += fc.n_found
+        if fc.nucleus_areas is not None:
+            areas.append(fc.nucleus_areas)
+        kept.append(fc)
+        keys.append(rng.random(len(fc)))
+        total = sum(len(f) for f in kept)
+        if max_objects is not None and total > max_objects:
+            thr = np.partition(np.concatenate(keys), max_objects - 1)[max_objects - 1]
+            for j, f in enumerate(kept):
+                keep = keys[j] <= thr
+                if not keep.all():
+                    kept[j], keys[j] = f.subset(keep), keys[j][keep]
+        if (time_budget is not None and n_wells <= fields_read < n_fields
+                and time.perf_counter() - t0 > time_budget):
+            stopped = True
+            break
+    kept = [f for f in kept if len(f)]
+    info = {"objects_found": int(found), "objects_used": int(sum(len(f) for f in kept)),
+            "fields_read": fields_read, "fields_total": n_fields,
+            "fields_used": len(kept), "wells_read": len(wells_read),
+            "wells_used": len({f.fov.well for f in kept}),
+            "max_objects": max_objects, "time_budget": time_budget,
+            "stopped_by_time": stopped, "seconds": round(time.perf_counter() - t0, 2),
+            "nucleus_areas": np.concatenate(areas) if areas else None}
+    return kept, info
+
+
+def _sampling_findings(s, budget: dict[str, Any], metadata: dict[str, Any]
+                       ) -> list[Finding]:
+    """Record what was sampled (``metadata["sampling"]``, ``metadata["nuclei"]``) and the
+    ``segmentation`` / ``sample-budget`` findings."""
+    areas = budget.pop("nucleus_areas")
+    budget["per_image"] = s.per_image
+    metadata["sampling"] = dict(budget)
+    out: list[Finding] = []
+    if areas is not None:
+        med = float(np.median(areas)) if areas.size else 0.0
+        how = {"given": "chosen by the user", "named": "named as a nuclear stain",
+               "fallback": "no channel named as a nuclear stain: the last channel, a "
+                           "guess"}[s.nuclei_choice]
+        nuclei = {"channel": s.nuclei_channel, "choice": s.nuclei_choice,
+                  "objects": int(areas.size), "median_area": round(med, 1),
+                  "median_diameter": round(2 * float(np.sqrt(med / np.pi)), 1),
+                  "segmentation": s.segmentation, "check": s.nuclei_check,
+                  "survey": {k: {kk: round(float(vv), 2) for kk, vv in v.items()}
+                             for k, v in s.nuclei_survey.items()}}
+        nuclei["summary"] = (f"nuclei: {s.nuclei_channel} ({how}), {areas.size} objects in "
+                             f"{budget['fields_read']} field(s), median area {med:.0f} px "
+                             f"({nuclei['median_diameter']:.1f} px across)")
+        metadata["nuclei"] = nuclei
+        if s.nuclei_choice == "fallback":
+            out.append(make(
+                SEGMENTATION,
+                "No channel is named like a nuclear stain (DNA, Hoechst, DAPI, DRAQ5, "
+                f"SiR-DNA, H2B, nuclei ...): nuclei were segmented on {s.nuclei_channel}, "
+                "the last channel, as a guess. If it is not the DNA stain, name the "
+                "nuclear channel (--nuclei-channel, nuclei_channel=).", channel=s.nuclei_channel,
+                choice="fallback", survey=nuclei["survey"]))
+        if s.nuclei_check:
+            out.append(make(
+                SEGMENTATION,
+                f"The objects segmented on {s.nuclei_channel} do not look like nuclei: "
+                f"{s.nuclei_check}. Crops are centred on them and sized from them; check "
+                "the channel names or choose the nuclear stain (--nuclei-channel, "
+                "nuclei_channel=).", channel=s.nuclei_channel, choice=s.nuclei_choice,
+                reason=s.nuclei_check, survey=nuclei["survey"]))
+    found, used = budget["objects_found"], budget["objects_used"]
+    if budget["stopped_by_time"]:
+        out.append(make(
+            SAMPLE_BUDGET,
+            f"The time budget ({budget['time_budget']:g} s) stopped sampling after "
+            f"{budget['fields_read']} of {budget['fields_total']} fields: {used} objects "
+            f"used of {found} found in the fields read; raise it (--time-budget) to use "
+            "every field.", **{k: budget[k] for k in ("objects_found", "objects_used",
+                                                      "fields_read", "fields_total",
+                                                      "time_budget")}))
+    elif used < found:
+        by = (f"the object budget ({budget['max_objects']}, a uniform random sample of all "
+              "objects)" if budget["max_objects"] is not None and
+              used >= budget["max_objects"] else f"the per-field cap ({s.per_image})")
+        out.append(make(
+            SAMPLE_BUDGET,
+            f"{used} of {found} objects were used, cut by {by}; raise it (--max-objects, "
+            "--per-image) to use them all.",
+            objects_found=found, objects_used=used, max_objects=budget["max_objects"],
+            per_image=s.per_image))
+    return out
 
 
 def _assign_objects(plate: Plate, fields: list[FieldOfView], table: ObjectTable
