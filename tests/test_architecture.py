@@ -24,12 +24,25 @@ def _modules() -> dict[str, tuple[Path, bool]]:
     return mods
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under ``if TYPE_CHECKING:`` (type hints only, never run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def _imports(mods) -> dict[str, set[str]]:
-    """Every import of a package module, at module level or inside functions."""
+    """Every import of a package module that runs, at module level or inside functions."""
     graph: dict[str, set[str]] = defaultdict(set)
     for name, (path, is_pkg) in mods.items():
         base = name.split(".") if is_pkg else name.split(".")[:-1]
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     up = base[: len(base) - (node.level - 1)]

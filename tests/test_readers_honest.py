@@ -118,12 +118,12 @@ def test_size_limit_refuses_before_allocating(tmp_path, monkeypatch):
 
 def test_lazy_read_gives_the_same_pixels(tmp_path, monkeypatch):
     pytest.importorskip("dask")
-    import napari_attribution.io.readers as readers
+    import napari_attribution.io.image_data as image_data
 
     arr = np.random.default_rng(1).integers(0, 4000, (2, 512, 512)).astype(np.uint16)
     path = tmp_path / "lazy.ome.tif"
     tifffile.imwrite(path, arr, ome=True, tile=(128, 128), metadata={"axes": "CYX"})
-    monkeypatch.setattr(readers, "LAZY_ABOVE_BYTES", 1024)
+    monkeypatch.setattr(image_data, "LAZY_ABOVE_BYTES", 1024)
     img = read_image(path, lazy=True, max_bytes="1K")
     assert img.extra["lazy"] and type(img.raw).__module__.startswith("dask")
     np.testing.assert_array_equal(np.asarray(img.data), arr)

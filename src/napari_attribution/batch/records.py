@@ -106,7 +106,7 @@ def read_record(record: ImageRecord, downsample: int = 1) -> np.ndarray:
 def open_record(record: ImageRecord) -> Any:
     """(C, H, W) raw pixels of one record as the plate reads them, without reading them
     all: a Dask array read chunk by chunk for images over the readers' lazy threshold
-    (``io.readers.LAZY_ABOVE_BYTES``), else a NumPy array. Z/T are reduced by maximum."""
+    (``io.image_data.LAZY_ABOVE_BYTES``), else a NumPy array. Z/T are reduced by maximum."""
     from ..io.readers import read_image
 
     try:

@@ -126,7 +126,7 @@ def load_bioimageio(path: str | Path, trust: bool = False,
                               f"(supported: {', '.join(_PRE_SUPPORTED)})")
     recorded: dict[str, Any] = {}
     if isinstance(ours, dict):  # our own export: the bundle's normaliser and scale
-        from .model_export import check_model_metadata
+        from .model_metadata import check_model_metadata
 
         recorded = check_model_metadata(
             {k: v for k, v in ours.items() if k in ("normalization", "scale")}, path)
@@ -399,7 +399,7 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
     from bioimageio.spec.model import v0_5 as m
 
     from .. import __version__
-    from .model_export import model_scale
+    from .model_metadata import model_scale
     from .models import load_model
 
     clf = load_model(model)
@@ -495,7 +495,7 @@ def _readme(clf: Classifier) -> str:
 
 
 def _scale_text(clf: Classifier) -> str:
-    from .model_export import model_scale
+    from .model_metadata import model_scale
 
     s = model_scale(clf)
     size = f"{s['input_size']} px inputs" if s["input_size"] else "whole images"

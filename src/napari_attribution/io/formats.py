@@ -2,7 +2,7 @@
 
 ``pip install 'napari-attribution[formats]'`` installs bioio with its CZI, ND2, LIF and
 OME-Zarr plugins. :func:`read_image_bioio` turns what bioio reads into the same
-:class:`~napari_attribution.io.readers.ImageData` as the TIFF reader, with the same rules:
+:class:`~napari_attribution.io.image_data.ImageData` as the TIFF reader, with the same rules:
 a file with several scenes is refused unless one is chosen, bad physical sizes are
 ignored with a warning, and the declared size is checked against the limit before any
 pixel is read (``lazy=True`` keeps large images on disk as Dask arrays). TIFF files stay
@@ -56,7 +56,7 @@ def read_image_bioio(path: str | Path, channel_names=None, *, scene: int | str |
                      lazy: bool = False, max_bytes: int | str | None = None):
     """Read one image through bioio as :class:`ImageData` (axes from ``TCZYX``, length-1
     axes dropped). ``scene`` picks one of several scenes (refused otherwise)."""
-    from .readers import ImageData, check_declared_size
+    from .image_data import ImageData, check_declared_size
 
     path = Path(path)
     if not path.exists():

@@ -37,7 +37,7 @@ from ..core.data.normalization import PercentileNormalizer, canonical_mode
 from ..core.models.classifier import Classifier, default_names, infer_channels
 from ..core.runtime.errors import BundleError, InputError
 from .bundle import SUFFIX, ModelBundle, file_sha256, load_bundle
-from .model_export import read_export_metadata
+from .model_metadata import read_export_metadata
 from .model_scan import (
     UnsafeModelError,
     restricted_unpickling,

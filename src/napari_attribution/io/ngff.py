@@ -1,7 +1,7 @@
 """OME-Zarr (OME-NGFF 0.4) images and HCS plates, read with zarr alone (no bioio).
 
 :func:`read_ngff_image` reads one NGFF image group (``multiscales``; the full-resolution
-dataset) as the same :class:`~napari_attribution.io.readers.ImageData` as the TIFF
+dataset) as the same :class:`~napari_attribution.io.image_data.ImageData` as the TIFF
 reader, lazily (a Dask array) when ``lazy=True``; channel names come from the ``omero``
 labels, the pixel size from the dataset's scale. :func:`read_ngff_plate` lists the
 fields of an NGFF HCS plate (``plate`` -> ``row/col`` wells -> fields) with their well,
@@ -194,13 +194,13 @@ def read_ngff_image(path: str | Path, channel_names=None, *, lazy: bool = False,
     """One NGFF image group as :class:`ImageData` (full resolution, length-1 axes dropped).
 
     Before any pixel is read, the declared size is checked against the readers' one
-    limit (:func:`~napari_attribution.io.readers.check_declared_size`), the dataset path
+    limit (:func:`~napari_attribution.io.image_data.check_declared_size`), the dataset path
     must stay inside the group, and every chunk must be on disk: missing chunks are an
     :class:`InputError` unless ``fill_missing`` (or ``NAPARI_ATTRIBUTION_ALLOW_MISSING_
     CHUNKS=1``) allows them, then a :class:`MissingChunksWarning`. With ``lazy=True``
     a large image stays on disk as a Dask array read chunk by chunk.
     """
-    from .readers import ImageData, _check_dtype, check_declared_size
+    from .image_data import ImageData, check_declared_size, check_dtype
 
     path = Path(path)
     if not path.exists():
@@ -209,7 +209,7 @@ def read_ngff_image(path: str | Path, channel_names=None, *, lazy: bool = False,
     shape = tuple(int(s) for s in arr.shape)
     check_declared_size(path, shape, arr.dtype, max_bytes, lazy=lazy)
     is_lazy = bool(lazy)  # chunked on disk already: lazy reads cost nothing extra
-    _check_dtype(np.empty(0, arr.dtype), path)
+    check_dtype(np.empty(0, arr.dtype), path)
     n_missing = check_chunks(arr, path / rel, path, rel, fill_missing)
     if is_lazy:
         import dask.array as da
