@@ -1,13 +1,14 @@
 """One run at a time per result store: an exclusive lock file beside the store.
 
 ``<store>.lock`` (e.g. ``plate.zarr.lock``, beside the store's resolved path: a symlink
-to a store locks the store itself) is held with ``flock`` by the process driving
-a run, from before the store is opened (or replaced with ``overwrite``) until the run
-ends, fails or is cancelled; it says who holds it (host, pid, start time). A second run on
-the same store is refused at once with that information, so two runs never compute the
-same images twice and ``--overwrite`` can never delete a store under a running run. The
-lock is released by the kernel when the process dies, so a killed run never leaves a
-stale lock behind (the leftover file is harmless and reused).
+to a store locks the store itself) is held by the process driving a run (``filelock``:
+``flock`` on Unix, ``msvcrt`` locking on Windows), from before the store is opened (or
+replaced with ``overwrite``) until the run ends, fails or is cancelled; it says who holds
+it (host, pid, start time). A second run on the same store is refused at once with that
+information, so two runs never compute the same images twice and ``--overwrite`` can
+never delete a store under a running run. The operating system releases the lock when the
+process dies, so a killed run never leaves a stale lock behind (a leftover file is
+harmless and reused).
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ import socket
 import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from ..core.runtime.errors import InputError, OutputError
 from ..io.atomic import why_failed
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no advisory locks, runs are not guarded
-    fcntl = None  # type: ignore[assignment]
 
 
 class StoreBusy(InputError):
@@ -38,6 +36,14 @@ def lock_path(store: str | Path) -> Path:
     return store.with_name(store.name + ".lock")
 
 
+def _write_holder(fd: int) -> None:
+    info = {"host": socket.gethostname(), "pid": os.getpid(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(info).encode())
+
+
 class StoreLock:
     """An exclusive, non-blocking lock on one result store (a context manager), keyed on
     the store's resolved path."""
@@ -45,50 +51,26 @@ class StoreLock:
     def __init__(self, store: str | Path) -> None:
         self.store = Path(store)
         self.path = lock_path(self.store)
-        self._fd: int | None = None
+        self._lock = FileLock(self.path, timeout=0, thread_local=False,
+                              on_acquired=_write_holder)
 
     def acquire(self) -> StoreLock:
-        if fcntl is None:  # pragma: no cover
-            return self
-        for _ in range(10):
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as err:
-                raise OutputError(f"cannot write the result store {self.store}: "
-                                  f"{why_failed(err)} ([Errno {err.errno}])") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise StoreBusy(f"output {self.store} is in use by another run ({holder}); "
-                                "wait for it to finish (or stop it), then run again; "
-                                "--overwrite is refused while it runs") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # the holder removed the file as we opened it: try again
-                os.close(fd)
-                continue
-            info = {"host": socket.gethostname(), "pid": os.getpid(),
-                    "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
-            self._fd = fd
-            return self
-        raise StoreBusy(f"could not lock {self.path}: it keeps being replaced")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except Timeout:
+            raise StoreBusy(f"output {self.store} is in use by another run "
+                            f"({_read_holder(self.path)}); wait for it to finish (or stop "
+                            "it), then run again; --overwrite is refused while it runs"
+                            ) from None
+        except OSError as err:
+            raise OutputError(f"cannot write the result store {self.store}: "
+                              f"{why_failed(err)} ([Errno {err.errno}])") from None
+        return self
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)  # while still holding: no one can be inside
-        except OSError:
-            pass
-        os.close(self._fd)  # closes the flock too
-        self._fd = None
+        if self._lock.is_locked:
+            self._lock.release()
 
     def __enter__(self) -> StoreLock:
         return self.acquire()
@@ -97,9 +79,9 @@ class StoreLock:
         self.release()
 
 
-def _read_holder(fd: int) -> str:
+def _read_holder(path: Path) -> str:
     try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        info = json.loads(path.read_text()[:4096] or "{}")
     except (OSError, ValueError):
         info = {}
     if not info:
