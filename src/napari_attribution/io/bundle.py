@@ -26,8 +26,9 @@ FORMAT = "napari-attribution-bundle"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 # top-level metadata keys written from TrainResult.checks() (besides "warnings")
-CHECK_KEYS = ("validation", "study_design", "shortcut_check", "posthoc_importance",
-              "importance_repeats", "retrain_check")
+CHECK_KEYS = ("findings", "channel_verdict", "cross_validation", "validation",
+              "study_design", "shortcut_check", "posthoc_importance", "importance_repeats",
+              "retrain_check")
 
 
 @dataclass
@@ -45,6 +46,14 @@ class ModelBundle:
     sha256: str | None = None
     warnings: list[str] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def findings(self) -> list:
+        """The study findings (``Finding`` records) stored with the model; bundles from
+        before findings existed give their warnings as ``data-warning`` cautions."""
+        from ..core.study.findings import from_warnings
+
+        return from_warnings(self.warnings, self.checks.get("findings"))
 
     @property
     def n_channels(self) -> int:
