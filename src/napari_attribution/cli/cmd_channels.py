@@ -123,7 +123,8 @@ def format_checks(findings: list[Finding], checks: dict[str, Any],
         parts.append(format_retrain(checks["retrain_check"]))
     if checks.get("shortcut_check"):
         parts.append(format_shortcut(ShortcutCheck.from_dict(checks["shortcut_check"])))
-    parts.append(format_findings(findings))
+    said = {cv.sentence} if cv is not None else set()
+    parts.append(format_findings(findings, said))
     return "\n\n".join(p for p in parts if p)
 
 
@@ -137,11 +138,14 @@ VERDICT_LINES = {
 }
 
 
-def format_findings(findings: list[Finding]) -> str:
-    """One verdict line, then the warnings (alarms boxed, cautions), then the notes."""
+def format_findings(findings: list[Finding], said: set[str] | None = None) -> str:
+    """One verdict line, then the warnings (alarms boxed, cautions), then the notes;
+    a note whose message is already ``said`` (the channel verdict's sentence, printed
+    under its table) is named by its code only."""
     from ..core.study.findings import split, verdict
 
     warn, notes = split(findings)
+    said = said or set()
     lines = [VERDICT_LINES[verdict(findings)]]
     alarms = [f for f in warn if f.severity == "alarm"]
     if alarms:
@@ -152,7 +156,9 @@ def format_findings(findings: list[Finding]) -> str:
         lines.append(bar)
     lines += [textwrap.fill(f"caution [{f.code}] {f.message}", 78,
                             subsequent_indent="    ") for f in warn if f.severity != "alarm"]
-    lines += [textwrap.fill(f"note [{f.code}] {f.message}", 78, subsequent_indent="    ")
+    lines += [textwrap.fill(f"note [{f.code}] "
+                            + ("(the channel verdict above)" if f.message in said
+                               else f.message), 78, subsequent_indent="    ")
               for f in notes]
     return "\n".join(lines)
 
