@@ -137,3 +137,21 @@ def from_warnings(warnings: Iterable[str], stored: Iterable[dict] | None = None
     if stored:
         return [Finding.from_dict(d) for d in stored]
     return [make(DATA_WARNING, str(w)) for w in warnings]
+
+
+VERDICT_TEXT = {
+    "ok": "OK (no warnings)",
+    "note": "OK (no warnings; notes below)",
+    "caution": "CAUTION: the answer may be right but is weak; read the cautions",
+    "alarm": "ALARM: the design or data cannot support the answer; fix the alarm before "
+             "trusting any ranking",
+}
+
+
+def summary_lines(findings: Iterable[Finding]) -> list[str]:
+    """Plain lines for any face: the study verdict, then each warning (alarms first),
+    then each note, as ``severity [code] message``."""
+    fs = list(findings)
+    warnings, notes = split(fs)
+    return ([f"study verdict: {VERDICT_TEXT[verdict(fs)]}"]
+            + [f"{f.severity} [{f.code}] {f.message}" for f in warnings + notes])
