@@ -32,7 +32,7 @@ def test_one_well_per_class_falls_back_to_half_fields_with_a_warning(pair):
     assert set(side) == {"L", "R"}
     assert np.all(np.where(side == "L", md["x"] + full <= 80, md["x"] >= 80))
     assert md["dropped_crossing_crops"] > 0
-    res = na.train(data, epochs=1, device="cpu", ablation_check=False)
+    res = na.train(data, epochs=1, device="cpu", ablation_check=False, cv=1)
     val_classes = set(data.labels[res.val_index].tolist())
     assert val_classes == {0, 1} and set(data.labels[res.train_index].tolist()) == {0, 1}
     assert not set(data.groups[res.val_index]) & set(data.groups[res.train_index])

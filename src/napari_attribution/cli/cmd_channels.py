@@ -163,16 +163,6 @@ def format_findings(findings: list[Finding], said: set[str] | None = None) -> st
     return "\n".join(lines)
 
 
-def format_warnings(warnings: list[str] | list[Finding]) -> str:
-    """Findings (or plain warning strings, taken as ``data-warning`` cautions) as text."""
-    from ..core.study.findings import Finding, from_warnings
-
-    items = list(warnings)
-    if items and not isinstance(items[0], Finding):
-        items = from_warnings([str(w) for w in items])
-    return format_findings(items)
-
-
 def format_repeats(rep: dict[str, Any]) -> str:
     names = rep["channel_names"]
     width = max(8, *(len(n) for n in names))
