@@ -323,3 +323,8 @@ def test_channel_verdict_agrees_shares_and_disagrees():
     assert v.tops == {"weight": "Body", "ablation": "PH3", "permutation": "DNA"}
     text = format_verdict(v)
     assert text.count("verdict:") == 1 and "disagree" in text
+    # weights alone (no check run): said so, not "no channel is needed"
+    imp, _ = _readouts([0.9, 0.05, 0.05], [0.5, 0.0, 0.0], [0.5, 0.0, 0.0])
+    imp.ablation_loss_increase = imp.ablation_accuracy_drop = None
+    v = channel_verdict(imp, [])
+    assert "no ablation or permutation check was run" in v.sentence and v.findings == []

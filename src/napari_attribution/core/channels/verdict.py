@@ -154,6 +154,9 @@ def channel_verdict(importance: ChannelImportance | None,
         sentence = f"{agree}: the model needs {top} ({'; '.join(parts)})."
         if used and used != [top]:
             sentence += f" Also measurably used: {', '.join(u for u in used if u != top)}."
+        elif not readouts:
+            sentence = (f"The weights put {top} first; no ablation or permutation check "
+                        "was run to confirm that the model needs it.")
         elif not used:
             sentence = (f"The weights put {top} first, but taking no channel away "
                         "measurably costs accuracy.")
