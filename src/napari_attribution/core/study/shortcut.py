@@ -197,18 +197,25 @@ def assess_units(check: ShortcutCheck, features: np.ndarray, labels: np.ndarray,
                       for i, a in enumerate(classes) for b in classes[i + 1:])
         ev: dict[str, Any] = {"statistic": stat, "balanced_accuracy": acc,
                               "class_separation": round(between, 3)}
-        within, pair = 0.0, None
+        within, pair, seps = 0.0, None, []
         if wells is not None:
             for c in classes:
                 ws = [w for w in np.unique(wells[labels == c])
                       if np.sum((wells == w) & (labels == c)) >= MIN_PER_WELL]
-                for i, w1 in enumerate(ws):
-                    for w2 in ws[i + 1:]:
-                        sep = _separation(v[(wells == w1) & (labels == c)],
-                                          v[(wells == w2) & (labels == c)])
-                        if sep > within:
-                            within, pair = sep, (str(w1).lstrip("/"), str(w2).lstrip("/"))
+                cls = [(_separation(v[(wells == w1) & (labels == c)],
+                                    v[(wells == w2) & (labels == c)]),
+                        (str(w1).lstrip("/"), str(w2).lstrip("/")))
+                       for i, w1 in enumerate(ws) for w2 in ws[i + 1:]]
+                # a typical pair of the class's wells (the median), not the most extreme
+                # of many pairs: on BBBC013 (16 + 8 control wells) the worst of 148 pairs
+                # reaches 0.84 while the class medians are 0.24 and 0.25 against 0.71
+                # between the classes; the class with the largest median counts
+                if cls and float(np.median([sp for sp, _ in cls])) > within:
+                    within = float(np.median([sp for sp, _ in cls]))
+                    pair = max(cls)[1]
+                seps += cls
             ev["within_class_well_separation"] = round(within, 3)
+            ev["within_class_well_pairs"] = len(seps)
             held = _held_out_wells(wells, val_index, labels, val_pred[ch])
             ev["held_out_wells"] = held
         check.evidence[ch] = ev
@@ -222,8 +229,9 @@ def assess_units(check: ShortcutCheck, features: np.ndarray, labels: np.ndarray,
                    if per_field else "normalise per field")
             found.append(make(
                 SHORTCUT_BATCH,
-                f"{said}, but it also separates wells of the same class ({pair[0]} vs "
-                f"{pair[1]}: {within:.2f}, against {between:.2f} between the classes): a "
+                f"{said}, but it also separates wells of the same class (median over "
+                f"that class's pairs {within:.2f}, e.g. {pair[0]} vs {pair[1]}; against "
+                f"{between:.2f} between the classes): a "
                 f"well effect in {ch} is as large as the phenotype, so the CNN may be "
                 f"reading the batch, not the biology. {fix[0].upper() + fix[1:]}; check "
                 "those wells (stain, exposure, density) and add wells per class.",
