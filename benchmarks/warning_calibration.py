@@ -27,9 +27,8 @@ Half of the synthetic designs are for tuning the checks (``--split tune``), the 
 half for reporting (``--split report``; real and sample data are report-only).
 
 Codes are read through findings (:class:`~napari_attribution.core.study.findings.Finding`):
-``TrainResult.findings`` when the checks return them, plus the plate's own
-``metadata["findings"]`` (segmentation, sample budget). SHIM (marked below, to remove
-once every check returns findings): today's warning strings are mapped to codes.
+``TrainResult.findings`` (every study check), plus the plate's own
+``metadata["findings"]`` (segmentation, sample budget).
 
     PYTHONPATH=src python benchmarks/warning_calibration.py --split report \\
         [--epochs 3] [--json benchmarks/results/warning_calibration.json]
@@ -40,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -253,49 +251,15 @@ def designs(bbbc013: Path | None, bbbc013_extra: tuple[str, ...] = ()) -> list[D
     return out
 
 
-# ------------------------------------------------------------------- findings (+ shim)
-
-# SHIM: today's warning strings -> codes, for checks that do not return findings yet on
-# this branch. The lead removes this table (and _shim) once the study checks return
-# Finding records (TrainResult.findings). Severities are those of today's behaviour
-# (every shortcut flag is an alarm today).
-# Code names follow those the findings branch declares (design-class-is-well ...).
-SHIM: list[tuple[str, str, str]] = [
-    (r"^Every class comes from a single well", "design-class-is-well", "alarm"),
-    (r"^Each plate holds a single class", "design-class-is-plate", "alarm"),
-    (r"come from a single well each", "design-class-single-well", "alarm"),
-    (r"^All crops come from a single well", "design-single-well", "caution"),
-    (r"not by well: class\(es\)", "split-not-by-well", "caution"),
-    (r"^Classes are unequal", "class-imbalance", "note"),
-    (r"are not in the validation split", "class-not-validated", "caution"),
-    (r"^No groups", "design-no-groups", "caution"),
-    (r"alone separates the classes", "shortcut-batch", "alarm"),
-    (r"^No channel dominates the DCMIX weights", "channels-shared", "note"),
-    (r"does not say how its images were normalised", "input-normalization", "caution"),
-]
+# ------------------------------------------------------------------- findings
 
 
-def _shim(warning: str):
-    from napari_attribution.core.study.findings import Finding
-
-    for pattern, code, severity in SHIM:
-        if re.search(pattern, warning):
-            return Finding(code, severity, warning, {"shim": True})
-    return Finding("unmapped-warning", "caution", warning, {"shim": True})
-
-
-def findings_of(result, data) -> tuple[list, bool]:
-    """(findings, shimmed): the data's own findings (plate sampling) and the training
-    checks' (``result.findings`` when present, else today's strings through the SHIM)."""
+def findings_of(result, data) -> list:
+    """The data's own findings (plate sampling) and the training checks' findings."""
     from napari_attribution.core.study.findings import dedupe
 
     own = [f for f in (data.metadata.get("findings") or []) if hasattr(f, "code")]
-    native = getattr(result, "findings", None)
-    if native is not None:
-        return dedupe([*own, *native]), False
-    known = {f.message for f in own}
-    shimmed = [_shim(w) for w in result.warnings if w not in known]
-    return dedupe([*own, *shimmed]), True
+    return dedupe([*own, *result.findings])
 
 
 # --------------------------------------------------------------------------- running
@@ -319,7 +283,7 @@ def run_design(d: Design, epochs: int, seed: int) -> dict:
             data = load_training_data(args)
         result = run_generator(train_dcmix(data, config_from_args(args)))
         seconds = time.perf_counter() - t0
-    found, shimmed = findings_of(result, data)
+    found = findings_of(result, data)
     fired = sorted({f.code for f in found})
     return {"name": d.name, "family": d.family, "split": d.split, "note": d.note,
             "argv": [a if not a.startswith(tmp) else "<tmp>" + a[len(tmp):] for a in argv],
@@ -331,7 +295,7 @@ def run_design(d: Design, epochs: int, seed: int) -> dict:
             "missed": sorted(d.expected - set(fired)),
             "balanced_accuracy": round(float(result.val_balanced_accuracy), 3),
             "top_channel": result.importance.ranking()[0] if result.importance else None,
-            "shim": shimmed, "seconds": round(seconds, 1),
+            "seconds": round(seconds, 1),
             "messages": [str(f) for f in found],
             "printed": printed.getvalue().strip().splitlines()[:3]}
 
@@ -424,8 +388,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {len(v)}{' ' + str(v) if v else ''}"
                       for k, v in alarms_real.items()))
     total = time.perf_counter() - t0
-    print(f"total {total:.0f} s; codes read through the SHIM on "
-          f"{sum(r['shim'] for r in rows)} of {len(rows)} designs")
+    print(f"total {total:.0f} s over {len(rows)} designs")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

@@ -32,6 +32,12 @@ def test_train_reports_progress_and_finds_the_marker(api_result):
     imp = result.importance
     assert imp.ranking()[0] == data.metadata["informative_channel"]
     assert imp.as_dict()["Marker"] > 0.5
+    # 16 held-out crops per class: one split, no cross-validation, no warning; the
+    # Marker phenotype is a note, and the channel verdict names Marker
+    assert result.train_config.cv == 1 and result.cross_validation is None
+    assert result.warnings == [] and result.verdict.tops["weight"] == "Marker"
+    assert {f.severity for f in result.findings} <= {"note"}
+    assert result.validation["support"] == {"cytoplasmic": 16, "nuclear": 16}
 
 
 def test_unknown_training_option_is_named():

@@ -121,12 +121,13 @@ def test_train_on_a_plate_folder(tmp_path, capsys):
         "well,class,dose,control\nA01,neg,0,-1\nA02,neg,0,-1\nB01,pos,5,1\nB02,pos,5,1\n")
     base = ["train", "--plate", str(plate), "--pattern", PATTERN, "--channels", "dna,gfp",
             "--crops", "grid", "--crop-size", "16", "--downsample", "1", "--per-image", "4",
-            "--epochs", "2", "--device", "cpu", "-q", "-o", str(tmp_path / "m.safetensors")]
+            "--epochs", "2", "--device", "cpu", "-q", "--cv", "1",
+            "-o", str(tmp_path / "m.safetensors")]
     assert main(base) == 2  # no plate map: no labels
     assert "--plate-map" in capsys.readouterr().err
     assert main([*base, "--plate-map", str(tmp_path / "map.csv")]) == 0
     out = capsys.readouterr().out
-    assert "sampling grid crops (16 px)" in out and "validation accuracy" in out
+    assert "sampling grid crops (16 px)" in out and "balanced accuracy" in out
     # split by well: no split warning (the shortcut check may flag gfp, the phenotype)
     assert "held out by well" in out and "not by well" not in out
     assert "class and well coincide" not in out

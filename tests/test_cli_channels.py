@@ -16,7 +16,8 @@ def test_train_then_channels_in_every_format(tmp_path, capsys):
     assert "bundle written" in capsys.readouterr().out
     assert main(["channels", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "Marker" in text and "importance" in text
+    assert "Marker" in text and "channels the model needs" in text
+    assert "study verdict:" in text and "held out:" in text
     assert main(["channels", str(out), "--format", "json"]) == 0
     js = json.loads(capsys.readouterr().out)
     assert {r["channel"] for r in js["channels"]} == {"DNA", "Marker", "Membrane",

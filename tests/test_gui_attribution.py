@@ -3,6 +3,7 @@ export round trip, provenance panel and bad input (pytest-qt + make_napari_viewe
 
 from __future__ import annotations
 
+import html
 import re
 import time
 
@@ -348,6 +349,8 @@ def test_study_report(make_napari_viewer, qtbot, cells, bundle, tmp_path, errors
     assert errors == [] and out.suffix == ".html"
     text = out.read_text()
     assert "Channel importance" in text and "balanced accuracy" in text
+    assert "study verdict:" in text and "held out:" in text and "<h2>Findings</h2>" in text
+    assert all(html.escape(f.message) in text for f in result.findings)
     n_val = len(result.val_index)
     cm_cells = [int(v) for v in re.findall(r"<td>(\d+)</td>", text)]
     assert sum(cm_cells) == n_val  # every validation image counted once

@@ -32,12 +32,16 @@ def test_one_well_per_class_falls_back_to_half_fields_with_a_warning(pair):
     assert set(side) == {"L", "R"}
     assert np.all(np.where(side == "L", md["x"] + full <= 80, md["x"] >= 80))
     assert md["dropped_crossing_crops"] > 0
-    res = na.train(data, epochs=1, device="cpu", ablation_check=False)
+    res = na.train(data, epochs=1, device="cpu", ablation_check=False, cv=1)
     val_classes = set(data.labels[res.val_index].tolist())
     assert val_classes == {0, 1} and set(data.labels[res.train_index].tolist()) == {0, 1}
     assert not set(data.groups[res.val_index]) & set(data.groups[res.train_index])
-    # the split warnings come first, then the study checks' own (design, shortcut)
-    assert res.provenance()["warnings"][:len(md["warnings"])] == md["warnings"]
+    # the split warning is kept (a caution with its own code); alarms come first
+    assert set(md["warnings"]) <= set(res.provenance()["warnings"])
+    codes = {f.code: f.severity for f in res.findings}
+    assert codes["split-not-by-well"] == "caution"
+    assert codes["design-class-is-well"] == "alarm"
+    assert res.findings[0].severity == "alarm"
     assert any("class and well coincide" in w for w in res.warnings)
     assert res.normalizer.mode == "per_field"
 
@@ -48,7 +52,7 @@ def test_cli_default_path_warns_and_stores_the_warning(pair, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     args = ["train", "--plate", str(pair), "--pattern", PATTERN, "--channels", "DNA,NFKB",
             "--plate-map", str(pair / "map.csv"), "--epochs", "1", "--device", "cpu", "-q",
-            "-o", str(out)]
+            "--cv", "1", "-o", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "held out by half" in text and "split by half, not by well" in text

@@ -104,7 +104,7 @@ def test_npz_declares_its_normalisation(tmp_path, capsys):
 
     raw = _npz(tmp_path / "r.npz", images, labels)
     assert main([*base, "--npz", str(raw), "-o", str(tmp_path / "r.safetensors")]) == 0
-    assert "WARNING" in capsys.readouterr().out
+    assert "caution [data-warning]" in capsys.readouterr().out
     b = load_bundle(tmp_path / "r.safetensors")
     assert b.normalizer.mode == "per_dataset" and b.normalizer.lo is not None
     assert "does not say how its images were normalised" in b.provenance["warnings"][0]

@@ -36,14 +36,17 @@ FAST = dict(batch_size=32, device="cpu", width=8)
 @pytest.mark.parametrize("seed", range(5))
 def test_design_warning_fires_on_the_batch_effect_trap(seed):
     data = make_batch_effect_trap(n_images=80, size=16, seed=seed)
-    warnings = check_study_design(data).warnings
-    assert any("class and well coincide" in w for w in warnings), warnings
+    design = check_study_design(data)
+    codes = {f.code: f.severity for f in design.findings}
+    assert codes.get("design-class-is-well") == "alarm", design.findings
+    assert any("class and well coincide" in w for w in design.warnings)
+    assert design.confounded
 
 
 def test_design_check_is_quiet_on_a_good_design_and_counts_units():
     data = make_low_snr_trap(n_images=96, size=16, seed=0)
     design = check_study_design(data)
-    assert design.warnings == []
+    assert design.warnings == [] and design.findings == []
     assert design.units_per_class["well"] == {"cytoplasmic": 3, "nuclear": 3}
     assert design.units_per_class["plate"] == {"cytoplasmic": 1, "nuclear": 1}
 
@@ -54,30 +57,40 @@ def test_design_check_flags_one_confined_class_imbalance_and_missing_validation(
     keep = np.flatnonzero((data.labels == 0) | (np.arange(len(data)) % 4 == 0))
     small = data.subset(keep)
     val = np.flatnonzero(small.labels == 0)[:5]
-    warnings = " ".join(check_study_design(small, val).warnings)
-    assert "nuclear come from a single well each" in warnings
-    assert "Classes are unequal" in warnings
-    assert "not in the validation split" in warnings
+    found = {f.code: f for f in check_study_design(small, val).findings}
+    assert found["design-class-single-well"].severity == "alarm"
+    assert "nuclear come from a single well each" in found["design-class-single-well"].message
+    # unequal classes are balanced by training: a note, not a warning
+    assert found["class-imbalance"].severity == "note"
+    assert found["class-not-validated"].severity == "caution"
 
 
 def test_single_field_with_both_classes_is_not_called_a_confound():
     data = make_rare_class_trap(n_images=200, size=16, seed=0)
-    warnings = check_study_design(data).warnings
-    assert not any("coincide" in w for w in warnings)
-    assert any("single well (P1/A01)" in w for w in warnings)
+    found = {f.code: f for f in check_study_design(data).findings}
+    assert "design-class-is-well" not in found and "design-class-single-well" not in found
+    assert found["design-single-well"].severity == "caution"
+    assert "single well (P1/A01)" in found["design-single-well"].message
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_shortcut_check_flags_the_brightness_confound(seed):
+    from napari_attribution.core.study.design import unit_keys
+
     data = make_batch_effect_trap(n_images=160, size=24, seed=seed)
     tr, va = grouped_split(data.labels, data.groups, 0.25, seed)
-    check = shortcut_check(data.images, data.labels, tr, va, data.channel_names)
+    units = unit_keys(data)
+    check = shortcut_check(data.images, data.labels, tr, va, data.channel_names,
+                           units=units)
     assert "DNA" in check.flagged
     assert check.best_statistic("DNA")[1] >= 0.9
-    assert any("DNA" in w and "batch effect" in w for w in check.warnings)
+    (alarm,) = [f for f in check.findings if f.code == "shortcut-batch"]
+    assert alarm.severity == "alarm" and "DNA" in alarm.evidence["channels"]
+    assert "batch effect" in alarm.message and "class = well" in alarm.message
     # without the brightness step, DNA does not separate the classes
     data.images[data.labels == 1, 0] /= 2.2
-    clean = shortcut_check(data.images, data.labels, tr, va, data.channel_names)
+    clean = shortcut_check(data.images, data.labels, tr, va, data.channel_names,
+                           units=units)
     assert "DNA" not in clean.flagged
     assert clean.best_statistic("DNA")[1] < 0.8
 
@@ -126,7 +139,7 @@ def test_balanced_training_finds_the_rare_class():
     assert val["per_class_recall"]["mitotic"] is not None
     assert val["balanced_accuracy"] >= 0.8
     assert result.importance.ranking()[0] == "PH3"
-    assert any("Classes are unequal" in w for w in result.warnings)
+    assert "class-imbalance" in {f.code for f in result.findings}
 
 
 class _ReadsChannelOne(torch.nn.Module):
@@ -185,21 +198,35 @@ def test_checks_are_stored_and_channels_json_has_warnings(tmp_path, capsys):
     assert any("coincide" in w for w in result.warnings)
     assert result.shortcut is not None and "DNA" in result.shortcut.flagged
     assert result.check_seconds["shortcut_check"] < result.seconds
+    codes = {f.code: f.severity for f in result.findings}
+    assert codes["design-class-is-well"] == "alarm" and codes["shortcut-batch"] == "alarm"
+    assert codes["data-warning"] == "caution"
+    assert result.warnings == [f.message for f in result.findings if f.is_warning]
     path = save_training_result(tmp_path / "m", result)
     bundle = load_bundle(path)
     assert bundle.warnings == result.warnings
     assert "split warning from elsewhere" in bundle.warnings
+    assert [f.code for f in bundle.findings] == [f.code for f in result.findings]
+    assert bundle.provenance["findings"] == [f.as_dict() for f in result.findings]
     assert bundle.checks["validation"]["confusion_matrix"]
     assert main(["channels", str(path), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert isinstance(out["warnings"], list) and all(isinstance(w, str)
-                                                     for w in out["warnings"])
-    assert any("coincide" in w for w in out["warnings"])
+    assert out["verdict"] == "alarm"
+    assert all(set(w) == {"code", "severity", "message", "evidence"} for w in out["warnings"])
+    assert {w["severity"] for w in out["warnings"]} <= {"alarm", "caution"}
+    assert all(n["severity"] == "note" for n in out["notes"])
+    assert any("coincide" in w["message"] for w in out["warnings"])
     assert out["balanced_accuracy"] == pytest.approx(result.val_balanced_accuracy)
+    lo, hi = out["balanced_accuracy_95"]
+    assert lo <= out["balanced_accuracy"] <= hi
+    assert sum(out["held_out_per_class"].values()) == len(result.val_index)
     assert out["shortcut_check"]["flagged"] and out["posthoc_importance"]
+    assert out["channel_verdict"]["sentence"] and len(out["channel_verdict"]["rows"]) == 2
     assert main(["channels", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "WARNINGS" in text and "shortcut check" in text and "permutation" in text
+    assert "study verdict: ALARM" in text and "shortcut check" in text
+    assert "channels the model needs" in text and "permutation drop" in text
+    assert text.count("verdict: ") == 2  # the channel verdict and the study verdict
 
 
 def test_repeats_and_retrain_check():
@@ -260,19 +287,44 @@ def test_npz_wells_feed_the_design_check(tmp_path):
         load_npz(path)
 
 
-def test_shared_weights_warn_and_name_the_used_channels():
-    from napari_attribution.core.channels.importance import (
-        ChannelImportance,
-        shared_weight_warnings,
-    )
+def _readouts(weights, abl, perm, names=("Marker", "DNA", "Actin")):
+    """A ChannelImportance and a permutation PosthocImportance with given weights and
+    balanced-accuracy drops (intervals +-0.02, loss rise = drop)."""
+    from napari_attribution.core.channels.importance import ChannelImportance
+    from napari_attribution.core.channels.posthoc import PosthocImportance
 
-    def imp(w, names=("Marker", "DNA", "Actin")):
-        w = np.array([w], np.float64)
-        return ChannelImportance(channel_names=list(names), weights=w,
-                                 head_effect=np.ones(1), overall=w[0])
+    w = np.array([weights], np.float64)
+    a, p = np.asarray(abl, float), np.asarray(perm, float)
+    iv = lambda v: np.stack([v - 0.02, v + 0.02], 1)  # noqa: E731
+    imp = ChannelImportance(channel_names=list(names), weights=w, head_effect=np.ones(1),
+                            overall=w[0], ablation_accuracy_drop=a, ablation_loss_increase=a,
+                            ablation_drop_interval=iv(a), ablation_loss_interval=iv(a))
+    ph = PosthocImportance("permutation", list(names), p, iv(p), p, iv(p), 1.0, 0.1, 100)
+    return imp, [ph]
 
-    assert shared_weight_warnings(imp([0.9, 0.05, 0.05])) == []
-    (msg,) = shared_weight_warnings(imp([0.55, 0.4, 0.05]), used=["Marker", "DNA"])
-    assert "Marker 0.55, DNA 0.40, Actin 0.05" in msg
-    assert "Taking away Marker, DNA measurably costs accuracy" in msg
-    assert shared_weight_warnings(imp([1.0], names=("only",))) == []
+
+def test_channel_verdict_agrees_shares_and_disagrees():
+    from napari_attribution.core.channels.verdict import channel_verdict, format_verdict
+
+    v = channel_verdict(*_readouts([0.9, 0.05, 0.05], [0.5, 0.0, 0.0], [0.45, 0.0, 0.0]))
+    assert v.findings == [] and v.sentence.startswith("All readouts agree: the model needs "
+                                                      "Marker")
+    assert [r["needed"] for r in v.rows] == [True, False, False]
+    # shared weights on which every readout agrees: a note naming both channels
+    v = channel_verdict(*_readouts([0.55, 0.4, 0.05], [0.3, 0.28, 0.0], [0.3, 0.3, 0.0]))
+    (f,) = v.findings
+    assert f.code == "channels-shared" and f.severity == "note"
+    assert f.evidence["needed"] == ["Marker", "DNA"]
+    # the mitosis case: weights, ablation and permutation each name another channel
+    v = channel_verdict(*_readouts([0.2, 0.1, 0.7], [0.1, 0.4, 0.05], [0.4, 0.1, 0.05],
+                                   names=("DNA", "PH3", "Body")))
+    (f,) = v.findings
+    assert f.code == "channels-disagree" and f.severity == "caution"
+    assert v.tops == {"weight": "Body", "ablation": "PH3", "permutation": "DNA"}
+    text = format_verdict(v)
+    assert text.count("verdict:") == 1 and "disagree" in text
+    # weights alone (no check run): said so, not "no channel is needed"
+    imp, _ = _readouts([0.9, 0.05, 0.05], [0.5, 0.0, 0.0], [0.5, 0.0, 0.0])
+    imp.ablation_loss_increase = imp.ablation_accuracy_drop = None
+    v = channel_verdict(imp, [])
+    assert "no ablation or permutation check was run" in v.sentence and v.findings == []

@@ -1,4 +1,4 @@
-"""The warning-calibration benchmark's scoring and its (temporary) warning-string shim;
+"""The warning-calibration benchmark's scoring and its findings reader;
 the benchmark itself trains dozens of models and is run by hand (docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -27,30 +27,19 @@ def test_score_counts_allowed_codes_neither_way():
     assert "| `a` | 0.50 (2) | 0.50 (2) | 1 / 1 / 1 |" in wc.format_table(t)
 
 
-def test_shim_maps_todays_warnings_and_reads_native_findings_first():
+def test_codes_are_read_from_findings_data_first():
     from napari_attribution.core.study.findings import Finding
-
-    assert wc._shim("Every class comes from a single well (x): ...").code == \
-        "design-class-is-well"
-    assert wc._shim("The brightness of DNA alone separates the classes ...").code == \
-        "shortcut-batch"
-    assert wc._shim("something new").code == "unmapped-warning"
 
     class Data:
         metadata = {"findings": [Finding("segmentation", "caution", "seg msg")]}
 
-    class Old:
-        warnings = ["seg msg", "Classes are unequal (a 1, b 9): ..."]
+    class Result:
+        warnings = ["seg msg"]
+        findings = [Finding("small-validation", "caution", "few"),
+                    Finding("segmentation", "caution", "seg msg")]
 
-    found, shimmed = wc.findings_of(Old(), Data())
-    assert shimmed and [f.code for f in found] == ["segmentation", "class-imbalance"]
-
-    class New:
-        warnings = ["ignored"]
-        findings = [Finding("small-validation", "caution", "few")]
-
-    found, shimmed = wc.findings_of(New(), Data())
-    assert not shimmed and [f.code for f in found] == ["segmentation", "small-validation"]
+    assert [f.code for f in wc.findings_of(Result(), Data())] == ["segmentation",
+                                                                  "small-validation"]
 
 
 def test_designs_cover_the_issue_and_split_in_halves(tmp_path):

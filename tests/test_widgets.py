@@ -115,6 +115,8 @@ def test_train_widget_end_to_end(make_napari_viewer, qtbot, small_cells, tmp_pat
     assert bundle is not None and bundle.channel_names == small_cells.channel_names
     assert any("val_accuracy" in ev.partial for ev in seen)
     assert len(w._history) == 2
+    status = w.status.text()
+    assert "study verdict:" in status and "held out:" in status and "channels: " in status
     curves, bars, acc = w.plot.figure.axes  # loss curves, weight bars, accuracy axis
     assert bars.patches and len(curves.lines) == 2 and len(acc.lines) == 1
     assert acc.get_ylim() == (0, 1.05)
@@ -216,6 +218,8 @@ def test_importance_widget(make_napari_viewer, qtbot, small_cells, tiny_bundle):
     qtbot.waitUntil(lambda: w.plot.idle)
     assert w.table.rowCount() == len(small_cells.channel_names)
     assert "ranking" in w.model_label.text()
+    verdict = w.verdict_label.text()  # the same findings as the CLI prints
+    assert verdict.startswith("channels: ") and "study verdict:" in verdict
     ax = w.plot.figure.axes[0]
     # solid weight bars in napari's channel colours, then hatched ablation bars
     marker = ax.patches[1].get_facecolor()[:3]

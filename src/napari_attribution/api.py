@@ -45,18 +45,28 @@ def _config(config: TrainConfig | None, options: dict[str, Any]) -> TrainConfig:
 
 
 def train(data: ImageSet, config: TrainConfig | None = None, *, repeats: int = 1,
-          progress: ProgressCallback = None, **options: Any) -> TrainResult:
+          cv: int | str = "auto", progress: ProgressCallback = None,
+          **options: Any) -> TrainResult:
     """Train a DCMIX classifier on ``data``; ``options`` override ``TrainConfig`` fields
     (``epochs=10, device="cuda", n_heads=2`` ...).
 
-    The result carries the study checks: ``warnings`` (plain-language strings),
-    ``validation`` (balanced accuracy, per-class recall, confusion matrix),
+    The result carries the study checks: ``findings`` (Finding records: code, severity,
+    message, evidence; see docs/study_design.md), ``warnings`` (the alarm and caution
+    messages), ``verdict`` (the one channel verdict), ``validation`` (balanced accuracy
+    with its 95 % interval, held-out n and recall per class, confusion matrix),
     ``study_design``, ``shortcut``, ``posthoc``; ``repeats=N`` trains N seeds and fills
-    ``result.repeats`` with the spread of the channel importance.
+    ``result.repeats`` with the spread of the channel importance. ``cv``: K folds over
+    the groups (every object held out once), 1 for one split, ``"auto"`` (default) for
+    5 folds when the single split would hold out fewer than 10 objects of some class.
     """
     from .core.channels.repeats import train_repeats
+    from .core.channels.training import auto_folds
 
+    if cv != "auto":
+        options = {**options, "cv": int(cv)}
     cfg = _config(config, options)
+    if cv == "auto" and repeats == 1 and cfg.cv == 1:
+        cfg.cv = auto_folds(data, cfg)
     gen = train_dcmix(data, cfg) if repeats == 1 else train_repeats(data, cfg, repeats)
     return run_generator(gen, progress)
 

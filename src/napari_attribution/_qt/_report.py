@@ -76,8 +76,14 @@ def _confusion_html(cm: np.ndarray, names: list[str]) -> str:
         f"<tr><th>{html.escape(n)}</th>" + "".join(f"<td>{v}</td>" for v in cm[i])
         + f"<td>{recall[i]:.2f}</td></tr>" for i, n in enumerate(names))
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    from ..core.study.classification import balanced_accuracy_interval
+
+    iv = balanced_accuracy_interval(cm)
+    ci = "" if iv is None else f" [{iv[0]:.2f}, {iv[1]:.2f}] (95 %)"
+    n = ", ".join(f"{html.escape(c)} {int(s)}" for c, s in zip(names, cm.sum(1), strict=True))
     return (f"<table><tr><th>true \\ predicted</th>{head}<th>recall</th></tr>{rows}</table>"
-            f"<p>balanced accuracy (validation): <b>{recall.mean():.3f}</b></p>")
+            f"<p>balanced accuracy (validation): <b>{recall.mean():.3f}</b>{ci}; held out: "
+            f"{n}</p>")
 
 
 def _map_figure(layer) -> str:
@@ -95,6 +101,35 @@ def _map_figure(layer) -> str:
     ax.set_title(layer.name, fontsize=9)
     ax.axis("off")
     return _png(fig)
+
+
+def _findings_html(session) -> list[str]:
+    """The study's verdict, the channel verdict's sentence and every finding (warnings,
+    then notes): the same findings as ``train`` and ``channels`` print."""
+    from ..core.channels.verdict import ChannelVerdict
+    from ..core.study.findings import VERDICT_TEXT, split, verdict
+
+    source = session.train_result or session.bundle
+    findings = list(getattr(source, "findings", None) or [])
+    if not findings and session.bundle is not None:
+        wrapped = getattr(session.bundle, "bundle", None) or session.bundle
+        findings = list(getattr(wrapped, "findings", None) or [])
+    out = ["<h2>Findings</h2>",
+           f"<p>study verdict: <b>{html.escape(VERDICT_TEXT[verdict(findings)])}</b></p>"]
+    cv = getattr(session.train_result, "verdict", None)
+    wrapped = getattr(session.bundle, "bundle", None) or session.bundle
+    checks = getattr(wrapped, "checks", None) or {}
+    if cv is None and checks.get("channel_verdict"):
+        cv = ChannelVerdict.from_dict(checks["channel_verdict"])
+    if cv is not None:
+        out.append(f"<p>channels: {html.escape(cv.sentence)}</p>")
+    warnings, notes = split(findings)
+    for title, items in (("Warnings", warnings), ("Notes", notes)):
+        if items:
+            out += [f"<h3>{title}</h3><ul>"] + [
+                f"<li><b>{html.escape(f.severity)}</b> <code>{html.escape(f.code)}</code> "
+                f"{html.escape(f.message)}</li>" for f in items] + ["</ul>"]
+    return out
 
 
 def write_report(path: str | Path, session, layers: list[Any]) -> Path:
@@ -119,10 +154,7 @@ def write_report(path: str | Path, session, layers: list[Any]) -> Path:
     cm = confusion(session)
     if cm is not None:
         parts += ["<h2>Validation</h2>", _confusion_html(*cm)]
-    warnings = list(getattr(session.train_result, "warnings", None) or [])
-    if warnings:
-        parts += ["<h2>Warnings</h2><ul>"] + [f"<li>{html.escape(w)}</li>"
-                                               for w in warnings] + ["</ul>"]
+    parts += _findings_html(session)
     if layers:
         parts += ["<h2>Example maps</h2>"] + [f"<img src='{_map_figure(ly)}'>"
                                                for ly in layers]

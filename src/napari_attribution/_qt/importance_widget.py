@@ -29,6 +29,25 @@ TABLE_HEADERS = {"importance": "overall",
                  "ablation_loss_increase": "loss rise"}
 
 
+def verdict_text(bundle: Any) -> str:
+    """The channel verdict's sentence and the study's findings (verdict line, warnings,
+    notes) of a model, as the CLI's ``channels`` prints them; empty without a model."""
+    if bundle is None:
+        return ""
+    from ..core.channels.verdict import ChannelVerdict
+    from ..core.study.findings import summary_lines
+
+    bundle = getattr(bundle, "bundle", None) or bundle  # a loaded Classifier wraps one
+    checks = getattr(bundle, "checks", None) or {}
+    lines = []
+    if checks.get("channel_verdict"):
+        lines.append("channels: " + ChannelVerdict.from_dict(checks["channel_verdict"]).sentence)
+    findings = list(getattr(bundle, "findings", None) or [])
+    if findings or lines:
+        lines += summary_lines(findings)
+    return "\n".join(lines)
+
+
 class ImportanceWidget(DockWidget):
     """Bar chart of the DCMIX weights (in the channels' colours) beside the ablation check."""
 
@@ -37,6 +56,8 @@ class ImportanceWidget(DockWidget):
         self.settings = Settings("importance")
         self.model_label = QLabel("no model: train or load one in the Train widget")
         self.model_label.setWordWrap(True)
+        self.verdict_label = QLabel("")
+        self.verdict_label.setWordWrap(True)
         self.view = QComboBox()
         self.view.addItems(list(VIEWS))
         self.plot = PlotCanvas(height=2.4)
@@ -49,6 +70,7 @@ class ImportanceWidget(DockWidget):
 
         lay = self.body
         lay.addWidget(self.model_label)
+        lay.addWidget(self.verdict_label)
         row = QHBoxLayout()
         row.addWidget(QLabel("Show"))
         row.addWidget(self.view, 1)
@@ -83,6 +105,7 @@ class ImportanceWidget(DockWidget):
         bundle = self.session.bundle
         imp = self.importance()
         self.mix_btn.setEnabled(bundle is not None and not self.runner.running)
+        self.verdict_label.setText(verdict_text(bundle))
         if bundle is None:
             self.model_label.setText("no model: train or load one in the Train widget")
             self.plot.update(lambda: (self.plot.axes(1), self.plot.draw()))

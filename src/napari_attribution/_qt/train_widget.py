@@ -405,10 +405,17 @@ class TrainWidget(DockWidget):
             self.session.data = data
             self.session.source_layers = source
             self.session.set_model(result, result)
-            warnings = list(getattr(result, "warnings", None) or [])
-            self.say(f"trained: validation accuracy {result.val_accuracy:.3f} "
-                     f"({result.seconds:.1f} s)"
-                     + "".join(f"\nwarning: {w}" for w in warnings))
+            from ..core.study.classification import accuracy_line
+            from ..core.study.findings import summary_lines
+
+            findings = list(getattr(result, "findings", None) or [])
+            verdict = getattr(result, "verdict", None)
+            validation = getattr(result, "validation", None) or {}
+            acc = (accuracy_line(validation) if "support" in validation
+                   else f"validation accuracy {result.val_accuracy:.3f}")
+            self.say(f"trained: {acc} ({result.seconds:.1f} s)"
+                     + ("" if verdict is None else f"\nchannels: {verdict.sentence}")
+                     + "".join(f"\n{line}" for line in summary_lines(findings)))
 
         return self.runner.start(train_dcmix(data, cfg), "training DCMIX", done,
                                  self._on_progress)

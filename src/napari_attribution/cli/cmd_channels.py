@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.channels.importance import ChannelImportance
+from ..core.study.findings import Finding
 from ._checks import add_overwrite_argument
 
 
@@ -60,54 +61,106 @@ def _importance_json(imp: ChannelImportance | None) -> dict[str, Any]:
             "baseline_accuracy": imp.baseline_accuracy}
 
 
-def report_json(imp: ChannelImportance | None, warnings: list[str],
+def channel_verdict_of(imp: ChannelImportance | None, checks: dict[str, Any]):
+    """The stored channel verdict, or one computed from the stored readouts (bundles
+    written before the verdict existed)."""
+    from ..core.channels.posthoc import PosthocImportance
+    from ..core.channels.verdict import ChannelVerdict, channel_verdict
+
+    if checks.get("channel_verdict"):
+        return ChannelVerdict.from_dict(checks["channel_verdict"])
+    posthoc = [PosthocImportance.from_dict(d) for d in checks.get("posthoc_importance") or []]
+    spread = checks.get("cross_validation") or checks.get("importance_repeats")
+    return channel_verdict(imp, posthoc, spread)
+
+
+def report_json(imp: ChannelImportance | None, findings: list[Finding],
                 checks: dict[str, Any]) -> dict[str, Any]:
-    """Everything ``channels --format json`` prints: the DCMIX importance, top-level
-    ``warnings`` and ``balanced_accuracy``, and the stored checks under their keys."""
+    """Everything ``channels --format json`` prints: the DCMIX importance, the one
+    ``verdict`` (worst severity), top-level ``warnings`` (alarms and cautions) and
+    ``notes`` (each a Finding dict: code, severity, message, evidence), the channel
+    verdict, ``balanced_accuracy`` with its interval and held-out n, and the stored
+    checks under their keys."""
+    from ..core.study.findings import as_json, verdict
+
     validation = checks.get("validation") or {}
+    cv = channel_verdict_of(imp, checks)
     out = _importance_json(imp)
     out.update({
-        "warnings": list(warnings),
+        "verdict": verdict(findings),
+        **as_json(findings),
+        "channel_verdict": None if cv is None else cv.to_dict(),
         "balanced_accuracy": validation.get("balanced_accuracy"),
+        "balanced_accuracy_95": validation.get("balanced_accuracy_95"),
+        "held_out_per_class": validation.get("support"),
         "per_class_recall": validation.get("per_class_recall"),
         "confusion_matrix": validation.get("confusion_matrix"),
     })
-    for key in ("validation", "study_design", "shortcut_check", "posthoc_importance",
-                "importance_repeats", "retrain_check"):
+    for key in ("validation", "cross_validation", "study_design", "shortcut_check",
+                "posthoc_importance", "importance_repeats", "retrain_check"):
         out[key] = checks.get(key)
     return out
 
 
-def format_checks(warnings: list[str], checks: dict[str, Any]) -> str:
-    """The study checks as text: validation metrics, post-hoc importance, shortcut
-    check, spread over repeats, retraining check, then the warnings, prominently."""
-    from ..core.channels.posthoc import PosthocImportance, format_posthoc
+def format_checks(findings: list[Finding], checks: dict[str, Any],
+                  imp: ChannelImportance | None = None) -> str:
+    """The study as text: the channel verdict table and its sentence, validation
+    metrics (with interval and held-out n), spread over repeats, retraining check,
+    shortcut check, then the findings: one verdict line, warnings, notes."""
+    from ..core.channels.verdict import format_verdict
     from ..core.study.classification import format_classification_report
     from ..core.study.shortcut import ShortcutCheck, format_shortcut
 
     parts: list[str] = []
+    cv = channel_verdict_of(imp, checks)
+    if cv is not None:
+        parts.append(format_verdict(cv))
     if checks.get("validation"):
         parts.append(format_classification_report(checks["validation"]))
-    if checks.get("posthoc_importance"):
-        parts.append("post-hoc check (any model; no mixing weights used):\n" + format_posthoc(
-            [PosthocImportance.from_dict(d) for d in checks["posthoc_importance"]]))
     if checks.get("importance_repeats"):
         parts.append(format_repeats(checks["importance_repeats"]))
     if checks.get("retrain_check"):
         parts.append(format_retrain(checks["retrain_check"]))
     if checks.get("shortcut_check"):
         parts.append(format_shortcut(ShortcutCheck.from_dict(checks["shortcut_check"])))
-    parts.append(format_warnings(warnings))
+    said = {cv.sentence} if cv is not None else set()
+    parts.append(format_findings(findings, said))
     return "\n\n".join(p for p in parts if p)
 
 
-def format_warnings(warnings: list[str]) -> str:
-    if not warnings:
-        return "study checks: no warnings"
-    bar = "!" * 78
-    body = "\n".join(textwrap.fill(w, 76, initial_indent="! - ", subsequent_indent="!   ")
-                     for w in warnings)
-    return f"{bar}\n! WARNINGS ({len(warnings)}): read before trusting the ranking\n{body}\n{bar}"
+VERDICT_LINES = {
+    "ok": "study verdict: OK (no warnings)",
+    "note": "study verdict: OK (no warnings; notes below)",
+    "caution": "study verdict: CAUTION: the answer may be right but is weak; read the "
+               "cautions",
+    "alarm": "study verdict: ALARM: the design or data cannot support the answer; fix "
+             "the alarm before trusting any ranking",
+}
+
+
+def format_findings(findings: list[Finding], said: set[str] | None = None) -> str:
+    """One verdict line, then the warnings (alarms boxed, cautions), then the notes;
+    a note whose message is already ``said`` (the channel verdict's sentence, printed
+    under its table) is named by its code only."""
+    from ..core.study.findings import split, verdict
+
+    warn, notes = split(findings)
+    said = said or set()
+    lines = [VERDICT_LINES[verdict(findings)]]
+    alarms = [f for f in warn if f.severity == "alarm"]
+    if alarms:
+        bar = "!" * 78
+        lines.append(bar)
+        lines += [textwrap.fill(f"ALARM [{f.code}] {f.message}", 76, initial_indent="! ",
+                                subsequent_indent="!   ") for f in alarms]
+        lines.append(bar)
+    lines += [textwrap.fill(f"caution [{f.code}] {f.message}", 78,
+                            subsequent_indent="    ") for f in warn if f.severity != "alarm"]
+    lines += [textwrap.fill(f"note [{f.code}] "
+                            + ("(the channel verdict above)" if f.message in said
+                               else f.message), 78, subsequent_indent="    ")
+              for f in notes]
+    return "\n".join(lines)
 
 
 def format_repeats(rep: dict[str, Any]) -> str:
@@ -149,20 +202,21 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.output, args.overwrite, "channel importance")
     clf = load_from_args(args, "bundle")
     bundle = clf.bundle
-    warnings = list(getattr(bundle, "warnings", []) or [])
     checks = dict(getattr(bundle, "checks", {}) or {})
+    findings = list(getattr(bundle, "findings", []) or [])
     if clf.importance is None and not checks.get("posthoc_importance"):
         raise BundleError(f"{args.bundle} holds no channel importance (only DCMIX bundles "
                           "trained with a mixing layer do; for other models use "
                           "'evaluate --channel-check' or 'explain --per-channel')")
     if args.format == "json":
-        text = json.dumps(report_json(clf.importance, warnings, checks), indent=2)
+        text = json.dumps(report_json(clf.importance, findings, checks), indent=2)
     elif args.format == "csv":
         text = "" if clf.importance is None else format_importance(clf.importance, "csv")
     else:
-        text = ("" if clf.importance is None else
-                format_importance(clf.importance, "text") + "\n\n")
-        text += format_checks(warnings, checks)
+        text = format_checks(findings, checks, clf.importance)
+        if clf.importance is not None and clf.importance.weights.shape[0] > 1:
+            text += ("\nheads' downstream effect: "
+                     + ", ".join(f"{e:.3f}" for e in clf.importance.head_effect))
     if args.output:
         atomic_write_text(args.output, text + ("\n" if not text.endswith("\n") else ""),
                           args.overwrite, "channel importance")
@@ -178,7 +232,8 @@ def register(sub) -> None:
                                    "weights (effect-weighted over heads) beside the absolute "
                                    "channel-ablation and pixel-permutation checks, the "
                                    "shortcut check, validation metrics and the study "
-                                   "warnings (JSON: top-level 'warnings' and "
+                                   "findings (JSON: top-level 'verdict', 'warnings' "
+                                   "(alarms and cautions), 'notes', 'channel_verdict' and "
                                    "'balanced_accuracy').")
     from .model_args import MODEL_HELP, add_trust_argument
 

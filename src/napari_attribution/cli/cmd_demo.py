@@ -17,9 +17,10 @@ from .progress_bar import run_with_bar
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.study.classification import accuracy_line
     from ..io.atomic import atomic_write_text
     from ..io.bundle import save_training_result
-    from .cmd_channels import format_importance, format_warnings
+    from .cmd_channels import format_checks, format_importance
     from .cmd_train import load_sample
 
     out = Path(args.output)
@@ -35,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
     # the demo owns its output folder: it replaces its own earlier results by design
     atomic_write_text(out / "channel_importance.csv", format_importance(imp, "csv"))
     atomic_write_text(out / "channel_importance.json", format_importance(imp, "json"))
-    print(f"\nvalidation accuracy {result.val_accuracy:.3f} ({result.seconds:.1f} s on "
+    print(f"\nvalidation: {accuracy_line(result.validation)} ({result.seconds:.1f} s on "
           f"{cfg.device})\n")
-    print(format_importance(imp, "text"))
-    print(format_warnings(result.warnings))
+    checks = result.checks()
+    print(format_checks(result.findings, {k: checks.get(k) for k in ("channel_verdict",)},
+                        imp))
     print(f"\nsaved: {bundle}, {out / 'channel_importance.csv'}, "
           f"{out / 'channel_importance.json'}")
     if data.masks is not None:

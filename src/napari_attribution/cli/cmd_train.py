@@ -193,6 +193,18 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--cv", type=_folds, default="auto", metavar="{auto,1,K}",
+                   help="cross-validation over groups: K folds, every object held out once "
+                   "(accuracy pooled, importance as mean and range over folds); 1: one "
+                   "split; auto (default): 5 folds when the single split would hold out "
+                   "fewer than 10 objects of some class")
+
+
+def _folds(text: str) -> str | int:
+    if text == "auto":
+        return text
+    k = positive_int(text)
+    return k
 
 
 def _norm_mode(text: str) -> str:
@@ -215,7 +227,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         backbone=args.backbone, n_heads=args.heads, entropy_weight=args.entropy_weight,
         channel_dropout=args.channel_dropout, normalization=args.normalization,
         val_fraction=args.val_fraction, augment=not args.no_augment, device=args.device,
-        seed=args.seed, class_balance=args.class_balance)
+        seed=args.seed, class_balance=args.class_balance,
+        cv=getattr(args, "cv", 1) if getattr(args, "cv", 1) != "auto" else 1)
 
 
 def bundle_path(output: Path) -> Path:
@@ -227,34 +240,43 @@ def bundle_path(output: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from ..core.channels.repeats import retrain_check, train_repeats
+    from ..core.channels.training import auto_folds
+    from ..core.study.classification import accuracy_line
     from ..core.study.design import check_study_design
+    from ..core.study.findings import data_findings
     from ..io.atomic import check_output
     from ..io.bundle import save_training_result
-    from .cmd_channels import format_checks, format_importance, format_warnings
+    from .cmd_channels import format_checks, format_findings
 
     check_output(bundle_path(args.output), args.overwrite, "model bundle")  # before training
     data = load_training_data(args)
     if args.repeats < 1:
         raise InputError(f"--repeats must be at least 1; got {args.repeats}")
-    early = [str(w) for w in data.metadata.get("warnings", []) or []]
-    early += check_study_design(data).warnings
-    if early:  # before a possibly long training, so that it can be stopped
-        print(format_warnings(early))
+    early = data_findings(data.metadata) + check_study_design(data).findings
+    if any(f.is_warning for f in early):  # before a long training, so it can be stopped
+        print("before training: " + format_findings(early))
     cfg = config_from_args(args)
+    if args.cv == "auto" and args.repeats == 1:
+        k = auto_folds(data, cfg)
+        if k > 1:
+            print(f"few objects: the single split would hold out fewer than 10 of some "
+                  f"class, so cross-validating over {k} folds of whole groups (--cv 1 to "
+                  "train once)")
+            cfg = replace(cfg, cv=k)
     gen = train_dcmix(data, cfg) if args.repeats == 1 else train_repeats(data, cfg,
                                                                           args.repeats)
     result = run_with_bar(gen, quiet=args.quiet)
     if args.retrain_check:
         result.retrain_check = run_with_bar(retrain_check(data, cfg), quiet=args.quiet)
     path = save_training_result(args.output, result, overwrite=args.overwrite)
-    print(f"validation accuracy {result.val_accuracy:.3f}, balanced accuracy "
-          f"{result.val_balanced_accuracy:.3f}, after {len(result.history)} epochs "
-          f"({result.seconds:.1f} s); bundle written to {path}")
-    if result.importance is not None:
-        print(format_importance(result.importance, "text"))
+    scope = result.validation.get("scope", "validation")
+    print(f"{scope}: {accuracy_line(result.validation)}, after {len(result.history)} "
+          f"epochs ({result.seconds:.1f} s); bundle written to {path}")
     print()
-    print(format_checks(result.warnings, result.checks()))
+    print(format_checks(result.findings, result.checks(), result.importance))
     return 0
 
 

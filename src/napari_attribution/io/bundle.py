@@ -26,8 +26,9 @@ FORMAT = "napari-attribution-bundle"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 # top-level metadata keys written from TrainResult.checks() (besides "warnings")
-CHECK_KEYS = ("validation", "study_design", "shortcut_check", "posthoc_importance",
-              "importance_repeats", "retrain_check")
+CHECK_KEYS = ("findings", "channel_verdict", "cross_validation", "validation",
+              "study_design", "shortcut_check", "posthoc_importance", "importance_repeats",
+              "retrain_check")
 
 
 @dataclass
@@ -45,6 +46,16 @@ class ModelBundle:
     sha256: str | None = None
     warnings: list[str] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def findings(self) -> list:
+        """The study findings (``Finding`` records) stored with the model; bundles from
+        before findings existed give their warnings as ``data-warning`` cautions."""
+        from ..core.study.findings import DATA_WARNING, from_warnings, make
+
+        found = from_warnings(self.warnings, self.checks.get("findings"))
+        said = {f.message for f in found}  # + what loading found (a malformed report)
+        return found + [make(DATA_WARNING, w) for w in self.warnings if w not in said]
 
     @property
     def n_channels(self) -> int:
@@ -296,7 +307,12 @@ _REPORT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
                            "std": (list,), "min": (list,), "max": (list,)},
     "retrain_check": {"channel_names": (list,), "all_channels": _NUM, "seconds": _NUM,
                       "n_models": (int,), "alone": (dict,), "without": (dict,)},
+    "findings": {"code": (str,), "severity": (str,), "message": (str,)},
+    "channel_verdict": {"rows": (list,), "sentence": (str,)},
+    "cross_validation": {},
 }
+#: reports stored as a list of objects rather than one object
+_LIST_REPORTS = ("posthoc_importance", "findings")
 
 
 def _is_number(v: Any, none_ok: bool = False) -> bool:
@@ -306,9 +322,10 @@ def _is_number(v: Any, none_ok: bool = False) -> bool:
 def _report_problem(key: str, block: Any, classes: list[str], channels: list[str]
                     ) -> str | None:
     """What is wrong with one stored report (None when it is usable)."""
-    items = block if key == "posthoc_importance" else [block]
+    listed = key in _LIST_REPORTS
+    items = block if listed else [block]
     if not isinstance(items, list) or not all(isinstance(b, dict) for b in items):
-        return f"it must be {'a list of objects' if key == 'posthoc_importance' else 'an object'}"
+        return f"it must be {'a list of objects' if listed else 'an object'}"
     for b in items:
         for name, types in _REPORT_KEYS[key].items():
             if name not in b:

@@ -182,33 +182,6 @@ def channel_importance(
     )
 
 
-#: Below this share of the mixing weight the top channel is not "the" channel.
+#: Below this share of the mixing weight the top channel is not "the" channel (the
+#: ``channels-shared`` finding of ``core.channels.verdict``).
 SHARED_WEIGHT = 0.8
-
-
-def shared_weight_warnings(importance: ChannelImportance, used: list[str] | None = None
-                           ) -> list[str]:
-    """A plain warning when no channel carries at least :data:`SHARED_WEIGHT` of the
-    DCMIX weight: the model combines channels, so a single ranking oversimplifies.
-
-    ``used``: channels whose removal measurably costs accuracy (e.g. the pixel-permutation
-    check's lower 95 % bound above zero), named in the message when given.
-    """
-    if len(importance.channel_names) < 2:
-        return []
-    overall = importance.as_dict()
-    top = max(overall, key=overall.get)
-    if overall[top] >= SHARED_WEIGHT:
-        return []
-    shares = ", ".join(f"{n} {w:.2f}" for n, w in sorted(overall.items(),
-                                                        key=lambda kv: -kv[1]))
-    msg = (f"No channel dominates the DCMIX weights ({shares}; {top} carries less than "
-           f"{SHARED_WEIGHT:.1f}): the model combines channels, for instance a marker with a "
-           "nuclear reference, or a weak signal with a confound. Do not read the ranking as "
-           "'the' channel.")
-    if used:
-        msg += (f" Taking away {', '.join(used)} measurably costs accuracy (pixel "
-                "permutation), so each of them is used.")
-    msg += (" Check each used channel for stain or batch effects (shortcut check, several "
-            "wells per class) and compare with --retrain-check.")
-    return [msg]

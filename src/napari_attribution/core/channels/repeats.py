@@ -38,7 +38,7 @@ def train_repeats(data: ImageSet, config: TrainConfig | None = None, n_repeats: 
     """Train ``n_repeats`` models with seeds ``seed, seed + 1, ...``; return the first
     (the model you keep) with ``repeats`` holding the importance of every run and its
     mean, std and range per channel. A top channel that changes between runs, or a
-    spread above 0.1, adds a warning."""
+    spread above 0.1, adds a ``channels-unstable`` caution (see ``core.channels.verdict``)."""
     cfg = config or TrainConfig()
     if n_repeats < 1:
         raise InputError(f"repeats must be at least 1; got {n_repeats}")
@@ -65,15 +65,8 @@ def train_repeats(data: ImageSet, config: TrainConfig | None = None, n_repeats: 
         "balanced_accuracy": [r.val_balanced_accuracy for r in results],
         "seconds": float(sum(r.seconds for r in results)),
     }
-    if len(set(tops)) > 1:
-        first.warnings.append(
-            f"The top channel changes between training runs ({', '.join(tops)} for seeds "
-            f"{', '.join(str(s) for s in first.repeats['seeds'])}): the ranking is not "
-            "stable; add images or independent wells before trusting it.")
-    elif n_repeats > 1 and max(first.repeats["std"]) > 0.1:
-        first.warnings.append(
-            "Channel importance varies by more than 0.1 (std) between training runs; "
-            "read the spread, not a single run.")
+    first.repeats["runs"] = f"{n_repeats} training runs"
+    first.refresh_verdict()  # weights with their range; channels-unstable when it moves
     return first
 
 
@@ -86,7 +79,7 @@ def retrain_check(data: ImageSet, config: TrainConfig | None = None
     carries the phenotype by itself scores well *alone*. Neither reads mixing weights.
     """
     cfg = replace(config or TrainConfig(), design_check=False, shortcut_check=False,
-                  posthoc_check=False, ablation_check=False)
+                  posthoc_check=False, ablation_check=False, cv=1)
     c = data.n_channels
     names = list(data.channel_names)
     jobs: list[tuple[str, str | None, list[int]]] = [("all", None, list(range(c)))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,16 +18,29 @@ from ..runtime.devices import resolve_device
 from ..runtime.errors import InputError
 from ..runtime.progress import Progress, ProgressGenerator
 from ..runtime.validation import check_not_constant
-from ..study.classification import balanced_accuracy, classification_report
-from ..study.design import StudyDesign, check_study_design
+from ..study.classification import (
+    MIN_HELD_OUT,
+    balanced_accuracy,
+    classification_report,
+    sample_size_findings,
+)
+from ..study.design import StudyDesign, check_study_design, unit_keys
+from ..study.findings import Finding, data_findings, make, register_code, split
 from ..study.shortcut import ShortcutCheck, shortcut_check
-from ..study.splits import split_dataset
+from ..study.splits import group_folds, split_dataset
 from .augment import Augmentation
 from .dcmix import DCMIXClassifier, ModelConfig
-from .importance import ChannelImportance, channel_importance, shared_weight_warnings
+from .importance import ChannelImportance, channel_importance
 from .posthoc import PosthocImportance, posthoc_channel_importance
+from .verdict import ChannelVerdict, channel_verdict
 
 CLASS_BALANCE = ("sampling", "weights", "none")
+#: folds of the automatic cross-validation (fewer when there are fewer groups)
+AUTO_FOLDS = 5
+
+CROSS_VALIDATED = register_code(
+    "cross-validated", "note",
+    "accuracy and importance come from K folds over groups: every object held out once")
 
 
 @dataclass
@@ -42,7 +55,12 @@ class TrainConfig:
     ``design_check`` (study design before training), ``shortcut_check`` (intensity
     statistics on the same split) and ``posthoc_check`` (within-channel pixel
     permutation) fill ``TrainResult.study_design``, ``.shortcut`` and ``.posthoc`` and
-    add plain-language strings to ``TrainResult.warnings``; see docs/study_design.md.
+    add :class:`~..study.findings.Finding` records to ``TrainResult.findings`` (their
+    alarm and caution messages in ``TrainResult.warnings``); see docs/study_design.md.
+
+    ``cv``: 1 trains once on a grouped split; K >= 2 trains K models on folds over the
+    groups (every object held out once; accuracy pooled, importance as mean and range
+    over folds). :func:`auto_folds` says when a face should choose it by itself.
     """
 
     epochs: int = 15
@@ -70,6 +88,7 @@ class TrainConfig:
     shortcut_check: bool = True
     posthoc_check: bool = True
     progress_every: int = 10
+    cv: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,6 +128,29 @@ class TrainResult:
     repeats: dict[str, Any] | None = None
     retrain_check: dict[str, Any] | None = None
     check_seconds: dict[str, float] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    verdict: ChannelVerdict | None = None
+    cross_validation: dict[str, Any] | None = None
+    val_predictions: np.ndarray | None = None
+
+    def set_findings(self, findings: list[Finding]) -> None:
+        """Store ``findings`` (deduplicated, alarms first, notes last) and keep
+        ``warnings`` as the messages of the alarms and cautions."""
+        warn, notes = split(findings)
+        self.findings = warn + notes
+        self.warnings = [f.message for f in warn]
+
+    def add_findings(self, *findings: Finding) -> None:
+        self.set_findings([*self.findings, *findings])
+
+    def refresh_verdict(self) -> None:
+        """Recompute the channel verdict (after repeats or folds add a spread) and
+        replace its findings."""
+        codes = {"channels-disagree", "channels-shared", "channels-unstable"}
+        spread = self.cross_validation or self.repeats
+        self.verdict = channel_verdict(self.importance, self.posthoc, spread)
+        keep = [f for f in self.findings if f.code not in codes]
+        self.set_findings(keep + ([] if self.verdict is None else self.verdict.findings))
 
     @property
     def val_accuracy(self) -> float:
@@ -122,6 +164,9 @@ class TrainResult:
         """The study checks as JSON-ready values (stored in bundles under these keys)."""
         return {
             "warnings": list(self.warnings),
+            "findings": [f.as_dict() for f in self.findings],
+            "channel_verdict": None if self.verdict is None else self.verdict.to_dict(),
+            "cross_validation": self.cross_validation,
             "validation": dict(self.validation),
             "study_design": None if self.study_design is None else self.study_design.to_dict(),
             "shortcut_check": None if self.shortcut is None else self.shortcut.to_dict(),
@@ -151,6 +196,7 @@ class TrainResult:
             "epochs_run": len(self.history),
             "train_seconds": round(self.seconds, 2),
             "warnings": list(self.warnings),
+            "findings": [f.as_dict() for f in self.findings],
             "package_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -215,9 +261,30 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return w
 
 
+def auto_folds(data: ImageSet, config: TrainConfig | None = None) -> int:
+    """The folds an automatic choice gives: :data:`AUTO_FOLDS` (at most one per group)
+    when the single grouped split would hold out fewer than
+    :data:`~..study.classification.MIN_HELD_OUT` objects of some class, else 1. Fixed
+    validation groups (chosen wells) keep the single split."""
+    cfg = config or TrainConfig()
+    if data.metadata.get("val_groups"):
+        return 1
+    try:
+        _, val_idx = split_dataset(data, cfg.val_fraction, cfg.seed)
+    except InputError:
+        return 1
+    held = np.bincount(data.labels[val_idx], minlength=data.n_classes)
+    present = np.bincount(data.labels, minlength=data.n_classes) > 0
+    n_groups = len(data) if data.groups is None else np.unique(data.groups).size
+    if held[present].min() >= MIN_HELD_OUT or n_groups < 2:
+        return 1
+    return int(min(AUTO_FOLDS, n_groups))
+
+
 def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
                 ) -> ProgressGenerator[TrainResult]:
-    """Train a DCMIX classifier on ``data``; yields :class:`Progress`, returns TrainResult.
+    """Train a DCMIX classifier on ``data``; yields :class:`Progress`, returns TrainResult
+    (``config.cv >= 2``: cross-validated over groups, see :func:`train_cross_validated`).
 
     The split is grouped by ``data.groups``; normalisation is fitted on the training
     part only. The mixing logits get their own (larger) learning rate, ``mixing_lr``:
@@ -226,6 +293,15 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
     model relies on rather than where they stood when the loss reached zero.
     """
     cfg = config or TrainConfig()
+    if cfg.cv >= 2:
+        return (yield from train_cross_validated(data, cfg))
+    train_idx, val_idx = split_dataset(data, cfg.val_fraction, cfg.seed)
+    return (yield from _train_split(data, cfg, train_idx, val_idx))
+
+
+def _train_split(data: ImageSet, cfg: TrainConfig, train_idx: np.ndarray,
+                 val_idx: np.ndarray) -> ProgressGenerator[TrainResult]:
+    """One training on a given split, with the study checks the config asks for."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise InputError("epochs and batch size must be at least 1")
     device = resolve_device(cfg.device)
@@ -234,17 +310,16 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
     _set_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    train_idx, val_idx = split_dataset(data, cfg.val_fraction, cfg.seed)
     if np.unique(data.labels[train_idx]).size < 2:
         raise InputError("the training split holds a single class; add images of more classes")
-    warnings: list[str] = [str(w) for w in data.metadata.get("warnings", []) or []]
+    findings: list[Finding] = data_findings(data.metadata)
     check_seconds: dict[str, float] = {}
     design = None
     if cfg.design_check:
         t0 = time.perf_counter()
         design = check_study_design(data, val_idx)
         check_seconds["study_design"] = time.perf_counter() - t0
-        warnings += [w for w in design.warnings if w not in warnings]
+        findings += design.findings
     normalizer, x_np = training_normalizer(data.metadata, cfg.normalization, data.images,
                                            train_idx, cfg.percentiles, cfg.seed)
     x_all = torch.from_numpy(x_np)
@@ -280,8 +355,10 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
     channel_mean = x_tr.mean(dim=(0, 2, 3))
     history: list[dict] = []
     step = 0
-    for w in warnings:
-        yield Progress(0, total, f"study design: {w}", {"warning": w})
+    for f in findings:
+        if f.is_warning:
+            yield Progress(0, total, f"study design: {f.message}",
+                           {"warning": f.message, "finding": f.as_dict()})
     yield Progress(0, total, f"training on {device} ({len(train_idx)} train / "
                    f"{len(val_idx)} validation images)")
     for epoch in range(cfg.epochs):
@@ -354,21 +431,14 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
         t0 = time.perf_counter()
         shortcut = shortcut_check(x_all.numpy(), data.labels, train_idx, val_idx,
                                   data.channel_names, _object_masks(data),
-                                  validation["balanced_accuracy"])
+                                  validation["balanced_accuracy"], units=unit_keys(data),
+                                  per_field=normalizer.mode == "per_field")
         check_seconds["shortcut_check"] = time.perf_counter() - t0
-        if shortcut.warnings and _wells_held_out(data, train_idx, val_idx):
-            shortcut.warnings = [w + " (The validation crops come from wells not used in "
-                                 "training, so a one-well batch effect cannot explain this "
-                                 "alone; a staining difference between conditions still "
-                                 "could.)" for w in shortcut.warnings]
-        warnings += shortcut.warnings
-    if importance is not None:
-        used = None
-        if posthoc:
-            low = posthoc[0].drop_interval[:, 0]
-            used = [n for n, lo in zip(posthoc[0].channel_names, low, strict=True) if lo > 0]
-        warnings += shared_weight_warnings(importance, used)
-    return TrainResult(
+        findings += shortcut.findings
+    train_support = {n: int(np.sum(data.labels[train_idx] == i))
+                     for i, n in enumerate(data.class_names)}
+    findings += sample_size_findings(validation, train_support)
+    result = TrainResult(
         model=model.cpu(), model_config=mcfg, train_config=cfg, normalizer=normalizer,
         channel_names=list(data.channel_names), class_names=list(data.class_names),
         history=history, importance=importance, train_index=train_idx, val_index=val_idx,
@@ -376,9 +446,119 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
                                                             data.groups[val_idx]}),
         data_info=_data_info(data),
         seconds=time.perf_counter() - t_start,
-        warnings=warnings, validation=validation, study_design=design, shortcut=shortcut,
-        posthoc=posthoc, check_seconds=check_seconds,
+        validation=validation, study_design=design, shortcut=shortcut,
+        posthoc=posthoc, check_seconds=check_seconds, val_predictions=pred,
     )
+    result.set_findings(findings)
+    result.refresh_verdict()
+    return result
+
+
+def train_cross_validated(data: ImageSet, config: TrainConfig | None = None
+                          ) -> ProgressGenerator[TrainResult]:
+    """``config.cv`` folds over the groups (:func:`~..study.splits.group_folds`): one
+    model per fold, every object held out once. Returns the first fold's model with
+
+    * ``validation``: the report of all out-of-fold predictions pooled (held-out n per
+      class = all objects), plus ``per_fold_balanced_accuracy``;
+    * ``importance`` and ``posthoc``: the mean over folds, the "interval" being the range
+      over folds (``importance.extra["interval"] == "range over folds"``);
+    * ``cross_validation``: per-fold weights, ablation and permutation drops, accuracies.
+
+    The design and shortcut checks run once (first fold); sample-size findings use the
+    pooled report.
+    """
+    cfg = config or TrainConfig()
+    folds = group_folds(data.labels, data.groups, cfg.cv, cfg.seed)
+    k = len(folds)
+    results: list[TrainResult] = []
+    for i, (tr, va) in enumerate(folds):
+        fcfg = replace(cfg, cv=1)
+        if i > 0:
+            fcfg = replace(fcfg, shortcut_check=False, design_check=False)
+        inner = _train_split(data, fcfg, tr, va)
+        try:
+            while True:
+                ev = next(inner)
+                total = max(ev.total, 1)
+                yield Progress(i * total + ev.step, k * total,
+                               f"fold {i + 1}/{k}: {ev.message}", ev.partial)
+        except StopIteration as stop:
+            results.append(stop.value)
+    first = results[0]
+    order = np.concatenate([va for _, va in folds])
+    pred = np.concatenate([r.val_predictions for r in results])
+    pooled = classification_report(data.labels[order], pred, list(data.class_names))
+    pooled["scope"] = f"cross-validated over {k} folds (every object held out once)"
+    pooled["per_fold_balanced_accuracy"] = [r.val_balanced_accuracy for r in results]
+    names = list(data.channel_names)
+    cv: dict[str, Any] = {"k": k, "runs": f"{k} folds", "channel_names": names,
+                          "folds": [{"n_train": int(len(tr)), "n_validation": int(len(va)),
+                                     "balanced_accuracy": r.val_balanced_accuracy}
+                                    for (tr, va), r in zip(folds, results, strict=True)],
+                          "balanced_accuracy": [r.val_balanced_accuracy for r in results]}
+    if all(r.importance is not None for r in results):
+        overall = np.array([r.importance.overall for r in results])
+        cv.update(overall=overall.tolist(), mean=overall.mean(0).tolist(),
+                  std=overall.std(0, ddof=1).tolist(), min=overall.min(0).tolist(),
+                  max=overall.max(0).tolist(),
+                  top_channel=[names[int(np.argmax(o))] for o in overall])
+        first.importance = _mean_importance([r.importance for r in results])
+    if all(r.posthoc for r in results):
+        first.posthoc = [_mean_posthoc([r.posthoc[j] for r in results])
+                         for j in range(len(first.posthoc))]
+        cv["permutation_drop"] = [r.posthoc[0].balanced_accuracy_drop.tolist()
+                                  for r in results]
+    first.validation = pooled
+    first.cross_validation = cv
+    first.seconds = float(sum(r.seconds for r in results))
+    keep = [f for f in first.findings if f.code not in ("small-validation", "small-training")]
+    train_support = {n: int(min(np.sum(data.labels[tr] == c) for tr, _ in folds))
+                     for c, n in enumerate(data.class_names)}
+    note = make(CROSS_VALIDATED,
+                f"Cross-validated over {k} folds of whole groups: every object was held out "
+                f"once ({len(order)} objects); accuracy is pooled over the folds and channel "
+                f"importance is the mean and range over the {k} models.",
+                k=k, per_fold_balanced_accuracy=cv["balanced_accuracy"])
+    first.set_findings(keep + sample_size_findings(pooled, train_support, k) + [note])
+    first.refresh_verdict()
+    return first
+
+
+def _mean_importance(imps: list[ChannelImportance]) -> ChannelImportance:
+    """Mean over folds; the ablation "intervals" are the range over folds."""
+    def stack(key: str) -> np.ndarray | None:
+        vals = [getattr(i, key) for i in imps]
+        return None if any(v is None for v in vals) else np.array(vals, float)
+
+    drop, loss = stack("ablation_accuracy_drop"), stack("ablation_loss_increase")
+    return ChannelImportance(
+        channel_names=list(imps[0].channel_names), weights=stack("weights").mean(0),
+        head_effect=stack("head_effect").mean(0), overall=stack("overall").mean(0),
+        ablation_accuracy_drop=None if drop is None else drop.mean(0),
+        ablation_loss_increase=None if loss is None else loss.mean(0),
+        baseline_accuracy=float(np.mean([i.baseline_accuracy for i in imps])),
+        extra={"cross_validated": len(imps), "interval": "range over folds"},
+        ablation_drop_interval=None if drop is None else np.stack([drop.min(0),
+                                                                   drop.max(0)], 1),
+        ablation_loss_interval=None if loss is None else np.stack([loss.min(0),
+                                                                   loss.max(0)], 1))
+
+
+def _mean_posthoc(runs: list[PosthocImportance]) -> PosthocImportance:
+    """Mean over folds; the "intervals" are the range over folds."""
+    drop = np.array([r.balanced_accuracy_drop for r in runs])
+    loss = np.array([r.loss_increase for r in runs])
+    return PosthocImportance(
+        method=runs[0].method, channel_names=list(runs[0].channel_names),
+        loss_increase=loss.mean(0), loss_interval=np.stack([loss.min(0), loss.max(0)], 1),
+        balanced_accuracy_drop=drop.mean(0),
+        drop_interval=np.stack([drop.min(0), drop.max(0)], 1),
+        baseline_balanced_accuracy=float(np.mean([r.baseline_balanced_accuracy
+                                                  for r in runs])),
+        baseline_loss=float(np.mean([r.baseline_loss for r in runs])),
+        n_images=int(sum(r.n_images for r in runs)), n_repeats=runs[0].n_repeats,
+        seconds=float(sum(r.seconds for r in runs)))
 
 
 @torch.no_grad()
@@ -386,14 +566,6 @@ def _predictions(model: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarr
     model.eval()
     return torch.cat([model(x[i:i + batch_size]).argmax(1).cpu()
                       for i in range(0, x.shape[0], batch_size)]).numpy()
-
-
-def _wells_held_out(data: ImageSet, train_idx: np.ndarray, val_idx: np.ndarray) -> bool:
-    """Whether the validation crops come only from wells with no training crops."""
-    from ..study.design import unit_keys
-
-    wells = unit_keys(data).get("well")
-    return wells is not None and not set(wells[val_idx]) & set(wells[train_idx])
 
 
 def _object_masks(data: ImageSet) -> np.ndarray | None:

@@ -111,3 +111,47 @@ def as_json(findings: Iterable[Finding]) -> dict[str, list[dict[str, Any]]]:
     warnings, notes = split(findings)
     return {"warnings": [f.as_dict() for f in warnings],
             "notes": [f.as_dict() for f in notes]}
+
+
+DATA_WARNING = register_code(
+    "data-warning", "caution",
+    "a warning passed on by data loading or an older bundle, without a code of its own")
+
+
+def data_findings(metadata: dict[str, Any]) -> list[Finding]:
+    """Findings a data set carries: ``metadata["findings"]`` (Finding records or their
+    dicts), then each string of ``metadata["warnings"]`` not already among them, as a
+    ``data-warning`` caution."""
+    out = [f if isinstance(f, Finding) else Finding.from_dict(f)
+           for f in metadata.get("findings") or []]
+    said = {f.message for f in out}
+    out += [make(DATA_WARNING, str(w)) for w in metadata.get("warnings") or []
+            if str(w) not in said]
+    return out
+
+
+def from_warnings(warnings: Iterable[str], stored: Iterable[dict] | None = None
+                  ) -> list[Finding]:
+    """Findings of a saved result: the stored dicts when present, else each warning
+    string as a ``data-warning`` (bundles from before findings existed)."""
+    if stored:
+        return [Finding.from_dict(d) for d in stored]
+    return [make(DATA_WARNING, str(w)) for w in warnings]
+
+
+VERDICT_TEXT = {
+    "ok": "OK (no warnings)",
+    "note": "OK (no warnings; notes below)",
+    "caution": "CAUTION: the answer may be right but is weak; read the cautions",
+    "alarm": "ALARM: the design or data cannot support the answer; fix the alarm before "
+             "trusting any ranking",
+}
+
+
+def summary_lines(findings: Iterable[Finding]) -> list[str]:
+    """Plain lines for any face: the study verdict, then each warning (alarms first),
+    then each note, as ``severity [code] message``."""
+    fs = list(findings)
+    warnings, notes = split(fs)
+    return ([f"study verdict: {VERDICT_TEXT[verdict(fs)]}"]
+            + [f"{f.severity} [{f.code}] {f.message}" for f in warnings + notes])

@@ -15,8 +15,12 @@ from typing import Any
 import numpy as np
 
 from ..runtime.errors import InputError
+from .findings import register_code
 
 SPLIT_UNITS = ("well", "field", "half", "quadrant")
+SPLIT_NOT_BY_WELL = register_code(
+    "split-not-by-well", "caution",
+    "validation holds out parts of the training wells, not whole wells")
 _ADVICE = ("hold out a smaller unit (split_by 'field', 'half' or 'quadrant'; on the command "
            "line --split-by) or add wells")
 
@@ -188,6 +192,46 @@ def choose_split_unit(labels: np.ndarray, well: np.ndarray, site: np.ndarray,
         "says nothing about generalising to new wells, and a difference between wells "
         "(stain, density, focus) cannot be told from the biology. Put each class in "
         "several wells (and plates) to measure that."]
+
+
+def group_folds(labels: np.ndarray, groups: np.ndarray | None, k: int, seed: int = 0
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` folds over whole groups, as (train, validation) index pairs: every image is
+    held out exactly once. Groups are dealt to folds by their main class (rarest class
+    first, largest groups first) so that each fold gets a share of every class.
+
+    Raises :class:`InputError` when fewer than two groups exist or a fold would train
+    on a single class."""
+    labels = np.asarray(labels)
+    groups = np.arange(labels.size) if groups is None else np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    if uniq.size < 2 or k < 2:
+        raise InputError(f"cross-validation needs at least two groups and two folds; got "
+                         f"{uniq.size} group(s), {k} fold(s)")
+    k = min(k, uniq.size)
+    n_cls = int(labels.max()) + 1
+    counts = np.zeros((uniq.size, n_cls), np.int64)
+    np.add.at(counts, (inverse, labels), 1)
+    rng = np.random.default_rng(seed)
+    fold_of = np.full(uniq.size, -1)
+    load = np.zeros((k, n_cls))
+    # rarest class first: its groups are spread before the common ones fill the folds
+    for cls in np.argsort(counts.sum(0)):
+        members = [g for g in rng.permutation(uniq.size)
+                   if fold_of[g] < 0 and counts[g, cls] > 0]
+        for g in sorted(members, key=lambda g: -counts[g, cls]):
+            f = int(np.lexsort((load.sum(1), load[:, cls]))[0])
+            fold_of[g] = f
+            load[f] += counts[g]
+    folds = []
+    for f in range(k):
+        is_val = (fold_of == f)[inverse]
+        train = np.flatnonzero(~is_val)
+        if np.unique(labels[train]).size < 2:
+            raise InputError(f"fold {f + 1} of {k} would train on a single class; use fewer "
+                             "folds or add groups (wells, fields) of every class")
+        folds.append((train, np.flatnonzero(is_val)))
+    return [f for f in folds if f[1].size]
 
 
 def split_dataset(data: Any, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

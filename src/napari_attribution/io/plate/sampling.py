@@ -13,7 +13,12 @@ import numpy as np
 from ...core.data.dataset import ImageSet
 from ...core.runtime.errors import InputError
 from ...core.study.findings import Finding, make, register_code
-from ...core.study.splits import SPLIT_UNITS, choose_split_unit, spatial_groups
+from ...core.study.splits import (
+    SPLIT_NOT_BY_WELL,
+    SPLIT_UNITS,
+    choose_split_unit,
+    spatial_groups,
+)
 from .crops import FieldCrops, LabelSource, _iter, resolve_settings, select_fields, take
 from .objects import LabelRule, ObjectTable, parse_label_rule, read_objects
 from .plate_map import normalise_well, site_key
@@ -414,6 +419,8 @@ def assign_split(data: ImageSet, split_by: str = "auto",
     if unit == "auto":
         unit, warns = choose_split_unit(data.labels, md["well"], md["site"], data.class_names)
         md["warnings"] = list(md.get("warnings", [])) + warns
+        md["findings"] = list(md.get("findings", [])) + [
+            make(SPLIT_NOT_BY_WELL, w, unit=unit) for w in warns]
     crop_full = md["crop_size"] * md["downsample"]
     groups, keep = spatial_groups(unit, md["well"], md["site"], md["y"], md["x"], crop_full,
                                   np.stack([md["field_h"], md["field_w"]], 1))
