@@ -436,6 +436,11 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
                       "--author NAME;AFFILIATION, authors=[...]) before you share it",
                       UserWarning, stacklevel=2)
         people = [{"name": meta.MISSING_AUTHOR}]
+    try:
+        m.LicenseId(license)
+    except ValueError:
+        raise InputError(f"licence {license!r} is not an SPDX licence id that bioimage.io "
+                         "knows (e.g. CC-BY-4.0, MIT, BSD-3-Clause)") from None
     references = meta.citations(cite, method_citations)
     if not references:
         raise InputError("bioimage.io needs at least one citation: pass --cite TEXT;DOI "
@@ -504,7 +509,7 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
         weights = m.WeightsDescr(**{k: v for k, v in entries.items() if v is not None})
         channel_axis = m.ChannelAxis(channel_names=[m.Identifier(_ident(c))
                                                     for c in clf.channel_names])
-        descr = m.ModelDescr(
+        descr = _model_descr(
             name=name or f"DCMIX classifier {' '.join(clf.class_names)}"[:128],
             description=description or _description(clf),
             authors=[m.Author(**a) for a in people],
@@ -540,6 +545,20 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
 
         return atomic_write(output, lambda tmp: save_bioimageio_package(
             descr, output_path=tmp), overwrite, "bioimage.io package")
+
+
+def _model_descr(**fields: Any):
+    """``ModelDescr(**fields)``; metadata the spec refuses is one :class:`InputError`."""
+    from bioimageio.spec.model import v0_5 as m
+    from pydantic import ValidationError
+
+    try:
+        return m.ModelDescr(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InputError(f"the package metadata is not valid bioimage.io: {where}: "
+                         f"{str(first.get('msg', err))[:300]}") from None
 
 
 def _trace_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
