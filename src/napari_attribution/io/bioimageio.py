@@ -587,6 +587,7 @@ def _export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path,
     skip quietly if they are missing, warn if the export fails; True: fail loudly; False:
     skip). Returns the opset version, or None when skipped."""
     import importlib.util
+    import logging
     import warnings
 
     if want is False:
@@ -603,12 +604,20 @@ def _export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path,
         dim = torch.export.Dim
         shapes = ({0: dim("batch", min=1, max=1024), 2: dim("y", min=16, max=8192),
                    3: dim("x", min=16, max=8192)},)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(net, (example,), dynamo=True, dynamic_shapes=shapes,
-                                        input_names=["raw"], output_names=["probabilities"],
-                                        verbose=False)
-            program.save(str(path), external_data=False)
+        # a batch of 2: torch.export would fix a batch axis of size 1 in the graph
+        example = example[:1].expand(2, *example.shape[1:]).contiguous()
+        quiet = logging.getLogger("torch.onnx")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..."
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    net, (example,), dynamo=True, dynamic_shapes=shapes, input_names=["raw"],
+                    output_names=["probabilities"], verbose=False)
+                program.save(str(path), external_data=False)
+        finally:
+            quiet.setLevel(level)
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
         opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
