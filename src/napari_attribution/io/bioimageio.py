@@ -685,7 +685,16 @@ def _readme(clf: Classifier, user_doc: str | None = None, onnx: bool = False) ->
             "shrink raw images the same way (average blocks of that many pixels) before "
             "the model sees them; `config.napari_attribution.scale` records it, and "
             "napari-attribution applies it when it loads this package.\n\n"
-            "Methods: DCMIX (channel importance, GCPR 2023, arXiv:2308.16637) and PCIM "
+            "## Validation\n\n"
+            "`test_input.npy` is a raw image and `test_output.npy` the class "
+            "probabilities this model gives for it (computed at export). "
+            "`bioimageio.core`'s model test reproduces them from the TorchScript weights "
+            "with the declared preprocessing, in an environment without "
+            "napari-attribution (napari-attribution's own test suite runs it). The test "
+            "image checks the package, not the model's accuracy: that comes from the "
+            "validation data recorded in the bundle napari-attribution trained.\n\n"
+            "## Methods\n\n"
+            "DCMIX (channel importance, GCPR 2023, arXiv:2308.16637) and PCIM "
             "(pixel attribution, SLAS Discovery 2025, doi:10.1016/j.slasd.2025.100287).\n")
 
 

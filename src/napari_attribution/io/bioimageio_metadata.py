@@ -67,7 +67,7 @@ def parse_citation(entry: str | dict) -> dict[str, str]:
         text, ref = str(entry.get("text", "")), ""
         out = {k: str(entry[k]) for k in ("doi", "url") if entry.get(k)}
     else:
-        text, _, ref = str(entry).rpartition(";")
+        text, _, ref = str(entry).rpartition(";") if ";" in str(entry) else (entry, "", "")
         out = {}
     text, ref = text.strip(), ref.strip()
     if ref:
