@@ -48,6 +48,9 @@ def _per_dataset_bundle(path):
 
     torch.manual_seed(1)
     model = DCMIXClassifier(ModelConfig(3, 3, n_heads=2, width=8)).eval()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # confident outputs: a preprocessing mismatch would show
+        last.weight.mul_(40.0)
     images = np.random.default_rng(4).gamma(2.0, [[[30.0]], [[80.0]], [[5.0]]],
                                             (20, 3, 32, 32)).astype(np.float32)
     norm = PercentileNormalizer(mode="per_dataset").fit(images)
@@ -256,13 +259,21 @@ sys.meta_path.insert(0, _Block())
 
 _RUN_TESTS = BLOCK_IMPORT + """
 import json
-from bioimageio.core import test_model
-result = {}
-for arg in sys.argv[1:]:
-    source, fmt = arg.rsplit("::", 1)
+import numpy as np
+from bioimageio.core import create_prediction_pipeline, load_description, predict, test_model
+plan = json.loads(sys.argv[1])
+result = {"tests": {}, "predictions": {}}
+for source, fmt in plan["tests"]:
     s = test_model(source, weight_format=fmt)
-    result[arg] = {"status": s.status, "details": [
+    result["tests"][f"{source}::{fmt}"] = {"status": s.status, "details": [
         [d.name, d.status, [e.msg[:300] for e in d.errors]] for d in s.details]}
+for source, raw_path in plan["predict"]:
+    pipeline = create_prediction_pipeline(load_description(source),
+                                          weight_format="torchscript")
+    raw = np.load(raw_path)
+    out = [predict(model=pipeline, inputs={"raw": raw[i:i + 1]}).members["probabilities"]
+           .data.values for i in range(len(raw))]
+    np.save(raw_path.replace(".npy", ".out.npy"), np.concatenate(out))
 try:
     import napari_attribution  # noqa: F401
     result["blocked"] = False
@@ -291,26 +302,42 @@ def test_bioimageio_core_runs_the_export_without_napari_attribution(plain, rich,
     """Acceptance (issue 25): ``bioimageio.core.test_model`` passes on the exported .zip,
     TorchScript weights (and ONNX where present), in a process where importing
     napari_attribution fails; a package with a wrong test output fails there (the test is
-    not vacuous)."""
-    runs = [f"{plain[1]}::torchscript", f"{rich[1]}::torchscript",
-            f"{_tampered(rich[1], tmp_path / 'wrong')}::torchscript"]
+    not vacuous); and bioimageio.core's own preprocessing + TorchScript give the bundle's
+    probabilities on new raw images (per-crop -> scale_range, per-dataset ->
+    scale_linear)."""
+    tests = [[str(plain[1]), "torchscript"], [str(rich[1]), "torchscript"]]
     if "onnx" in _rdf(plain[1])["weights"] and _has("onnxruntime"):
-        runs.append(f"{plain[1]}::onnx")
+        tests.append([str(plain[1]), "onnx"])
+    wrong = [str(_tampered(rich[1], tmp_path / "wrong")), "torchscript"]
+    rng = np.random.default_rng(11)
+    predict = []
+    for name, (bundle, out, *_) in (("plain", plain), ("rich", rich)):
+        c = na.load_model(bundle).n_channels
+        raw = rng.gamma(2.0, rng.uniform(5, 80, (1, c, 1, 1)), (3, c, 40, 56))
+        np.save(tmp_path / f"{name}.npy", raw.astype(np.float32))
+        predict.append([str(out), str(tmp_path / f"{name}.npy")])
+    plan = {"tests": [*tests, wrong], "predict": predict}
     env = {**os.environ, "BIOIMAGEIO_CACHE_PATH": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", _RUN_TESTS, *runs], capture_output=True,
-                         text=True, timeout=600, env=env, cwd=tmp_path)
+    res = subprocess.run([sys.executable, "-c", _RUN_TESTS, json.dumps(plan)],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(res.stdout.split("RESULT", 1)[1])
     assert result["blocked"] is True and result["loaded"] == []
-    for run in runs[:2] + runs[3:]:
-        summary = result[run]
+    for source, fmt in tests:
+        summary = result["tests"][f"{source}::{fmt}"]
         assert summary["status"] == "passed", json.dumps(summary, indent=1)
         names = [d[0] for d in summary["details"] if d[1] == "passed"]
-        fmt = run.rsplit("::", 1)[1]
         assert f"Reproduce test outputs from test inputs ({fmt})" in names
         assert sum(n.startswith(f"Run {fmt} inference") for n in names) >= 6
-    wrong = result[runs[2]]
-    assert wrong["status"] != "passed"  # bioimageio.core 0.11 leaves it 'valid-format'
+    failed = result["tests"]["::".join(wrong)]
+    assert failed["status"] != "passed"  # bioimageio.core 0.11 leaves it 'valid-format'
     assert any(d[0].startswith("Reproduce test outputs") and d[1] == "failed"
-               for d in wrong["details"])
+               for d in failed["details"])
+    for (name, (bundle, *_)), (_, raw_path) in zip((("plain", plain), ("rich", rich)),
+                                                   predict, strict=True):
+        raw = np.load(raw_path)
+        got = np.load(raw_path.replace(".npy", ".out.npy"))
+        ref = na.load_model(bundle).predict_proba(raw)
+        np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=name)
+    assert np.abs(ref - 1 / ref.shape[1]).max() > 0.2  # confident: a mismatch would show
