@@ -22,9 +22,12 @@ The input's declared preprocessing (``scale_range``, ``scale_linear``,
 ``ensure_dtype``) is applied to raw images; other steps are refused by name.
 
 Out: :func:`export_bioimageio` writes a DCMIX bundle as a package that passes the spec's
-validation: state-dict weights with the architecture taken from this package, the
-bundle's normalisation as the input's preprocessing, channel and class names on the axes,
-class probabilities as the output (read back as log-probabilities).
+validation and bioimageio.core's model test without this package installed: TorchScript
+(and, with onnx installed, ONNX) weights beside the state dict (architecture taken from
+this package; what this package loads, untrusted), an environment file, the bundle's
+normalisation as the input's preprocessing, channel and class names on the axes, class
+probabilities as the output (read back as log-probabilities), the user's metadata,
+test and sample tensors and a cover from the test image (``io.bioimageio_metadata``).
 """
 
 from __future__ import annotations
