@@ -341,3 +341,19 @@ def test_bioimageio_core_runs_the_export_without_napari_attribution(plain, rich,
         ref = na.load_model(bundle).predict_proba(raw)
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=name)
     assert np.abs(ref - 1 / ref.shape[1]).max() > 0.2  # confident: a mismatch would show
+
+
+def test_python_metadata_object_and_keywords(plain, tmp_path):
+    """``PackageMetadata`` and its fields as keywords (which override it); a misspelt
+    field is a TypeError before anything is loaded."""
+    from napari_attribution.io.bioimageio_metadata import PackageMetadata
+
+    bundle, _ = plain
+    with pytest.raises(TypeError, match="author"):
+        export_bioimageio(bundle, tmp_path / "x.zip", author=["A"])
+    md = PackageMetadata(authors=["Grace Hopper;Navy"], license="MIT", tags=["cells"])
+    out = export_bioimageio(bundle, tmp_path / "x.zip", md, license="CC0-1.0", onnx=False)
+    rdf = _rdf(out)
+    assert rdf["authors"] == [{"name": "Grace Hopper", "affiliation": "Navy"}]
+    assert rdf["license"] == "CC0-1.0" and rdf["tags"][0] == "cells"
+    assert set(rdf["weights"]) == {"pytorch_state_dict", "torchscript"}

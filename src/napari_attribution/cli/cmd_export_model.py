@@ -42,15 +42,18 @@ def _bioimageio(args: argparse.Namespace) -> int:
     import warnings
 
     from ..io.bioimageio import export_bioimageio
+    from ..io.bioimageio_metadata import PackageMetadata
 
+    metadata = PackageMetadata(
+        authors=args.author or (), cite=args.cite or (),
+        method_citations=not args.no_method_citations,
+        license=args.license or PackageMetadata.license, name=args.name,
+        description=args.description, tags=args.tag or (), documentation=args.documentation)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always", UserWarning)
-        out = export_bioimageio(
-            args.model, args.output, size=args.size, authors=args.author, cite=args.cite,
-            method_citations=not args.no_method_citations,
-            license=args.license or "BSD-3-Clause", description=args.description,
-            tags=args.tag, documentation=args.documentation, test_input=args.test_image,
-            onnx=args.onnx, name=args.name, overwrite=args.overwrite)
+        out = export_bioimageio(args.model, args.output, metadata, size=args.size,
+                                test_input=args.test_image, onnx=args.onnx,
+                                overwrite=args.overwrite)
     for w in seen:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)

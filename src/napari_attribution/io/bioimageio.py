@@ -35,7 +35,6 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ import torch
 
 from ..core.models.classifier import Classifier
 from ..core.runtime.errors import BundleError, InputError
+from .bioimageio_metadata import PackageMetadata
 
 ARCHITECTURE_MODULE = "napari_attribution.core.channels.dcmix"
 ARCHITECTURE_CALLABLE = "build_dcmix"
@@ -393,14 +393,10 @@ def _preprocessing_for(normalization: dict) -> list:
     raise BundleError(f"normalisation {mode!r} has no bioimage.io equivalent yet")
 
 
-def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None,
-                      size: int = 64, authors: Sequence[str | dict] | None = None,
-                      cite: Sequence[str | dict] | None = None, method_citations: bool = True,
-                      license: str = "BSD-3-Clause", description: str | None = None,
-                      tags: Sequence[str] | None = None,
-                      documentation: str | Path | None = None,
+def export_bioimageio(model: Any, output: str | Path,
+                      metadata: PackageMetadata | None = None, *, size: int = 64,
                       test_input: Any = None, onnx: bool | None = None,
-                      overwrite: bool = True) -> Path:
+                      overwrite: bool = True, **fields: Any) -> Path:
     """Write a DCMIX model (a bundle path, ``TrainResult``, ``Classifier``...) as a
     bioimage.io package (``.zip``) validated by bioimageio.spec; returns its path.
 
@@ -409,14 +405,22 @@ def export_bioimageio(model: Any, output: str | Path, *, name: str | None = None
     this package) and, when ``onnx`` and ``onnxscript`` are installed and the model
     exports, ONNX (``onnx=False`` skips it, ``onnx=True`` makes a failure an error).
 
-    Metadata: ``authors`` (``"Name"`` / ``"Name;Affiliation"`` or dicts; without one the
-    package names :data:`~.bioimageio_metadata.MISSING_AUTHOR` and a warning says so),
-    ``cite`` (``"TEXT;DOI"`` / ``"TEXT;URL"``, listed before the DCMIX and PCIM papers,
-    which ``method_citations=False`` leaves out), ``license`` (SPDX id), ``description``,
-    ``tags`` (added to the defaults), ``documentation`` (a Markdown file, placed before the
-    generated notes). ``test_input``: a raw (C, H, W) image (array, ``.npy`` or image
-    file) for the test tensors and the cover; default a synthetic blob image of ``size``.
+    Metadata: a :class:`~.bioimageio_metadata.PackageMetadata`, and/or its fields as
+    keywords (they override it): ``authors`` (``"Name"`` / ``"Name;Affiliation"`` or
+    dicts; without one the package names :data:`~.bioimageio_metadata.MISSING_AUTHOR` and
+    a warning says so), ``cite`` (``"TEXT;DOI"`` / ``"TEXT;URL"``, listed before the DCMIX
+    and PCIM papers, which ``method_citations=False`` leaves out), ``license`` (SPDX id),
+    ``name``, ``description``, ``tags`` (added to the defaults), ``documentation`` (a
+    Markdown file, placed before the generated notes). ``test_input``: a raw (C, H, W)
+    image (array, ``.npy`` or image file) for the test tensors and the cover; default a
+    synthetic blob image of ``size`` px.
     """
+    import dataclasses
+
+    md = dataclasses.replace(metadata or PackageMetadata(), **fields)
+    authors, cite, license, name = md.authors, md.cite, md.license, md.name
+    description, tags, documentation = md.description, md.tags, md.documentation
+    method_citations = md.method_citations
     import warnings
 
     _spec()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,23 @@ METHOD_CITATIONS: tuple[dict[str, str], ...] = (
              "37, 100287 (2025)",
      "doi": "10.1016/j.slasd.2025.100287"},
 )
+
+
+
+@dataclass(frozen=True)
+class PackageMetadata:
+    """What an exported bioimage.io package says about itself (see ``export_bioimageio``;
+    the CLI's ``--author``, ``--cite``, ``--license``... fill it)."""
+
+    authors: Sequence[str | dict] = ()  #: "Name" or "Name;Affiliation" (or dicts)
+    cite: Sequence[str | dict] = ()  #: "TEXT;DOI" or "TEXT;URL", before the method papers
+    method_citations: bool = True  #: add the DCMIX and PCIM papers
+    license: str = "BSD-3-Clause"  #: an SPDX id
+    name: str | None = None  #: default "DCMIX classifier" and the class names
+    description: str | None = None  #: default generated from the model
+    tags: Sequence[str] = ()  #: added before :data:`DEFAULT_TAGS`
+    documentation: str | Path | None = None  #: a Markdown file for the README
+
 
 DEFAULT_TAGS = ("classification", "image-classification", "2d", "microscopy",
                 "high-content-imaging", "dcmix", "channel-importance", "pytorch")
