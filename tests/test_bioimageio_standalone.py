@@ -220,11 +220,12 @@ def test_bad_metadata_is_one_line_and_writes_nothing(plain, tmp_path, capsys, ar
     assert "Traceback" not in "\n".join(err) and not out.exists()
 
 
-def test_bioimageio_options_are_refused_for_pt2(plain, tmp_path, capsys):
+@pytest.mark.parametrize("option", [["--author", "A"], ["--name", "N"], ["--no-onnx"]])
+def test_bioimageio_options_are_refused_for_pt2(plain, tmp_path, capsys, option):
     bundle, _ = plain
-    assert main(["export-model", str(bundle), "-o", str(tmp_path / "m.pt2"),
-                 "--author", "A"]) == 2
-    assert "describe a bioimage.io package" in capsys.readouterr().err
+    assert main(["export-model", str(bundle), "-o", str(tmp_path / "m.pt2"), *option]) == 2
+    err = capsys.readouterr().err
+    assert "only for a bioimage.io package (.zip)" in err and option[0] in err
     assert not (tmp_path / "m.pt2").exists()
 
 

@@ -18,12 +18,15 @@ def run(args: argparse.Namespace) -> int:
     check_output(final, args.overwrite, "exported model")  # before exporting
     if fmt == "bioimageio":
         return _bioimageio(args)
-    if _BIOIMAGEIO_ONLY & {k for k, v in vars(args).items() if v not in (None, [], False)}:
+    given = {k for k in _BIOIMAGEIO_ONLY  # every default is None (False: the store_true)
+             if getattr(args, k) is not None and (k == "onnx" or getattr(args, k) is not False)}
+    if given:
         from ..core.runtime.errors import InputError
 
-        raise InputError("--author, --cite, --license, --description, --tag, "
-                         "--documentation, --test-image and --onnx/--no-onnx describe a "
-                         "bioimage.io package; the output is a .pt2")
+        names = ", ".join("--onnx/--no-onnx" if k == "onnx" else "--" + k.replace("_", "-")
+                          for k in sorted(given))
+        raise InputError(f"{names}: only for a bioimage.io package (.zip); this output is "
+                         "a .pt2")
     from ..io.model_export import export_program
 
     out = export_program(args.model, args.output, size=args.size, trust=args.trust_model,
@@ -33,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_BIOIMAGEIO_ONLY = {"author", "cite", "license", "description", "tag", "documentation",
-                    "test_image", "onnx", "no_method_citations"}
+_BIOIMAGEIO_ONLY = {"author", "cite", "license", "name", "description", "tag",
+                    "documentation", "test_image", "onnx", "no_method_citations"}
 
 
 def _bioimageio(args: argparse.Namespace) -> int:
