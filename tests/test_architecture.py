@@ -116,6 +116,13 @@ def test_core_has_no_import_circles():
     assert _cycles(core) == []
 
 
+def test_package_has_no_import_circles():
+    """Not even through imports inside functions (``TYPE_CHECKING`` blocks aside)."""
+    graph = _imports(_modules())
+    inside = {k: {t for t in v if t.startswith(PKG + ".")} for k, v in graph.items()}
+    assert _cycles(inside) == []
+
+
 def test_every_core_subpackage_says_what_lives_there():
     for sub in CORE_ORDER:
         doc = ast.get_docstring(ast.parse((ROOT / "core" / sub / "__init__.py").read_text()))

@@ -266,7 +266,7 @@ def test_declared_preprocessing_is_applied():
 
 
 def test_non_dcmix_models_cannot_be_exported(tmp_path):
-    from napari_attribution.io.bioimageio import export_bioimageio
+    from napari_attribution.io.bioimageio_export import export_bioimageio
 
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten())

@@ -26,7 +26,7 @@ yaml = pytest.importorskip("yaml")
 import napari_attribution as na  # noqa: E402
 from napari_attribution.cli import main  # noqa: E402
 from napari_attribution.core.runtime.errors import BundleError  # noqa: E402
-from napari_attribution.io.bioimageio import export_bioimageio  # noqa: E402
+from napari_attribution.io.bioimageio_export import export_bioimageio  # noqa: E402
 from napari_attribution.io.bioimageio_metadata import (  # noqa: E402
     METHOD_CITATIONS,
     MISSING_AUTHOR,

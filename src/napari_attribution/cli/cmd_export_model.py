@@ -55,7 +55,7 @@ def _bioimageio(args: argparse.Namespace) -> int:
     import sys
     import warnings
 
-    from ..io.bioimageio import export_bioimageio
+    from ..io.bioimageio_export import export_bioimageio
     from ..io.bioimageio_metadata import PackageMetadata
 
     metadata = PackageMetadata(

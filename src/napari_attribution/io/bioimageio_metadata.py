@@ -1,5 +1,5 @@
 """What a bioimage.io package says about itself: authors, citations, the environment file,
-covers and sample images (used by ``io.bioimageio.export_bioimageio``).
+covers and sample images (used by ``io.bioimageio_export.export_bioimageio``).
 
 Plain Python, numpy and matplotlib; nothing here imports ``bioimageio.spec``: the
 entries are dictionaries that the exporter turns into the spec's classes.
