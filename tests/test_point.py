@@ -174,3 +174,19 @@ def test_scale_from_arguments_and_default_crop():
     assert (prep.factor, prep.crop, prep.x.shape) == (4, 8, (2, 16, 16))
     with torch.no_grad():
         assert prep.x[0].max() > 0.5
+
+
+def test_one_click_runs_on_one_torch_thread_and_restores_the_setting():
+    from napari_attribution.core.attribution.point import torch_threads
+
+    field, labels = _field()
+    clf = _clf()
+    prep = prepare_field(clf, field)
+    before = torch.get_num_threads()
+    seen = []
+    gen = explain_point(clf, prep, (45, 45), labels=labels, steps=3)
+    seen.append((next(gen), torch.get_num_threads()))
+    gen.close()
+    assert seen[0][1] == 1 and torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

@@ -23,7 +23,8 @@ numpy/torch.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,26 @@ CHANNEL_EVIDENCE = ("occlusion", "pcim")
 POINT_STEPS = 4
 #: crop side at training scale when the model does not record its input size
 DEFAULT_CROP = 64
+#: torch threads for one click: a 48 px crop gains nothing from parallel convolutions,
+#: and beside other busy processes a second thread costs dearly (2 shared cores under
+#: load 10: 0.33 s per click with one thread, 2.5 s with two)
+POINT_THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads (None: unchanged), restored afterwards.
+
+    The setting is process-wide: keep it to short work such as one click."""
+    old = torch.get_num_threads()
+    change = n is not None and int(n) > 0 and int(n) != old
+    if change:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(old)
 
 
 @dataclass
@@ -237,14 +258,25 @@ def explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
                     labels: Sequence[int] | None = None, masks: np.ndarray | None = None,
                     targets: Any = None, steps: int = POINT_STEPS,
                     channel_evidence: str = "occlusion", evidence: bool = True,
-                    device: str = "cpu", batch_size: int = 32, **pcim: Any
-                    ) -> Generator[Progress, None, ObjectResults]:
+                    device: str = "cpu", batch_size: int = 32, threads: int | None = None,
+                    **pcim: Any) -> Generator[Progress, None, ObjectResults]:
     """Predict and explain the objects centred on ``centres`` (N, 2: y, x field pixels).
 
     ``masks`` (N, s, s): each object's mask as :func:`mask_fraction` at training scale
     over its crop, for :attr:`ObjectResults.inside`. ``targets``: class per object (None:
-    the predicted one). ``pcim``: more PCIM options (e.g. ``lr``).
+    the predicted one). ``threads``: torch threads meanwhile (:func:`torch_threads`).
+    ``pcim``: more PCIM options (e.g. ``lr``).
     """
+    with torch_threads(threads):
+        return (yield from _explain_objects(clf, prep, centres, labels, masks, targets,
+                                            steps, channel_evidence, evidence, device,
+                                            batch_size, **pcim))
+
+
+def _explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
+                     labels: Sequence[int] | None, masks: np.ndarray | None, targets: Any,
+                     steps: int, channel_evidence: str, evidence: bool, device: str,
+                     batch_size: int, **pcim: Any) -> Generator[Progress, None, ObjectResults]:
     from .explain import explain
 
     t0 = time.perf_counter()
@@ -336,7 +368,8 @@ def explain_point(clf: Any, prep: PreparedField, point: Sequence[float],
     """Explain the object under ``point`` (y, x field pixels): with a label image
     (field pixels) and a label there, the crop centres on that object's centroid and the
     object's mask gives :attr:`ObjectResults.inside`; else the crop centres on the point
-    (label 0)."""
+    (label 0). One torch thread unless ``threads`` says otherwise (``POINT_THREADS``)."""
+    options.setdefault("threads", POINT_THREADS)
     if labels is not None:
         lab = np.asarray(labels)
         if lab.shape[-2:] != prep.shape:
