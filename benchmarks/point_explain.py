@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-table", action="store_true", help="skip the full-field table")
     p.add_argument("--screenshot", type=Path, default=None,
                    help="save a window screenshot after the clicks (PNG)")
+    p.add_argument("--table-screenshot", type=Path, default=None,
+                   help="save a screenshot of the table coloured by prediction (PNG)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     if not (args.plate / "1049_Metadata.csv").exists():
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         viewer.add_image(field[c], name=name, blending="additive",
                          colormap=("green", "blue")[c % 2],
                          metadata={"image_id": args.well, "channel": name})
-    viewer.add_labels(labels, name="nuclei", opacity=0.25)
+    nuclei = viewer.add_labels(labels, name="nuclei", opacity=0.5)
+    nuclei.contour = 1
     session_for(viewer).set_model(clf)
     widget = PointExplainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Point and explain", area="right")
@@ -204,9 +207,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['inside_nucleus']:.2f} cell {row['inside_cell']:.2f} any nucleus "
               f"{row['inside_any_nucleus']:.2f}", flush=True)
         wait_for(lambda: False, timeout_s=0.3)
-    if args.screenshot is not None:
+    if args.screenshot is not None and widget.last is not None:
+        from napari_attribution._qt.point_widget import camera
+
+        cam = camera(viewer)
+        res, kk = widget.last["res"], widget.last["k"]
+        cam.center = tuple(res.centres[kk])
+        cam.zoom = 4.0
+        wait_for(lambda: False, timeout_s=1.0)
         args.screenshot.parent.mkdir(parents=True, exist_ok=True)
-        viewer.screenshot(str(args.screenshot), canvas_only=False)
+        shot = viewer.screenshot(str(args.screenshot), canvas_only=False)
+        print(f"screenshot {args.screenshot}: mean {float(np.mean(shot[..., :3])):.1f}")
 
     warm, timed = rows[:1], rows[1:]
     secs = np.array([r["seconds"] for r in timed])
@@ -245,6 +256,18 @@ def main(argv: list[str] | None = None) -> int:
                      "predicted": {c: int(sum(r["predicted"] == c for r in res.rows()))
                                    for c in res.class_names}}
             print("table:", json.dumps(table), flush=True)
+            if args.table_screenshot is not None:
+                from napari_attribution._qt.point_widget import camera
+
+                widget.colour_by.setCurrentText("prediction")
+                widget.table.sortItems(2)                 # by probability
+                widget.table.selectRow(0)                 # jumps to the least sure cell
+                camera(viewer).zoom = 1.6
+                wait_for(lambda: False, timeout_s=1.0)
+                args.table_screenshot.parent.mkdir(parents=True, exist_ok=True)
+                shot = viewer.screenshot(str(args.table_screenshot), canvas_only=False)
+                print(f"screenshot {args.table_screenshot}: mean "
+                      f"{float(np.mean(shot[..., :3])):.1f}")
     result = {
         "benchmark": "point_explain", "targets": TARGETS, "summary": summary,
         "table": table, "clicks": rows,
