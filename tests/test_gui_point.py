@@ -186,3 +186,26 @@ def test_explain_every_cell_segments_the_field_without_labels(make_napari_viewer
     assert np.allclose(layer.scale, [0.5, 0.5]) and np.allclose(layer.translate, [10, 20])
     assert len(layer.features) == w.table.rowCount() >= 1
     assert w.labels_box.currentText() == layer.name
+
+
+def test_docks_opened_one_by_one_join_as_tabs(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_attribution._qt import AttributionWidget, PointExplainWidget, TrainWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    widgets = [cls(viewer) for cls in (TrainWidget, AttributionWidget, PointExplainWidget)]
+    docks = [viewer.window.add_dock_widget(w, name=type(w).__name__, area="right")
+             for w in widgets]    # as the Plugins menu does: no tabify asked for
+    qtbot.waitUntil(lambda: all(getattr(w, "_tabs_joined", False) for w in widgets),
+                    timeout=5000)
+    qtbot.wait(50)
+    win = viewer.window._qt_window
+    assert all(isinstance(d, QDockWidget) for d in docks)
+    assert {d for d in win.tabifiedDockWidgets(docks[0])} == set(docks[1:])
+    # tabbed, each dock has the area's full height: nothing squeezed to a sliver
+    qtbot.wait(300)
+    # one tab on top, with the area's full height (docks stacked would get ~118 px each)
+    shown = [w for w in widgets if not w.visibleRegion().isEmpty()]
+    assert len(shown) == 1 and shown[0].height() > 500

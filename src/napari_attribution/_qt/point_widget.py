@@ -42,6 +42,20 @@ POINT, PINNED, BOX = "point", "point_pinned", "point_box"
 DRAG_PX = 4  # a press and release further apart than this (screen pixels) is a drag
 
 
+def warm_up(bundle) -> Generator[Progress, None, None]:
+    """One explanation of a blank crop of the model's input size, so that the first
+    click does not pay for torch's first forward and backward passes (3-5 s on 2 busy
+    cores)."""
+    from ..core.attribution.point import PreparedField, explain_objects
+    from .attribution_widget import AttributionWidget
+
+    side = AttributionWidget._scale(bundle).input_size or 64
+    x = np.zeros((len(bundle.channel_names), side, side), np.float32)
+    prep = PreparedField(x=x, factor=1, crop=side, shape=(side, side))
+    yield from explain_objects(bundle, prep, [(side / 2, side / 2)], steps=1,
+                               threads=1)
+
+
 def camera(viewer) -> Any:
     """The viewer's camera (``viewer.scene.camera`` since napari 0.9)."""
     scene = getattr(viewer, "scene", None)
@@ -163,6 +177,8 @@ class PointExplainWidget(DockWidget):
             self.model_label.setText("no model: train or load one in the Train widget")
             return
         self.picker.select_for_model(list(bundle.channel_names))
+        if self._worker is None:   # the first click then costs a click, not a start
+            self._start({"warm_up": True, "bundle": bundle})
         scale = AttributionWidget._scale(bundle)
         self.model_label.setText(
             f"model: channels {', '.join(bundle.channel_names)}; classes "
@@ -305,6 +321,8 @@ class PointExplainWidget(DockWidget):
         from ..core.attribution.point import explain_point
 
         def work() -> Generator[Progress, None, tuple]:
+            if req.get("warm_up"):
+                return (yield from warm_up(req["bundle"]))
             prep = yield from self._prepared(req["bundle"], req["sel"])
             res = yield from explain_point(req["bundle"], prep, req["point"], req["labels"],
                                            steps=req["steps"],
@@ -332,6 +350,8 @@ class PointExplainWidget(DockWidget):
         pending, self._pending = self._pending, None
         if pending is not None:
             self._start(pending)
+            return
+        if req.get("warm_up"):   # nothing to show; a failure shows at the first click
             return
         if "error" in outcome:
             notify_error(outcome["error"], "point and explain", self.status)
