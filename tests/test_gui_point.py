@@ -114,6 +114,12 @@ def test_a_click_puts_the_map_on_the_clicked_cell_and_a_second_click_replaces_it
     click(viewer, qtbot, _world((45, 45)))
     qtbot.waitUntil(lambda: len(w.timings) == 3, timeout=30000)
     assert len(viewer.layers) == n_layers + 4 and errors == []
+    # painting labels: the click is the brush's, not a request to explain
+    viewer.layers.selection.active = viewer.layers["nuclei"]
+    viewer.layers["nuclei"].mode = "paint"
+    click(viewer, qtbot, _world((14, 16)))
+    qtbot.wait(300)
+    assert len(w.timings) == 3 and not w.busy
 
 
 def test_a_drag_explains_nothing_and_a_newer_click_cancels_an_older_one(
@@ -209,3 +215,25 @@ def test_docks_opened_one_by_one_join_as_tabs(make_napari_viewer, qtbot):
     # one tab on top, with the area's full height (docks stacked would get ~118 px each)
     shown = [w for w in widgets if not w.visibleRegion().isEmpty()]
     assert len(shown) == 1 and shown[0].height() > 500
+
+
+def test_channel_files_opened_one_by_one_are_all_ticked(make_napari_viewer, tmp_path):
+    """The reader's layers of one well, opened file by file: each arriving channel of
+    the ticked image is ticked; another well's is not."""
+    import tifffile
+
+    from napari_attribution._qt._layers import ChannelPicker
+    from napari_attribution._reader import read_layers
+
+    rng = np.random.default_rng(0)
+    for name in ("Channel1-01-A-01", "Channel2-01-A-01", "Channel1-02-A-02"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", rng.integers(0, 255, (32, 32), np.uint8))
+    viewer = make_napari_viewer()
+    picker = ChannelPicker(viewer)
+    colours = []
+    for name in ("Channel1-01-A-01", "Channel2-01-A-01", "Channel1-02-A-02"):
+        for data, meta, _ in read_layers(str(tmp_path / f"{name}.tif")):
+            colours.append(meta["colormap"])
+            viewer.add_image(data, **meta)
+    assert picker.checked_names() == ["Channel1 (01-A-01)", "Channel2 (01-A-01)"]
+    assert colours[0] != colours[1]          # two channels, two colours

@@ -199,14 +199,20 @@ class ChannelPicker(QWidget):
         self.refresh()
 
     def refresh(self, *_: Any) -> None:
+        """Rebuild the list: ticks are kept, and a layer that arrives in the group of a
+        ticked layer (the next channel file of the same image) is ticked too."""
         checked = set(self.checked_names())
+        known = {self.list.item(i).text() for i in range(self.list.count())}
         first = self.list.count() == 0 or not checked
         default = set(self._default_group()) if first else set()
+        layers = image_layers(self.viewer)
+        groups = {layer_group(ly) for ly in layers if ly.name in checked}
         self.list.clear()
-        for layer in image_layers(self.viewer):
+        for layer in layers:
             item = QListWidgetItem(layer.name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            on = layer.name in checked or layer.name in default
+            on = layer.name in checked or layer.name in default or (
+                layer.name not in known and layer_group(layer) in groups)
             item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
             self.list.addItem(item)
 

@@ -266,6 +266,9 @@ class PointExplainWidget(DockWidget):
         if not self.active.isChecked() or getattr(event, "button", 1) != 1 or \
                 self.session.bundle is None:
             return
+        active = viewer.layers.selection.active
+        if getattr(active, "mode", "pan_zoom") not in ("pan_zoom", "transform"):
+            return   # painting labels, adding points or shapes: their click, not ours
         start = np.asarray(event.position, float)
         t_press = time.perf_counter()
         yield
