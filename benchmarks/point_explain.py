@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                         "dose series, never used in training)")
     p.add_argument("--clicks", type=int, default=20)
     p.add_argument("--steps", type=int, default=None, help="PCIM steps (default: the dock's)")
+    p.add_argument("--scope", choices=("crop", "cell"), default="crop",
+                   help="evidence from the whole crop (default) or the clicked cell only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-table", action="store_true", help="skip the full-field table")
     p.add_argument("--screenshot", type=Path, default=None,
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     widget.labels_box.setCurrentText("nuclei")
     if args.steps:
         widget.steps.setValue(args.steps)
+    widget.scope.setCurrentIndex(widget.scope.findData(args.scope))
     viewer.layers.selection.active = viewer.layers[clf.channel_names[0]]
     viewer.reset_view()
     canvas = viewer.window._qt_viewer.canvas._scene_canvas
@@ -277,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"model": str(model), "well": args.well, "steps": widget.steps.value(),
                   "channel_evidence": widget.channel_mode.currentText(),
                   "evidence_check": widget.evidence.isChecked(), "seed": args.seed,
+                  "scope": args.scope,
                   "crop": rows[0] and widget.last["res"].crop,
                   "shrink": widget.last["res"].factor if widget.last else None},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

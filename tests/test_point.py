@@ -190,3 +190,31 @@ def test_one_click_runs_on_one_torch_thread_and_restores_the_setting():
     assert seen[0][1] == 1 and torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_cell_scope_keeps_the_evidence_inside_the_clicked_cell():
+    from napari_attribution.core.attribution.point import Within, cell_regions
+
+    field, labels = _field()
+    field[0, 4:8, 40:44] += 0.8       # a third spot, near B's crop but outside its cell
+    clf = _clf()
+    prep = prepare_field(clf, field)
+    crop = run_generator(explain_point(clf, prep, (45, 45), labels=labels, steps=3))
+    cell = run_generator(explain_point(clf, prep, (45, 45), labels=labels, steps=3,
+                                       scope="cell"))
+    region = cell_regions(labels, [2], prep, cell.origins)[0] > 0
+    assert region.any() and not region.all()
+    assert (cell.maps[0][~region] == 0).all()
+    assert cell.params["scope"] == "object region" and crop.params["scope"] == "crop"
+    assert cell.inside[0] > 0.8
+    assert np.allclose(cell.probabilities, crop.probabilities, atol=1e-5)
+    assert cell.channel_evidence[0, 0] > 0.3 and abs(cell.channel_evidence[0, 1]) < 0.05
+    assert cell.evidence_state[0] in ("localised", "none")
+    # the wrapper is the model on the crop itself
+    x = torch.from_numpy(prep.x[None, :, :16, :16].copy())
+    w = Within(clf.module, x, torch.ones(1, 1, 16, 16) * 0.5)
+    assert torch.allclose(w(x), clf.module(x))
+    table = run_generator(explain_labels(clf, prep, labels, steps=2, scope="cell"))
+    assert table.labels.tolist() == [1, 2] and (table.inside > 0.8).all()
+    with pytest.raises(InputError, match="scope"):
+        run_generator(explain_point(clf, prep, (45, 45), scope="well"))

@@ -88,6 +88,14 @@ class PointExplainWidget(DockWidget):
         self.channel_mode.setToolTip("occlusion: drop of the class probability when the "
                                      "channel is replaced by its mean; pcim: each channel's "
                                      "share of the positive PCIM evidence")
+        self.scope = QComboBox()
+        for text, key in (("the crop the model sees", "crop"),
+                          ("the clicked cell only", "cell")):
+            self.scope.addItem(text, key)
+        self.scope.setToolTip("crop: PCIM may change every pixel of the crop, as the model "
+                              "sees neighbours too; cell: only the clicked object's cell "
+                              "(its label grown by one object diameter) may change, and "
+                              "channel occlusion acts inside it (needs a Labels layer)")
         self.evidence = QCheckBox("evidence check")
         self.evidence.setToolTip("Check that the map localises evidence: deleting its top "
                                  "pixels must lower the class probability more than "
@@ -115,6 +123,7 @@ class PointExplainWidget(DockWidget):
         form.addRow("Objects", self.labels_box)
         form.addRow("PCIM steps", self.steps)
         form.addRow("Channel evidence", self.channel_mode)
+        form.addRow("Evidence from", self.scope)
         form.addRow("", self.evidence)
         lay = self.body
         lay.addWidget(self.model_label)
@@ -139,7 +148,7 @@ class PointExplainWidget(DockWidget):
         self.finish_layout()
 
         for key, w in (("steps", self.steps), ("channel_mode", self.channel_mode),
-                       ("evidence", self.evidence)):
+                       ("scope", self.scope), ("evidence", self.evidence)):
             self.settings.bind(key, w)
         self.runner = TaskRunner(self, [self.table_btn], self.cancel_btn, self.bar,
                                  self.status)
@@ -308,7 +317,7 @@ class PointExplainWidget(DockWidget):
         req = {"bundle": bundle, "sel": sel, "labels": labels, "point": point,
                "t_click": time.perf_counter() if t_click is None else t_click,
                "steps": self.steps.value(), "channels": self.channel_mode.currentText(),
-               "evidence": self.evidence.isChecked()}
+               "evidence": self.evidence.isChecked(), "scope": self.scope.currentData()}
         self._submit(req)
 
     def _submit(self, req: dict) -> None:
@@ -330,7 +339,7 @@ class PointExplainWidget(DockWidget):
             res = yield from explain_point(req["bundle"], prep, req["point"], req["labels"],
                                            steps=req["steps"],
                                            channel_evidence=req["channels"],
-                                           evidence=req["evidence"])
+                                           evidence=req["evidence"], scope=req["scope"])
             return prep, res
 
         gen = work()
@@ -486,6 +495,8 @@ class PointExplainWidget(DockWidget):
         weights = imp.as_dict() if imp is not None else {}
         what = ("drop in P(target) without the channel" if res.channel_method == "occlusion"
                 else "share of the positive evidence")
+        if res.params.get("scope") == "object region":
+            what += "; evidence within the clicked cell only"
         rows = "".join(
             f"<tr><td>{c}</td><td align='right'>{res.channel_evidence[k, i]:+.3f}</td>"
             + (f"<td align='right'>{weights[c]:.3f}</td>" if c in weights else "<td></td>")
@@ -533,6 +544,7 @@ class PointExplainWidget(DockWidget):
             nuc = next((i for i, c in enumerate(names) if c in (
                 "dna", "dapi", "hoechst", "nuclei", "nucleus")), len(names) - 1)
             steps, mode = self.steps.value(), self.channel_mode.currentText()
+            scope = self.scope.currentData()
             check = self.evidence.isChecked()
         except Exception as err:
             self.fail(err, "explain every cell")
@@ -548,7 +560,7 @@ class PointExplainWidget(DockWidget):
                                      diameter=diameter if diameter > 8 else None)
                 segmented = True
             prep = yield from self._prepared(bundle, sel)
-            res = yield from explain_labels(bundle, prep, lab, steps=steps,
+            res = yield from explain_labels(bundle, prep, lab, steps=steps, scope=scope,
                                             channel_evidence=mode, evidence=check)
             return lab, segmented, prep, res
 

@@ -38,6 +38,7 @@ from ..runtime.errors import InputError
 from ..runtime.progress import Progress
 
 CHANNEL_EVIDENCE = ("occlusion", "pcim")
+SCOPES = ("crop", "cell")
 #: PCIM steps per click: a few steps already rank the pixels (see docs/user_guide.md)
 POINT_STEPS = 4
 #: crop side at training scale when the model does not record its input size
@@ -259,24 +260,31 @@ def explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
                     targets: Any = None, steps: int = POINT_STEPS,
                     channel_evidence: str = "occlusion", evidence: bool = True,
                     device: str = "cpu", batch_size: int = 32, threads: int | None = None,
+                    regions: np.ndarray | None = None,
                     **pcim: Any) -> Generator[Progress, None, ObjectResults]:
     """Predict and explain the objects centred on ``centres`` (N, 2: y, x field pixels).
 
     ``masks`` (N, s, s): each object's mask as :func:`mask_fraction` at training scale
     over its crop, for :attr:`ObjectResults.inside`. ``targets``: class per object (None:
     the predicted one). ``threads``: torch threads meanwhile (:func:`torch_threads`).
+    ``regions`` (N, s, s): explain each object *within* its region (e.g. its cell,
+    :func:`cell_regions`): only the region's pixels may change (:class:`Within`), the
+    rest of the crop stays as the model saw it and gets no evidence; channel occlusion
+    then replaces a channel inside the region only. The evidence check still deletes
+    pixels in the intact crop (the map's top pixels against random ones anywhere).
     ``pcim``: more PCIM options (e.g. ``lr``).
     """
     with torch_threads(threads):
         return (yield from _explain_objects(clf, prep, centres, labels, masks, targets,
                                             steps, channel_evidence, evidence, device,
-                                            batch_size, **pcim))
+                                            batch_size, regions, **pcim))
 
 
 def _explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
                      labels: Sequence[int] | None, masks: np.ndarray | None, targets: Any,
                      steps: int, channel_evidence: str, evidence: bool, device: str,
-                     batch_size: int, **pcim: Any) -> Generator[Progress, None, ObjectResults]:
+                     batch_size: int, regions: np.ndarray | None = None,
+                     **pcim: Any) -> Generator[Progress, None, ObjectResults]:
     from .explain import explain
 
     t0 = time.perf_counter()
@@ -293,32 +301,116 @@ def _explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
     dev = resolve_device(device)
     pcim.setdefault("min_steps", min(3, steps))
     per_channel = channel_evidence == "pcim"
-    result = yield from explain(clf.module, x, targets, method="pcim", steps=int(steps),
-                                per_channel=per_channel, device=str(dev),
-                                batch_size=batch_size, evidence=evidence, **pcim)
-    maps = np.asarray(result.maps, np.float32)
+    if regions is None:
+        result = yield from explain(clf.module, x, targets, method="pcim", steps=int(steps),
+                                    per_channel=per_channel, device=str(dev),
+                                    batch_size=batch_size, evidence=evidence, **pcim)
+        maps = np.asarray(result.maps, np.float32)
+        ev = result.evidence or {}
+        probabilities, tgt, used = result.probabilities, result.targets, result.params
+    else:
+        maps, probabilities, tgt, ev, used = yield from _within_regions(
+            clf, x, regions, targets, steps, per_channel, dev, evidence, **pcim)
     if per_channel:
         pos = np.clip(maps, 0, None).sum(axis=(-2, -1))
         ch = pos / np.maximum(pos.sum(1, keepdims=True), 1e-12)
         maps = maps.sum(1)
-    else:
+    elif regions is None:
         with frozen(clf.module, dev) as net:
-            ch = channel_occlusion(net, x, result.targets, dev)
-    ev = result.evidence or {}
+            ch = channel_occlusion(net, x, tgt, dev)
+    else:
+        ch = np.concatenate([_occlude_within(clf.module, x[i:i + 1], regions[i:i + 1],
+                                             tgt[i:i + 1], dev) for i in range(n)])
     states = list(ev.get("state", [None] * n))
     gains = np.asarray(ev.get("gain", [np.nan] * n), float)
     inside = (inside_share(maps, masks) if masks is not None
               else np.full(n, np.nan))
     return ObjectResults(
         labels=ids, centres=pts, origins=origins, maps=maps,
-        probabilities=np.asarray(result.probabilities, np.float32),
-        targets=np.asarray(result.targets, np.int64), channel_evidence=np.asarray(ch),
+        probabilities=np.asarray(probabilities, np.float32),
+        targets=np.asarray(tgt, np.int64), channel_evidence=np.asarray(ch),
         channel_names=[str(c) for c in clf.channel_names],
         class_names=[str(c) for c in clf.class_names], channel_method=channel_evidence,
         evidence_state=states, evidence_gain=gains, inside=inside, factor=prep.factor,
         crop=prep.crop, seconds=time.perf_counter() - t0,
-        params={"steps": int(steps), "pcim": result.params, "device": str(dev),
-                "evidence_config": ev.get("config")})
+        params={"steps": int(steps), "pcim": used, "device": str(dev),
+                "evidence_config": ev.get("config"),
+                "scope": "crop" if regions is None else "object region"})
+
+
+class Within(torch.nn.Module):
+    """``model`` seeing ``x`` (1, C, H, W) where only ``region`` (1, 1, H, W; 1 = free)
+    follows the input: ``model(region * z + (1 - region) * x)``. PCIM through it
+    explains one object inside its crop; on ``x`` itself it is the model."""
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor
+                 ) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("x", x)
+        self.register_buffer("region", region)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(self.region * z + (1 - self.region) * self.x)
+
+
+def _within_regions(clf: Any, x: np.ndarray, regions: np.ndarray, targets: Any,
+                    steps: int, per_channel: bool, dev: torch.device, evidence: bool,
+                    **pcim: Any) -> Generator[Progress, None, tuple]:
+    """PCIM of each crop within its region (one object at a time), then the evidence
+    check on the intact model."""
+    from .evidence import evidence_check
+    from .explain import _relay, explain
+
+    n = len(x)
+    reg = np.asarray(regions, np.float32).reshape(n, 1, *x.shape[-2:])
+    tg = [None] * n if targets is None or np.ndim(targets) == 0 else list(targets)
+    if targets is not None and np.ndim(targets) == 0:
+        tg = [targets] * n
+    maps, probs, tgt, used = [], [], [], {}
+    for i in range(n):
+        net = Within(clf.module, torch.from_numpy(x[i:i + 1]), torch.from_numpy(reg[i:i + 1]))
+        gen = explain(net, x[i:i + 1], tg[i], method="pcim", steps=int(steps),
+                      per_channel=per_channel, device=str(dev), **pcim)
+        res = yield from _relay(gen, i, n, f"object {i + 1}/{n} — ", {})
+        keep = reg[i] if per_channel else reg[i, 0]
+        maps.append(np.asarray(res.maps[0], np.float32) * (keep > 0))
+        probs.append(res.probabilities[0])
+        tgt.append(int(res.targets[0]))
+        used = res.params
+    maps_a, tgt_a = np.stack(maps), np.asarray(tgt, np.int64)
+    ev: dict = {}
+    if evidence:
+        flat = maps_a.sum(1) if per_channel else maps_a
+        with frozen(clf.module, dev) as model:
+            ev = evidence_check(model, x, flat, tgt_a, device=dev)
+    return maps_a, np.stack(probs), tgt_a, ev, used
+
+
+def _occlude_within(model: torch.nn.Module, x: np.ndarray, region: np.ndarray,
+                    targets: np.ndarray, dev: torch.device) -> np.ndarray:
+    """:func:`channel_occlusion` with each channel replaced inside ``region`` only."""
+    net = Within(model, torch.from_numpy(x), torch.from_numpy(
+        np.asarray(region, np.float32).reshape(1, 1, *x.shape[-2:])))
+    with frozen(net, dev) as wrapped:
+        return channel_occlusion(wrapped, x, targets, dev)
+
+
+def cell_regions(labels: np.ndarray, ids: Sequence[int], prep: PreparedField,
+                 origins: np.ndarray, grow: float | None = None) -> np.ndarray:
+    """(N, s, s) regions of the objects' cells: each label grown by ``grow`` field pixels
+    (default: one median object diameter) without crossing its neighbours
+    (``skimage.segmentation.expand_labels``), as the fraction of each training-scale
+    pixel it covers (> 0 counts as inside)."""
+    from skimage.segmentation import expand_labels
+
+    lab = np.asarray(labels)
+    if grow is None:
+        counts = np.bincount(lab.ravel())[1:]
+        area = float(np.median(counts[counts > 0])) if (counts > 0).any() else 0.0
+        grow = 2 * np.sqrt(area / np.pi)
+    grown = expand_labels(lab, distance=max(float(grow), 0.0))
+    return object_masks(grown, ids, prep, origins)
 
 
 def object_masks(labels: np.ndarray, ids: Sequence[int], prep: PreparedField,
@@ -334,10 +426,11 @@ def object_masks(labels: np.ndarray, ids: Sequence[int], prep: PreparedField,
 
 
 def explain_labels(clf: Any, prep: PreparedField, labels: np.ndarray,
-                   ids: Sequence[int] | None = None, **options: Any
+                   ids: Sequence[int] | None = None, scope: str = "crop", **options: Any
                    ) -> Generator[Progress, None, ObjectResults]:
     """:func:`explain_objects` for the objects of a label image (field pixels, 0 =
-    background), centred on their centroids, with their masks (``ids``: only these)."""
+    background), centred on their centroids, with their masks (``ids``: only these;
+    ``scope``: as in :func:`explain_point`)."""
     from ..data.segmentation import check_labels_image, object_centres
 
     lab = check_labels_image(labels, prep.shape, "the label image")
@@ -349,6 +442,10 @@ def explain_labels(clf: Any, prep: PreparedField, labels: np.ndarray,
         raise InputError("the label image holds no objects (all 0)")
     origins = np.array([prep.origin(c) for c in centres], np.int64)
     masks = object_masks(lab, all_ids, prep, origins)
+    if scope not in SCOPES:
+        raise InputError(f"unknown scope {scope!r}; choose one of {SCOPES}")
+    if scope == "cell":
+        options["regions"] = cell_regions(lab, all_ids, prep, origins)
     return (yield from explain_objects(clf, prep, centres, labels=all_ids, masks=masks,
                                        **options))
 
@@ -363,13 +460,17 @@ def label_at(labels: np.ndarray, point: Sequence[float]) -> int:
 
 
 def explain_point(clf: Any, prep: PreparedField, point: Sequence[float],
-                  labels: np.ndarray | None = None, **options: Any
+                  labels: np.ndarray | None = None, scope: str = "crop", **options: Any
                   ) -> Generator[Progress, None, ObjectResults]:
     """Explain the object under ``point`` (y, x field pixels): with a label image
     (field pixels) and a label there, the crop centres on that object's centroid and the
     object's mask gives :attr:`ObjectResults.inside`; else the crop centres on the point
-    (label 0). One torch thread unless ``threads`` says otherwise (``POINT_THREADS``)."""
+    (label 0). ``scope``: ``"crop"`` (what the model sees) or ``"cell"`` (only the
+    object's cell may change, :func:`cell_regions`; needs a label there, else the crop).
+    One torch thread unless ``threads`` says otherwise (``POINT_THREADS``)."""
     options.setdefault("threads", POINT_THREADS)
+    if scope not in SCOPES:
+        raise InputError(f"unknown scope {scope!r}; choose one of {SCOPES}")
     if labels is not None:
         lab = np.asarray(labels)
         if lab.shape[-2:] != prep.shape:
@@ -381,6 +482,8 @@ def explain_point(clf: Any, prep: PreparedField, point: Sequence[float],
             centre = (float(ys.mean()), float(xs.mean()))
             origin = np.array([prep.origin(centre)])
             masks = object_masks(lab, [hit], prep, origin)
+            if scope == "cell":
+                options["regions"] = cell_regions(lab, [hit], prep, origin)
             return (yield from explain_objects(clf, prep, [centre], labels=[hit],
                                                masks=masks, **options))
     return (yield from explain_objects(clf, prep, [tuple(point)], labels=[0], **options))
