@@ -218,3 +218,22 @@ def test_cell_scope_keeps_the_evidence_inside_the_clicked_cell():
     assert table.labels.tolist() == [1, 2] and (table.inside > 0.8).all()
     with pytest.raises(InputError, match="scope"):
         run_generator(explain_point(clf, prep, (45, 45), scope="well"))
+
+
+def test_cell_regions_from_a_window_equal_growing_the_whole_field():
+    from skimage.segmentation import expand_labels
+
+    from napari_attribution.core.attribution.point import cell_regions
+
+    rng = np.random.default_rng(3)
+    lab = np.zeros((64, 64), np.int32)
+    for k, (y, x) in enumerate(rng.integers(3, 60, (12, 2)), start=1):
+        lab[y - 2:y + 2, x - 2:x + 2] = k
+    field = np.zeros((2, 64, 64), np.float32)
+    prep = prepare_field(_clf(), field)
+    ids = np.unique(lab)[1:]
+    origins = np.array([prep.origin(np.argwhere(lab == i).mean(0)) for i in ids])
+    whole = expand_labels(lab, 5.0)
+    want = np.stack([mask_fraction(whole[y * 2:(y + 16) * 2, x * 2:(x + 16) * 2] == i, 2)
+                     for i, (y, x) in zip(ids, origins, strict=True)])
+    assert np.array_equal(cell_regions(lab, ids, prep, origins, grow=5.0), want)

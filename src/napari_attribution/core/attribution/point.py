@@ -409,8 +409,20 @@ def cell_regions(labels: np.ndarray, ids: Sequence[int], prep: PreparedField,
         counts = np.bincount(lab.ravel())[1:]
         area = float(np.median(counts[counts > 0])) if (counts > 0).any() else 0.0
         grow = 2 * np.sqrt(area / np.pi)
-    grown = expand_labels(lab, distance=max(float(grow), 0.0))
-    return object_masks(grown, ids, prep, origins)
+    grow = max(float(grow), 0.0)
+    f, s = prep.factor, prep.crop
+    side, pad = s * f, int(np.ceil(grow)) + 1
+    h, w = lab.shape[-2:]
+    out = np.zeros((len(ids), s, s), np.float32)
+    for k, (obj, (oy, ox)) in enumerate(zip(ids, origins, strict=True)):
+        # growing reaches only ``grow`` pixels: a window around the crop gives the same
+        y0, x0 = int(oy) * f, int(ox) * f
+        wy, wx = max(y0 - pad, 0), max(x0 - pad, 0)
+        win = expand_labels(lab[wy:min(y0 + side + pad, h), wx:min(x0 + side + pad, w)],
+                            distance=grow)
+        cell = win[y0 - wy:y0 - wy + side, x0 - wx:x0 - wx + side] == obj
+        out[k] = mask_fraction(cell, f)
+    return out
 
 
 def object_masks(labels: np.ndarray, ids: Sequence[int], prep: PreparedField,
