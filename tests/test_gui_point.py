@@ -237,3 +237,25 @@ def test_channel_files_opened_one_by_one_are_all_ticked(make_napari_viewer, tmp_
             viewer.add_image(data, **meta)
     assert picker.checked_names() == ["Channel1 (01-A-01)", "Channel2 (01-A-01)"]
     assert colours[0] != colours[1]          # two channels, two colours
+
+
+def test_renaming_a_layer_renames_its_channel(make_napari_viewer, tmp_path):
+    import tifffile
+
+    from napari_attribution._qt._layers import ChannelPicker
+    from napari_attribution._reader import read_layers
+
+    rng = np.random.default_rng(0)
+    viewer = make_napari_viewer()
+    picker = ChannelPicker(viewer)
+    for name in ("Channel1-01-A-01", "Channel2-01-A-01"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", rng.integers(0, 255, (32, 32), np.uint8))
+        for data, meta, _ in read_layers(str(tmp_path / f"{name}.tif")):
+            viewer.add_image(data, **meta)
+    assert picker.selection().channel_names == ["Channel1", "Channel2"]
+    viewer.layers["Channel1 (01-A-01)"].name = "GFP (01-A-01)"
+    viewer.layers["Channel2 (01-A-01)"].name = "DNA"
+    # the list follows the names and keeps the ticks
+    assert picker.checked_names() == ["GFP (01-A-01)", "DNA"]
+    sel = picker.selection(model_channels=["DNA", "GFP"])
+    assert sel.channel_names == ["DNA", "GFP"]
