@@ -28,3 +28,15 @@ def test_positive_and_degenerate_maps():
     nan[0, 0] = 1.0
     lo, hi = heatmap_style(nan)["contrast_limits"]
     assert np.isfinite([lo, hi]).all() and hi > lo
+
+
+def test_files_opened_one_by_one_get_distinct_colours_from_their_channel_numbers():
+    from napari_attribution.layer_style import channel_number, stain_colormaps
+
+    assert channel_number("Channel2") == 2 and channel_number("ch0") == 0
+    assert channel_number("GFP") is None and channel_number("Channel 3") == 3
+    one_by_one = [stain_colormaps([n])[0] for n in ("Channel1", "Channel2")]
+    assert one_by_one[0] != one_by_one[1]
+    assert stain_colormaps(["DNA"]) == ["blue"] and stain_colormaps(["GFP"]) == ["green"]
+    # one file with several channels: unchanged (distinct colours from the cycle)
+    assert stain_colormaps(["Channel1", "Channel2"]) == ["green", "magenta"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 MAX_SAMPLES = 1_000_000
@@ -65,13 +67,27 @@ def stain_colormap(name: str, index: int = 0) -> str:
     return COLOUR_CYCLE[index % len(COLOUR_CYCLE)]
 
 
+_CHANNEL_NUMBER = re.compile(r"(?i)(?:channel|ch|c|w)[ _-]?(\d+)")
+
+
+def channel_number(name: str) -> int | None:
+    """The number of a generically named channel (``Channel2`` -> 2, ``ch0`` -> 0,
+    ``w1`` -> 1); None for other names."""
+    m = _CHANNEL_NUMBER.fullmatch(str(name).strip())
+    return int(m.group(1)) if m else None
+
+
 def stain_colormaps(names: list[str]) -> list[str]:
-    """Colormaps for the channels of one image: stains by name, the rest from the cycle
-    skipping colours already taken (two channels never share a colour while any is left)."""
+    """Colormaps for the channels of one image: stains by name; a generic name with a
+    number (``Channel2``) takes the cycle's colour for that number, so files opened one
+    by one (one channel each) still differ; the rest from the cycle skipping colours
+    already taken (two channels never share a colour while any is left)."""
     out: list[str | None] = []
     for name in names:
         cmap = stain_colormap(name, 0)
         matched = cmap != COLOUR_CYCLE[0] or stain_colormap(name, 1) == cmap
+        if not matched and len(names) == 1 and channel_number(name) is not None:
+            cmap, matched = COLOUR_CYCLE[channel_number(name) % len(COLOUR_CYCLE)], True
         out.append(cmap if matched else None)
     free = [c for c in COLOUR_CYCLE if c not in out]
     k = 0

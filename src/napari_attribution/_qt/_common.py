@@ -152,6 +152,39 @@ class DockWidget(QWidget):
     def finish_layout(self) -> None:
         self.body.addStretch(1)
 
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        if not getattr(self, "_tabs_joined", False):
+            self._tabs_joined = True
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self.join_tabs)
+
+    def join_tabs(self) -> bool:
+        """Dock this widget as a tab beside another of this plugin's docks in the same
+        area (however it was opened: Plugins menu, ``add_dock_widget``, the demo), so
+        the docks never stack into slivers. True when it joined one."""
+        from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        win = dock.parentWidget() if dock is not None else None
+        if not isinstance(win, QMainWindow) or dock.isFloating() \
+                or win.tabifiedDockWidgets(dock):
+            return False
+        area = win.dockWidgetArea(dock)
+        for other in win.findChildren(QDockWidget):
+            inner = other.widget()
+            if other is dock or inner is None or other.isFloating() \
+                    or not other.isVisible() or win.dockWidgetArea(other) != area:
+                continue
+            if isinstance(inner, DockWidget) or inner.findChild(DockWidget) is not None:
+                win.tabifyDockWidget(other, dock)
+                dock.raise_()
+                return True
+        return False
+
     def say(self, text: str) -> None:
         """Show ``text`` on the message line (not an error)."""
         self.status.setStyleSheet("")

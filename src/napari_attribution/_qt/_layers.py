@@ -87,6 +87,21 @@ def base_name(name: str) -> str:
     return _DUPLICATE.sub("", str(name)).strip()
 
 
+def layer_channel(layer) -> str:
+    """The channel a one-channel layer holds: the reader's channel name while the layer's
+    name still shows it (``Channel1 (01-A-01)``), else the layer's name as the user set
+    it (renaming a layer renames its channel), without the ``(well)`` the reader added
+    and napari's ``[n]``."""
+    name = base_name(layer.name)
+    meta = layer.metadata.get("channel")
+    if meta and str(meta) in name:
+        return str(meta)
+    key = layer.metadata.get("image_id")
+    if key and name.endswith(f"({key})"):
+        name = name[: -len(f"({key})")].strip()
+    return name
+
+
 def match_channels(have: list[str], want: list[str],
                    mapping: dict[str, str] | None = None) -> list[int]:
     """Indices into ``have`` (the input's channel names) for each name in ``want`` (the
@@ -194,19 +209,35 @@ class ChannelPicker(QWidget):
         form.addRow("Image layers", self.list)
         form.addRow("Channel axis", self.axis)
         form.addRow("Channel map", self.mapping)
+        import weakref
+
+        self._named: weakref.WeakSet = weakref.WeakSet()  # renaming these refreshes
         for ev in ("inserted", "removed", "reordered"):
             getattr(viewer.layers.events, ev).connect(self.refresh)
         self.refresh()
 
     def refresh(self, *_: Any) -> None:
-        checked = set(self.checked_names())
+        """Rebuild the list: ticks are kept, and a layer that arrives in the group of a
+        ticked layer (the next channel file of the same image) is ticked too."""
+        items = [self.list.item(i) for i in range(self.list.count())]
+        # ticks follow the layer, not its name (a renamed layer stays ticked)
+        checked = {it.data(Qt.ItemDataRole.UserRole) for it in items
+                   if it.checkState() == Qt.CheckState.Checked}
+        known = {it.data(Qt.ItemDataRole.UserRole) for it in items}
         first = self.list.count() == 0 or not checked
         default = set(self._default_group()) if first else set()
+        layers = image_layers(self.viewer)
+        groups = {layer_group(ly) for ly in layers if id(ly) in checked}
         self.list.clear()
-        for layer in image_layers(self.viewer):
+        for layer in layers:
+            if layer not in self._named:
+                self._named.add(layer)
+                layer.events.name.connect(self.refresh)
             item = QListWidgetItem(layer.name)
+            item.setData(Qt.ItemDataRole.UserRole, id(layer))
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            on = layer.name in checked or layer.name in default
+            on = id(layer) in checked or layer.name in default or (
+                id(layer) not in known and layer_group(layer) in groups)
             item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
             self.list.addItem(item)
 
@@ -239,7 +270,7 @@ class ChannelPicker(QWidget):
         groups = [[ly for ly in everything if layer_group(ly) in
                    {layer_group(t) for t in everything if t.name in ticked}], everything]
         for layers in groups:
-            names = [str(ly.metadata.get("channel") or ly.name) for ly in layers]
+            names = [layer_channel(ly) for ly in layers]
             try:
                 idx = match_channels(names, list(channel_names))
             except InputError:
@@ -295,7 +326,7 @@ class ChannelPicker(QWidget):
                     "'Combine layers' to make one multichannel image")
             layer = layers[0]
             data = np.stack([np.asarray(full_data(ly)) for ly in layers], axis=-3)
-            names = [str(ly.metadata.get("channel") or base_name(ly.name)) for ly in layers]
+            names = [layer_channel(ly) for ly in layers]
             scale = tuple(float(s) for s in layer.scale)
             translate = tuple(float(t) for t in layer.translate)
             pos = list(_data_position(layer, self.viewer))
@@ -342,7 +373,7 @@ def combine_layers(viewer, layers: list) -> Any:
     if len(shapes) != 1:
         raise InputError("layers to combine must have one shape; got "
                          + ", ".join(f"{ly.name}: {ly.data.shape}" for ly in layers))
-    names = [str(ly.metadata.get("channel") or base_name(ly.name)) for ly in layers]
+    names = [layer_channel(ly) for ly in layers]
     data = np.stack([np.asarray(full_data(ly)) for ly in layers], axis=0)
     first = layers[0]
     meta = {k: v for k, v in first.metadata.items() if k not in ("channel", "channel_index")}

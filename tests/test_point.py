@@ -1,0 +1,239 @@
+"""Point and explain without Qt (core/attribution/point.py): crops at the training scale,
+one object's prediction and evidence, maps placed back on the field, every object of a
+label image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attribution_models import SpotModel
+from napari_attribution.core.attribution.point import (
+    explain_labels,
+    explain_objects,
+    explain_point,
+    inside_share,
+    label_at,
+    mask_fraction,
+    placement,
+    prepare_field,
+)
+from napari_attribution.core.models.classifier import Classifier
+from napari_attribution.core.models.inference import ModelScale
+from napari_attribution.core.runtime.errors import InputError
+from napari_attribution.core.runtime.progress import run_generator
+
+SPOT_A = (slice(10, 20), slice(10, 20))   # field pixels, block-aligned at 2x
+SPOT_B = (slice(40, 50), slice(40, 50))
+
+
+def _clf(downsample: int = 2, size: int = 16) -> Classifier:
+    return Classifier(module=SpotModel(), kind="module", channel_names=["spot", "noise"],
+                      class_names=["off", "on"],
+                      provenance={"data": {"image_size": [size, size],
+                                           "downsample": downsample}})
+
+
+def _field(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 2x64x64 field with two bright spots in channel 0 and their labels (1, 2)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 0.3, (2, 64, 64)).astype(np.float32)
+    labels = np.zeros((64, 64), np.int32)
+    for k, sl in enumerate((SPOT_A, SPOT_B), start=1):
+        x[0][sl] += 0.8
+        labels[sl] = k
+    return x, labels
+
+
+def test_prepared_field_is_the_shrunk_field_and_crops_centre_on_the_point():
+    field, _ = _field()
+    prep = prepare_field(_clf(), field)
+    assert (prep.factor, prep.crop, prep.shape) == (2, 16, (64, 64))
+    assert prep.x.shape == (2, 32, 32)
+    assert prep.x[0, 0, 0] == pytest.approx(field[0, :2, :2].mean())
+    # field pixel 45 is the centre of shrunk pixel 22 (block 44-45): crop 14..29
+    assert prep.origin((45, 45)) == (14, 14)
+    assert prep.box((14, 14)) == (28, 28, 60, 60)
+    assert prep.origin((0, 0)) == (0, 0)            # shifted inside at the edges
+    assert prep.origin((63, 63)) == (16, 16)
+    assert prepare_field(_clf(), field, layer_downsample=2).factor == 1
+    with pytest.raises(InputError, match="smaller than its 40 px input"):
+        prepare_field(_clf(size=40), field)
+    with pytest.raises(Exception, match="channel"):
+        prepare_field(_clf(), field[:1])
+
+
+def test_placement_puts_each_map_pixel_on_its_block():
+    # layer scale 0.5 µm/px, translate (10, 20); crop origin (3, 5) at 2x
+    p = placement([0.5, 0.5], [10.0, 20.0], 2, (3, 5))
+    assert p["scale"] == [1.0, 1.0]
+    # map pixel (0, 0) averages field pixels 6-7 (y) and 10-11 (x): centre 6.5, 10.5
+    assert p["translate"] == pytest.approx([10 + 6.5 * 0.5, 20 + 10.5 * 0.5])
+    # leading axes pass through
+    q = placement([1.0, 2.0, 2.0], [4.0, 0.0, 0.0], 3, (0, 1))
+    assert q["scale"] == [1.0, 6.0, 6.0] and q["translate"] == pytest.approx([4, 2, 8])
+
+
+def test_inside_share_and_mask_fraction():
+    maps = np.zeros((2, 4, 4))
+    maps[0, 0, 0], maps[0, 3, 3], maps[0, 1, 1] = 3.0, 1.0, -5.0
+    masks = np.zeros((2, 4, 4))
+    masks[:, :2, :2] = 1.0
+    share = inside_share(maps, masks)
+    assert share[0] == pytest.approx(0.75) and np.isnan(share[1])
+    frac = mask_fraction(np.pad(np.ones((3, 3), bool), ((0, 1), (0, 1))), 2)
+    assert frac.tolist() == [[1.0, 0.5], [0.5, 0.25]]
+    assert label_at(np.array([[0, 2]]), (0, 1)) == 2 and label_at(np.ones((2, 2)), (5, 0)) == 0
+
+
+def test_explain_point_finds_the_clicked_spot_and_places_its_map_on_it():
+    field, labels = _field()
+    clf = _clf()
+    prep = prepare_field(clf, field)
+    res = run_generator(explain_point(clf, prep, (47.0, 41.0), labels=labels))
+    assert res.labels.tolist() == [2]
+    assert res.centres[0] == pytest.approx([44.5, 44.5])      # snapped to the centroid
+    assert res.class_names[int(res.probabilities[0].argmax())] == "on"
+    assert res.evidence_state == ["localised"]
+    # the spot channel carries the decision, the noise channel nothing
+    assert res.channel_evidence[0, 0] > 0.3 and abs(res.channel_evidence[0, 1]) < 0.05
+    assert res.inside[0] > 0.8
+    # the map's strongest pixel, placed with ``placement``, lies on spot B in the field
+    p = placement([1.0, 1.0], [0.0, 0.0], res.factor, tuple(res.origins[0]))
+    iy, ix = np.unravel_index(np.argmax(res.maps[0]), res.maps[0].shape)
+    wy = p["translate"][0] + iy * p["scale"][0]
+    wx = p["translate"][1] + ix * p["scale"][1]
+    assert labels[int(round(wy)), int(round(wx))] == 2
+    rows = res.rows()
+    assert rows[0]["label"] == 2 and rows[0]["predicted"] == "on"
+    assert rows[0]["evidence"] == "localised" and rows[0]["channel_spot"] > 0.3
+    # off any label: centred on the point itself, no mask
+    free = run_generator(explain_point(clf, prep, (30.0, 30.0), labels=labels))
+    assert free.labels.tolist() == [0] and np.isnan(free.inside[0])
+    assert free.centres[0].tolist() == [30.0, 30.0]
+
+
+def test_pcim_channel_evidence_is_a_share_per_channel():
+    field, labels = _field()
+    clf = _clf()
+    prep = prepare_field(clf, field)
+    res = run_generator(explain_point(clf, prep, (15, 15), labels=labels,
+                                      channel_evidence="pcim", steps=3))
+    ch = res.channel_evidence[0]
+    assert ch.sum() == pytest.approx(1.0, abs=1e-5) and ch[0] > ch[1]
+    assert res.maps.shape == (1, 16, 16)
+    with pytest.raises(InputError, match="channel evidence"):
+        run_generator(explain_point(clf, prep, (15, 15), channel_evidence="votes"))
+
+
+def test_explain_labels_gives_one_row_per_object_and_can_be_cancelled():
+    field, labels = _field()
+    clf = _clf()
+    prep = prepare_field(clf, field)
+    res = run_generator(explain_labels(clf, prep, labels, steps=3))
+    assert res.labels.tolist() == [1, 2] and len(res.rows()) == 2
+    assert all(r["predicted"] == "on" for r in res.rows())
+    assert (res.inside > 0.8).all()
+    prov = res.provenance()
+    assert prov["objects"] == 2 and prov["channel_evidence"] == "occlusion"
+    only = run_generator(explain_labels(clf, prep, labels, ids=[1], steps=3))
+    assert only.labels.tolist() == [1]
+    with pytest.raises(InputError, match="no objects"):
+        run_generator(explain_labels(clf, prep, np.zeros_like(labels)))
+    with pytest.raises(InputError, match="field of view"):
+        run_generator(explain_labels(clf, prep, labels[:10]))
+    gen = explain_labels(clf, prep, labels, steps=8)
+    next(gen)
+    gen.close()   # cancelling leaves the caller's module as it was
+    assert all(p.requires_grad for p in clf.module.parameters())
+
+
+def test_per_crop_models_prepare_each_crop():
+    class PerCrop:
+        mode = "per_crop"
+
+    field, labels = _field()
+    clf = _clf()
+    clf.normalizer = PerCrop()
+    seen = []
+    clf.preprocess = lambda a: (seen.append(a.shape), a * 0 + 1)[1]
+    prep = prepare_field(clf, field)
+    assert prep.per_crop and seen == []          # the field is only shrunk
+    res = run_generator(explain_objects(clf, prep, [(45, 45)], steps=3, evidence=False))
+    assert seen == [(1, 2, 16, 16)] and res.evidence_state == [None]
+
+
+def test_scale_from_arguments_and_default_crop():
+    field, _ = _field()
+    clf = Classifier(module=SpotModel(), kind="module", channel_names=["a", "b"],
+                     class_names=["off", "on"])
+    prep = prepare_field(clf, np.pad(field, ((0, 0), (0, 8), (0, 8))))
+    assert (prep.factor, prep.crop) == (1, 64)
+    prep = prepare_field(clf, field, ModelScale(4, 8))
+    assert (prep.factor, prep.crop, prep.x.shape) == (4, 8, (2, 16, 16))
+    with torch.no_grad():
+        assert prep.x[0].max() > 0.5
+
+
+def test_one_click_runs_on_one_torch_thread_and_restores_the_setting():
+    from napari_attribution.core.attribution.point import torch_threads
+
+    field, labels = _field()
+    clf = _clf()
+    prep = prepare_field(clf, field)
+    before = torch.get_num_threads()
+    seen = []
+    gen = explain_point(clf, prep, (45, 45), labels=labels, steps=3)
+    seen.append((next(gen), torch.get_num_threads()))
+    gen.close()
+    assert seen[0][1] == 1 and torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_cell_scope_keeps_the_evidence_inside_the_clicked_cell():
+    from napari_attribution.core.attribution.point import Within, cell_regions
+
+    field, labels = _field()
+    field[0, 4:8, 40:44] += 0.8       # a third spot, near B's crop but outside its cell
+    clf = _clf()
+    prep = prepare_field(clf, field)
+    crop = run_generator(explain_point(clf, prep, (45, 45), labels=labels, steps=3))
+    cell = run_generator(explain_point(clf, prep, (45, 45), labels=labels, steps=3,
+                                       scope="cell"))
+    region = cell_regions(labels, [2], prep, cell.origins)[0] > 0
+    assert region.any() and not region.all()
+    assert (cell.maps[0][~region] == 0).all()
+    assert cell.params["scope"] == "object region" and crop.params["scope"] == "crop"
+    assert cell.inside[0] > 0.8
+    assert np.allclose(cell.probabilities, crop.probabilities, atol=1e-5)
+    assert cell.channel_evidence[0, 0] > 0.3 and abs(cell.channel_evidence[0, 1]) < 0.05
+    assert cell.evidence_state[0] in ("localised", "none")
+    # the wrapper is the model on the crop itself
+    x = torch.from_numpy(prep.x[None, :, :16, :16].copy())
+    w = Within(clf.module, x, torch.ones(1, 1, 16, 16) * 0.5)
+    assert torch.allclose(w(x), clf.module(x))
+    table = run_generator(explain_labels(clf, prep, labels, steps=2, scope="cell"))
+    assert table.labels.tolist() == [1, 2] and (table.inside > 0.8).all()
+    with pytest.raises(InputError, match="scope"):
+        run_generator(explain_point(clf, prep, (45, 45), scope="well"))
+
+
+def test_cell_regions_from_a_window_equal_growing_the_whole_field():
+    from skimage.segmentation import expand_labels
+
+    from napari_attribution.core.attribution.point import cell_regions
+
+    rng = np.random.default_rng(3)
+    lab = np.zeros((64, 64), np.int32)
+    for k, (y, x) in enumerate(rng.integers(3, 60, (12, 2)), start=1):
+        lab[y - 2:y + 2, x - 2:x + 2] = k
+    field = np.zeros((2, 64, 64), np.float32)
+    prep = prepare_field(_clf(), field)
+    ids = np.unique(lab)[1:]
+    origins = np.array([prep.origin(np.argwhere(lab == i).mean(0)) for i in ids])
+    whole = expand_labels(lab, 5.0)
+    want = np.stack([mask_fraction(whole[y * 2:(y + 16) * 2, x * 2:(x + 16) * 2] == i, 2)
+                     for i, (y, x) in zip(ids, origins, strict=True)])
+    assert np.array_equal(cell_regions(lab, ids, prep, origins, grow=5.0), want)
