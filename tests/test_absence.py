@@ -325,7 +325,7 @@ def test_cli_contrast_and_no_evidence_warning(tmp_path, capsys):
     assert prov["evidence"]["state"][0] in ("localised", "none")
     assert " vs " in capsys.readouterr().out
     assert main(["explain", str(model), str(img), "-t", "1", "--contrast", "1", "--trust-model",
-                 "--device", "cpu", "-q", "--overwrite"]) == 2
+                 "--device", "cpu", "-q", "--overwrite"]) == 1
     assert "same class" in capsys.readouterr().err
     blind = tmp_path / "blind.pt"
     torch.jit.save(torch.jit.script(BlindModel()), str(blind))

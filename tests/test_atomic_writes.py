@@ -104,7 +104,7 @@ def test_cli_refuses_existing_output_then_overwrites(tmp_path, bundle, capsys):
     assert main(["channels", str(bundle), "--format", "csv", "-o", str(out)]) == 0
     out.write_text("mine")
     capsys.readouterr()
-    assert main(["channels", str(bundle), "--format", "csv", "-o", str(out)]) == 2
+    assert main(["channels", str(bundle), "--format", "csv", "-o", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "already exists" in err and "--overwrite" in err
     assert out.read_text() == "mine"
@@ -119,7 +119,7 @@ def test_train_refuses_existing_bundle_before_training(tmp_path, bundle, capsys)
     before = bundle.read_bytes()
     t0 = time.perf_counter()
     assert main(["train", "--sample", "cells", "--epochs", "5", "--device", "cpu", "-q",
-                 "-o", str(bundle)]) == 2
+                 "-o", str(bundle)]) == 1
     assert time.perf_counter() - t0 < 5  # refused up front, not after five epochs
     assert "already exists" in capsys.readouterr().err
     assert bundle.read_bytes() == before
@@ -149,7 +149,7 @@ def test_cli_full_disk_is_one_line_and_no_file(tmp_path, bundle, capsys, monkeyp
             }[command]
     _fail_rename(monkeypatch, errno.ENOSPC)
     capsys.readouterr()
-    assert main(args) == 2
+    assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot write") and "disk is full" in err
     assert err.count("\n") == 0
@@ -160,10 +160,10 @@ def test_cli_output_device_and_directory(tmp_path, bundle, capsys):
     img = tmp_path / "cell.npy"
     np.save(img, np.random.default_rng(0).random((4, 48, 48)).astype(np.float32))
     assert main(["explain", str(bundle), str(img), "-m", "saliency", "-q", "--device",
-                 "cpu", "-o", "/dev/null"]) == 2
+                 "cpu", "-o", "/dev/null"]) == 1
     assert "device" in capsys.readouterr().err
     assert not os.path.exists("/dev/null.ome.tif")
-    assert main(["channels", str(bundle), "-o", str(tmp_path)]) == 2
+    assert main(["channels", str(bundle), "-o", str(tmp_path)]) == 1
     assert "folder" in capsys.readouterr().err
     # a folder given to explain is where the maps go
     assert main(["explain", str(bundle), str(img), "-m", "saliency", "-q", "--device",
@@ -188,11 +188,11 @@ def test_cli_ranges(args, msg, capsys):
 def test_cli_typed_method_params(tmp_path, bundle, capsys):
     img = tmp_path / "cell.npy"
     np.save(img, np.random.default_rng(0).random((4, 48, 48)).astype(np.float32))
-    assert main(["explain", str(bundle), str(img), "--param", "steps=abc", "-q"]) == 2
+    assert main(["explain", str(bundle), str(img), "--param", "steps=abc", "-q"]) == 1
     err = capsys.readouterr().err
     assert "steps='abc' must be a whole number" in err and "Traceback" not in err
     assert main(["explain", str(bundle), str(img), "-m", "saliency", "--param",
-                 "n_steps=3", "-q"]) == 2
+                 "n_steps=3", "-q"]) == 1
     assert "unknown parameter" in capsys.readouterr().err
 
 
@@ -218,7 +218,7 @@ def test_cli_turns_a_stray_oserror_into_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     args.func = boom
     monkeypatch.setattr(parser, "parse_args", lambda argv=None: args)
-    assert cli.main([]) == 2
+    assert cli.main([]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "error: /data/x.zarr/0/0: No space left on device ([Errno 28])"
 
@@ -253,7 +253,7 @@ def test_export_model_on_a_full_disk_is_one_line_not_an_abort(tmp_path, bundle, 
                           preexec_fn=small_files, capture_output=True, text=True, env=env,
                           timeout=300)
     err = proc.stderr.strip()
-    assert proc.returncode == 2, err[-2000:]
+    assert proc.returncode == 1, err[-2000:]
     assert err.count("\n") == 0 and err.startswith("error: cannot write")
     assert "file size limit" in err and "Traceback" not in err
     assert list(out.iterdir()) == []

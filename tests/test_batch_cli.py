@@ -43,7 +43,7 @@ def test_cli_runs_resumes_and_refuses_other_runs(cli_run, capsys):
     assert main(args) == 0  # same command again: nothing to compute
     assert "0 computed, 4 already done" in capsys.readouterr().out
     changed = [a if a != "pcim:steps=3" else "pcim:steps=5" for a in args]
-    assert main(changed) == 2
+    assert main(changed) == 1
     err = capsys.readouterr().err
     assert "different run" in err and "--overwrite" in err
 
@@ -59,7 +59,7 @@ def test_cli_argument_errors(tmp_path, capsys):
     assert main([*base, "--pattern", PATTERN, "--method", "pcim", "--param",
                  "saliency:steps=3"]) == 2
     assert "not run" in capsys.readouterr().err
-    assert main([*base, "--pattern", PATTERN, "--channels", "gfp,dna"]) == 2
+    assert main([*base, "--pattern", PATTERN, "--channels", "gfp,dna"]) == 1
     assert "model's order" in capsys.readouterr().err
     assert not (tmp_path / "o.zarr").exists()
 

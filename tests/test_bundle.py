@@ -135,7 +135,7 @@ def test_nan_or_misshapen_importance_is_refused(tmp_path, bundle_path, capsys):
     bad = _tampered(tmp_path, bundle_path, nan)
     with pytest.raises(BundleError, match=r"importance 'weights' holds NaN"):
         load_bundle(bad)
-    assert main(["channels", str(bad)]) == 2  # was a raw ValueError traceback
+    assert main(["channels", str(bad)]) == 1  # was a raw ValueError traceback
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "holds NaN or infinite values" in err
     short = _tampered(tmp_path, bundle_path,

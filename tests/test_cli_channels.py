@@ -39,18 +39,29 @@ def test_train_from_npz(tmp_path, cell_data):
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "code", "prefix"),
     [
-        (["channels", "missing.safetensors"], "not found"),
-        (["train", "--epochs", "1"], "exactly one of"),
-        (["train", "--sample", "cells", "--device", "quantum", "-q"], "unknown device"),
+        (["channels", "missing.safetensors"], "not found", 1, "error:"),
+        (["train", "--epochs", "1"], "exactly one of", 2, "usage error:"),
+        (["train", "--sample", "cells", "--device", "quantum", "-q"], "unknown device", 1,
+         "error:"),
     ],
 )
-def test_cli_errors_are_one_line_messages(tmp_path, capsys, argv, message, monkeypatch):
+def test_cli_errors_are_one_line_messages(tmp_path, capsys, argv, message, code, prefix,
+                                          monkeypatch):
+    """A failed run exits 1, a wrong command line 2 (as argparse's own errors)."""
     monkeypatch.chdir(tmp_path)
-    assert main(argv) == 2
+    assert main(argv) == code
     err = capsys.readouterr().err
-    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert err.startswith(prefix) and message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_exit_codes_tell_a_failed_run_from_a_wrong_command_line(tmp_path, capsys):
+    assert main(["explain", "model.safetensors", str(tmp_path / "missing.tif")]) == 1
+    with pytest.raises(SystemExit) as bad_flag:
+        main(["explain", "--no-such-flag"])
+    assert bad_flag.value.code == 2
 
 
 def test_demo_without_viewer(tmp_path, capsys):

@@ -64,16 +64,16 @@ def test_explain_torchscript_and_errors(tmp_path, capsys):
     _, meta = read_attribution_tiff(tmp_path / "field.pcim_blackbox.ome.tif")
     assert meta["provenance"]["warnings"][0].startswith("black-box PCIM's 5 x 5 logits")
     assert main(["explain", str(model), str(img), "-t", "7", "--device", "cpu", "-q",
-                 "--trust-model"]) == 2
+                 "--trust-model"]) == 1
     assert "out of range" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
-    assert main(["explain", str(bad), str(img), "--device", "cpu", "--trust-model"]) == 2
+    assert main(["explain", str(bad), str(img), "--device", "cpu", "--trust-model"]) == 1
     assert "neither" in capsys.readouterr().err
     three = tmp_path / "three.npy"
     np.save(three, np.zeros((3, 16, 16), np.float32))
     assert main(["explain", str(model), str(three), "--device", "cpu", "-q",
-                 "--trust-model"]) == 2
+                 "--trust-model"]) == 1
     assert "channel" in capsys.readouterr().err
 
 
@@ -106,7 +106,7 @@ def test_evaluate_table(tmp_path, trained_cells, capsys):
     assert "road_morf (lower)" in table and "road_lerf (higher)" in table
     assert "insertion (higher)" in table and "not independent evidence" in table
     assert main(["evaluate", str(bundle), "--sample", "cells", "--methods", "nope",
-                 "--device", "cpu", "-q"]) == 2
+                 "--device", "cpu", "-q"]) == 1
 
 
 def test_explain_shrinks_fields_like_the_training_images(tmp_path, trained_cells, cell_data):

@@ -105,7 +105,7 @@ def test_tampered_metadata_gives_clear_errors(bundle, tmp_path, capsys, edit, me
     with pytest.raises(BundleError, match=message.replace("(", r"\(").replace(")", r"\)")):
         na.load_model(bad)
     np.save(tmp_path / "x.npy", np.ones((2, 16, 16), np.float32))
-    assert main(["explain", str(bad), str(tmp_path / "x.npy"), "-q"]) == 2
+    assert main(["explain", str(bad), str(tmp_path / "x.npy"), "-q"]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -130,7 +130,7 @@ def test_nan_outputs_are_errors_not_results(tmp_path, capsys):
     np.save(tmp_path / "x.npy", x[0])
     out = tmp_path / "m.ome.tif"
     assert main(["explain", str(p), str(tmp_path / "x.npy"), "-o", str(out), "-q",
-                 "--trust-model"]) == 2
+                 "--trust-model"]) == 1
     assert "non-finite" in capsys.readouterr().err and not out.exists()
 
 
@@ -215,7 +215,7 @@ def test_pt2_export_explain_evaluate_end_to_end(bundle, tmp_path, capsys):
     assert prov["model_sha256"] == clf.sha256 and prov["channel_names"] == ["dna", "gfp"]
     capsys.readouterr()
     assert main(["evaluate", str(pt2), "--sample", "multi-snr", "-n", "4", "--methods",
-                 "saliency", "--metrics", "deletion", "--format", "csv", "-q"]) == 2
+                 "saliency", "--metrics", "deletion", "--format", "csv", "-q"]) == 1
     assert "channel" in capsys.readouterr().err  # multi-snr has other channels: refused
     npz = tmp_path / "d.npz"
     np.savez(npz, images=raw, labels=np.array([0, 1, 1]))
@@ -351,7 +351,7 @@ def test_malformed_metadata_and_reversed_ranges_are_refused(tmp_path, capsys):
         bad = rewrite(tmp_path / name, edit)
         with pytest.raises(BundleError, match=msg):
             na.load_model(bad)
-        assert main(["explain", str(bad), str(img), "-q"]) == 2
+        assert main(["explain", str(bad), str(img), "-q"]) == 1
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err
     # a bundle whose normaliser is reversed

@@ -117,7 +117,7 @@ def test_cli_refuses_hostile_files(hostile, images, tmp_path, capsys, name, comm
                          "--methods", "saliency", "-q"],
             "channels": ["channels", str(files[name])],
             "export-model": ["export-model", str(files[name]), "-o", str(out)]}[command]
-    assert main(args) == 2
+    assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1
     assert HOSTILE[name][1] in err
@@ -138,7 +138,7 @@ def test_cli_batch_refuses_hostile_files(hostile, tmp_path, capsys, name):
     out = tmp_path / "o.zarr"
     assert main(["batch", str(plate), "--model", str(files[name]), "-o", str(out),
                  "--pattern", PATTERN, "--threads", "--workers", "1", "--device", "cpu",
-                 "-q"]) == 2
+                 "-q"]) == 1
     err = capsys.readouterr().err
     assert HOSTILE[name][1] in err and "Traceback" not in err
     assert not out.exists()
@@ -350,7 +350,7 @@ def test_zip_bombs_are_refused_before_extraction(tmp_path, capsys, kind):
     for trust in (False, True):
         with pytest.raises(BundleError, match="expands 1000x|expands 10[0-9][0-9]x"):
             na.load_model(bomb, trust=trust)
-    assert main(["explain", str(bomb), str(tmp_path / "x.npy"), "-q"]) == 2
+    assert main(["explain", str(bomb), str(tmp_path / "x.npy"), "-q"]) == 1
     err = capsys.readouterr().err.strip()
     assert "zip bomb" in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert time.perf_counter() - t0 < 5
@@ -410,7 +410,7 @@ def test_a_model_that_never_answers_is_stopped(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NAPARI_ATTRIBUTION_MODEL_TIMEOUT", "0.3")
     img = tmp_path / "x.npy"
     np.save(img, np.zeros((2, 16, 16), np.float32))
-    assert main(["explain", str(p), str(img), "--trust-model", "-q"]) == 2
+    assert main(["explain", str(p), str(img), "--trust-model", "-q"]) == 1
     err = capsys.readouterr().err.strip()
     assert "NAPARI_ATTRIBUTION_MODEL_TIMEOUT" in err and len(err.splitlines()) == 1
     assert time.perf_counter() - t0 < 10

@@ -65,7 +65,7 @@ def test_cli_default_path_warns_and_stores_the_warning(pair, tmp_path, capsys):
     assert {g[:3] for g in groups} == {"A01", "A02"}  # both classes validated
 
     # a split by well cannot validate both classes: a clear error with the remedy
-    assert main([*args, "--overwrite", "--split-by", "well"]) == 2
+    assert main([*args, "--overwrite", "--split-by", "well"]) == 1
     err = capsys.readouterr().err
     assert "out of" in err and "--split-by" in err and "Traceback" not in err
     # quadrants work too

@@ -4,6 +4,9 @@ Each command lives in a module ``cmd_<name>.py`` of this package exposing
 ``register(subparsers)``, which adds its parser and sets ``func`` to a function
 taking the parsed arguments and returning an exit code. Modules are found
 automatically, so adding a command never edits this file.
+
+Exit codes: 0 done, 1 the work failed (a sentence on stderr says why), 2 the command
+line is wrong (bad or contradicting options), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import importlib
 import pkgutil
 import sys
 
-from ..core.runtime.errors import AttributionError
+from ..core.runtime.errors import AttributionError, UsageError
+
+EXIT_ERROR = 1   # the work could not be done: a missing file, a bad image, a model refused
+EXIT_USAGE = 2   # the command line itself is wrong (argparse uses 2 too)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,17 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"usage error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except AttributionError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except OSError as err:  # a file problem no reader or writer turned into a sentence
         where = f" {err.filename}:" if getattr(err, "filename", None) else ""
         print(f"error:{where} {err.strerror or err}"
               + (f" ([Errno {err.errno}])" if err.errno else ""), file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

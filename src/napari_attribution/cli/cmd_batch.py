@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..core.runtime.errors import InputError
+from ..core.runtime.errors import UsageError
 from ._checks import (
     add_missing_chunks_argument,
     missing_chunks_allowed,
@@ -27,12 +27,12 @@ def parse_method_params(items: list[str] | None, methods: list[str]) -> dict[str
         if ":" in head:
             method, rest = item.split(":", 1)
             if method not in out:
-                raise InputError(f"--param {item!r} names method {method!r}, which is not "
+                raise UsageError(f"--param {item!r} names method {method!r}, which is not "
                                  f"run (--method {' --method '.join(methods) or 'NAME'})")
             out[method].update(parse_params([rest]))
         else:
             if not methods:
-                raise InputError(f"--param {item!r} given but no --method to apply it to")
+                raise UsageError(f"--param {item!r} given but no --method to apply it to")
             for m in methods:
                 out[m].update(parse_params([item]))
     return {m: p for m, p in out.items() if p}
@@ -46,7 +46,7 @@ def parse_channels(text: str | None) -> dict[str, str] | list[str] | None:
     if all("=" in t for t in items):
         return {k.strip(): v.strip() for k, v in (t.split("=", 1) for t in items)}
     if any("=" in t for t in items):
-        raise InputError(f"--channels {text!r}: give all as NAME=VALUE or none")
+        raise UsageError(f"--channels {text!r}: give all as NAME=VALUE or none")
     return items
 
 
@@ -59,7 +59,7 @@ def open_plate(args: argparse.Namespace):
         names = list(channels) if channels else ["GFP", "DNA"]
         return open_bbbc013(args.plate, names)
     if not args.pattern:
-        raise InputError("give --pattern (a filename regex with named groups well or "
+        raise UsageError("give --pattern (a filename regex with named groups well or "
                          "row/col, and site, channel) or --bbbc013")
     return Plate.scan(args.plate, args.pattern, parse_channels(args.channels),
                       plate_map=args.plate_map)
@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         from ..batch.records import records_from_ngff_plate
 
         if args.pattern or args.bbbc013 or args.channels or args.plate_map:
-            raise InputError(f"{args.plate} is an OME-Zarr plate: its wells, fields and "
+            raise UsageError(f"{args.plate} is an OME-Zarr plate: its wells, fields and "
                              "channels come from its metadata; drop --pattern, --bbbc013, "
                              "--channels and --plate-map")
         records = records_from_ngff_plate(args.plate)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.evaluation.metrics import FIDELITY_METRICS
-from ..core.runtime.errors import InputError
+from ..core.runtime.errors import InputError, UsageError
 from ._checks import add_overwrite_argument, positive_int
 from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
@@ -26,7 +26,7 @@ def load_eval_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | N
                                                       np.ndarray | None]:
     """(images, labels or None, masks or None) from ``--npz`` or ``--sample``."""
     if bool(args.npz) == bool(args.sample):
-        raise InputError("give exactly one of --npz or --sample")
+        raise UsageError("give exactly one of --npz or --sample")
     if args.sample:
         from .cmd_train import load_sample
 

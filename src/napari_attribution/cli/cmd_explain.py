@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.attribution.explain import explain_classifier
 from ..core.models.inference import ModelScale, expand, shrink
-from ..core.runtime.errors import InputError
+from ..core.runtime.errors import InputError, UsageError
 from ._checks import (
     add_missing_chunks_argument,
     add_overwrite_argument,
@@ -27,7 +27,7 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise InputError(f"method parameter {item!r} must look like key=value")
+            raise UsageError(f"method parameter {item!r} must look like key=value")
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.contrast is not None:
         contrast = clf.resolve_targets(args.contrast)
         if contrast is None:
-            raise InputError("--contrast needs a class (index or name), not 'predicted'")
+            raise UsageError("--contrast needs a class (index or name), not 'predicted'")
         contrast = int(contrast)
     factor = args.downsample or ModelScale.from_provenance(clf.provenance).downsample
     if factor > 1:

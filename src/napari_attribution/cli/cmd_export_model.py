@@ -32,11 +32,11 @@ def _run(args: argparse.Namespace) -> int:
     given = {k for k in _BIOIMAGEIO_ONLY  # every default is None (False: the store_true)
              if getattr(args, k) is not None and (k == "onnx" or getattr(args, k) is not False)}
     if given:
-        from ..core.runtime.errors import InputError
+        from ..core.runtime.errors import UsageError
 
         names = ", ".join("--onnx/--no-onnx" if k == "onnx" else "--" + k.replace("_", "-")
                           for k in sorted(given))
-        raise InputError(f"{names}: only for a bioimage.io package (.zip); this output is "
+        raise UsageError(f"{names}: only for a bioimage.io package (.zip); this output is "
                          "a .pt2")
     from ..io.model_export import export_program
 

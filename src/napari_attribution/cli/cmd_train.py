@@ -8,7 +8,7 @@ from pathlib import Path
 from ..core.channels.training import TrainConfig, train_dcmix
 from ..core.data.dataset import ImageSet
 from ..core.data.normalization import MODES
-from ..core.runtime.errors import InputError
+from ..core.runtime.errors import UsageError
 from ..core.study.splits import SPLIT_UNITS
 from ..io.plate.sampling import DEFAULT_MAX_OBJECTS, sampling_summary
 from ._checks import (
@@ -34,7 +34,7 @@ def load_sample(name: str, seed: int = 0) -> ImageSet:
         return make_cell_phenotype(n_images=400, size=48, seed=seed)
     if name == "multi-snr":
         return make_multi_snr(n_images=600, size=32, seed=seed)
-    raise InputError(f"unknown sample {name!r}; choose one of {SAMPLES}")
+    raise UsageError(f"unknown sample {name!r}; choose one of {SAMPLES}")
 
 
 def load_training_data(args: argparse.Namespace) -> ImageSet:
@@ -42,7 +42,7 @@ def load_training_data(args: argparse.Namespace) -> ImageSet:
 
     given = [x for x in (args.sample, args.npz, args.table, args.plate) if x]
     if len(given) != 1:
-        raise InputError("give exactly one of --sample, --npz, --table or --plate")
+        raise UsageError("give exactly one of --sample, --npz, --table or --plate")
     if args.sample:
         return load_sample(args.sample, args.seed)
     if args.plate:
@@ -82,7 +82,7 @@ def load_plate_crops(args: argparse.Namespace) -> ImageSet:
 
     plate = open_plate(args)
     if plate.plate_map is None and not (args.objects or args.label_rule):
-        raise InputError("training on a plate needs labels: give --plate-map (a CSV with "
+        raise UsageError("training on a plate needs labels: give --plate-map (a CSV with "
                          "well and class columns), --objects TABLE.csv, --label-rule "
                          "'CHANNEL>otsu' or --bbbc013")
     size = f"{args.crop_size} px" if args.crop_size else "auto-sized"
@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(bundle_path(args.output), args.overwrite, "model bundle")  # before training
     data = load_training_data(args)
     if args.repeats < 1:
-        raise InputError(f"--repeats must be at least 1; got {args.repeats}")
+        raise UsageError(f"--repeats must be at least 1; got {args.repeats}")
     early = data_findings(data.metadata) + check_study_design(data).findings
     if any(f.is_warning for f in early):  # before a long training, so it can be stopped
         print("before training: " + format_findings(early))

@@ -9,6 +9,11 @@ class InputError(AttributionError, ValueError):
     """The images, labels or arguments given cannot be used (the message says why)."""
 
 
+class UsageError(InputError):
+    """Options or arguments that are missing or contradict each other (the command line
+    exits 2 for these, as for its own parsing errors; 1 for every other error)."""
+
+
 class BundleError(AttributionError, ValueError):
     """A model bundle file is missing, unreadable, truncated or does not fit the data."""
 
