@@ -78,7 +78,17 @@ def test_well_effect_within_a_class_as_large_as_the_classes_is_an_alarm():
     check = _check(shifts, classes, ["A03", "B03"])
     codes = {f.code: f for f in check.findings}
     assert codes["shortcut-batch"].severity == "alarm"
-    assert codes["shortcut-batch"].evidence["within_class_well_separation"] >= 0.9
+    ev = codes["shortcut-batch"].evidence
+    assert ev["within_class_well_effect"] >= 0.8 * ev["class_effect"] > 0
+
+
+def test_clean_wells_and_a_larger_phenotype_are_no_alarm_even_when_both_separate():
+    # every well separates cleanly from its neighbours (a small, tight offset) and the
+    # classes separate cleanly too: separations both saturate, sizes do not
+    shifts = {"A01": 0, "A02": 0.3, "A03": 0, "B01": 3, "B02": 3.3, "B03": 3}
+    classes = {w: int(w[0] == "B") for w in shifts}
+    check = _check(shifts, classes, ["A03", "B03"])
+    assert [f.code for f in check.findings] == ["phenotype-intensity"]
 
 
 def test_held_out_well_that_goes_the_other_way_is_a_caution():

@@ -40,7 +40,7 @@ WELL_ABOVE = 0.6
 CLOSE_TO_CNN = 0.05
 #: wells need this many objects to be compared with each other
 MIN_PER_WELL = 10
-#: within-class well separation >= this share of the class separation: "as well as"
+#: within-class well effect >= this share of the class effect (in spreads): "as large as"
 WITHIN_AS_WELL_AS = 0.8
 #: a held-out well below this accuracy of the statistic breaks the consistency
 CONSISTENT_ACCURACY = 0.6
@@ -146,13 +146,23 @@ class ShortcutCheck:
                 self.flagged.append(ch)
 
 
-def _separation(a: np.ndarray, b: np.ndarray) -> float:
-    """How well one value separates two groups: |2 AUC - 1| (0 none, 1 perfect)."""
+def _effect(a: np.ndarray, b: np.ndarray) -> float:
+    """How far apart two groups' values are, in units of their spread: the difference of
+    medians over the pooled robust standard deviation (1.4826 MAD). Unlike a separation
+    (AUC), it does not saturate: wells that differ a little but cleanly stay far from a
+    phenotype that moves a channel by many spreads."""
     if a.size == 0 or b.size == 0:
         return 0.0
-    ranks = np.argsort(np.argsort(np.concatenate([a, b]), kind="stable"), kind="stable")
-    auc = (ranks[:a.size].sum() - a.size * (a.size - 1) / 2) / (a.size * b.size)
-    return float(abs(2 * auc - 1))
+
+    def spread(x: np.ndarray) -> float:
+        s = 1.4826 * float(np.median(np.abs(x - np.median(x))))
+        return s if s > 0 else float(np.std(x))
+
+    scale = float(np.sqrt((spread(a) ** 2 + spread(b) ** 2) / 2))
+    diff = abs(float(np.median(a)) - float(np.median(b)))
+    if scale <= 0:
+        return 0.0 if diff == 0 else float("inf")
+    return diff / scale
 
 
 def _confound(labels: np.ndarray, units: dict[str, np.ndarray]) -> str | None:
@@ -193,17 +203,19 @@ def assess_units(check: ShortcutCheck, features: np.ndarray, labels: np.ndarray,
         ci = check.channel_names.index(ch)
         stat, acc = check.best_statistic(ch)
         v = features[:, ci, STATISTICS.index(stat)]
-        between = max(_separation(v[labels == a], v[labels == b])
+        # sizes, not separations: both saturate at 1 when wells and classes each
+        # separate cleanly, which says nothing about which difference is larger
+        between = max(_effect(v[labels == a], v[labels == b])
                       for i, a in enumerate(classes) for b in classes[i + 1:])
         ev: dict[str, Any] = {"statistic": stat, "balanced_accuracy": acc,
-                              "class_separation": round(between, 3)}
+                              "class_effect": round(between, 3)}
         within, pair, seps = 0.0, None, []
         if wells is not None:
             for c in classes:
                 ws = [w for w in np.unique(wells[labels == c])
                       if np.sum((wells == w) & (labels == c)) >= MIN_PER_WELL]
-                cls = [(_separation(v[(wells == w1) & (labels == c)],
-                                    v[(wells == w2) & (labels == c)]),
+                cls = [(_effect(v[(wells == w1) & (labels == c)],
+                                v[(wells == w2) & (labels == c)]),
                         (str(w1).lstrip("/"), str(w2).lstrip("/")))
                        for i, w1 in enumerate(ws) for w2 in ws[i + 1:]]
                 # a typical pair of the class's wells (the median), not the most extreme
@@ -214,7 +226,7 @@ def assess_units(check: ShortcutCheck, features: np.ndarray, labels: np.ndarray,
                     within = float(np.median([sp for sp, _ in cls]))
                     pair = max(cls)[1]
                 seps += cls
-            ev["within_class_well_separation"] = round(within, 3)
+            ev["within_class_well_effect"] = round(within, 3)
             ev["within_class_well_pairs"] = len(seps)
             held = _held_out_wells(wells, val_index, labels, val_pred[ch])
             ev["held_out_wells"] = held
@@ -229,9 +241,9 @@ def assess_units(check: ShortcutCheck, features: np.ndarray, labels: np.ndarray,
                    if per_field else "normalise per field")
             found.append(make(
                 SHORTCUT_BATCH,
-                f"{said}, but it also separates wells of the same class (median over "
-                f"that class's pairs {within:.2f}, e.g. {pair[0]} vs {pair[1]}; against "
-                f"{between:.2f} between the classes): a "
+                f"{said}, but wells of the same class differ in it about as much "
+                f"(median over that class's pairs {within:.1f} spreads, e.g. {pair[0]} vs "
+                f"{pair[1]}; against {between:.1f} between the classes): a "
                 f"well effect in {ch} is as large as the phenotype, so the CNN may be "
                 f"reading the batch, not the biology. {fix[0].upper() + fix[1:]}; check "
                 "those wells (stain, exposure, density) and add wells per class.",
