@@ -83,8 +83,12 @@ def test_evaluate_table(tmp_path, trained_cells, capsys):
     assert rc == 0
     capsys.readouterr()
     rows = json.loads(out.read_text())
-    assert [r["method"] for r in rows] == ["pcim", "saliency"]
-    for r in rows:
+    assert [r["method"] for r in rows] == ["pcim", "saliency", "image", "image_excess",
+                                           "random"]
+    assert [r["model_free"] for r in rows] == [False, False, True, True, True]
+    assert set(rows[0]["verdicts"]) == {"deletion", "insertion"}
+    assert rows[0]["ties"]["rule"] == "random"
+    for r in rows[:2]:
         assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
         assert 0 <= r["relevance_mass"] <= 1 and r["ms_per_image"] > 0
         if sys.platform.startswith("linux"):  # the process's resident-set high-water mark
@@ -93,15 +97,32 @@ def test_evaluate_table(tmp_path, trained_cells, capsys):
                  "pcim", "--metrics", "deletion", "--format", "csv", "--device", "cpu",
                  "-q"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == ("method,deletion_auc,forward_per_image,backward_per_image,"
-                        "ms_per_image,peak_mib,batch_size,n_images,trained_on")
-    assert lines[1].startswith("pcim,") and lines[1].endswith(",deletion")
+    assert lines[0] == ("method,model_free,deletion_auc,forward_per_image,backward_per_image,"
+                        "ms_per_image,peak_mib,batch_size,n_images,trained_on,verdicts,"
+                        "tie_breaking")
+    assert lines[1].startswith("pcim,False,") and ",deletion,deletion=" in lines[1]
+    assert lines[1].endswith(',"random order, seed 0"') and len([ln for ln in lines if ln]) == 5
+    assert lines[2].startswith("image,True,")
     assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "3", "--methods",
                  "pcim,integrated_gradients", "--metrics", "road,insertion", "--device",
                  "cpu", "-q"]) == 0
     table = capsys.readouterr().out
     assert "road_morf (lower)" in table and "road_lerf (higher)" in table
     assert "insertion (higher)" in table and "not independent evidence" in table
+    assert "image_excess†" in table and "model-free baseline" in table
+    assert "ties in the maps: random order, seed 0" in table
+    # --sanity N: the seeds' median and worst, and a verdict; model-free maps fail
+    assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "3", "--methods",
+                 "saliency", "--metrics", "road_morf", "--sanity", "2", "--device", "cpu",
+                 "--format", "json", "-q"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["sanity"]["model"]["seeds"] == [0, 1]
+    assert {"sanity_worst", "sanity_abs_median", "sanity_abs_worst"} <= set(rows[0])
+    assert all(r["sanity_failing"] for r in rows if r["model_free"])
+    assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "3", "--methods",
+                 "saliency", "--metrics", "road_morf", "--no-model-free", "--device", "cpu",
+                 "--format", "json", "-q"]) == 0
+    assert [r["method"] for r in json.loads(capsys.readouterr().out)] == ["saliency"]
     assert main(["evaluate", str(bundle), "--sample", "cells", "--methods", "nope",
                  "--device", "cpu", "-q"]) == 2
 
