@@ -158,8 +158,8 @@ def test_blackbox_pcim_finds_the_spot_with_forward_passes_only():
         res = _run(explain(model, x, 1, method="pcim_blackbox", device="cpu"))
     assert passes["backward"] == 0
     cfg = BlackboxPCIMConfig()
-    assert passes["forward"] == 4 * (1 + cfg.steps * (cfg.samples + 1))  # probe + steps x (K+1)
-    assert passes["forward"] == 4 * (1 + cfg.forward_passes(24, 24))
+    assert cfg.forward_passes(24, 24) == cfg.steps * (36 + 1)  # 6 x 6 logits on 24 px
+    assert passes["forward"] == 4 * (1 + cfg.forward_passes(24, 24))  # probe + steps
     share = masks.mean(axis=(1, 2))                          # the spot is ~4 % of the image
     assert (relevance_mass(res.maps, masks) > 5 * share).all()
     assert all(m[k].mean() > m[~k].mean() + 0.2 for m, k in zip(res.maps, masks, strict=True))
