@@ -124,9 +124,14 @@ def verdict(metric: str, method_scores: np.ndarray,
     return ("win" if better and all(better) else "tie"), paired
 
 
-def _sanity(rows_maps, model, images, targets, labels, method, params, device, batch_size,
-            seed, n_seeds, label_check, label_models):
-    """Generator: the sanity summary of one method (``rows_maps``: its trained maps)."""
+def _sanity(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarray,
+            targets: np.ndarray, method: str, params: dict, device: str, batch_size: int,
+            seed: int, n_seeds: int, label_models: list[tuple[torch.nn.Module, float]]
+            ) -> Generator[Progress, None, dict]:
+    """The sanity summary of one method (``rows_maps``: its maps of the trained model):
+    ``model`` randomised with seeds ``seed`` … ``seed + n_seeds − 1``, and the
+    label-randomised copies ``label_models`` (model, accuracy on the shuffled labels),
+    if any."""
     signed, absolute, seeds = [], [], []
     for k in range(n_seeds):
         rnd = randomize_model(model, seed=seed + k)
@@ -141,7 +146,7 @@ def _sanity(rows_maps, model, images, targets, labels, method, params, device, b
         absolute.append(b)
         seeds.append(seed + k)
     out = {"model": summarise(signed, absolute, seeds)}
-    if label_check:
+    if label_models:
         signed, absolute = [], []
         for net, _ in label_models:
             if method in MODEL_FREE:
@@ -287,9 +292,8 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
                 row["sanity_spearman"] = None
             else:
                 yield Progress(k, total, f"{name}: sanity ({sanity_seeds} seed(s))")
-                san = yield from _sanity(maps, model, images, tg, labels, name, params,
-                                         device, batch_size, seed, int(sanity_seeds),
-                                         bool(sanity_labels), label_models)
+                san = yield from _sanity(maps, model, images, tg, name, params, device,
+                                         batch_size, seed, int(sanity_seeds), label_models)
                 row["sanity"] = san
                 m = san["model"]
                 row.update({"sanity_spearman": m["median"], "sanity_worst": m["worst"],
