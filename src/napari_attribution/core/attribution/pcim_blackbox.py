@@ -10,8 +10,11 @@ autograd through the model. The full-resolution logits are a low-dimensional fie
 7 x 7 for a square image whatever its size; or ``cell`` x ``cell`` pixels per logit),
 ``U`` bilinear upsampling and ``m`` a per-pixel modulation, mean one over the image and
 raised to ``power``. **By default there is none** (``modulate="none"``, ``m = 1``): the
-map is the model's coarse field and nothing else, so it follows the model (it passes the
-model-randomisation check, ``evaluate --sanity``). An *image prior* is opt-in and named:
+map is the model's coarse field and nothing else. It passes the model-randomisation
+check (``evaluate --sanity 5``) on synthetic cells, MNIST and BBBC013 negatives but
+*fails* on BBBC013 positives in 4 of 5 seeds (its field follows where the bright GFP is
+for a random model too; docs/benchmarks.md): prefer gradient PCIM where gradients exist.
+An *image prior* is opt-in and named:
 ``modulate="excess"`` (power 0.5; the default until issue 24) is the pixel's *excess
 over its surroundings*, ``max(x − G_σ * x, 0)`` summed over channels (σ =
 ``blur_sigma``, the blurred preservation substrate's): bright compact structures
