@@ -14,7 +14,13 @@ reports on what was not tuned on:
   insertion) are listed last and marked as trained-on;
 * **matched baselines**: Integrated Gradients with 50 steps (the usual), with 8 steps
   (PCIM's pass count) and from a blurred-image baseline (PCIM's preservation reference);
-  a random map as the floor;
+* **model-free baselines** (issue 24): the image, its excess over a blur (the prior
+  black-box PCIM used to multiply its field by) and a random map, scored like the
+  methods; a method *wins* a metric only if its paired interval beats every one of them
+  (``verdicts``: win / tie / lose);
+* **sanity** (``--sanity N``): Spearman between the maps of the trained and of N
+  randomised models (every parameter re-initialised), median and worst; FAIL when
+  |rho| > 0.5 in any seed;
 * **intervals**: the mean over images with a 95 % bootstrap interval, and the paired
   bootstrap interval of PCIM minus each baseline (same images);
 * **cost** per method: forward and backward passes and ms per image, and the peak memory
@@ -22,7 +28,8 @@ reports on what was not tuned on:
   resident-set high-water mark, ``core.peak_memory.track_peak``).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fidelity.py [--quick] [--sets synthetic,mnist]
-        [--methods PCIM-blackbox --merge]
+        [--methods PCIM-blackbox --merge] [--sanity 5] [--cells-seed 7 --mnist-start 9700
+        --out benchmarks/results/fidelity_fresh.json]
 
 Prints markdown tables; writes JSON to benchmarks/results/fidelity.json. ``--methods``
 runs only some columns (gradient PCIM always runs too: the paired intervals need its
@@ -47,12 +54,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pixel_attribution as pa  # noqa: E402
 from napari_attribution.core.attribution.explain import explain  # noqa: E402
-from napari_attribution.core.evaluation.comparison import count_passes  # noqa: E402
+from napari_attribution.core.evaluation.comparison import count_passes, verdict  # noqa: E402
 from napari_attribution.core.evaluation.metrics import (  # noqa: E402
     FIDELITY_METRICS,
     bootstrap_interval,
+    randomize_model,
+    tie_report,
     trained_perturbations,
 )
+from napari_attribution.core.evaluation.model_free import (  # noqa: E402
+    MODEL_FREE,
+    model_free_maps,
+)
+from napari_attribution.core.evaluation.sanity import per_seed_rho, summarise  # noqa: E402
 from napari_attribution.core.runtime.peak_memory import track_peak  # noqa: E402
 from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
@@ -60,10 +74,12 @@ from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 VARIANTS: dict[str, tuple[str, dict]] = {
     "PCIM": ("pcim", {}),
     "PCIM-blackbox": ("pcim_blackbox", {}),
+    # the previous default: a 5 x 5 field times the image's excess (an image prior)
+    "PCIM-blackbox-excess": ("pcim_blackbox", {"modulate": "excess", "grid": 5,
+                                               "samples": 25}),
     "IG50": ("integrated_gradients", {"n_steps": 50}),
     "IG8": ("integrated_gradients", {"n_steps": 8}),
     "IG50-blur": ("integrated_gradients_blur", {"n_steps": 50}),
-    "random": ("random", {}),
 }
 INDEPENDENT = ("road_morf", "road_lerf", "deletion_mean", "deletion_blur", "insertion_zero",
                "insertion_mean")
@@ -72,24 +88,26 @@ HEADLINE = ("road_morf", "deletion_mean")     # the issue's target metrics
 TUNING_IMAGES = 32                            # pcim_tuning.py used the first 32
 
 
-def fresh_synthetic(n: int, epochs: int) -> dict:
+def fresh_synthetic(n: int, epochs: int, seed: int = 2) -> dict:
     from napari_attribution.core.data.synthetic import make_cell_phenotype
 
     res = pa._train(make_cell_phenotype(n_images=400, size=48, seed=0), epochs)
-    test = make_cell_phenotype(n_images=n, size=48, seed=2)     # tuning used seed 1
+    test = make_cell_phenotype(n_images=n, size=48, seed=seed)     # tuning used seed 1
     x = res.normalizer(test.images)
     return {"model": res.model.eval(), "images": x, "targets": test.labels,
             "model_accuracy": pa._accuracy(res.model, x, test.labels),
-            "note": "synthetic cells of generator seed 2 (tuning: seed 1)"}
+            "note": f"synthetic cells of generator seed {seed} (tuning: seed 1)"}
 
 
-def fresh_mnist(n: int) -> dict | None:
-    s = pa.mnist_set(TUNING_IMAGES + n)
+def fresh_mnist(n: int, start: int = 8000 + TUNING_IMAGES) -> dict | None:
+    if not 8000 + TUNING_IMAGES <= start <= 10000 - n:
+        raise SystemExit(f"--mnist-start must leave the training digits (0-7999) and the "
+                         f"tuning digits (8000-{8000 + TUNING_IMAGES - 1}) out; got {start}")
+    s = pa.mnist_set(start - 8000 + n)
     if s is None:
         return None
-    s["images"], s["targets"] = s["images"][TUNING_IMAGES:], s["targets"][TUNING_IMAGES:]
-    s["note"] = f"held-out digits {8000 + TUNING_IMAGES}-{8000 + TUNING_IMAGES + n - 1} " \
-                "(tuning: the 32 before)"
+    s["images"], s["targets"] = s["images"][start - 8000:], s["targets"][start - 8000:]
+    s["note"] = f"held-out digits {start}-{start + n - 1} (tuning: 8000-8031)"
     return s
 
 
@@ -132,9 +150,8 @@ def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict, ba
     """Maps and cost of one variant: ms, forward and backward passes per image, and the
     peak memory above the start while it explains the set ``batch`` images at a time
     (the process's resident set, :func:`track_peak`)."""
-    if method == "random":
-        rng = np.random.default_rng(seed)
-        return rng.random((x.shape[0], *x.shape[-2:])).astype(np.float32), {
+    if method in MODEL_FREE:
+        return model_free_maps(method, x, seed), {
             "ms_per_image": 0.0, "forward_per_image": 0.0, "backward_per_image": 0.0,
             "peak_mib": 0.0}
     with track_peak("cpu") as peak, count_passes(model) as passes:
@@ -147,15 +164,41 @@ def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict, ba
                       "peak_mib": peak["peak_mib"]}
 
 
-def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None) -> dict:
+def sanity(model, x: np.ndarray, t: np.ndarray, maps: np.ndarray, method: str,
+           params: dict, batch: int, seeds: list[int]) -> dict:
+    """The model-randomisation check of one variant over ``seeds`` (see
+    :mod:`napari_attribution.core.evaluation.sanity`)."""
+    signed, absolute = [], []
+    for sd in seeds:
+        if method in MODEL_FREE:
+            rmaps = maps                      # the map never looks at the model
+        else:
+            rnd = randomize_model(model, seed=sd)
+            rmaps = run_generator(explain(rnd, x, t, method=method, device="cpu",
+                                          batch_size=batch, **params)).maps
+        a, b = per_seed_rho(maps, rmaps)
+        signed.append(a)
+        absolute.append(b)
+    return summarise(signed, absolute, seeds)
+
+
+def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None,
+            n_sanity: int = 0) -> dict:
     model, x, t = s["model"], s["images"], s["targets"]
     scores: dict[str, dict[str, np.ndarray]] = {}
     cost: dict[str, dict] = {}
+    ties: dict[str, dict] = {}
+    sanity_out: dict[str, dict] = {}
     variants = {k: v for k, v in VARIANTS.items() if labels is None or k in labels}
+    variants.update({k: (k, {}) for k in MODEL_FREE})
     for label, (method, params) in variants.items():
         maps, cost[label] = attribute(model, x, t, method, params, batch, seed)
+        ties[label] = tie_report(maps, seed)
         scores[label] = {m: FIDELITY_METRICS[m].scores(model, x, maps, t, seed=seed)
                          for m in (*INDEPENDENT, *TRAINED)}
+        if n_sanity:
+            sanity_out[label] = sanity(model, x, t, maps, method, params, batch,
+                                       list(range(seed, seed + n_sanity)))
     summary: dict[str, dict] = {}
     for label in variants:
         summary[label] = {m: bootstrap_interval(v, seed=seed) for m, v in scores[label].items()}
@@ -165,7 +208,16 @@ def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None) -> 
             continue
         paired[label] = {m: bootstrap_interval(scores["PCIM"][m] - scores[label][m], seed=seed)
                          for m in scores["PCIM"]}
+    verdicts: dict[str, dict] = {}
+    for label in variants:
+        if label in MODEL_FREE:
+            continue
+        verdicts[label] = {m: verdict(m, scores[label][m],
+                                      {b: scores[b][m] for b in MODEL_FREE}, seed)[0]
+                           for m in scores[label]}
     return {"summary": summary, "paired_pcim_minus": paired, "cost": cost,
+            "verdicts": verdicts, "sanity": sanity_out, "ties": ties,
+            "model_free": list(MODEL_FREE),
             "n_images": int(x.shape[0]), "batch": int(batch), "model_accuracy": s["model_accuracy"],
             "note": s["note"], "trained_on": trained_perturbations("pcim")}
 
@@ -186,6 +238,9 @@ def merge(old: dict, new: dict, labels: list[str], stamp: dict) -> dict:
             out[name]["cost"][label] = r["cost"][label]
             if label != "PCIM":
                 out[name]["paired_pcim_minus"][label] = r["paired_pcim_minus"][label]
+            for key in ("verdicts", "sanity", "ties"):
+                if label in r.get(key, {}):
+                    out[name].setdefault(key, {})[label] = r[key][label]
     runs = old.get("column_runs") or {label: {"date": old["date"]} for label in VARIANTS}
     runs.update({label: stamp for label in labels})
     return {"results": out, "column_runs": runs}
@@ -224,6 +279,8 @@ def check_targets(results: dict) -> list[dict]:
         for metric in HEADLINE:
             pc = r["summary"]["PCIM"][metric]
             for base in ("IG50", "IG50-blur"):
+                if base not in r["summary"]:
+                    continue
                 b = r["summary"][base][metric]
                 out.append({"set": set_name, "metric": metric, "baseline": base,
                             "pcim": pc, "other": b,
@@ -251,10 +308,13 @@ def markdown_subset(results: dict) -> str:
     return "\n".join(lines)
 
 
+VERDICT = {"win": " W", "tie": " =", "lose": " L"}
+
+
 def markdown(results: dict, targets: list[dict]) -> str:
     lines = []
-    labels = list(VARIANTS)
     for set_name, r in results.items():
+        labels = list(r["summary"])
         lines += [f"**{set_name}** — {r['n_images']} fresh images, model accuracy "
                   f"{r['model_accuracy']:.3f}; {r['note']}", "",
                   "| metric | " + " | ".join(labels) + " |",
@@ -262,8 +322,22 @@ def markdown(results: dict, targets: list[dict]) -> str:
         for m in (*INDEPENDENT, *TRAINED):
             arrow = "↑" if FIDELITY_METRICS[m].higher_is_better else "↓"
             mark = " (PCIM trains on it)" if m in r["trained_on"] else ""
-            lines.append(f"| {m} {arrow}{mark} | "
-                         + " | ".join(_cell(r["summary"][v][m]) for v in labels) + " |")
+            lines.append(f"| {m} {arrow}{mark} | " + " | ".join(
+                _cell(r["summary"][v][m]) + VERDICT.get(r.get("verdicts", {}).get(v, {})
+                                                        .get(m, ""), "")
+                for v in labels) + " |")
+        if r.get("sanity"):
+            lines.append("| sanity ρ median / worst | " + " | ".join(
+                f"{r['sanity'][v]['median']:.2f} / {r['sanity'][v]['worst']:.2f}"
+                for v in labels) + " |")
+            lines.append("| sanity \\|map\\| ρ median / worst | " + " | ".join(
+                f"{r['sanity'][v]['abs_median']:.2f} / {r['sanity'][v]['abs_worst']:.2f}"
+                for v in labels) + " |")
+            lines.append("| sanity (FAIL: \\|ρ\\| > 0.5 in any seed) | " + " | ".join(
+                ("FAIL" if r["sanity"][v]["failing"] else "pass") for v in labels) + " |")
+        if r.get("ties"):
+            lines.append("| largest tied share of a map (max) | " + " | ".join(
+                f"{r['ties'][v]['largest_tie_max']:.2f}" for v in labels) + " |")
         lines.append("| fwd / bwd passes per image | " + " | ".join(
             f"{r['cost'][v]['forward_per_image']:.0f} / {r['cost'][v]['backward_per_image']:.0f}"
             for v in labels) + " |")
@@ -271,6 +345,10 @@ def markdown(results: dict, targets: list[dict]) -> str:
             f"{r['cost'][v]['ms_per_image']:.1f}" for v in labels) + " |")
         lines.append(f"| peak MiB (batch {r.get('batch', '?')}) | " + " | ".join(
             _mib(r["cost"][v].get("peak_mib")) for v in labels) + " |")
+        lines.append("")
+        lines.append("W / = / L: beats every model-free baseline (image, image_excess, "
+                     "random) / ties / loses to one, paired 95 % bootstrap intervals; ties "
+                     "in maps broken in a seeded random order")
         lines.append("")
     lines += ["| set | metric | PCIM | baseline | baseline value | intervals apart | "
               "paired difference |", "|---|---|---|---|---|---|---|"]
@@ -296,6 +374,15 @@ def main() -> None:
                          "PCIM always runs as the paired reference")
     ap.add_argument("--merge", action="store_true",
                     help="write the --methods columns into the existing JSON")
+    ap.add_argument("--sanity", type=int, default=0,
+                    help="model-randomisation check over this many seeds per variant")
+    ap.add_argument("--cells-seed", type=int, default=2,
+                    help="generator seed of the synthetic report cells (tuning: 1)")
+    ap.add_argument("--mnist-start", type=int, default=8000 + TUNING_IMAGES,
+                    help="first MNIST report digit (after the 32 tuning digits)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write the JSON here (default benchmarks/results/fidelity.json); "
+                         "with --methods, writes the columns run instead of printing only")
     args = ap.parse_args()
     labels = None
     if args.methods:
@@ -312,9 +399,9 @@ def main() -> None:
     wanted = args.sets.split(",")
     sets: dict[str, dict] = {}
     if "synthetic" in wanted:
-        sets["synthetic"] = fresh_synthetic(args.n_images, args.epochs)
+        sets["synthetic"] = fresh_synthetic(args.n_images, args.epochs, args.cells_seed)
     if "mnist" in wanted:
-        m = fresh_mnist(args.n_images)
+        m = fresh_mnist(args.n_images, args.mnist_start)
         if m is None:
             print("skipping MNIST: ../shared/data/mnist not found")
         else:
@@ -327,7 +414,7 @@ def main() -> None:
     results = {}
     for name, s in sets.items():
         t0 = time.perf_counter()
-        results[name] = run_set(s, args.batch, args.seed, run_labels)
+        results[name] = run_set(s, args.batch, args.seed, run_labels, args.sanity)
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     import os
 
@@ -335,7 +422,7 @@ def main() -> None:
     machine = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                f"{torch.get_num_threads()} CPU thread(s)")
     pa.RESULTS.mkdir(parents=True, exist_ok=True)
-    out = pa.RESULTS / ("fidelity_quick.json" if args.quick else "fidelity.json")
+    out = args.out or pa.RESULTS / ("fidelity_quick.json" if args.quick else "fidelity.json")
     stamp = {"date": date, "commit": _git_commit(), "load_average": list(os.getloadavg())}
     if args.merge:
         old = json.loads(out.read_text())
@@ -344,19 +431,20 @@ def main() -> None:
         date, machine, old_args = old["date"], old["machine"], old["args"]
         extra["merge_args"] = vars(args)
         args_out = old_args
-    elif labels is not None:
+    elif labels is not None and args.out is None:
         print(markdown_subset(results))
         print("(--methods without --merge: nothing written)")
         return
     else:
-        extra, args_out = {"column_runs": {label: stamp for label in VARIANTS}}, vars(args)
+        extra, args_out = {"column_runs": {label: stamp for label in (run_labels or VARIANTS)}}, \
+            vars(args)
     targets = check_targets(results)
     table = markdown(results, targets)
     print(table)
     out.write_text(json.dumps({
         "date": date, "machine": machine, "args": args_out,
         "variants": {k: list(v) for k, v in VARIANTS.items()}, **extra,
-        "results": results, "targets": targets, "markdown": table}, indent=2))
+        "results": results, "targets": targets, "markdown": table}, indent=2, default=str))
     print(f"written to {out}")
 
 

@@ -71,7 +71,10 @@ V3 = {"steps": 2, "samples": 9, "sigma": 0.1, "lr": 0.15, "grid": 3, "difference
       "modulate": "deletion", "power": 0.75}
 #: black-box PCIM's defaults of issue #14's third rework: as now, but the coarse field
 #: modulated by the contrast to the deletion substrate (power 0.75), not the excess
-V4 = {"modulate": "deletion", "power": 0.75}
+V4 = {"modulate": "deletion", "power": 0.75, "grid": 5, "samples": 25}
+#: black-box PCIM's defaults until issue 24: a 5 x 5 field times the image's excess over
+#: its blur (an image prior; the maps survived model randomisation in an audit)
+V5 = {"modulate": "excess", "power": 0.5, "grid": 5, "samples": 25}
 #: the tuning split's MNIST digits continue at 8000 + TUNING_MORE past its first 32
 TUNING_MORE = 1000
 
@@ -311,6 +314,7 @@ def main() -> None:
     variants: dict[str, tuple[str, dict]] = {"PCIM": ("pcim", {})}
     if not args.no_default:
         variants["PCIM-blackbox"] = ("pcim_blackbox", {})
+        variants["PCIM-blackbox-v5"] = ("pcim_blackbox", dict(V5))
         variants["PCIM-blackbox-v4"] = ("pcim_blackbox", dict(V4))
         variants["PCIM-blackbox-v3"] = ("pcim_blackbox", dict(V3))
         variants["PCIM-blackbox-v2"] = ("pcim_blackbox", dict(V2))

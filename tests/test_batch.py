@@ -508,7 +508,7 @@ def test_plan_warns_about_black_box_pcims_coarse_grid_on_whole_fields(tmp_path, 
 
     cfg = BatchConfig(methods=["pcim_blackbox", "saliency"])
     (msg,) = plan_warnings(cfg, cfg.methods, (320, 400), regions=False)
-    assert msg.startswith("black-box PCIM's 5 x 7 logits span 64 px each on these 320x400")
+    assert msg.startswith("black-box PCIM's 7 x 9 logits span 46 px each on these 320x400")
     assert plan_warnings(replace(cfg, input_size=48), cfg.methods, (320, 400), False) == []
     (region,) = plan_warnings(cfg, cfg.methods, (20000, 20000), regions=True)
     assert "1024x1024 images" in region            # what explain sees: one region

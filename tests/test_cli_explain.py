@@ -50,19 +50,19 @@ def test_explain_torchscript_and_errors(tmp_path, capsys):
     maps, meta = read_attribution_tiff(tmp_path / "x.integrated_gradients.ome.tif")
     assert maps.shape == (16, 16) and meta["provenance"]["model_kind"] == "torchscript"
     assert meta["provenance"]["warnings"] == []
-    # Black-box PCIM's default 5 x 5 grid on a larger image: a plain warning, printed and
+    # Black-box PCIM's default 7 x 7 grid on a larger image: a plain warning, printed and
     # kept in the file's provenance.
     field = tmp_path / "field.npy"
-    np.save(field, np.random.default_rng(1).normal(size=(2, 160, 160)).astype(np.float32))
+    np.save(field, np.random.default_rng(1).normal(size=(2, 224, 224)).astype(np.float32))
     capsys.readouterr()
     assert main(["explain", str(model), str(field), "-m", "pcim_blackbox", "--trust-model",
                  "--param",
                  "samples=4", "--no-evidence-check", "--device", "cpu", "-q"]) == 0
     out = capsys.readouterr().out
-    assert "warning: black-box PCIM's 5 x 5 logits span 32 px each" in out
-    assert "grid=10, samples=100" in out
+    assert "warning: black-box PCIM's 7 x 7 logits span 32 px each" in out
+    assert "grid=14, samples=196" in out
     _, meta = read_attribution_tiff(tmp_path / "field.pcim_blackbox.ome.tif")
-    assert meta["provenance"]["warnings"][0].startswith("black-box PCIM's 5 x 5 logits")
+    assert meta["provenance"]["warnings"][0].startswith("black-box PCIM's 7 x 7 logits")
     assert main(["explain", str(model), str(img), "-t", "7", "--device", "cpu", "-q",
                  "--trust-model"]) == 1
     assert "out of range" in capsys.readouterr().err
@@ -86,8 +86,12 @@ def test_evaluate_table(tmp_path, trained_cells, capsys):
     assert rc == 0
     capsys.readouterr()
     rows = json.loads(out.read_text())
-    assert [r["method"] for r in rows] == ["pcim", "saliency"]
-    for r in rows:
+    assert [r["method"] for r in rows] == ["pcim", "saliency", "image", "image_excess",
+                                           "random"]
+    assert [r["model_free"] for r in rows] == [False, False, True, True, True]
+    assert set(rows[0]["verdicts"]) == {"deletion", "insertion"}
+    assert rows[0]["ties"]["rule"] == "random"
+    for r in rows[:2]:
         assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
         assert 0 <= r["relevance_mass"] <= 1 and r["ms_per_image"] > 0
         if sys.platform.startswith("linux"):  # the process's resident-set high-water mark
@@ -96,15 +100,32 @@ def test_evaluate_table(tmp_path, trained_cells, capsys):
                  "pcim", "--metrics", "deletion", "--format", "csv", "--device", "cpu",
                  "-q"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == ("method,deletion_auc,forward_per_image,backward_per_image,"
-                        "ms_per_image,peak_mib,batch_size,n_images,trained_on")
-    assert lines[1].startswith("pcim,") and lines[1].endswith(",deletion")
+    assert lines[0] == ("method,model_free,deletion_auc,forward_per_image,backward_per_image,"
+                        "ms_per_image,peak_mib,batch_size,n_images,trained_on,verdicts,"
+                        "tie_breaking")
+    assert lines[1].startswith("pcim,False,") and ",deletion,deletion=" in lines[1]
+    assert lines[1].endswith(',"random order, seed 0"') and len([ln for ln in lines if ln]) == 5
+    assert lines[2].startswith("image,True,")
     assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "3", "--methods",
                  "pcim,integrated_gradients", "--metrics", "road,insertion", "--device",
                  "cpu", "-q"]) == 0
     table = capsys.readouterr().out
     assert "road_morf (lower)" in table and "road_lerf (higher)" in table
     assert "insertion (higher)" in table and "not independent evidence" in table
+    assert "image_excess†" in table and "model-free baseline" in table
+    assert "ties in the maps: random order, seed 0" in table
+    # --sanity N: the seeds' median and worst, and a verdict; model-free maps fail
+    assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "3", "--methods",
+                 "saliency", "--metrics", "road_morf", "--sanity", "2", "--device", "cpu",
+                 "--format", "json", "-q"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["sanity"]["model"]["seeds"] == [0, 1]
+    assert {"sanity_worst", "sanity_abs_median", "sanity_abs_worst"} <= set(rows[0])
+    assert all(r["sanity_failing"] for r in rows if r["model_free"])
+    assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "3", "--methods",
+                 "saliency", "--metrics", "road_morf", "--no-model-free", "--device", "cpu",
+                 "--format", "json", "-q"]) == 0
+    assert [r["method"] for r in json.loads(capsys.readouterr().out)] == ["saliency"]
     assert main(["evaluate", str(bundle), "--sample", "cells", "--methods", "nope",
                  "--device", "cpu", "-q"]) == 1
 

@@ -121,8 +121,21 @@ def test_evaluation_rows_label_trained_perturbations_and_give_intervals():
         ["road", "deletion", "deletion_mean", "relevance_mass"], n_steps=10,
         method_params={"pcim": {"steps": 20},
                        "integrated_gradients_blur": {"n_steps": 8}}))
-    pcim, ig = rows
+    pcim, ig, image, excess, rand = rows
+    assert [r["model_free"] for r in rows] == [False, False, True, True, True]
+    assert [r["method"] for r in rows[2:]] == ["image", "image_excess", "random"]
     assert pcim["trained_on"] == ["deletion"] and ig["trained_on"] == []
+    # the methods get a verdict per metric against every model-free baseline
+    for r in (pcim, ig):
+        assert set(r["verdicts"]) == {"road_morf", "road_lerf", "deletion", "deletion_mean"}
+        assert set(r["verdicts"].values()) <= {"win", "tie", "lose"}
+        assert set(r["paired_vs_model_free"]["road_morf"]) == {"image", "image_excess",
+                                                              "random"}
+    assert "verdicts" not in image
+    # PCIM finds the spot: it beats the random map on ROAD-MoRF with a paired interval
+    assert pcim["paired_vs_model_free"]["road_morf"]["random"][2] < 0
+    assert rand["road_morf_auc"] > pcim["road_morf_auc"]
+    assert pcim["ties"]["rule"] == "random" and rand["ties"]["largest_tie_max"] < 0.01
     assert ig["forward_per_image"] == pytest.approx(8 + 1)    # + explain's class probabilities
     assert ig["backward_per_image"] == pytest.approx(8)
     assert pcim["forward_per_image"] >= 2
@@ -130,6 +143,7 @@ def test_evaluation_rows_label_trained_perturbations_and_give_intervals():
         for key in ("road_morf_auc", "road_lerf_auc", "deletion_mean_auc"):
             lo, hi = r["intervals"][key]
             assert lo <= r[key] <= hi
+    for r in (pcim, ig):
         assert r["road_morf_auc"] < r["road_lerf_auc"]
 
 
@@ -144,8 +158,8 @@ def test_blackbox_pcim_finds_the_spot_with_forward_passes_only():
         res = _run(explain(model, x, 1, method="pcim_blackbox", device="cpu"))
     assert passes["backward"] == 0
     cfg = BlackboxPCIMConfig()
-    assert passes["forward"] == 4 * (1 + cfg.steps * (cfg.samples + 1))  # probe + steps x (K+1)
-    assert passes["forward"] == 4 * (1 + cfg.forward_passes(24, 24))
+    assert cfg.forward_passes(24, 24) == cfg.steps * (36 + 1)  # 6 x 6 logits on 24 px
+    assert passes["forward"] == 4 * (1 + cfg.forward_passes(24, 24))  # probe + steps
     share = masks.mean(axis=(1, 2))                          # the spot is ~4 % of the image
     assert (relevance_mass(res.maps, masks) > 5 * share).all()
     assert all(m[k].mean() > m[~k].mean() + 0.2 for m, k in zip(res.maps, masks, strict=True))
@@ -186,3 +200,48 @@ def test_fidelity_benchmark_merges_single_columns_only_onto_the_same_models():
     assert out["column_runs"]["IG50"] == {"date": "then"}
     with pytest.raises(SystemExit, match="model differs"):
         fidelity.merge(old, {"cells": result(0.8, 0.2)}, ["PCIM-blackbox"], stamp)
+
+
+def test_verdict_needs_every_model_free_baseline_beaten_with_a_paired_interval():
+    from napari_attribution.core.evaluation.comparison import verdict
+
+    rng = np.random.default_rng(0)
+    base = rng.random(40)
+    much_lower = base - 0.3 + 0.01 * rng.standard_normal(40)
+    same = base + 0.01 * rng.standard_normal(40)
+    # deletion: lower is better
+    v, paired = verdict("deletion", much_lower, {"a": base, "b": base + 0.1})
+    assert v == "win" and paired["a"][2] < 0 and paired["b"][2] < 0
+    assert verdict("deletion", much_lower, {"a": base, "b": much_lower - 0.2})[0] == "lose"
+    assert verdict("deletion", same, {"a": base})[0] == "tie"
+    # insertion: higher is better, the same numbers lose
+    assert verdict("insertion", much_lower, {"a": base})[0] == "lose"
+    # paired, not two separate intervals: a small shift on widely spread images wins
+    spread = rng.normal(0, 1, 60)
+    assert verdict("road_morf", spread - 0.05, {"a": spread})[0] == "win"
+
+
+def test_sanity_over_seeds_marks_model_free_maps_as_failing():
+    model = SpotModel()
+    x, masks = spot_images(n=4, seed=5)
+    labels = np.array([1, 0, 1, 0])
+    rows, _ = _run(evaluate_methods(
+        model, x, np.ones(4, int), None, ["pcim"], ["road_morf", "sanity"], n_steps=10,
+        method_params={"pcim": {"steps": 6}}, sanity_seeds=3, labels=labels,
+        sanity_labels=True, label_epochs=2))
+    pcim, image, excess, rand = rows
+    san = pcim["sanity"]["model"]
+    assert san["seeds"] == [0, 1, 2] and len(san["signed"]) == 3
+    assert pcim["sanity_spearman"] == pytest.approx(np.median(san["signed"]))
+    assert abs(pcim["sanity_worst"]) == pytest.approx(np.max(np.abs(san["signed"])))
+    assert pcim["sanity"]["labels"]["seeds"] == [0, 1, 2]
+    assert len(pcim["sanity"]["labels"]["shuffled_label_accuracy"]) == 3
+    # maps that ignore the model survive every randomisation: the positive control
+    for r in (image, excess, rand):
+        assert r["sanity_failing"] is True
+        assert r["sanity"]["model"]["survived_seeds"] == [0, 1, 2]
+        assert r["sanity_spearman"] == pytest.approx(1.0)
+    # PCIM's maps of the spot model do not survive
+    assert pcim["sanity_failing"] is False, pcim["sanity"]
+    with pytest.raises(InputError, match="needs labels"):
+        _run(evaluate_methods(model, x, 1, None, ["pcim"], ["sanity"], sanity_labels=True))

@@ -222,7 +222,8 @@ def test_pt2_export_explain_evaluate_end_to_end(bundle, tmp_path, capsys):
     assert main(["evaluate", str(pt2), "--npz", str(npz), "--methods", "saliency",
                  "--metrics", "deletion,insertion", "--format", "csv", "-q"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
-    assert rows[0].startswith("method,deletion_auc,insertion_auc") and len(rows) == 2
+    assert rows[0].startswith("method,model_free,deletion_auc,insertion_auc")
+    assert len(rows) == 5 and rows[1].startswith("saliency,False")   # + 3 model-free rows
 
 
 def test_pt2_batch_run(bundle, tmp_path):

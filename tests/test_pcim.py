@@ -205,7 +205,8 @@ def test_bad_input_messages():
         run_generator(explain(fixed, np.zeros((1, 2, 10, 10), np.float32), device="cpu"))
     assert set(available_methods()) == {"pcim", "pcim_blackbox", "saliency",
                                         "integrated_gradients", "integrated_gradients_blur",
-                                        "occlusion", "gradcam", "rise", "extremal_mask"}
+                                        "occlusion", "gradcam", "rise", "extremal_mask",
+                                        "auto"}
 
 
 def test_idx_reader(tmp_path):
@@ -236,3 +237,66 @@ def test_load_real_mnist():
     x, y = load_mnist(MNIST)
     assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
     assert y.shape == (10000,) and set(np.unique(y)) == set(range(10))
+
+
+class _NoGrad(nn.Module):
+    """The spot model run under torch.no_grad (as some wrapped or exported models are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from attribution_models import SpotModel
+
+        self.inner = SpotModel()
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.inner(x)
+
+
+class _Rounded(_NoGrad):
+    """The spot model with logits rounded to whole numbers: zero gradients everywhere,
+    yet the output depends on the image."""
+
+    def forward(self, x):
+        return torch.round(self.inner(x))
+
+
+@pytest.mark.parametrize("model_kind", [_NoGrad, _Rounded])
+@pytest.mark.parametrize("method", ["pcim", "integrated_gradients", "saliency"])
+def test_gradient_methods_stop_on_unusable_gradients_and_name_the_forward_only_method(
+        model_kind, method):
+    from attribution_models import spot_images
+
+    x, _ = spot_images(n=2, size=24)
+    params = {"steps": 2} if method == "pcim" else {}
+    with pytest.raises(InputError) as info:
+        run_generator(explain(model_kind(), x, 1, method=method, device="cpu", **params))
+    msg = str(info.value)
+    assert "\n" not in msg and "'pcim_blackbox'" in msg and method in msg
+    assert ("no gradient" in msg) == (model_kind is _NoGrad)
+    assert ("zero" in msg) == (model_kind is _Rounded)
+
+
+def test_auto_picks_gradient_pcim_or_the_forward_only_method_and_records_why():
+    from attribution_models import BlindModel, SpotModel, spot_images
+
+    x, masks = spot_images(n=2, size=24)
+    res = run_generator(explain(SpotModel(), x, 1, method="auto", device="cpu", steps=3))
+    assert res.method == "pcim" and res.params["steps"] == 3
+    assert res.params["auto"]["method"] == "pcim"
+    assert res.provenance()["params"]["auto"]["method_asked"] == "auto"
+    for kind in (_NoGrad, _Rounded):
+        res = run_generator(explain(kind(), x, 1, method="auto", device="cpu", steps=2))
+        assert res.method == "pcim_blackbox" and res.params["steps"] == 2
+        assert "unusable" in res.params["auto"]["reason"]
+        if kind is _NoGrad:     # (rounded logits also flatten small finite differences)
+            assert all(m[k].mean() > m[~k].mean()
+                       for m, k in zip(res.maps, masks, strict=True))
+    # a model that ignores the image has flat maps, not a gradient problem
+    blind = run_generator(explain(BlindModel(), x, 0, method="pcim", device="cpu", steps=2))
+    assert np.ptp(blind.maps) == 0
+    assert run_generator(explain(BlindModel(), x, 0, method="auto", device="cpu",
+                                 steps=2)).method == "pcim"
+    # auto's parameters must suit both methods
+    with pytest.raises(InputError, match="unknown"):
+        run_generator(explain(SpotModel(), x, 1, method="auto", device="cpu", samples=4))

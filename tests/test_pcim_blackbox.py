@@ -96,11 +96,13 @@ def test_forward_budget_is_respected_and_counted():
 
 
 def test_grid_from_image_size_and_no_more_directions_than_logits():
-    cfg = BlackboxPCIMConfig()                           # 5 cells across the shorter side
-    assert cfg.coarse_shape(28, 28) == (5, 5) and cfg.coarse_shape(48, 96) == (5, 10)
+    cfg = BlackboxPCIMConfig()                           # 7 cells across the shorter side
+    assert cfg.coarse_shape(28, 28) == (7, 7) and cfg.coarse_shape(48, 96) == (7, 14)
     assert BlackboxPCIMConfig(cell=4).coarse_shape(28, 28) == (7, 7)
-    assert cfg.plan(28, 28) == [(1, 25), (1, 25)] and cfg.forward_passes(28, 28) == 52
-    assert cfg.forward_passes(48, 96) == 52              # 50 logits, still 25 directions
+    assert cfg.plan(28, 28) == [(1, 49), (1, 49)] and cfg.forward_passes(28, 28) == 100
+    assert cfg.forward_passes(48, 96) == 100             # 98 logits, still 49 directions
+    old = BlackboxPCIMConfig(grid=5, samples=25)
+    assert old.coarse_shape(28, 28) == (5, 5) and old.forward_passes(28, 28) == 52
     wide = BlackboxPCIMConfig(samples=16, steps=4, levels=2, grid=3, difference="central")
     assert wide.plan(24, 24) == [(2, 4), (2, 4), (1, 9), (1, 9)]   # 2x2, then 3x3 logits
     model = RegionModel()
@@ -140,11 +142,13 @@ def test_seeded_directions_and_contrast_modulation():
     x = _images(n=2)
     x[:, :, :, :3] = 0.0                                 # equal to the zero substrate ...
     t = torch.ones(2, dtype=torch.long)
-    cfg = BlackboxPCIMConfig(substrate="zero", preserve_substrate="zero", samples=4)
+    cfg = BlackboxPCIMConfig(substrate="zero", preserve_substrate="zero", samples=4,
+                             modulate="excess", grid=5)
     a, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
     b, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, cfg))
     c, _ = _run(pcim_blackbox_batch(RegionModel(), x, t, BlackboxPCIMConfig(
-        substrate="zero", preserve_substrate="zero", samples=4, seed=1)))
+        substrate="zero", preserve_substrate="zero", samples=4, seed=1, modulate="excess",
+        grid=5)))
     assert torch.equal(a, b) and not torch.allclose(a, c)
     # ... so no blend can change those pixels: their logit stays 0, one shared value.
     edge = a[:, :, :3]
@@ -174,8 +178,25 @@ def test_deletion_modulation_ties_pixels_equal_to_the_zero_substrate():
                        torch.ones(2, 1, 24, 24))
 
 
-def test_default_modulation_is_the_excess_over_the_blurred_image():
+def test_default_map_has_no_image_prior_and_the_excess_prior_is_opt_in():
+    """Default: the map is the model's coarse field, nothing from the image (issue 24:
+    the excess prior made maps survive model randomisation)."""
     cfg = BlackboxPCIMConfig()
+    assert cfg.modulate == "none"
+    x = _images(n=2)
+    a, _ = _run(pcim_blackbox_batch(RegionModel(), x, torch.ones(2, dtype=torch.long), cfg))
+    x2 = x.clone()
+    x2[:, 1] += torch.rand(2, *x.shape[2:])   # texture in the channel the model ignores
+    b, _ = _run(pcim_blackbox_batch(RegionModel(), x2, torch.ones(2, dtype=torch.long), cfg))
+    assert torch.equal(a, b)                  # the map follows the model only
+    prior = BlackboxPCIMConfig(modulate="excess")
+    a, _ = _run(pcim_blackbox_batch(RegionModel(), x, torch.ones(2, dtype=torch.long), prior))
+    b, _ = _run(pcim_blackbox_batch(RegionModel(), x2, torch.ones(2, dtype=torch.long), prior))
+    assert not torch.allclose(a, b, atol=0.05)   # the image prior paints the texture in
+
+
+def test_excess_modulation_when_asked():
+    cfg = BlackboxPCIMConfig(modulate="excess", grid=5, samples=25)
     assert (cfg.modulate, cfg.power, cfg.blur_sigma) == ("excess", 0.5, 5.0)
     x = _images(n=2)
     x[:, :, :, :6] = 0.0          # dark next to bright: below its blur, no excess ...
@@ -317,13 +338,16 @@ def test_coarse_grid_on_large_images_is_warned_about():
     assert cfg.coarseness_warning(48, 48) is None          # the tuned scale: ~10 px/logit
     assert cfg.coarseness_warning(120, 120) is None        # 24 px per logit: the limit
     msg = cfg.coarseness_warning(320, 320)
-    assert "5 x 5 logits span 64 px" in msg and "grid=20, samples=400" in msg
-    assert "802 forward passes per image instead of 52" in msg
+    assert "7 x 7 logits span 46 px" in msg and "grid=20, samples=400" in msg
+    assert "802 forward passes per image instead of 100" in msg
+    assert "from the image itself" not in msg
+    assert "from the image itself" in BlackboxPCIMConfig(
+        modulate="excess").coarseness_warning(320, 320)
     assert BlackboxPCIMConfig(cell=8).coarseness_warning(320, 320) is None
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1),
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                 torch.nn.Linear(4, 2)).eval()
-    x = np.random.default_rng(0).random((1, 2, 160, 160), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, 2, 200, 200), dtype=np.float32)
     res = run_generator(explain(model, x, 1, method="pcim_blackbox", device="cpu",
                                 samples=4))
     assert len(res.warnings) == 1 and res.provenance()["warnings"] == res.warnings

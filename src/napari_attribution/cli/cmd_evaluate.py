@@ -17,9 +17,18 @@ from .model_args import add_model_arguments, load_from_args
 from .progress_bar import run_with_bar
 
 FIDELITY_COLUMNS = [f"{m}_auc" for m in FIDELITY_METRICS]
-COLUMNS = ["method", *FIDELITY_COLUMNS, "pointing_game", "relevance_mass", "sanity_spearman",
-           "forward_per_image", "backward_per_image", "ms_per_image", "peak_mib",
-           "batch_size", "n_images"]
+SANITY_COLUMNS = ["sanity_spearman", "sanity_worst", "sanity_abs_median", "sanity_abs_worst",
+                  "sanity_labels_median", "sanity_labels_worst", "sanity_failing"]
+COLUMNS = ["method", "model_free", *FIDELITY_COLUMNS, "pointing_game", "relevance_mass",
+           *SANITY_COLUMNS, "forward_per_image", "backward_per_image", "ms_per_image",
+           "peak_mib", "batch_size", "n_images"]
+LABELS = {"sanity_spearman": "sanity rho median", "sanity_worst": "sanity rho worst",
+          "sanity_abs_median": "sanity |map| rho med.",
+          "sanity_abs_worst": "sanity |map| rho worst",
+          "sanity_labels_median": "sanity labels rho med.",
+          "sanity_labels_worst": "sanity labels rho worst", "sanity_failing": "sanity",
+          "model_free": "model-free"}
+VERDICT_MARK = {"win": "W", "tie": "=", "lose": "L"}
 
 
 def load_eval_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None,
@@ -47,41 +56,80 @@ def _trained(row: dict, col: str) -> bool:
     return col.removesuffix("_auc") in row.get("trained_on", [])
 
 
+def _verdict(row: dict, col: str) -> str | None:
+    return row.get("verdicts", {}).get(col.removesuffix("_auc"))
+
+
 def format_rows(rows: list[dict], fmt: str) -> str:
     """Rows as a text table (one metric a line, methods as columns), CSV or JSON.
 
     A score on a perturbation the method optimises during attribution is marked ``*``
     in the text table and listed in the ``trained_on`` column of the CSV/JSON: it is
-    not independent evidence of fidelity.
+    not independent evidence of fidelity. Model-free baselines (maps that never look
+    at the model) are marked ``model_free``; a method's verdict against them per metric
+    (``W`` win, ``=`` tie, ``L`` lose: paired intervals against every baseline) follows
+    its score in the text table and is in ``verdicts`` (JSON) / the ``verdicts`` column
+    (CSV). How ties in the maps were broken is in ``ties``.
     """
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
         buf = io.StringIO()
-        fields = [*cols, "trained_on"]
+        fields = [*cols, "trained_on", "verdicts", "tie_breaking"]
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        w.writerows({**r, "trained_on": ";".join(r.get("trained_on", []))} for r in rows)
+        w.writerows({**r, "trained_on": ";".join(r.get("trained_on", [])),
+                     "verdicts": ";".join(f"{k}={v}" for k, v in r.get("verdicts", {}).items()),
+                     "tie_breaking": _ties(r)} for r in rows)
         return buf.getvalue()
-    width = max(12, *(len(r["method"]) + 2 for r in rows))
-    lines = [f"{'metric':<24}" + "".join(f"{r['method']:>{width}}" for r in rows)]
+    width = max(12, *(len(r["method"]) + 3 for r in rows))
+    lines = [f"{'metric':<24}" + "".join(
+        f"{r['method'] + ('†' if r.get('model_free') else ''):>{width}}" for r in rows)]
     for c in cols[1:]:
+        if c == "model_free":
+            continue
         cells = []
         for r in rows:
             v = r.get(c)
             mark = "*" if _trained(r, c) else " "
-            cells.append(f"{'n/a':>{width - 1}} " if v is None else
-                         f"{v:>{width - 1}.3f}{mark}" if isinstance(v, float)
-                         else f"{v:>{width - 1}} ")
+            verdict = VERDICT_MARK.get(_verdict(r, c) or "", " ")
+            if c == "sanity_failing":
+                text = "n/a" if v is None else ("FAIL" if v else "pass")
+                cells.append(f"{text:>{width - 1}} ")
+            elif v is None:
+                cells.append(f"{'n/a':>{width - 1}} ")
+            elif isinstance(v, float):
+                cells.append(f"{v:>{width - 2}.3f}{verdict}{mark}")
+            else:
+                cells.append(f"{v:>{width - 1}} ")
         lines.append(f"{_label(c):<24}" + "".join(cells))
     if any(r.get("trained_on") for r in rows):
         lines.append("* the method optimises this perturbation during attribution: "
                      "not independent evidence")
+    if any(r.get("model_free") for r in rows):
+        lines.append("† model-free baseline (the map never looks at the model); W / = / L: "
+                     "the method beats every baseline / ties / loses to one (paired 95 % "
+                     "bootstrap intervals over images)")
+    if any("sanity_failing" in r for r in rows):
+        lines.append("sanity: Spearman rho between the maps of the trained and of randomised "
+                     "models (mean over images, per seed; median and worst over seeds); "
+                     "FAIL: |rho| > 0.5 in any seed")
+    if rows and "ties" in rows[0]:
+        lines.append(f"ties in the maps: {_ties(rows[0])} (largest tied share of a map: "
+                     + ", ".join(f"{r['method']} {r['ties']['largest_tie_max']:.2f}"
+                                 for r in rows if "ties" in r) + ")")
     return "\n".join(lines)
 
 
+def _ties(row: dict) -> str:
+    t = row.get("ties")
+    return "" if not t else f"{t['rule']} order, seed {t['seed']}"
+
+
 def _label(col: str) -> str:
+    if col in LABELS:
+        return LABELS[col]
     name = col.removesuffix("_auc")
     if name in FIDELITY_METRICS:
         return f"{name} ({'higher' if FIDELITY_METRICS[name].higher_is_better else 'lower'})"
@@ -90,6 +138,7 @@ def _label(col: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.evaluation.comparison import evaluate_methods
+    from ..core.evaluation.model_free import MODEL_FREE
     from ..io.atomic import atomic_write_text, check_output
 
     if args.output:
@@ -104,9 +153,18 @@ def run(args: argparse.Namespace) -> int:
     targets = labels if args.target == "label" and labels is not None else None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    if args.sanity and metrics is not None and "sanity" not in metrics:
+        metrics.append("sanity")
+    if args.sanity_labels and labels is None:
+        raise InputError("--sanity-labels needs labels (an npz with 'labels', or --sample)")
+    model_free = () if args.no_model_free else MODEL_FREE
     rows, _ = run_with_bar(evaluate_methods(clf.module, x, targets, masks, methods, metrics,
                                             device=args.device, batch_size=args.batch_size,
-                                            seed=args.seed), quiet=args.quiet)
+                                            seed=args.seed, model_free=model_free,
+                                            sanity_seeds=args.sanity or 1, labels=labels,
+                                            sanity_labels=args.sanity_labels,
+                                            label_epochs=args.label_epochs),
+                           quiet=args.quiet)
     text = format_rows(rows, args.format)
     if args.channel_check:
         text = _with_channel_check(text, rows, clf, x, labels, args)
@@ -154,9 +212,10 @@ def _with_channel_check(text: str, rows: list[dict], clf, x: np.ndarray,
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="compare attribution methods with metrics",
-                       description="Deletion/insertion AUC, pointing game, relevance mass "
-                                   "and the randomisation sanity check for several "
-                                   "attribution methods on one model and image set.")
+                       description="Deletion/insertion AUC, ROAD, pointing game, "
+                                   "relevance mass and the randomisation sanity check for "
+                                   "several attribution methods on one model and image "
+                                   "set, beside model-free baselines scored the same way.")
     add_model_arguments(p)
     p.add_argument("--npz", type=Path,
                    help=".npz with images (N,C,H,W)[, labels, masks (N,H,W)]")
@@ -175,6 +234,18 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sanity", type=positive_int, metavar="N",
+                   help="model-randomisation sanity check over N seeds (every parameter "
+                        "re-initialised; median and worst Spearman per method, FAIL when "
+                        "|rho| > 0.5 in any seed); adds 'sanity' to --metrics")
+    p.add_argument("--sanity-labels", action="store_true",
+                   help="also the data-label randomisation check: per seed a randomised "
+                        "copy trained --label-epochs epochs on the images with shuffled "
+                        "labels (needs labels; costs a short training per seed)")
+    p.add_argument("--label-epochs", type=positive_int, default=30)
+    p.add_argument("--no-model-free", action="store_true",
+                   help="leave out the model-free baselines (image, image excess, random "
+                        "map) and the verdicts against them")
     p.add_argument("--channel-check", action="store_true",
                    help="also rank the channels post hoc (pixel permutation and feature "
                         "ablation, loss-based), beside the DCMIX weights of a bundle; "

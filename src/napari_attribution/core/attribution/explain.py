@@ -37,6 +37,7 @@ from .field import (
     plan_field,
     smaller_batch,
 )
+from .gradients import FORWARD_ONLY, gradient_error, gradient_problem, is_gradient_error
 from .pcim import PCIMConfig, pcim_batch
 from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
 
@@ -172,6 +173,10 @@ def check_method_params(method: str, params: dict) -> None:
     (``steps="abc"``), before any work starts."""
     import typing
 
+    if method == AUTO:   # the parameters must suit whichever method it picks
+        for m in ("pcim", FORWARD_ONLY):
+            check_method_params(m, params)
+        return
     if method not in METHODS:
         raise InputError(f"unknown attribution method {method!r}; choose one of "
                          f"{available_methods()}")
@@ -228,9 +233,35 @@ NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "integrated_gradients_
               "gradcam", "extremal_mask"}
 
 
+#: gradient PCIM where the model's gradients are usable, else forward-only PCIM
+#: (:func:`.gradients.gradient_problem`); the choice is recorded in the provenance
+AUTO = "auto"
+
+
 def available_methods() -> list[str]:
-    """Names accepted by :func:`explain`."""
-    return list(METHODS)
+    """Names accepted by :func:`explain` (the registry and ``"auto"``)."""
+    return [*METHODS, AUTO]
+
+
+def _check_gradients(model, method: str, maps: np.ndarray, probe: torch.Tensor) -> None:
+    """Raise the gradient error when a gradient method gave flat maps for every image
+    and the model's gradients are unusable (a model that ignores the image is fine)."""
+    if method not in NEEDS_GRAD or maps.size == 0:
+        return
+    flat = maps.reshape(maps.shape[0], -1)
+    if not bool((flat.max(1) == flat.min(1)).all()):
+        return
+    problem = gradient_problem(model, probe)
+    if problem is not None:
+        raise gradient_error(method, problem)
+
+
+def _raise_if_no_graph(err: BaseException, model, method: str, probe: torch.Tensor) -> None:
+    """Turn autograd's 'no graph' RuntimeError inside a gradient method into the one-line
+    gradient error (other errors pass)."""
+    if method in NEEDS_GRAD and is_gradient_error(err):
+        problem = gradient_problem(model, probe) or "autograd finds no graph through it"
+        raise gradient_error(method, problem) from None
 
 
 def _resolve_targets(targets, n: int, n_classes: int, predicted: np.ndarray) -> np.ndarray:
@@ -322,12 +353,24 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     overlap = 0
     if tiled:
         overlap = int(tile_overlap if tile_overlap is not None else input_size // 4)
+    dev = resolve_device(device)
+    auto_choice = None
+    if method == AUTO:
+        side = input_size if tiled else None
+        probe = torch.from_numpy(np.ascontiguousarray(
+            x_np[:1, :, :side or h, :side or w])).to(dev)
+        with frozen(model, dev) as net:
+            _probe(net, probe)               # shape problems as a clear error first
+            problem = gradient_problem(net, probe)
+        method = "pcim" if problem is None else FORWARD_ONLY
+        auto_choice = {"method_asked": AUTO, "method": method,
+                       "reason": "the model's gradients are usable" if problem is None
+                       else f"the model's gradients are unusable: {problem}"}
     field = None
     if tiled and method == "pcim" and tiling != "per_tile":
         field = {"one_pass": {"auto": None, "field": False, "one_pass": True}[tiling],
                  "overlap": tile_overlap, "background": background,
                  "memory_budget": memory_budget, "amp": amp}
-    dev = resolve_device(device)
     # The caller's module keeps its own mode, device and gradient flags afterwards.
     with frozen(model, dev) as net:
         if contrast is None:
@@ -344,6 +387,8 @@ def explain(model: torch.nn.Module, images: np.ndarray,
             result.seconds = time.perf_counter() - t0
         side = (input_size, input_size) if tiled else (h, w)
         result.warnings += method_warnings(method, params, *side)
+        if auto_choice is not None:
+            result.params = {**result.params, "auto": auto_choice}
         return result
 
 
@@ -520,9 +565,14 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
             plans.append(plan)
             gen = pcim_field(model, x_np[i], int(tgt[i]), cfg, plan, dev, per_channel,
                              amp=field["amp"])
-            maps[i] = yield from _relay(gen, i, n, f"{method}: image {i + 1}/{n} — ",
-                                        {"image": i})
+            try:
+                maps[i] = yield from _relay(gen, i, n, f"{method}: image {i + 1}/{n} — ",
+                                            {"image": i})
+            except RuntimeError as err:
+                _raise_if_no_graph(err, model, method, batch_of(items[:1]))
+                raise
         check_outputs(maps, what=f"{method} maps")
+        _check_gradients(model, method, maps, batch_of(items[:2]))
         first = plans[0].describe()
         all_params.update({
             "per_channel": bool(per_channel), "batch_size": int(batch_size),
@@ -556,6 +606,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
                                      f"{method}: batch {b + 1}/{n_batches} — ",
                                      {"batch": b, "n_batches": n_batches}))
         except (RuntimeError, MemoryError) as err:
+            _raise_if_no_graph(err, model, method, xb[:2])
             del xb, gen
             bs = smaller_batch(err, bs, dev)
             retries += 1
@@ -571,6 +622,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
     for i, bl in blenders.items():
         maps[i] = bl.result()
     check_outputs(maps, what=f"{method} maps")
+    _check_gradients(model, method, maps, batch_of(items[:2]))
     all_params.update({"per_channel": bool(per_channel), "batch_size": int(bs),
                        "device": str(dev), "input_size": input_size,
                        "tile_overlap": overlap if tiled else None,

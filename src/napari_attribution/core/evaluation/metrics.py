@@ -34,15 +34,46 @@ def _check_maps(maps: np.ndarray, images: np.ndarray) -> np.ndarray:
     return maps
 
 
+#: how the perturbation metrics order elements of equal relevance (stated in outputs)
+TIE_BREAKING = "random"
+
+
 def _rank_positions(maps: np.ndarray, seed: int) -> np.ndarray:
-    """Per map, the rank (0 = most relevant) of every element; ties broken at random."""
+    """Per map, the rank (0 = most relevant) of every element.
+
+    Elements of exactly equal value are ordered at random (:data:`TIE_BREAKING`): a
+    seeded random key (``seed``) breaks each tie, never the raster order, so a constant
+    map scores like a random order and a map that is three-quarters one value does not
+    score by where its pixels lie. Distinct values keep their order exactly.
+    """
     flat = maps.reshape(maps.shape[0], -1)
     rng = np.random.default_rng(seed)
-    jitter = rng.random(flat.shape) * 1e-6 * (np.abs(flat).max(1, keepdims=True) + 1e-12)
-    order = np.argsort(-(flat + jitter), axis=1, kind="stable")
+    key = rng.random(flat.shape)
+    order = np.lexsort((key, -flat.astype(np.float64)), axis=1)
     pos = np.empty_like(order)
     np.put_along_axis(pos, order, np.arange(flat.shape[1])[None], axis=1)
     return pos
+
+
+def largest_tie(maps: np.ndarray) -> np.ndarray:
+    """Per map, the share of its elements taken by its most frequent value (1/n for a
+    tie-free map, 1.0 for a constant one): how much the tie-breaking decides."""
+    flat = np.asarray(maps).reshape(np.shape(maps)[0], -1)
+    out = np.empty(flat.shape[0], np.float64)
+    for i, row in enumerate(flat):
+        _, counts = np.unique(row, return_counts=True)
+        out[i] = counts.max() / row.size
+    return out
+
+
+def tie_report(maps: np.ndarray, seed: int) -> dict:
+    """What the metrics did with ties in ``maps``: the rule, its seed, and the mean and
+    largest share of a map taken by one value (pixel maps as ROAD sees them, and the maps
+    as given)."""
+    pm = _pixel_maps(maps)
+    share = largest_tie(pm)
+    return {"rule": TIE_BREAKING, "seed": int(seed),
+            "largest_tie_mean": float(share.mean()), "largest_tie_max": float(share.max())}
 
 
 def _auc(curve: np.ndarray) -> np.ndarray:
@@ -297,8 +328,7 @@ def _average_ranks(v: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two arrays (ties get average ranks)."""
+def _spearman_numpy(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = _average_ranks(np.ravel(a)), _average_ranks(np.ravel(b))
     ra -= ra.mean()
     rb -= rb.mean()
@@ -306,9 +336,30 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / den) if den > 0 else 0.0
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two arrays (ties get average ranks; 0.0 when either
+    is constant). ``scipy.stats.spearmanr`` where SciPy is installed (a dependency of
+    scikit-image), else the same computation in numpy."""
+    a, b = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return 0.0
+    try:
+        from scipy.stats import spearmanr
+    except ImportError:  # pragma: no cover - SciPy comes with scikit-image
+        return _spearman_numpy(a, b)
+    return float(spearmanr(a, b).statistic)
+
+
 def randomize_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """A copy of ``model`` with every layer's weights re-initialised (Adebayo et al.'s
-    full cascading randomisation); normalisation statistics are reset too."""
+    """A copy of ``model`` with *every* parameter re-initialised (Adebayo et al.'s full
+    cascading randomisation); normalisation statistics are reset too.
+
+    Layers with an initialiser (``reset_parameters``: convolutions, linear and
+    normalisation layers) use it; every other parameter -- DCMIX's channel-mixing
+    logits, a custom layer's scale -- is drawn from N(0, 1), so that no learned value
+    survives (a mixing layer keeping its learned 0.98 weight on one channel would keep
+    the trained model's channel preference).
+    """
     if isinstance(model, torch.jit.ScriptModule):
         raise InputError("the randomisation check needs a regular torch module, not "
                          "TorchScript")
@@ -317,11 +368,18 @@ def randomize_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                          "(exported programs have none to re-initialise)")
     rand = copy.deepcopy(model)
     torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(int(seed) + 104729)
+    reset: set[int] = set()
     for m in rand.modules():
         if hasattr(m, "reset_running_stats"):
             m.reset_running_stats()
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
+            reset.update(id(p) for p in m.parameters(recurse=False))
+    with torch.no_grad():
+        for p in rand.parameters():
+            if id(p) not in reset:
+                p.copy_(torch.randn(p.shape, generator=gen).to(p.dtype))
     for m in rand.modules():
         m.training = False
     return rand
