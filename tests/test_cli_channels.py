@@ -80,3 +80,17 @@ def test_demo_without_viewer(tmp_path, capsys):
     assert prov["model_sha256"] == file_sha256(tmp_path / "demo_model.safetensors")
     assert (tmp_path / "pcim_overlay.png").stat().st_size > 10_000
     assert "of the positive attribution lies in the true region" in capsys.readouterr().out
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from napari_attribution.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+               for name, sp in sub.choices.items() for a in sp._actions
+               if not isinstance(a, argparse._HelpAction)
+               and (not a.help or a.help == argparse.SUPPRESS)]
+    assert missing == []

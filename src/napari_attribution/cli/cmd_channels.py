@@ -239,7 +239,9 @@ def register(sub) -> None:
 
     p.add_argument("bundle", type=Path, help=MODEL_HELP)
     add_trust_argument(p)
-    p.add_argument("--format", choices=("text", "csv", "json"), default="text")
-    p.add_argument("-o", "--output", type=Path)
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text",
+                   help="text table (default), CSV of the channels, or JSON with the findings")
+    p.add_argument("-o", "--output", type=Path,
+                   help="write the report to this file instead of printing it")
     add_overwrite_argument(p)
     p.set_defaults(func=run)

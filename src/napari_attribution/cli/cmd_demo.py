@@ -115,11 +115,13 @@ def register(sub) -> None:
                        description="Train DCMIX on generated data with a known answer, print "
                                    "and save the channel importance; with a display, open "
                                    "napari with the plugin.")
-    p.add_argument("--sample", choices=("cells", "multi-snr"), default="cells")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
+    p.add_argument("--sample", choices=("cells", "multi-snr"), default="cells",
+                   help="built-in synthetic data with a known answer (default: cells)")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split and training")
+    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"),
+                   help="folder for the demo's files (replaced on each run)")
     p.add_argument("--explain", type=int, default=8, metavar="N",
                    help="explain N validation images with PCIM (0: skip)")
     p.add_argument("--no-viewer", action="store_true", help="never open napari")

@@ -220,20 +220,26 @@ def register(sub) -> None:
     p.add_argument("--npz", type=Path,
                    help=".npz with images (N,C,H,W)[, labels, masks (N,H,W)]")
     p.add_argument("--sample", choices=("cells", "multi-snr"), help="built-in synthetic data")
-    p.add_argument("--methods", default="pcim,integrated_gradients,saliency,occlusion,gradcam")
+    p.add_argument("--methods", default="pcim,integrated_gradients,saliency,occlusion,gradcam",
+                   help="comma-separated attribution methods to compare")
     p.add_argument("--metrics",
                    help="comma-separated metrics: road (= road_morf,road_lerf), "
                         f"{','.join(FIDELITY_METRICS)}, pointing_game, relevance_mass, "
                         "sanity (default: ROAD, deletion/insertion to and from the mean, "
                         "insertion from zero, RISE deletion/insertion, mask metrics, sanity)")
-    p.add_argument("--target", choices=("predicted", "label"), default="predicted")
-    p.add_argument("-n", "--n-images", type=positive_int, default=64)
-    p.add_argument("--format", choices=("text", "csv", "json"), default="text")
-    p.add_argument("-o", "--output", type=Path)
+    p.add_argument("--target", choices=("predicted", "label"), default="predicted",
+                   help="explain each image's predicted class or its label")
+    p.add_argument("-n", "--n-images", type=positive_int, default=64,
+                   help="score the first N images (default 64)")
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text",
+                   help="output as a text table (default), CSV or JSON")
+    p.add_argument("-o", "--output", type=Path, help="write the table to this file")
     add_overwrite_argument(p)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="images per pass (halved automatically when out of memory)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sample data, random baselines and tie-breaking")
     p.add_argument("--sanity", type=positive_int, metavar="N",
                    help="model-randomisation sanity check over N seeds (every parameter "
                         "re-initialised; median and worst Spearman per method, FAIL when "
@@ -242,7 +248,8 @@ def register(sub) -> None:
                    help="also the data-label randomisation check: per seed a randomised "
                         "copy trained --label-epochs epochs on the images with shuffled "
                         "labels (needs labels; costs a short training per seed)")
-    p.add_argument("--label-epochs", type=positive_int, default=30)
+    p.add_argument("--label-epochs", type=positive_int, default=30,
+                   help="epochs of each shuffled-label model (--sanity-labels)")
     p.add_argument("--no-model-free", action="store_true",
                    help="leave out the model-free baselines (image, image excess, random "
                         "map) and the verdicts against them")
@@ -250,5 +257,5 @@ def register(sub) -> None:
                    help="also rank the channels post hoc (pixel permutation and feature "
                         "ablation, loss-based), beside the DCMIX weights of a bundle; "
                         "needs labels")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

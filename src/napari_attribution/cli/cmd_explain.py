@@ -141,7 +141,9 @@ def register(sub) -> None:
                                    "(method, parameters, target, model hash).")
     add_model_arguments(p)
     p.add_argument("images", type=Path, nargs="+", help="TIFF (C,H,W) or .npy images")
-    p.add_argument("-m", "--method", choices=available_methods(), default="pcim")
+    p.add_argument("-m", "--method", choices=available_methods(), default="pcim",
+                   help="attribution method (default pcim; auto: gradient PCIM, or the "
+                        "forward-only one when the model has no usable gradients)")
     p.add_argument("-t", "--target", help="class index or name (default: predicted class)")
     p.add_argument("--contrast", metavar="CLASS",
                    help="explain the target rather than this class (index or name): the "
@@ -166,9 +168,10 @@ def register(sub) -> None:
                    help="block-average images by this factor before explaining (default: "
                         "the factor the model's training images were shrunk by, recorded "
                         "in its bundle; 1 = raw pixels)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="images or tiles per pass (halved automatically when out of memory)")
     add_missing_chunks_argument(p)
     add_overwrite_argument(p)
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -170,12 +170,15 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=positive_int, default=d.epochs)
-    t.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    t.add_argument("--epochs", type=positive_int, default=d.epochs,
+                   help=f"training epochs (default {d.epochs})")
+    t.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                   help=f"images per training step (default {d.batch_size})")
     t.add_argument("--lr", type=learning_rate, default=d.lr, help="network learning rate")
     t.add_argument("--mixing-lr", type=learning_rate, default=d.mixing_lr,
                    help="learning rate of the mixing weights")
-    t.add_argument("--backbone", choices=("small", "resnet18"), default=d.backbone)
+    t.add_argument("--backbone", choices=("small", "resnet18"), default=d.backbone,
+                   help="CNN after the mixing layer (small: fast on a CPU)")
     t.add_argument("--heads", type=positive_int, default=d.n_heads, help="mixing heads (K)")
     t.add_argument("--entropy-weight", type=non_negative_float, default=d.entropy_weight,
                    help="sparsity prior on the mixing weights (see docs/channel_importance.md)")
@@ -185,14 +188,17 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="{auto,per_field,per_crop,per_dataset,none}",
                    help="auto (default): per_field for --plate crops (each field, per "
                    "channel), as declared for --npz/--table, else per_dataset")
-    t.add_argument("--val-fraction", type=open_fraction, default=d.val_fraction)
+    t.add_argument("--val-fraction", type=open_fraction, default=d.val_fraction,
+                   help="share of the groups (wells, fields) held out for validation")
     t.add_argument("--class-balance", choices=("sampling", "weights", "none"),
                    default=d.class_balance,
                    help="equalise the classes by balanced sampling (default) or loss "
                         "weights; 'none' trains on the raw proportions")
-    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-augment", action="store_true",
+                   help="no flips, rotations or intensity jitter during training")
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the split, the initial weights and the sampling")
     t.add_argument("--cv", type=_folds, default="auto", metavar="{auto,1,K}",
                    help="cross-validation over groups: K folds, every object held out once "
                    "(accuracy pooled, importance as mean and range over folds); 1: one "
@@ -292,7 +298,8 @@ def register(sub) -> None:
     p.add_argument("--retrain-check", action="store_true",
                    help="also retrain on each channel alone and without each channel "
                         "(2C+1 extra trainings; the time spent is reported)")
-    p.add_argument("-o", "--output", type=Path, default=Path("model.safetensors"))
+    p.add_argument("-o", "--output", type=Path, default=Path("model.safetensors"),
+                   help="where to write the model bundle (default model.safetensors)")
     add_overwrite_argument(p, "model bundle")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
