@@ -40,7 +40,7 @@ WELL_ABOVE = 0.6
 CLOSE_TO_CNN = 0.05
 #: wells need this many objects to be compared with each other
 MIN_PER_WELL = 10
-#: within-class well effect >= this share of the class effect (in spreads): "as large as"
+#: within-class well difference >= this share of the class difference: "as large as"
 WITHIN_AS_WELL_AS = 0.8
 #: a held-out well below this accuracy of the statistic breaks the consistency
 CONSISTENT_ACCURACY = 0.6
@@ -147,22 +147,14 @@ class ShortcutCheck:
 
 
 def _effect(a: np.ndarray, b: np.ndarray) -> float:
-    """How far apart two groups' values are, in units of their spread: the difference of
-    medians over the pooled robust standard deviation (1.4826 MAD). Unlike a separation
-    (AUC), it does not saturate: wells that differ a little but cleanly stay far from a
-    phenotype that moves a channel by many spreads."""
+    """How far apart two groups' values are: the difference of their medians, in the
+    statistic's own units. Wells and classes are compared on the same scale, so their
+    ratio needs no spread at all: a separation (AUC) saturates at 1 whenever both differ
+    cleanly, and an effect in spreads explodes for a statistic that is nearly constant
+    within a well (a low percentile of a per-field-normalised channel)."""
     if a.size == 0 or b.size == 0:
         return 0.0
-
-    def spread(x: np.ndarray) -> float:
-        s = 1.4826 * float(np.median(np.abs(x - np.median(x))))
-        return s if s > 0 else float(np.std(x))
-
-    scale = float(np.sqrt((spread(a) ** 2 + spread(b) ** 2) / 2))
-    diff = abs(float(np.median(a)) - float(np.median(b)))
-    if scale <= 0:
-        return 0.0 if diff == 0 else float("inf")
-    return diff / scale
+    return abs(float(np.median(a)) - float(np.median(b)))
 
 
 def _confound(labels: np.ndarray, units: dict[str, np.ndarray]) -> str | None:
@@ -263,8 +255,8 @@ def assess_units(check: ShortcutCheck, features: np.ndarray, labels: np.ndarray,
             found.append(make(
                 SHORTCUT_BATCH,
                 f"{said}, but wells of the same class differ in it about as much "
-                f"(median over that class's pairs {within:.1f} spreads, e.g. {pair[0]} vs "
-                f"{pair[1]}; against {between:.1f} between the classes): a "
+                f"(median difference {within:.3g} over that class's pairs, e.g. {pair[0]} "
+                f"vs {pair[1]}; against {between:.3g} between the classes): a "
                 f"well effect in {ch} is as large as the phenotype, so the CNN may be "
                 f"reading the batch, not the biology. {fix[0].upper() + fix[1:]}; check "
                 "those wells (stain, exposure, density) and add wells per class.",
