@@ -318,8 +318,8 @@ def run_bundle_case(case: dict, base_meta: dict, state: dict, folder: Path) -> s
         if bundle.importance is not None:
             for fmt in ("text", "csv"):
                 format_importance(bundle.importance, fmt)
-        format_checks(bundle.warnings, bundle.checks)
-        json.dumps(report_json(bundle.importance, bundle.warnings, bundle.checks))
+        format_checks(bundle.findings, bundle.checks)
+        json.dumps(report_json(bundle.importance, bundle.findings, bundle.checks))
     except Exception as err:
         raise AssertionError(f"a loaded bundle does not print: raw {type(err).__name__}: "
                              f"{err}") from err
