@@ -38,3 +38,22 @@ def trained_cells(cell_data):
 
     cfg = TrainConfig(epochs=12, batch_size=32, device="cpu", seed=0, width=16)
     return run_generator(train_dcmix(cell_data, cfg))
+
+
+@pytest.fixture
+def isolated_qt_settings(tmp_path):
+    """QSettings written under the test's tmp folder, never the user's."""
+    from qtpy.QtCore import QSettings
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                      str(tmp_path / "settings"))
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """The messages napari would show as errors, collected instead of shown."""
+    import napari.utils.notifications as notifications
+
+    seen: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda msg: seen.append(str(msg)))
+    return seen

@@ -184,15 +184,12 @@ def test_package_helpers_are_not_architectures(package, tmp_path, capsys, name):
         assert target.read_text() == "pwned"
 
 
-def test_weights_at_a_url_are_not_downloaded(package, tmp_path, capsys):
-    """Weights given as a URL: refused unless allow_download / --allow-download, and no
-    connection is made (a local server counts them)."""
+def _serve(folder, tmp_path):
+    """A local HTTP server (127.0.0.1, any free port) for ``folder``; returns it and the
+    list of paths requested from it. Stop it with ``server.shutdown()``."""
     import http.server
     import threading
 
-    import hostile_models as H
-
-    _, out = package
     hits: list[str] = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -203,11 +200,19 @@ def test_weights_at_a_url_are_not_downloaded(package, tmp_path, capsys):
         def log_message(self, *args):
             pass
 
-    served = _unzip(out, tmp_path / "served")
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a, **k: Handler(*a, directory=str(served), **k))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+        ("127.0.0.1", 0), lambda *a, **k: Handler(*a, directory=str(folder), **k))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, hits
+
+
+def test_weights_at_a_url_are_not_downloaded(package, tmp_path, capsys):
+    """Weights given as a URL: refused unless allow_download / --allow-download, and no
+    connection is made (a local server counts them)."""
+    import hostile_models as H
+
+    _, out = package
+    server, hits = _serve(_unzip(out, tmp_path / "served"), tmp_path)
     connections: list[int] = []
     original = server.process_request
     server.process_request = lambda *a: connections.append(1) or original(*a)
@@ -320,29 +325,14 @@ def test_exported_models_are_explained_in_napari(package, make_napari_viewer, qt
 def test_weights_at_a_url_load_when_asked(package, tmp_path):
     """With allow_download the weights are fetched (one request) and predict like the
     bundle. Run in a fresh process so that bioimageio's download cache is a tmp folder."""
-    import http.server
     import os
     import subprocess
     import sys
-    import threading
 
     import hostile_models as H
 
     bundle, out = package
-    hits: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the http.server name
-            hits.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    served = _unzip(out, tmp_path / "served")
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a, **k: Handler(*a, directory=str(served), **k))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, hits = _serve(_unzip(out, tmp_path / "served"), tmp_path)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/weights.pt"
         pkg = H.bioimageio_url_weights(out, tmp_path / "remote", url)

@@ -9,25 +9,8 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("isolated_qt_settings")]
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path):
-    from qtpy.QtCore import QSettings
-
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                      str(tmp_path / "settings"))
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    import napari.utils.notifications as notifications
-
-    seen: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", lambda msg: seen.append(str(msg)))
-    return seen
 
 
 def test_split_channel_and_stain_colours():

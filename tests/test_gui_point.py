@@ -15,24 +15,7 @@ pytest.importorskip("pytestqt")
 
 from test_point import _clf, _field  # noqa: E402
 
-pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path):
-    from qtpy.QtCore import QSettings
-
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                      str(tmp_path / "settings"))
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    import napari.utils.notifications as notifications
-
-    seen: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", lambda msg: seen.append(str(msg)))
-    return seen
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("isolated_qt_settings")]
 
 
 def click(viewer, qtbot, world_yx) -> None:
