@@ -191,3 +191,16 @@ def test_one_field_with_few_positives_is_cross_validated_or_cautioned(rare_plate
     lo, hi = rep["balanced_accuracy_95"]
     assert lo <= rep["balanced_accuracy"] <= hi
     assert rep["verdict"] in ("caution", "alarm")
+
+
+def test_a_held_out_well_is_judged_with_its_interval_not_its_point_estimate():
+    # held-out A04 sits halfway between the classes: about half its 30 crops are called
+    # right, which is noise at this n (95 % interval reaches above 0.6), not a well
+    # going the other way
+    shifts = {"A01": 0, "A02": 0, "A03": 0, "A04": 0.5, "B01": 1, "B02": 1, "B03": 1,
+              "B04": 1}
+    classes = {w: int(w[0] == "B") for w in shifts}
+    check = _check(shifts, classes, ["A03", "A04", "B03", "B04"])
+    ev = check.evidence["Marker"]
+    assert ev["held_out_wells"]["A04"] < 0.6 and ev["held_out_well_n"]["A04"] == 30
+    assert [f.code for f in check.findings] == ["phenotype-intensity"]
