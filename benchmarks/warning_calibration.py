@@ -346,7 +346,7 @@ def _git_state() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--split", choices=("tune", "report", "all"), default="report")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--bbbc013", type=Path, default=DEFAULT_BBBC013)
