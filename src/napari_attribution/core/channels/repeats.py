@@ -17,20 +17,8 @@ import numpy as np
 
 from ..data.dataset import ImageSet
 from ..runtime.errors import InputError
-from ..runtime.progress import Progress, ProgressGenerator
+from ..runtime.progress import ProgressGenerator, nested
 from .training import TrainConfig, TrainResult, train_dcmix
-
-
-def _nested(gen: ProgressGenerator[TrainResult], prefix: str, index: int, count: int):
-    """Re-yield a training's events as part ``index`` of ``count``; returns its result."""
-    try:
-        while True:
-            ev = next(gen)
-            total = max(ev.total, 1)
-            yield Progress(index * total + ev.step, count * total,
-                           f"{prefix}: {ev.message}", ev.partial)
-    except StopIteration as stop:
-        return stop.value
 
 
 def train_repeats(data: ImageSet, config: TrainConfig | None = None, n_repeats: int = 3
@@ -47,7 +35,7 @@ def train_repeats(data: ImageSet, config: TrainConfig | None = None, n_repeats: 
         run_cfg = replace(cfg, seed=cfg.seed + i)
         if i > 0:  # the spread needs the weights only; the checks ran on the first model
             run_cfg = replace(run_cfg, shortcut_check=False, posthoc_check=False)
-        res = yield from _nested(train_dcmix(data, run_cfg), f"run {i + 1}/{n_repeats}",
+        res = yield from nested(train_dcmix(data, run_cfg), f"run {i + 1}/{n_repeats}",
                                  i, n_repeats)
         results.append(res)
     first = results[0]
@@ -91,7 +79,7 @@ def retrain_check(data: ImageSet, config: TrainConfig | None = None
                            "seed": cfg.seed, "n_models": len(jobs)}
     for k, (kind, name, keep) in enumerate(jobs):
         label = "all channels" if name is None else f"{name} {kind}"
-        res = yield from _nested(train_dcmix(data.select_channels(keep), cfg),
+        res = yield from nested(train_dcmix(data.select_channels(keep), cfg),
                                  f"retraining {k + 1}/{len(jobs)} ({label})", k, len(jobs))
         if kind == "all":
             out["all_channels"] = res.val_balanced_accuracy

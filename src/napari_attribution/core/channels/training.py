@@ -16,7 +16,7 @@ from ..data.dataset import ImageSet
 from ..data.normalization import PercentileNormalizer, training_normalizer
 from ..runtime.devices import resolve_device
 from ..runtime.errors import InputError
-from ..runtime.progress import Progress, ProgressGenerator
+from ..runtime.progress import Progress, ProgressGenerator, nested
 from ..runtime.validation import check_not_constant
 from ..study.classification import (
     MIN_HELD_OUT,
@@ -476,15 +476,8 @@ def train_cross_validated(data: ImageSet, config: TrainConfig | None = None
         fcfg = replace(cfg, cv=1)
         if i > 0:
             fcfg = replace(fcfg, shortcut_check=False, design_check=False)
-        inner = _train_split(data, fcfg, tr, va)
-        try:
-            while True:
-                ev = next(inner)
-                total = max(ev.total, 1)
-                yield Progress(i * total + ev.step, k * total,
-                               f"fold {i + 1}/{k}: {ev.message}", ev.partial)
-        except StopIteration as stop:
-            results.append(stop.value)
+        results.append((yield from nested(_train_split(data, fcfg, tr, va),
+                                          f"fold {i + 1}/{k}", i, k)))
     first = results[0]
     order = np.concatenate([va for _, va in folds])
     pred = np.concatenate([r.val_predictions for r in results])

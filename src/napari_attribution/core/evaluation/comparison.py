@@ -132,25 +132,12 @@ def _sanity(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarray,
     ``model`` randomised with seeds ``seed`` … ``seed + n_seeds − 1``, and the
     label-randomised copies ``label_models`` (model, accuracy on the shuffled labels),
     if any."""
-    signed, absolute, seeds = [], [], []
-    for k in range(n_seeds):
-        rnd = randomize_model(model, seed=seed + k)
-        if method in MODEL_FREE:
-            rmaps = rows_maps   # the map ignores the model: it survives by construction
-        else:
-            res = yield from explain(rnd, images, targets, method=method, device=device,
-                                     batch_size=batch_size, **params)
-            rmaps = res.maps
-        a, b = per_seed_rho(rows_maps, rmaps)
-        signed.append(a)
-        absolute.append(b)
-        seeds.append(seed + k)
-    out = {"model": summarise(signed, absolute, seeds)}
-    if label_models:
+    def rhos(nets) -> Generator[Progress, None, tuple[list[float], list[float]]]:
+        """Signed and absolute rank correlations of the maps under each of ``nets``."""
         signed, absolute = [], []
-        for net, _ in label_models:
+        for net in nets:
             if method in MODEL_FREE:
-                rmaps = rows_maps
+                rmaps = rows_maps   # the map ignores the model: it survives by construction
             else:
                 res = yield from explain(net, images, targets, method=method, device=device,
                                          batch_size=batch_size, **params)
@@ -158,6 +145,13 @@ def _sanity(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarray,
             a, b = per_seed_rho(rows_maps, rmaps)
             signed.append(a)
             absolute.append(b)
+        return signed, absolute
+
+    seeds = [seed + k for k in range(n_seeds)]
+    signed, absolute = yield from rhos(randomize_model(model, seed=s) for s in seeds)
+    out = {"model": summarise(signed, absolute, seeds)}
+    if label_models:
+        signed, absolute = yield from rhos(net for net, _ in label_models)
         out["labels"] = summarise(signed, absolute, seeds[:len(label_models)])
         out["labels"]["shuffled_label_accuracy"] = [acc for _, acc in label_models]
     out["failing"] = any(v["failing"] for v in out.values() if isinstance(v, dict))

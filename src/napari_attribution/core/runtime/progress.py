@@ -55,3 +55,17 @@ def run_generator(
                 raise Cancelled("cancelled by the user")
     except StopIteration as stop:
         return stop.value
+
+
+def nested(gen: Generator[Progress, None, R], prefix: str, index: int, count: int
+           ) -> Generator[Progress, None, R]:
+    """Re-yield ``gen``'s events as part ``index`` of ``count`` equal parts of a larger job
+    (messages prefixed ``"{prefix}: "``); returns ``gen``'s result."""
+    try:
+        while True:
+            ev = next(gen)
+            total = max(ev.total, 1)
+            yield Progress(index * total + ev.step, count * total,
+                           f"{prefix}: {ev.message}", ev.partial)
+    except StopIteration as stop:
+        return stop.value
