@@ -428,22 +428,16 @@ class PointExplainWidget(DockWidget):
         # crop is sparse: ~10 % of its pixels positive, the top 1 % holding 30-40 % of
         # the mass; at the 99th its weaker pixels vanish under the opacity ramp)
         contrast = run_contrast([res.maps[k]], top=90.0)
-        layer = next((ly for ly in self.viewer.layers
-                      if ly.metadata.get(KIND, {}).get("kind") == POINT), None)
+        layer = self._reuse_layer(POINT, data, place)
         if layer is None:
             layer = self.viewer.add_image(
                 data, name=name, metadata=meta, colormap=evidence_colormap(),
                 blending="translucent", opacity=0.9, contrast_limits=contrast,
                 interpolation2d="linear", **place)
         else:
-            if not (np.allclose(layer.scale, place["scale"])
-                    and np.allclose(layer.translate, place["translate"])):
-                layer.scale, layer.translate = place["scale"], place["translate"]
-            layer.data = data
             layer.contrast_limits = contrast
             layer.metadata = meta
             layer.name = name
-            layer.visible = True
         t_layer = time.perf_counter()
         self._show_box(sel, res, origin, place, full.shape)
         req["t_layer"], req["t_box"] = t_layer, time.perf_counter()
@@ -467,18 +461,25 @@ class PointExplainWidget(DockWidget):
         frame[y0:y0 + s, x0:x0 + s] = 1
         frame[y0 + 1:y0 + s - 1, x0 + 1:x0 + s - 1] = 0
         data = frame.reshape(*(1,) * (len(place["scale"]) - 2), *shape)
-        box = next((ly for ly in self.viewer.layers
-                    if ly.metadata.get(KIND, {}).get("kind") == BOX), None)
-        if box is None:
+        if self._reuse_layer(BOX, data, place) is None:
             self.viewer.add_image(data, name="point · crop", colormap="cyan",
                                   blending="additive", contrast_limits=(0, 1), opacity=0.8,
                                   metadata={KIND: {"kind": BOX}}, **place)
-        else:
-            if not (np.allclose(box.scale, place["scale"])
-                    and np.allclose(box.translate, place["translate"])):
-                box.scale, box.translate = place["scale"], place["translate"]
-            box.data = data
-            box.visible = True
+
+    def _reuse_layer(self, kind: str, data: np.ndarray, place: dict) -> Any:
+        """The result layer of ``kind``, given ``data`` at ``place`` and shown (scale and
+        translate set only when they change: each set redraws); None when there is none
+        yet, for the caller to add."""
+        layer = next((ly for ly in self.viewer.layers
+                      if ly.metadata.get(KIND, {}).get("kind") == kind), None)
+        if layer is None:
+            return None
+        if not (np.allclose(layer.scale, place["scale"])
+                and np.allclose(layer.translate, place["translate"])):
+            layer.scale, layer.translate = place["scale"], place["translate"]
+        layer.data = data
+        layer.visible = True
+        return layer
 
     def _show_numbers(self, bundle, res: Any, k: int, tag: str, cell: str) -> None:
         probs = res.probabilities[k]
