@@ -178,3 +178,46 @@ def test_widget_offers_a_registered_method_and_its_settings(registered, make_nap
     assert w.last_result is not None and w.last_result.method == NAME
     assert w.last_result.params["scale"] == 3.0
     assert any(NAME.replace("_", " ") in ly.name for ly in viewer.layers)
+
+
+def test_explain_options_object_and_keywords_agree():
+    """``options=ExplainOptions(...)`` and the same options as keywords give the same maps;
+    a keyword overrides the object; bad options are refused with a sentence."""
+    import napari_attribution as na
+
+    x, _ = spot_images(n=2, size=24, c=2)
+    model = SpotModel()
+    a = run_generator(explain(model, x, 1, "saliency", na.ExplainOptions(device="cpu",
+                                                                          batch_size=1)))
+    b = run_generator(explain(model, x, 1, method="saliency", device="cpu", batch_size=1))
+    np.testing.assert_array_equal(a.maps, b.maps)
+    c = run_generator(explain(model, x, 1, "saliency", na.ExplainOptions(batch_size=1),
+                              device="cpu", per_channel=True))
+    assert c.maps.shape == (2, 2, 24, 24) and c.params["device"] == "cpu"
+    with pytest.raises(InputError, match="unknown tiling 'tiles'"):
+        run_generator(explain(model, x, 1, "saliency", tiling="tiles"))
+    with pytest.raises(InputError, match="gradcam gives one map per image"):
+        run_generator(explain(small_cnn(), x, 0, "gradcam", per_channel=True, device="cpu"))
+
+
+@pytest.mark.gui
+def test_settings_form_round_trips_every_built_in_default(qtbot, isolated_qt_settings):
+    """Untouched forms send no settings for any built-in (a 'none' choice is text, an
+    optional choice left off is None); changed values come back typed."""
+    from napari_attribution._qt.method_settings import NO_CHOICE, MethodSettings
+
+    form = MethodSettings("test-forms")
+    qtbot.addWidget(form)
+    for name in registered_methods():
+        form.set_method(name)
+        assert form.params() == {}, name
+    form.set_method("pcim_blackbox")
+    form.set_value("grid", 9)
+    form.set_value("modulate", "excess")
+    form.set_value("max_forward", None)
+    assert form.params() == {"grid": 9, "modulate": "excess"}
+    form.set_method("pcim")
+    form.set_value("preserve_substrate", None)
+    assert form.editors["preserve_substrate"][0].currentText() == NO_CHOICE
+    assert form.params() == {"preserve_substrate": None}
+    get_method("pcim").make_config(form.params())      # what the form sends is valid

@@ -27,7 +27,8 @@ from qtpy.QtWidgets import (
 
 from ._common import Settings
 
-NONE_TEXT = "auto"
+NONE_TEXT = "auto"       # an optional number left to the method
+NO_CHOICE = "(none)"     # an optional choice switched off (None)
 _INT_LIMIT = 2**31 - 1
 
 
@@ -40,9 +41,9 @@ def _editor(s) -> tuple[QWidget, Any]:
     if s.kind == "choice" or (s.kind == "str" and s.choices):
         w = QComboBox()
         items = [str(c) for c in s.choices]
-        w.addItems(items + (["none"] if s.optional else []))
-        w.setCurrentText("none" if s.default is None else str(s.default))
-        return w, lambda: None if w.currentText() == "none" else w.currentText()
+        w.addItems(items + ([NO_CHOICE] if s.optional else []))
+        w.setCurrentText(NO_CHOICE if s.default is None else str(s.default))
+        return w, lambda: None if w.currentText() == NO_CHOICE else w.currentText()
     if s.kind in ("int", "float"):
         integer = s.kind == "int"
         w = QSpinBox() if integer else QDoubleSpinBox()
@@ -151,7 +152,7 @@ class MethodSettings(QWidget):
         if isinstance(w, QCheckBox):
             w.setChecked(bool(value))
         elif isinstance(w, QComboBox):
-            w.setCurrentText("none" if value is None else str(value))
+            w.setCurrentText(NO_CHOICE if value is None else str(value))
         elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
             w.setValue(w.minimum() if value is None else value)
         else:

@@ -555,8 +555,9 @@ def explain_classifier(clf: Classifier, images: Any, targets: Any = None,
     Images larger than the model's training input (``clf.input_size``) are explained in
     tiles of that size unless ``input_size`` says otherwise; a bundle that records no
     size gets a ``field-scale`` finding. ``targets``: as
-    :meth:`Classifier.resolve_targets`; ``options`` go to :func:`explain` (``contrast``
-    may be a class name here).
+    :meth:`Classifier.resolve_targets`; ``options`` go to :func:`explain` (an
+    ``options=ExplainOptions(...)`` object and/or its fields as keywords, and the method's
+    settings; ``contrast`` may be a class name here).
     """
     if hasattr(images, "images"):   # an ImageSet or plate FieldCrops: prepare knows how
         x = clf.prepare(images)
@@ -570,18 +571,20 @@ def explain_classifier(clf: Classifier, images: Any, targets: Any = None,
     if isinstance(tgt, list) and any(t is None for t in tgt):
         raise InputError("give class targets for every image, or 'predicted' for all")
     findings = channel_map_findings(clf, raw)
-    if options.get("input_size") is None:
-        options["input_size"], found = scale_for(clf, x.shape[-2:])
+    opts, params = split_options(options.pop("options", None), options)
+    if opts.input_size is None:
+        input_size, found = scale_for(clf, x.shape[-2:])
+        opts = opts.replace(input_size=input_size)
         findings += found
-    if options.get("contrast") is not None:   # "A rather than B": a name or an index
-        contrast = options["contrast"]
+    if opts.contrast is not None:   # "A rather than B": a name or an index
+        contrast = opts.contrast
         if not isinstance(contrast, (str, int, np.integer)) or isinstance(contrast, bool):
             raise InputError(f"the contrast class must be one class index or name; got "
                              f"{contrast!r}")
-        options["contrast"] = clf.resolve_targets(contrast)
-        if options["contrast"] is None:
+        opts = opts.replace(contrast=clf.resolve_targets(contrast))
+        if opts.contrast is None:
             raise InputError("the contrast must be a class, not 'predicted'")
-    result = yield from explain(clf.module, x, tgt, method=method, **options)
+    result = yield from explain(clf.module, x, tgt, method, opts, **params)
     result.model = clf.describe()
     result.model["target_names"] = [clf.class_names[int(t)] for t in result.targets]
     result.findings += findings
