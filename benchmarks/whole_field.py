@@ -2,12 +2,15 @@
 
     OMP_NUM_THREADS=1 python benchmarks/whole_field.py [--quick] [--json PATH]
                                                        [--width 32] [--seed 0]
+                                                       [--old-batches 1,4,32]
 
 In one run and on one machine, for each field size:
 
-* **old**: ``explain(..., tiling="per_tile", tile_overlap=64, batch_size=32)`` (main's
+* **old**: ``explain(..., tiling="per_tile", tile_overlap=64, batch_size=B)`` (main's
   behaviour before field PCIM: 256 px tiles overlapping 64 px, each tile optimised and
-  normalised on its own, maps blended);
+  normalised on its own, maps blended) for every B of ``--old-batches`` (default 1, 4
+  and 32); speed-ups are against the **fastest** of them in the same run (issue 24: at
+  batch 1 the old path was 2x faster than at 32, with a fifth of the memory);
 * **new**: ``explain(...)`` with its defaults (``tiling="auto"``: one scale per field,
   overlap 16 px, background tiles skipped, batch size from memory, tiles fitted to the
   field because the model takes any input size (2048 px: 270 px tiles), channels-last
@@ -127,8 +130,9 @@ def child(args) -> None:
     x, _, _ = make_field(h, w, args.seed, args.child_sparse)
     model = make_model(args.width, args.seed)
     kw = dict(input_size=TILE, device=args.device)
-    if args.child_path == "old":
-        kw.update(tiling="per_tile", tile_overlap=OLD_OVERLAP, batch_size=32)
+    if args.child_path.startswith("old"):
+        kw.update(tiling="per_tile", tile_overlap=OLD_OVERLAP,
+                  batch_size=int(args.child_path.partition("@")[2] or 32))
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -204,6 +208,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--old-batches", default="1,4,32",
+                    help="batch sizes of the old per-tile path; speed-ups are against the "
+                         "fastest (default 1,4,32)")
     ap.add_argument("--child-path")
     ap.add_argument("--child-shape", type=int, nargs=2)
     ap.add_argument("--child-out")
@@ -214,6 +221,7 @@ def main() -> None:
         return
     import torch
 
+    batches = [int(b) for b in args.old_batches.split(",") if b.strip()]
     big = (1024, 1024) if args.quick else (2048, 2048)
     shapes = [((512, 680) if args.quick else (1024, 1360), False), (big, False), (big, True)]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -223,11 +231,13 @@ def main() -> None:
         for dev in devices:
             for shape, sparse in shapes:
                 x, cells, probes = make_field(*shape, seed=args.seed, sparse=sparse)
-                res = {p: run_child(p, shape, args, Path(td), dev, sparse)
-                       for p in ("old", "new")}
-                for p in ("old", "new"):
+                paths = [f"old@{b}" for b in batches] + ["new"]
+                res = {p: run_child(p, shape, args, Path(td), dev, sparse) for p in paths}
+                best_old = min((p for p in paths if p != "new"),
+                               key=lambda p: res[p]["seconds"])
+                for p in paths:
                     r = res[p]
-                    ov = OLD_OVERLAP if p == "old" else int(r["tile_overlap"] or 0)
+                    ov = OLD_OVERLAP if p != "new" else int(r["tile_overlap"] or 0)
                     name = f"{shape[0]}x{shape[1]}" + (" sparse" if sparse else "")
                     row = {"device": dev, "field": name, "path": p,
                            "cell_fraction": float(cells.mean()),
@@ -238,12 +248,15 @@ def main() -> None:
 
                         row["tiles"] = [len(tile_grid(*shape, TILE, OLD_OVERLAP))]
                         row["background_tiles"] = [0]
-                    row["speedup"] = res["old"]["seconds"] / r["seconds"]
-                    row["cpu_speedup"] = res["old"]["cpu_seconds"] / r["cpu_seconds"]
+                    row["best_old"] = best_old
+                    row["speedup"] = res[best_old]["seconds"] / r["seconds"]
+                    row["cpu_speedup"] = res[best_old]["cpu_seconds"] / r["cpu_seconds"]
+                    row["peak_ratio"] = (r["peak_rss"] - r["rss_before"]) / max(
+                        res[best_old]["peak_rss"] - res[best_old]["rss_before"], 1)
                     rows.append(row)
                     print(f"{dev} {row['field']} {p}: {r['seconds']:.1f} s", flush=True)
     load1 = os.getloadavg()
-    hdr = (f"{'device':6} {'field':16} {'path':4} {'tiling':9} {'tiles':>5} {'bg':>4} "
+    hdr = (f"{'device':6} {'field':16} {'path':7} {'tiling':9} {'tiles':>5} {'bg':>4} "
            f"{'tile':>7} {'s/field':>8} {'speed-up':>8} {'CPU s':>6} {'CPU x':>6} "
            f"{'peak RSS':>9} {'+work':>7} "
            f"{'probe CV':>8} "
@@ -251,12 +264,14 @@ def main() -> None:
     print("\n" + hdr + "\n" + "-" * len(hdr))
     for r in rows:
         tiles, bg = r["tiles"][0], r["background_tiles"][0]
-        print(f"{r['device']:6} {r['field']:16} {r['path']:4} {str(r['tiling']):9} "
+        print(f"{r['device']:6} {r['field']:16} {r['path']:7} {str(r['tiling']):9} "
               f"{tiles:>5} {bg:>4} {'x'.join(map(str, r['tile'])):>7} "
               f"{r['seconds']:8.1f} {r['speedup']:7.2f}x {r['cpu_seconds']:6.1f} "
               f"{r['cpu_speedup']:5.2f}x "
               f"{r['peak_rss'] / 2**20:7.0f}MB {(r['peak_rss'] - r['rss_before']) / 2**20:5.0f}MB "
               f"{r['probe_cv']:8.3f} {r['empty_pos']:7.3f} {r['seam']:5.2f}")
+    print("speed-up and CPU x: against the fastest old configuration of the same field "
+          f"({', '.join(sorted({r['best_old'] for r in rows}))}), measured in this run")
     if "cuda" not in devices:
         print("cuda   (all)            not measured: no GPU lent")
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f}; "
@@ -265,6 +280,7 @@ def main() -> None:
            "cuda": None if "cuda" in devices else "not measured: no GPU lent",
            "load_before": load0, "load_after": load1, "quick": args.quick,
            "width": args.width, "seed": args.seed, "torch": torch.__version__,
+           "old_batches": batches,
            "python": platform.python_version(), "cpu_count": os.cpu_count(),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "1")}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

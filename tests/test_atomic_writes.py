@@ -193,7 +193,7 @@ def test_cli_typed_method_params(tmp_path, bundle, capsys):
     assert "steps='abc' must be a whole number" in err and "Traceback" not in err
     assert main(["explain", str(bundle), str(img), "-m", "saliency", "--param",
                  "n_steps=3", "-q"]) == 1
-    assert "unknown parameter" in capsys.readouterr().err
+    assert "unknown saliency parameter" in capsys.readouterr().err
 
 
 def test_batch_store_on_a_read_only_disk_is_one_clear_error(tmp_path, monkeypatch):

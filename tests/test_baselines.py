@@ -49,7 +49,7 @@ def test_gradcam_refuses_per_channel_and_unknown_params():
     x = np.zeros((1, 2, 16, 16), np.float32)
     with pytest.raises(InputError, match="per-channel"):
         run_generator(explain(small_cnn(), x, method="gradcam", per_channel=True, device="cpu"))
-    with pytest.raises(InputError, match="unknown parameter"):
+    with pytest.raises(InputError, match="unknown saliency parameter"):
         run_generator(explain(small_cnn(), x, method="saliency", steps=3, device="cpu"))
 
 

@@ -92,6 +92,11 @@ class Settings:
         qs.setValue(f"{self.group}/{key}", value)
         qs.sync()
 
+    def remove(self, key: str) -> None:
+        qs = self._qs()
+        qs.remove(f"{self.group}/{key}")
+        qs.sync()
+
     def bind(self, key: str, w: QWidget) -> None:
         """Restore ``w``'s value from the settings now and save it whenever it changes."""
         saved = self.get(key)

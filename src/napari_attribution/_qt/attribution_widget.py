@@ -29,6 +29,7 @@ from ._common import DockWidget, PlotCanvas, Settings, device_choices
 from ._layers import ChannelPicker, Selection
 from ._results import KIND, ColourBar, put_result_layer, result_name, run_contrast
 from ._runner import TaskRunner
+from .method_settings import MethodSettings
 
 SCOPES = ("current image", "all images")
 PREDICTED = "predicted"
@@ -40,6 +41,14 @@ def _methods() -> list[str]:
     from ..core.attribution.explain import available_methods
 
     return available_methods()
+
+
+def _method_tooltip() -> str:
+    from ..core.attribution.methods import registered_methods
+
+    lines = [f"{m.name}: {m.summary}" for m in registered_methods().values()]
+    return "\n".join([*lines, "auto: PCIM, or forward-only PCIM when the model has no "
+                       "usable gradients"])
 
 
 class AttributionWidget(DockWidget):
@@ -65,10 +74,9 @@ class AttributionWidget(DockWidget):
         self.method = QComboBox()
         self.method.addItems(_methods())
         self.per_channel = QCheckBox("one map per channel")
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 1000)
-        self.steps.setValue(12)
-        self.steps.setToolTip("PCIM optimisation steps")
+        self.method.setToolTip(_method_tooltip())
+        #: the chosen method's settings, derived from its config class
+        self.method_settings = MethodSettings("attribution-methods")
         self.tile = QSpinBox()
         self.tile.setRange(0, 8192)
         self.tile.setSpecialValueText("model's input size")
@@ -100,7 +108,6 @@ class AttributionWidget(DockWidget):
         form.addRow("Target class", self.target)
         form.addRow("Method", self.method)
         form.addRow("", self.per_channel)
-        form.addRow("PCIM steps", self.steps)
         form.addRow("Tile size", self.tile)
         form.addRow("Device", self.device)
         form.addRow("", self.curves)
@@ -109,6 +116,7 @@ class AttributionWidget(DockWidget):
         lay.addWidget(self.model_label)
         lay.addWidget(self.picker)
         lay.addLayout(form)
+        lay.addWidget(self.method_settings)
         row = QHBoxLayout()
         row.addWidget(self.predict_btn)
         row.addWidget(self.run_btn)
@@ -121,7 +129,7 @@ class AttributionWidget(DockWidget):
         self.finish_layout()
 
         for key, w in (("scope", self.scope), ("method", self.method),
-                       ("per_channel", self.per_channel), ("steps", self.steps),
+                       ("per_channel", self.per_channel),
                        ("tile", self.tile), ("device", self.device),
                        ("curves", self.curves)):
             self.settings.bind(key, w)
@@ -129,10 +137,23 @@ class AttributionWidget(DockWidget):
                                  self.bar, self.status)
         self.run_btn.clicked.connect(lambda: self.run())
         self.predict_btn.clicked.connect(lambda: self.predict())
-        self.method.currentTextChanged.connect(
-            lambda m: self.steps.setEnabled(m == "pcim"))
+        self.method.currentTextChanged.connect(self._on_method)
+        self._on_method(self.method.currentText())
         self.session.model_changed.connect(self._on_model)
         self._on_model()
+
+    def _on_method(self, name: str) -> None:
+        """Show the chosen method's settings; per-channel maps only where it has them."""
+        from ..core.attribution.methods import registered_methods
+
+        self.method_settings.set_method(name)
+        spec = registered_methods().get(name)
+        self.per_channel.setEnabled(spec is None or spec.per_channel)
+
+    @property
+    def steps(self):
+        """The current method's ``steps`` editor (PCIM's by default), for scripts."""
+        return self.method_settings.editors["steps"][0]
 
     # -- model and inputs ------------------------------------------------------------------
 
@@ -266,9 +287,7 @@ class AttributionWidget(DockWidget):
             method = self.method.currentText()
             target = self._target_index()
             contrast = self._contrast_index()
-            params: dict[str, Any] = {}
-            if method == "pcim":
-                params["steps"] = self.steps.value()
+            params: dict[str, Any] = self.method_settings.params()
             per_channel = self.per_channel.isChecked()
             device = self.device.currentText()
             want_curves = self.curves.isChecked()

@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from ..core.attribution.explain import available_methods
+    from ..core.attribution.options import TILINGS
 
     p = sub.add_parser("explain", help="pixel attribution maps for image files",
                        description="Explain a classifier's decision on image files: one "
@@ -159,7 +160,7 @@ def register(sub) -> None:
                    help="method parameter, e.g. --param steps=12 (repeatable)")
     p.add_argument("--input-size", type=positive_int,
                    help="the model's input side in pixels; larger images are tiled")
-    p.add_argument("--tiling", choices=("auto", "field", "one_pass", "per_tile"),
+    p.add_argument("--tiling", choices=TILINGS,
                    default="auto",
                    help="PCIM on images larger than the input: one map on one scale per "
                         "field (auto: in one pass when the model and memory allow), or "

@@ -5,16 +5,19 @@ Pixel level: Saliency, Integrated Gradients, Occlusion and Grad-CAM come from Ca
 written here. Channel level (to compare with DCMIX): channel ablation and
 within-channel pixel permutation (PXPermute-style).
 
-Every pixel method is a generator ``fn(model, x, targets, per_channel, **params)``
-over one batch ``x`` (B, C, H, W) that yields :class:`Progress` and returns maps
-(B, H, W), or (B, C, H, W) with ``per_channel``. Larger attribution = more evidence
-for the target class.
+Every pixel method is a generator ``fn(model, x, targets, per_channel, cfg)`` over one
+batch ``x`` (B, C, H, W) with its settings ``cfg`` (a :class:`.MethodConfig`), that yields
+:class:`Progress` and returns maps (B, H, W), or (B, C, H, W) with ``per_channel``.
+Larger attribution = more evidence for the target class. They are registered in
+:mod:`.methods`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,15 +25,10 @@ from torch.nn import functional as F
 
 from ..runtime.errors import InputError
 from ..runtime.progress import Progress
+from .method_config import MethodConfig, setting
 from .pcim import gaussian_blur
 
 MapGenerator = Generator[Progress, None, torch.Tensor]
-
-
-def _check_params(name: str, params: dict, known: set[str]) -> None:
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise InputError(f"unknown parameter(s) {unknown} for {name}; known: {sorted(known)}")
 
 
 def _reduce(attr: torch.Tensor, per_channel: bool, how: str = "sum") -> torch.Tensor:
@@ -41,65 +39,122 @@ def _reduce(attr: torch.Tensor, per_channel: bool, how: str = "sum") -> torch.Te
     return attr.sum(dim=1)
 
 
-def saliency(model, x, targets, per_channel=False, **params) -> MapGenerator:
+@dataclass
+class SaliencyConfig(MethodConfig):
+    """Saliency has no settings."""
+
+    title: ClassVar[str] = "saliency"
+
+
+def saliency(model, x, targets, per_channel: bool, cfg: SaliencyConfig) -> MapGenerator:
     """Absolute input gradient (Simonyan et al.), max over channels (Captum ``Saliency``)."""
     from captum.attr import Saliency
 
-    _check_params("saliency", params, set())
     x = x.detach().requires_grad_(True)  # Captum warns when it has to set this itself
     attr = Saliency(model).attribute(x, target=targets, abs=True)
     yield Progress(1, 1, "saliency")
     return _reduce(attr, per_channel, "absmax").detach()
 
 
-def integrated_gradients(model, x, targets, per_channel=False, n_steps: int = 50,
-                         baseline: float | str = 0.0, blur_sigma: float = 5.0,
-                         internal_batch_size: int | None = None, **params) -> MapGenerator:
+@dataclass
+class IntegratedGradientsConfig(MethodConfig):
+    """Integrated Gradients from a constant ``baseline`` or from the blurred image."""
+
+    title: ClassVar[str] = "integrated gradients"
+    n_steps: int = setting(50, label="steps", minimum=1, maximum=1000,
+                           help="points on the path from the baseline to the image")
+    baseline: float | str = setting(0.0, advanced=True,
+                                    help="a constant, or 'blur' for the blurred image")
+    blur_sigma: float = setting(5.0, label="blur sigma", minimum=0.1, maximum=100.0,
+                                advanced=True, help="blur of the 'blur' baseline (px)")
+    internal_batch_size: int | None = setting(None, advanced=True, minimum=1,
+                                              maximum=4096, label="internal batch",
+                                              help="path points per pass (auto: 16 per image)")
+
+    def __post_init__(self) -> None:
+        if self.n_steps < 1:
+            raise InputError(f"integrated gradients needs n_steps >= 1; got {self.n_steps}")
+        if isinstance(self.baseline, str) and self.baseline != "blur":
+            raise InputError(f"IG baseline must be a number or 'blur'; got {self.baseline!r}")
+
+
+def integrated_gradients(model, x, targets, per_channel: bool,
+                         cfg: IntegratedGradientsConfig) -> MapGenerator:
     """Integrated Gradients (Captum), summed over channels, from a constant ``baseline``
     or from ``baseline="blur"`` (the image blurred with ``blur_sigma``: the reference PCIM's
     preservation game fades to, for a matched comparison)."""
     from captum.attr import IntegratedGradients
 
-    _check_params("integrated_gradients", params, set())
-    if isinstance(baseline, str):
-        if baseline != "blur":
-            raise InputError(f"IG baseline must be a number or 'blur'; got {baseline!r}")
-        ref = gaussian_blur(x, float(blur_sigma))
-    else:
-        ref = float(baseline)
-    ibs = internal_batch_size or max(x.shape[0], 1) * min(n_steps, 16)
+    ref = gaussian_blur(x, float(cfg.blur_sigma)) if isinstance(cfg.baseline, str) \
+        else float(cfg.baseline)
+    ibs = cfg.internal_batch_size or max(x.shape[0], 1) * min(cfg.n_steps, 16)
     attr = IntegratedGradients(model).attribute(
-        x, baselines=ref, target=targets, n_steps=int(n_steps), internal_batch_size=ibs)
+        x, baselines=ref, target=targets, n_steps=int(cfg.n_steps), internal_batch_size=ibs)
     yield Progress(1, 1, "integrated gradients")
     return _reduce(attr, per_channel).detach()
 
 
-def integrated_gradients_blur(model, x, targets, per_channel=False, n_steps: int = 50,
-                              blur_sigma: float = 5.0, **params) -> MapGenerator:
+@dataclass
+class IntegratedGradientsBlurConfig(MethodConfig):
+    """Integrated Gradients from the blurred image."""
+
+    title: ClassVar[str] = "integrated gradients (blur)"
+    n_steps: int = setting(50, label="steps", minimum=1, maximum=1000,
+                           help="points on the path from the blurred image to the image")
+    blur_sigma: float = setting(5.0, label="blur sigma", minimum=0.1, maximum=100.0,
+                                help="blur of the baseline (px)")
+
+
+def integrated_gradients_blur(model, x, targets, per_channel: bool,
+                              cfg: IntegratedGradientsBlurConfig) -> MapGenerator:
     """Integrated Gradients from the blurred image (see :func:`integrated_gradients`)."""
-    return (yield from integrated_gradients(model, x, targets, per_channel, n_steps=n_steps,
-                                            baseline="blur", blur_sigma=blur_sigma,
-                                            **params))
+    full = IntegratedGradientsConfig(n_steps=cfg.n_steps, baseline="blur",
+                                     blur_sigma=cfg.blur_sigma)
+    return (yield from integrated_gradients(model, x, targets, per_channel, full))
 
 
-def occlusion(model, x, targets, per_channel=False, window: int | None = None,
-              stride: int | None = None, baseline: float = 0.0,
-              perturbations_per_eval: int = 16, **params) -> MapGenerator:
+@dataclass
+class OcclusionConfig(MethodConfig):
+    """Sliding-window occlusion."""
+
+    title: ClassVar[str] = "occlusion"
+    window: int | None = setting(None, minimum=2, maximum=4096,
+                                 help="window side in px (auto: 1/7 of the image side)")
+    stride: int | None = setting(None, minimum=1, maximum=4096, advanced=True,
+                                 help="window step in px (auto: half the window)")
+    baseline: float = setting(0.0, advanced=True, help="value the window is filled with")
+    perturbations_per_eval: int = setting(16, minimum=1, maximum=1024, advanced=True,
+                                          label="windows per pass")
+
+    def window_and_stride(self, h: int, w: int) -> tuple[int, int]:
+        k = int(self.window or max(2, round(min(h, w) / 7)))
+        return k, int(self.stride or max(1, k // 2))
+
+
+def occlusion(model, x, targets, per_channel: bool, cfg: OcclusionConfig) -> MapGenerator:
     """Sliding-window occlusion (Captum ``Occlusion``); window defaults to 1/7 of the side."""
     from captum.attr import Occlusion
 
-    _check_params("occlusion", params, set())
     c, h, w = x.shape[1:]
-    k = int(window or max(2, round(min(h, w) / 7)))
-    s = int(stride or max(1, k // 2))
+    k, s = cfg.window_and_stride(h, w)
     if k > min(h, w):
         raise InputError(f"occlusion window {k} is larger than the {h}x{w} image")
     cw = 1 if per_channel else c
     attr = Occlusion(model).attribute(
         x, sliding_window_shapes=(cw, k, k), strides=(cw, s, s), target=targets,
-        baselines=float(baseline), perturbations_per_eval=int(perturbations_per_eval))
+        baselines=float(cfg.baseline), perturbations_per_eval=int(cfg.perturbations_per_eval))
     yield Progress(1, 1, "occlusion")
     return attr.detach() if per_channel else attr.mean(dim=1).detach()
+
+
+def occlusion_passes(cfg: OcclusionConfig, c: int, h: int, w: int, per_channel: bool = False
+                     ) -> int:
+    """Forward passes per image: one per window position (per channel with
+    ``per_channel``) plus the unoccluded image."""
+    k, s = cfg.window_and_stride(h, w)
+    ny = max(1, (h - k) // s + 1)
+    nx = max(1, (w - k) // s + 1)
+    return ny * nx * (c if per_channel else 1) + 1
 
 
 def last_conv_layer(model: torch.nn.Module) -> torch.nn.Module:
@@ -113,16 +168,22 @@ def last_conv_layer(model: torch.nn.Module) -> torch.nn.Module:
     return convs[-1]
 
 
-def gradcam(model, x, targets, per_channel=False, layer: torch.nn.Module | None = None,
-            **params) -> MapGenerator:
+@dataclass
+class GradCAMConfig(MethodConfig):
+    """Grad-CAM on ``layer`` (API only; default: the model's last conv layer)."""
+
+    title: ClassVar[str] = "gradcam"
+    layer: Any = None
+
+
+def gradcam(model, x, targets, per_channel: bool, cfg: GradCAMConfig) -> MapGenerator:
     """Grad-CAM on the last conv layer (Captum ``LayerGradCam``), upsampled, ReLU-ed."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    _check_params("gradcam", params, set())
     if per_channel:
         raise InputError("gradcam gives one map per image; per-channel maps are not "
                          "available for it")
-    layer = layer or last_conv_layer(model)
+    layer = cfg.layer or last_conv_layer(model)
     attr = LayerGradCam(model, layer).attribute(x, target=targets, relu_attributions=True)
     attr = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), "bilinear")
     yield Progress(1, 1, "gradcam")
@@ -143,24 +204,44 @@ def _rise_masks(n: int, shape: tuple[int, ...], cells: int, p: float,
     return out.to(device)
 
 
-def rise(model, x, targets, per_channel=False, n_masks: int = 1000, cells: int = 7,
-         p: float = 0.5, chunk: int = 250, seed: int = 0, **params) -> MapGenerator:
+@dataclass
+class RISEConfig(MethodConfig):
+    """RISE: random masks weighted by the target probability."""
+
+    title: ClassVar[str] = "RISE"
+    n_masks: int = setting(1000, label="masks", minimum=1, maximum=100000,
+                           help="random masks (one forward pass each per image)")
+    cells: int = setting(7, minimum=1, maximum=256, advanced=True,
+                         help="mask grid cells across the image")
+    p: float = setting(0.5, minimum=0.01, maximum=0.99, advanced=True,
+                       label="keep probability")
+    chunk: int = setting(250, minimum=1, maximum=10000, advanced=True,
+                         label="masks per pass")
+    seed: int = setting(0, minimum=0, maximum=2**31 - 1, advanced=True)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.p < 1:
+            raise InputError(f"RISE keep probability p must be in (0, 1); got {self.p}")
+        if self.n_masks < 1 or self.cells < 1 or self.chunk < 1:
+            raise InputError("RISE needs n_masks, cells and chunk >= 1")
+
+
+def rise(model, x, targets, per_channel: bool, cfg: RISEConfig) -> MapGenerator:
     """RISE (Petsiuk et al. 2018): probability-weighted sum of random masks.
 
     Masks are shared by the images of a batch; each mask costs one forward per image.
     With ``per_channel`` every channel gets its own independent mask.
     """
-    _check_params("rise", params, set())
-    if not 0 < p < 1:
-        raise InputError(f"RISE keep probability p must be in (0, 1); got {p}")
     b, c, h, w = x.shape
-    gen = torch.Generator().manual_seed(int(seed))
+    n_masks, p = int(cfg.n_masks), float(cfg.p)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
     mc = c if per_channel else 1
     sal = torch.zeros(b, mc, h, w, device=x.device)
     done = 0
     with torch.no_grad():
         while done < n_masks:
-            m = _rise_masks(min(chunk, n_masks - done), (mc, h, w), cells, p, gen, x.device)
+            m = _rise_masks(min(cfg.chunk, n_masks - done), (mc, h, w), cfg.cells, p, gen,
+                            x.device)
             k = m.shape[0]
             # Images x masks in one batch; probabilities of each image's target.
             xm = (x[:, None] * m[None]).reshape(b * k, c, h, w)
@@ -173,9 +254,29 @@ def rise(model, x, targets, per_channel=False, n_masks: int = 1000, cells: int =
     return sal if per_channel else sal[:, 0]
 
 
-def extremal_mask(model, x, targets, per_channel=False, area: float = 0.2,
-                  steps: int = 60, lr: float = 0.1, downsample: int = 4,
-                  area_weight: float = 10.0, blur_sigma: float = 5.0, **params
+@dataclass
+class ExtremalMaskConfig(MethodConfig):
+    """A smooth keep/delete mask of a target area, optimised by gradient descent."""
+
+    title: ClassVar[str] = "extremal mask"
+    area: float = setting(0.2, minimum=0.01, maximum=0.99,
+                          help="fraction of the image the mask keeps")
+    steps: int = setting(60, minimum=1, maximum=1000, help="optimisation steps")
+    lr: float = setting(0.1, minimum=1e-4, maximum=10.0, advanced=True,
+                        label="learning rate")
+    downsample: int = setting(4, minimum=1, maximum=64, advanced=True,
+                              help="mask resolution: 1/downsample of the image")
+    area_weight: float = setting(10.0, minimum=0.0, maximum=1000.0, advanced=True)
+    blur_sigma: float = setting(5.0, minimum=0.1, maximum=100.0, advanced=True)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.area < 1:
+            raise InputError(f"extremal_mask area must be in (0, 1); got {self.area}")
+        if self.steps < 1 or self.downsample < 1:
+            raise InputError("extremal_mask needs steps and downsample >= 1")
+
+
+def extremal_mask(model, x, targets, per_channel: bool, cfg: ExtremalMaskConfig
                   ) -> MapGenerator:
     """Extremal-perturbation-style mask (Fong et al. 2019), simplified.
 
@@ -184,21 +285,18 @@ def extremal_mask(model, x, targets, per_channel=False, area: float = 0.2,
     kept image and minimises it on the complement, with a penalty pulling the sorted
     mask towards an ``area`` fraction of ones.
     """
-    _check_params("extremal_mask", params, set())
-    if not 0 < area < 1:
-        raise InputError(f"extremal_mask area must be in (0, 1); got {area}")
     b, c, h, w = x.shape
     mc = c if per_channel else 1
     x = x.detach()
-    blurred = gaussian_blur(x, blur_sigma)
-    lh, lw = max(1, math.ceil(h / downsample)), max(1, math.ceil(w / downsample))
+    blurred = gaussian_blur(x, cfg.blur_sigma)
+    lh, lw = max(1, math.ceil(h / cfg.downsample)), max(1, math.ceil(w / cfg.downsample))
     logits = torch.zeros(b, mc, lh, lw, device=x.device, requires_grad=True)
-    opt = torch.optim.Adam([logits], lr=lr)
+    opt = torch.optim.Adam([logits], lr=cfg.lr)
     n = mc * h * w
     ref = torch.zeros(n, device=x.device)
-    ref[n - int(round(area * n)):] = 1.0
+    ref[n - int(round(cfg.area * n)):] = 1.0
     m = None
-    for step in range(steps):
+    for step in range(cfg.steps):
         m = torch.sigmoid(F.interpolate(logits, size=(h, w), mode="bilinear",
                                         align_corners=False))
         keep = blurred + m * (x - blurred)
@@ -206,11 +304,11 @@ def extremal_mask(model, x, targets, per_channel=False, area: float = 0.2,
         logp = torch.log_softmax(model(torch.cat([keep, drop])), 1)
         lp = logp.gather(1, torch.cat([targets, targets]).view(-1, 1))[:, 0]
         area_pen = ((torch.sort(m.flatten(1), dim=1).values - ref) ** 2).mean(1)
-        loss = (-lp[:b] + lp[b:] + area_weight * area_pen).sum()
+        loss = (-lp[:b] + lp[b:] + cfg.area_weight * area_pen).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        yield Progress(step + 1, steps, f"extremal mask step {step + 1}/{steps}")
+        yield Progress(step + 1, cfg.steps, f"extremal mask step {step + 1}/{cfg.steps}")
     out = m.detach()
     return out if per_channel else out[:, 0]
 

@@ -8,9 +8,8 @@ larger than the model's ``input_size``), runs the chosen method as a generator o
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -26,10 +25,8 @@ from ..runtime.errors import InputError
 from ..runtime.progress import Progress
 from ..runtime.validation import check_images
 from ..study.findings import Finding, make, register_code
-from . import baselines
 from .contrast import CONTRAST_TARGET, ContrastModel, check_contrast
 from .field import (
-    BACKGROUND_FRACTION,
     channels_last_for,
     fast_copy,
     is_oom,
@@ -38,8 +35,8 @@ from .field import (
     smaller_batch,
 )
 from .gradients import FORWARD_ONLY, gradient_error, gradient_problem, is_gradient_error
-from .pcim import PCIMConfig, pcim_batch
-from .pcim_blackbox import BlackboxPCIMConfig, pcim_blackbox_batch
+from .methods import get_method, registered_methods
+from .options import ExplainOptions, split_options
 
 
 @dataclass
@@ -117,120 +114,14 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
-def _pcim(model, x, targets, per_channel=False, **params):
-    cfg = PCIMConfig.from_params(params)
-    return (yield from pcim_batch(model, x, targets, cfg, per_channel))
-
-
-def _pcim_blackbox(model, x, targets, per_channel=False, **params):
-    cfg = BlackboxPCIMConfig.from_params(params)
-    return (yield from pcim_blackbox_batch(model, x, targets, cfg, per_channel))
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether a (JSON-parsed) parameter value fits a type annotation."""
-    import types
-    import typing
-
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool) \
-            and bool(np.isfinite(value))
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (tuple, list):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return isinstance(value, list | tuple) and all(
-            _type_ok(v, args[0]) for v in value) if args else isinstance(value, list | tuple)
-    return True  # objects (e.g. a torch layer) are the API's business
-
-
-def _type_name(hint: Any) -> str:
-    import typing
-
-    args = typing.get_args(hint)
-    if args and typing.get_origin(hint) not in (tuple, list):
-        return " or ".join(_type_name(a) for a in args)
-    if hint is type(None):
-        return "null"
-    return {int: "a whole number", float: "a number", str: "text",
-            bool: "true or false"}.get(hint, "a list" if typing.get_origin(hint) in
-                                       (tuple, list) else getattr(hint, "__name__", str(hint)))
-
-
 def check_method_params(method: str, params: dict) -> None:
-    """Raise :class:`InputError` for unknown parameter names or values of the wrong type
-    (``steps="abc"``), before any work starts."""
-    import typing
-
+    """Raise :class:`InputError` for an unknown method, unknown parameter names or values
+    of the wrong type (``steps="abc"``), before any work starts."""
     if method == AUTO:   # the parameters must suit whichever method it picks
         for m in ("pcim", FORWARD_ONLY):
             check_method_params(m, params)
         return
-    if method not in METHODS:
-        raise InputError(f"unknown attribution method {method!r}; choose one of "
-                         f"{available_methods()}")
-    configs = {"pcim": PCIMConfig, "pcim_blackbox": BlackboxPCIMConfig}
-    target = configs.get(method, METHODS[method])
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # unresolvable annotations: nothing to check against
-        return
-    if method not in configs:
-        sig = inspect.signature(target)
-        known = {k for k, v in sig.parameters.items() if v.kind is v.POSITIONAL_OR_KEYWORD
-                 and k not in ("model", "x", "targets", "per_channel")}
-        hints = {k: hints.get(k, Any) for k in known}
-    unknown = sorted(set(params) - set(hints))
-    if unknown:
-        what = "PCIM parameter(s)" if method in configs else "parameter(s)"
-        raise InputError(f"unknown {what} {unknown} for {method}; known: "
-                         f"{sorted(hints) or 'none'}")
-    for key, value in params.items():
-        if not _type_ok(value, hints[key]):
-            raise InputError(f"{method} parameter {key}={value!r} must be "
-                             f"{_type_name(hints[key])}")
-
-
-def _method_params(method: str, params: dict) -> dict:
-    """Every parameter the method will use: its defaults overlaid with ``params``."""
-    if method == "pcim":
-        return PCIMConfig.from_params(params).to_dict()
-    if method == "pcim_blackbox":
-        return BlackboxPCIMConfig.from_params(params).to_dict()
-    sig = inspect.signature(METHODS[method])
-    out = {k: v.default for k, v in sig.parameters.items()
-           if v.default is not inspect.Parameter.empty and k != "per_channel"}
-    out.update(params)
-    return out
-
-
-#: registry: name -> batch generator ``fn(model, x, targets, per_channel, **params)``
-METHODS: dict[str, Callable[..., Generator[Progress, None, torch.Tensor]]] = {
-    "pcim": _pcim,
-    "pcim_blackbox": _pcim_blackbox,
-    "saliency": baselines.saliency,
-    "integrated_gradients": baselines.integrated_gradients,
-    "integrated_gradients_blur": baselines.integrated_gradients_blur,
-    "occlusion": baselines.occlusion,
-    "gradcam": baselines.gradcam,
-    "rise": baselines.rise,
-    "extremal_mask": baselines.extremal_mask,
-}
-
-#: methods whose result depends on gradients (need a differentiable model)
-NEEDS_GRAD = {"pcim", "saliency", "integrated_gradients", "integrated_gradients_blur",
-              "gradcam", "extremal_mask"}
+    get_method(method).make_config(params)
 
 
 #: gradient PCIM where the model's gradients are usable, else forward-only PCIM
@@ -240,13 +131,13 @@ AUTO = "auto"
 
 def available_methods() -> list[str]:
     """Names accepted by :func:`explain` (the registry and ``"auto"``)."""
-    return [*METHODS, AUTO]
+    return [*registered_methods(), AUTO]
 
 
 def _check_gradients(model, method: str, maps: np.ndarray, probe: torch.Tensor) -> None:
     """Raise the gradient error when a gradient method gave flat maps for every image
     and the model's gradients are unusable (a model that ignores the image is fine)."""
-    if method not in NEEDS_GRAD or maps.size == 0:
+    if not get_method(method).needs_gradients or maps.size == 0:
         return
     flat = maps.reshape(maps.shape[0], -1)
     if not bool((flat.max(1) == flat.min(1)).all()):
@@ -259,7 +150,7 @@ def _check_gradients(model, method: str, maps: np.ndarray, probe: torch.Tensor) 
 def _raise_if_no_graph(err: BaseException, model, method: str, probe: torch.Tensor) -> None:
     """Turn autograd's 'no graph' RuntimeError inside a gradient method into the one-line
     gradient error (other errors pass)."""
-    if method in NEEDS_GRAD and is_gradient_error(err):
+    if get_method(method).needs_gradients and is_gradient_error(err):
         problem = gradient_problem(model, probe) or "autograd finds no graph through it"
         raise gradient_error(method, problem) from None
 
@@ -301,17 +192,37 @@ def _probe(model, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@dataclass
+class _Job:
+    """One explain call's plan, shared by its batches (and by each contrast group)."""
+
+    method: str
+    config: Any                  # the method's MethodConfig
+    options: ExplainOptions
+    device: torch.device
+    input_size: int | None       # the tile side when tiled
+    overlap: int
+    tiled: bool
+    t0: float
+    field: dict | None = None    # whole-field PCIM settings, or None (per tile)
+
+    @property
+    def spec(self):
+        return get_method(self.method)
+
+
 def explain(model: torch.nn.Module, images: np.ndarray,
             targets: int | Sequence[int] | None = None, method: str = "pcim",
-            per_channel: bool = False, device: str = "auto", batch_size: int = 32,
-            input_size: int | None = None, tile_overlap: int | None = None,
-            contrast: int | None = None, evidence: bool = False,
-            tiling: str = "auto", background: float | None = BACKGROUND_FRACTION,
-            memory_budget: float | None = None, amp: bool | None = None,
-            **params) -> Generator[Progress, None, AttributionResult]:
+            options: ExplainOptions | None = None,
+            **kwargs: Any) -> Generator[Progress, None, AttributionResult]:
     """Attribution maps for normalised float images (N, C, H, W) under ``model``.
 
     ``targets``: one class for all, one per image, or None for the predicted class.
+    ``method``: a registered method (:mod:`.methods`) or ``"auto"``. ``options``
+    (:class:`.options.ExplainOptions`): device, batches, tiling, contrast and the
+    evidence check; keyword arguments that name an option override it
+    (``device="cpu"``), the others are the method's settings (``steps=12``).
+
     ``contrast``: explain "target rather than ``contrast``" (logit difference, see
     :mod:`.contrast`); ``probabilities`` stay the model's own. ``evidence``: run
     :func:`.evidence.evidence_check` afterwards (tiled fields:
@@ -329,21 +240,21 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     tiles (``background``: fraction of the field's intensity range; None = none) left
     at zero evidence; ``"field"`` never one pass; ``"one_pass"`` always; ``"per_tile"``
     the old behaviour (each tile on its own scale, blended). ``amp``: mixed precision
-    on CUDA (default on). Other methods always run per tile.
-    ``params`` go to the method (see ``METHODS``). Cancel by closing the generator.
+    on CUDA (default on). Other methods always run per tile. Cancel by closing the
+    generator.
     """
     t0 = time.perf_counter()
+    opts, params = split_options(options, kwargs)
+    opts.check()
     check_method_params(method, params)
+    if method != AUTO and opts.per_channel and not get_method(method).per_channel:
+        raise InputError(f"{method} gives one map per image; per-channel maps are not "
+                         "available for it")
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1; got {batch_size}")
-    if tiling not in TILINGS:
-        raise InputError(f"unknown tiling {tiling!r}; choose one of {TILINGS}")
-    if background is not None and not 0 <= float(background) < 1:
-        raise InputError(f"background must be a fraction in [0, 1) or None; got {background}")
     x_np = check_images(images, _model_channels(model))
     n, c, h, w = x_np.shape
+    input_size = opts.input_size
     if input_size is not None:
         input_size = int(input_size)
         if min(h, w) < input_size:
@@ -352,8 +263,9 @@ def explain(model: torch.nn.Module, images: np.ndarray,
     tiled = input_size is not None and max(h, w) > input_size
     overlap = 0
     if tiled:
-        overlap = int(tile_overlap if tile_overlap is not None else input_size // 4)
-    dev = resolve_device(device)
+        overlap = int(opts.tile_overlap if opts.tile_overlap is not None
+                      else input_size // 4)
+    dev = resolve_device(opts.device)
     auto_choice = None
     if method == AUTO:
         side = input_size if tiled else None
@@ -366,23 +278,22 @@ def explain(model: torch.nn.Module, images: np.ndarray,
         auto_choice = {"method_asked": AUTO, "method": method,
                        "reason": "the model's gradients are usable" if problem is None
                        else f"the model's gradients are unusable: {problem}"}
+    spec = get_method(method)
     field = None
-    if tiled and method == "pcim" and tiling != "per_tile":
-        field = {"one_pass": {"auto": None, "field": False, "one_pass": True}[tiling],
-                 "overlap": tile_overlap, "background": background,
-                 "memory_budget": memory_budget, "amp": amp}
+    if tiled and spec.whole_field and opts.tiling != "per_tile":
+        field = {"one_pass": {"auto": None, "field": False, "one_pass": True}[opts.tiling],
+                 "overlap": opts.tile_overlap, "background": opts.background,
+                 "memory_budget": opts.memory_budget, "amp": opts.amp}
+    job = _Job(method, spec.make_config(params), opts, dev, input_size, overlap, tiled, t0,
+               field)
     # The caller's module keeps its own mode, device and gradient flags afterwards.
     with frozen(model, dev) as net:
-        if contrast is None:
-            result = yield from _explain(net, x_np, targets, method, per_channel, dev,
-                                         batch_size, input_size, overlap, tiled, params, t0,
-                                         field)
+        if opts.contrast is None:
+            result = yield from _explain(net, x_np, targets, job)
         else:
-            result = yield from _explain_contrast(net, x_np, targets, contrast, method,
-                                                  per_channel, dev, batch_size, input_size,
-                                                  overlap, tiled, params, t0, field)
-        if evidence:
-            result.evidence = _evidence(net, x_np, result, dev, batch_size,
+            result = yield from _explain_contrast(net, x_np, targets, opts.contrast, job)
+        if opts.evidence:
+            result.evidence = _evidence(net, x_np, result, dev, opts.batch_size,
                                         input_size if tiled else None)
             result.seconds = time.perf_counter() - t0
         side = (input_size, input_size) if tiled else (h, w)
@@ -396,11 +307,8 @@ def method_warnings(method: str, params: dict, h: int, w: int) -> list[str]:
     """Plain warnings about running ``method`` with ``params`` on H x W inputs (the size
     the method sees: the tile when images are tiled): black-box PCIM's coarse grid on
     large images (:meth:`.BlackboxPCIMConfig.coarseness_warning`). Batch runs check
-    their plan with it too."""
-    if method == "pcim_blackbox":
-        coarse = BlackboxPCIMConfig.from_params(params).coarseness_warning(h, w)
-        return [coarse] if coarse else []
-    return []
+    their plan with it too (the method record's ``warnings``)."""
+    return get_method(method).plan_warnings(params, h, w)
 
 
 def _evidence(model, x_np, result: AttributionResult, dev, batch_size: int,
@@ -439,14 +347,14 @@ def _evidence(model, x_np, result: AttributionResult, dev, batch_size: int,
     return check(net, x_np, result.maps, tgt, batch_size=max(batch_size, 16), device=dev)
 
 
-def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, batch_size,
-                      input_size, overlap, tiled, params, t0,
-                      field=None) -> Generator[Progress, None, AttributionResult]:
+def _explain_contrast(model, x_np, targets, contrast, job: _Job
+                      ) -> Generator[Progress, None, AttributionResult]:
     """``_explain`` on :class:`ContrastModel` wrappers, one per target class."""
     n, _, h, w = x_np.shape
+    dev, batch_size = job.device, job.options.batch_size
     # The model's own probabilities (mean over tiles when tiled), as ``_explain`` reports.
-    grid = _probability_grid(h, w, input_size, overlap, tiled, field)
-    sh, sw = (input_size, input_size) if tiled else (h, w)
+    grid = _probability_grid(h, w, job.input_size, job.overlap, job.tiled, job.field)
+    sh, sw = (job.input_size, job.input_size) if job.tiled else (h, w)
     probs = np.zeros((n, 0))
     for y, x in grid:
         tile = x_np[:, :, y:y + sh, x:x + sw]
@@ -463,8 +371,7 @@ def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, 
     for g, a in enumerate(groups):
         idx = np.flatnonzero(tgt == a)
         sub = ContrastModel(model, int(a), b)
-        gen = _explain(sub, x_np[idx], CONTRAST_TARGET, method, per_channel, dev,
-                       batch_size, input_size, overlap, tiled, params, t0, field)
+        gen = _explain(sub, x_np[idx], CONTRAST_TARGET, job)
         res = yield from _relay(gen, g, len(groups), "", {})
         if maps is None:
             maps = np.zeros((n, *res.maps.shape[1:]), np.float32)
@@ -473,8 +380,8 @@ def _explain_contrast(model, x_np, targets, contrast, method, per_channel, dev, 
         maps[idx] = res.maps
     params_out = {**params_out, "contrast": b}
     return AttributionResult(maps=maps, targets=tgt, probabilities=probabilities,
-                             method=method, params=params_out, contrast=b,
-                             seconds=time.perf_counter() - t0)
+                             method=job.method, params=params_out, contrast=b,
+                             seconds=time.perf_counter() - job.t0)
 
 
 def _relay(gen: Generator[Progress, None, Any], part: int, parts: int, prefix: str,
@@ -504,16 +411,13 @@ def _probability_grid(h: int, w: int, input_size: int | None, overlap: int, tile
     return tile_grid(h, w, input_size, 0 if field is not None else overlap)
 
 
-#: ``explain``'s ways of covering an image larger than the model's input (PCIM)
-TILINGS = ("auto", "field", "one_pass", "per_tile")
-
-
-def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_size,
-             overlap, tiled, params, t0, field=None
-             ) -> Generator[Progress, None, AttributionResult]:
+def _explain(model, x_np, targets, job: _Job) -> Generator[Progress, None, AttributionResult]:
     n, c, h, w = x_np.shape
-    fn = METHODS[method]
-    all_params = _method_params(method, params)
+    method, field, dev = job.method, job.field, job.device
+    batch_size, per_channel = job.options.batch_size, job.options.per_channel
+    input_size, overlap, tiled, t0 = job.input_size, job.overlap, job.tiled, job.t0
+    run = job.spec.run
+    all_params = job.config.to_dict()
     # Small batches are faster per tile on the CPU (cache-bound convolutions), and the
     # field path probes with its fast copy (BatchNorm folded, channels-last on CPU).
     # (forward only, channels-last, one thread: 0.021 s per 256 px tile at batch 1 or 2,
@@ -557,7 +461,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
     maps = np.zeros((n, *shape), np.float32)
     if field is not None:
         plans = []
-        cfg = PCIMConfig.from_params(params)
+        cfg = job.config
         for i in range(n):
             plan = plan_field(model, x_np[i], input_size, field["overlap"], dev,
                               max_batch=batch_size, memory_budget=field["memory_budget"],
@@ -600,7 +504,7 @@ def _explain(model, x_np, targets, method, per_channel, dev, batch_size, input_s
         n_batches = b + 1 + (len(items) - done - len(chunk) + bs - 1) // bs
         xb = batch_of(chunk)
         tb = torch.as_tensor(tgt[[i for i, _ in chunk]], device=dev)
-        gen = fn(model, xb, tb, per_channel, **params)
+        gen = run(model, xb, tb, per_channel, job.config)
         try:
             out = (yield from _relay(gen, b, n_batches,
                                      f"{method}: batch {b + 1}/{n_batches} — ",
@@ -651,8 +555,9 @@ def explain_classifier(clf: Classifier, images: Any, targets: Any = None,
     Images larger than the model's training input (``clf.input_size``) are explained in
     tiles of that size unless ``input_size`` says otherwise; a bundle that records no
     size gets a ``field-scale`` finding. ``targets``: as
-    :meth:`Classifier.resolve_targets`; ``options`` go to :func:`explain` (``contrast``
-    may be a class name here).
+    :meth:`Classifier.resolve_targets`; ``options`` go to :func:`explain` (an
+    ``options=ExplainOptions(...)`` object and/or its fields as keywords, and the method's
+    settings; ``contrast`` may be a class name here).
     """
     if hasattr(images, "images"):   # an ImageSet or plate FieldCrops: prepare knows how
         x = clf.prepare(images)
@@ -666,18 +571,20 @@ def explain_classifier(clf: Classifier, images: Any, targets: Any = None,
     if isinstance(tgt, list) and any(t is None for t in tgt):
         raise InputError("give class targets for every image, or 'predicted' for all")
     findings = channel_map_findings(clf, raw)
-    if options.get("input_size") is None:
-        options["input_size"], found = scale_for(clf, x.shape[-2:])
+    opts, params = split_options(options.pop("options", None), options)
+    if opts.input_size is None:
+        input_size, found = scale_for(clf, x.shape[-2:])
+        opts = opts.replace(input_size=input_size)
         findings += found
-    if options.get("contrast") is not None:   # "A rather than B": a name or an index
-        contrast = options["contrast"]
+    if opts.contrast is not None:   # "A rather than B": a name or an index
+        contrast = opts.contrast
         if not isinstance(contrast, (str, int, np.integer)) or isinstance(contrast, bool):
             raise InputError(f"the contrast class must be one class index or name; got "
                              f"{contrast!r}")
-        options["contrast"] = clf.resolve_targets(contrast)
-        if options["contrast"] is None:
+        opts = opts.replace(contrast=clf.resolve_targets(contrast))
+        if opts.contrast is None:
             raise InputError("the contrast must be a class, not 'predicted'")
-    result = yield from explain(clf.module, x, tgt, method=method, **options)
+    result = yield from explain(clf.module, x, tgt, method, opts, **params)
     result.model = clf.describe()
     result.model["target_names"] = [clf.class_names[int(t)] for t in result.targets]
     result.findings += findings

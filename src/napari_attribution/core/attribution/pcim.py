@@ -44,13 +44,15 @@ import contextlib
 import functools
 import math
 from collections.abc import Generator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.nn import functional as F
 
 from ..runtime.errors import InputError
 from ..runtime.progress import Progress
+from .method_config import MethodConfig, setting
 
 SUBSTRATES = ("zero", "blur", "mean")
 OPTIMIZERS = ("normalized", "adam")
@@ -60,24 +62,32 @@ READOUTS = ("log", "weights")
 
 
 @dataclass
-class PCIMConfig:
+class PCIMConfig(MethodConfig):
     """PCIM options; the defaults were chosen with ``benchmarks/pixel_attribution.py``."""
 
-    steps: int = 8
-    lr: float = 0.5
-    optimizer: str = "normalized"
+    title: ClassVar[str] = "PCIM"
+    steps: int = setting(8, minimum=1, maximum=1000,
+                         help="optimisation steps (one forward and backward pass each)")
+    lr: float = setting(0.5, label="learning rate", minimum=1e-4, maximum=100.0,
+                        advanced=True)
+    optimizer: str = setting("normalized", choices=OPTIMIZERS, advanced=True)
     scales: tuple[int, ...] = (1,)
-    substrate: str = "zero"
-    preserve_substrate: str | None = "blur"
-    blur_sigma: float = 5.0
-    max_weight: float | None = None
-    tv_weight: float = 0.0
-    sparsity_weight: float = 0.0
-    tol: float = 1e-3
-    min_steps: int = 3
-    readout: str = "log"
-    loss: str = "lse_margin"
-    game: str = "hybrid"
+    substrate: str = setting("zero", choices=SUBSTRATES, advanced=True,
+                             help="what a deleted pixel fades to")
+    preserve_substrate: str | None = setting("blur", choices=SUBSTRATES, advanced=True,
+                                             help="what a pixel let go fades to in the "
+                                                  "preservation game")
+    blur_sigma: float = setting(5.0, label="blur sigma", minimum=0.1, maximum=100.0,
+                                advanced=True)
+    max_weight: float | None = setting(None, minimum=1.01, maximum=1e6, advanced=True)
+    tv_weight: float = setting(0.0, minimum=0.0, maximum=100.0, advanced=True)
+    sparsity_weight: float = setting(0.0, minimum=0.0, maximum=100.0, advanced=True)
+    tol: float = setting(1e-3, minimum=0.0, maximum=1.0, advanced=True,
+                         help="an image stops once its map changes less than this")
+    min_steps: int = setting(3, minimum=1, maximum=1000, advanced=True)
+    readout: str = setting("log", choices=READOUTS, advanced=True)
+    loss: str = setting("lse_margin", choices=LOSSES, advanced=True)
+    game: str = setting("hybrid", choices=GAMES, advanced=True)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -100,19 +110,6 @@ class PCIMConfig:
         if self.max_weight is not None and self.max_weight <= 1:
             raise InputError(f"max_weight must exceed 1 (uniform weight); got {self.max_weight}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["scales"] = list(self.scales)
-        return d
-
-    @classmethod
-    def from_params(cls, params: dict) -> PCIMConfig:
-        """Build from keyword parameters; unknown names raise :class:`InputError`."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise InputError(f"unknown PCIM parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**params)
 
 
 @functools.lru_cache(maxsize=32)

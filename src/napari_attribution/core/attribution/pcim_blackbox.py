@@ -97,14 +97,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.nn import functional as F
 
 from ..runtime.errors import InputError
 from ..runtime.progress import Progress
+from .method_config import MethodConfig, setting
 from .pcim import (
+    LOSSES,
     SUBSTRATES,
     _normalised_update,
     _target_loss,
@@ -122,7 +125,7 @@ DIFFERENCES = ("central", "forward")
 
 
 @dataclass
-class BlackboxPCIMConfig:
+class BlackboxPCIMConfig(MethodConfig):
     """Options of gradient-free PCIM (the game, substrates and loss are PCIM's).
 
     Defaults: a 7 x 7 field estimated exactly (49 directions, 2 steps: 100 forward
@@ -136,23 +139,33 @@ class BlackboxPCIMConfig:
     seed 1, BBBC013 crops of wells A01, A02, B02, C01, F01, H01; two direction seeds).
     """
 
-    steps: int = 2
-    samples: int = 49
-    sigma: float = 0.02
-    lr: float = 0.25
-    grid: int = 7
-    cell: int | None = None
-    levels: int = 1
-    modulate: str = "none"
-    power: float = 0.5
-    orthogonal: bool = True
-    difference: str = "forward"
-    max_forward: int | None = None
-    substrate: str = "zero"
-    preserve_substrate: str | None = "blur"
-    blur_sigma: float = 5.0
-    loss: str = "lse_margin"
-    seed: int = 0
+    title: ClassVar[str] = "black-box PCIM"
+    steps: int = setting(2, minimum=1, maximum=100,
+                         help="estimation steps (directions + 1 forward passes each)")
+    samples: int = setting(49, label="directions", minimum=1, maximum=4096,
+                           help="random directions per step (grid x grid: exact)")
+    sigma: float = setting(0.02, minimum=1e-4, maximum=1.0, advanced=True,
+                           help="finite-difference step")
+    lr: float = setting(0.25, label="learning rate", minimum=1e-4, maximum=10.0,
+                        advanced=True)
+    grid: int = setting(7, minimum=1, maximum=256,
+                        help="map cells across the shorter side")
+    cell: int | None = setting(None, minimum=1, maximum=4096, advanced=True,
+                               help="cell side in px (instead of grid)")
+    levels: int = setting(1, minimum=1, maximum=8, advanced=True)
+    modulate: str = setting("none", choices=MODULATIONS, advanced=True,
+                            help="'excess' adds an image prior (opt-in; the map then "
+                                 "partly follows the image, not the model)")
+    power: float = setting(0.5, minimum=0.01, maximum=10.0, advanced=True)
+    orthogonal: bool = setting(True, advanced=True)
+    difference: str = setting("forward", choices=DIFFERENCES, advanced=True)
+    max_forward: int | None = setting(None, minimum=2, maximum=10**6, advanced=True,
+                                      help="cap on forward passes per image")
+    substrate: str = setting("zero", choices=SUBSTRATES, advanced=True)
+    preserve_substrate: str | None = setting("blur", choices=SUBSTRATES, advanced=True)
+    blur_sigma: float = setting(5.0, minimum=0.1, maximum=100.0, advanced=True)
+    loss: str = setting("lse_margin", choices=LOSSES, advanced=True)
+    seed: int = setting(0, minimum=0, maximum=2**31 - 1, advanced=True)
 
     def __post_init__(self) -> None:
         for name in ("steps", "samples", "grid", "cell", "levels"):
@@ -173,17 +186,6 @@ class BlackboxPCIMConfig:
             value = getattr(self, name)
             if value not in SUBSTRATES and not (name == "preserve_substrate" and value is None):
                 raise InputError(f"unknown {name} {value!r}; use one of {SUBSTRATES}")
-
-    @classmethod
-    def from_params(cls, params: dict) -> BlackboxPCIMConfig:
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(f"unknown black-box PCIM parameter(s) {unknown}; known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
-        return cls(**params)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def coarse_shape(self, h: int, w: int) -> tuple[int, int]:
         """The finest grid of coarse logits for an H x W image: ``cell`` x ``cell`` pixels

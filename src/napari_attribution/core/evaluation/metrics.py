@@ -247,21 +247,17 @@ def trained_perturbations(method: str, params: dict | None = None) -> list[str]:
     """Names of the fidelity metrics whose perturbation ``method`` optimises during
     attribution (scores on them are not independent evidence of fidelity).
 
-    PCIM's (and black-box PCIM's) deletion game fades to its ``substrate`` and its
-    preservation game to its ``preserve_substrate``: the deletion and insertion metrics
-    with those substrates. Gradient methods optimise no perturbation.
+    The method's record says which games it plays (``trained_on``): PCIM's (and
+    black-box PCIM's) deletion game fades to its ``substrate`` and its preservation game
+    to its ``preserve_substrate``, i.e. the deletion and insertion metrics with those
+    substrates. Gradient methods optimise no perturbation.
     """
-    params = params or {}
-    games: list[tuple[str, str, float]] = []
-    if method in ("pcim", "pcim_blackbox"):
-        from ..attribution.pcim import PCIMConfig
-        from ..attribution.pcim_blackbox import BlackboxPCIMConfig
+    from ..attribution.methods import registered_methods
 
-        kind = PCIMConfig if method == "pcim" else BlackboxPCIMConfig
-        cfg = kind.from_params({k: v for k, v in params.items()
-                                if k in kind.__dataclass_fields__})
-        games = [("deletion", cfg.substrate, cfg.blur_sigma),
-                 ("insertion", cfg.preserve_substrate or cfg.substrate, cfg.blur_sigma)]
+    spec = registered_methods().get(method)
+    if spec is None:
+        return []
+    games = spec.perturbations(params)
     return [m.name for m in FIDELITY_METRICS.values()
             if any(m.matches(*g) for g in games)]
 
