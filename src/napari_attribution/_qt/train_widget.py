@@ -62,10 +62,21 @@ class TrainWidget(DockWidget):
         self._channel_names: list[str] = []
         self._weights: list | None = None
         self._last_plot = 0.0
+        self._make_data_controls()
+        self._make_model_controls()
+        self.body.addWidget(self._lay_out_data(QGroupBox("Data")))
+        self.body.addWidget(self._lay_out_model(QGroupBox("Model")))
+        self.finish_layout()
+        self._bind_settings()
+        self._connect()
+        self._show_state()
 
-        # -- data ------------------------------------------------------------------------
-        data_box = QGroupBox("Data")
-        self.picker = ChannelPicker(napari_viewer)
+    # -- building the widget -----------------------------------------------------------------
+
+    def _make_data_controls(self) -> None:
+        """The Data box's controls: layers, channel and class names, labels, objects,
+        plate options, crop navigation."""
+        self.picker = ChannelPicker(self.viewer)
         self.channel_names = QLineEdit()
         self.channel_names.setPlaceholderText("default: the layer names")
         self.class_names = QLineEdit("class0, class1")
@@ -110,6 +121,8 @@ class TrainWidget(DockWidget):
         for b in (self.prev_pos_btn, self.next_pos_btn, self.prev_neg_btn,
                   self.next_neg_btn):
             b.setToolTip("Jump to the previous / next crop from a control well")
+
+    def _lay_out_data(self, box: QGroupBox) -> QGroupBox:
         form = QFormLayout()
         form.addRow("Channel names", self.channel_names)
         form.addRow("Class names", self.class_names)
@@ -133,7 +146,7 @@ class TrainWidget(DockWidget):
         row2.addWidget(self.clear_btn)
         row2.addWidget(self.combine_btn)
         row2.addWidget(self.plate_btn)
-        dlay = QVBoxLayout(data_box)
+        dlay = QVBoxLayout(box)
         dlay.addWidget(self.picker)
         dlay.addLayout(form)
         dlay.addLayout(row2)
@@ -144,9 +157,10 @@ class TrainWidget(DockWidget):
                   self.next_pos_btn):
             row3.addWidget(b)
         dlay.addLayout(row3)
+        return box
 
-        # -- model -----------------------------------------------------------------------
-        model_box = QGroupBox("Model")
+    def _make_model_controls(self) -> None:
+        """The Model box's controls: training options, buttons, progress, live plot."""
         from ..core.channels.backbones import BACKBONES
         from ..core.channels.training import TrainConfig
 
@@ -177,13 +191,15 @@ class TrainWidget(DockWidget):
         self.model_label = QLabel("no model")
         self.model_label.setWordWrap(True)
         self.plot = PlotCanvas(height=2.8)
+
+    def _lay_out_model(self, box: QGroupBox) -> QGroupBox:
         mform = QFormLayout()
         mform.addRow("Backbone", self.backbone)
         mform.addRow("Epochs", self.epochs)
         mform.addRow("Mixing heads", self.heads)
         mform.addRow("Batch size", self.batch)
         mform.addRow("Device", self.device)
-        mlay = QVBoxLayout(model_box)
+        mlay = QVBoxLayout(box)
         mlay.addLayout(mform)
         r = QHBoxLayout()
         r.addWidget(self.train_btn)
@@ -197,16 +213,17 @@ class TrainWidget(DockWidget):
         mlay.addLayout(r)
         mlay.addWidget(self.trust)
         mlay.addWidget(self.model_label)
+        return box
 
-        self.body.addWidget(data_box)
-        self.body.addWidget(model_box)
-        self.finish_layout()
-
+    def _bind_settings(self) -> None:
+        """Persist the training options between sessions."""
         for key, w in (("class_names", self.class_names), ("backbone", self.backbone),
                        ("epochs", self.epochs), ("heads", self.heads),
                        ("batch_size", self.batch), ("device", self.device)):
             self.settings.bind(key, w)
 
+    def _connect(self) -> None:
+        """Buttons to actions; viewer and session events to the views that show them."""
         self.runner = TaskRunner(self, [self.train_btn, self.load_btn, self.save_btn,
                                         self.plate_btn], self.cancel_btn, self.bar, self.status)
         self.class_names.editingFinished.connect(self._refresh_classes)
@@ -223,13 +240,16 @@ class TrainWidget(DockWidget):
         self.next_pos_btn.clicked.connect(lambda: self.jump_to_control(1, 1))
         self.prev_neg_btn.clicked.connect(lambda: self.jump_to_control(-1, -1))
         self.next_neg_btn.clicked.connect(lambda: self.jump_to_control(-1, 1))
-        napari_viewer.dims.events.current_step.connect(self._show_crop)
+        self.viewer.dims.events.current_step.connect(self._show_crop)
         for ev in ("inserted", "removed"):
-            getattr(napari_viewer.layers.events, ev).connect(self._refresh_objects)
+            getattr(self.viewer.layers.events, ev).connect(self._refresh_objects)
         self.objects.currentTextChanged.connect(lambda *_: self._update_label_status())
+        self.session.model_changed.connect(self._show_model)
+
+    def _show_state(self) -> None:
+        """Fill the views from the viewer and the session as they are now."""
         self._refresh_objects()
         self._show_crop()
-        self.session.model_changed.connect(self._show_model)
         self._refresh_classes()
         self._update_label_status()
         self._show_model(self.session.bundle)
