@@ -55,9 +55,6 @@ class TrainWidget(DockWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)
         self.settings = Settings("train")
-        self._labels: dict[int, int] = {}  # image index -> class index
-        self._labels_key: tuple | None = None
-        self._history: list[dict] = []
         self._live_loss: list[tuple[float, float]] = []
         self._channel_names: list[str] = []
         self._weights: list | None = None
@@ -244,13 +241,19 @@ class TrainWidget(DockWidget):
         for ev in ("inserted", "removed"):
             getattr(self.viewer.layers.events, ev).connect(self._refresh_objects)
         self.objects.currentTextChanged.connect(lambda *_: self._update_label_status())
-        self.session.model_changed.connect(self._show_model)
+        ev = self.session.events
+        ev.model.connect(self._show_model)
+        ev.labels.connect(self._update_label_status)
+        ev.class_names.connect(self._show_classes)
 
     def _show_state(self) -> None:
         """Fill the views from the viewer and the session as they are now."""
         self._refresh_objects()
         self._show_crop()
-        self._refresh_classes()
+        if self.session.class_names:   # named before this widget opened (a script)
+            self._show_classes(self.session.class_names)
+        else:
+            self._refresh_classes()
         self._update_label_status()
         self._show_model(self.session.bundle)
 
@@ -260,6 +263,17 @@ class TrainWidget(DockWidget):
         return _split(self.class_names.text())
 
     def _refresh_classes(self) -> None:
+        """The class names typed in go to the session (which shows them)."""
+        names = self.classes()
+        if names != self.session.class_names:
+            self.session.class_names = names
+        else:
+            self._show_classes(names)
+
+    def _show_classes(self, names: list[str]) -> None:
+        """Show the session's class names (in the text field too when set elsewhere)."""
+        if list(names) != self.classes():
+            self.class_names.setText(", ".join(str(n) for n in names))
         current = self.class_combo.currentText()
         self.class_combo.clear()
         self.class_combo.addItems(self.classes())
@@ -271,24 +285,25 @@ class TrainWidget(DockWidget):
         return self.picker.selection(current_only=current_only)
 
     def _labels_for(self, sel: Selection) -> dict[int, int]:
-        """Labels for ``sel``: assigned ones, else those in the layer metadata (plates)."""
+        """Labels for ``sel`` (the session's): assigned ones, else those in the layer
+        metadata (plates)."""
         key = (tuple(ly.name for ly in sel.layers), sel.images.shape)
-        if key != self._labels_key:
-            self._labels_key = key
-            self._labels = {}
+        if key != self.session.labels_key:
+            labels: dict[int, int] = {}
             meta = sel.metadata.get("labels")
             names = sel.metadata.get("class_names")
             if meta is not None and len(meta) == len(sel.images):
-                self._labels = {i: int(v) for i, v in enumerate(meta) if int(v) >= 0}
-                if names:
-                    self.class_names.setText(", ".join(str(n) for n in names))
-                    self._refresh_classes()
-        return self._labels
+                labels = {i: int(v) for i, v in enumerate(meta) if int(v) >= 0}
+            self.session.set_labels(labels, key)
+            if labels and names:
+                self.class_names.setText(", ".join(str(n) for n in names))
+                self._refresh_classes()
+        return self.session.labels
 
     def _assign(self, current: bool) -> None:
         try:
             sel = self._selection()
-            labels = self._labels_for(sel)
+            labels = dict(self._labels_for(sel))
             cls = self.class_combo.currentIndex()
             if cls < 0:
                 raise InputError("give class names first (comma-separated)")
@@ -300,15 +315,15 @@ class TrainWidget(DockWidget):
             else:
                 for i in range(len(sel.images)):
                     labels[i] = cls
+            self.session.labels = labels
         except Exception as err:
             self.fail(err, "assigning labels")
         self._update_label_status()
 
     def _clear_labels(self) -> None:
-        self._labels = {}
-        self._update_label_status()
+        self.session.labels = {}
 
-    def _update_label_status(self) -> None:
+    def _update_label_status(self, *_: Any) -> None:
         try:
             sel = self._selection()
         except InputError:
@@ -416,7 +431,7 @@ class TrainWidget(DockWidget):
         except Exception as err:
             self.fail(err, "training")
             return None
-        self._history, self._live_loss = [], []
+        self.session.history, self._live_loss = [], []
         self._weights, self._last_plot = None, 0.0
         self._channel_names = list(data.channel_names)
         source = [ly.name for ly in sel.layers]
@@ -445,7 +460,7 @@ class TrainWidget(DockWidget):
         for ev in events:
             p = ev.partial
             if "val_accuracy" in p:
-                self._history.append(p)
+                self.session.history = [*self.session.history, p]
                 new_epoch = True
             elif "loss" in p:
                 self._live_loss.append((ev.step, p["loss"]))
@@ -510,13 +525,14 @@ class TrainWidget(DockWidget):
             self._init_plot(names, w.shape[0])
             art = self._artists
         ax = art["curve"]
-        if self._history:
-            ep = [h["epoch"] for h in self._history]
-            tl = [h["train_loss"] for h in self._history]
-            vl = [h["val_loss"] for h in self._history]
+        history = self.session.history
+        if history:
+            ep = [h["epoch"] for h in history]
+            tl = [h["train_loss"] for h in history]
+            vl = [h["val_loss"] for h in history]
             art["lines"]["train"].set_data(ep, tl)
             art["lines"]["val"].set_data(ep, vl)
-            art["lines"]["acc"].set_data(ep, [h["val_accuracy"] for h in self._history])
+            art["lines"]["acc"].set_data(ep, [h["val_accuracy"] for h in history])
             # linear axis up to a high percentile: a spike does not flatten the rest
             top = float(np.percentile(np.r_[tl, vl], 90)) * 1.3 or 1.0
             ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
@@ -713,7 +729,7 @@ class TrainWidget(DockWidget):
         self.picker.refresh()
         self.picker.set_checked(names)
         self.picker.axis.setValue(-1)
-        self._labels_key = None
+        self.session.labels_key = None
         self._update_label_status()
         self._show_crop()
         from ..io.plate.sampling import sampling_summary
