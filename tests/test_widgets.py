@@ -401,6 +401,14 @@ def test_demo_panel(make_napari_viewer, small_cells, tiny_bundle):
     assert session_for(viewer).bundle is tiny_bundle
     assert widgets["attribution"].picker.checked_names() == small_cells.channel_names
     assert widgets["importance"].table.rowCount() == 4
+    # layers without labels: the model's class names reach Train through the session
+    bare = make_napari_viewer()
+    for c, name in enumerate(small_cells.channel_names):
+        bare.add_image(small_cells.images[:16, c], name=name)
+    train = add_demo_panels(bare, tiny_bundle, small_cells.images[:16])["train"]
+    assert train.classes() == list(tiny_bundle.class_names) == train.session.class_names
+    assert [train.class_combo.itemText(i) for i in range(train.class_combo.count())] == \
+        list(tiny_bundle.class_names)
 
 
 @requires_bbbc013
