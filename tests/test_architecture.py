@@ -130,3 +130,33 @@ def test_every_core_subpackage_says_what_lives_there():
     listed = {p.name for p in (ROOT / "core").iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert listed == set(CORE_ORDER)
     assert not [p.name for p in (ROOT / "core").glob("*.py") if p.name != "__init__.py"]
+
+
+#: modules that must run without Qt or napari (a headless install, scripts, batch workers):
+#: the session is the widgets' model, the Qt side only renders it
+QT_FREE = ["napari_attribution.session", "napari_attribution.api",
+           "napari_attribution.layer_style"]
+GUI_PACKAGES = {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt",
+                "magicgui", "vispy", "npe2", "app_model"}
+
+
+def test_the_session_and_the_api_never_import_qt_or_napari():
+    """Not even inside functions: the session's observers are the widgets, not the other
+    way round (napari-animation's model / ``_qt`` split)."""
+    mods = _modules()
+    graph = _imports(mods)
+    bad = []
+    for name in QT_FREE:
+        assert name in mods, name
+        seen, todo = set(), [name]
+        while todo:  # everything it reaches inside the package, transitively
+            m = todo.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            for t in graph.get(m, ()):
+                if t.split(".")[0] in GUI_PACKAGES or "._qt" in t:
+                    bad.append(f"{name} reaches {t} (through {m})")
+                elif t.startswith(PKG + ".") and t in mods:
+                    todo.append(t)
+    assert not bad, "\n".join(bad)

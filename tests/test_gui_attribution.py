@@ -356,6 +356,7 @@ def test_study_report(make_napari_viewer, qtbot, cells, bundle, tmp_path, errors
     assert sum(cm_cells) == n_val  # every validation image counted once
     assert text.count("data:image/png;base64,") == 2  # importance chart + one map
     assert "PCIM · " in text
+    assert "<h2>Last results</h2>" in text  # the session's last explanation
 
 
 def test_sample_is_large_enough_and_coloured():

@@ -115,6 +115,7 @@ def test_a_drag_explains_nothing_and_a_newer_click_cancels_an_older_one(
     qtbot.waitUntil(lambda: not w.busy, timeout=60000)
     assert errors == [] and len(w.timings) == 1      # only the newest is shown
     res, k = w.last["res"], w.last["k"]
+    assert w.session.point is res  # the last clicked cell is the session's
     assert res.labels[k] == 0 and res.centres[k].tolist() == [15.0, 15.0]
     # the cancelled run left the model's parameters as they were
     assert all(p.requires_grad for p in w.session.bundle.module.parameters())

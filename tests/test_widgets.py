@@ -114,7 +114,7 @@ def test_train_widget_end_to_end(make_napari_viewer, qtbot, small_cells, tmp_pat
     bundle = w.session.bundle
     assert bundle is not None and bundle.channel_names == small_cells.channel_names
     assert any("val_accuracy" in ev.partial for ev in seen)
-    assert len(w._history) == 2
+    assert len(w.session.history) == 2 and w.session.train_result.history == w.session.history
     status = w.status.text()
     assert "study verdict:" in status and "held out:" in status and "channels: " in status
     curves, bars, acc = w.plot.figure.axes  # loss curves, weight bars, accuracy axis
@@ -401,6 +401,14 @@ def test_demo_panel(make_napari_viewer, small_cells, tiny_bundle):
     assert session_for(viewer).bundle is tiny_bundle
     assert widgets["attribution"].picker.checked_names() == small_cells.channel_names
     assert widgets["importance"].table.rowCount() == 4
+    # layers without labels: the model's class names reach Train through the session
+    bare = make_napari_viewer()
+    for c, name in enumerate(small_cells.channel_names):
+        bare.add_image(small_cells.images[:16, c], name=name)
+    train = add_demo_panels(bare, tiny_bundle, small_cells.images[:16])["train"]
+    assert train.classes() == list(tiny_bundle.class_names) == train.session.class_names
+    assert [train.class_combo.itemText(i) for i in range(train.class_combo.count())] == \
+        list(tiny_bundle.class_names)
 
 
 @requires_bbbc013
@@ -444,3 +452,69 @@ def test_bbbc013_walkthrough_in_napari(make_napari_viewer, qtbot, errors):
     m = np.clip(np.asarray(a.last_layers[0].data)[0], 0, None)
     nuclei = viewer.layers["nuclei"].data[k] > 0
     assert m[nuclei].sum() / m.sum() > nuclei.mean()  # more evidence in nuclei than area
+
+
+def test_widgets_observe_one_session(make_napari_viewer, qtbot, small_cells, tmp_path,
+                                     errors):
+    """The widgets of a viewer share one evented session: labels assigned in Train, a model
+    trained (then loaded) there shows in Pixel attribution and Point and explain, and an
+    Explain result is the session's, which the study report reads."""
+    from napari_attribution._qt import (
+        AttributionWidget,
+        ExportWidget,
+        PointExplainWidget,
+        TrainWidget,
+    )
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    train, attr, point = (TrainWidget(viewer), AttributionWidget(viewer),
+                          PointExplainWidget(viewer))
+    session = train.session
+    assert attr.session is session and point.session is session
+    assert len(session.labels) == N_IMAGES  # from the layers' metadata, into the session
+    assert session.class_names == ["cytoplasmic", "nuclear"]
+    seen: dict[str, list] = {"model": [], "labels": [], "history": []}
+    for name, got in seen.items():
+        getattr(session.events, name).connect(got.append)
+    train.class_combo.setCurrentIndex(1)
+    train.assign_all_btn.click()
+    assert seen["labels"] and set(session.labels.values()) == {1}
+    assert "nuclear: 48" in train.label_status.text()
+    session.set_labels({i: i % 2 for i in range(N_IMAGES)}, session.labels_key)
+    assert "cytoplasmic: 24, nuclear: 24" in train.label_status.text()  # shown, not set
+
+    train.start_training(_cfg(epochs=2))
+    _wait_idle(qtbot, train)
+    assert errors == [] and len(seen["history"]) >= 3  # reset, then one per epoch (+ done)
+    model = session.model
+    assert seen["model"] == [model] and model is session.bundle
+    assert session.train_result is not None and session.importance is model.importance
+    for w in (attr, point):
+        assert "channels DNA, Marker, Membrane, Distractor" in w.model_label.text()
+    qtbot.waitUntil(lambda: not point.busy, timeout=30000)  # its warm-up
+
+    path = train.save_model(tmp_path / "m.safetensors")
+    train.load_model(path)
+    _wait_idle(qtbot, train)
+    qtbot.waitUntil(lambda: not point.busy, timeout=30000)
+    assert len(seen["model"]) == 2 and session.model.path == path
+    assert session.train_result is None and session.history == []
+    assert point.session.bundle is session.model and "classes cytoplasmic, nuclear" in \
+        point.model_label.text()
+
+    attr.scope.setCurrentText("current image")
+    attr.method.setCurrentText("saliency")
+    attr.run()
+    _wait_idle(qtbot, attr)
+    assert errors == [] and session.attribution is attr.last_result is not None
+    assert set(session.curves) == {"deletion", "insertion"} and attr.last_curves is \
+        session.curves
+    assert len(attr.plot.figure.axes[0].lines) == 2  # the widget drew the session's curves
+    np.testing.assert_allclose(session.probabilities, session.attribution.probabilities)
+    text = ExportWidget(viewer).save_report(tmp_path / "r.html").read_text()
+    assert "<h2>Last results</h2>" in text and "last explanation: saliency: 1 map(s)" in text
+    assert "deletion AUC" in text and "last prediction (mean of 1 image(s))" in text
+
+    session.set_model(session.model)  # a model change clears the old model's results
+    assert session.attribution is None and session.curves == {} and attr.last_result is None

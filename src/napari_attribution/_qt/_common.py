@@ -1,11 +1,10 @@
-"""Shared pieces of the dock widgets: session state, persisted settings, plot canvas, colours."""
+"""Shared pieces of the dock widgets: persisted settings, plot canvas, colours; the session
+(``napari_attribution.session``, no Qt) is re-exported here for the widgets."""
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
-from psygnal import Signal
 from qtpy.QtCore import QObject, QSettings, Qt
 from qtpy.QtCore import Signal as QtSignal
 from qtpy.QtWidgets import (
@@ -22,57 +21,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..session import Session, session_for
+
 if TYPE_CHECKING:
     import napari
-
-    from ..core.data.dataset import ImageSet
-    from ..core.models.classifier import Classifier
 
 ORG, APP = "napari-attribution", "widgets"
 FONT_PT = 9  # smallest font in the plots
 DEFAULT_COLOURS = ["#3b6fff", "#2ca02c", "#d62ad6", "#8c8c8c", "#17becf", "#e6c619"]
 
-
-class Session:
-    """What the widgets of one viewer share: the current model and its training data.
-
-    Widgets connect bound methods to ``model_changed`` (psygnal holds them weakly), so
-    a session never keeps a closed viewer's widgets alive.
-    """
-
-    model_changed = Signal(object)
-
-    def __init__(self) -> None:
-        self.bundle: Classifier | None = None
-        self.train_result: Any = None
-        self.data: ImageSet | None = None
-        self.source_layers: list[str] = []
-
-    def set_model(self, model: Any, train_result: Any = None) -> None:
-        """Make ``model`` current: a ``Classifier`` or anything ``load_model`` takes (a
-        ``TrainResult``, ``ModelBundle``, module); widgets see it as a ``Classifier``."""
-        from ..io.models import load_model
-
-        bundle = None if model is None else load_model(model)
-        self.bundle = bundle
-        self.train_result = train_result
-        try:
-            self.model_changed.emit(bundle)
-        except Exception as err:  # e.g. a widget whose Qt side was already deleted
-            import logging
-
-            logging.getLogger(__name__).warning("a widget failed to show the model: %s", err)
-
-
-_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def session_for(viewer: napari.Viewer) -> Session:
-    """The session shared by every widget docked in ``viewer``."""
-    s = _SESSIONS.get(viewer)
-    if s is None:
-        s = _SESSIONS[viewer] = Session()
-    return s
+__all__ = ["DockWidget", "PlotCanvas", "Session", "Settings", "channel_colours",
+           "device_choices", "session_for"]
 
 
 class Settings:

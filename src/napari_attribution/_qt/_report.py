@@ -1,5 +1,6 @@
 """A study report as one self-contained HTML file: channel importance with error bars,
-validation confusion matrix and balanced accuracy, example maps, provenance.
+validation confusion matrix and balanced accuracy, the session's last results (explanation
+with its curves, prediction, clicked cell), example maps, provenance.
 
 Figures are PNGs embedded as base64, so the file can be mailed or pasted as it is.
 """
@@ -132,8 +133,55 @@ def _findings_html(session) -> list[str]:
     return out
 
 
+def _results_html(session) -> list[str]:
+    """The session's last results: the Explain run (method, maps, evidence, curve AUCs),
+    the prediction (mean class probabilities, input findings), the clicked cell."""
+    out: list[str] = []
+    model = session.model
+    classes = [str(c) for c in getattr(model, "class_names", None) or []]
+    res = session.attribution
+    if res is not None:
+        targets = sorted({classes[int(t)] if int(t) < len(classes) else str(t)
+                          for t in np.asarray(res.targets).ravel()})
+        none = res.no_evidence()
+        line = (f"{html.escape(res.method)}: {len(res.maps)} map(s) of "
+                f"{html.escape(', '.join(targets))} in {res.seconds:.1f} s")
+        if res.evidence:
+            line += (f"; localised evidence in {len(res.maps) - len(none)} of "
+                     f"{len(res.maps)}")
+        out.append(f"<p>last explanation: {line}</p>")
+        aucs = []
+        for mode, c in (session.curves or {}).items():
+            mean = np.asarray(c, float).mean(0)
+            auc = float(np.trapezoid(mean, np.linspace(0, 1, mean.size)))
+            aucs.append(f"{html.escape(mode)} AUC {auc:.3f}")
+        if aucs:
+            out.append(f"<p>curves (mean over the images): {'; '.join(aucs)}</p>")
+    if session.probabilities is not None:
+        p = np.asarray(session.probabilities, float)
+        mean = p.reshape(len(p), -1).mean(0)
+        names = classes if len(classes) == mean.size else [str(i) for i in range(mean.size)]
+        out.append("<p>last prediction (mean of {} image(s)): {}</p>".format(
+            len(p), ", ".join(f"{html.escape(n)} {v:.2f}" for n, v in zip(names, mean,
+                                                                           strict=True))))
+        out += [f"<p><code>{html.escape(f.code)}</code> {html.escape(f.message)}</p>"
+                for f in session.findings or []]
+    cell = session.point
+    if cell is not None and len(cell):
+        probs = np.asarray(cell.probabilities[0], float)
+        best = cell.class_names[int(probs.argmax())]
+        label = int(cell.labels[0])
+        evidence = ", ".join(f"{html.escape(c)} {v:+.3f}" for c, v in zip(
+            cell.channel_names, cell.channel_evidence[0], strict=True))
+        out.append(f"<p>last clicked cell ({'label ' + str(label) if label else 'no label'}):"
+                   f" {html.escape(best)} {probs.max():.2f}; channel evidence "
+                   f"({html.escape(cell.channel_method)}): {evidence}</p>")
+    return ["<h2>Last results</h2>", *out] if out else []
+
+
 def write_report(path: str | Path, session, layers: list[Any]) -> Path:
-    """Write the report for ``session`` (model, training result) and result ``layers``."""
+    """Write the report for ``session`` (model, training result, last results) and
+    result ``layers``."""
     bundle = session.bundle
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
@@ -146,15 +194,17 @@ def write_report(path: str | Path, session, layers: list[Any]) -> Path:
              f"<p>model: {html.escape(str(bundle.path or 'trained in this session'))}; "
              f"channels {html.escape(', '.join(bundle.channel_names))}; classes "
              f"{html.escape(', '.join(bundle.class_names))}</p>"]
-    if bundle.importance is not None:
+    importance = session.importance
+    if importance is not None:
         parts += ["<h2>Channel importance</h2>",
-                  f"<img src='{_importance_figure(bundle.importance)}'>",
-                  "<p>ranking: " + html.escape(" > ".join(bundle.importance.ranking()))
+                  f"<img src='{_importance_figure(importance)}'>",
+                  "<p>ranking: " + html.escape(" > ".join(importance.ranking()))
                   + "</p>"]
     cm = confusion(session)
     if cm is not None:
         parts += ["<h2>Validation</h2>", _confusion_html(*cm)]
     parts += _findings_html(session)
+    parts += _results_html(session)
     if layers:
         parts += ["<h2>Example maps</h2>"] + [f"<img src='{_map_figure(ly)}'>"
                                                for ly in layers]

@@ -52,17 +52,25 @@ def _method_tooltip() -> str:
 
 
 class AttributionWidget(DockWidget):
-    """Explain the current model's decision on image layers; results become heatmap layers."""
+    """Explain the current model's decision on image layers; results become heatmap layers.
+
+    The last results live in the session (``last_result`` and the like read them)."""
+
+    # the last results, as the session holds them (set by Predict and Explain)
+    last_result = property(lambda self: self.session.attribution,
+                           doc="The last Explain run's ``AttributionResult``.")
+    last_curves = property(lambda self: self.session.curves,
+                           doc="Its deletion / insertion curves.")
+    last_probabilities = property(lambda self: self.session.probabilities,
+                                  doc="The last prediction's class probabilities.")
+    last_findings = property(lambda self: self.session.findings,
+                             doc="The last prediction's findings about its input "
+                                 "(``channel-map-suspect``).")
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)
         self.settings = Settings("attribution")
         self.last_layers: list = []
-        self.last_result = None
-        self.last_curves: dict = {}
-        self.last_probabilities: np.ndarray | None = None
-        #: the last prediction's findings about its input (``channel-map-suspect``)
-        self.last_findings: list = []
 
         self.model_label = QLabel("no model: train or load one in the Train widget")
         self.model_label.setWordWrap(True)
@@ -140,6 +148,7 @@ class AttributionWidget(DockWidget):
         self.method.currentTextChanged.connect(self._on_method)
         self._on_method(self.method.currentText())
         self.session.model_changed.connect(self._on_model)
+        self.session.events.curves.connect(self._plot_curves)
         self._on_model()
 
     def _on_method(self, name: str) -> None:
@@ -233,7 +242,7 @@ class AttributionWidget(DockWidget):
     def _show_proba(self, probs: np.ndarray, class_names: list[str], sel: Selection,
                     look: dict) -> None:
         probs = np.asarray(probs, float)
-        self.last_probabilities = probs
+        self.session.probabilities = probs
         p = probs.mean(0)
         best = int(p.argmax())
         what = self._image_tag(sel) if len(probs) == 1 else f"mean of {len(probs)} images"
@@ -269,7 +278,7 @@ class AttributionWidget(DockWidget):
 
         def done(value: tuple) -> None:
             probs, findings = value
-            self.last_findings = findings
+            self.session.findings = findings
             self._show_proba(probs, list(bundle.class_names), sel, look)
             self.say(f"predicted {len(probs)} image(s) ({self._how(look)})"
                      + "".join(f" — {f.code}: {f.message}" for f in findings))
@@ -315,12 +324,9 @@ class AttributionWidget(DockWidget):
 
         def done(value: tuple) -> None:
             result, curves, curve_s = value
-            self.last_result = result
-            self.last_curves = curves
+            self.session.set_attribution(result, curves)  # the plot shows the curves
             self.last_layers = self._add_layers(bundle, sel, look, result)
             self._show_proba(result.probabilities, list(bundle.class_names), sel, look)
-            if curves:
-                self._plot_curves(curves)
             none = result.no_evidence()
             unsure = [i for i, s in enumerate((result.evidence or {}).get("state", []))
                       if s == "undetermined"]
@@ -373,7 +379,8 @@ class AttributionWidget(DockWidget):
         return layers
 
     def _plot_curves(self, curves: dict[str, np.ndarray]) -> None:
-        self.plot.update(lambda: self._plot_curves_now(curves))
+        if curves:   # (the session's; none: the plot keeps the last ones)
+            self.plot.update(lambda: self._plot_curves_now(curves))
 
     def _plot_curves_now(self, curves: dict[str, np.ndarray]) -> None:
         ax = self.plot.axes(1)[0]

@@ -35,8 +35,9 @@ def add_demo_panels(viewer, bundle, images: np.ndarray | None = None) -> dict[st
     for w in (widgets["train"], widgets["importance"], widgets["attribution"]):
         w.picker.refresh()
         w.picker.select_for_model(list(bundle.channel_names))
+    session = session_for(viewer)
     if images is not None and not any("labels" in ly.metadata for ly in viewer.layers):
-        widgets["train"].class_names.setText(", ".join(bundle.class_names))
-    session_for(viewer).set_model(bundle)
+        session.class_names = [str(c) for c in bundle.class_names]  # Train shows them
+    session.set_model(bundle)
     docks["importance"].raise_()
     return widgets

@@ -132,9 +132,9 @@ class ExportWidget(DockWidget):
         """The current model's channel importance as CSV (+ provenance sidecar)."""
         from ..io.writers import write_importance_csv
 
-        bundle = self.session.bundle
+        bundle, importance = self.session.model, self.session.importance
         try:
-            if bundle is None or bundle.importance is None:
+            if bundle is None or importance is None:
                 raise InputError("no channel importance: train or load a DCMIX model first")
             if path is None:
                 path, _ = QFileDialog.getSaveFileName(
@@ -146,7 +146,7 @@ class ExportWidget(DockWidget):
             prov = dict(bundle.provenance)
             prov.update({"model_path": None if bundle.path is None else str(bundle.path),
                          "model_sha256": bundle.sha256})
-            out = write_importance_csv(path, bundle.importance, provenance=prov)
+            out = write_importance_csv(path, importance, provenance=prov)
         except Exception as err:
             self.fail(err, "saving channel weights")
             return None

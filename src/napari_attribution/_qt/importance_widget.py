@@ -90,15 +90,16 @@ class ImportanceWidget(DockWidget):
         self.runner = TaskRunner(self, [self.mix_btn], self.cancel_btn, self.bar, self.status)
         self.view.currentTextChanged.connect(lambda *_: self.refresh())
         self.mix_btn.clicked.connect(lambda: self.show_mixed())
-        self.session.model_changed.connect(self._on_model_changed)
+        self.session.events.model.connect(self._on_model_changed)
+        self.session.events.importance.connect(self._on_model_changed)
         self.refresh()
 
     def _on_model_changed(self, _bundle: object = None) -> None:
         self.refresh()
 
     def importance(self):
-        b = self.session.bundle
-        return None if b is None else b.importance
+        """The session's channel importance (the current model's, or one computed later)."""
+        return self.session.importance
 
     def refresh(self) -> None:
         """Redraw chart and table for the session's current model."""

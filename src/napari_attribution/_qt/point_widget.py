@@ -371,6 +371,7 @@ class PointExplainWidget(DockWidget):
             try:
                 prep, res = outcome["value"]
                 self.show_result(req, prep, res, 0)
+                self.session.point = res   # the last clicked cell's result
             except Exception as err:
                 notify_error(err, "point and explain", self.status)
 

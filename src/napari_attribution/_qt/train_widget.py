@@ -55,17 +55,25 @@ class TrainWidget(DockWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)
         self.settings = Settings("train")
-        self._labels: dict[int, int] = {}  # image index -> class index
-        self._labels_key: tuple | None = None
-        self._history: list[dict] = []
         self._live_loss: list[tuple[float, float]] = []
         self._channel_names: list[str] = []
         self._weights: list | None = None
         self._last_plot = 0.0
+        self._make_data_controls()
+        self._make_model_controls()
+        self.body.addWidget(self._lay_out_data(QGroupBox("Data")))
+        self.body.addWidget(self._lay_out_model(QGroupBox("Model")))
+        self.finish_layout()
+        self._bind_settings()
+        self._connect()
+        self._show_state()
 
-        # -- data ------------------------------------------------------------------------
-        data_box = QGroupBox("Data")
-        self.picker = ChannelPicker(napari_viewer)
+    # -- building the widget -----------------------------------------------------------------
+
+    def _make_data_controls(self) -> None:
+        """The Data box's controls: layers, channel and class names, labels, objects,
+        plate options, crop navigation."""
+        self.picker = ChannelPicker(self.viewer)
         self.channel_names = QLineEdit()
         self.channel_names.setPlaceholderText("default: the layer names")
         self.class_names = QLineEdit("class0, class1")
@@ -110,6 +118,8 @@ class TrainWidget(DockWidget):
         for b in (self.prev_pos_btn, self.next_pos_btn, self.prev_neg_btn,
                   self.next_neg_btn):
             b.setToolTip("Jump to the previous / next crop from a control well")
+
+    def _lay_out_data(self, box: QGroupBox) -> QGroupBox:
         form = QFormLayout()
         form.addRow("Channel names", self.channel_names)
         form.addRow("Class names", self.class_names)
@@ -133,7 +143,7 @@ class TrainWidget(DockWidget):
         row2.addWidget(self.clear_btn)
         row2.addWidget(self.combine_btn)
         row2.addWidget(self.plate_btn)
-        dlay = QVBoxLayout(data_box)
+        dlay = QVBoxLayout(box)
         dlay.addWidget(self.picker)
         dlay.addLayout(form)
         dlay.addLayout(row2)
@@ -144,9 +154,10 @@ class TrainWidget(DockWidget):
                   self.next_pos_btn):
             row3.addWidget(b)
         dlay.addLayout(row3)
+        return box
 
-        # -- model -----------------------------------------------------------------------
-        model_box = QGroupBox("Model")
+    def _make_model_controls(self) -> None:
+        """The Model box's controls: training options, buttons, progress, live plot."""
         from ..core.channels.backbones import BACKBONES
         from ..core.channels.training import TrainConfig
 
@@ -177,13 +188,15 @@ class TrainWidget(DockWidget):
         self.model_label = QLabel("no model")
         self.model_label.setWordWrap(True)
         self.plot = PlotCanvas(height=2.8)
+
+    def _lay_out_model(self, box: QGroupBox) -> QGroupBox:
         mform = QFormLayout()
         mform.addRow("Backbone", self.backbone)
         mform.addRow("Epochs", self.epochs)
         mform.addRow("Mixing heads", self.heads)
         mform.addRow("Batch size", self.batch)
         mform.addRow("Device", self.device)
-        mlay = QVBoxLayout(model_box)
+        mlay = QVBoxLayout(box)
         mlay.addLayout(mform)
         r = QHBoxLayout()
         r.addWidget(self.train_btn)
@@ -197,16 +210,17 @@ class TrainWidget(DockWidget):
         mlay.addLayout(r)
         mlay.addWidget(self.trust)
         mlay.addWidget(self.model_label)
+        return box
 
-        self.body.addWidget(data_box)
-        self.body.addWidget(model_box)
-        self.finish_layout()
-
+    def _bind_settings(self) -> None:
+        """Persist the training options between sessions."""
         for key, w in (("class_names", self.class_names), ("backbone", self.backbone),
                        ("epochs", self.epochs), ("heads", self.heads),
                        ("batch_size", self.batch), ("device", self.device)):
             self.settings.bind(key, w)
 
+    def _connect(self) -> None:
+        """Buttons to actions; viewer and session events to the views that show them."""
         self.runner = TaskRunner(self, [self.train_btn, self.load_btn, self.save_btn,
                                         self.plate_btn], self.cancel_btn, self.bar, self.status)
         self.class_names.editingFinished.connect(self._refresh_classes)
@@ -223,14 +237,23 @@ class TrainWidget(DockWidget):
         self.next_pos_btn.clicked.connect(lambda: self.jump_to_control(1, 1))
         self.prev_neg_btn.clicked.connect(lambda: self.jump_to_control(-1, -1))
         self.next_neg_btn.clicked.connect(lambda: self.jump_to_control(-1, 1))
-        napari_viewer.dims.events.current_step.connect(self._show_crop)
+        self.viewer.dims.events.current_step.connect(self._show_crop)
         for ev in ("inserted", "removed"):
-            getattr(napari_viewer.layers.events, ev).connect(self._refresh_objects)
+            getattr(self.viewer.layers.events, ev).connect(self._refresh_objects)
         self.objects.currentTextChanged.connect(lambda *_: self._update_label_status())
+        ev = self.session.events
+        ev.model.connect(self._show_model)
+        ev.labels.connect(self._update_label_status)
+        ev.class_names.connect(self._show_classes)
+
+    def _show_state(self) -> None:
+        """Fill the views from the viewer and the session as they are now."""
         self._refresh_objects()
         self._show_crop()
-        self.session.model_changed.connect(self._show_model)
-        self._refresh_classes()
+        if self.session.class_names:   # named before this widget opened (a script)
+            self._show_classes(self.session.class_names)
+        else:
+            self._refresh_classes()
         self._update_label_status()
         self._show_model(self.session.bundle)
 
@@ -240,6 +263,17 @@ class TrainWidget(DockWidget):
         return _split(self.class_names.text())
 
     def _refresh_classes(self) -> None:
+        """The class names typed in go to the session (which shows them)."""
+        names = self.classes()
+        if names != self.session.class_names:
+            self.session.class_names = names
+        else:
+            self._show_classes(names)
+
+    def _show_classes(self, names: list[str]) -> None:
+        """Show the session's class names (in the text field too when set elsewhere)."""
+        if list(names) != self.classes():
+            self.class_names.setText(", ".join(str(n) for n in names))
         current = self.class_combo.currentText()
         self.class_combo.clear()
         self.class_combo.addItems(self.classes())
@@ -251,24 +285,25 @@ class TrainWidget(DockWidget):
         return self.picker.selection(current_only=current_only)
 
     def _labels_for(self, sel: Selection) -> dict[int, int]:
-        """Labels for ``sel``: assigned ones, else those in the layer metadata (plates)."""
+        """Labels for ``sel`` (the session's): assigned ones, else those in the layer
+        metadata (plates)."""
         key = (tuple(ly.name for ly in sel.layers), sel.images.shape)
-        if key != self._labels_key:
-            self._labels_key = key
-            self._labels = {}
+        if key != self.session.labels_key:
+            labels: dict[int, int] = {}
             meta = sel.metadata.get("labels")
             names = sel.metadata.get("class_names")
             if meta is not None and len(meta) == len(sel.images):
-                self._labels = {i: int(v) for i, v in enumerate(meta) if int(v) >= 0}
-                if names:
-                    self.class_names.setText(", ".join(str(n) for n in names))
-                    self._refresh_classes()
-        return self._labels
+                labels = {i: int(v) for i, v in enumerate(meta) if int(v) >= 0}
+            self.session.set_labels(labels, key)
+            if labels and names:
+                self.class_names.setText(", ".join(str(n) for n in names))
+                self._refresh_classes()
+        return self.session.labels
 
     def _assign(self, current: bool) -> None:
         try:
             sel = self._selection()
-            labels = self._labels_for(sel)
+            labels = dict(self._labels_for(sel))
             cls = self.class_combo.currentIndex()
             if cls < 0:
                 raise InputError("give class names first (comma-separated)")
@@ -280,15 +315,15 @@ class TrainWidget(DockWidget):
             else:
                 for i in range(len(sel.images)):
                     labels[i] = cls
+            self.session.labels = labels
         except Exception as err:
             self.fail(err, "assigning labels")
         self._update_label_status()
 
     def _clear_labels(self) -> None:
-        self._labels = {}
-        self._update_label_status()
+        self.session.labels = {}
 
-    def _update_label_status(self) -> None:
+    def _update_label_status(self, *_: Any) -> None:
         try:
             sel = self._selection()
         except InputError:
@@ -396,7 +431,7 @@ class TrainWidget(DockWidget):
         except Exception as err:
             self.fail(err, "training")
             return None
-        self._history, self._live_loss = [], []
+        self.session.history, self._live_loss = [], []
         self._weights, self._last_plot = None, 0.0
         self._channel_names = list(data.channel_names)
         source = [ly.name for ly in sel.layers]
@@ -425,7 +460,7 @@ class TrainWidget(DockWidget):
         for ev in events:
             p = ev.partial
             if "val_accuracy" in p:
-                self._history.append(p)
+                self.session.history = [*self.session.history, p]
                 new_epoch = True
             elif "loss" in p:
                 self._live_loss.append((ev.step, p["loss"]))
@@ -490,13 +525,14 @@ class TrainWidget(DockWidget):
             self._init_plot(names, w.shape[0])
             art = self._artists
         ax = art["curve"]
-        if self._history:
-            ep = [h["epoch"] for h in self._history]
-            tl = [h["train_loss"] for h in self._history]
-            vl = [h["val_loss"] for h in self._history]
+        history = self.session.history
+        if history:
+            ep = [h["epoch"] for h in history]
+            tl = [h["train_loss"] for h in history]
+            vl = [h["val_loss"] for h in history]
             art["lines"]["train"].set_data(ep, tl)
             art["lines"]["val"].set_data(ep, vl)
-            art["lines"]["acc"].set_data(ep, [h["val_accuracy"] for h in self._history])
+            art["lines"]["acc"].set_data(ep, [h["val_accuracy"] for h in history])
             # linear axis up to a high percentile: a spike does not flatten the rest
             top = float(np.percentile(np.r_[tl, vl], 90)) * 1.3 or 1.0
             ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
@@ -693,7 +729,7 @@ class TrainWidget(DockWidget):
         self.picker.refresh()
         self.picker.set_checked(names)
         self.picker.axis.setValue(-1)
-        self._labels_key = None
+        self.session.labels_key = None
         self._update_label_status()
         self._show_crop()
         from ..io.plate.sampling import sampling_summary
