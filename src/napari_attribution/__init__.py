@@ -24,6 +24,7 @@ _LAZY = {
     "Classifier": "core.models.classifier", "UnsafeModelError": "io.model_scan",
     "ImageSet": "core.data.dataset", "TrainConfig": "core.channels.training",
     "PCIMConfig": "core.attribution.pcim", "available_methods": "core.attribution.explain",
+    "SamplingConfig": "io.plate.config",
     "AttributionError": "core.runtime.errors", "InputError": "core.runtime.errors",
     "BundleError": "core.runtime.errors", "Cancelled": "core.runtime.errors",
     "OutputError": "core.runtime.errors",
