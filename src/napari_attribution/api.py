@@ -223,14 +223,27 @@ def explain_plate(plate: Any, model: str | Path, output: str | Path, *,
     """Predictions and attribution maps for every field of view of ``plate`` (an
     ``io.plate.Plate``), on Dask, into the OME-Zarr store ``output`` (resumable: call
     again after an interruption). ``options``: ``BatchConfig`` fields (``per_channel``,
-    ``input_size``, ``device`` ...) and ``run_batch`` keywords (``scheduler``,
-    ``n_workers``, ``overwrite``, ``trust`` ...). ``model``: any model file
-    ``load_model`` reads. Returns a ``batch.BatchResult``."""
-    from .batch import BatchConfig, records_from_plate, run_batch
+    ``input_size``, ``device`` ...), ``ClusterOptions`` fields (``scheduler``,
+    ``n_workers`` ...) and ``overwrite``, ``table``, ``trust``; an unknown option raises
+    ``InputError`` naming it. ``model``: any model file ``load_model`` reads. Returns a
+    ``batch.BatchResult``."""
+    from .batch import BatchConfig, BatchPlan, ClusterOptions, records_from_plate, run_plan
 
-    cfg_keys = {f.name for f in fields(BatchConfig)}
+    cfg_keys = {f.name for f in fields(BatchConfig)} - {"methods", "params"}
+    cluster_keys = {f.name for f in fields(ClusterOptions)}
+    run_keys = {"overwrite", "table", "trust"}
+    unknown = sorted(set(options) - cfg_keys - cluster_keys - run_keys)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(map(repr, unknown))} of "
+                         f"explain_plate; known: "
+                         f"{', '.join(sorted(cfg_keys | cluster_keys | run_keys))}")
     cfg = BatchConfig(methods=list(methods), params=params or {},
                       **{k: v for k, v in options.items() if k in cfg_keys})
-    run_opts = {k: v for k, v in options.items() if k not in cfg_keys}
-    return run_generator(run_batch(records_from_plate(plate), model, output, cfg, **run_opts),
-                         progress)
+    cluster = ClusterOptions(**{k: v for k, v in options.items() if k in cluster_keys})
+
+    def run() -> Any:
+        plan = BatchPlan.build(records_from_plate(plate), model, output, cfg,
+                               **{k: v for k, v in options.items() if k in run_keys})
+        return (yield from run_plan(plan, cluster))
+
+    return run_generator(run(), progress)
