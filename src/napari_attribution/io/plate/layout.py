@@ -18,6 +18,7 @@ import numpy as np
 
 from ...core.data.dataset import ImageSet
 from ...core.runtime.errors import InputError
+from ..image_formats import FORMATS, format_of
 from .config import SamplingConfig
 from .plate_map import PlateMap, class_key, normalise_well, read_plate_map
 
@@ -216,7 +217,7 @@ def _is_image_folder(path: Path) -> bool:
     """An image stored as a folder (OME-Zarr), which plates accept beside files."""
     from ..ngff import is_ngff_image
 
-    return path.suffix.lower() == ".zarr" and is_ngff_image(path)
+    return format_of(path) is FORMATS["ome-zarr"] and is_ngff_image(path)
 
 
 def probe_channels(path: Path, axes: str | None = None) -> int:
