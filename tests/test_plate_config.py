@@ -76,6 +76,10 @@ def test_round_trip_through_json():
         SamplingConfig.from_dict({**d, "extra": 1})
     with pytest.raises(InputError, match="list of names"):
         SamplingConfig(wells="A01")
+    with pytest.raises(InputError, match="max_objects must be at least 1"):
+        SamplingConfig(max_objects=0)
+    with pytest.raises(InputError, match="time_budget must be a positive"):
+        SamplingConfig().with_overrides({"time_budget": 0})
 
 
 def test_overrides_apply_on_a_given_config_and_a_mode_string():

@@ -83,6 +83,12 @@ class SamplingConfig:
             object.__setattr__(self, "percentiles", tuple(self.percentiles))
         if isinstance(self.objects_columns, Mapping):
             object.__setattr__(self, "objects_columns", dict(self.objects_columns))
+        if self.max_objects is not None and self.max_objects < 1:
+            raise InputError(f"max_objects must be at least 1 (or None: no limit); got "
+                             f"{self.max_objects}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise InputError(f"time_budget must be a positive number of seconds; got "
+                             f"{self.time_budget}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

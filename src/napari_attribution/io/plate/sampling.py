@@ -126,20 +126,11 @@ def sample_plate(
         read_objects(objects, c.objects_columns, need_label=c.label_rule is None)
     rule = c.label_rule if isinstance(c.label_rule, LabelRule) or c.label_rule is None \
         else parse_label_rule(c.label_rule, plate.channel_names)
-    crops, class_names, max_objects, time_budget = (c.crops, c.class_names, c.max_objects,
-                                                    c.time_budget)
-    pm = plate.plate_map
     by_object = table is not None or rule is not None
-    if table is not None and crops != "nuclei":
+    if table is not None and c.crops != "nuclei":
         raise InputError("an object table centres crops on its objects; use crops='nuclei'")
     fields = select_fields(plate, c.wells, c.labelled_only and not by_object)
-    if max_objects is not None and max_objects < 1:
-        raise InputError(f"max_objects must be at least 1 (or None: no limit); got "
-                         f"{max_objects}")
-    if time_budget is not None and not time_budget > 0:
-        raise InputError(f"time_budget must be a positive number of seconds; got "
-                         f"{time_budget}")
-    if time_budget is not None:
+    if c.time_budget is not None:
         fields = _round_robin(fields)
     per_field = _assign_objects(plate, fields, table) if table is not None else None
     if per_field is not None:
@@ -147,42 +138,11 @@ def sample_plate(
         per_field = {k: per_field[i] for k, i in enumerate(sorted(per_field))}
     source = LabelSource(labels, c.labels_pattern or plate.pattern)
     s = resolve_settings(plate, fields, c, source)
-    if rule is not None:
-        names = rule.class_names
-    elif table is not None:
-        names = list(class_names) if class_names is not None else table.class_names
-    else:
-        names = list(class_names) if class_names is not None else \
-            (pm.class_names if pm is not None else [])
+    names = _class_names(c, rule, table, plate)
     kept, budget = _gather(_iter(plate, fields, s, source, per_field, rule, progress),
-                           len(fields), len({f.well for f in fields}), max_objects,
-                           time_budget, c.seed)
-    imgs, msks, labels_out, means, meta = [], [], [], [], _MetaLists()
-    for fc in kept:
-        imgs.extend(fc.images)
-        if fc.masks is not None:
-            msks.extend(fc.masks)
-        if fc.object_means is not None:
-            means.append(fc.object_means)
-        if rule is not None:
-            labels_out += [0] * len(fc.corners)
-            meta.add_field(fc, True)
-            continue
-        if fc.object_labels is not None:
-            unknown = sorted(set(fc.object_labels) - set(names))
-            if unknown:
-                raise InputError(f"object table has class(es) {unknown}, not among the "
-                                 f"class names {names}")
-            labels_out += [names.index(n) for n in fc.object_labels]
-            meta.add_field(fc, True)
-            continue
-        label_name = fc.info.label if fc.info is not None else None
-        if label_name is not None and label_name not in names:
-            raise InputError(f"well {fc.fov.well} has class {label_name!r}, not among "
-                             f"the class names {names}")
-        labels_out += [names.index(label_name) if label_name is not None else 0] \
-            * len(fc.corners)
-        meta.add_field(fc, label_name is not None)
+                           len(fields), len({f.well for f in fields}), c.max_objects,
+                           c.time_budget, c.seed)
+    imgs, msks, labels_out, means, meta = _collect(kept, rule, names)
     if not imgs:
         raise InputError(f"no crops found in {plate.root} (no nuclei segmented?)")
     metadata: dict[str, Any] = meta.arrays()
@@ -210,6 +170,51 @@ def sample_plate(
                     class_names=names, groups=metadata["well"].copy(),
                     masks=np.stack(msks) if msks else None, metadata=metadata)
     return assign_split(data, c.split_by, c.val_wells)
+
+
+def _class_names(c: SamplingConfig, rule: LabelRule | None, table: ObjectTable | None,
+                 plate: Plate) -> list[str]:
+    """The rule's classes, else the given names, else the table's or the plate map's."""
+    if rule is not None:
+        return rule.class_names
+    if c.class_names is not None:
+        return list(c.class_names)
+    if table is not None:
+        return table.class_names
+    pm = plate.plate_map
+    return pm.class_names if pm is not None else []
+
+
+def _collect(kept: list[FieldCrops], rule: LabelRule | None, names: list[str]
+             ) -> tuple[list, list, list[int], list, _MetaLists]:
+    """Images, masks, labels, object means and per-crop metadata of the kept fields."""
+    imgs, msks, labels_out, means, meta = [], [], [], [], _MetaLists()
+    for fc in kept:
+        imgs.extend(fc.images)
+        if fc.masks is not None:
+            msks.extend(fc.masks)
+        if fc.object_means is not None:
+            means.append(fc.object_means)
+        if rule is not None:
+            labels_out += [0] * len(fc.corners)
+            meta.add_field(fc, True)
+            continue
+        if fc.object_labels is not None:
+            unknown = sorted(set(fc.object_labels) - set(names))
+            if unknown:
+                raise InputError(f"object table has class(es) {unknown}, not among the "
+                                 f"class names {names}")
+            labels_out += [names.index(n) for n in fc.object_labels]
+            meta.add_field(fc, True)
+            continue
+        label_name = fc.info.label if fc.info is not None else None
+        if label_name is not None and label_name not in names:
+            raise InputError(f"well {fc.fov.well} has class {label_name!r}, not among "
+                             f"the class names {names}")
+        labels_out += [names.index(label_name) if label_name is not None else 0] \
+            * len(fc.corners)
+        meta.add_field(fc, label_name is not None)
+    return imgs, msks, labels_out, means, meta
 
 
 def sampling_summary(md: dict) -> str:
