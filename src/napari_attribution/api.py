@@ -191,7 +191,8 @@ def load_plate(root: str | Path, pattern: str | None = None, *,
     ``{"DNA": "w1", "GFP": "w2"}``); ``plate_map`` a CSV (well, class, dose, control).
     ``bbbc013=True`` reads the BBBC013 layout (``channels`` then names: GFP, DNA).
 
-    ``Plate.sample`` options, all recorded in the crops' metadata and the bundle:
+    ``Plate.sample`` takes a ``SamplingConfig`` and/or keyword overrides of its fields,
+    all recorded in the crops' metadata and the bundle:
     ``crop_size``/``downsample`` (default: from the median nucleus size),
     ``normalization`` (``"per_field"`` default, ``"per_dataset"``, ``"none"``),
     ``labels`` (label images from cellpose/stardist/napari instead of Otsu),
