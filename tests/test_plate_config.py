@@ -96,3 +96,13 @@ def test_settings_are_recorded_for_provenance(plate):
     assert SamplingConfig.from_dict(recorded) == SamplingConfig(
         crops="grid", crop_size=32, per_image=None, seed=5)
     json.dumps(recorded)  # JSON-ready, as the bundle stores it
+
+
+def test_the_old_positional_order_still_works(plate):
+    """crop mode, crop size, crops per field: as before the config (docs/bbbc013.md)."""
+    old = plate.sample("random", 20, 3, downsample=2, seed=1)
+    assert _digest(old.images) == BEFORE[2][4]
+    first = next(plate.iter_crops("grid", 32, 2, downsample=1))
+    assert len(first) == 2 and first.images.shape[-1] == 32
+    with pytest.raises(TypeError, match="crop_size"):
+        plate.sample("grid", 32, crop_size=16)  # given twice: Python's own error

@@ -22,6 +22,8 @@ from ..image_formats import FORMATS, format_of
 from .config import SamplingConfig
 from .plate_map import PlateMap, class_key, normalise_well, read_plate_map
 
+_UNSET: Any = object()  # an argument not given
+
 
 @dataclass(frozen=True)
 class FieldOfView:
@@ -177,12 +179,15 @@ class Plate:
             if keep is None or fov.well in keep:
                 yield fov, self.read_field(fov)
 
-    def sample(self, config: SamplingConfig | str | None = None, *, labels: Any = None,
-               objects: Any = None, progress: Any = None, **overrides: Any) -> ImageSet:
+    def sample(self, config: SamplingConfig | str | None = None, crop_size: Any = _UNSET,
+               per_image: Any = _UNSET, *, labels: Any = None, objects: Any = None,
+               progress: Any = None, **overrides: Any) -> ImageSet:
         """Crops of the plate as an :class:`~napari_attribution.core.data.dataset.ImageSet`.
 
         ``config``: a :class:`~.config.SamplingConfig` (or a crop mode, ``"grid"``);
-        keyword ``overrides`` of its fields; ``labels``, ``objects``, ``progress`` as in
+        keyword ``overrides`` of its fields (``crop_size`` and ``per_image`` may also
+        follow the crop mode positionally, as before the config); ``labels``,
+        ``objects``, ``progress`` as in
         :func:`~napari_attribution.io.plate.sampling.sample_plate`, which documents every
         option: crop mode, size and downsampling (from the median nucleus size when not
         given), every object up to a budget (``max_objects``, ``time_budget``;
@@ -194,15 +199,17 @@ class Plate:
         from .sampling import sample_plate
 
         return sample_plate(self, config, labels=labels, objects=objects, progress=progress,
-                            **overrides)
+                            **_positional(crop_size, per_image), **overrides)
 
-    def iter_crops(self, config: SamplingConfig | str | None = None, *, labels: Any = None,
-                   progress: Any = None, **overrides: Any) -> Iterator[Any]:
+    def iter_crops(self, config: SamplingConfig | str | None = None, crop_size: Any = _UNSET,
+                   per_image: Any = _UNSET, *, labels: Any = None, progress: Any = None,
+                   **overrides: Any) -> Iterator[Any]:
         """Yield the crops of one field of view at a time (:class:`.crops.FieldCrops`);
         same settings as :meth:`sample` (default: every well, 64 crops per field)."""
         from .crops import iter_plate_crops
 
-        return iter_plate_crops(self, config, labels=labels, progress=progress, **overrides)
+        return iter_plate_crops(self, config, labels=labels, progress=progress,
+                                **_positional(crop_size, per_image), **overrides)
 
     def _channel_index(self, channel: str | int | None) -> int:
         """Index of ``channel`` (a name, case-insensitive, or a number); None: the
@@ -211,6 +218,13 @@ class Plate:
         from ...core.data.segmentation import choose_nuclei_channel
 
         return choose_nuclei_channel(self.channel_names, channel)[0]
+
+
+def _positional(crop_size: Any, per_image: Any) -> dict[str, Any]:
+    """``crop_size`` and ``per_image`` when given positionally (the order before
+    :class:`SamplingConfig`: crop mode, crop size, crops per field)."""
+    return {k: v for k, v in (("crop_size", crop_size), ("per_image", per_image))
+            if v is not _UNSET}
 
 
 def _is_image_folder(path: Path) -> bool:
