@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     # 2. score every well, one field at a time; Spearman with dose over the dose series
     table = []
     plate = open_bbbc013(args.data)
-    for fc in plate.iter_crops("nuclei", args.crop_size, args.score_per_image or None,
+    for fc in plate.iter_crops("nuclei", crop_size=args.crop_size,
+                               per_image=args.score_per_image or None,
                                downsample=args.downsample, seed=args.seed):
         # crops of per-field normalised fields: the bundle uses them as they are
         z = bundle.predict_logits(fc, device=args.device).astype(np.float64)

@@ -583,3 +583,36 @@ def test_evidence_check_in_a_batch_run(tmp_path, records, bundle_path):
                                     BatchConfig(methods=["saliency"], device="cpu"),
                                     n_workers=1, processes=False))
     assert plain.evidence == {} and plain.findings == []
+
+
+def test_plan_is_resolved_once_and_runs_as_run_batch(tmp_path, plate_dir, records,
+                                                     bundle_path, reference):
+    from napari_attribution.batch import BatchPlan, ClusterOptions, run_plan
+
+    plan = BatchPlan.build(records, bundle_path, tmp_path / "plan.zarr", pcim_config(),
+                           table=tmp_path / "t.csv")
+    # resolved before any image is read: downsampling, tile size, validated methods
+    assert plan.config.downsample == 1 and plan.config.input_size is None
+    assert plan.methods == PCIM and plan.shape == (32, 32)
+    spec = plan.task_spec()
+    assert (spec.methods, spec.batch_size, spec.image_shape, spec.store_path) == (
+        PCIM, 4, (32, 32), str((tmp_path / "plan.zarr").resolve()))
+    result = run_generator(run_plan(plan, ClusterOptions(n_workers=1, processes=False)))
+    assert result.table_path == tmp_path / "t.csv" and result.n_computed == len(records)
+    assert_matches_reference(result.open(), records, reference)
+
+
+def test_unknown_cluster_and_api_options_are_named(tmp_path, plate_dir, bundle_path):
+    import napari_attribution as na
+    from napari_attribution.batch import ClusterOptions
+
+    with pytest.raises(InputError, match="'n_worker'"):
+        ClusterOptions.build(None, {"n_worker": 2})
+    assert ClusterOptions.build(ClusterOptions(n_workers=2), {"processes": False}) == \
+        ClusterOptions(n_workers=2, processes=False)
+    with pytest.raises(InputError, match="'worker'"):
+        run_generator(run_batch([], bundle_path, tmp_path / "x.zarr", worker=1))
+    with pytest.raises(InputError, match="'batchsize'"):
+        na.explain_plate(open_plate(plate_dir), bundle_path, tmp_path / "y.zarr",
+                         batchsize=3)
+    assert not (tmp_path / "y.zarr").exists()

@@ -151,6 +151,12 @@ def test_train_cli_names_the_nuclei_channel_and_records_the_sample(foci, tmp_pat
     data_info = load_bundle(out).provenance["data"]
     assert data_info["nuclei"]["channel"] == "Hoechst"
     assert data_info["sampling"]["objects_used"] == 96
+    # the settings the flags gave, as SamplingConfig.to_dict() wrote them
+    from napari_attribution.io.plate import SamplingConfig
+
+    cfg = SamplingConfig.from_dict(data_info["sampling"]["config"])
+    assert (cfg.masks, cfg.max_objects, cfg.crops, cfg.split_by) == (False, 10_000, "nuclei",
+                                                                      "auto")
     # the option: the foci channel by hand gives the caution in the output
     out2 = tmp_path / "m2.safetensors"
     assert main(["train", "--plate", str(foci), "--pattern", PATTERN, "--plate-map",

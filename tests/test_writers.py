@@ -123,3 +123,10 @@ def test_overlay_figure_png(tmp_path):
     assert png[..., :3].std() > 0.05  # not a blank canvas
     with pytest.raises(InputError, match="do not match"):
         save_overlay_figure(tmp_path / "bad.png", images, maps[:, :10])
+    with pytest.raises(InputError, match="'colormap'"):
+        save_overlay_figure(tmp_path / "bad.png", images, maps, colormap="gray")
+    from napari_attribution.io.figures import OverlayStyle
+
+    styled = save_overlay_figure(tmp_path / "styled.png", images, maps,
+                                 style=OverlayStyle(dpi=40), overlay_channel=1)
+    assert imread(styled).shape[1] == int(3 * 2.2 * 40)

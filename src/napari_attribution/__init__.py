@@ -28,6 +28,7 @@ _LAZY = {
     "AttributionMethod": "core.attribution.methods", "register_method": "core.attribution.methods",
     "registered_methods": "core.attribution.methods",
     "MethodConfig": "core.attribution.method_config", "setting": "core.attribution.method_config",
+    "SamplingConfig": "io.plate.config",
     "AttributionError": "core.runtime.errors", "InputError": "core.runtime.errors",
     "BundleError": "core.runtime.errors", "Cancelled": "core.runtime.errors",
     "OutputError": "core.runtime.errors",

@@ -11,20 +11,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .io.readers import TIFF_SUFFIXES, ImageData, read_channel_files, read_image
+from .io.image_formats import FORMATS, IMAGE_READER, has_suffix
+from .io.readers import ImageData, read_channel_files, read_image
 
 LayerData = tuple[Any, dict, str]
 
 
+#: formats this reader opens through bioio (one file at a time; the ``formats`` extra)
+_BIOIO_FILES = tuple(f.name for f in FORMATS.values()
+                     if f.napari_command == IMAGE_READER and f.bioio_plugin)
+
+
 def _is_tiff(path: str) -> bool:
-    return str(path).lower().endswith(TIFF_SUFFIXES)
+    return has_suffix(path, "tiff")
 
 
 def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | None:
     """Return :func:`read_layers` for TIFF files (a list = one file per channel), and for
     one CZI/ND2/LIF file when bioio is installed (the ``formats`` extra)."""
     paths = [path] if isinstance(path, str | Path) else list(path)
-    if len(paths) == 1 and str(paths[0]).lower().endswith((".czi", ".nd2", ".lif")):
+    if len(paths) == 1 and has_suffix(paths[0], *_BIOIO_FILES):
         from .io.formats import bioio_available
 
         return read_layers if bioio_available() else None

@@ -191,7 +191,8 @@ def load_plate(root: str | Path, pattern: str | None = None, *,
     ``{"DNA": "w1", "GFP": "w2"}``); ``plate_map`` a CSV (well, class, dose, control).
     ``bbbc013=True`` reads the BBBC013 layout (``channels`` then names: GFP, DNA).
 
-    ``Plate.sample`` options, all recorded in the crops' metadata and the bundle:
+    ``Plate.sample`` takes a ``SamplingConfig`` and/or keyword overrides of its fields,
+    all recorded in the crops' metadata and the bundle:
     ``crop_size``/``downsample`` (default: from the median nucleus size),
     ``normalization`` (``"per_field"`` default, ``"per_dataset"``, ``"none"``),
     ``labels`` (label images from cellpose/stardist/napari instead of Otsu),
@@ -223,14 +224,27 @@ def explain_plate(plate: Any, model: str | Path, output: str | Path, *,
     """Predictions and attribution maps for every field of view of ``plate`` (an
     ``io.plate.Plate``), on Dask, into the OME-Zarr store ``output`` (resumable: call
     again after an interruption). ``options``: ``BatchConfig`` fields (``per_channel``,
-    ``input_size``, ``device`` ...) and ``run_batch`` keywords (``scheduler``,
-    ``n_workers``, ``overwrite``, ``trust`` ...). ``model``: any model file
-    ``load_model`` reads. Returns a ``batch.BatchResult``."""
-    from .batch import BatchConfig, records_from_plate, run_batch
+    ``input_size``, ``device`` ...), ``ClusterOptions`` fields (``scheduler``,
+    ``n_workers`` ...) and ``overwrite``, ``table``, ``trust``; an unknown option raises
+    ``InputError`` naming it. ``model``: any model file ``load_model`` reads. Returns a
+    ``batch.BatchResult``."""
+    from .batch import BatchConfig, BatchPlan, ClusterOptions, records_from_plate, run_plan
 
-    cfg_keys = {f.name for f in fields(BatchConfig)}
+    cfg_keys = {f.name for f in fields(BatchConfig)} - {"methods", "params"}
+    cluster_keys = {f.name for f in fields(ClusterOptions)}
+    run_keys = {"overwrite", "table", "trust"}
+    unknown = sorted(set(options) - cfg_keys - cluster_keys - run_keys)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(map(repr, unknown))} of "
+                         f"explain_plate; known: "
+                         f"{', '.join(sorted(cfg_keys | cluster_keys | run_keys))}")
     cfg = BatchConfig(methods=list(methods), params=params or {},
                       **{k: v for k, v in options.items() if k in cfg_keys})
-    run_opts = {k: v for k, v in options.items() if k not in cfg_keys}
-    return run_generator(run_batch(records_from_plate(plate), model, output, cfg, **run_opts),
-                         progress)
+    cluster = ClusterOptions(**{k: v for k, v in options.items() if k in cluster_keys})
+
+    def run() -> Any:
+        plan = BatchPlan.build(records_from_plate(plate), model, output, cfg,
+                               **{k: v for k, v in options.items() if k in run_keys})
+        return (yield from run_plan(plan, cluster))
+
+    return run_generator(run(), progress)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,129 @@ def plan_warnings(config: BatchConfig, methods: Sequence[str], shape: tuple[int,
     return [w for m in methods for w in method_warnings(m, config.params.get(m, {}), *side)]
 
 
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where a batch run computes: ``client`` (used as is), else ``scheduler`` (address of
+    a running cluster; the store, bundle and images must be on storage all workers see),
+    else a LocalCluster of ``n_workers`` (default: one per GPU, or per core) with
+    ``threads_per_worker`` threads, in processes unless ``processes=False``."""
+
+    client: Any = None
+    scheduler: str | None = None
+    n_workers: int | None = None
+    threads_per_worker: int = 1
+    processes: bool = True
+
+    @classmethod
+    def build(cls, options: ClusterOptions | None = None,
+              overrides: dict[str, Any] | None = None) -> ClusterOptions:
+        """``options`` (or the defaults) with keyword ``overrides``; unknown keys raise
+        :class:`InputError` naming them."""
+        overrides = overrides or {}
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise InputError(f"unknown batch option(s) {', '.join(map(repr, unknown))}; "
+                             f"cluster options: {', '.join(known)}")
+        return replace(options or cls(), **overrides)
+
+
+@dataclass
+class BatchPlan:
+    """A batch run resolved once, before any image is computed (:meth:`build`): the
+    records, the loaded model, the config with its target, downsampling and input size
+    filled in, the validated method parameters, the run's fingerprint payload, the plan's
+    warnings and where the results go. ``run_plan`` runs it; the Dask tasks get its
+    :meth:`task_spec`."""
+
+    records: list[ImageRecord]
+    bundle: Any
+    bundle_path: Path
+    output: Path
+    config: BatchConfig
+    methods: dict[str, dict[str, Any]]
+    payload: dict[str, Any]
+    shape: tuple[int, int]
+    warnings: list[str] = field(default_factory=list)
+    table: Path | None = None
+    trust: bool = False
+    overwrite: bool = False
+    #: ``time.perf_counter()`` when planning started (the run's seconds count from it)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def build(cls, records: Sequence[ImageRecord], bundle_path: str | Path,
+              output: str | Path, config: BatchConfig | None = None, *,
+              table: str | Path | None = None, trust: bool = False,
+              overwrite: bool = False) -> BatchPlan:
+        """Load the model, check the records against it and resolve the config.
+        ``bundle_path``: any model file ``io.models.load_model`` reads; ``trust=True``
+        skips its operator scan; ``table``: the per-image CSV (default beside ``output``)."""
+        from ..io.models import load_model
+
+        t_start = time.perf_counter()
+        config = config or BatchConfig()
+        methods = config.method_params()
+        records = list(records)
+        bundle = load_model(bundle_path, trust=trust)
+        if config.target is not None:  # an index, a class name or "predicted"
+            target = bundle.resolve_targets(config.target)
+            if isinstance(target, list):
+                raise InputError("give one target class for a batch run")
+            config = replace(config, target=target)
+        if config.downsample is None:  # as the model's training crops were, if recorded
+            data_info = bundle.provenance.get("data")
+            recorded = data_info.get("downsample", 1) if isinstance(data_info, dict) else 1
+            config = replace(config, downsample=int(recorded or 1))
+        check_records(records, bundle.n_channels)
+        names = list(records[0].channel_names)
+        if (names and names != bundle.channel_names
+                and sorted(names) == sorted(bundle.channel_names)):
+            raise InputError(f"the plate's channels are in the order {names} but the model "
+                             f"was trained on {bundle.channel_names}; give the channels in "
+                             "the model's order")
+        first = record_shape(records[0], config.downsample)  # a large image is not read
+        bundle.check_channels(first[0], f"the plate's images ({records[0].id})")
+        shape = (first[1], first[2])
+        scale_notes: list[str] = []
+        if config.input_size is None:  # tiles of the model's training size, never one pass
+            from ..core.attribution.explain import scale_for
+
+            size, found = scale_for(bundle, shape)
+            config = replace(config, input_size=size)
+            scale_notes = [f"{f.code}: {f.message}" for f in found]
+        if config.input_size is not None and min(shape) < config.input_size:
+            raise InputError(f"images are {shape[0]}x{shape[1]} pixels, smaller than "
+                             f"input_size {config.input_size}")
+        payload = run_payload(bundle.sha256, records, methods, config.per_channel,
+                              config.target, shape, config.input_size, config.downsample)
+        from .regions import use_regions
+
+        regions = use_regions(first, config.regions)
+        if regions:  # region by region: part of what makes the run
+            payload["regions"] = {"region_size": config.region_size}
+        warnings = scale_notes + plan_warnings(config, methods, shape, regions)
+        return cls(records=records, bundle=bundle, bundle_path=Path(bundle_path),
+                   output=Path(output), config=config, methods=methods, payload=payload,
+                   shape=shape, warnings=warnings, table=Path(table) if table else None,
+                   trust=trust, overwrite=overwrite, started=t_start)
+
+    def task_spec(self) -> TaskSpec:
+        """What every Dask task needs besides its image indices."""
+        c = self.config
+        return TaskSpec(bundle_path=str(self.bundle_path.resolve()),
+                        bundle_sha256=self.bundle.sha256, store_path=str(self.output.resolve()),
+                        methods=self.methods, per_channel=c.per_channel, target=c.target,
+                        input_size=c.input_size, device=c.device, batch_size=c.batch_size,
+                        image_shape=tuple(self.shape), downsample=c.downsample,
+                        trust=self.trust, regions=c.regions, region_size=c.region_size,
+                        evidence=bool(c.evidence and self.methods))
+
+    def provenance(self) -> dict[str, Any]:
+        """The model, the package and the run's settings, for the store's metadata."""
+        return {**_provenance(self.bundle, self.config), "warnings": self.warnings}
+
+
 def _provenance(bundle: Any, config: BatchConfig) -> dict[str, Any]:
     import platform
     from datetime import datetime, timezone
@@ -199,101 +322,52 @@ def _provenance(bundle: Any, config: BatchConfig) -> dict[str, Any]:
 
 def run_batch(records: Sequence[ImageRecord], bundle_path: str | Path,
               output: str | Path, config: BatchConfig | None = None, *,
-              client: Any = None, scheduler: str | None = None,
-              n_workers: int | None = None, threads_per_worker: int = 1,
-              processes: bool = True, overwrite: bool = False,
-              table: str | Path | None = None, trust: bool = False
-              ) -> Generator[Progress, None, BatchResult]:
+              cluster: ClusterOptions | None = None, overwrite: bool = False,
+              table: str | Path | None = None, trust: bool = False,
+              **cluster_options: Any) -> Generator[Progress, None, BatchResult]:
     """Predictions (and maps) for every record, written to the OME-Zarr store ``output``.
 
-    Cluster: ``client`` (used as is), else ``scheduler`` (address of a running cluster;
-    the store, bundle and images must be on storage all workers see), else a LocalCluster
-    of ``n_workers`` (default: one per GPU, or per core) with ``threads_per_worker``
-    threads. Rerunning with the same arguments resumes; a store from a different run
-    raises :class:`InputError` unless ``overwrite``. ``bundle_path``: any model file
+    Plans the run (:meth:`BatchPlan.build`) and runs it (:func:`run_plan`). Cluster:
+    ``cluster`` (:class:`ClusterOptions`) and keyword overrides of its fields
+    (``client``, ``scheduler``, ``n_workers``, ``threads_per_worker``, ``processes``).
+    Rerunning with the same arguments resumes; a store from a different run raises
+    :class:`InputError` unless ``overwrite``. ``bundle_path``: any model file
     ``io.models.load_model`` reads; ``trust=True`` skips its operator scan.
     """
-    from ..io.models import load_model
+    where = ClusterOptions.build(cluster, cluster_options)
+    plan = BatchPlan.build(records, bundle_path, output, config, table=table, trust=trust,
+                           overwrite=overwrite)
+    return (yield from run_plan(plan, where))
 
-    t_start = time.perf_counter()
-    config = config or BatchConfig()
-    methods = config.method_params()
-    output = Path(output)
-    records = list(records)
-    bundle = load_model(bundle_path, trust=trust)
-    if config.target is not None:  # an index, a class name or "predicted"
-        target = bundle.resolve_targets(config.target)
-        if isinstance(target, list):
-            raise InputError("give one target class for a batch run")
-        config = replace(config, target=target)
-    if config.downsample is None:  # as the model's training crops were, if recorded
-        data_info = bundle.provenance.get("data")
-        recorded = data_info.get("downsample", 1) if isinstance(data_info, dict) else 1
-        config = replace(config, downsample=int(recorded or 1))
-    check_records(records, bundle.n_channels)
-    names = list(records[0].channel_names)
-    if (names and names != bundle.channel_names and sorted(names) == sorted(bundle.channel_names)):
-        raise InputError(f"the plate's channels are in the order {names} but the model was "
-                         f"trained on {bundle.channel_names}; give the channels in the "
-                         "model's order")
-    first = record_shape(records[0], config.downsample)  # a large image is not read
-    bundle.check_channels(first[0], f"the plate's images ({records[0].id})")
-    shape = (first[1], first[2])
-    scale_notes: list[str] = []
-    if config.input_size is None:  # tiles of the model's training size, never one pass
-        from ..core.attribution.explain import scale_for
 
-        size, found = scale_for(bundle, shape)
-        config = replace(config, input_size=size)
-        scale_notes = [f"{f.code}: {f.message}" for f in found]
-    if config.input_size is not None and min(shape) < config.input_size:
-        raise InputError(f"images are {shape[0]}x{shape[1]} pixels, smaller than "
-                         f"input_size {config.input_size}")
-    payload = run_payload(bundle.sha256, records, methods, config.per_channel,
-                          config.target, shape, config.input_size, config.downsample)
-    from .regions import use_regions
-
-    regions = use_regions(first, config.regions)
-    if regions:  # region by region: part of what makes the run
-        payload["regions"] = {"region_size": config.region_size}
-    warnings = scale_notes + plan_warnings(config, methods, shape, regions)
-    lock = StoreLock(output).acquire()  # one run per store; held until this run ends
+def run_plan(plan: BatchPlan, cluster: ClusterOptions | None = None
+             ) -> Generator[Progress, None, BatchResult]:
+    """Run a planned batch on ``cluster`` with the store's lock held (one run per store)."""
+    lock = StoreLock(plan.output).acquire()  # held until this run ends
     try:
-        return (yield from _run_locked(
-            records, bundle, bundle_path, output, config, methods, payload, shape, t_start,
-            warnings, client=client, scheduler=scheduler, n_workers=n_workers,
-            threads_per_worker=threads_per_worker, processes=processes,
-            overwrite=overwrite, table=table, trust=trust))
+        return (yield from _run_locked(plan, cluster or ClusterOptions()))
     finally:
         lock.release()
 
 
-def _run_locked(records, bundle, bundle_path, output, config, methods, payload, shape,
-                t_start, warnings, *, client, scheduler, n_workers, threads_per_worker, processes,
-                overwrite, table, trust) -> Generator[Progress, None, BatchResult]:
+def _run_locked(plan: BatchPlan, cluster: ClusterOptions
+                ) -> Generator[Progress, None, BatchResult]:
     """The run proper, with the store's lock held."""
     from .table import image_rows, well_rows, write_csv
 
+    records, bundle, output, config = plan.records, plan.bundle, plan.output, plan.config
     store = BatchStore.open_for_run(
-        output, payload=payload, records=records, channel_names=bundle.channel_names,
-        class_names=bundle.class_names,
-        provenance={**_provenance(bundle, config), "warnings": warnings},
-        overwrite=overwrite)
+        output, payload=plan.payload, records=records, channel_names=bundle.channel_names,
+        class_names=bundle.class_names, provenance=plan.provenance(),
+        overwrite=plan.overwrite)
     n = len(records)
-    fields = list(store.meta.get("fields") or [None] * n)
+    field_meta = list(store.meta.get("fields") or [None] * n)
     done = store.done_mask()
     todo = [i for i in range(n) if not done[i]]
     n_done = n - len(todo)
     yield Progress(n_done, n, f"{n_done}/{n} images already done" if n_done else
                    f"{n} images to process")
-    spec = TaskSpec(bundle_path=str(Path(bundle_path).resolve()),
-                    bundle_sha256=bundle.sha256, store_path=str(output.resolve()),
-                    methods=methods, per_channel=config.per_channel, target=config.target,
-                    input_size=config.input_size, device=config.device,
-                    batch_size=config.batch_size, image_shape=tuple(shape),
-                    downsample=config.downsample, trust=trust, regions=config.regions,
-                    region_size=config.region_size,
-                    evidence=bool(config.evidence and methods))
+    spec = plan.task_spec()
     computed: set[int] = set()
     evidence: dict[int, str] = {}
     deaths: list[str] = []
@@ -302,8 +376,9 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
     if todo:
         from .cluster import open_client
 
-        client, release = open_client(scheduler, client, n_workers, threads_per_worker,
-                                      processes, config.device)
+        client, release = open_client(cluster.scheduler, cluster.client, cluster.n_workers,
+                                      cluster.threads_per_worker, cluster.processes,
+                                      config.device)
         futures: list[Any] = []
         try:
             from distributed import as_completed
@@ -317,7 +392,7 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
                 chunk = todo[s:s + per_task]
                 futures.append(client.submit(process_images, spec, chunk,
                                              [records[i] for i in chunk],
-                                             [fields[i] for i in chunk], pure=False))
+                                             [field_meta[i] for i in chunk], pure=False))
             for fut in as_completed(futures):
                 try:
                     out = fut.result()
@@ -351,16 +426,16 @@ def _run_locked(records, bundle, bundle_path, output, config, methods, payload, 
         missing = [records[i].id for i in range(n) if not done[i]]
         raise BatchIncomplete(f"{len(missing)} image(s) have no results ({missing[:5]}); "
                               f"rerun the same command to resume")
-    table_path, wells_path = default_table_paths(output, Path(table) if table else None)
+    table_path, wells_path = default_table_paths(output, plan.table)
     rows = image_rows(store)
     write_csv(rows, table_path)
     write_csv(well_rows(rows, bundle.class_names), wells_path)
     result = BatchResult(
         store_path=output, table_path=table_path, wells_path=wells_path, n_images=n,
         n_computed=len(computed), n_skipped=n - len(computed),
-        seconds=time.perf_counter() - t_start, compute_seconds=t_compute,
+        seconds=time.perf_counter() - plan.started, compute_seconds=t_compute,
         n_workers=n_workers_used, fingerprint=store.meta["fingerprint"],
-        warnings=warnings, evidence=dict(sorted(evidence.items())),
+        warnings=plan.warnings, evidence=dict(sorted(evidence.items())),
         findings=_evidence_findings(evidence, records))
     store.mark_complete({"table": str(table_path), "wells": str(wells_path),
                          "n_images": n, "last_run_computed": len(computed),

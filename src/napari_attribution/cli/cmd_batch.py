@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..batch import BatchConfig, records_from_plate, run_batch
+    from ..batch import BatchConfig, BatchPlan, ClusterOptions, records_from_plate, run_plan
 
     methods = list(dict.fromkeys(args.method or []))
     config = BatchConfig(methods=methods, params=parse_method_params(args.param, methods),
@@ -114,10 +114,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"batch: {len(records)} images from {args.plate} "
               f"(channels {', '.join(channel_names)}); methods: "
               f"{', '.join(['predict', *methods])}; on {where}")
-    gen = run_batch(records, args.model, args.output, config, scheduler=args.scheduler,
-                    n_workers=args.workers, threads_per_worker=args.threads_per_worker,
-                    processes=not args.threads, overwrite=args.overwrite, table=args.table,
-                    trust=args.trust_model)
+    plan = BatchPlan.build(records, args.model, args.output, config, table=args.table,
+                           trust=args.trust_model, overwrite=args.overwrite)
+    cluster = ClusterOptions(scheduler=args.scheduler, n_workers=args.workers,
+                             threads_per_worker=args.threads_per_worker,
+                             processes=not args.threads)
+    gen = run_plan(plan, cluster)
     try:
         result = run_with_bar(gen, quiet=args.quiet)
     except KeyboardInterrupt:

@@ -10,7 +10,8 @@ from ..core.data.dataset import ImageSet
 from ..core.data.normalization import MODES
 from ..core.runtime.errors import UsageError
 from ..core.study.splits import SPLIT_UNITS
-from ..io.plate.sampling import DEFAULT_MAX_OBJECTS, sampling_summary
+from ..io.plate.config import DEFAULT_MAX_OBJECTS, SamplingConfig
+from ..io.plate.sampling import sampling_summary
 from ._checks import (
     add_overwrite_argument,
     learning_rate,
@@ -75,11 +76,26 @@ def declare_input_normalization(data: ImageSet, declared: str | None, source: st
     return data
 
 
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    """The :class:`SamplingConfig` the plate options of ``train`` describe."""
+    from ..io.plate import BBBC013_CLASSES
+
+    plate_norm = "per_field" if args.normalization in ("auto", "per_field") else "none"
+    bbbc013_classes = args.bbbc013 and not (args.objects or args.label_rule)
+    return SamplingConfig(
+        crops=args.crops, crop_size=args.crop_size, per_image=args.per_image,
+        downsample=args.downsample, nuclei_channel=args.nuclei_channel, masks=False,
+        seed=args.seed, normalization=plate_norm,
+        class_names=tuple(BBBC013_CLASSES) if bbbc013_classes else None,
+        labels_pattern=args.labels_pattern, objects_columns=args.objects_columns,
+        label_rule=args.label_rule, split_by=args.split_by,
+        val_wells=tuple(args.val_wells.split(",")) if args.val_wells else None,
+        max_objects=args.max_objects or None, time_budget=args.time_budget)
+
+
 def load_plate_crops(args: argparse.Namespace) -> ImageSet:
     """Crops of the plate named by ``--plate``: labels from the plate map, an object table
     or a marker rule; groups = the held-out unit (``--split-by``)."""
-    from ..io.plate import BBBC013_CLASSES
-
     plate = open_plate(args)
     if plate.plate_map is None and not (args.objects or args.label_rule):
         raise UsageError("training on a plate needs labels: give --plate-map (a CSV with "
@@ -87,18 +103,7 @@ def load_plate_crops(args: argparse.Namespace) -> ImageSet:
                          "'CHANNEL>otsu' or --bbbc013")
     size = f"{args.crop_size} px" if args.crop_size else "auto-sized"
     print(f"sampling {args.crops} crops ({size}) from {args.plate} ...")
-    plate_norm = "per_field" if args.normalization in ("auto", "per_field") else "none"
-    data = plate.sample(crops=args.crops, crop_size=args.crop_size, per_image=args.per_image,
-                        downsample=args.downsample, nuclei_channel=args.nuclei_channel,
-                        masks=False, seed=args.seed, normalization=plate_norm,
-                        class_names=BBBC013_CLASSES if args.bbbc013 and not
-                        (args.objects or args.label_rule) else None,
-                        labels=args.labels, labels_pattern=args.labels_pattern,
-                        objects=args.objects, objects_columns=args.objects_columns,
-                        label_rule=args.label_rule, split_by=args.split_by,
-                        val_wells=args.val_wells.split(",") if args.val_wells else None,
-                        max_objects=args.max_objects or None,
-                        time_budget=args.time_budget)
+    data = plate.sample(sampling_config(args), labels=args.labels, objects=args.objects)
     md = data.metadata
     counts = ", ".join(f"{n} {int((data.labels == i).sum())}"
                        for i, n in enumerate(data.class_names))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,26 +29,47 @@ def _overlay_rgba(m: np.ndarray, cmap: str, alpha: float) -> np.ndarray:
     return rgba
 
 
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How :func:`save_overlay_figure` draws."""
+
+    #: channel shown under the map (None: the mean of all channels)
+    overlay_channel: int | None = None
+    #: matplotlib colormap of the map
+    cmap: str = "inferno"
+    #: opacity of the strongest evidence
+    alpha: float = 0.85
+    #: resolution of the PNG
+    dpi: int = 100
+
+
 def save_overlay_figure(
     path: str | Path,
     images: np.ndarray,
     maps: np.ndarray,
     channel_names: Sequence[str] | None = None,
+    *,
     titles: Sequence[str] | None = None,
     masks: np.ndarray | None = None,
-    overlay_channel: int | None = None,
-    cmap: str = "inferno",
-    alpha: float = 0.85,
-    dpi: int = 100,
+    style: OverlayStyle | None = None,
     overwrite: bool = True,
+    **style_options: Any,
 ) -> Path:
     """Save a grid: one row per image, one column per channel, then the attribution
     map over the image. ``images`` (N, C, H, W) or (C, H, W); ``maps`` (N, H, W) or
     (H, W); the map's positive part is drawn, transparent at zero (so log-weight maps
     show only amplified pixels). ``masks`` (N, H, W) are outlined on the overlay;
-    ``overlay_channel`` picks the channel shown under the map (default: mean of all).
+    ``titles`` label the rows. ``style`` (:class:`OverlayStyle`) and keyword overrides
+    of its fields (``overlay_channel``, ``cmap``, ``alpha``, ``dpi``) set the drawing.
     Returns the path; written atomically, an existing file refused unless ``overwrite``.
     """
+    known = [f.name for f in fields(OverlayStyle)]
+    unknown = sorted(set(style_options) - set(known))
+    if unknown:
+        raise InputError(f"unknown figure option(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(known)}")
+    st = replace(style or OverlayStyle(), **style_options)
+    overlay_channel, cmap, alpha = st.overlay_channel, st.cmap, st.alpha
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -66,7 +89,7 @@ def save_overlay_figure(
     names = list(channel_names) if channel_names is not None else [f"ch{i}" for i in range(c)]
     if len(names) != c:
         raise InputError(f"{len(names)} channel names for {c} channels")
-    fig = Figure(figsize=(2.2 * (c + 1), 2.2 * n + 0.3), dpi=dpi)
+    fig = Figure(figsize=(2.2 * (c + 1), 2.2 * n + 0.3), dpi=st.dpi)
     axes = fig.subplots(n, c + 1, squeeze=False)
     for i in range(n):
         for ch in range(c):

@@ -19,15 +19,18 @@ from typing import Any
 import numpy as np
 
 from ..core.runtime.errors import InputError
+from .image_formats import bioio_formats, format_of
 
-BIOIO_SUFFIXES = (".czi", ".nd2", ".lif", ".zarr")
-PLUGINS = {".czi": "bioio-czi", ".nd2": "bioio-nd2", ".lif": "bioio-lif",
-           ".zarr": "bioio-ome-zarr"}
+#: suffixes read through bioio (from :data:`.image_formats.FORMATS`)
+BIOIO_SUFFIXES = tuple(s for f in bioio_formats() for s in f.suffixes)
+#: the bioio plugin package per suffix
+PLUGINS = {s: f.bioio_plugin for f in bioio_formats() for s in f.suffixes}
 
 
 def is_bioio_path(path: str | Path) -> bool:
     """True for the suffixes read through bioio (``.czi``, ``.nd2``, ``.lif``, ``.zarr``)."""
-    return Path(path).suffix.lower() in BIOIO_SUFFIXES
+    fmt = format_of(path)
+    return fmt is not None and fmt.bioio_plugin is not None
 
 
 def bioio_available() -> bool:

@@ -40,8 +40,10 @@ from .image_data import (  # noqa: F401 - ImageData and the size rule are the re
     max_image_bytes,
     too_large,
 )
+from .image_formats import format_of, suffixes
 
-TIFF_SUFFIXES = (".tif", ".tiff")
+#: suffixes of the TIFF reader (from :data:`.image_formats.FORMATS`)
+TIFF_SUFFIXES = suffixes("tiff")
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6,
                "\\u00B5m": 1.0}
 
@@ -304,7 +306,6 @@ def read_image(path: str | Path, axes: str | None = None,
     """
     import tifffile
 
-    from .formats import is_bioio_path, read_image_bioio
     from .ngff import is_ngff_image, read_ngff_image
 
     path = Path(path)
@@ -314,11 +315,12 @@ def read_image(path: str | Path, axes: str | None = None,
                              "images name their axes")
         return read_ngff_image(path, channel_names, lazy=lazy, max_bytes=max_bytes,
                                fill_missing=fill_missing)
-    if is_bioio_path(path):  # CZI, ND2, LIF, OME-Zarr: through bioio, same rules
+    fmt = format_of(path)
+    if fmt is not None and fmt.name != "tiff":  # CZI, ND2, LIF, OME-Zarr: bioio, same rules
         if axes is not None or series is not None:
             raise InputError(f"{path}: axes= and series= apply to TIFF files; bioio reads "
                              "the axes from the file (scenes: io.formats.read_image_bioio)")
-        return read_image_bioio(path, channel_names, lazy=lazy, max_bytes=max_bytes)
+        return fmt.load_reader()(path, channel_names, lazy=lazy, max_bytes=max_bytes)
     if not path.exists():
         raise InputError(f"image file not found: {path}")
     if path.is_dir():
@@ -436,7 +438,7 @@ def read_channel_files(paths: Sequence[str | Path],
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+    for suf in (*(f".ome{s}" for s in TIFF_SUFFIXES), *TIFF_SUFFIXES):
         if name.lower().endswith(suf):
             return name[:-len(suf)]
     return path.stem

@@ -301,7 +301,10 @@ def train_dcmix(data: ImageSet, config: TrainConfig | None = None,
 
 def _train_split(data: ImageSet, cfg: TrainConfig, train_idx: np.ndarray,
                  val_idx: np.ndarray) -> ProgressGenerator[TrainResult]:
-    """One training on a given split, with the study checks the config asks for."""
+    """One training on a given split, with the study checks the config asks for: prepare
+    the tensors (:func:`_prepare`), build the model and its optimiser (:func:`_build`),
+    train epoch by epoch (:func:`_fit`), check it (:func:`_check`) and gather the
+    result. The steps run in this order so that one seed gives the same weights."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise InputError("epochs and batch size must be at least 1")
     device = resolve_device(cfg.device)
@@ -309,9 +312,57 @@ def _train_split(data: ImageSet, cfg: TrainConfig, train_idx: np.ndarray,
     t_start = time.perf_counter()
     _set_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-
     if np.unique(data.labels[train_idx]).size < 2:
         raise InputError("the training split holds a single class; add images of more classes")
+    prep = _prepare(data, cfg, train_idx, val_idx, device)
+    fit = _build(data, cfg, device, len(train_idx))
+    for f in prep.findings:
+        if f.is_warning:
+            yield Progress(0, fit.total, f"study design: {f.message}",
+                           {"warning": f.message, "finding": f.as_dict()})
+    yield Progress(0, fit.total, f"training on {device} ({len(train_idx)} train / "
+                   f"{len(val_idx)} validation images)")
+    history = yield from _fit(fit, prep, cfg, data.n_classes, gen, device)
+    checks = yield from _check(fit, prep, cfg, data, train_idx, val_idx)
+    result = TrainResult(
+        model=fit.model.cpu(), model_config=fit.model_config, train_config=cfg,
+        normalizer=prep.normalizer, channel_names=list(data.channel_names),
+        class_names=list(data.class_names), history=history, importance=checks.importance,
+        train_index=train_idx, val_index=val_idx,
+        val_groups=None if data.groups is None else sorted({str(g) for g in
+                                                            data.groups[val_idx]}),
+        data_info=_data_info(data),
+        seconds=time.perf_counter() - t_start,
+        validation=checks.validation, study_design=prep.design, shortcut=checks.shortcut,
+        posthoc=checks.posthoc, check_seconds=prep.check_seconds,
+        val_predictions=checks.predictions,
+    )
+    result.set_findings(prep.findings)
+    result.refresh_verdict()
+    return result
+
+
+@dataclass
+class _Prepared:
+    """The split as tensors on the device, normalised, with the loss's class weights and
+    the findings and check times gathered so far (the study design check)."""
+
+    normalizer: PercentileNormalizer
+    x_all: torch.Tensor
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    x_va: torch.Tensor
+    y_va: torch.Tensor
+    y_train: np.ndarray
+    loss_weight: torch.Tensor | None
+    findings: list[Finding]
+    check_seconds: dict[str, float]
+    design: StudyDesign | None
+
+
+def _prepare(data: ImageSet, cfg: TrainConfig, train_idx: np.ndarray, val_idx: np.ndarray,
+             device: torch.device) -> _Prepared:
+    """Study design check, normalisation fitted on the training part, tensors, weights."""
     findings: list[Finding] = data_findings(data.metadata)
     check_seconds: dict[str, float] = {}
     design = None
@@ -324,17 +375,38 @@ def _train_split(data: ImageSet, cfg: TrainConfig, train_idx: np.ndarray,
                                            train_idx, cfg.percentiles, cfg.seed)
     x_all = torch.from_numpy(x_np)
     y_all = torch.from_numpy(data.labels)
-    x_tr, y_tr = x_all[train_idx].to(device), y_all[train_idx].to(device)
-    x_va, y_va = x_all[val_idx].to(device), y_all[val_idx].to(device)
     if cfg.class_balance not in CLASS_BALANCE:
         raise InputError(f"class_balance must be one of {CLASS_BALANCE}; got "
                          f"{cfg.class_balance!r}")
     balance_w = torch.tensor(class_weights(data.labels[train_idx], data.n_classes),
                              dtype=torch.float32)
-    loss_weight = balance_w.to(device) if cfg.class_balance == "weights" else None
-    y_train_np = data.labels[train_idx]
-    balanced = cfg.class_balance == "sampling"
+    return _Prepared(
+        normalizer=normalizer, x_all=x_all,
+        x_tr=x_all[train_idx].to(device), y_tr=y_all[train_idx].to(device),
+        x_va=x_all[val_idx].to(device), y_va=y_all[val_idx].to(device),
+        y_train=data.labels[train_idx],
+        loss_weight=balance_w.to(device) if cfg.class_balance == "weights" else None,
+        findings=findings, check_seconds=check_seconds, design=design)
 
+
+@dataclass
+class _Fitting:
+    """The model, its optimiser and learning-rate schedule, and the step counts."""
+
+    model_config: ModelConfig
+    model: DCMIXClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    total: int
+    amp: bool
+    step: int = 0
+
+
+def _build(data: ImageSet, cfg: TrainConfig, device: torch.device, n_train: int
+           ) -> _Fitting:
+    """The DCMIX model (mixing logits with their own learning rate) and a cosine schedule
+    down to a tenth of the rate."""
     mcfg = ModelConfig(n_channels=data.n_channels, n_classes=data.n_classes,
                        n_heads=cfg.n_heads, backbone=cfg.backbone, width=cfg.width,
                        mixing=cfg.mixing)
@@ -345,113 +417,129 @@ def _train_split(data: ImageSet, cfg: TrainConfig, train_idx: np.ndarray,
     if mix_params:
         groups.append({"params": mix_params, "lr": cfg.mixing_lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups)
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
+    return _Fitting(mcfg, model, optimizer, scheduler, steps_per_epoch, total,
+                    amp=cfg.mixed_precision and device.type == "cuda")
+
+
+def _fit(fit: _Fitting, prep: _Prepared, cfg: TrainConfig, n_classes: int,
+         gen: torch.Generator, device: torch.device) -> ProgressGenerator[list[dict]]:
+    """Every epoch: train (:func:`_train_epoch`), then validate; returns the history and
+    leaves the model in eval mode with PyTorch's usual batch-norm averaging."""
     augment = Augmentation(cfg.augment, cfg.augment, cfg.intensity_jitter if cfg.augment else 0)
-    amp = cfg.mixed_precision and device.type == "cuda"
-    channel_mean = x_tr.mean(dim=(0, 2, 3))
+    channel_mean = prep.x_tr.mean(dim=(0, 2, 3))
     history: list[dict] = []
-    step = 0
-    for f in findings:
-        if f.is_warning:
-            yield Progress(0, total, f"study design: {f.message}",
-                           {"warning": f.message, "finding": f.as_dict()})
-    yield Progress(0, total, f"training on {device} ({len(train_idx)} train / "
-                   f"{len(val_idx)} validation images)")
     for epoch in range(cfg.epochs):
-        model.train()
-        _batchnorm_stats_per_epoch(model)
         t0 = time.perf_counter()
-        order = (balanced_order(y_train_np, gen) if balanced else
-                 torch.randperm(len(train_idx), generator=gen)).to(device)
-        run_loss, n_seen = 0.0, 0
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            xb = augment(x_tr[idx], gen) if cfg.augment else x_tr[idx]
-            if cfg.channel_dropout > 0:
-                xb = _drop_channels(xb, channel_mean, cfg.channel_dropout, gen)
-            with _autocast(device, amp):
-                logits = model(xb)
-                loss = F.cross_entropy(logits.float(), y_tr[idx], weight=loss_weight)
-                if cfg.entropy_weight > 0 and model.mixing is not None:
-                    loss = loss + cfg.entropy_weight * model.mixing.entropy()
-            if not torch.isfinite(loss):
-                raise InputError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
-                                 "lower the learning rate or check the images")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            run_loss += loss.item() * idx.numel()
-            n_seen += idx.numel()
-            if step % cfg.progress_every == 0 and b + 1 < steps_per_epoch:
-                yield Progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}", {
-                    "epoch": epoch + 1, "loss": run_loss / n_seen,
-                    "channel_weights": _weights(model)})
+        train_loss = yield from _train_epoch(fit, prep, cfg, epoch, augment, channel_mean,
+                                             gen, device)
         epoch_seconds = time.perf_counter() - t0
-        val_loss, val_acc, val_bacc = evaluate(model, x_va, y_va, 4 * cfg.batch_size, amp,
-                                               data.n_classes)
-        record = {"epoch": epoch + 1, "train_loss": run_loss / n_seen, "val_loss": val_loss,
+        val_loss, val_acc, val_bacc = evaluate(fit.model, prep.x_va, prep.y_va,
+                                               4 * cfg.batch_size, fit.amp, n_classes)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                   "val_accuracy": val_acc, "val_balanced_accuracy": val_bacc,
                   "epoch_seconds": epoch_seconds,
-                  "channel_weights": _weights(model)}
+                  "channel_weights": _weights(fit.model)}
         history.append(record)
-        yield Progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}: loss "
+        yield Progress(fit.step, fit.total, f"epoch {epoch + 1}/{cfg.epochs}: loss "
                        f"{record['train_loss']:.3f}, validation balanced accuracy "
                        f"{val_bacc:.3f}",
                        dict(record))
+    _batchnorm_stats_per_epoch(fit.model, restore=True)
+    fit.model.eval()
+    return history
 
-    _batchnorm_stats_per_epoch(model, restore=True)
-    model.eval()
+
+def _train_epoch(fit: _Fitting, prep: _Prepared, cfg: TrainConfig, epoch: int,
+                 augment: Augmentation, channel_mean: torch.Tensor, gen: torch.Generator,
+                 device: torch.device) -> ProgressGenerator[float]:
+    """One pass over the training images (class-balanced order unless asked otherwise);
+    returns the mean training loss."""
+    model = fit.model
+    model.train()
+    _batchnorm_stats_per_epoch(model)
+    order = (balanced_order(prep.y_train, gen) if cfg.class_balance == "sampling" else
+             torch.randperm(len(prep.y_train), generator=gen)).to(device)
+    run_loss, n_seen = 0.0, 0
+    for b in range(fit.steps_per_epoch):
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        xb = augment(prep.x_tr[idx], gen) if cfg.augment else prep.x_tr[idx]
+        if cfg.channel_dropout > 0:
+            xb = _drop_channels(xb, channel_mean, cfg.channel_dropout, gen)
+        with _autocast(device, fit.amp):
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), prep.y_tr[idx], weight=prep.loss_weight)
+            if cfg.entropy_weight > 0 and model.mixing is not None:
+                loss = loss + cfg.entropy_weight * model.mixing.entropy()
+        if not torch.isfinite(loss):
+            raise InputError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
+                             "lower the learning rate or check the images")
+        fit.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        fit.optimizer.step()
+        fit.scheduler.step()
+        fit.step += 1
+        run_loss += loss.item() * idx.numel()
+        n_seen += idx.numel()
+        if fit.step % cfg.progress_every == 0 and b + 1 < fit.steps_per_epoch:
+            yield Progress(fit.step, fit.total, f"epoch {epoch + 1}/{cfg.epochs}", {
+                "epoch": epoch + 1, "loss": run_loss / n_seen,
+                "channel_weights": _weights(model)})
+    return run_loss / n_seen
+
+
+@dataclass
+class _Checks:
+    """What the trained model is checked against on the validation part."""
+
+    importance: ChannelImportance | None
+    predictions: np.ndarray
+    validation: dict[str, Any]
+    posthoc: list[PosthocImportance]
+    shortcut: ShortcutCheck | None
+
+
+def _check(fit: _Fitting, prep: _Prepared, cfg: TrainConfig, data: ImageSet,
+           train_idx: np.ndarray, val_idx: np.ndarray) -> ProgressGenerator[_Checks]:
+    """Channel importance and ablation, the validation report, the pixel-permutation and
+    shortcut checks the config asks for; their findings and times go into ``prep``."""
+    model, step, total, bs = fit.model, fit.step, fit.total, 4 * cfg.batch_size
     importance = None
     if model.mixing is not None or cfg.ablation_check:
         yield Progress(step, total, "checking channel importance by ablation")
         t0 = time.perf_counter()
-        importance = channel_importance(model, x_va, y_va, data.channel_names,
-                                        batch_size=4 * cfg.batch_size,
-                                        ablation=cfg.ablation_check, seed=cfg.seed)
-        check_seconds["importance_and_ablation"] = time.perf_counter() - t0
-    pred = _predictions(model, x_va, 4 * cfg.batch_size)
+        importance = channel_importance(model, prep.x_va, prep.y_va, data.channel_names,
+                                        batch_size=bs, ablation=cfg.ablation_check,
+                                        seed=cfg.seed)
+        prep.check_seconds["importance_and_ablation"] = time.perf_counter() - t0
+    pred = _predictions(model, prep.x_va, bs)
     validation = classification_report(data.labels[val_idx], pred, list(data.class_names))
     posthoc: list[PosthocImportance] = []
     if cfg.posthoc_check:
         yield Progress(step, total, "checking channel importance by pixel permutation")
         t0 = time.perf_counter()
-        posthoc.append(posthoc_channel_importance(model, x_va, y_va, data.channel_names,
-                                                  "permutation", batch_size=4 * cfg.batch_size,
-                                                  seed=cfg.seed))
-        check_seconds["posthoc_permutation"] = time.perf_counter() - t0
+        posthoc.append(posthoc_channel_importance(model, prep.x_va, prep.y_va,
+                                                  data.channel_names, "permutation",
+                                                  batch_size=bs, seed=cfg.seed))
+        prep.check_seconds["posthoc_permutation"] = time.perf_counter() - t0
     shortcut = None
     if cfg.shortcut_check:
         yield Progress(step, total, "shortcut check: intensity statistics on the same split")
         t0 = time.perf_counter()
-        shortcut = shortcut_check(x_all.numpy(), data.labels, train_idx, val_idx,
+        shortcut = shortcut_check(prep.x_all.numpy(), data.labels, train_idx, val_idx,
                                   data.channel_names, _object_masks(data),
                                   validation["balanced_accuracy"], units=unit_keys(data),
-                                  per_field=normalizer.mode == "per_field")
-        check_seconds["shortcut_check"] = time.perf_counter() - t0
-        findings += shortcut.findings
+                                  per_field=prep.normalizer.mode == "per_field")
+        prep.check_seconds["shortcut_check"] = time.perf_counter() - t0
+        prep.findings += shortcut.findings
     train_support = {n: int(np.sum(data.labels[train_idx] == i))
                      for i, n in enumerate(data.class_names)}
-    findings += sample_size_findings(validation, train_support)
-    result = TrainResult(
-        model=model.cpu(), model_config=mcfg, train_config=cfg, normalizer=normalizer,
-        channel_names=list(data.channel_names), class_names=list(data.class_names),
-        history=history, importance=importance, train_index=train_idx, val_index=val_idx,
-        val_groups=None if data.groups is None else sorted({str(g) for g in
-                                                            data.groups[val_idx]}),
-        data_info=_data_info(data),
-        seconds=time.perf_counter() - t_start,
-        validation=validation, study_design=design, shortcut=shortcut,
-        posthoc=posthoc, check_seconds=check_seconds, val_predictions=pred,
-    )
-    result.set_findings(findings)
-    result.refresh_verdict()
-    return result
+    prep.findings += sample_size_findings(validation, train_support)
+    return _Checks(importance, pred, validation, posthoc, shortcut)
 
 
 def train_cross_validated(data: ImageSet, config: TrainConfig | None = None

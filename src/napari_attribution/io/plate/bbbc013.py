@@ -4,13 +4,15 @@ GFP-tagged FOXO1A fusion, channels GFP and DNA, controls in the plate map."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ...core.data.dataset import ImageSet
 from ...core.runtime.errors import InputError
+from .config import SamplingConfig
 from .layout import Plate
 from .plate_map import PlateMap, read_plate_map
-from .sampling import DEFAULT_MAX_OBJECTS
 
 BBBC013_PATTERN = r"Channel(?P<channel>\d+)-(?P<site>\d+)-(?P<row>[A-Z]+)-(?P<col>\d+)\.tif$"
 BBBC013_CHANNELS = {"GFP": "1", "DNA": "2"}
@@ -35,53 +37,40 @@ def open_bbbc013(root: str | Path, channels: Sequence[str] = ("GFP", "DNA")) -> 
                       plate_map=bbbc013_plate_map(root))
 
 
-def load_bbbc013(
-    root: str | Path,
-    controls_only: bool = True,
-    crop_size: int | None = None,
-    crops: str = "nuclei",
-    per_image: int | None = None,
-    downsample: int | None = None,
-    channels: Sequence[str] = ("GFP", "DNA"),
-    seed: int = 0,
-    wells: Sequence[str] | None = None,
-    normalization: str = "per_field",
-    masks: bool = True,
-    split_by: str = "auto",
-    nuclei_channel: str | None = "DNA",
-    max_objects: int | None = DEFAULT_MAX_OBJECTS,
-) -> ImageSet:
+#: What :func:`load_bbbc013` starts from: nuclei on the DNA channel, BBBC013's classes.
+BBBC013_DEFAULTS = SamplingConfig(nuclei_channel="DNA", class_names=tuple(BBBC013_CLASSES))
+
+
+def load_bbbc013(root: str | Path, config: SamplingConfig | None = None, *,
+                 controls_only: bool = True, channels: Sequence[str] = ("GFP", "DNA"),
+                 **overrides: Any) -> ImageSet:
     """Crops of the BBBC013 plate; labels 0 = cytoplasmic GFP (negative control),
     1 = nuclear GFP (positive control); groups = well.
 
     With ``controls_only=False`` the 72 dose-series wells come too, with label 0 and
     ``metadata["labelled"]`` False; ``metadata["well"|"dose"|"control"]`` are per-crop
     arrays for scoring by well. Nuclei are segmented on the DNA channel (read for
-    segmentation even when not in ``channels``). ``crop_size`` and ``downsample`` default
-    to the median nucleus size (48 px at 2x); every object is used up to ``max_objects``
-    (``per_image`` caps each field); other options as :meth:`Plate.sample`.
+    segmentation even when not in ``channels``). Settings: ``config`` (default
+    :data:`BBBC013_DEFAULTS`) and keyword overrides of its fields, as
+    :meth:`Plate.sample` (``crop_size=48, downsample=2, per_image=24, seed=0`` ...):
+    ``crop_size`` and ``downsample`` default to the median nucleus size (48 px at 2x);
+    every object is used up to ``max_objects`` (``per_image`` caps each field).
     """
+    c = SamplingConfig.build(config, {"labelled_only": controls_only, **overrides},
+                             base=BBBC013_DEFAULTS)
     plate = open_bbbc013(root, channels)
-    if "DNA" not in plate.channel_names and (crops == "nuclei" or masks
-                                             or crop_size is None or downsample is None):
+    if "DNA" not in plate.channel_names and (c.crops == "nuclei" or c.masks
+                                             or c.crop_size is None or c.downsample is None):
         both = open_bbbc013(root, [*plate.channel_names, "DNA"])
-        data = load_from(both, controls_only, crop_size, crops, per_image, downsample, seed,
-                         wells, normalization, masks, split_by, nuclei_channel, max_objects)
+        data = load_from(both, c)
         out = data.select_channels(list(plate.channel_names))
         out.metadata = data.metadata
         return out
-    return load_from(plate, controls_only, crop_size, crops, per_image, downsample, seed,
-                     wells, normalization, masks, split_by, nuclei_channel, max_objects)
+    return load_from(plate, c)
 
 
-def load_from(plate: Plate, controls_only: bool, crop_size: int | None, crops: str,
-              per_image: int | None, downsample: int | None, seed: int, wells,
-              normalization: str, masks: bool, split_by: str,
-              nuclei_channel: str | None = "DNA",
-              max_objects: int | None = DEFAULT_MAX_OBJECTS) -> ImageSet:
-    nuc = nuclei_channel if nuclei_channel in plate.channel_names else None
-    return plate.sample(crops=crops, crop_size=crop_size, per_image=per_image, wells=wells,
-                        labelled_only=controls_only, downsample=downsample,
-                        nuclei_channel=nuc, masks=masks, normalization=normalization,
-                        class_names=BBBC013_CLASSES, seed=seed, split_by=split_by,
-                        max_objects=max_objects)
+def load_from(plate: Plate, config: SamplingConfig) -> ImageSet:
+    """Crops of a BBBC013 ``plate`` (the nuclei channel only when the plate has it)."""
+    if config.nuclei_channel not in plate.channel_names:
+        config = replace(config, nuclei_channel=None)
+    return plate.sample(config)

@@ -27,6 +27,7 @@ from ...core.data.segmentation import (
     segment_nuclei,
 )
 from ...core.runtime.errors import InputError
+from .config import SamplingConfig
 from .labels import LabelsInput, LabelSource
 from .objects import LabelRule
 from .plate_map import WellInfo, normalise_well
@@ -155,13 +156,14 @@ class _Survey:
                               f"({self.source.name})")
 
 
-def resolve_settings(plate: Plate, fields: list[FieldOfView], crops: str = "nuclei",
-                     crop_size: int | None = None, per_image: int | None = 64,
-                     downsample: int | None = None, nuclei_channel: str | int | None = None,
-                     masks: bool = True, normalization: str = "per_field",
-                     percentiles: tuple[float, float] = (1.0, 99.8), seed: int = 0,
+def resolve_settings(plate: Plate, fields: list[FieldOfView], config: SamplingConfig,
                      source: LabelSource | None = None) -> CropSettings:
     """Check the options and fill in what is derived (geometry, fitted normaliser)."""
+    crops, crop_size, per_image, downsample = (config.crops, config.crop_size,
+                                               config.per_image, config.downsample)
+    nuclei_channel, masks, normalization = (config.nuclei_channel, config.masks,
+                                            config.normalization)
+    percentiles, seed = config.percentiles, config.seed
     if crops not in CROP_MODES:
         raise InputError(f"unknown crop mode {crops!r}; choose one of {CROP_MODES}")
     mode = canonical_mode(normalization, context="field")
@@ -242,20 +244,33 @@ def select_fields(plate: Plate, wells: Sequence[str] | None, labelled_only: bool
     return fields
 
 
-def iter_plate_crops(plate: Plate, crops: str = "nuclei", crop_size: int | None = None,
-                     per_image: int | None = 64, wells: Sequence[str] | None = None,
-                     labelled_only: bool = False, downsample: int | None = None,
-                     nuclei_channel: str | int | None = None, masks: bool = True,
-                     normalization: str = "per_field",
-                     percentiles: tuple[float, float] = (1.0, 99.8), seed: int = 0,
-                     labels: LabelsInput = None, labels_pattern: str | None = None,
+#: What :func:`iter_plate_crops` starts from: 64 crops per field, every well.
+ITER_DEFAULTS = SamplingConfig(per_image=64, labelled_only=False)
+#: Settings that only gathering into an ImageSet uses (labels, budget, split).
+_GATHER_ONLY = ("class_names", "objects_columns", "label_rule", "split_by", "val_wells",
+                "max_objects", "time_budget")
+
+
+def iter_plate_crops(plate: Plate, config: SamplingConfig | str | None = None, *,
+                     labels: LabelsInput = None,
                      progress: Callable[[int, int, str], Any] | None = None,
-                     ) -> Iterator[FieldCrops]:
-    """Yield the crops of one field of view at a time; see :func:`sample_plate`."""
-    fields = select_fields(plate, wells, labelled_only)
-    source = LabelSource(labels, labels_pattern or plate.pattern)
-    s = resolve_settings(plate, fields, crops, crop_size, per_image, downsample,
-                         nuclei_channel, masks, normalization, percentiles, seed, source)
+                     **overrides: Any) -> Iterator[FieldCrops]:
+    """Yield the crops of one field of view at a time; settings as :func:`sample_plate`
+    (from :data:`ITER_DEFAULTS`: 64 crops per field, every well). The settings that
+    only gathering uses (labels, object budget, split) are refused here, at the call."""
+    c = SamplingConfig.build(config, overrides, base=ITER_DEFAULTS)
+    unused = [k for k in _GATHER_ONLY if getattr(c, k) != getattr(ITER_DEFAULTS, k)]
+    if unused:
+        raise InputError(f"iter_crops does not use {', '.join(unused)}: they apply when "
+                         "crops are gathered (Plate.sample)")
+    return _iter_fields(plate, c, labels, progress)
+
+
+def _iter_fields(plate: Plate, c: SamplingConfig, labels: LabelsInput,
+                 progress: Callable[[int, int, str], Any] | None) -> Iterator[FieldCrops]:
+    fields = select_fields(plate, c.wells, c.labelled_only)
+    source = LabelSource(labels, c.labels_pattern or plate.pattern)
+    s = resolve_settings(plate, fields, c, source)
     yield from _iter(plate, fields, s, source, None, None, progress)
 
 

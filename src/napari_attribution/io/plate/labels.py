@@ -12,6 +12,7 @@ import numpy as np
 
 from ...core.data.segmentation import check_labels_image, segment_nuclei
 from ...core.runtime.errors import InputError
+from ..image_formats import has_suffix
 from .plate_map import normalise_well, site_key
 
 #: Label images given per field: keyed by ``(well, site)`` or ``"A01_s1"`` (or ``"A01"``
@@ -25,7 +26,7 @@ def read_label_file(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"label image not found: {path}")
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if has_suffix(path, "tiff"):
             import tifffile
 
             return np.asarray(tifffile.imread(path))

@@ -18,7 +18,11 @@ import numpy as np
 
 from ...core.data.dataset import ImageSet
 from ...core.runtime.errors import InputError
+from ..image_formats import FORMATS, format_of
+from .config import SamplingConfig
 from .plate_map import PlateMap, class_key, normalise_well, read_plate_map
+
+_UNSET: Any = object()  # an argument not given
 
 
 @dataclass(frozen=True)
@@ -175,30 +179,37 @@ class Plate:
             if keep is None or fov.well in keep:
                 yield fov, self.read_field(fov)
 
-    def sample(self, crops: str = "nuclei", crop_size: int | None = None,
-               per_image: int | None = None, **options: Any) -> ImageSet:
+    def sample(self, config: SamplingConfig | str | None = None, crop_size: Any = _UNSET,
+               per_image: Any = _UNSET, *, labels: Any = None, objects: Any = None,
+               progress: Any = None, **overrides: Any) -> ImageSet:
         """Crops of the plate as an :class:`~napari_attribution.core.data.dataset.ImageSet`.
 
-        See :func:`~napari_attribution.io.plate.crops.sample_plate` for every option:
-        crop mode, size and downsampling (from the median nucleus size when not given),
-        every object up to a budget (``max_objects``, ``time_budget``; ``per_image``
-        caps each field), the nuclei channel (chosen by name when not given),
-        per-field normalisation (default), label images, per-object labels (``objects``
-        table, ``label_rule``) and the held-out unit (``split_by``, ``val_wells``).
+        ``config``: a :class:`~.config.SamplingConfig` (or a crop mode, ``"grid"``);
+        keyword ``overrides`` of its fields (``crop_size`` and ``per_image`` may also
+        follow the crop mode positionally, as before the config); ``labels``,
+        ``objects``, ``progress`` as in
+        :func:`~napari_attribution.io.plate.sampling.sample_plate`, which documents every
+        option: crop mode, size and downsampling (from the median nucleus size when not
+        given), every object up to a budget (``max_objects``, ``time_budget``;
+        ``per_image`` caps each field), the nuclei channel (chosen by name when not
+        given), per-field normalisation (default), label images, per-object labels
+        (``objects`` table, ``label_rule``) and the held-out unit (``split_by``,
+        ``val_wells``).
         """
         from .sampling import sample_plate
 
-        return sample_plate(self, crops=crops, crop_size=crop_size, per_image=per_image,
-                            **options)
+        return sample_plate(self, config, labels=labels, objects=objects, progress=progress,
+                            **_positional(crop_size, per_image), **overrides)
 
-    def iter_crops(self, crops: str = "nuclei", crop_size: int | None = None,
-                   per_image: int | None = 64, **options: Any) -> Iterator[Any]:
+    def iter_crops(self, config: SamplingConfig | str | None = None, crop_size: Any = _UNSET,
+                   per_image: Any = _UNSET, *, labels: Any = None, progress: Any = None,
+                   **overrides: Any) -> Iterator[Any]:
         """Yield the crops of one field of view at a time (:class:`.crops.FieldCrops`);
-        same options as :meth:`sample` (default: every well, labelled or not)."""
+        same settings as :meth:`sample` (default: every well, 64 crops per field)."""
         from .crops import iter_plate_crops
 
-        return iter_plate_crops(self, crops=crops, crop_size=crop_size, per_image=per_image,
-                                **options)
+        return iter_plate_crops(self, config, labels=labels, progress=progress,
+                                **_positional(crop_size, per_image), **overrides)
 
     def _channel_index(self, channel: str | int | None) -> int:
         """Index of ``channel`` (a name, case-insensitive, or a number); None: the
@@ -209,11 +220,18 @@ class Plate:
         return choose_nuclei_channel(self.channel_names, channel)[0]
 
 
+def _positional(crop_size: Any, per_image: Any) -> dict[str, Any]:
+    """``crop_size`` and ``per_image`` when given positionally (the order before
+    :class:`SamplingConfig`: crop mode, crop size, crops per field)."""
+    return {k: v for k, v in (("crop_size", crop_size), ("per_image", per_image))
+            if v is not _UNSET}
+
+
 def _is_image_folder(path: Path) -> bool:
     """An image stored as a folder (OME-Zarr), which plates accept beside files."""
     from ..ngff import is_ngff_image
 
-    return path.suffix.lower() == ".zarr" and is_ngff_image(path)
+    return format_of(path) is FORMATS["ome-zarr"] and is_ngff_image(path)
 
 
 def probe_channels(path: Path, axes: str | None = None) -> int:

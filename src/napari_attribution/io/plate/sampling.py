@@ -4,7 +4,7 @@ rule, per-crop metadata, and groups for the held-out unit (:mod:`...core.splits`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from ...core.study.splits import (
     choose_split_unit,
     spatial_groups,
 )
+from .config import DEFAULT_MAX_OBJECTS, SamplingConfig  # noqa: F401 - re-exported
 from .crops import FieldCrops, LabelSource, _iter, resolve_settings, select_fields, take
 from .objects import LabelRule, ObjectTable, parse_label_rule, read_objects
 from .plate_map import normalise_well, site_key
@@ -27,11 +28,6 @@ if TYPE_CHECKING:
     from .labels import LabelsInput
     from .layout import FieldOfView, Plate
 
-
-#: Default object budget of :func:`sample_plate`: every object is used up to this many
-#: crops (a uniform random sample of all objects beyond it). 10,000 crops of 3 channels
-#: at 48 px hold 280 MB as float32; training on them takes minutes per epoch on a CPU.
-DEFAULT_MAX_OBJECTS = 10_000
 
 SEGMENTATION = register_code(
     "segmentation", "caution",
@@ -71,30 +67,22 @@ class _MetaLists:
 
 def sample_plate(
     plate: Plate,
-    crops: str = "nuclei",
-    crop_size: int | None = None,
-    per_image: int | None = None,
-    wells: Sequence[str] | None = None,
-    labelled_only: bool = True,
-    downsample: int | None = None,
-    nuclei_channel: str | int | None = None,
-    masks: bool = True,
-    normalization: str = "per_field",
-    percentiles: tuple[float, float] = (1.0, 99.8),
-    class_names: Sequence[str] | None = None,
-    seed: int = 0,
-    progress: Callable[[int, int, str], Any] | None = None,
+    config: SamplingConfig | str | None = None,
+    *,
     labels: LabelsInput = None,
-    labels_pattern: str | None = None,
     objects: ObjectTable | str | Path | None = None,
-    objects_columns: str | Mapping[str, str] | None = None,
-    label_rule: str | LabelRule | None = None,
-    split_by: str = "auto",
-    val_wells: Sequence[str] | None = None,
-    max_objects: int | None = DEFAULT_MAX_OBJECTS,
-    time_budget: float | None = None,
+    progress: Callable[[int, int, str], Any] | None = None,
+    **overrides: Any,
 ) -> ImageSet:
     """Crops of ``plate`` as an ImageSet (labels, groups for the split, per-crop metadata).
+
+    Settings come from ``config`` (a :class:`~.config.SamplingConfig`; default: its
+    defaults; a string is a crop mode) with keyword ``overrides`` of its fields
+    (``sample_plate(plate, crop_size=32, seed=1)``); an unknown keyword raises
+    :class:`InputError` naming it. The data read beside the plate are arguments:
+    ``labels`` (label images), ``objects`` (an object table) and ``progress``. The
+    settings used are recorded as ``metadata["sampling"]["config"]``
+    (``SamplingConfig.to_dict()``), and so in a trained model's provenance.
 
     Crops: ``"nuclei"`` (centred on nuclei), ``"grid"`` (tiles) or ``"random"``.
     Every object (crop) of every field is used up to a budget: ``max_objects`` crops in
@@ -133,40 +121,73 @@ def sample_plate(
     wells, else a spatial unit with a warning in ``metadata["warnings"]``).
     ``val_wells`` fixes the validation wells (``metadata["val_groups"]``).
     """
+    c = SamplingConfig.build(config, overrides)
     table = objects if isinstance(objects, ObjectTable) or objects is None else \
-        read_objects(objects, objects_columns, need_label=label_rule is None)
-    rule = label_rule if isinstance(label_rule, LabelRule) or label_rule is None else \
-        parse_label_rule(label_rule, plate.channel_names)
-    pm = plate.plate_map
+        read_objects(objects, c.objects_columns, need_label=c.label_rule is None)
+    rule = c.label_rule if isinstance(c.label_rule, LabelRule) or c.label_rule is None \
+        else parse_label_rule(c.label_rule, plate.channel_names)
     by_object = table is not None or rule is not None
-    if table is not None and crops != "nuclei":
+    if table is not None and c.crops != "nuclei":
         raise InputError("an object table centres crops on its objects; use crops='nuclei'")
-    fields = select_fields(plate, wells, labelled_only and not by_object)
-    if max_objects is not None and max_objects < 1:
-        raise InputError(f"max_objects must be at least 1 (or None: no limit); got "
-                         f"{max_objects}")
-    if time_budget is not None and not time_budget > 0:
-        raise InputError(f"time_budget must be a positive number of seconds; got "
-                         f"{time_budget}")
-    if time_budget is not None:
+    fields = select_fields(plate, c.wells, c.labelled_only and not by_object)
+    if c.time_budget is not None:
         fields = _round_robin(fields)
     per_field = _assign_objects(plate, fields, table) if table is not None else None
     if per_field is not None:
         fields = [f for i, f in enumerate(fields) if i in per_field]
         per_field = {k: per_field[i] for k, i in enumerate(sorted(per_field))}
-    source = LabelSource(labels, labels_pattern or plate.pattern)
-    s = resolve_settings(plate, fields, crops, crop_size, per_image, downsample,
-                         nuclei_channel, masks, normalization, percentiles, seed, source)
-    if rule is not None:
-        names = rule.class_names
-    elif table is not None:
-        names = list(class_names) if class_names is not None else table.class_names
-    else:
-        names = list(class_names) if class_names is not None else \
-            (pm.class_names if pm is not None else [])
+    source = LabelSource(labels, c.labels_pattern or plate.pattern)
+    s = resolve_settings(plate, fields, c, source)
+    names = _class_names(c, rule, table, plate)
     kept, budget = _gather(_iter(plate, fields, s, source, per_field, rule, progress),
-                           len(fields), len({f.well for f in fields}), max_objects,
-                           time_budget, seed)
+                           len(fields), len({f.well for f in fields}), c.max_objects,
+                           c.time_budget, c.seed)
+    imgs, msks, labels_out, means, meta = _collect(kept, rule, names)
+    if not imgs:
+        raise InputError(f"no crops found in {plate.root} (no nuclei segmented?)")
+    metadata: dict[str, Any] = meta.arrays()
+    metadata.update(s.record(plate))
+    metadata["per_crop_keys"] = list(meta.keys)
+    metadata["warnings"] = []
+    findings = _sampling_findings(s, budget, metadata)
+    metadata["sampling"]["config"] = c.to_dict()
+    metadata["findings"] = findings
+    # Until every face reads findings, cautions also go where warnings are read today.
+    metadata["warnings"] += [f.message for f in findings if f.is_warning]
+    y = np.asarray(labels_out, np.int64)
+    if rule is not None:
+        all_means = np.concatenate(means)[:, plate.channel_names.index(rule.channel)]
+        y, thr = rule.apply(all_means)
+        metadata.update(label_rule=str(rule), label_threshold=thr)
+        metadata["object_mean"] = all_means
+        metadata["per_crop_keys"].append("object_mean")
+    if table is not None:
+        metadata["objects"] = str(table.path) if table.path else "table"
+    _check_classes(names, y, metadata, c.labelled_only or by_object)
+    if len(names) < 2:
+        names = names + [f"class{i}" for i in range(len(names), 2)]
+    data = ImageSet(images=np.stack(imgs), labels=y, channel_names=list(plate.channel_names),
+                    class_names=names, groups=metadata["well"].copy(),
+                    masks=np.stack(msks) if msks else None, metadata=metadata)
+    return assign_split(data, c.split_by, c.val_wells)
+
+
+def _class_names(c: SamplingConfig, rule: LabelRule | None, table: ObjectTable | None,
+                 plate: Plate) -> list[str]:
+    """The rule's classes, else the given names, else the table's or the plate map's."""
+    if rule is not None:
+        return rule.class_names
+    if c.class_names is not None:
+        return list(c.class_names)
+    if table is not None:
+        return table.class_names
+    pm = plate.plate_map
+    return pm.class_names if pm is not None else []
+
+
+def _collect(kept: list[FieldCrops], rule: LabelRule | None, names: list[str]
+             ) -> tuple[list, list, list[int], list, _MetaLists]:
+    """Images, masks, labels, object means and per-crop metadata of the kept fields."""
     imgs, msks, labels_out, means, meta = [], [], [], [], _MetaLists()
     for fc in kept:
         imgs.extend(fc.images)
@@ -193,32 +214,7 @@ def sample_plate(
         labels_out += [names.index(label_name) if label_name is not None else 0] \
             * len(fc.corners)
         meta.add_field(fc, label_name is not None)
-    if not imgs:
-        raise InputError(f"no crops found in {plate.root} (no nuclei segmented?)")
-    metadata: dict[str, Any] = meta.arrays()
-    metadata.update(s.record(plate))
-    metadata["per_crop_keys"] = list(meta.keys)
-    metadata["warnings"] = []
-    findings = _sampling_findings(s, budget, metadata)
-    metadata["findings"] = findings
-    # Until every face reads findings, cautions also go where warnings are read today.
-    metadata["warnings"] += [f.message for f in findings if f.is_warning]
-    y = np.asarray(labels_out, np.int64)
-    if rule is not None:
-        all_means = np.concatenate(means)[:, plate.channel_names.index(rule.channel)]
-        y, thr = rule.apply(all_means)
-        metadata.update(label_rule=str(rule), label_threshold=thr)
-        metadata["object_mean"] = all_means
-        metadata["per_crop_keys"].append("object_mean")
-    if table is not None:
-        metadata["objects"] = str(table.path) if table.path else "table"
-    _check_classes(names, y, metadata, labelled_only or by_object)
-    if len(names) < 2:
-        names = names + [f"class{i}" for i in range(len(names), 2)]
-    data = ImageSet(images=np.stack(imgs), labels=y, channel_names=list(plate.channel_names),
-                    class_names=names, groups=metadata["well"].copy(),
-                    masks=np.stack(msks) if msks else None, metadata=metadata)
-    return assign_split(data, split_by, val_wells)
+    return imgs, msks, labels_out, means, meta
 
 
 def sampling_summary(md: dict) -> str:
