@@ -571,6 +571,7 @@ def test_docks_tabbed_and_unclipped_at_1280x800(make_napari_viewer, qtbot, small
         QLineEdit,
         QSpinBox,
     )
+    from superqt import QCollapsible
 
     from napari_attribution._qt import (
         AttributionWidget,
@@ -597,6 +598,8 @@ def test_docks_tabbed_and_unclipped_at_1280x800(make_napari_viewer, qtbot, small
     assert set(win.tabifiedDockWidgets(docks[0])) == set(docks[1:])
     for dock, w in zip(docks, widgets, strict=True):
         dock.raise_()
+        for box in w.findChildren(QCollapsible):   # "More settings": every row counts
+            box.expand(animate=False)
         QApplication.processEvents()
         qtbot.wait(50)
         view = w.scroll.viewport()

@@ -251,7 +251,6 @@ class AttributionWidget(DockWidget):
         self.say("")
         self.proba.setText("")
         self.colour_bar.clear()
-        self.last_probabilities = None
         if self.target.count():
             self.target.setItemText(0, PREDICTED)
 
