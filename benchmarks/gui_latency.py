@@ -7,10 +7,15 @@ On the real Qt event loop (``QEventLoop.exec``; no ``processEvents`` pump), a 10
 * the Pixel attribution widget runs PCIM over a stack (maps added as layers at the end),
 
 and, in the same run, while a bare ``napari.qt.threading.create_worker`` runs the same
-generator with nothing connected (the baseline). Each job runs once on an otherwise idle
-machine and once beside a CPU hog (one process spinning on one core).
+generator with nothing connected (the baseline). Widget and bare runs interleave
+(widget, bare, bare, widget, ... ``--repeats`` pairs, so a drift in the machine's load
+falls on both alike), on an otherwise idle machine and beside a CPU hog (one process
+spinning on one core).
 
-Targets per phase: p95 <= 30 ms, max <= 200 ms, job <= 1.25x the bare worker's time.
+Targets per phase (issue 23), each reported as PASS/FAIL: p95 <= 30 ms, max <= 200 ms,
+job <= 1.25x the bare worker's time (medians), and no widget stall above 50 ms that
+the bare worker does not have (the widget runs have no more ticks over 50 ms late than
+the bare runs). The exit status is 0 only when every target of every phase passes.
 
     xvfb-run -a python benchmarks/gui_latency.py [--quick] [--json PATH]
 """
@@ -31,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 TICK_MS = 10
-TARGETS = {"p95_ms": 30.0, "max_ms": 200.0, "slowdown": 1.25}
+TARGETS = {"p95_ms": 30.0, "max_ms": 200.0, "slowdown": 1.25, "stall_ms": 50.0}
 
 
 class TickRecorder:
@@ -62,10 +67,34 @@ class TickRecorder:
         self.timer.stop()
 
     def stats(self) -> dict:
-        arr = np.asarray(self.late[1:] or [0.0])
-        return {"ticks": int(arr.size), "p50_ms": round(float(np.percentile(arr, 50)), 2),
-                "p95_ms": round(float(np.percentile(arr, 95)), 2),
-                "max_ms": round(float(arr.max()), 2)}
+        return lateness_stats(self.late[1:])
+
+
+def lateness_stats(late: list[float]) -> dict:
+    """Percentiles of the timer's lateness and the ticks later than a stall."""
+    arr = np.asarray(late or [0.0])
+    return {"ticks": int(arr.size), "p50_ms": round(float(np.percentile(arr, 50)), 2),
+            "p95_ms": round(float(np.percentile(arr, 95)), 2),
+            "max_ms": round(float(arr.max()), 2),
+            "stalls": int((arr > TARGETS["stall_ms"]).sum()), "late": list(map(float, arr))}
+
+
+def combine(runs: list[dict]) -> dict:
+    """Several runs of one job: lateness pooled, seconds their median."""
+    late = [v for r in runs for v in r["late"]]
+    out = lateness_stats(late)
+    out["seconds"] = round(float(np.median([r["seconds"] for r in runs])), 2)
+    out["runs_seconds"] = [r["seconds"] for r in runs]
+    return out
+
+
+def verdicts(w: dict, b: dict) -> dict[str, bool]:
+    """PASS/FAIL of each target for a phase: widget stats ``w`` against bare ``b``."""
+    ratio = w["seconds"] / b["seconds"] if b.get("seconds") else None
+    return {"p95": w["p95_ms"] <= TARGETS["p95_ms"],
+            "max": w["max_ms"] <= TARGETS["max_ms"],
+            "job": ratio is None or ratio <= TARGETS["slowdown"],
+            "stalls": w["stalls"] <= b["stalls"]}
 
 
 def run_on_event_loop(start: Callable[[], object], timeout_s: float = 900) -> dict:
@@ -85,6 +114,17 @@ def run_on_event_loop(start: Callable[[], object], timeout_s: float = 900) -> di
         loop.exec()
         seconds = time.perf_counter() - t0
     return {**rec.stats(), "seconds": round(seconds, 2)}
+
+
+def interleaved(widget_start: Callable[[], object], bare_start: Callable[[], object],
+                repeats: int) -> tuple[dict, dict]:
+    """Widget and bare runs in the order W B B W W B ... (``repeats`` of each)."""
+    w_runs, b_runs = [], []
+    for i in range(repeats):
+        order = ((widget_start, w_runs), (bare_start, b_runs))
+        for start, runs in (order if i % 2 == 0 else order[::-1]):
+            runs.append(run_on_event_loop(start))
+    return combine(w_runs), combine(b_runs)
 
 
 def bare_worker(make_gen: Callable[[], object]) -> Callable[[], object]:
@@ -124,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pcim-images", type=int, default=None)
     p.add_argument("--pcim-steps", type=int, default=12)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="widget and bare runs of each job and load (default 2; 3 full)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     n_images = args.images or (120 if args.quick else 300)
     epochs = args.epochs or (4 if args.quick else 12)
     n_pcim = args.pcim_images or (32 if args.quick else 128)
+    repeats = args.repeats or (2 if args.quick else 3)
 
     import napari
     import torch
@@ -165,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         QTimer.singleShot(2000, loop.quit)
         loop.exec()
     rows["idle (no job)"] = {**rec.stats(), "seconds": 2.0}
+    rows["idle (no job)"].pop("late")
 
     def pcim_gen():
         # the generator the widget's Explain runs (the bundle's preparation, the evidence
@@ -178,14 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         for load in ("idle", "cpu hog"):
             if load == "cpu hog":
                 with CpuHog():
-                    w = run_on_event_loop(widget_start)
-                    b = run_on_event_loop(bare_worker(make_gen))
+                    w, b = interleaved(widget_start, bare_worker(make_gen), repeats)
             else:
-                w = run_on_event_loop(widget_start)
-                b = run_on_event_loop(bare_worker(make_gen))
+                w, b = interleaved(widget_start, bare_worker(make_gen), repeats)
+            w.pop("late"), b.pop("late")
             rows[f"{name} ({load})"] = {**w, "baseline_p95_ms": b["p95_ms"],
                                         "baseline_max_ms": b["max_ms"],
-                                        "baseline_seconds": b["seconds"]}
+                                        "baseline_stalls": b["stalls"],
+                                        "baseline_seconds": b["seconds"],
+                                        "baseline_runs_seconds": b["runs_seconds"],
+                                        "pass": verdicts(w, b)}
             print(f"  {name} ({load}): done", flush=True)
 
     measure("training", lambda: train.start_training(cfg), lambda: train_dcmix(data, cfg))
@@ -199,21 +245,31 @@ def main(argv: list[str] | None = None) -> int:
     measure("PCIM", lambda: attr.run(), pcim_gen)
 
     ok = True
-    print(f"{'phase':<22}{'p95 ms':>8}{'max ms':>8}{'s':>7} | {'bare p95':>9}{'bare max':>9}"
-          f"{'bare s':>7}{'ratio':>7}")
+    stall = f">{TARGETS['stall_ms']:.0f}"
+    print(f"{'phase':<22}{'p95 ms':>8}{'max ms':>8}{stall:>5}{'s':>7} | {'bare p95':>9}"
+          f"{'bare max':>9}{stall:>5}{'bare s':>7}{'ratio':>7} | "
+          f"{'p95':>5}{'max':>5}{'job':>5}{'stall':>6}")
     for name, r in rows.items():
-        ratio = r["seconds"] / r["baseline_seconds"] if r.get("baseline_seconds") else None
-        good = r["p95_ms"] <= TARGETS["p95_ms"] and r["max_ms"] <= TARGETS["max_ms"] and \
-            (ratio is None or ratio <= TARGETS["slowdown"])
-        ok &= good
-        print(f"{name:<22}{r['p95_ms']:>8.1f}{r['max_ms']:>8.1f}{r['seconds']:>7.1f} | "
-              + (f"{r['baseline_p95_ms']:>9.1f}{r['baseline_max_ms']:>9.1f}"
-                 f"{r['baseline_seconds']:>7.1f}{ratio:>7.2f}" if ratio else " " * 32)
-              + ("" if good else "  MISS"))
+        if "pass" not in r:   # the idle timer alone: a reference, no targets
+            print(f"{name:<22}{r['p95_ms']:>8.1f}{r['max_ms']:>8.1f}{r['stalls']:>5}"
+                  f"{r['seconds']:>7.1f} |")
+            continue
+        ratio = r["seconds"] / r["baseline_seconds"] if r["baseline_seconds"] else float("nan")
+        r["ratio"] = round(ratio, 3)
+        good = r["pass"]
+        ok &= all(good.values())
+        flags = "".join(f"{'PASS' if good[k] else 'FAIL':>5}" for k in ("p95", "max", "job"))
+        print(f"{name:<22}{r['p95_ms']:>8.1f}{r['max_ms']:>8.1f}{r['stalls']:>5}"
+              f"{r['seconds']:>7.1f} | {r['baseline_p95_ms']:>9.1f}{r['baseline_max_ms']:>9.1f}"
+              f"{r['baseline_stalls']:>5}{r['baseline_seconds']:>7.1f}{ratio:>7.2f} | "
+              f"{flags}{'PASS' if good['stalls'] else 'FAIL':>6}")
     print(f"targets: p95 <= {TARGETS['p95_ms']:.0f} ms, max <= {TARGETS['max_ms']:.0f} ms, "
-          f"job <= {TARGETS['slowdown']}x the bare worker: {'PASS' if ok else 'FAIL'}")
+          f"job <= {TARGETS['slowdown']}x the bare worker (median of {repeats} interleaved "
+          f"runs), no more ticks over {TARGETS['stall_ms']:.0f} ms late than the bare worker: "
+          f"{'PASS' if ok else 'FAIL'}")
     result = {
         "benchmark": "gui_latency", "tick_ms": TICK_MS, "targets": TARGETS, "phases": rows,
+        "all_pass": bool(ok), "repeats": repeats,
         "setup": {"train_images": n_images, "size": args.size, "epochs": epochs,
                   "pcim_images": n_pcim, "pcim_steps": args.pcim_steps,
                   "device": args.device, "quick": args.quick},

@@ -245,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     summary["pass_p95"] = summary["p95_s"] <= TARGETS["p95_s"]
     summary["pass_inside"] = summary["median_inside_nucleus"] >= TARGETS["median_inside_share"]
     print(json.dumps(summary, indent=1))
+    print(f"click to overlay: median {summary['median_s']:.3f} s, p95 {summary['p95_s']:.3f} s"
+          f" (target <= {TARGETS['p95_s']} s): {'PASS' if summary['pass_p95'] else 'FAIL'}; "
+          f"median inside share (nucleus) {summary['median_inside_nucleus']:.3f} (target >= "
+          f"{TARGETS['median_inside_share']}): {'PASS' if summary['pass_inside'] else 'FAIL'}",
+          flush=True)
 
     table = None
     if not args.no_table:
@@ -276,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{float(np.mean(shot[..., :3])):.1f}")
     result = {
         "benchmark": "point_explain", "targets": TARGETS, "summary": summary,
+        "all_pass": bool(summary["pass_p95"] and summary["pass_inside"]),
         "table": table, "clicks": rows,
         "setup": {"model": str(model), "well": args.well, "steps": widget.steps.value(),
                   "channel_evidence": widget.channel_mode.currentText(),

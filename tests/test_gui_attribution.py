@@ -367,3 +367,80 @@ def test_sample_is_large_enough_and_coloured():
     assert [kw["name"] for _, kw, _ in images] == ["DNA", "Marker", "Membrane", "Distractor"]
     assert images[0][0].shape == (400, 32, 32)
     assert images[0][1]["colormap"] == "blue" and len(images[0][1]["metadata"]["labels"]) == 400
+
+
+def test_cost_hint_curves_default_signed_maps_and_well_names(make_napari_viewer, qtbot,
+                                                             cells, bundle, errors):
+    """Before a run: the expected time (passes x one measured pass); curves on for
+    crops, off for a tiled field; a contrastive map gets a symmetric diverging scale
+    with a legend, the channels are muted under it, and its name has the well/site."""
+    from napari_attribution._qt import AttributionWidget
+    from napari_attribution._qt._common import session_for
+    from napari_attribution._qt._results import SIGNED_CMAP
+    from napari_attribution.core.attribution.cost import (
+        cached_pass_seconds,
+        extra_passes,
+        method_passes,
+    )
+
+    viewer = make_napari_viewer()
+    wells = {"well": ["A01", "A01", "B02", "B02"], "site": ["1", "2", "1", "2"]}
+    for c, name in enumerate(cells.channel_names):
+        viewer.add_image(cells.images[:4, c], name=name, blending="additive",
+                         metadata=dict(wells))
+    session_for(viewer).set_model(bundle)
+    w = AttributionWidget(viewer)
+    w.scope.setCurrentText("current image")
+    assert w.curves.isChecked() and w.evidence.isChecked()     # crops: curves on
+    qtbot.waitUntil(lambda: "expected time here" in w.cost.text(), timeout=30000)
+    n_ch = len(bundle.channel_names)
+    t = cached_pass_seconds((n_ch, SIZE, SIZE), "cpu", str(bundle.sha256 or
+                                                           f"id{id(bundle.model)}"))
+    assert t is not None and t > 0
+    pcim = method_passes("pcim", {"steps": w.steps.value()}) + extra_passes(True, True)
+    assert np.isclose(w.cost.seconds, t * pcim)
+    w.method.setCurrentText("rise")
+    qtbot.waitUntil(lambda: np.isclose(w.cost.seconds, t * (
+        method_passes("rise", {}) + extra_passes(True, True))), timeout=5000)
+    w.scope.setCurrentText("all images")
+    qtbot.waitUntil(lambda: "x 4 images" in w.cost.text(), timeout=5000)
+    w.scope.setCurrentText("current image")
+    w.method.setCurrentText("pcim")
+    # a whole field larger than the model's input: tiled, curves off by default
+    field = np.tile(cells.images[0], (1, 3, 3))
+    for c, name in enumerate(cells.channel_names):
+        viewer.add_image(field[c], name=f"{name} field", metadata={"image_id": "01-C-03"})
+    w.picker.set_checked([f"{n} field" for n in cells.channel_names])
+    qtbot.waitUntil(lambda: not w.curves.isChecked(), timeout=5000)
+    qtbot.waitUntil(lambda: "tiles" in w.cost.text(), timeout=30000)
+    # back to the crops: on again, and the field's messages are gone
+    w.say("a message about the field")
+    w.picker.set_checked(list(cells.channel_names))
+    qtbot.waitUntil(lambda: w.curves.isChecked() and w.status.text() == "", timeout=5000)
+    # a contrastive run on crop 1 (well A01, site 2)
+    viewer.dims.set_point(0, 1)
+    w.curves.setChecked(False)
+    w.steps.setValue(2)
+    a, b = bundle.class_names[:2]
+    w.target.setCurrentText(f"{a} vs {b}")
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running and w.plot.idle, timeout=60000)
+    assert errors == []
+    (layer,) = w.last_layers
+    assert "A01 s2 [1]" in layer.name and f"{a} vs {b}" in layer.name
+    assert layer.colormap.name == SIGNED_CMAP
+    lo, hi = layer.contrast_limits
+    assert hi > 0 and np.isclose(lo, -hi)
+    assert w.colour_bar.signed and f"rather than {b}" in w.colour_bar.legend
+    channels = [viewer.layers[n] for n in cells.channel_names]
+    assert all(ly.opacity < 0.6 for ly in channels)
+    layer.visible = False
+    assert all(ly.opacity == 1.0 for ly in channels)
+    # a predicted-class PCIM run keeps the evidence colormap
+    layer.visible = True
+    w.target.setCurrentIndex(0)
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running and w.plot.idle, timeout=60000)
+    (pcim,) = w.last_layers
+    assert pcim.colormap.name != SIGNED_CMAP and pcim.contrast_limits[0] == 0.0
+    assert not w.colour_bar.signed and "bright: evidence for" in w.colour_bar.legend

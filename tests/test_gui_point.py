@@ -79,24 +79,43 @@ def test_a_click_puts_the_map_on_the_clicked_cell_and_a_second_click_replaces_it
     qtbot.waitUntil(lambda: len(w.timings) == 1, timeout=30000)
     assert errors == []
     layers = _point_layers(viewer)
-    assert len(layers) == 1 and len(viewer.layers) == n_layers + 2   # map + crop box
+    # map + crop box + the clicked cell's outline
+    assert len(layers) == 1 and len(viewer.layers) == n_layers + 3
     assert "cell 2" in layers[0].name and "B-02" in layers[0].name
     assert "on" in layers[0].name
     assert lab[_map_peak_in_field(layers[0])] == 2
     assert "<b>on" in w.result.text() and "spot" in w.result.text()
+    (outline,) = _point_layers(viewer, "point_contour")
+    edge = np.asarray(outline.data).reshape(lab.shape).astype(bool)
+    assert edge.any() and set(np.unique(lab[edge])) == {2}   # on cell 2's own pixels
+    assert np.allclose(outline.scale, viewer.layers["spot"].scale)
+    # the channels are muted under the map, with a legend saying what bright means
+    spot, noise = viewer.layers["spot"], viewer.layers["noise"]
+    assert spot.opacity < 0.6 and noise.opacity < 0.6
+    assert w.colour_bar.isVisible() and "evidence for on" in w.colour_bar.legend
+    layers[0].visible = False           # map hidden: channels as they were
+    assert spot.opacity == 1.0 and noise.opacity == 1.0
+    layers[0].visible = True
+    assert spot.opacity < 0.6
     # second click, on spot A: the same layer now sits on A
     click(viewer, qtbot, _world((14, 16)))
     qtbot.waitUntil(lambda: len(w.timings) == 2, timeout=30000)
     layers = _point_layers(viewer)
-    assert len(layers) == 1 and len(viewer.layers) == n_layers + 2
+    assert len(layers) == 1 and len(viewer.layers) == n_layers + 3
     assert "cell 1" in layers[0].name
     assert lab[_map_peak_in_field(layers[0])] == 1
-    # pinning keeps the result; the next click adds a new pair
+    edge = np.asarray(outline.data).reshape(lab.shape).astype(bool)
+    assert set(np.unique(lab[edge])) == {1}
+    # pinning keeps the result; the next click adds a new set
     w.pin()
     assert _point_layers(viewer) == [] and len(_point_layers(viewer, "point_pinned")) == 1
     click(viewer, qtbot, _world((45, 45)))
     qtbot.waitUntil(lambda: len(w.timings) == 3, timeout=30000)
-    assert len(viewer.layers) == n_layers + 4 and errors == []
+    assert len(viewer.layers) == n_layers + 6 and errors == []
+    # removing every map restores the channels
+    for ly in [ly for ly in viewer.layers if ly.name.startswith(("point", "pinned"))]:
+        viewer.layers.remove(ly)
+    assert spot.opacity == 1.0 and noise.opacity == 1.0
     # painting labels: the click is the brush's, not a request to explain
     viewer.layers.selection.active = viewer.layers["nuclei"]
     viewer.layers["nuclei"].mode = "paint"

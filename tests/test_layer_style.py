@@ -40,3 +40,32 @@ def test_files_opened_one_by_one_get_distinct_colours_from_their_channel_numbers
     assert stain_colormaps(["DNA"]) == ["blue"] and stain_colormaps(["GFP"]) == ["green"]
     # one file with several channels: unchanged (distinct colours from the cycle)
     assert stain_colormaps(["Channel1", "Channel2"]) == ["green", "magenta"]
+
+
+def test_signed_maps_get_a_symmetric_scale():
+    from napari_attribution.layer_style import is_signed_map, symmetric_limits
+
+    m = np.zeros((2, 16, 16), np.float32)
+    m[0, 2:5, 2:5], m[1, 8:12, 8:12] = 1.0, -3.0
+    assert is_signed_map("integrated_gradients", m)
+    assert is_signed_map("pcim", m, contrast=1)          # "A rather than B"
+    assert not is_signed_map("pcim", m)                  # PCIM: evidence from zero up
+    assert not is_signed_map("saliency", np.abs(m))      # absolute gradients
+    tiny = np.abs(m)
+    tiny[0, 0, 0] = -1e-4                                # rounding, not a sign
+    assert not is_signed_map("occlusion", tiny)
+    lo, hi = symmetric_limits([m])
+    assert lo == -hi and 1.0 < hi <= 3.0
+    assert symmetric_limits([np.zeros((4, 4))]) == (-1.0, 1.0)
+
+
+def test_well_and_site_for_layer_names():
+    from napari_attribution.layer_style import well_field
+
+    per_crop = {"well": ["A01", "A01", "B02"], "site": ["1", "2", "1"]}
+    assert well_field(per_crop, 1) == "A01 s2" and well_field(per_crop, 2) == "B02 s1"
+    assert well_field(per_crop) == ""                     # several wells: none named
+    assert well_field({"well": ["C03", "C03"]}) == "C03"
+    assert well_field({"image_id": "01-A-01"}) == "01-A-01"   # from the file name
+    assert well_field({"well": "D04", "site": 3}) == "D04 s3"
+    assert well_field({}) == ""

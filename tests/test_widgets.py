@@ -397,7 +397,8 @@ def test_demo_panel(make_napari_viewer, small_cells, tiny_bundle):
     viewer = make_napari_viewer()
     _add_cells(viewer, small_cells)
     widgets = add_demo_panels(viewer, tiny_bundle, small_cells.images[:16])
-    assert set(widgets) == {"train", "importance", "attribution", "export"}
+    assert set(widgets) == {"train", "importance", "attribution", "point", "export"}
+    assert widgets["point"].picker.checked_names() == small_cells.channel_names
     assert session_for(viewer).bundle is tiny_bundle
     assert widgets["attribution"].picker.checked_names() == small_cells.channel_names
     assert widgets["importance"].table.rowCount() == 4
@@ -518,3 +519,111 @@ def test_widgets_observe_one_session(make_napari_viewer, qtbot, small_cells, tmp
 
     session.set_model(session.model)  # a model change clears the old model's results
     assert session.attribution is None and session.curves == {} and attr.last_result is None
+
+
+def test_findings_shown_for_a_loaded_model(make_napari_viewer, qtbot, small_cells, tmp_path,
+                                           errors):
+    """A bundle's recorded study findings: a short verdict line in the attribution and
+    point widgets (every finding in the tooltip); the message lines keep no stale
+    "loading model"."""
+    from napari_attribution._qt import AttributionWidget, PointExplainWidget, TrainWidget
+    from napari_attribution.core.channels.training import train_dcmix
+    from napari_attribution.core.runtime.progress import run_generator
+    from napari_attribution.core.study.findings import VERDICT_TEXT, verdict
+    from napari_attribution.io.bundle import save_training_result
+
+    result = run_generator(train_dcmix(small_cells, _cfg(epochs=1)))
+    path = save_training_result(tmp_path / "m.safetensors", result)
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    train, attr, point = (TrainWidget(viewer), AttributionWidget(viewer),
+                          PointExplainWidget(viewer))
+    assert not attr.findings_label.isVisibleTo(attr)        # no model yet
+    attr.say("an old message")
+    train.load_model(path)
+    _wait_idle(qtbot, train)
+    assert errors == [] and train.session.bundle is not None
+    assert "loading" not in train.status.text()
+    assert attr.status.text() == ""                          # cleared on the new model
+    found = train.session.bundle.bundle.findings
+    head = VERDICT_TEXT[verdict(found)].split(":")[0].split(" (")[0]
+    for w in (attr, point):
+        assert w.findings_label.isVisibleTo(w)
+        text, tip = w.findings_label.text(), w.findings_label.toolTip()
+        assert "study findings" in text and head in text
+        assert tip.startswith("study verdict:")
+        assert all(f.code in tip and f.message in tip for f in found)
+    # a model with no recorded study shows no line
+    train.session.set_model(train.session.bundle.module)
+    assert not attr.findings_label.isVisibleTo(attr)
+
+
+def test_docks_tabbed_and_unclipped_at_1280x800(make_napari_viewer, qtbot, small_cells,
+                                                tiny_bundle):
+    """Every dock of the plugin, opened as the Plugins menu does in a 1280x800 window:
+    one tabbed area, no dock wider than its room, and every control reachable by
+    scrolling its dock (none cut off at the right edge)."""
+    from qtpy.QtWidgets import (
+        QAbstractButton,
+        QAbstractItemView,
+        QApplication,
+        QComboBox,
+        QLineEdit,
+        QSpinBox,
+    )
+    from superqt import QCollapsible
+
+    from napari_attribution._qt import (
+        AttributionWidget,
+        ExportWidget,
+        ImportanceWidget,
+        PointExplainWidget,
+        TrainWidget,
+    )
+    from napari_attribution._qt._common import session_for
+
+    viewer = make_napari_viewer(show=True)
+    win = viewer.window._qt_window
+    win.resize(1280, 800)
+    _add_cells(viewer, small_cells)
+    session_for(viewer).set_model(tiny_bundle)
+    widgets = [cls(viewer) for cls in (TrainWidget, ImportanceWidget, AttributionWidget,
+                                       PointExplainWidget, ExportWidget)]
+    docks = [viewer.window.add_dock_widget(w, name=type(w).__name__, area="right")
+             for w in widgets]
+    qtbot.waitUntil(lambda: all(getattr(w, "_tabs_joined", False) for w in widgets),
+                    timeout=5000)
+    qtbot.wait(100)
+    assert win.width() <= 1280 and win.height() <= 800
+    assert set(win.tabifiedDockWidgets(docks[0])) == set(docks[1:])
+    for dock, w in zip(docks, widgets, strict=True):
+        dock.raise_()
+        for box in w.findChildren(QCollapsible):   # "More settings": every row counts
+            box.expand(animate=False)
+        QApplication.processEvents()
+        qtbot.wait(50)
+        view = w.scroll.viewport()
+        assert dock.height() < 800 and w.height() > 300, type(w).__name__
+        # the content never needs more width than the dock gives (no horizontal bar)
+        assert w.scroll.widget().minimumSizeHint().width() <= view.width() + 1, \
+            type(w).__name__
+        def inside_a_view(c, w=w):   # a table's own corner button, a spin box's editor
+            p = c.parentWidget()
+            while p is not None and p is not w:
+                if isinstance(p, (QAbstractItemView, QSpinBox, QComboBox)):
+                    return True
+                p = p.parentWidget()
+            return False
+
+        controls = [c for c in w.scroll.widget().findChildren(
+            (QAbstractButton, QComboBox, QSpinBox, QLineEdit))
+            if c.isVisibleTo(w) and not inside_a_view(c)]
+        assert len(controls) >= 3
+        for c in controls:
+            w.scroll.ensureWidgetVisible(c, 0, 0)
+            QApplication.processEvents()
+            top_left = c.mapTo(view, c.rect().topLeft())
+            bottom_right = c.mapTo(view, c.rect().bottomRight())
+            assert top_left.x() >= 0 and bottom_right.x() <= view.width(), \
+                f"{type(w).__name__}: {c.objectName() or c.text() if hasattr(c, 'text') else c}"
+            assert not c.visibleRegion().isEmpty(), f"{type(w).__name__}: {c}"

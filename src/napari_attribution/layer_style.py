@@ -96,3 +96,76 @@ def stain_colormaps(names: list[str]) -> list[str]:
             out[i] = free[k % len(free)] if free else COLOUR_CYCLE[i % len(COLOUR_CYCLE)]
             k += 1
     return [str(c) for c in out]
+
+
+#: methods whose maps are evidence from zero up even where they dip below it (PCIM's
+#: log-weights): shown with the evidence colormap, never diverging
+EVIDENCE_METHODS = ("pcim", "pcim_blackbox", "auto")
+
+
+def is_signed_map(method: str, data: np.ndarray, contrast: object = None) -> bool:
+    """Whether a map reads both ways and so needs a diverging colour scale around 0: a
+    contrastive map ("A rather than B": red for A, blue for B), or a map of another
+    method than PCIM with real negative values (Integrated Gradients, occlusion; at
+    least 1 % of the largest magnitude). Saliency (absolute gradients), Grad-CAM, RISE
+    and extremal masks are non-negative and keep the evidence colormap."""
+    if contrast is not None:
+        return True
+    if method in EVIDENCE_METHODS:
+        return False
+    arr = np.asarray(data)
+    flat = arr.reshape(-1)
+    if flat.size > MAX_SAMPLES:
+        flat = flat[:: flat.size // MAX_SAMPLES + 1]
+    flat = flat[np.isfinite(flat)]
+    if not flat.size:
+        return False
+    lo, hi = float(flat.min()), float(np.abs(flat).max())
+    return lo < 0 and -lo >= 0.01 * hi
+
+
+def symmetric_limits(maps: list[np.ndarray] | np.ndarray, top: float = 99.0
+                     ) -> tuple[float, float]:
+    """A colour range symmetric around 0 for signed maps: ``±`` the ``top`` percentile
+    of the magnitudes (so 0, "no evidence either way", sits at the colormap's centre)."""
+    arrs = maps if isinstance(maps, list) else [maps]
+    flat = np.concatenate([np.abs(np.asarray(m, np.float64)).ravel() for m in arrs]) \
+        if arrs else np.zeros(1)
+    flat = flat[np.isfinite(flat) & (flat > 0)]
+    if flat.size > MAX_SAMPLES:
+        flat = flat[:: flat.size // MAX_SAMPLES + 1]
+    m = float(np.percentile(flat, top)) if flat.size else 1.0
+    m = max(m, 1e-6)
+    return -m, m
+
+
+def _pick(value: object, index: int | None) -> str | None:
+    """``value`` as text, or its ``index``-th item when it holds one per image."""
+    if value is None:
+        return None
+    if isinstance(value, (str, int, np.integer)):
+        return str(value)
+    try:
+        seq = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        return str(value)
+    if index is None:
+        uniq = sorted({str(v) for v in seq})
+        return uniq[0] if len(uniq) == 1 else None
+    return str(seq[index]) if 0 <= index < len(seq) else None
+
+
+def well_field(metadata: dict, index: int | None = None) -> str:
+    """Where an image comes from on the plate, short enough for a layer name: the well
+    and site the plate loader recorded (per crop: ``index`` picks one; without it, the
+    one well all images share), else the well/site part of the file name the reader
+    kept (``image_id``, e.g. ``01-A-01``), else ``""``. ``"A01 s2"``."""
+    md = metadata or {}
+    well = _pick(md.get("well"), index)
+    if well:
+        site = _pick(md.get("site"), index)
+        if site is None and "field" in md and isinstance(md.get("field_names"), dict):
+            site = None  # a field index names a file, not a site: leave it out
+        return f"{well} s{site}" if site not in (None, "") else well
+    key = md.get("image_id")
+    return str(key) if key else ""

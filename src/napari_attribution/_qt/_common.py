@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 ORG, APP = "napari-attribution", "widgets"
 FONT_PT = 9  # smallest font in the plots
+MIN_WIDTH = 300  # a dock is never narrower (px), nor narrower than its content needs
 DEFAULT_COLOURS = ["#3b6fff", "#2ca02c", "#d62ad6", "#8c8c8c", "#17becf", "#e6c619"]
 
 __all__ = ["DockWidget", "PlotCanvas", "Session", "Settings", "channel_colours",
@@ -111,7 +112,8 @@ class DockWidget(QWidget):
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.status.setContentsMargins(6, 2, 6, 4)
         outer.addWidget(self.status)
-        self.setMinimumWidth(300)
+        # a new model: no earlier run's message stays (widgets' own handlers run after)
+        self.session.model_changed.connect(self._clear_status)
 
     def finish_layout(self) -> None:
         self.body.addStretch(1)
@@ -149,6 +151,12 @@ class DockWidget(QWidget):
                 return True
         return False
 
+    def _clear_status(self, *_: Any) -> None:
+        try:
+            self.say("")
+        except RuntimeError:   # the Qt side is gone
+            pass
+
     def say(self, text: str) -> None:
         """Show ``text`` on the message line (not an error)."""
         self.status.setStyleSheet("")
@@ -163,6 +171,17 @@ class DockWidget(QWidget):
     def sizeHint(self):  # noqa: N802 (Qt API)
         hint = super().sizeHint()
         hint.setHeight(min(hint.height(), 600))
+        hint.setWidth(max(hint.width(), self.minimumSizeHint().width()))
+        return hint
+
+    def minimumSizeHint(self):  # noqa: N802 (Qt API)
+        """As wide as the content needs (the scroll area scrolls only vertically), so
+        the dock area never cuts a row off at the right edge."""
+        hint = super().minimumSizeHint()
+        need = (self.scroll.widget().minimumSizeHint().width()
+                + self.scroll.verticalScrollBar().sizeHint().width()
+                + 2 * self.scroll.frameWidth())
+        hint.setWidth(max(hint.width(), need, MIN_WIDTH))
         return hint
 
 

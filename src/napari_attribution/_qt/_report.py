@@ -109,12 +109,12 @@ def _findings_html(session) -> list[str]:
     then notes): the same findings as ``train`` and ``channels`` print."""
     from ..core.channels.verdict import ChannelVerdict
     from ..core.study.findings import VERDICT_TEXT, split, verdict
+    from ._findings import has_study, model_findings
 
-    source = session.train_result or session.bundle
-    findings = list(getattr(source, "findings", None) or [])
-    if not findings and session.bundle is not None:
-        wrapped = getattr(session.bundle, "bundle", None) or session.bundle
-        findings = list(getattr(wrapped, "findings", None) or [])
+    findings = model_findings(session)   # the same findings the widgets show
+    if not has_study(session):
+        return ["<h2>Findings</h2>", "<p>this model carries no recorded study (no "
+                "findings to show): train it here or load a bundle saved by training</p>"]
     out = ["<h2>Findings</h2>",
            f"<p>study verdict: <b>{html.escape(VERDICT_TEXT[verdict(findings)])}</b></p>"]
     cv = getattr(session.train_result, "verdict", None)

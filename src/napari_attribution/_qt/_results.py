@@ -12,6 +12,7 @@ from qtpy.QtWidgets import QWidget
 
 KIND = "napari_attribution"
 EVIDENCE_CMAP = "napari-attribution evidence"
+SIGNED_CMAP = "napari-attribution signed"
 
 
 def evidence_colormap():
@@ -26,6 +27,36 @@ def evidence_colormap():
     rgba = colormaps["inferno"](t)
     rgba[:, 3] = 0.9 * t**2
     return Colormap(colors=rgba, name=EVIDENCE_CMAP, display_name="evidence (inferno)")
+
+
+def _signed_rgba(t: np.ndarray) -> np.ndarray:
+    """Blue (below 0) - transparent (0) - red (above 0) for ``t`` in [0, 1] (0.5 is 0):
+    opacity grows with the square of the distance from the centre, as in the evidence
+    colormap, so values near 0 leave the cells visible."""
+    from matplotlib import colormaps
+
+    rgba = colormaps["RdBu_r"](t)
+    rgba[:, 3] = 0.9 * (2 * np.abs(t - 0.5)) ** 2
+    return rgba
+
+
+def signed_colormap():
+    """Diverging colormap for signed maps, centred on 0 (with :func:`symmetric_limits`
+    contrast): red where the map counts for the target (or for A in "A rather than
+    B"), blue where it counts against it (for B), transparent near 0."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=_signed_rgba(np.linspace(0, 1, 65)), name=SIGNED_CMAP,
+                    display_name="signed (blue-red)")
+
+
+def legend_text(signed: bool, target: str, contrast: str | None = None) -> str:
+    """What the colours of a map mean, in one line under the colour bar."""
+    if contrast is not None:
+        return f"red: evidence for {target} rather than {contrast}; blue: for {contrast}"
+    if signed:
+        return f"red: raises P({target}); blue: lowers it; clear: no effect"
+    return f"bright: evidence for {target}; dark or clear: none"
 
 
 def run_contrast(maps: list[np.ndarray], top: float = 99.0) -> tuple[float, float]:
@@ -53,20 +84,26 @@ def result_key(meta: dict) -> tuple:
 
 
 def put_result_layer(viewer, data: np.ndarray, name: str, key: str, meta: dict,
-                     contrast: tuple[float, float], placement: dict) -> Any:
+                     contrast: tuple[float, float], placement: dict,
+                     signed: bool = False) -> Any:
     """Add the result layer, or replace the data of the one a previous run with the same
-    key made (a rerun does not pile layers up)."""
-    meta = {KIND: {**meta.get(KIND, {}), "kind": "attribution", "key": key}}
+    key made (a rerun does not pile layers up). ``signed``: a diverging colormap around
+    0 (give symmetric ``contrast``), else the evidence colormap."""
+    meta = {KIND: {**meta.get(KIND, {}), "kind": "attribution", "key": key,
+                   "signed": bool(signed)}}
+    cmap = signed_colormap() if signed else evidence_colormap()
     for layer in list(viewer.layers):
         if result_key(layer.metadata) == ("attribution", key):
             layer.data = data
             layer.metadata = meta
             layer.scale = placement["scale"]
             layer.translate = placement["translate"]
+            if layer.colormap.name != cmap.name:
+                layer.colormap = cmap
             layer.contrast_limits = contrast
             layer.name = name
             return layer
-    layer = viewer.add_image(data, name=name, metadata=meta, colormap=evidence_colormap(),
+    layer = viewer.add_image(data, name=name, metadata=meta, colormap=cmap,
                              blending="translucent", opacity=0.8, contrast_limits=contrast,
                              **placement)
     return layer
@@ -74,20 +111,32 @@ def put_result_layer(viewer, data: np.ndarray, name: str, key: str, meta: dict,
 
 class ColourBar(QWidget):
     """The run's colour scale under the widget's buttons: the evidence colormap from 0
-    to the top of the shared contrast range (drawn by Qt: no napari overlay to build)."""
+    to the top of the shared contrast range, or the signed one from -m to +m, with a
+    line saying what the colours mean (drawn by Qt: no napari overlay to build)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.range: tuple[float, float] | None = None
         self.title = ""
-        self.setMinimumHeight(34)
+        self.signed = False
+        self.legend = ""
+        self.setMinimumHeight(52)
         self.setVisible(False)
 
-    def set_range(self, lo: float, hi: float, title: str) -> None:
+    def set_range(self, lo: float, hi: float, title: str, signed: bool = False,
+                  legend: str = "") -> None:
         self.range = (float(lo), float(hi))
         self.title = title
+        self.signed = bool(signed)
+        self.legend = legend
+        self.setToolTip(legend)
         self.setVisible(True)
         self.update()
+
+    def clear(self) -> None:
+        """Hide the bar (no result shown)."""
+        self.range = None
+        self.setVisible(False)
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
         from matplotlib import colormaps
@@ -99,15 +148,27 @@ class ColourBar(QWidget):
         p = QPainter(self)
         w, h = self.width(), self.height()
         grad = QLinearGradient(0, 0, w - 12, 0)
-        for t in np.linspace(0, 1, 9):  # with the layer's opacity ramp (evidence_colormap)
-            r, g, b, _ = colormaps["inferno"](t)
-            grad.setColorAt(float(t), QColor.fromRgbF(r, g, b, 0.15 + 0.85 * float(t) ** 2))
+        ts = np.linspace(0, 1, 17)
+        if self.signed:   # the layer's colours with its opacity ramp (signed_colormap)
+            rgba = _signed_rgba(ts)
+            rgba[:, 3] = 0.15 + 0.85 * rgba[:, 3] / 0.9
+        else:             # (evidence_colormap)
+            rgba = colormaps["inferno"](ts)
+            rgba[:, 3] = 0.15 + 0.85 * ts ** 2
+        for t, (r, g, b, a) in zip(ts, rgba, strict=True):
+            grad.setColorAt(float(t), QColor.fromRgbF(r, g, b, a))
         p.fillRect(QRectF(6, 2, w - 12, 12), grad)
         p.setPen(QColor("#d0d0d0"))
         lo, hi = self.range
-        p.drawText(QRectF(6, 16, w - 12, h - 16), Qt.AlignmentFlag.AlignLeft, f"{lo:.3g}")
-        p.drawText(QRectF(6, 16, w - 12, h - 16), Qt.AlignmentFlag.AlignHCenter, self.title)
-        p.drawText(QRectF(6, 16, w - 12, h - 16), Qt.AlignmentFlag.AlignRight, f"{hi:.3g}")
+        row = QRectF(6, 16, w - 12, 16)
+        p.drawText(row, Qt.AlignmentFlag.AlignLeft, f"{lo:.3g}")
+        p.drawText(row, Qt.AlignmentFlag.AlignHCenter, self.title)
+        p.drawText(row, Qt.AlignmentFlag.AlignRight, f"{hi:+.3g}" if self.signed
+                   else f"{hi:.3g}")
+        if self.legend:
+            text = p.fontMetrics().elidedText(self.legend, Qt.TextElideMode.ElideRight,
+                                              int(w - 12))
+            p.drawText(QRectF(6, 32, w - 12, h - 32), Qt.AlignmentFlag.AlignHCenter, text)
         p.end()
 
 

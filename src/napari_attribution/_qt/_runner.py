@@ -99,6 +99,17 @@ def notify_error(err: BaseException, what: str = "", line: QLabel | None = None)
     show_error(text)
 
 
+def leave_a_core() -> None:
+    """Leave the GUI a core: torch's intra-op threads to all cores but one (once, and
+    never where the user set ``OMP_NUM_THREADS`` or the like)."""
+    from ..core.runtime.threads import leave_a_core_for_gui
+
+    try:
+        leave_a_core_for_gui()
+    except Exception:  # a torch that refuses the change: keep its threads
+        pass
+
+
 class TaskRunner(QObject):
     """Runs one piece of long work at a time for a widget."""
 
@@ -148,6 +159,7 @@ class TaskRunner(QObject):
                          line=self._status)
             return None
         self._watch_window()
+        leave_a_core()
         worker = create_worker(_drive, gen, _start_thread=False, _ignore_errors=True)
         self.worker = worker
         self._on_progress = on_progress
@@ -180,6 +192,9 @@ class TaskRunner(QObject):
             self._throttled.cancel()
             self._flush()
             self._finish()
+            if self._status.text() == description or \
+                    self._status.text().startswith(f"{description}:"):
+                self._status.setText("")   # no stale "loading model" after success
             if "error" in outcome:
                 notify_error(outcome["error"], description, self._status)
             elif self._cancelled:

@@ -26,8 +26,16 @@ from qtpy.QtWidgets import (
 from ..core.runtime.errors import InputError
 from ..core.runtime.progress import Progress
 from ._common import DockWidget, PlotCanvas, Settings, device_choices
+from ._cost import CostHint
 from ._layers import ChannelPicker, Selection
-from ._results import KIND, ColourBar, put_result_layer, result_name, run_contrast
+from ._results import (
+    KIND,
+    ColourBar,
+    legend_text,
+    put_result_layer,
+    result_name,
+    run_contrast,
+)
 from ._runner import TaskRunner
 from .method_settings import MethodSettings
 
@@ -74,6 +82,9 @@ class AttributionWidget(DockWidget):
 
         self.model_label = QLabel("no model: train or load one in the Train widget")
         self.model_label.setWordWrap(True)
+        self.findings_label = QLabel("")
+        self.findings_label.setWordWrap(True)
+        self.findings_label.setVisible(False)
         self.picker = ChannelPicker(napari_viewer)
         self.scope = QComboBox()
         self.scope.addItems(list(SCOPES))
@@ -95,7 +106,11 @@ class AttributionWidget(DockWidget):
         self.curves = QCheckBox("deletion / insertion curves")
         self.curves.setChecked(True)
         self.curves.setToolTip("Computed on the same (shrunk, tiled) input as the maps; on "
-                               "whole fields they take as long again")
+                               "whole fields they take as long again, so they start off "
+                               "for fields larger than the model's input (on for crops)")
+        self.cost = CostHint()
+        self._tiled: bool | None = None   # whether the input was a tiled field
+        self._input_key: tuple | None = None
         self.evidence = QCheckBox("check that maps localise evidence")
         self.evidence.setChecked(True)
         self.evidence.setToolTip("Deletes each map's top pixels and random ones and warns "
@@ -122,9 +137,11 @@ class AttributionWidget(DockWidget):
         form.addRow("", self.evidence)
         lay = self.body
         lay.addWidget(self.model_label)
+        lay.addWidget(self.findings_label)
         lay.addWidget(self.picker)
         lay.addLayout(form)
         lay.addWidget(self.method_settings)
+        lay.addWidget(self.cost)
         row = QHBoxLayout()
         row.addWidget(self.predict_btn)
         row.addWidget(self.run_btn)
@@ -136,17 +153,31 @@ class AttributionWidget(DockWidget):
         lay.addWidget(self.plot)
         self.finish_layout()
 
+        # "curves" is not persisted: its default follows the input (off for tiled fields)
         for key, w in (("scope", self.scope), ("method", self.method),
                        ("per_channel", self.per_channel),
-                       ("tile", self.tile), ("device", self.device),
-                       ("curves", self.curves)):
+                       ("tile", self.tile), ("device", self.device)):
             self.settings.bind(key, w)
         self.runner = TaskRunner(self, [self.run_btn, self.predict_btn], self.cancel_btn,
                                  self.bar, self.status)
         self.run_btn.clicked.connect(lambda: self.run())
         self.predict_btn.clicked.connect(lambda: self.predict())
+        from qtpy.QtCore import QTimer
+
+        self._cost_timer = QTimer(self)
+        self._cost_timer.setSingleShot(True)
+        self._cost_timer.setInterval(60)
+        self._cost_timer.timeout.connect(self.update_cost)
         self.method.currentTextChanged.connect(self._on_method)
         self._on_method(self.method.currentText())
+        for sig in (self.scope.currentTextChanged, self.device.currentTextChanged,
+                    self.tile.valueChanged, self.curves.toggled, self.evidence.toggled,
+                    self.picker.list.itemChanged, self.picker.axis.valueChanged,
+                    self.per_channel.toggled):
+            sig.connect(lambda *_: self._cost_timer.start())
+        self.picker.list.itemChanged.connect(lambda *_: self._input_changed())
+        for ev in ("inserted", "removed"):
+            getattr(napari_viewer.layers.events, ev).connect(self._on_layers)
         self.session.model_changed.connect(self._on_model)
         self.session.events.curves.connect(self._plot_curves)
         self._on_model()
@@ -158,6 +189,12 @@ class AttributionWidget(DockWidget):
         self.method_settings.set_method(name)
         spec = registered_methods().get(name)
         self.per_channel.setEnabled(spec is None or spec.per_channel)
+        for w, _ in self.method_settings.editors.values():   # its settings change the cost
+            for sig in ("valueChanged", "toggled", "currentTextChanged", "editingFinished"):
+                if hasattr(w, sig):
+                    getattr(w, sig).connect(lambda *_: self._cost_timer.start())
+                    break
+        self._cost_timer.start()
 
     @property
     def steps(self):
@@ -167,11 +204,19 @@ class AttributionWidget(DockWidget):
     # -- model and inputs ------------------------------------------------------------------
 
     def _on_model(self, _bundle: object = None) -> None:
+        from ._findings import findings_line
+
         bundle = self.session.bundle
         self.target.clear()
         self.target.addItem(PREDICTED, None)
+        self._clear_messages()
+        text, tip = findings_line(self.session)
+        self.findings_label.setText(text)
+        self.findings_label.setToolTip(tip)
+        self.findings_label.setVisible(bool(text))
         if bundle is None:
             self.model_label.setText("no model: train or load one in the Train widget")
+            self.update_cost()
             return
         names = [str(n) for n in bundle.class_names]
         for i, name in enumerate(names):
@@ -185,6 +230,98 @@ class AttributionWidget(DockWidget):
         self.model_label.setText(f"model: channels {', '.join(bundle.channel_names)}; classes "
                                  f"{', '.join(bundle.class_names)}; trained on "
                                  f"{scale.describe()}")
+        self.update_cost()   # now, so that the curves' default is set before any click
+
+    def _input_changed(self) -> None:
+        """Other layers ticked: the last run's messages go (at once, so that a result
+        arriving later for the earlier input stays)."""
+        key = tuple(self.picker.checked_names())
+        if key != self._input_key:
+            if self._input_key is not None:
+                self._clear_messages()
+            self._input_key = key
+
+    def _on_layers(self, event: Any = None) -> None:
+        if self.picker.layers() or self._input_key:
+            self._cost_timer.start()
+
+    def _clear_messages(self) -> None:
+        """A new model or input: no message, probabilities or colour bar of an earlier
+        run stays on screen."""
+        self.say("")
+        self.proba.setText("")
+        self.colour_bar.clear()
+        if self.target.count():
+            self.target.setItemText(0, PREDICTED)
+
+    def _input_shape(self) -> tuple[int, int, int, int] | None:
+        """(images, C, H, W) of the ticked input, from the layers' shapes (no pixels
+        read), or None when there is none."""
+        from ._layers import AUTO_AXIS, NO_AXIS, full_data, guess_channel_axis
+
+        layers = self.picker.layers()
+        if not layers:
+            return None
+        shape = tuple(int(n) for n in np.shape(full_data(layers[0])))
+        if len(shape) < 2:
+            return None
+        lead = list(shape[:-2])
+        channels = len(layers)
+        if len(layers) == 1:
+            axis = self.picker.axis.value()
+            if axis == AUTO_AXIS:
+                axis = guess_channel_axis(layers[0])
+                axis = NO_AXIS if axis is None else axis
+            if 0 <= axis < len(lead):
+                channels = lead.pop(axis)
+        n = 1 if self.scope.currentText() == SCOPES[0] else int(np.prod(lead or [1]))
+        return n, channels, shape[-2], shape[-1]
+
+    def update_cost(self) -> None:
+        """Expected time of the chosen method on the current input; the curves default
+        to off for a whole field larger than the model's input (tiled), on for crops;
+        a change of input clears the last run's messages."""
+        from ..core.attribution.cost import extra_passes, method_passes
+        from ..core.models.inference import tiling_for
+
+        self._input_changed()
+        bundle = self.session.bundle
+        shape = self._input_shape()
+        if bundle is None or shape is None:
+            self.cost.clear_estimate()
+            return
+        try:
+            n, _, h, w = shape
+            scale = self._scale(bundle)
+            ds = self.picker.layers()[0].metadata.get("downsample", 1)
+            factor = scale.factor_for(int(ds or 1))
+            tile = self.tile.value() or scale.input_size
+            size = (h // factor, w // factor)
+            method = self.method.currentText()
+            overlap = (tile // 16) if (tile and method in ("pcim", "auto")) else None
+            grid, side, _ = tiling_for(size, tile, overlap)
+        except Exception:   # an input the run itself will refuse with a message
+            self.cost.clear_estimate()
+            return
+        tiled = len(grid) > 1
+        if tiled != self._tiled:
+            self._tiled = tiled
+            self.curves.blockSignals(True)
+            self.curves.setChecked(not tiled)
+            self.curves.blockSignals(False)
+        side_hw = (side, side) if side else size
+        try:
+            passes = method_passes(method, self.method_settings.params(), size=side_hw,
+                                   channels=len(bundle.channel_names),
+                                   per_channel=self.per_channel.isChecked())
+        except Exception:   # settings the run will refuse with a message
+            self.cost.clear_estimate()
+            return
+        passes += extra_passes(self.evidence.isChecked(), self.curves.isChecked())
+        units = n * len(grid)
+        what = "tiles" if tiled else "images"
+        self.cost.estimate(bundle, self.device.currentText(),
+                           (len(bundle.channel_names), *side_hw), passes, units, what)
 
     @staticmethod
     def _scale(bundle):
@@ -235,7 +372,15 @@ class AttributionWidget(DockWidget):
         return f"per image{shrink}"
 
     def _image_tag(self, sel: Selection) -> str:
+        """``A01 s1 [3]`` (the well and site where the plate loader or the file name
+        gave them, the image's index in the stack), ``image 3``, ``all images``."""
+        from ..layer_style import well_field
+
         k = sel.flat_index()
+        where = well_field(sel.metadata, k)
+        if where:
+            return f"{where} [{k}]" if k is not None else (
+                f"{where} · all images" if sel.stack_shape else where)
         return f"image {k}" if k is not None else (
             "all images" if sel.stack_shape else "image")
 
@@ -361,11 +506,17 @@ class AttributionWidget(DockWidget):
                       "tiles_per_image": look["tiles"]},
             "input_channels": list(sel.channel_names),
         })
+        from ..layer_style import is_signed_map, symmetric_limits, well_field
+
+        prov["well_field"] = well_field(sel.metadata, sel.flat_index()) or None
         maps = np.asarray(result.maps, np.float32)
         per_channel = maps.ndim == 4
         stacks = ([(None, maps)] if not per_channel else
                   [(name, maps[:, c]) for c, name in enumerate(bundle.channel_names)])
-        contrast = run_contrast([m for _, m in stacks])
+        other = getattr(result, "contrast", None)
+        signed = is_signed_map(result.method, maps, other)
+        contrast = (symmetric_limits([m for _, m in stacks]) if signed
+                    else run_contrast([m for _, m in stacks]))
         source = "+".join(ly.name for ly in sel.layers)
         layers = []
         for channel, m in stacks:
@@ -374,8 +525,16 @@ class AttributionWidget(DockWidget):
             meta = {KIND: {"provenance": prov, "channel": channel}}
             layers.append(put_result_layer(
                 self.viewer, sel.result_shape(m), name, key, meta, contrast,
-                sel.placement(shrink=look["shrink"])))
-        self.colour_bar.set_range(*contrast, f"{result.method} · {cls} · {images}")
+                sel.placement(shrink=look["shrink"]), signed=signed))
+        target = cls.split(" vs ")[0]
+        legend = legend_text(signed, target if tg.size == 1 else "the target",
+                             None if other is None else classes[int(other)])
+        self.colour_bar.set_range(*contrast, f"{result.method} · {cls} · {images}",
+                                  signed=signed, legend=legend)
+        from ._overlay import mute_channels
+
+        for layer in layers:   # the channels dim while a map is shown over them
+            mute_channels(self.viewer, layer, sel.layers)
         return layers
 
     def _plot_curves(self, curves: dict[str, np.ndarray]) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import (
     QFileDialog,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -54,10 +53,8 @@ class ExportWidget(DockWidget):
         lay = self.body
         lay.addWidget(QLabel("Attribution layers"))
         lay.addWidget(self.list)
-        row = QHBoxLayout()
-        row.addWidget(self.tiff_btn)
-        row.addWidget(self.csv_btn)
-        lay.addLayout(row)
+        lay.addWidget(self.tiff_btn)   # one per row: the dock fits a 1280x800 window
+        lay.addWidget(self.csv_btn)
         lay.addWidget(self.report_btn)
         lay.addWidget(QLabel("Provenance of the selected layer"))
         lay.addWidget(self.provenance)

@@ -32,13 +32,17 @@ from qtpy.QtWidgets import (
 from ..core.runtime.errors import InputError
 from ..core.runtime.progress import Progress
 from ._common import DockWidget, Settings
+from ._cost import CostHint
 from ._layers import ChannelPicker, Selection
-from ._results import KIND, evidence_colormap, run_contrast
-from ._runner import TaskRunner, _drive, notify_error
+from ._results import KIND, ColourBar, evidence_colormap, legend_text, run_contrast
+from ._runner import TaskRunner, _drive, leave_a_core, notify_error
 from .object_table import BY_LABEL, BY_PREDICTION, ObjectTableView, colour_labels
 
 NO_LABELS = "none: centre on the click"
 POINT, PINNED, BOX = "point", "point_pinned", "point_box"
+CONTOUR = "point_contour"
+#: forward passes of the point's evidence check (2 fractions x (1 + 4 random))
+POINT_EVIDENCE_FORWARDS = 10
 DRAG_PX = 4  # a press and release further apart than this (screen pixels) is a drag
 
 
@@ -72,6 +76,9 @@ class PointExplainWidget(DockWidget):
         self.settings = Settings("point")
         self.model_label = QLabel("no model: train or load one in the Train widget")
         self.model_label.setWordWrap(True)
+        self.findings_label = QLabel("")
+        self.findings_label.setWordWrap(True)
+        self.findings_label.setVisible(False)
         self.picker = ChannelPicker(napari_viewer)
         self.labels_box = QComboBox()
         self.labels_box.setToolTip("A Labels layer (nuclei or cells): a click snaps to the "
@@ -107,6 +114,10 @@ class PointExplainWidget(DockWidget):
         self.pin_btn.setShortcut("Shift+P")
         self.result = QLabel("click a cell in the image")
         self.result.setWordWrap(True)
+        self.cost = CostHint()
+        self.colour_bar = ColourBar()
+        self.colour_bar.setToolTip("Colour scale of the map of the clicked cell")
+        self._input_key: tuple | None = None
         self.table_btn = QPushButton("Explain every cell")
         self.table_btn.setToolTip("Segment the field's nuclei (or use the Labels layer), "
                                   "predict and explain every object, write the results "
@@ -127,13 +138,16 @@ class PointExplainWidget(DockWidget):
         form.addRow("", self.evidence)
         lay = self.body
         lay.addWidget(self.model_label)
+        lay.addWidget(self.findings_label)
         lay.addWidget(self.picker)
         lay.addLayout(form)
+        lay.addWidget(self.cost)
         row = QHBoxLayout()
         row.addWidget(self.active)
         row.addWidget(self.pin_btn)
         lay.addLayout(row)
         lay.addWidget(self.result)
+        lay.addWidget(self.colour_bar)
         row = QHBoxLayout()
         row.addWidget(self.table_btn)
         row.addWidget(self.cancel_btn)
@@ -156,6 +170,10 @@ class PointExplainWidget(DockWidget):
         self.table_btn.clicked.connect(lambda: self.explain_all())
         self.export_btn.clicked.connect(lambda: self._export_dialog())
         self.colour_by.currentTextChanged.connect(lambda _: self._recolour())
+        for sig in (self.steps.valueChanged, self.channel_mode.currentTextChanged,
+                    self.evidence.toggled):
+            sig.connect(lambda *_: self.update_cost())
+        self.picker.list.itemChanged.connect(lambda *_: self._input_changed())
 
         self._worker: Any = None
         self._gen: Any = None
@@ -178,14 +196,22 @@ class PointExplainWidget(DockWidget):
     # -- model and layers --------------------------------------------------------------
 
     def _on_model(self, _bundle: object = None) -> None:
+        from ._findings import findings_line
         from .attribution_widget import AttributionWidget
 
         bundle = self.session.bundle
         self._cache = None
+        self._clear_messages()
+        text, tip = findings_line(self.session)
+        self.findings_label.setText(text)
+        self.findings_label.setToolTip(tip)
+        self.findings_label.setVisible(bool(text))
         if bundle is None:
             self.model_label.setText("no model: train or load one in the Train widget")
+            self.cost.clear_estimate()
             return
         self.picker.select_for_model(list(bundle.channel_names))
+        self.update_cost()
         if self._worker is None:   # the first click then costs a click, not a start
             self._start({"warm_up": True, "bundle": bundle})
         scale = AttributionWidget._scale(bundle)
@@ -201,6 +227,37 @@ class PointExplainWidget(DockWidget):
         if self.colour_by.findText(current) >= 0:
             self.colour_by.setCurrentText(current)
         self.colour_by.blockSignals(False)
+
+    def _clear_messages(self) -> None:
+        """A new model or input: the last cell's numbers and messages go."""
+        self.say("")
+        self.result.setText("click a cell in the image")
+        self.colour_bar.clear()
+
+    def _input_changed(self) -> None:
+        key = tuple(self.picker.checked_names())
+        if key != self._input_key:
+            if self._input_key is not None:
+                self._clear_messages()
+            self._input_key = key
+
+    def update_cost(self) -> None:
+        """Expected time of a click: the PCIM steps, the channel evidence and the
+        evidence check on one crop of the model's input size."""
+        from ..core.attribution.cost import FORWARD_SHARE, method_passes
+        from .attribution_widget import AttributionWidget
+
+        bundle = self.session.bundle
+        if bundle is None:
+            self.cost.clear_estimate()
+            return
+        side = AttributionWidget._scale(bundle).input_size or 64
+        c = len(bundle.channel_names)
+        forwards = (c + 1 if self.channel_mode.currentText() == "occlusion" else 0) + (
+            POINT_EVIDENCE_FORWARDS if self.evidence.isChecked() else 0)
+        passes = method_passes("pcim", {"steps": self.steps.value()}) + int(
+            np.ceil(forwards * FORWARD_SHARE))
+        self.cost.estimate(bundle, "cpu", (c, side, side), passes, 1, "crops")
 
     def _refresh_layers(self, event: Any = None) -> None:
         from napari.layers import Labels, Points
@@ -343,6 +400,7 @@ class PointExplainWidget(DockWidget):
             return prep, res
 
         gen = work()
+        leave_a_core()
         worker = create_worker(_drive, gen, _start_thread=False, _ignore_errors=True)
         outcome: dict[str, Any] = {}
         worker.returned.connect(lambda v: outcome.__setitem__("value", v))
@@ -382,9 +440,12 @@ class PointExplainWidget(DockWidget):
     # -- showing a result ----------------------------------------------------------------
 
     def _image_tag(self, sel: Selection) -> str:
-        md = sel.metadata
-        tag = md.get("image_id") or md.get("well") or sel.source_name
+        """The well and site (plate loader) or the file name's well part, else the
+        layer's name; ``[k]``: the image's index in a stack."""
+        from ..layer_style import well_field
+
         k = sel.flat_index()
+        tag = well_field(sel.metadata, k) or sel.source_name
         return f"{tag} [{k}]" if k is not None else str(tag)
 
     def _placement(self, sel: Selection, factor: int, origin: tuple[int, int]) -> dict:
@@ -441,6 +502,12 @@ class PointExplainWidget(DockWidget):
             layer.name = name
         t_layer = time.perf_counter()
         self._show_box(sel, res, origin, place, full.shape)
+        self._show_contour(req, res, k)
+        from ._overlay import mute_channels
+
+        mute_channels(self.viewer, layer, sel.layers)
+        self.colour_bar.set_range(*contrast, f"PCIM · {pred}",
+                                  legend=legend_text(False, pred))
         req["t_layer"], req["t_box"] = t_layer, time.perf_counter()
         self.last = {"req": req, "res": res, "k": k, "layer": layer,
                      "prep": prep, "origin": origin}
@@ -466,6 +533,39 @@ class PointExplainWidget(DockWidget):
             self.viewer.add_image(data, name="point · crop", colormap="cyan",
                                   blending="additive", contrast_limits=(0, 1), opacity=0.8,
                                   metadata={KIND: {"kind": BOX}}, **place)
+
+    def _show_contour(self, req: dict, res: Any, k: int) -> None:
+        """The clicked object's outline (field pixels, from the Labels layer), over the
+        whole field like the map so a new cell changes only its data; hidden when the
+        click found no object."""
+        lab, label = req.get("labels"), int(res.labels[k])
+        layer = next((ly for ly in self.viewer.layers
+                      if ly.metadata.get(KIND, {}).get("kind") == CONTOUR), None)
+        if lab is None or label <= 0:
+            if layer is not None:
+                layer.visible = False
+            return
+        sel = req["sel"]
+        # look for the object inside the crop the model saw (field pixels), not the field
+        f, s = int(res.factor), int(res.crop)
+        oy, ox = (int(v) * f for v in res.origins[k])
+        wy0, wx0 = max(oy, 0), max(ox, 0)
+        ys, xs = np.nonzero(lab[wy0:oy + s * f, wx0:ox + s * f] == label)
+        if not ys.size:
+            ys, xs, wy0, wx0 = (*np.nonzero(lab == label), 0, 0)
+        y0, y1 = max(wy0 + int(ys.min()) - 1, 0), wy0 + int(ys.max()) + 2
+        x0, x1 = max(wx0 + int(xs.min()) - 1, 0), wx0 + int(xs.max()) + 2
+        m = np.pad(lab[y0:y1, x0:x1] == label, 1)
+        inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+        edge = m[1:-1, 1:-1] & ~inner
+        full = np.zeros(lab.shape[-2:], np.uint8)
+        full[y0:y1, x0:x1] = edge
+        place = sel.placement()
+        data = full.reshape(*(1,) * len(sel.stack_shape), *full.shape)
+        if self._reuse_layer(CONTOUR, data, place) is None:
+            self.viewer.add_image(data, name="point · cell outline", colormap="yellow",
+                                  blending="additive", contrast_limits=(0, 1), opacity=1.0,
+                                  metadata={KIND: {"kind": CONTOUR}}, **place)
 
     def _reuse_layer(self, kind: str, data: np.ndarray, place: dict) -> Any:
         """The result layer of ``kind``, given ``data`` at ``place`` and shown (scale and
@@ -522,9 +622,9 @@ class PointExplainWidget(DockWidget):
         kept = 0
         for layer in list(self.viewer.layers):
             info = layer.metadata.get(KIND, {})
-            if info.get("kind") in (POINT, BOX):
+            if info.get("kind") in (POINT, BOX, CONTOUR):
                 new = dict(info)
-                new["kind"] = PINNED if info["kind"] == POINT else BOX + "_pinned"
+                new["kind"] = PINNED if info["kind"] == POINT else info["kind"] + "_pinned"
                 layer.metadata = {**layer.metadata, KIND: new}
                 layer.name = "pinned · " + layer.name.removeprefix("point · ")
                 kept += 1

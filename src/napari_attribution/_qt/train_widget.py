@@ -13,6 +13,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -123,36 +124,30 @@ class TrainWidget(DockWidget):
         form = QFormLayout()
         form.addRow("Channel names", self.channel_names)
         form.addRow("Class names", self.class_names)
-        row = QHBoxLayout()
-        row.addWidget(self.class_combo, 1)
-        row.addWidget(self.assign_btn)
-        row.addWidget(self.assign_all_btn)
+        # buttons two to a row: the dock fits a 1280x800 window's default dock width
+        row = QGridLayout()
+        row.addWidget(self.class_combo, 0, 0, 1, 2)
+        row.addWidget(self.assign_btn, 1, 0)
+        row.addWidget(self.assign_all_btn, 1, 1)
         form.addRow("Label", row)
-        orow = QHBoxLayout()
-        orow.addWidget(self.objects, 1)
-        orow.addWidget(QLabel("crop"))
-        orow.addWidget(self.object_size)
-        form.addRow("Objects", orow)
-        prow = QHBoxLayout()
-        prow.addWidget(QLabel("nuclei"))
-        prow.addWidget(self.nuclei_channel, 1)
-        prow.addWidget(QLabel("objects ≤"))
-        prow.addWidget(self.max_objects)
-        form.addRow("Plate", prow)
-        row2 = QHBoxLayout()
-        row2.addWidget(self.clear_btn)
-        row2.addWidget(self.combine_btn)
-        row2.addWidget(self.plate_btn)
+        form.addRow("Objects", self.objects)
+        form.addRow("Object crop", self.object_size)
+        form.addRow("Plate nuclei", self.nuclei_channel)
+        form.addRow("Plate objects ≤", self.max_objects)
+        row2 = QGridLayout()
+        row2.addWidget(self.clear_btn, 0, 0)
+        row2.addWidget(self.combine_btn, 0, 1)
+        row2.addWidget(self.plate_btn, 1, 0, 1, 2)
         dlay = QVBoxLayout(box)
         dlay.addWidget(self.picker)
         dlay.addLayout(form)
         dlay.addLayout(row2)
         dlay.addWidget(self.label_status)
         dlay.addWidget(self.crop_info)
-        row3 = QHBoxLayout()
-        for b in (self.prev_neg_btn, self.next_neg_btn, self.prev_pos_btn,
-                  self.next_pos_btn):
-            row3.addWidget(b)
+        row3 = QGridLayout()
+        for i, b in enumerate((self.prev_neg_btn, self.next_neg_btn, self.prev_pos_btn,
+                               self.next_pos_btn)):
+            row3.addWidget(b, i // 2, i % 2)
         dlay.addLayout(row3)
         return box
 
