@@ -237,3 +237,19 @@ def test_cell_regions_from_a_window_equal_growing_the_whole_field():
     want = np.stack([mask_fraction(whole[y * 2:(y + 16) * 2, x * 2:(x + 16) * 2] == i, 2)
                      for i, (y, x) in zip(ids, origins, strict=True)])
     assert np.array_equal(cell_regions(lab, ids, prep, origins, grow=5.0), want)
+
+
+def test_point_options_split_keywords_and_check_them():
+    """One options object for a click and the table: keywords naming a field replace it,
+    the others are PCIM settings (checked by PCIM); bad values are refused at once."""
+    from napari_attribution.core.attribution.point import PointOptions
+
+    base = PointOptions(steps=2, pcim={"lr": 0.3})
+    opts = PointOptions.build(base, threads=1, evidence=False, tol=0.01)
+    assert (opts.steps, opts.threads, opts.evidence) == (2, 1, False)
+    assert opts.pcim == {"lr": 0.3, "tol": 0.01} and base.pcim == {"lr": 0.3}
+    assert PointOptions.build(None, pcim={"lr": 0.1}, lr=0.2).pcim == {"lr": 0.2}
+    with pytest.raises(InputError, match="unknown channel evidence 'votes'"):
+        PointOptions.build(channel_evidence="votes")
+    with pytest.raises(InputError, match="at least one PCIM step"):
+        PointOptions(steps=0)

@@ -255,42 +255,80 @@ def channel_occlusion(model: torch.nn.Module, x: np.ndarray, targets: np.ndarray
     return out
 
 
+@dataclass(frozen=True)
+class PointOptions:
+    """How :func:`explain_objects` explains each object (shared by a click and the
+    whole-field table).
+
+    ``steps``: PCIM steps; ``channel_evidence``: ``"occlusion"`` or ``"pcim"`` (see the
+    module docstring); ``evidence``: run the evidence check; ``device``, ``batch_size``:
+    as :func:`.explain.explain`; ``threads``: torch threads meanwhile
+    (:func:`torch_threads`; None = unchanged). ``pcim``: more PCIM settings (e.g.
+    ``{"lr": 0.3}``), checked by PCIM's settings class.
+    """
+
+    steps: int = POINT_STEPS
+    channel_evidence: str = "occlusion"
+    evidence: bool = True
+    device: str = "cpu"
+    batch_size: int = 32
+    threads: int | None = None
+    pcim: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.channel_evidence not in CHANNEL_EVIDENCE:
+            raise InputError(f"unknown channel evidence {self.channel_evidence!r}; choose "
+                             f"one of {CHANNEL_EVIDENCE}")
+        if int(self.steps) < 1:
+            raise InputError(f"point and explain needs at least one PCIM step; got "
+                             f"{self.steps}")
+
+    @classmethod
+    def build(cls, options: PointOptions | None = None, **overrides: Any) -> PointOptions:
+        """``options`` (default: the defaults) with ``overrides``: keywords naming a field
+        replace it, every other keyword is a PCIM setting (added to ``pcim``)."""
+        import dataclasses
+
+        base = options if options is not None else cls()
+        over = dict(overrides)
+        pcim = {**base.pcim, **over.pop("pcim", {})}
+        names = {f.name for f in dataclasses.fields(cls)}
+        mine = {k: over.pop(k) for k in list(over) if k in names}
+        return dataclasses.replace(base, **mine, pcim={**pcim, **over})
+
+
 def explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
                     labels: Sequence[int] | None = None, masks: np.ndarray | None = None,
-                    targets: Any = None, steps: int = POINT_STEPS,
-                    channel_evidence: str = "occlusion", evidence: bool = True,
-                    device: str = "cpu", batch_size: int = 32, threads: int | None = None,
-                    regions: np.ndarray | None = None,
-                    **pcim: Any) -> Generator[Progress, None, ObjectResults]:
+                    targets: Any = None, regions: np.ndarray | None = None,
+                    options: PointOptions | None = None,
+                    **overrides: Any) -> Generator[Progress, None, ObjectResults]:
     """Predict and explain the objects centred on ``centres`` (N, 2: y, x field pixels).
 
     ``masks`` (N, s, s): each object's mask as :func:`mask_fraction` at training scale
     over its crop, for :attr:`ObjectResults.inside`. ``targets``: class per object (None:
-    the predicted one). ``threads``: torch threads meanwhile (:func:`torch_threads`).
-    ``regions`` (N, s, s): explain each object *within* its region (e.g. its cell,
-    :func:`cell_regions`): only the region's pixels may change (:class:`Within`), the
-    rest of the crop stays as the model saw it and gets no evidence; channel occlusion
-    then replaces a channel inside the region only. The evidence check still deletes
-    pixels in the intact crop (the map's top pixels against random ones anywhere).
-    ``pcim``: more PCIM options (e.g. ``lr``).
+    the predicted one). ``regions`` (N, s, s): explain each object *within* its region
+    (e.g. its cell, :func:`cell_regions`): only the region's pixels may change
+    (:class:`Within`), the rest of the crop stays as the model saw it and gets no
+    evidence; channel occlusion then replaces a channel inside the region only. The
+    evidence check still deletes pixels in the intact crop (the map's top pixels against
+    random ones anywhere). ``options`` (:class:`PointOptions`) and ``overrides``
+    (``steps=3``, ``threads=1``, PCIM settings such as ``lr``): how to explain.
     """
-    with torch_threads(threads):
+    opts = PointOptions.build(options, **overrides)
+    with torch_threads(opts.threads):
         return (yield from _explain_objects(clf, prep, centres, labels, masks, targets,
-                                            steps, channel_evidence, evidence, device,
-                                            batch_size, regions, **pcim))
+                                            regions, opts))
 
 
 def _explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
                      labels: Sequence[int] | None, masks: np.ndarray | None, targets: Any,
-                     steps: int, channel_evidence: str, evidence: bool, device: str,
-                     batch_size: int, regions: np.ndarray | None = None,
-                     **pcim: Any) -> Generator[Progress, None, ObjectResults]:
+                     regions: np.ndarray | None, opts: PointOptions
+                     ) -> Generator[Progress, None, ObjectResults]:
     from .explain import explain
 
     t0 = time.perf_counter()
-    if channel_evidence not in CHANNEL_EVIDENCE:
-        raise InputError(f"unknown channel evidence {channel_evidence!r}; choose one of "
-                         f"{CHANNEL_EVIDENCE}")
+    steps, channel_evidence, evidence = opts.steps, opts.channel_evidence, opts.evidence
+    pcim = dict(opts.pcim)
     pts = np.asarray(centres, float).reshape(-1, 2)
     n = len(pts)
     if n == 0:
@@ -298,13 +336,13 @@ def _explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
     ids = np.arange(1, n + 1) if labels is None else np.asarray(labels, np.int64)
     origins = np.array([prep.origin(p) for p in pts], np.int64).reshape(n, 2)
     x = _crops(prep, origins, clf)
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device)
     pcim.setdefault("min_steps", min(3, steps))
     per_channel = channel_evidence == "pcim"
     if regions is None:
         result = yield from explain(clf.module, x, targets, method="pcim", steps=int(steps),
                                     per_channel=per_channel, device=str(dev),
-                                    batch_size=batch_size, evidence=evidence, **pcim)
+                                    batch_size=opts.batch_size, evidence=evidence, **pcim)
         maps = np.asarray(result.maps, np.float32)
         ev = result.evidence or {}
         probabilities, tgt, used = result.probabilities, result.targets, result.params
