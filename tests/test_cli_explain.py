@@ -217,3 +217,14 @@ def test_crop_trained_bundle_explains_a_field_in_tiles_of_its_crop_size(tmp_path
     assert "channel-map-suspect" in capsys.readouterr().out
     codes = [f["code"] for f in read_attribution_tiff(out2)[1]["provenance"]["findings"]]
     assert "channel-map-suspect" in codes
+
+
+def test_output_piped_into_head_ends_quietly():
+    """``napari-attribution methods | head -1``: no 'Broken pipe' error, exit 0."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"{sys.executable} -m napari_attribution.cli methods --all-settings | head -1",
+        shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("pcim:") and "Broken pipe" not in proc.stderr, proc.stderr

@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except AttributionError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as err:  # a file problem no reader or writer turned into a sentence
         where = f" {err.filename}:" if getattr(err, "filename", None) else ""
         print(f"error:{where} {err.strerror or err}"
