@@ -285,7 +285,7 @@ def test_cascade_layers_follow_the_forward_pass_and_end_with_the_full_randomisat
         assert [n for layer in layers for n in layer] == own
     model = build_dcmix(n_channels=2, n_classes=2, width=4).eval()
     trained = dict(model.named_parameters())
-    steps = cascade_models(model, torch.rand(1, 2, 12, 12), seed=3)
+    steps = list(cascade_models(model, torch.rand(1, 2, 12, 12), seed=3))
     assert [layer for layer, _ in steps] == list(reversed(parameter_layers(
         model, torch.rand(1, 2, 12, 12))))
     changed = [sorted({n.rsplit(".", 1)[0] for n, p in net.named_parameters()

@@ -29,6 +29,7 @@ from .sanity import (
     cascade_models,
     label_randomised_model,
     layer_name,
+    parameter_layers,
     per_seed_rho,
     summarise,
     summarise_cascade,
@@ -133,9 +134,10 @@ def verdict(metric: str, method_scores: np.ndarray,
 
 
 def sanity_check(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarray,
-            targets: np.ndarray, method: str, params: dict, device: str, batch_size: int,
-            seed: int, n_seeds: int, label_models: list[tuple[torch.nn.Module, float]],
-            mode: str = "full") -> Generator[Progress, None, dict]:
+                 targets: np.ndarray, method: str, params: dict, device: str,
+                 batch_size: int, seed: int, n_seeds: int,
+                 label_models: list[tuple[torch.nn.Module, float]], mode: str = "full"
+                 ) -> Generator[Progress, None, dict]:
     """The sanity summary of one method (``rows_maps``: its maps of the trained model):
     ``model`` randomised with seeds ``seed`` … ``seed + n_seeds − 1`` (``mode``
     ``"full"``: every parameter at once; ``"cascade"``: layer by layer from the top,
@@ -169,11 +171,10 @@ def sanity_check(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarr
         example = torch.as_tensor(np.asarray(images[:1], np.float32))
         per_step_s: list[list[float]] = []
         per_step_a: list[list[float]] = []
-        names: list[str] = []
+        names = [layer_name(layer) for layer in reversed(parameter_layers(model, example))]
         for s in seeds:
-            steps = cascade_models(model, example, seed=s)
-            names = [layer_name(layer) for layer, _ in steps]
-            signed, absolute = yield from rhos(net for _, net in steps)
+            signed, absolute = yield from rhos(net for _, net in
+                                               cascade_models(model, example, seed=s))
             per_step_s.append(signed)
             per_step_a.append(absolute)
         ref = yield from rhos([model])      # step 0: the trained model explained again

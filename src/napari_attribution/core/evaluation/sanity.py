@@ -24,6 +24,7 @@ model, and is marked failing.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -109,15 +110,17 @@ def parameter_layers(model: torch.nn.Module, example: torch.Tensor) -> list[list
 
 
 def cascade_models(model: torch.nn.Module, example: torch.Tensor, seed: int = 0
-                   ) -> list[tuple[list[str], torch.nn.Module]]:
-    """Cascading randomisation of ``model`` for one seed: ``[(the layer randomised at
-    this step, model)]``, one per step, top layer first (:func:`parameter_layers`).
+                   ) -> Iterator[tuple[list[str], torch.nn.Module]]:
+    """Cascading randomisation of ``model`` for one seed: yields ``(the layer randomised
+    at this step, model)``, one per step, top layer first (:func:`parameter_layers`),
+    one model at a time (a copy per step would hold the model as many times as it has
+    layers).
 
     Step ``k`` is the trained model with its last ``k`` layers taken from the fully
     randomised model of this seed (:func:`.metrics.randomize_model`: parameters and
     normalisation statistics), so the steps are nested and the last step, every layer
     randomised, is that fully randomised model itself. Step 0 (nothing randomised) is
-    not in the list.
+    not among them.
     """
     full = randomize_model(model, seed=seed)
     layers = parameter_layers(model, example)
@@ -125,13 +128,12 @@ def cascade_models(model: torch.nn.Module, example: torch.Tensor, seed: int = 0
         raise InputError("the cascading randomisation found no layer with parameters in "
                          "the model's forward pass")
     src = dict(full.named_modules())
-    steps: list[tuple[list[str], torch.nn.Module]] = []
     done: list[str] = []
     for k, layer in enumerate(reversed(layers), start=1):
         done = [*done, *layer]
         if k == len(layers):
-            steps.append((layer, full))
-            break
+            yield layer, full
+            return
         net = copy.deepcopy(model)
         dst = dict(net.named_modules())
         with torch.no_grad():
@@ -141,8 +143,7 @@ def cascade_models(model: torch.nn.Module, example: torch.Tensor, seed: int = 0
                     mine[key].copy_(t)
         for m in net.modules():
             m.training = False
-        steps.append((layer, net))
-    return steps
+        yield layer, net
 
 
 def layer_name(layer: list[str]) -> str:
