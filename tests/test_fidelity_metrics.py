@@ -328,3 +328,33 @@ def test_cascading_sanity_decorrelates_a_gradient_map_and_fails_a_model_free_one
     with pytest.raises(InputError, match="sanity mode"):
         _run(evaluate_methods(model, x, None, None, ["saliency"], ["sanity"],
                               sanity_mode="layers"))
+
+
+def test_fidelity_benchmark_tables_the_cascade_and_keeps_the_full_verdict():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fidelity
+
+    model, x = _spot_dcmix()
+    t = np.ones(len(x), int)
+    maps = _run(explain_gen(model, x, t))
+    casc = fidelity.sanity(model, x, t, maps, "saliency", {}, 8, [4], "cascade")
+    full = fidelity.sanity(model, x, t, maps, "saliency", {}, 8, [4], "full")
+    # the cascade's last step is the full randomisation of the same seed
+    assert casc["signed"] == full["signed"] and casc["failing"] == full["failing"]
+    assert "cascade" not in full and casc["cascade"]["steps"][-1]["signed"] == full["signed"]
+    image = fidelity.sanity(model, x, t, x.sum(1), "image", {}, 8, [4], "cascade")
+    lines = fidelity.cascade_table({"sanity": {"saliency": casc, "image": image}})
+    rows = [ln for ln in lines if ln.startswith("| ") and ln[2].isdigit()]
+    assert len(rows) == 8 and rows[0].startswith("| 0: trained (rerun) | 1.00 / 1.00")
+    assert rows[1].startswith("| 1: + backbone.head |") and rows[-1].startswith("| 7: + mixing")
+    assert all(row.endswith("| 1.00 / 1.00 |") for row in rows)     # the image: never moves
+
+
+def explain_gen(model, x, t):
+    from napari_attribution.core.attribution.explain import explain
+
+    res = yield from explain(model, x, t, method="saliency", device="cpu")
+    return res.maps
