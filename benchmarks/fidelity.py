@@ -20,7 +20,9 @@ reports on what was not tuned on:
   (``verdicts``: win / tie / lose);
 * **sanity** (``--sanity N``): Spearman between the maps of the trained and of N
   randomised models (every parameter re-initialised), median and worst; FAIL when
-  |rho| > 0.5 in any seed;
+  |rho| > 0.5 in any seed; ``--sanity-mode cascade`` (default) randomises each seed's
+  model layer by layer from the logits down to DCMIX's mixing layer first and tables
+  the median rho after each step (the last step is the full randomisation);
 * **intervals**: the mean over images with a 95 % bootstrap interval, and the paired
   bootstrap interval of PCIM minus each baseline (same images);
 * **cost** per method: forward and backward passes and ms per image, and the peak memory
@@ -54,11 +56,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pixel_attribution as pa  # noqa: E402
 from napari_attribution.core.attribution.explain import explain  # noqa: E402
-from napari_attribution.core.evaluation.comparison import count_passes, verdict  # noqa: E402
+from napari_attribution.core.evaluation.comparison import (  # noqa: E402
+    count_passes,
+    sanity_check,
+    verdict,
+)
 from napari_attribution.core.evaluation.metrics import (  # noqa: E402
     FIDELITY_METRICS,
     bootstrap_interval,
-    randomize_model,
     tie_report,
     trained_perturbations,
 )
@@ -66,7 +71,6 @@ from napari_attribution.core.evaluation.model_free import (  # noqa: E402
     MODEL_FREE,
     model_free_maps,
 )
-from napari_attribution.core.evaluation.sanity import per_seed_rho, summarise  # noqa: E402
 from napari_attribution.core.runtime.peak_memory import track_peak  # noqa: E402
 from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
@@ -165,25 +169,20 @@ def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict, ba
 
 
 def sanity(model, x: np.ndarray, t: np.ndarray, maps: np.ndarray, method: str,
-           params: dict, batch: int, seeds: list[int]) -> dict:
-    """The model-randomisation check of one variant over ``seeds`` (see
-    :mod:`napari_attribution.core.evaluation.sanity`)."""
-    signed, absolute = [], []
-    for sd in seeds:
-        if method in MODEL_FREE:
-            rmaps = maps                      # the map never looks at the model
-        else:
-            rnd = randomize_model(model, seed=sd)
-            rmaps = run_generator(explain(rnd, x, t, method=method, device="cpu",
-                                          batch_size=batch, **params)).maps
-        a, b = per_seed_rho(maps, rmaps)
-        signed.append(a)
-        absolute.append(b)
-    return summarise(signed, absolute, seeds)
+           params: dict, batch: int, seeds: list[int], mode: str = "cascade") -> dict:
+    """The model-randomisation check of one variant over ``seeds``: the full
+    randomisation's summary (pass / fail), and with ``mode="cascade"`` the layer-by-layer
+    curve before it (see :mod:`napari_attribution.core.evaluation.sanity`)."""
+    out = run_generator(sanity_check(maps, model, x, t, method, params, "cpu", batch,
+                                     seeds[0], len(seeds), [], mode))
+    summary = out["model"]
+    if "cascade" in out:
+        summary["cascade"] = out["cascade"]
+    return summary
 
 
 def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None,
-            n_sanity: int = 0) -> dict:
+            n_sanity: int = 0, sanity_mode: str = "cascade") -> dict:
     model, x, t = s["model"], s["images"], s["targets"]
     scores: dict[str, dict[str, np.ndarray]] = {}
     cost: dict[str, dict] = {}
@@ -198,7 +197,7 @@ def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None,
                          for m in (*INDEPENDENT, *TRAINED)}
         if n_sanity:
             sanity_out[label] = sanity(model, x, t, maps, method, params, batch,
-                                       list(range(seed, seed + n_sanity)))
+                                       list(range(seed, seed + n_sanity)), sanity_mode)
     summary: dict[str, dict] = {}
     for label in variants:
         summary[label] = {m: bootstrap_interval(v, seed=seed) for m, v in scores[label].items()}
@@ -311,6 +310,29 @@ def markdown_subset(results: dict) -> str:
 VERDICT = {"win": " W", "tie": " =", "lose": " L"}
 
 
+def cascade_table(r: dict) -> list[str]:
+    """The cascading randomisation of one set as a markdown table: one row per step
+    (step 0: the trained model explained again; then the layers randomised from the top,
+    cumulatively; the last row is the full randomisation), the median over seeds of the
+    mean ρ over images, signed / absolute maps, one column per variant."""
+    casc = {v: d["cascade"] for v, d in r.get("sanity", {}).items() if "cascade" in d}
+    if not casc:
+        return []
+    labels = list(casc)
+    steps = next(iter(casc.values()))["steps"]
+    lines = ["cascading randomisation, median ρ over seeds (signed / \\|map\\|), layers "
+             "randomised cumulatively from the top; last row = every parameter:", "",
+             "| step: + layer | " + " | ".join(labels) + " |",
+             "|---|" + "---|" * len(labels)]
+    for i, st in enumerate(steps):
+        name = "trained (rerun)" if st["randomised"] is None else f"+ {st['randomised']}"
+        lines.append(f"| {st['step']}: {name} | " + " | ".join(
+            f"{casc[v]['steps'][i]['median']:.2f} / {casc[v]['steps'][i]['abs_median']:.2f}"
+            for v in labels) + " |")
+    lines.append("")
+    return lines
+
+
 def markdown(results: dict, targets: list[dict]) -> str:
     lines = []
     for set_name, r in results.items():
@@ -346,6 +368,7 @@ def markdown(results: dict, targets: list[dict]) -> str:
         lines.append(f"| peak MiB (batch {r.get('batch', '?')}) | " + " | ".join(
             _mib(r["cost"][v].get("peak_mib")) for v in labels) + " |")
         lines.append("")
+        lines += cascade_table(r)
         lines.append("W / = / L: beats every model-free baseline (image, image_excess, "
                      "random) / ties / loses to one, paired 95 % bootstrap intervals; ties "
                      "in maps broken in a seeded random order")
@@ -376,6 +399,9 @@ def main() -> None:
                     help="write the --methods columns into the existing JSON")
     ap.add_argument("--sanity", type=int, default=0,
                     help="model-randomisation check over this many seeds per variant")
+    ap.add_argument("--sanity-mode", choices=("cascade", "full"), default="cascade",
+                    help="cascade: randomise layer by layer from the top, then all (the "
+                         "curve, then pass / fail on the last step); full: all at once only")
     ap.add_argument("--cells-seed", type=int, default=2,
                     help="generator seed of the synthetic report cells (tuning: 1)")
     ap.add_argument("--mnist-start", type=int, default=8000 + TUNING_IMAGES,
@@ -414,7 +440,8 @@ def main() -> None:
     results = {}
     for name, s in sets.items():
         t0 = time.perf_counter()
-        results[name] = run_set(s, args.batch, args.seed, run_labels, args.sanity)
+        results[name] = run_set(s, args.batch, args.seed, run_labels, args.sanity,
+                                args.sanity_mode)
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     import os
 

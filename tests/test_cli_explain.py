@@ -122,6 +122,16 @@ def test_evaluate_table(tmp_path, trained_cells, capsys):
     assert rows[0]["sanity"]["model"]["seeds"] == [0, 1]
     assert {"sanity_worst", "sanity_abs_median", "sanity_abs_worst"} <= set(rows[0])
     assert all(r["sanity_failing"] for r in rows if r["model_free"])
+    assert rows[0]["sanity"]["mode"] == "full" and "cascade" not in rows[0]["sanity"]
+    # --sanity-mode cascade: rho after each layer from the top, the mixing layer last
+    assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "2", "--methods",
+                 "saliency", "--metrics", "road_morf", "--sanity", "1", "--sanity-mode",
+                 "cascade", "--device", "cpu", "-q"]) == 0
+    table = capsys.readouterr().out
+    assert "sanity cascade" in table and "0: trained (rerun)" in table
+    steps = [ln for ln in table.splitlines() if ln[:1].isdigit() and ": " in ln[:4]]
+    assert steps[1].startswith("1: + backbone.head")
+    assert steps[-1].startswith(f"{len(steps) - 1}: + mixing")
     assert main(["evaluate", str(bundle), "--sample", "cells", "-n", "3", "--methods",
                  "saliency", "--metrics", "road_morf", "--no-model-free", "--device", "cpu",
                  "--format", "json", "-q"]) == 0

@@ -245,3 +245,116 @@ def test_sanity_over_seeds_marks_model_free_maps_as_failing():
     assert pcim["sanity_failing"] is False, pcim["sanity"]
     with pytest.raises(InputError, match="needs labels"):
         _run(evaluate_methods(model, x, 1, None, ["pcim"], ["sanity"], sanity_labels=True))
+
+
+def _spot_dcmix(seed: int = 0) -> tuple[torch.nn.Module, np.ndarray]:
+    """A tiny DCMIX (mixing layer + small CNN, width 4) trained briefly to tell 12 px
+    images with a bright spot in channel 0 from images without one."""
+    from napari_attribution.core.channels.dcmix import build_dcmix
+
+    torch.manual_seed(seed)
+    x, _ = spot_images(n=24, size=12, seed=seed)
+    x[12:, 0] = np.random.default_rng(seed).uniform(0, 0.3, (12, 12, 12))   # no spot
+    y = torch.tensor([1] * 12 + [0] * 12)
+    model = build_dcmix(n_channels=2, n_classes=2, width=4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    xt = torch.as_tensor(x)
+    for _ in range(40):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xt), y).backward()
+        opt.step()
+    return model.eval(), x[:6]
+
+
+def test_cascade_layers_follow_the_forward_pass_and_end_with_the_full_randomisation():
+    from napari_attribution.core.channels.dcmix import build_dcmix
+    from napari_attribution.core.evaluation.metrics import randomize_model
+    from napari_attribution.core.evaluation.sanity import cascade_models, parameter_layers
+
+    for backbone, n_layers in (("small", 7), ("resnet18", 22)):
+        model = build_dcmix(n_channels=2, n_classes=2, backbone=backbone, width=4).eval()
+        example = torch.rand(1, 2, 12, 12)
+        layers = parameter_layers(model, example)
+        assert len(layers) == n_layers
+        assert layers[0] == ["mixing"] and layers[-1] == ["backbone.head"]
+        # a convolution and the batch norm after it are one layer
+        assert all(len(layer) == 2 for layer in layers[1:-1])
+        # for the built-in backbones the forward order is the modules' declaration order
+        own = [n for n, m in model.named_modules()
+               if any(True for _ in m.parameters(recurse=False))]
+        assert [n for layer in layers for n in layer] == own
+    model = build_dcmix(n_channels=2, n_classes=2, width=4).eval()
+    trained = dict(model.named_parameters())
+    steps = list(cascade_models(model, torch.rand(1, 2, 12, 12), seed=3))
+    assert [layer for layer, _ in steps] == list(reversed(parameter_layers(
+        model, torch.rand(1, 2, 12, 12))))
+    changed = [sorted({n.rsplit(".", 1)[0] for n, p in net.named_parameters()
+                       if not torch.equal(p, trained[n])}) for _, net in steps]
+    assert changed[0] == ["backbone.head"]                       # the logits first
+    assert all(set(a) < set(b) for a, b in zip(changed, changed[1:], strict=False))
+    assert "mixing" in changed[-1] and "mixing" not in changed[-2]       # the input last
+    full = randomize_model(model, seed=3)                     # the last step = full
+    for (k, a), b in zip(steps[-1][1].state_dict().items(), full.state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), k
+    # a step's normalisation statistics come from the random model too (reset)
+    bn = dict(steps[1][1].named_modules())["backbone.features.7.1"]
+    assert float(bn.running_var.mean()) == 1.0 and float(bn.running_mean.abs().sum()) == 0.0
+    assert all(not m.training for _, net in steps for m in net.modules())
+
+
+def test_cascading_sanity_decorrelates_a_gradient_map_and_fails_a_model_free_one():
+    model, x = _spot_dcmix()
+    rows, _ = _run(evaluate_methods(
+        model, x, None, None, ["saliency"], ["road_morf", "sanity"], n_steps=5,
+        model_free=["image"], sanity_seeds=2, sanity_mode="cascade"))
+    sal, image = rows
+    casc = sal["sanity"]["cascade"]
+    assert sal["sanity"]["mode"] == "cascade" and casc["seeds"] == [0, 1]
+    names = [st["randomised"] for st in casc["steps"]]
+    assert names[0] is None and names[1] == "backbone.head" and names[-1] == "mixing"
+    assert len(casc["steps"]) == 8                      # step 0 + 7 layers
+    assert casc["steps"][0]["median"] == pytest.approx(1.0)     # nothing randomised
+    # the last step is the full randomisation: the pass/fail summary is made of it
+    assert sal["sanity"]["model"]["signed"] == casc["steps"][-1]["signed"]
+    assert abs(casc["steps"][-1]["median"]) < 0.5 and casc["steps"][-1]["abs_median"] < 0.5
+    assert sal["sanity_failing"] is False, casc
+    assert casc["decorrelated_at"] is not None
+    # a map that never looks at the model keeps rho = 1 at every step and fails
+    for st in image["sanity"]["cascade"]["steps"]:
+        assert st["median"] == pytest.approx(1.0) and st["abs_median"] == pytest.approx(1.0)
+    assert image["sanity_failing"] is True
+    assert image["sanity"]["cascade"]["decorrelated_at"] is None
+    with pytest.raises(InputError, match="sanity mode"):
+        _run(evaluate_methods(model, x, None, None, ["saliency"], ["sanity"],
+                              sanity_mode="layers"))
+
+
+def test_fidelity_benchmark_tables_the_cascade_and_keeps_the_full_verdict():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fidelity
+
+    model, x = _spot_dcmix()
+    t = np.ones(len(x), int)
+    maps = _run(explain_gen(model, x, t))
+    casc = fidelity.sanity(model, x, t, maps, "saliency", {}, 8, [4], "cascade")
+    full = fidelity.sanity(model, x, t, maps, "saliency", {}, 8, [4], "full")
+    # the cascade's last step is the full randomisation of the same seed
+    assert casc["signed"] == full["signed"] and casc["failing"] == full["failing"]
+    assert "cascade" not in full and casc["cascade"]["steps"][-1]["signed"] == full["signed"]
+    image = fidelity.sanity(model, x, t, x.sum(1), "image", {}, 8, [4], "cascade")
+    lines = fidelity.cascade_table({"sanity": {"saliency": casc, "image": image}})
+    rows = [ln for ln in lines if ln.startswith("| ") and ln[2].isdigit()]
+    assert len(rows) == 8 and rows[0].startswith("| 0: trained (rerun) | 1.00 / 1.00")
+    assert rows[1].startswith("| 1: + backbone.head |") and rows[-1].startswith("| 7: + mixing")
+    assert all(row.endswith("| 1.00 / 1.00 |") for row in rows)     # the image: never moves
+
+
+def explain_gen(model, x, t):
+    from napari_attribution.core.attribution.explain import explain
+
+    res = yield from explain(model, x, t, method="saliency", device="cpu")
+    return res.maps

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.evaluation.metrics import FIDELITY_METRICS
+from ..core.evaluation.sanity import SANITY_MODES
 from ..core.runtime.errors import InputError, UsageError
 from ._checks import add_overwrite_argument, positive_int
 from .model_args import add_model_arguments, load_from_args
@@ -115,11 +116,33 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         lines.append("sanity: Spearman rho between the maps of the trained and of randomised "
                      "models (mean over images, per seed; median and worst over seeds); "
                      "FAIL: |rho| > 0.5 in any seed")
+    lines += _cascade_lines(rows, width)
     if rows and "ties" in rows[0]:
         lines.append(f"ties in the maps: {_ties(rows[0])} (largest tied share of a map: "
                      + ", ".join(f"{r['method']} {r['ties']['largest_tie_max']:.2f}"
                                  for r in rows if "ties" in r) + ")")
     return "\n".join(lines)
+
+
+def _cascade_lines(rows: list[dict], width: int) -> list[str]:
+    """The cascading randomisation as a block of text: one line per step (0: the trained
+    model explained again; then the layers randomised cumulatively from the top, the
+    last line every parameter), per method the median over seeds of ρ, signed/|map|."""
+    casc = [(r["method"], r["sanity"]["cascade"]) for r in rows
+            if "cascade" in r.get("sanity", {})]
+    if not casc:
+        return []
+    out = ["", "sanity cascade: median rho over seeds (signed/|map|) after randomising the "
+           "layers from the top down; the last step (every parameter) decides pass/fail",
+           f"{'step: + layer':<32}" + "".join(f"{m:>{width}}" for m, _ in casc)]
+    for i, st in enumerate(casc[0][1]["steps"]):
+        name = "trained (rerun)" if st["randomised"] is None else f"+ {st['randomised']}"
+        label = f"{st['step']}: {name}"
+        label = label if len(label) <= 31 else label[:14] + "…" + label[-16:]
+        out.append(f"{label:<32}" + "".join(
+            f"{c['steps'][i]['median']:>{width - 6}.2f}/{c['steps'][i]['abs_median']:<5.2f}"
+            for _, c in casc))
+    return out
 
 
 def _ties(row: dict) -> str:
@@ -163,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
                                             seed=args.seed, model_free=model_free,
                                             sanity_seeds=args.sanity or 1, labels=labels,
                                             sanity_labels=args.sanity_labels,
-                                            label_epochs=args.label_epochs),
+                                            label_epochs=args.label_epochs,
+                                            sanity_mode=args.sanity_mode),
                            quiet=args.quiet)
     text = format_rows(rows, args.format)
     if args.channel_check:
@@ -244,6 +268,12 @@ def register(sub) -> None:
                    help="model-randomisation sanity check over N seeds (every parameter "
                         "re-initialised; median and worst Spearman per method, FAIL when "
                         "|rho| > 0.5 in any seed); adds 'sanity' to --metrics")
+    p.add_argument("--sanity-mode", choices=SANITY_MODES, default="full",
+                   help="full (default): every parameter re-initialised at once per seed; "
+                        "cascade: first layer by layer from the logits down to DCMIX's "
+                        "mixing layer, rho after each step (a table; about as many times "
+                        "the cost as the model has layers), pass/fail on the last step, "
+                        "which is the full randomisation")
     p.add_argument("--sanity-labels", action="store_true",
                    help="also the data-label randomisation check: per seed a randomised "
                         "copy trained --label-epochs epochs on the images with shuffled "

@@ -24,7 +24,16 @@ from .metrics import (
     trained_perturbations,
 )
 from .model_free import MODEL_FREE, model_free_maps
-from .sanity import label_randomised_model, per_seed_rho, summarise
+from .sanity import (
+    SANITY_MODES,
+    cascade_models,
+    label_randomised_model,
+    layer_name,
+    parameter_layers,
+    per_seed_rho,
+    summarise,
+    summarise_cascade,
+)
 
 EvalOutput = tuple[list[dict], dict[str, AttributionResult]]
 MASK_METRICS = ("pointing_game", "relevance_mass")
@@ -124,37 +133,63 @@ def verdict(metric: str, method_scores: np.ndarray,
     return ("win" if better and all(better) else "tie"), paired
 
 
-def _sanity(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarray,
-            targets: np.ndarray, method: str, params: dict, device: str, batch_size: int,
-            seed: int, n_seeds: int, label_models: list[tuple[torch.nn.Module, float]]
-            ) -> Generator[Progress, None, dict]:
+def sanity_check(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarray,
+                 targets: np.ndarray, method: str, params: dict, device: str,
+                 batch_size: int, seed: int, n_seeds: int,
+                 label_models: list[tuple[torch.nn.Module, float]], mode: str = "full"
+                 ) -> Generator[Progress, None, dict]:
     """The sanity summary of one method (``rows_maps``: its maps of the trained model):
-    ``model`` randomised with seeds ``seed`` … ``seed + n_seeds − 1``, and the
+    ``model`` randomised with seeds ``seed`` … ``seed + n_seeds − 1`` (``mode``
+    ``"full"``: every parameter at once; ``"cascade"``: layer by layer from the top,
+    :func:`.sanity.cascade_models`, whose last step is the full randomisation), and the
     label-randomised copies ``label_models`` (model, accuracy on the shuffled labels),
     if any."""
+    if mode not in SANITY_MODES:
+        raise InputError(f"unknown sanity mode {mode!r}; choose from {list(SANITY_MODES)}")
+
+    def maps_of(net: torch.nn.Module) -> Generator[Progress, None, np.ndarray]:
+        if method in MODEL_FREE:
+            return rows_maps   # the map ignores the model: it survives by construction
+        res = yield from explain(net, images, targets, method=method, device=device,
+                                 batch_size=batch_size, **params)
+        return res.maps
+
     def rhos(nets) -> Generator[Progress, None, tuple[list[float], list[float]]]:
         """Signed and absolute rank correlations of the maps under each of ``nets``."""
         signed, absolute = [], []
         for net in nets:
-            if method in MODEL_FREE:
-                rmaps = rows_maps   # the map ignores the model: it survives by construction
-            else:
-                res = yield from explain(net, images, targets, method=method, device=device,
-                                         batch_size=batch_size, **params)
-                rmaps = res.maps
-            a, b = per_seed_rho(rows_maps, rmaps)
+            a, b = per_seed_rho(rows_maps, (yield from maps_of(net)))
             signed.append(a)
             absolute.append(b)
         return signed, absolute
 
     seeds = [seed + k for k in range(n_seeds)]
-    signed, absolute = yield from rhos(randomize_model(model, seed=s) for s in seeds)
-    out = {"model": summarise(signed, absolute, seeds)}
+    if mode == "full":
+        signed, absolute = yield from rhos(randomize_model(model, seed=s) for s in seeds)
+        out = {"model": summarise(signed, absolute, seeds), "mode": "full"}
+    else:
+        example = torch.as_tensor(np.asarray(images[:1], np.float32))
+        per_step_s: list[list[float]] = []
+        per_step_a: list[list[float]] = []
+        names = [layer_name(layer) for layer in reversed(parameter_layers(model, example))]
+        for s in seeds:
+            signed, absolute = yield from rhos(net for _, net in
+                                               cascade_models(model, example, seed=s))
+            per_step_s.append(signed)
+            per_step_a.append(absolute)
+        ref = yield from rhos([model])      # step 0: the trained model explained again
+        cascade = summarise_cascade(names, [list(v) for v in zip(*per_step_s, strict=True)],
+                                    [list(v) for v in zip(*per_step_a, strict=True)], seeds,
+                                    (ref[0][0], ref[1][0]))
+        # the cascade's last step is the full randomisation: the pass/fail rule applies there
+        out = {"model": summarise([v[-1] for v in per_step_s], [v[-1] for v in per_step_a],
+                                  seeds), "mode": "cascade", "cascade": cascade}
     if label_models:
         signed, absolute = yield from rhos(net for net, _ in label_models)
         out["labels"] = summarise(signed, absolute, seeds[:len(label_models)])
         out["labels"]["shuffled_label_accuracy"] = [acc for _, acc in label_models]
-    out["failing"] = any(v["failing"] for v in out.values() if isinstance(v, dict))
+    out["failing"] = any(v["failing"] for k, v in out.items()
+                         if k in ("model", "labels"))
     return out
 
 
@@ -167,7 +202,8 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
                      n_steps: int = 50, seed: int = 0,
                      model_free: Sequence[str] | None = MODEL_FREE,
                      sanity_seeds: int = 1, labels: np.ndarray | None = None,
-                     sanity_labels: bool = False, label_epochs: int = 30
+                     sanity_labels: bool = False, label_epochs: int = 30,
+                     sanity_mode: str = "full"
                      ) -> Generator[Progress, None, EvalOutput]:
     """Run every method on ``images`` and score it with every metric, beside the
     model-free baselines (:mod:`.model_free`) scored the same way.
@@ -191,7 +227,10 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
     ``label_epochs`` epochs on ``labels`` shuffled (:mod:`.sanity`). The row gets
     ``sanity`` (the full summary), ``sanity_spearman`` / ``sanity_worst`` (median and
     worst ρ, signed maps), ``sanity_abs_median`` / ``sanity_abs_worst`` (absolute
-    maps) and ``sanity_failing``.
+    maps) and ``sanity_failing``. ``sanity_mode="cascade"`` randomises each seed's model
+    layer by layer from the top first (:func:`.sanity.cascade_models`; ρ after every
+    step under ``sanity["cascade"]``); its last step is the full randomisation, on which
+    the pass/fail rule stays (``"full"``: that step alone).
     """
     bad = [m for m in methods if m not in available_methods()]
     if bad:
@@ -208,6 +247,9 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
     if masks is not None and np.asarray(masks).shape != (images.shape[0], *images.shape[-2:]):
         raise InputError(f"masks of shape {np.asarray(masks).shape} do not fit images of "
                          f"shape {images.shape}")
+    if sanity_mode not in SANITY_MODES:
+        raise InputError(f"unknown sanity mode {sanity_mode!r}; choose from "
+                         f"{list(SANITY_MODES)}")
     if int(sanity_seeds) < 1:
         raise InputError(f"sanity needs at least one seed; got {sanity_seeds}")
     if sanity_labels and labels is None:
@@ -285,9 +327,11 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
             if not sanity_ok:
                 row["sanity_spearman"] = None
             else:
-                yield Progress(k, total, f"{name}: sanity ({sanity_seeds} seed(s))")
-                san = yield from _sanity(maps, model, images, tg, name, params, device,
-                                         batch_size, seed, int(sanity_seeds), label_models)
+                yield Progress(k, total, f"{name}: sanity ({sanity_mode}, {sanity_seeds} "
+                                         "seed(s))")
+                san = yield from sanity_check(maps, model, images, tg, name, params, device,
+                                         batch_size, seed, int(sanity_seeds), label_models,
+                                         sanity_mode)
                 row["sanity"] = san
                 m = san["model"]
                 row.update({"sanity_spearman": m["median"], "sanity_worst": m["worst"],
