@@ -23,8 +23,10 @@ import torch
 #: a forward-only pass, as a share of a forward and backward pass
 FORWARD_SHARE = 1.0 / 3.0
 #: a forward-only pass run among many in one batch, as a share of a single forward and
-#: backward pass (batching amortises the per-call cost on a CPU)
-BATCHED_SHARE = 1.0 / 10.0
+#: backward pass: measured 0.37 (forward-only PCIM), 0.54 (RISE) and 0.66 (occlusion) on
+#: 2 x 64 px crops of the default DCMIX model, one CPU thread
+#: (``benchmarks/method_speed.py``, 2026-12-06; 1/10 had hinted 5-7x too little)
+BATCHED_SHARE = 0.5
 #: forward passes of the evidence check (2 deletion fractions x (1 + 6 random), + 1)
 EVIDENCE_FORWARDS = 15
 #: forward passes of deletion and insertion curves (2 modes x 21 steps)
