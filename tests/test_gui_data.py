@@ -125,28 +125,6 @@ def test_crop_browsing_and_control_jumps(make_napari_viewer, errors):
     assert errors == []
 
 
-def test_docks_fit_a_small_screen(make_napari_viewer, qtbot):
-    """All four docks tabified in a 1280x800 window: nothing grows the window."""
-    from napari_attribution._qt import (
-        AttributionWidget,
-        ExportWidget,
-        ImportanceWidget,
-        TrainWidget,
-    )
-
-    viewer = make_napari_viewer(show=True)
-    win = viewer.window._qt_window
-    win.resize(1280, 800)
-    for cls, name in ((TrainWidget, "Train"), (ImportanceWidget, "Channel importance"),
-                      (AttributionWidget, "Pixel attribution"), (ExportWidget, "Export")):
-        w = cls(viewer)
-        viewer.window.add_dock_widget(w, name=name, area="right", tabify=True)
-        assert w.scroll.widget() is not None  # content scrolls
-        assert w.sizeHint().height() <= 600
-    qtbot.wait(50)
-    assert win.height() <= 800 and win.width() <= 1280
-
-
 def test_per_object_labels_from_points(make_napari_viewer, errors):
     from napari_attribution._qt import TrainWidget
 

@@ -8,21 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from qt_blocker import block_gui_imports
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-SCRIPT = textwrap.dedent("""
-    import importlib.abc, sys
-
-    BLOCKED = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui",
-               "superqt", "vispy", "npe2", "app_model")
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked (headless install)")
-            return None
-
-    sys.meta_path.insert(0, Block())
+SCRIPT = block_gui_imports("headless install") + textwrap.dedent("""
     import numpy as np
     import napari_attribution as na
     import napari_attribution.batch as batch
