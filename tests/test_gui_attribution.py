@@ -444,3 +444,24 @@ def test_cost_hint_curves_default_signed_maps_and_well_names(make_napari_viewer,
     (pcim,) = w.last_layers
     assert pcim.colormap.name != SIGNED_CMAP and pcim.contrast_limits[0] == 0.0
     assert not w.colour_bar.signed and "bright: evidence for" in w.colour_bar.legend
+
+
+def test_sample_opened_in_napari_gets_the_command_lines_study_verdict(make_napari_viewer):
+    """File > Open Sample > Cell phenotype, all images labelled from the layer metadata:
+    the Train widget's dataset is judged like `train --sample cells` (its images are
+    independent generated cells), not cautioned for missing wells."""
+    from napari_attribution._qt import TrainWidget
+    from napari_attribution._sample_data import cell_phenotype_sample
+    from napari_attribution.core.data.synthetic import make_cell_phenotype
+    from napari_attribution.core.study.design import check_study_design
+
+    viewer = make_napari_viewer()
+    for data, kw, kind in cell_phenotype_sample():
+        if kind == "image":
+            viewer.add_image(data, **kw)
+    w = TrainWidget(viewer)
+    w.picker.refresh()
+    data, _ = w.dataset()
+    codes = {f.code for f in check_study_design(data).findings}
+    cli = {f.code for f in check_study_design(make_cell_phenotype(400, 32, seed=0)).findings}
+    assert "design-no-groups" not in codes and codes == cli

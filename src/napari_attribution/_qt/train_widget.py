@@ -403,6 +403,10 @@ class TrainWidget(DockWidget):
         meta = {k: sel.metadata[k] for k in ("source", "crop_size") if k in sel.metadata
                 and isinstance(sel.metadata[k], (str, int))}
         meta["downsample"] = sel.downsample
+        if isinstance(sel.metadata.get("sample"), str):
+            # a built-in sample (File > Open Sample): independent generated images, as
+            # the command line's --sample says, so the study check judges it the same way
+            meta["kind"] = sel.metadata["sample"]
         return ImageSet(images=sel.images[idx], labels=np.array([labels[i] for i in idx]),
                         channel_names=names, class_names=self.classes(), groups=groups,
                         metadata=meta), sel
