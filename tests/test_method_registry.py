@@ -50,7 +50,7 @@ def _grad_x_input(model, x, targets, per_channel, cfg: GradXInputConfig) -> torc
 
 METHOD = AttributionMethod(
     NAME, single_pass(_grad_x_input), GradXInputConfig, "gradient x input (a test method)",
-    needs_gradients=True, passes=lambda cfg, c, h, w: 1, signed=True)
+    needs_gradients=True, passes=lambda cfg, c, h, w, per_channel: 1, signed=True)
 
 
 @pytest.fixture

@@ -47,15 +47,11 @@ def method_passes(method: str, params: Mapping[str, Any] | None = None,
     :data:`BATCHED_SHARE`). ``size`` (H, W; default 64 x 64) matters for occlusion and
     forward-only PCIM; ``per_channel`` occlusion runs each window per channel. At least
     1; ``auto`` counts as PCIM (its choice where gradients work)."""
-    from .methods import registered_methods
-    from .registry import get_method
+    from .methods import get_method
 
-    name = "pcim" if method == "auto" else method
-    spec = registered_methods().get(name) or get_method(name)   # unknown: InputError
+    spec = get_method("pcim" if method == "auto" else method)   # unknown: InputError
     h, w = size or (64, 64)
-    evaluations = spec.cost(dict(params or {}), int(channels), int(h), int(w))
-    if name == "occlusion" and per_channel:
-        evaluations = (evaluations - 1) * int(channels) + 1
+    evaluations = spec.cost(dict(params or {}), int(channels), int(h), int(w), per_channel)
     passes = evaluations if spec.needs_gradients else _forward(evaluations, batched=True)
     return max(1, math.ceil(passes))
 

@@ -4,8 +4,9 @@ built-ins).
 
 A new method is a module with its batch generator and its :class:`.MethodConfig` plus one
 registration here (or in the user's own code, or through an entry point: see
-:mod:`.registry`). Pass counts are model evaluations per image (the cost hint the
-widgets turn into seconds); ``trained_on`` lists the fidelity games a method optimises.
+:mod:`.registry`). Pass counts, ``passes(config, C, H, W, per_channel)``, are model
+evaluations per image (the cost hint the widgets turn into seconds); ``trained_on`` lists
+the fidelity games a method optimises.
 """
 
 from __future__ import annotations
@@ -50,44 +51,43 @@ BUILT_IN = (
     AttributionMethod(
         "pcim", _pcim, PCIMConfig,
         "PCIM: learned blending of pixel-channels against the frozen model (gradients)",
-        needs_gradients=True, passes=lambda cfg, c, h, w: cfg.steps,
+        needs_gradients=True, passes=lambda cfg, c, h, w, pc: cfg.steps,
         trained_on=_pcim_games, signed=True, whole_field=True),
     AttributionMethod(
         "pcim_blackbox", _pcim_blackbox, BlackboxPCIMConfig,
         "forward-only PCIM: the blending estimated from forward passes (any model)",
-        needs_gradients=False, passes=lambda cfg, c, h, w: cfg.forward_passes(h, w),
+        needs_gradients=False, passes=lambda cfg, c, h, w, pc: cfg.forward_passes(h, w),
         trained_on=_pcim_games, warnings=_coarse_grid, signed=True),
     AttributionMethod(
         "saliency", baselines.saliency, baselines.SaliencyConfig,
         "saliency: absolute input gradient (Captum)",
-        needs_gradients=True, passes=lambda cfg, c, h, w: 1),
+        needs_gradients=True, passes=lambda cfg, c, h, w, pc: 1),
     AttributionMethod(
         "integrated_gradients", baselines.integrated_gradients,
         baselines.IntegratedGradientsConfig,
         "integrated gradients from a constant or blurred baseline (Captum)",
-        needs_gradients=True, passes=lambda cfg, c, h, w: cfg.n_steps, signed=True),
+        needs_gradients=True, passes=lambda cfg, c, h, w, pc: cfg.n_steps, signed=True),
     AttributionMethod(
         "integrated_gradients_blur", baselines.integrated_gradients_blur,
         baselines.IntegratedGradientsBlurConfig,
         "integrated gradients from the blurred image (Captum)",
-        needs_gradients=True, passes=lambda cfg, c, h, w: cfg.n_steps, signed=True),
+        needs_gradients=True, passes=lambda cfg, c, h, w, pc: cfg.n_steps, signed=True),
     AttributionMethod(
         "occlusion", baselines.occlusion, baselines.OcclusionConfig,
         "occlusion: probability change as a window slides over the image (Captum)",
-        needs_gradients=False, passes=lambda cfg, c, h, w: baselines.occlusion_passes(
-            cfg, c, h, w), signed=True),
+        needs_gradients=False, passes=baselines.occlusion_passes, signed=True),
     AttributionMethod(
         "gradcam", baselines.gradcam, baselines.GradCAMConfig,
         "Grad-CAM on the last convolution (Captum); one map per image",
-        needs_gradients=True, passes=lambda cfg, c, h, w: 1, per_channel=False),
+        needs_gradients=True, passes=lambda cfg, c, h, w, pc: 1, per_channel=False),
     AttributionMethod(
         "rise", baselines.rise, baselines.RISEConfig,
         "RISE: random masks weighted by the target probability (forward passes)",
-        needs_gradients=False, passes=lambda cfg, c, h, w: cfg.n_masks),
+        needs_gradients=False, passes=lambda cfg, c, h, w, pc: cfg.n_masks),
     AttributionMethod(
         "extremal_mask", baselines.extremal_mask, baselines.ExtremalMaskConfig,
         "extremal mask: a smooth keep/delete mask of a target area (gradients)",
-        needs_gradients=True, passes=lambda cfg, c, h, w: 2 * cfg.steps),
+        needs_gradients=True, passes=lambda cfg, c, h, w, pc: 2 * cfg.steps),
 )
 
 for _method in BUILT_IN:

@@ -45,9 +45,10 @@ class AttributionMethod:
     #: the maps depend on the model's gradients (checked: flat maps of a model without
     #: usable gradients stop with an error naming the forward-only method)
     needs_gradients: bool
-    #: model evaluations per image of C x H x W for these settings (a cost hint; with
-    #: ``needs_gradients`` each includes a backward pass)
-    passes: Callable[[Any, int, int, int], int]
+    #: ``passes(config, C, H, W, per_channel)``: model evaluations per image of C x H x W
+    #: for these settings (a cost hint; with ``needs_gradients`` each includes a backward
+    #: pass)
+    passes: Callable[[Any, int, int, int, bool], int]
     #: the fidelity games it optimises, as (kind, substrate, blur sigma) for
     #: ``evaluation.metrics.trained_perturbations`` (scores on them are not independent)
     trained_on: Callable[[Any], list[tuple[str, str, float]]] | None = None
@@ -70,9 +71,11 @@ class AttributionMethod:
         """Every parameter the method will use: its defaults overlaid with ``params``."""
         return self.make_config(params).to_dict()
 
-    def cost(self, params: dict | None, channels: int, height: int, width: int) -> int:
+    def cost(self, params: dict | None, channels: int, height: int, width: int,
+             per_channel: bool = False) -> int:
         """Model evaluations per image (see :attr:`passes`)."""
-        return int(self.passes(self.make_config(params), channels, height, width))
+        return int(self.passes(self.make_config(params), channels, height, width,
+                               per_channel))
 
     def perturbations(self, params: dict | None = None) -> list[tuple[str, str, float]]:
         """The games it plays with ``params`` (keys that are not settings, such as a
