@@ -137,12 +137,12 @@ class MethodSettings(QWidget):
         """The settings that differ from the method's defaults."""
         out = {}
         for key, (_, get) in self.editors.items():
-            value = get()
-            default = self._defaults[key]
-            if isinstance(value, float) and isinstance(default, (int, float)) \
-                    and default is not None and abs(value - float(default)) < 1e-9:
-                continue
-            if value != default:
+            value, default = get(), self._defaults[key]
+            if isinstance(value, float) and isinstance(default, (int, float)):
+                same = abs(value - default) < 1e-9   # spin boxes round to their decimals
+            else:
+                same = value == default
+            if not same:
                 out[key] = value
         return out
 
