@@ -70,6 +70,26 @@ class TickRecorder:
         return lateness_stats(self.late[1:])
 
 
+def gui_machine() -> dict:
+    """The machine block of the GUI benchmarks' JSON: platform, CPUs, torch threads and
+    version, napari version, load average now."""
+    import napari
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "napari": napari.__version__,
+            "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def write_result(path: Path | None, result: dict) -> None:
+    """Write ``result`` as JSON to ``path`` (nothing when None)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        print(f"written {path}")
+
+
 def lateness_stats(late: list[float]) -> dict:
     """Percentiles of the timer's lateness and the ticks later than a stall."""
     arr = np.asarray(late or [0.0])
@@ -174,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 3)
 
     import napari
-    import torch
     from qtpy.QtCore import QSettings
 
     from napari_attribution._qt import AttributionWidget, TrainWidget
@@ -273,16 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"train_images": n_images, "size": args.size, "epochs": epochs,
                   "pcim_images": n_pcim, "pcim_steps": args.pcim_steps,
                   "device": args.device, "quick": args.quick},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "napari": napari.__version__,
-                    "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
-        "date": time.strftime("%Y-%m-%d"),
+        "machine": gui_machine(), "date": time.strftime("%Y-%m-%d"),
     }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"written {args.json}")
+    write_result(args.json, result)
     viewer.close()
     return 0 if ok else 1
 

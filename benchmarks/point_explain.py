@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gui_latency import gui_machine, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PLATE = REPO.parent / "shared" / "data" / "bbbc013"
@@ -126,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         train_bundle(model)
 
     import napari
-    import torch
     from skimage.segmentation import expand_labels
 
     from napari_attribution._qt._common import session_for
@@ -289,16 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                   "scope": args.scope,
                   "crop": rows[0] and widget.last["res"].crop,
                   "shrink": widget.last["res"].factor if widget.last else None},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "napari": napari.__version__,
-                    "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": gui_machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"written {args.json}")
+    write_result(args.json, result)
     viewer.close()
     return 0
 
