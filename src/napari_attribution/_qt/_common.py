@@ -114,6 +114,8 @@ class DockWidget(QWidget):
         outer.addWidget(self.status)
         # a new model: no earlier run's message stays (widgets' own handlers run after)
         self.session.model_changed.connect(self._clear_status)
+        #: the channel layers ticked at the last input change (see :meth:`_input_changed`)
+        self._input_key: tuple | None = None
 
     def finish_layout(self) -> None:
         self.body.addStretch(1)
@@ -150,6 +152,16 @@ class DockWidget(QWidget):
                 dock.raise_()
                 return True
         return False
+
+    def _input_changed(self) -> None:
+        """Other layers ticked in the widget's channel picker (``self.picker``): the
+        last run's messages go (the widget's ``_clear_messages``), at once, so that a
+        result arriving later for the earlier input stays."""
+        key = tuple(self.picker.checked_names())
+        if key != self._input_key:
+            if self._input_key is not None:
+                self._clear_messages()
+            self._input_key = key
 
     def _clear_status(self, *_: Any) -> None:
         try:

@@ -54,3 +54,21 @@ def findings_line(session: Any) -> tuple[str, str]:
     text = (f"study findings: <b style='color:{COLOURS[v]}'>{html.escape(head)}</b>"
             + (f" ({counts}{detail})" if counts else "") + " <small>(hover for details)</small>")
     return text, "\n".join(summary_lines(found))
+
+
+def findings_label() -> Any:
+    """A hidden word-wrapped label for :func:`show_findings`."""
+    from qtpy.QtWidgets import QLabel
+
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setVisible(False)
+    return label
+
+
+def show_findings(label: Any, session: Any) -> None:
+    """Put the session model's :func:`findings_line` on ``label`` (hidden when empty)."""
+    text, tip = findings_line(session)
+    label.setText(text)
+    label.setToolTip(tip)
+    label.setVisible(bool(text))

@@ -27,6 +27,7 @@ from ..core.runtime.errors import InputError
 from ..core.runtime.progress import Progress
 from ._common import DockWidget, PlotCanvas, Settings, device_choices
 from ._cost import CostHint
+from ._findings import findings_label
 from ._layers import ChannelPicker, Selection
 from ._results import (
     KIND,
@@ -82,9 +83,7 @@ class AttributionWidget(DockWidget):
 
         self.model_label = QLabel("no model: train or load one in the Train widget")
         self.model_label.setWordWrap(True)
-        self.findings_label = QLabel("")
-        self.findings_label.setWordWrap(True)
-        self.findings_label.setVisible(False)
+        self.findings_label = findings_label()
         self.picker = ChannelPicker(napari_viewer)
         self.scope = QComboBox()
         self.scope.addItems(list(SCOPES))
@@ -110,7 +109,6 @@ class AttributionWidget(DockWidget):
                                "for fields larger than the model's input (on for crops)")
         self.cost = CostHint()
         self._tiled: bool | None = None   # whether the input was a tiled field
-        self._input_key: tuple | None = None
         self.evidence = QCheckBox("check that maps localise evidence")
         self.evidence.setChecked(True)
         self.evidence.setToolTip("Deletes each map's top pixels and random ones and warns "
@@ -204,16 +202,13 @@ class AttributionWidget(DockWidget):
     # -- model and inputs ------------------------------------------------------------------
 
     def _on_model(self, _bundle: object = None) -> None:
-        from ._findings import findings_line
+        from ._findings import show_findings
 
         bundle = self.session.bundle
         self.target.clear()
         self.target.addItem(PREDICTED, None)
         self._clear_messages()
-        text, tip = findings_line(self.session)
-        self.findings_label.setText(text)
-        self.findings_label.setToolTip(tip)
-        self.findings_label.setVisible(bool(text))
+        show_findings(self.findings_label, self.session)
         if bundle is None:
             self.model_label.setText("no model: train or load one in the Train widget")
             self.update_cost()
@@ -231,15 +226,6 @@ class AttributionWidget(DockWidget):
                                  f"{', '.join(bundle.class_names)}; trained on "
                                  f"{scale.describe()}")
         self.update_cost()   # now, so that the curves' default is set before any click
-
-    def _input_changed(self) -> None:
-        """Other layers ticked: the last run's messages go (at once, so that a result
-        arriving later for the earlier input stays)."""
-        key = tuple(self.picker.checked_names())
-        if key != self._input_key:
-            if self._input_key is not None:
-                self._clear_messages()
-            self._input_key = key
 
     def _on_layers(self, event: Any = None) -> None:
         if self.picker.layers() or self._input_key:

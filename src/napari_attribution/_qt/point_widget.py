@@ -33,6 +33,7 @@ from ..core.runtime.errors import InputError
 from ..core.runtime.progress import Progress
 from ._common import DockWidget, Settings
 from ._cost import CostHint
+from ._findings import findings_label
 from ._layers import ChannelPicker, Selection
 from ._results import KIND, ColourBar, evidence_colormap, legend_text, run_contrast
 from ._runner import TaskRunner, _drive, leave_a_core, notify_error
@@ -76,9 +77,7 @@ class PointExplainWidget(DockWidget):
         self.settings = Settings("point")
         self.model_label = QLabel("no model: train or load one in the Train widget")
         self.model_label.setWordWrap(True)
-        self.findings_label = QLabel("")
-        self.findings_label.setWordWrap(True)
-        self.findings_label.setVisible(False)
+        self.findings_label = findings_label()
         self.picker = ChannelPicker(napari_viewer)
         self.labels_box = QComboBox()
         self.labels_box.setToolTip("A Labels layer (nuclei or cells): a click snaps to the "
@@ -117,7 +116,6 @@ class PointExplainWidget(DockWidget):
         self.cost = CostHint()
         self.colour_bar = ColourBar()
         self.colour_bar.setToolTip("Colour scale of the map of the clicked cell")
-        self._input_key: tuple | None = None
         self.table_btn = QPushButton("Explain every cell")
         self.table_btn.setToolTip("Segment the field's nuclei (or use the Labels layer), "
                                   "predict and explain every object, write the results "
@@ -196,16 +194,13 @@ class PointExplainWidget(DockWidget):
     # -- model and layers --------------------------------------------------------------
 
     def _on_model(self, _bundle: object = None) -> None:
-        from ._findings import findings_line
+        from ._findings import show_findings
         from .attribution_widget import AttributionWidget
 
         bundle = self.session.bundle
         self._cache = None
         self._clear_messages()
-        text, tip = findings_line(self.session)
-        self.findings_label.setText(text)
-        self.findings_label.setToolTip(tip)
-        self.findings_label.setVisible(bool(text))
+        show_findings(self.findings_label, self.session)
         if bundle is None:
             self.model_label.setText("no model: train or load one in the Train widget")
             self.cost.clear_estimate()
@@ -233,13 +228,6 @@ class PointExplainWidget(DockWidget):
         self.say("")
         self.result.setText("click a cell in the image")
         self.colour_bar.clear()
-
-    def _input_changed(self) -> None:
-        key = tuple(self.picker.checked_names())
-        if key != self._input_key:
-            if self._input_key is not None:
-                self._clear_messages()
-            self._input_key = key
 
     def update_cost(self) -> None:
         """Expected time of a click: the PCIM steps, the channel evidence and the
