@@ -106,6 +106,26 @@ def load_field(plate: Path, well: str) -> np.ndarray:
     return np.stack([tifffile.imread(plate / f"Channel{c}-{well}.tif") for c in (1, 2)])
 
 
+def crop_channel_cost(clf, prep, labels: np.ndarray, centres: np.ndarray, steps: int,
+                      repeats: int = 2) -> dict:
+    """Seconds of ``explain_point`` (cell scope, one thread, as the dock runs it) with
+    and without the whole crop's channel occlusion, alternating per cell (pairs)."""
+    from napari_attribution.core.attribution.point import explain_point
+    from napari_attribution.core.runtime.progress import run_generator
+
+    t: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(repeats):
+        for c in centres:
+            for flag in ((True, False) if r % 2 == 0 else (False, True)):
+                res = run_generator(explain_point(clf, prep, c, labels, steps=steps,
+                                                  crop_channels=flag))
+                t[flag].append(res.seconds)
+    diff = np.array(t[True]) - np.array(t[False])
+    return {"pairs": len(diff), "median_with_s": round(float(np.median(t[True])), 4),
+            "median_without_s": round(float(np.median(t[False])), 4),
+            "median_paired_extra_s": round(float(np.median(diff)), 4)}
+
+
 def _channel_medians(rows: list[dict], key: str) -> dict | None:
     """Median per channel of ``row[key]`` (a channel -> value dict) over the rows that
     have it; None when none has."""
@@ -129,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                         "crop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-table", action="store_true", help="skip the full-field table")
+    p.add_argument("--channel-cost", action="store_true",
+                   help="also time the core call (cell scope) on the clicked nuclei with "
+                        "and without the whole crop's channel occlusion, interleaved")
     p.add_argument("--screenshot", type=Path, default=None,
                    help="save a window screenshot after the clicks (PNG)")
     p.add_argument("--table-screenshot", type=Path, default=None,
@@ -291,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
           f" nucleus {summary['median_inside_nucleus']:.3f}, cell "
           f"{summary['median_inside_cell']:.3f}", flush=True)
 
+    channel_cost = None
+    if args.channel_cost and widget.last is not None:
+        channel_cost = crop_channel_cost(clf, widget.last["prep"], labels,
+                                         centres[pick[1:]], widget.steps.value())
+        print("whole-crop channel evidence cost:", json.dumps(channel_cost), flush=True)
+
     table = None
     if not args.no_table:
         t0 = time.perf_counter()
@@ -335,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "point_explain", "targets": TARGETS, "summary": summary,
         "all_pass": bool(summary["pass_p95"] and summary["pass_inside"]),
-        "table": table, "clicks": rows,
+        "table": table, "crop_channel_cost": channel_cost, "clicks": rows,
         "setup": {"model": str(model), "well": args.well, "steps": widget.steps.value(),
                   "channel_evidence": widget.channel_mode.currentText(),
                   "evidence_check": widget.evidence.isChecked(), "seed": args.seed,
