@@ -46,9 +46,15 @@ from .object_table import BY_LABEL, BY_PREDICTION, ObjectTableView, colour_label
 NO_LABELS = "none: centre on the click"
 POINT, PINNED, BOX = "point", "point_pinned", "point_box"
 CONTOUR = "point_contour"
-#: forward passes of the point's evidence check (2 fractions x (1 + 4 random))
-POINT_EVIDENCE_FORWARDS = 10
 DRAG_PX = 4  # a press and release further apart than this (screen pixels) is a drag
+
+
+def evidence_forwards() -> int:
+    """Forward passes of the point's evidence check (fractions x (1 + null deletions))."""
+    from ..core.attribution.evidence import EvidenceConfig
+
+    cfg = EvidenceConfig()
+    return len(cfg.fractions) * (1 + cfg.n_random)
 
 
 def warm_up(bundle) -> Generator[Progress, None, None]:
@@ -114,8 +120,11 @@ class PointExplainWidget(DockWidget):
                               "The class probabilities are the crop's in both.")
         self.evidence = QCheckBox("evidence check")
         self.evidence.setToolTip("Check that the map localises evidence: deleting its top "
-                                 "pixels must lower the class probability more than "
-                                 "deleting random ones (10 forward passes)")
+                                 "pixels must lower the class log-odds more than deleting "
+                                 "other pixels (from the clicked cell: random pixels of "
+                                 "the same cell; from the whole crop: the same mask "
+                                 f"moved elsewhere in the crop; {evidence_forwards()} "
+                                 "forward passes)")
         self.evidence.setChecked(True)
         self.pin_btn = QPushButton("Pin")
         self.pin_btn.setToolTip("Keep the current result layers; the next click makes new "
@@ -260,7 +269,7 @@ class PointExplainWidget(DockWidget):
         occlusion = self.channel_mode.currentText() == "occlusion"
         twice = occlusion and self.scope.currentData() == "cell"
         forwards = (c + 1 if occlusion else 0) * (2 if twice else 1) + (
-            POINT_EVIDENCE_FORWARDS if self.evidence.isChecked() else 0)
+            evidence_forwards() if self.evidence.isChecked() else 0)
         passes = method_passes("pcim", {"steps": self.steps.value()}) + int(
             np.ceil(forwards * FORWARD_SHARE))
         self.cost.estimate(bundle, "cpu", (c, side, side), passes, 1, "crops")
