@@ -85,6 +85,24 @@ def test_a_click_puts_the_map_on_the_clicked_cell_and_a_second_click_replaces_it
     assert "on" in layers[0].name
     assert lab[_map_peak_in_field(layers[0])] == 2
     assert "<b>on" in w.result.text() and "spot" in w.result.text()
+    # the default: evidence from the clicked cell; the probabilities are the crop's
+    res = w.last["res"]
+    assert w.scope.currentData() == "cell" and res.scope == "cell"
+    from napari_attribution.core.attribution.point import cell_regions
+
+    prep, (y0, x0), s = w.last["prep"], res.origins[0], res.crop
+    full = np.asarray(layers[0].data).reshape(prep.x.shape[-2:])
+    region = cell_regions(lab, [2], prep, res.origins)[0] > 0
+    inner = full[y0:y0 + s, x0:x0 + s]
+    assert (inner != 0).any() and (inner[~region] == 0).all()   # nothing off cell 2's cell
+    assert np.count_nonzero(full) == np.count_nonzero(inner)
+    text = w.result.text()
+    assert "evidence from the clicked cell" in text
+    assert "prediction for the 32 px crop around it (the model's input, shrunk 2x)" in text
+    assert "<th>this cell</th><th>whole crop</th>" in text and "does not mean" in text
+    assert res.crop_channel_evidence is not None
+    prov = layers[0].metadata["napari_attribution"]["provenance"]
+    assert prov["scope"] == "cell" and set(prov["crop_channel_evidence"]) == {"spot", "noise"}
     (outline,) = _point_layers(viewer, "point_contour")
     edge = np.asarray(outline.data).reshape(lab.shape).astype(bool)
     assert edge.any() and set(np.unique(lab[edge])) == {2}   # on cell 2's own pixels
@@ -104,13 +122,22 @@ def test_a_click_puts_the_map_on_the_clicked_cell_and_a_second_click_replaces_it
     assert len(layers) == 1 and len(viewer.layers) == n_layers + 3
     assert "cell 1" in layers[0].name
     assert lab[_map_peak_in_field(layers[0])] == 1
+    # the whole crop, one choice away: same layer, the crop's numbers
+    w.scope.setCurrentIndex(w.scope.findData("crop"))
+    click(viewer, qtbot, _world((14, 16)))
+    qtbot.waitUntil(lambda: len(w.timings) == 3, timeout=30000)
+    assert w.last["res"].scope == "crop" and len(_point_layers(viewer)) == 1
+    assert "evidence from the whole crop (the model's input" in w.result.text()
+    assert "whole crop</th>" in w.result.text() and "this cell" not in w.result.text()
+    assert lab[_map_peak_in_field(_point_layers(viewer)[0])] == 1
+    w.scope.setCurrentIndex(w.scope.findData("cell"))
     edge = np.asarray(outline.data).reshape(lab.shape).astype(bool)
     assert set(np.unique(lab[edge])) == {1}
     # pinning keeps the result; the next click adds a new set
     w.pin()
     assert _point_layers(viewer) == [] and len(_point_layers(viewer, "point_pinned")) == 1
     click(viewer, qtbot, _world((45, 45)))
-    qtbot.waitUntil(lambda: len(w.timings) == 3, timeout=30000)
+    qtbot.waitUntil(lambda: len(w.timings) == 4, timeout=30000)
     assert len(viewer.layers) == n_layers + 6 and errors == []
     # removing every map restores the channels
     for ly in [ly for ly in viewer.layers if ly.name.startswith(("point", "pinned"))]:
@@ -121,7 +148,7 @@ def test_a_click_puts_the_map_on_the_clicked_cell_and_a_second_click_replaces_it
     viewer.layers["nuclei"].mode = "paint"
     click(viewer, qtbot, _world((14, 16)))
     qtbot.wait(300)
-    assert len(w.timings) == 3 and not w.busy
+    assert len(w.timings) == 4 and not w.busy
 
 
 def test_a_drag_explains_nothing_and_a_newer_click_cancels_an_older_one(
@@ -136,6 +163,8 @@ def test_a_drag_explains_nothing_and_a_newer_click_cancels_an_older_one(
     res, k = w.last["res"], w.last["k"]
     assert w.session.point is res  # the last clicked cell is the session's
     assert res.labels[k] == 0 and res.centres[k].tolist() == [15.0, 15.0]
+    # no Labels layer: the cell is not known, the whole crop is used and the line says so
+    assert res.scope == "crop" and "no label image" in w.result.text()
     # the cancelled run left the model's parameters as they were
     assert all(p.requires_grad for p in w.session.bundle.module.parameters())
     # clicking outside the image explains nothing
@@ -160,9 +189,12 @@ def test_points_layer_and_table_features_and_export(make_napari_viewer, qtbot, e
     assert feats["index"].tolist() == [1, 2]
     assert set(feats["predicted"]) == {"on"}
     assert {"p_on", "p_off", "evidence", "channel_spot", "channel_noise",
-            "inside_share"} <= set(feats.columns)
+            "crop_channel_spot", "crop_channel_noise", "inside_share"} <= set(feats.columns)
     assert (feats["channel_spot"] > feats["channel_noise"]).all()
-    assert w.table.rowCount() == 2
+    assert w.table.rowCount() == 2 and w.table_result.scope == "cell"   # each cell's own
+    headers = [w.table.horizontalHeaderItem(c).text() for c in range(w.table.columnCount())]
+    assert "spot (cell)" in headers and "spot (crop)" in headers
+    assert "evidence from each cell" in w.status.text()
     # colour by prediction: both cells take the colour of class "on"
     w.colour_by.setCurrentText("prediction")
     cmap = viewer.layers["nuclei"].colormap
@@ -181,6 +213,15 @@ def test_points_layer_and_table_features_and_export(make_napari_viewer, qtbot, e
     prov = json.loads(files[1].read_text())
     assert prov["objects"] == 2 and prov["labels_layer"] == "nuclei"
     assert prov["model"]["class_names"] == ["off", "on"] and prov["image"] == "B-02"
+    assert prov["scope"] == "cell" and "crop" in prov["probabilities_of"]
+    # the whole crop for every row, one choice away
+    w.scope.setCurrentIndex(w.scope.findData("crop"))
+    w.explain_all()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    assert w.table_result.scope == "crop" and errors == []
+    assert "crop_channel_spot" not in viewer.layers["nuclei"].features.columns
+    headers = [w.table.horizontalHeaderItem(c).text() for c in range(w.table.columnCount())]
+    assert "spot (crop)" in headers and "spot (cell)" not in headers
 
 
 def test_explain_every_cell_segments_the_field_without_labels(make_napari_viewer, qtbot,

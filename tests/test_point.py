@@ -93,6 +93,7 @@ def test_explain_point_finds_the_clicked_spot_and_places_its_map_on_it():
     prep = prepare_field(clf, field)
     res = run_generator(explain_point(clf, prep, (47.0, 41.0), labels=labels))
     assert res.labels.tolist() == [2]
+    assert res.scope == "cell" and "scope_note" not in res.params   # the default
     assert res.centres[0] == pytest.approx([44.5, 44.5])      # snapped to the centroid
     assert res.class_names[int(res.probabilities[0].argmax())] == "on"
     assert res.evidence_state == ["localised"]
@@ -112,6 +113,11 @@ def test_explain_point_finds_the_clicked_spot_and_places_its_map_on_it():
     free = run_generator(explain_point(clf, prep, (30.0, 30.0), labels=labels))
     assert free.labels.tolist() == [0] and np.isnan(free.inside[0])
     assert free.centres[0].tolist() == [30.0, 30.0]
+    # ... and explained with the whole crop, saying why
+    assert free.scope == "crop" and free.params["scope_note"] == "no object under the click"
+    assert free.crop_channel_evidence is None
+    bare = run_generator(explain_point(clf, prep, (45.0, 45.0), steps=2))
+    assert bare.scope == "crop" and "no label image" in bare.params["scope_note"]
 
 
 def test_pcim_channel_evidence_is_a_share_per_channel():
@@ -133,10 +139,14 @@ def test_explain_labels_gives_one_row_per_object_and_can_be_cancelled():
     prep = prepare_field(clf, field)
     res = run_generator(explain_labels(clf, prep, labels, steps=3))
     assert res.labels.tolist() == [1, 2] and len(res.rows()) == 2
+    assert res.scope == "cell"       # the default: each row's evidence is that cell's
+    assert {"channel_spot", "crop_channel_spot"} <= set(res.rows()[0])
     assert all(r["predicted"] == "on" for r in res.rows())
     assert (res.inside > 0.8).all()
     prov = res.provenance()
     assert prov["objects"] == 2 and prov["channel_evidence"] == "occlusion"
+    assert prov["scope"] == "cell" and "cell's pixels" in prov["channel_evidence_means"]
+    assert "crop" in prov["probabilities_of"] and "crop_channel_evidence_means" in prov
     only = run_generator(explain_labels(clf, prep, labels, ids=[1], steps=3))
     assert only.labels.tolist() == [1]
     with pytest.raises(InputError, match="no objects"):
@@ -199,23 +209,36 @@ def test_cell_scope_keeps_the_evidence_inside_the_clicked_cell():
     field[0, 4:8, 40:44] += 0.8       # a third spot, near B's crop but outside its cell
     clf = _clf()
     prep = prepare_field(clf, field)
-    crop = run_generator(explain_point(clf, prep, (45, 45), labels=labels, steps=3))
-    cell = run_generator(explain_point(clf, prep, (45, 45), labels=labels, steps=3,
-                                       scope="cell"))
+    crop = run_generator(explain_point(clf, prep, (45, 45), labels=labels, steps=3,
+                                       scope="crop"))
+    cell = run_generator(explain_point(clf, prep, (45, 45), labels=labels, steps=3))
     region = cell_regions(labels, [2], prep, cell.origins)[0] > 0
     assert region.any() and not region.all()
     assert (cell.maps[0][~region] == 0).all()
-    assert cell.params["scope"] == "object region" and crop.params["scope"] == "crop"
+    assert cell.scope == "cell" and crop.scope == "crop"
     assert cell.inside[0] > 0.8
+    # the probabilities are the crop's prediction in both scopes
     assert np.allclose(cell.probabilities, crop.probabilities, atol=1e-5)
     assert cell.channel_evidence[0, 0] > 0.3 and abs(cell.channel_evidence[0, 1]) < 0.05
-    assert cell.evidence_state[0] in ("localised", "none")
+    # beside the cell's own channel evidence, the whole crop's (the crop scope's numbers)
+    assert crop.crop_channel_evidence is None
+    assert np.allclose(cell.crop_channel_evidence, crop.channel_evidence, atol=1e-5)
+    assert "crop_channel_spot" in cell.rows()[0] and "crop_channel_spot" not in crop.rows()[0]
+    # the evidence check deleted inside the cell only
+    assert cell.params["evidence_config"]["within"] is True
+    assert "within" not in crop.params["evidence_config"]
+    assert cell.evidence_state[0] in ("localised", "none", "undetermined")
     # the wrapper is the model on the crop itself
     x = torch.from_numpy(prep.x[None, :, :16, :16].copy())
     w = Within(clf.module, x, torch.ones(1, 1, 16, 16) * 0.5)
     assert torch.allclose(w(x), clf.module(x))
     table = run_generator(explain_labels(clf, prep, labels, steps=2, scope="cell"))
     assert table.labels.tolist() == [1, 2] and (table.inside > 0.8).all()
+    whole = run_generator(explain_labels(clf, prep, labels, steps=2, scope="crop"))
+    assert whole.scope == "crop" and whole.crop_channel_evidence is None
+    assert np.allclose(whole.channel_evidence, table.crop_channel_evidence, atol=1e-5)
+    assert run_generator(explain_point(clf, prep, (45, 45), labels=labels, steps=2,
+                                       crop_channels=False)).crop_channel_evidence is None
     with pytest.raises(InputError, match="scope"):
         run_generator(explain_point(clf, prep, (45, 45), scope="well"))
 
@@ -253,3 +276,26 @@ def test_point_options_split_keywords_and_check_them():
         PointOptions.build(channel_evidence="votes")
     with pytest.raises(InputError, match="at least one PCIM step"):
         PointOptions(steps=0)
+
+
+def test_evidence_check_within_a_region_deletes_only_there():
+    """The cell scope's evidence check: fractions of the region's pixels, the map's top
+    pixels inside it against random pixels of the same region."""
+    from napari_attribution.core.attribution.evidence import (
+        EvidenceConfig,
+        deletion_masks,
+    )
+
+    cfg = EvidenceConfig(fractions=(0.1, 0.5), n_random=3)
+    m = np.zeros((2, 8, 8), np.float32)
+    m[0, 2, 2], m[0, 7, 7] = 1.0, 5.0          # the map's peak lies outside the region
+    region = np.zeros((2, 8, 8), bool)
+    region[0, 1:5, 1:5] = True                  # 16 pixels
+    masks = deletion_masks(m, cfg, within=region)
+    assert masks.shape == (2, 4, 2, 64)
+    inside = region[0].ravel()
+    assert not masks[0][..., ~inside].any()     # nothing deleted outside the region
+    assert masks[0, :, 0].sum(-1).tolist() == [2] * 4     # 10 % of 16, rounded
+    assert masks[0, :, 1].sum(-1).tolist() == [8] * 4
+    assert masks[0, 0, 0, 2 * 8 + 2]            # the top pixel of the region first
+    assert masks[1, :, 0].sum(-1).tolist() == [6] * 4     # an empty region: the image

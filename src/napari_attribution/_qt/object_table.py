@@ -23,7 +23,17 @@ def shown_columns(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     keys = list(rows[0])
-    return [k for k in keys if k in SHOWN or k.startswith("channel_")]
+    return [k for k in keys if k in SHOWN or k.startswith(("channel_", "crop_channel_"))]
+
+
+def column_header(key: str, scope: str = "crop") -> str:
+    """A column's header: channel evidence says whose it is (``scope``: the cell's own
+    or the whole crop's), ``crop_channel_*`` is always the whole crop's."""
+    if key.startswith("crop_channel_"):
+        return f"{key.removeprefix('crop_channel_')} (crop)"
+    if key.startswith("channel_"):
+        return f"{key.removeprefix('channel_')} ({'cell' if scope == 'cell' else 'crop'})"
+    return key
 
 
 class ObjectTableView(QTableWidget):
@@ -39,14 +49,15 @@ class ObjectTableView(QTableWidget):
         self.setMinimumHeight(160)
         self.itemSelectionChanged.connect(self._selected)
 
-    def set_rows(self, rows: list[dict[str, Any]]) -> None:
+    def set_rows(self, rows: list[dict[str, Any]], scope: str = "crop") -> None:
+        """Show ``rows``; ``scope``: where their ``channel_*`` evidence comes from."""
         self.setSortingEnabled(False)
         self.rows = list(rows)
         cols = shown_columns(self.rows)
         self.clear()
         self.setColumnCount(len(cols))
         self.setRowCount(len(self.rows))
-        self.setHorizontalHeaderLabels([c.replace("channel_", "") for c in cols])
+        self.setHorizontalHeaderLabels([column_header(c, scope) for c in cols])
         for r, row in enumerate(self.rows):
             for c, key in enumerate(cols):
                 value = row[key]

@@ -3,7 +3,11 @@
 A click on the image (pan/zoom, no drag), a new point in a Points layer, or a row of the
 object table picks a cell. The cell is cropped at the model's training scale (centred on
 its label's centroid when a Labels layer is chosen), predicted and explained with a few
-PCIM steps in a worker (``core.attribution.point``); the map is shown exactly over the
+PCIM steps in a worker (``core.attribution.point``). **Evidence from** defaults to the
+clicked cell (only its cell may change: "why this cell?"); the whole crop the model
+sees is the other choice, and a click without an object under it (or without a Labels
+layer) uses the crop and says so. The class probabilities are the crop's (the model's
+input) in both scopes. The map is shown exactly over the
 cell (one result layer and one box for the crop, replaced by the next click; "Pin"
 keeps them). A newer click cancels an older one. "Explain every cell" segments the field
 (or takes the Labels layer), explains every object and writes the results into the
@@ -42,9 +46,15 @@ from .object_table import BY_LABEL, BY_PREDICTION, ObjectTableView, colour_label
 NO_LABELS = "none: centre on the click"
 POINT, PINNED, BOX = "point", "point_pinned", "point_box"
 CONTOUR = "point_contour"
-#: forward passes of the point's evidence check (2 fractions x (1 + 4 random))
-POINT_EVIDENCE_FORWARDS = 10
 DRAG_PX = 4  # a press and release further apart than this (screen pixels) is a drag
+
+
+def evidence_forwards() -> int:
+    """Forward passes of the point's evidence check (fractions x (1 + null deletions))."""
+    from ..core.attribution.evidence import EvidenceConfig
+
+    cfg = EvidenceConfig()
+    return len(cfg.fractions) * (1 + cfg.n_random)
 
 
 def warm_up(bundle) -> Generator[Progress, None, None]:
@@ -71,7 +81,7 @@ class PointExplainWidget(DockWidget):
     """Click a cell: its class probabilities, evidence per channel and PCIM map."""
 
     def __init__(self, napari_viewer) -> None:
-        from ..core.attribution.point import CHANNEL_EVIDENCE, POINT_STEPS
+        from ..core.attribution.point import CHANNEL_EVIDENCE, DEFAULT_SCOPE, POINT_STEPS
 
         super().__init__(napari_viewer)
         self.settings = Settings("point")
@@ -95,17 +105,26 @@ class PointExplainWidget(DockWidget):
                                      "channel is replaced by its mean; pcim: each channel's "
                                      "share of the positive PCIM evidence")
         self.scope = QComboBox()
-        for text, key in (("the crop the model sees", "crop"),
-                          ("the clicked cell only", "cell")):
+        for text, key in (("the clicked cell", "cell"),
+                          ("the whole crop the model sees", "crop")):
             self.scope.addItem(text, key)
-        self.scope.setToolTip("crop: PCIM may change every pixel of the crop, as the model "
-                              "sees neighbours too; cell: only the clicked object's cell "
-                              "(its label grown by one object diameter) may change, and "
-                              "channel occlusion acts inside it (needs a Labels layer)")
+        self.scope.setCurrentIndex(self.scope.findData(DEFAULT_SCOPE))
+        self.scope.setToolTip("the clicked cell (why this cell?): only the clicked object's "
+                              "cell (its label grown by one object diameter, not into its "
+                              "neighbours) may change; channel occlusion and the evidence "
+                              "check act inside it. Needs a Labels layer and an object "
+                              "under the click, else the whole crop is used.\n"
+                              "the whole crop (what in this crop made the model say so?): "
+                              "PCIM may change every pixel of the model's input, which "
+                              "holds the neighbours too.\n"
+                              "The class probabilities are the crop's in both.")
         self.evidence = QCheckBox("evidence check")
         self.evidence.setToolTip("Check that the map localises evidence: deleting its top "
-                                 "pixels must lower the class probability more than "
-                                 "deleting random ones (10 forward passes)")
+                                 "pixels must lower the class log-odds more than deleting "
+                                 "other pixels (from the clicked cell: random pixels of "
+                                 "the same cell; from the whole crop: the same mask "
+                                 f"moved elsewhere in the crop; {evidence_forwards()} "
+                                 "forward passes)")
         self.evidence.setChecked(True)
         self.pin_btn = QPushButton("Pin")
         self.pin_btn.setToolTip("Keep the current result layers; the next click makes new "
@@ -119,7 +138,10 @@ class PointExplainWidget(DockWidget):
         self.table_btn = QPushButton("Explain every cell")
         self.table_btn.setToolTip("Segment the field's nuclei (or use the Labels layer), "
                                   "predict and explain every object, write the results "
-                                  "into the layer's features")
+                                  "into the layer's features. Evidence from: as above "
+                                  "(the clicked cell: each row's map and channel evidence "
+                                  "are that cell's, the whole crop's channel evidence "
+                                  "beside them)")
         self.cancel_btn = QPushButton("Cancel")
         self.bar = QProgressBar()
         self.colour_by = QComboBox()
@@ -159,8 +181,10 @@ class PointExplainWidget(DockWidget):
         lay.addWidget(self.table)
         self.finish_layout()
 
+        # "evidence_scope", not "scope": a value saved when the crop was the default
+        # would otherwise keep it
         for key, w in (("steps", self.steps), ("channel_mode", self.channel_mode),
-                       ("scope", self.scope), ("evidence", self.evidence)):
+                       ("evidence_scope", self.scope), ("evidence", self.evidence)):
             self.settings.bind(key, w)
         self.runner = TaskRunner(self, [self.table_btn], self.cancel_btn, self.bar,
                                  self.status)
@@ -169,7 +193,7 @@ class PointExplainWidget(DockWidget):
         self.export_btn.clicked.connect(lambda: self._export_dialog())
         self.colour_by.currentTextChanged.connect(lambda _: self._recolour())
         for sig in (self.steps.valueChanged, self.channel_mode.currentTextChanged,
-                    self.evidence.toggled):
+                    self.scope.currentIndexChanged, self.evidence.toggled):
             sig.connect(lambda *_: self.update_cost())
         self.picker.list.itemChanged.connect(lambda *_: self._input_changed())
 
@@ -230,8 +254,9 @@ class PointExplainWidget(DockWidget):
         self.colour_bar.clear()
 
     def update_cost(self) -> None:
-        """Expected time of a click: the PCIM steps, the channel evidence and the
-        evidence check on one crop of the model's input size."""
+        """Expected time of a click: the PCIM steps, the channel evidence (in the cell
+        scope with occlusion: the cell's and the whole crop's) and the evidence check on
+        one crop of the model's input size."""
         from ..core.attribution.cost import FORWARD_SHARE, method_passes
         from .attribution_widget import AttributionWidget
 
@@ -241,8 +266,10 @@ class PointExplainWidget(DockWidget):
             return
         side = AttributionWidget._scale(bundle).input_size or 64
         c = len(bundle.channel_names)
-        forwards = (c + 1 if self.channel_mode.currentText() == "occlusion" else 0) + (
-            POINT_EVIDENCE_FORWARDS if self.evidence.isChecked() else 0)
+        occlusion = self.channel_mode.currentText() == "occlusion"
+        twice = occlusion and self.scope.currentData() == "cell"
+        forwards = (c + 1 if occlusion else 0) * (2 if twice else 1) + (
+            evidence_forwards() if self.evidence.isChecked() else 0)
         passes = method_passes("pcim", {"steps": self.steps.value()}) + int(
             np.ceil(forwards * FORWARD_SHARE))
         self.cost.estimate(bundle, "cpu", (c, side, side), passes, 1, "crops")
@@ -469,9 +496,14 @@ class PointExplainWidget(DockWidget):
                 "crop": res.crop, "probabilities": res.probabilities[k].tolist(),
                 "target_names": [res.class_names[int(res.targets[k])]],
                 "evidence": res.evidence_state[k],
+                "scope": res.scope, "scope_note": res.params.get("scope_note"),
+                "probabilities_of": "the crop (the model's input)",
                 "channel_evidence": dict(zip(res.channel_names,
                                              res.channel_evidence[k].tolist(), strict=True)),
                 "channel_evidence_means": res.provenance()["channel_evidence_means"],
+                "crop_channel_evidence": None if res.crop_channel_evidence is None else
+                dict(zip(res.channel_names, res.crop_channel_evidence[k].tolist(),
+                         strict=True)),
                 "model": bundle.describe()}
         meta = {KIND: {"kind": POINT, "provenance": prov}}
         # top of the scale: the 90th percentile of the positive evidence (a PCIM map of a
@@ -571,35 +603,64 @@ class PointExplainWidget(DockWidget):
         return layer
 
     def _show_numbers(self, bundle, res: Any, k: int, tag: str, cell: str) -> None:
+        """The clicked cell's numbers: where the evidence comes from (and why, when the
+        crop stands in for a cell), the crop's class probabilities, the evidence check,
+        the share on the object and the channel evidence (the cell's and, beside it,
+        the whole crop's) with the DCMIX weights."""
         probs = res.probabilities[k]
         best = int(probs.argmax())
         parts = [f"{'<b>' if i == best else ''}{n} {probs[i]:.2f}{'</b>' if i == best else ''}"
                  for i, n in enumerate(res.class_names)]
-        state = res.evidence_state[k]
-        ev = {"localised": "the map localises evidence (its top pixels matter more than "
-                           "random ones)",
-              "none": "<span style='color:#ffb060'>no localised evidence: the map's top "
-                      "pixels matter no more than random ones</span>",
-              None: "evidence not checked"}[state]
+        in_cell = res.scope == "cell"
+        where = "in this cell" if in_cell else "in this crop"
+        others = "other pixels of the cell" if in_cell else "pixels elsewhere in the crop"
+        ev = {"localised": f"the map localises evidence {where} (its top pixels matter "
+                           f"more than {others})",
+              "none": f"<span style='color:#ffb060'>no localised evidence {where}: the "
+                      f"map's top pixels matter no more than {others}</span>",
+              "undetermined": "the evidence check cannot tell (the prediction stays "
+                              "saturated after every deletion)",
+              None: "evidence not checked"}.get(res.evidence_state[k], "evidence: "
+                                                 f"{res.evidence_state[k]}")
+        if in_cell:
+            scope = "evidence from the clicked cell (only its pixels may change)"
+        else:
+            note = res.params.get("scope_note")
+            scope = "evidence from the whole crop" + (
+                f" <span style='color:#ffb060'>({note}: choose a Labels layer under "
+                "Objects and click on an object to explain one cell)</span>"
+                if note else " (the model's input, neighbours included)")
         imp = getattr(bundle, "importance", None)
         weights = imp.as_dict() if imp is not None else {}
-        what = ("drop in P(target) without the channel" if res.channel_method == "occlusion"
+        what = ("drop in P(class) without the channel" if res.channel_method == "occlusion"
                 else "share of the positive evidence")
-        if res.params.get("scope") == "object region":
-            what += "; evidence within the clicked cell only"
+        crop_ch = res.crop_channel_evidence
+        first = "this cell" if in_cell else "whole crop"
+        head = (f"<tr><th align='left'>channel</th><th>{first}</th>"
+                + ("<th>whole crop</th>" if crop_ch is not None else "")
+                + ("<th>DCMIX weight</th>" if weights else "") + "</tr>")
         rows = "".join(
             f"<tr><td>{c}</td><td align='right'>{res.channel_evidence[k, i]:+.3f}</td>"
-            + (f"<td align='right'>{weights[c]:.3f}</td>" if c in weights else "<td></td>")
-            + "</tr>" for i, c in enumerate(res.channel_names))
-        head = ("<tr><th align='left'>channel</th><th>this cell</th>"
-                + ("<th>DCMIX weight</th>" if weights else "<th></th>") + "</tr>")
+            + (f"<td align='right'>{crop_ch[k, i]:+.3f}</td>" if crop_ch is not None else "")
+            + ((f"<td align='right'>{weights[c]:.3f}</td>" if c in weights else "<td></td>")
+               if weights else "") + "</tr>" for i, c in enumerate(res.channel_names))
+        legend = f"{first}: {what}" + (
+            " (the channel replaced inside the cell only)"
+            if in_cell and res.channel_method == "occlusion" else "")
+        if crop_ch is not None:
+            legend += ("; whole crop: the same over the whole crop. One cell moves a "
+                       "prediction its neighbours share only a little: a small number "
+                       "for the cell does not mean the channel does not matter")
         inside = "" if np.isnan(res.inside[k]) else (
             f"; {100 * res.inside[k]:.0f} % of the positive evidence lies on the object")
         self.result.setText(
-            f"<b>{tag} · {cell}</b><br>class probabilities: {', '.join(parts)}<br>{ev}"
-            f"{inside}<br><table>{head}{rows}</table><small>this cell: {what}</small>")
+            f"<b>{tag} · {cell}</b><br>{scope}<br>prediction for the "
+            f"{res.crop * res.factor} px crop around it (the model's input"
+            + (f", shrunk {res.factor}x" if res.factor > 1 else "")
+            + f"): {', '.join(parts)}<br>{ev}{inside}<br>"
+            f"<table>{head}{rows}</table><small>{legend}</small>")
         how = (f"PCIM {res.params.get('steps')} steps on a {res.crop} px crop, shrunk "
-               f"{res.factor}x")
+               f"{res.factor}x, evidence from the {'cell' if res.scope == 'cell' else 'crop'}")
         if len(res) > 1:
             self.say(f"from the object table ({how})")
         else:
@@ -683,13 +744,15 @@ class PointExplainWidget(DockWidget):
                               "prep": prep, "tag": tag,
                               "segmentation": layer.metadata.get("segmentation",
                                                                  f"Labels layer {layer.name}")}
-        self.table.set_rows(rows)
+        self.table.set_rows(rows, res.scope)
         self.export_btn.setEnabled(True)
         self._recolour()
         n_loc = sum(s == "localised" for s in res.evidence_state)
         self.say(f"{len(res)} cells explained in {res.seconds:.1f} s "
-                 f"({res.seconds / max(len(res), 1):.3f} s per cell); localised evidence "
-                 f"in {n_loc}; results in the features of {layer.name!r}")
+                 f"({res.seconds / max(len(res), 1):.3f} s per cell; evidence from "
+                 f"{'each cell' if res.scope == 'cell' else 'the whole crop around each'});"
+                 f" localised evidence in {n_loc}; results in the features of "
+                 f"{layer.name!r}")
 
     def _recolour(self) -> None:
         if self.table_layer is None or self.table_result is None:

@@ -44,6 +44,13 @@ and reported on the other half (docs/benchmarks.md).
 
 Cost: ``len(fractions) * (1 + n_random)`` forward passes per image, no gradients.
 
+**Within a region** (``within``, e.g. one cell of a crop explained on its own): the
+fractions count the region's pixels, the map's top pixels are ranked inside it, and the
+null deletions are random pixels of the same region (a shifted mask would leave it), so
+the question becomes "do the map's top pixels matter more than other pixels of this
+cell?". Deletions still happen in the intact image; pixels outside the region are never
+deleted.
+
 Images larger than the model's input (tiled fields, :func:`evidence_check_tiled`): the
 masks are drawn over the whole field, and a field's score is the mean over
 non-overlapping tiles of the model's input size covering it (the last row and column
@@ -123,19 +130,23 @@ class EvidenceConfig:
 
 def evidence_check(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
                    targets: np.ndarray, config: EvidenceConfig | None = None,
-                   batch_size: int = 64, device: str | torch.device = "cpu") -> dict:
+                   batch_size: int = 64, device: str | torch.device = "cpu",
+                   within: np.ndarray | None = None) -> dict:
     """Per-image ``state`` ('localised', 'none' or 'undetermined') and the numbers behind it.
 
     ``model`` must be frozen (eval mode) and on ``device``; ``images`` (N, C, H, W)
     as the model takes them; ``maps`` (N, H, W) or (N, C, H, W) (summed over channels:
-    whole pixels are deleted). Returns lists: ``state``, ``reason``, ``p0``, ``p_min``
-    (the lowest target probability over all deletions), ``score0``, ``drop_top``,
-    ``drop_random``, ``gain``, ``beats_all_random``, and the config.
+    whole pixels are deleted); ``within`` (N, H, W): delete only inside each image's
+    region (> 0), against random pixels of that region (module docstring). Returns
+    lists: ``state``, ``reason``, ``p0``, ``p_min`` (the lowest target probability over
+    all deletions), ``score0``, ``drop_top``, ``drop_random``, ``gain``,
+    ``beats_all_random``, and the config (with ``within``: true when a region was used).
     """
     cfg = config or EvidenceConfig()
     x = torch.as_tensor(np.asarray(images, np.float32), device=device)
     n, c, h, w = x.shape
-    masks = deletion_masks(_check_maps(maps, (n, c, h, w)), cfg).astype(np.float32)
+    masks = deletion_masks(_check_maps(maps, (n, c, h, w)), cfg,
+                           within=within).astype(np.float32)
     mean = substrate_of(x, cfg)
     tg = torch.as_tensor(np.asarray(targets), device=device).long()
     mk = torch.as_tensor(masks.reshape(n, -1, 1, h, w), device=device)
@@ -153,7 +164,10 @@ def evidence_check(model: torch.nn.Module, images: np.ndarray, maps: np.ndarray,
             s, p = target_scores(model(batch), t)
             scores[sl] = s.view(-1, 1 + n_var).cpu().numpy()
             probs[sl] = p.view(-1, 1 + n_var).cpu().numpy()
-    return _summary(scores if cfg.score == "logit" else probs, probs, cfg)
+    out = _summary(scores if cfg.score == "logit" else probs, probs, cfg)
+    if within is not None:
+        out["config"]["within"] = True
+    return out
 
 
 def substrate_of(x: torch.Tensor, cfg: EvidenceConfig) -> torch.Tensor:
@@ -187,16 +201,21 @@ def _check_maps(maps: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarra
     return m
 
 
-def deletion_masks(m: np.ndarray, cfg: EvidenceConfig) -> np.ndarray:
+def deletion_masks(m: np.ndarray, cfg: EvidenceConfig,
+                   within: np.ndarray | None = None) -> np.ndarray:
     """Boolean masks (N, 1 + n_random, len(fractions), H*W) for maps ``m`` (N, H, W):
     index 0 = the map's top pixels (ties broken by a tiny seeded jitter), 1.. = the null
     deletions of the same number of pixels (``cfg.null``: the top mask cyclically shifted
-    by at least a quarter of the image each way, or random pixels)."""
+    by at least a quarter of the image each way, or random pixels). ``within`` (N, H, W):
+    see :func:`_masks_within`."""
     n, h, w = m.shape
     npix = h * w
     rng = np.random.default_rng(cfg.seed)
     flat = m.reshape(n, npix)
     jitter = rng.random(flat.shape) * 1e-6 * (np.abs(flat).max(1, keepdims=True) + 1e-12)
+    if within is not None:
+        return _masks_within(flat + jitter, np.asarray(within).reshape(n, npix) > 0, cfg,
+                             rng)
     rank = np.argsort(np.argsort(-(flat + jitter), axis=1, kind="stable"), axis=1)
     k_all = [max(1, int(round(f * npix))) for f in cfg.fractions]
     masks = np.zeros((n, 1 + cfg.n_random, len(k_all), npix), bool)
@@ -212,6 +231,24 @@ def deletion_masks(m: np.ndarray, cfg: EvidenceConfig) -> np.ndarray:
             else:
                 rr = np.argsort(rng.random((n, npix)), axis=1)
                 masks[:, 1 + r, j] = rr < k
+    return masks
+
+
+def _masks_within(flat: np.ndarray, region: np.ndarray, cfg: EvidenceConfig,
+                  rng: np.random.Generator) -> np.ndarray:
+    """:func:`deletion_masks` inside each image's ``region`` (N, H*W bool; an empty
+    region counts as the whole image): ``fractions`` of the region's pixels, the map's
+    top ones against ``n_random`` random sets of the region's pixels."""
+    n, npix = flat.shape
+    masks = np.zeros((n, 1 + cfg.n_random, len(cfg.fractions), npix), bool)
+    for i in range(n):
+        idx = np.flatnonzero(region[i]) if region[i].any() else np.arange(npix)
+        order = idx[np.argsort(-flat[i, idx], kind="stable")]
+        for j, f in enumerate(cfg.fractions):
+            k = max(1, int(round(f * idx.size)))
+            masks[i, 0, j, order[:k]] = True
+            for r in range(cfg.n_random):
+                masks[i, 1 + r, j, rng.choice(idx, size=k, replace=False)] = True
     return masks
 
 

@@ -14,6 +14,19 @@ Per-channel evidence (``channel_evidence``):
 * ``"pcim"``: the map is optimised per channel and each channel's share of the positive
   evidence is reported (the shown map is their sum).
 
+Scope (``scope``): ``"cell"`` (default wherever a label image names the object) asks
+"why this cell?": PCIM may change only the object's cell (its label grown by one object
+diameter without crossing neighbours, :func:`cell_regions`), channel occlusion replaces a
+channel inside the cell only, and the evidence check deletes pixels of the cell against
+random pixels of the same cell. The whole crop's channel occlusion is reported beside
+it (``crop_channel_evidence``, C + 1 more forward passes): one cell moves a prediction
+its neighbours share only a little, so the cell's numbers are small even for the
+channel that decides. ``"crop"`` asks "what in this crop made the model say so" (the
+model's input holds several cells). A click without an object under it (or without a
+label image) is explained with the crop scope, and the result says so
+(``params["scope_note"]``). The class probabilities are always the crop's: the model's
+prediction for its input, the same in both scopes.
+
 Normalisation follows the model: ``per_field`` (plate models) and ``per_dataset`` models
 prepare the whole field once and cut crops from it; ``per_crop`` models prepare each
 crop. Everything is a generator of :class:`Progress` (closing it cancels). Pure
@@ -38,7 +51,9 @@ from ..runtime.errors import InputError
 from ..runtime.progress import Progress
 
 CHANNEL_EVIDENCE = ("occlusion", "pcim")
-SCOPES = ("crop", "cell")
+SCOPES = ("cell", "crop")
+#: the scope when a label image names the clicked object (see the module docstring)
+DEFAULT_SCOPE = "cell"
 #: PCIM steps per click: a few steps already rank the pixels (see docs/user_guide.md)
 POINT_STEPS = 4
 #: crop side at training scale when the model does not record its input size
@@ -163,7 +178,10 @@ class ObjectResults:
     ``maps`` (N, s, s) at training scale; ``origins`` (N, 2) crop top-left at training
     scale; ``centres`` (N, 2) in field pixels; ``channel_evidence`` (N, C);
     ``evidence_state`` 'localised' / 'none' per object (None when not checked);
-    ``inside`` the share of positive evidence inside the object (NaN without a mask).
+    ``inside`` the share of positive evidence inside the object (NaN without a mask);
+    ``crop_channel_evidence`` (N, C): the whole crop's channel occlusion beside a cell's
+    own (cell scope with occlusion), else None. ``params["scope"]``: ``"cell"`` or
+    ``"crop"``, the one used.
     """
 
     labels: np.ndarray
@@ -183,13 +201,21 @@ class ObjectResults:
     crop: int
     seconds: float = 0.0
     params: dict = field(default_factory=dict)
+    crop_channel_evidence: np.ndarray | None = None
+
+    @property
+    def scope(self) -> str:
+        """``"cell"`` or ``"crop"``: where the map and the channel evidence come from."""
+        return str(self.params.get("scope", "crop"))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per object: label, centre, predicted class and probabilities, evidence
-        state and gain, per-channel evidence and the share inside the object."""
+        """One row per object: label, centre, predicted class and probabilities (the
+        crop's), evidence state and gain, per-channel evidence (``channel_*``: the
+        scope's; ``crop_channel_*``: the whole crop's, when computed) and the share
+        inside the object."""
         out = []
         for i in range(len(self)):
             row: dict[str, Any] = {
@@ -204,14 +230,24 @@ class ObjectResults:
             row["evidence_gain"] = round(float(self.evidence_gain[i]), 6)
             for c, name in enumerate(self.channel_names):
                 row[f"channel_{name}"] = round(float(self.channel_evidence[i, c]), 6)
+            if self.crop_channel_evidence is not None:
+                for c, name in enumerate(self.channel_names):
+                    row[f"crop_channel_{name}"] = round(
+                        float(self.crop_channel_evidence[i, c]), 6)
             row["inside_share"] = round(float(self.inside[i]), 6)
             out.append(row)
         return out
 
     def provenance(self) -> dict[str, Any]:
         """How the table was made (JSON-ready)."""
-        return {"method": "pcim", "channel_evidence": self.channel_method,
-                "channel_evidence_means": CHANNEL_MEANING[self.channel_method],
+        out = {"method": "pcim", "channel_evidence": self.channel_method,
+               "channel_evidence_means": CHANNEL_MEANING[self.channel_method]
+               + ("; only the cell's pixels change" if self.scope == "cell" else ""),
+               "probabilities_of": "the crop around each object (the model's input)"}
+        if self.crop_channel_evidence is not None:
+            out["crop_channel_evidence_means"] = CHANNEL_MEANING["occlusion"] + \
+                ", over the whole crop"
+        return {**out,
                 "factor": self.factor, "crop": self.crop, "seconds": round(self.seconds, 3),
                 "objects": len(self), **self.params}
 
@@ -261,7 +297,9 @@ class PointOptions:
     whole-field table).
 
     ``steps``: PCIM steps; ``channel_evidence``: ``"occlusion"`` or ``"pcim"`` (see the
-    module docstring); ``evidence``: run the evidence check; ``device``, ``batch_size``:
+    module docstring); ``crop_channels``: with regions (cell scope) and occlusion, also
+    the whole crop's channel occlusion; ``evidence``: run the evidence check;
+    ``device``, ``batch_size``:
     as :func:`.explain.explain`; ``threads``: torch threads meanwhile
     (:func:`torch_threads`; None = unchanged). ``pcim``: more PCIM settings (e.g.
     ``{"lr": 0.3}``), checked by PCIM's settings class.
@@ -269,6 +307,7 @@ class PointOptions:
 
     steps: int = POINT_STEPS
     channel_evidence: str = "occlusion"
+    crop_channels: bool = True
     evidence: bool = True
     device: str = "cpu"
     batch_size: int = 32
@@ -309,9 +348,10 @@ def explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
     the predicted one). ``regions`` (N, s, s): explain each object *within* its region
     (e.g. its cell, :func:`cell_regions`): only the region's pixels may change
     (:class:`Within`), the rest of the crop stays as the model saw it and gets no
-    evidence; channel occlusion then replaces a channel inside the region only. The
-    evidence check still deletes pixels in the intact crop (the map's top pixels against
-    random ones anywhere). ``options`` (:class:`PointOptions`) and ``overrides``
+    evidence; channel occlusion then replaces a channel inside the region only (and,
+    with ``crop_channels``, over the whole crop too: ``crop_channel_evidence``); the
+    evidence check deletes the map's top pixels of the region against random pixels of
+    the region, in the intact crop. ``options`` (:class:`PointOptions`) and ``overrides``
     (``steps=3``, ``threads=1``, PCIM settings such as ``lr``): how to explain.
     """
     opts = PointOptions.build(options, **overrides)
@@ -339,6 +379,7 @@ def _explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
     dev = resolve_device(opts.device)
     pcim.setdefault("min_steps", min(3, steps))
     per_channel = channel_evidence == "pcim"
+    crop_ch = None
     if regions is None:
         result = yield from explain(clf.module, x, targets, method="pcim", steps=int(steps),
                                     per_channel=per_channel, device=str(dev),
@@ -359,6 +400,9 @@ def _explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
     else:
         ch = np.concatenate([_occlude_within(clf.module, x[i:i + 1], regions[i:i + 1],
                                              tgt[i:i + 1], dev) for i in range(n)])
+        if opts.crop_channels:
+            with frozen(clf.module, dev) as net:
+                crop_ch = channel_occlusion(net, x, tgt, dev)
     states = list(ev.get("state", [None] * n))
     gains = np.asarray(ev.get("gain", [np.nan] * n), float)
     inside = (inside_share(maps, masks) if masks is not None
@@ -373,7 +417,8 @@ def _explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
         crop=prep.crop, seconds=time.perf_counter() - t0,
         params={"steps": int(steps), "pcim": used, "device": str(dev),
                 "evidence_config": ev.get("config"),
-                "scope": "crop" if regions is None else "object region"})
+                "scope": "crop" if regions is None else "cell"},
+        crop_channel_evidence=None if crop_ch is None else np.asarray(crop_ch))
 
 
 class Within(torch.nn.Module):
@@ -396,7 +441,7 @@ def _within_regions(clf: Any, x: np.ndarray, regions: np.ndarray, targets: Any,
                     steps: int, per_channel: bool, dev: torch.device, evidence: bool,
                     **pcim: Any) -> Generator[Progress, None, tuple]:
     """PCIM of each crop within its region (one object at a time), then the evidence
-    check on the intact model."""
+    check on the intact model, deleting inside each region only."""
     from .evidence import evidence_check
     from .explain import _relay, explain
 
@@ -421,7 +466,7 @@ def _within_regions(clf: Any, x: np.ndarray, regions: np.ndarray, targets: Any,
     if evidence:
         flat = maps_a.sum(1) if per_channel else maps_a
         with frozen(clf.module, dev) as model:
-            ev = evidence_check(model, x, flat, tgt_a, device=dev)
+            ev = evidence_check(model, x, flat, tgt_a, device=dev, within=reg[:, 0] > 0)
     return maps_a, np.stack(probs), tgt_a, ev, used
 
 
@@ -476,11 +521,12 @@ def object_masks(labels: np.ndarray, ids: Sequence[int], prep: PreparedField,
 
 
 def explain_labels(clf: Any, prep: PreparedField, labels: np.ndarray,
-                   ids: Sequence[int] | None = None, scope: str = "crop", **options: Any
-                   ) -> Generator[Progress, None, ObjectResults]:
+                   ids: Sequence[int] | None = None, scope: str = DEFAULT_SCOPE,
+                   **options: Any) -> Generator[Progress, None, ObjectResults]:
     """:func:`explain_objects` for the objects of a label image (field pixels, 0 =
     background), centred on their centroids, with their masks (``ids``: only these;
-    ``scope``: as in :func:`explain_point`)."""
+    ``scope``: ``"cell"`` (default: each row's map and channel evidence are that
+    cell's) or ``"crop"``, as in :func:`explain_point`)."""
     from ..data.segmentation import check_labels_image, object_centres
 
     lab = check_labels_image(labels, prep.shape, "the label image")
@@ -510,14 +556,15 @@ def label_at(labels: np.ndarray, point: Sequence[float]) -> int:
 
 
 def explain_point(clf: Any, prep: PreparedField, point: Sequence[float],
-                  labels: np.ndarray | None = None, scope: str = "crop", **options: Any
-                  ) -> Generator[Progress, None, ObjectResults]:
+                  labels: np.ndarray | None = None, scope: str = DEFAULT_SCOPE,
+                  **options: Any) -> Generator[Progress, None, ObjectResults]:
     """Explain the object under ``point`` (y, x field pixels): with a label image
     (field pixels) and a label there, the crop centres on that object's centroid and the
     object's mask gives :attr:`ObjectResults.inside`; else the crop centres on the point
-    (label 0). ``scope``: ``"crop"`` (what the model sees) or ``"cell"`` (only the
-    object's cell may change, :func:`cell_regions`; needs a label there, else the crop).
-    One torch thread unless ``threads`` says otherwise (``POINT_THREADS``)."""
+    (label 0). ``scope``: ``"cell"`` (default: only the object's cell may change,
+    :func:`cell_regions`) or ``"crop"`` (what the model sees). Without a label under the
+    point the crop scope is used and ``params["scope_note"]`` says why. One torch thread
+    unless ``threads`` says otherwise (``POINT_THREADS``)."""
     options.setdefault("threads", POINT_THREADS)
     if scope not in SCOPES:
         raise InputError(f"unknown scope {scope!r}; choose one of {SCOPES}")
@@ -536,4 +583,8 @@ def explain_point(clf: Any, prep: PreparedField, point: Sequence[float],
                 options["regions"] = cell_regions(lab, [hit], prep, origin)
             return (yield from explain_objects(clf, prep, [centre], labels=[hit],
                                                masks=masks, **options))
-    return (yield from explain_objects(clf, prep, [tuple(point)], labels=[0], **options))
+    res = yield from explain_objects(clf, prep, [tuple(point)], labels=[0], **options)
+    if scope == "cell":
+        res.params["scope_note"] = ("no label image: the object is not known"
+                                    if labels is None else "no object under the click")
+    return res
