@@ -299,3 +299,22 @@ def test_evidence_check_within_a_region_deletes_only_there():
     assert masks[0, :, 1].sum(-1).tolist() == [8] * 4
     assert masks[0, 0, 0, 2 * 8 + 2]            # the top pixel of the region first
     assert masks[1, :, 0].sum(-1).tolist() == [6] * 4     # an empty region: the image
+
+
+def test_segment_field_takes_the_nuclear_stain_channel_sized_to_the_model():
+    from napari_attribution.core.attribution.point import segment_field
+
+    field, lab = _field()
+    field[1][lab > 0] += 0.8            # nuclei in the second channel
+    seg = segment_field(field, ["GFP", "Hoechst 33342"], ModelScale(2, 16))
+    assert (seg.channel, seg.channel_name, seg.named) == (1, "Hoechst 33342", True)
+    assert seg.diameter == 16.0 and seg.objects == 2 and seg.seconds >= 0
+    assert seg.labels.shape == (64, 64) and (seg.labels[lab == 1] == seg.labels[15, 15]).all()
+    assert seg.method == "built-in Otsu + watershed on Hoechst 33342"
+    # no stain name: the last channel, said to be a guess; a shrunk layer: smaller nuclei
+    other = segment_field(field, ["spot", "noise"], ModelScale(2, 16), layer_downsample=2)
+    assert (other.channel, other.named, other.diameter) == (1, False, None)
+    # the first channel when it is the one named so
+    assert segment_field(field[::-1], ["DAPI", "GFP"], ModelScale(2, 16)).channel == 0
+    with pytest.raises(InputError, match="one plane per channel"):
+        segment_field(field, ["GFP"])
