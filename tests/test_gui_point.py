@@ -250,6 +250,7 @@ def test_a_click_without_labels_segments_the_field_once_and_explains_the_cell(
     assert np.allclose(layer.scale, [0.5, 0.5]) and np.allclose(layer.translate, [10, 20])
     assert layer.metadata["segmentation"] == "built-in Otsu + watershed on noise"
     assert layer.metadata["segmentation_channel_named"] is False
+    assert layer.contour == 1             # outlines: the field stays visible
     seg = np.asarray(layer.data)
     assert seg.max() == 2 and (seg[lab == 2] == seg[47, 41]).all()   # the two spots
     res = w.last["res"]
@@ -278,7 +279,7 @@ def test_a_click_without_labels_segments_the_field_once_and_explains_the_cell(
     qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
     assert errors == [] and calls == [1] and w.table_layer is layer
     assert len([ly for ly in viewer.layers if isinstance(ly, Labels)]) == 1
-    assert len(layer.features) == 2
+    assert len(layer.features) == 2 and layer.contour == 0   # filled for the colours
 
 
 def test_explain_every_cell_segments_the_field_without_labels(make_napari_viewer, qtbot,

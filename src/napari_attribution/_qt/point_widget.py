@@ -5,8 +5,10 @@ object table picks a cell. The cell is cropped at the model's training scale (ce
 its label's centroid when a Labels layer is chosen), predicted and explained with a few
 PCIM steps in a worker (``core.attribution.point``). **Evidence from** defaults to the
 clicked cell (only its cell may change: "why this cell?"); the whole crop the model
-sees is the other choice, and a click without an object under it (or without a Labels
-layer) uses the crop and says so. The class probabilities are the crop's (the model's
+sees is the other choice. Without a Labels layer the first click segments the field's
+nuclei (the same built-in segmentation as "Explain every cell", once per field, in the
+worker) into a Labels layer ``cells · <image>`` that later clicks use; a click without
+an object under it uses the crop and says so. The class probabilities are the crop's (the model's
 input) in both scopes. The map is shown exactly over the
 cell (one result layer and one box for the crop, replaced by the next click; "Pin"
 keeps them). A newer click cancels an older one. "Explain every cell" segments the field
@@ -92,7 +94,10 @@ class PointExplainWidget(DockWidget):
         self.labels_box = QComboBox()
         self.labels_box.setToolTip("A Labels layer (nuclei or cells): a click snaps to the "
                                    "object under it, and its mask measures how much of "
-                                   "the evidence lies on the cell")
+                                   "the evidence lies on the cell. None with evidence "
+                                   "from the clicked cell: the first click segments the "
+                                   "field's nuclei (on the DNA/DAPI/Hoechst channel) "
+                                   "into a new Labels layer, once")
         self.active = QCheckBox("explain clicked cells")
         self.active.setChecked(True)
         self.steps = QSpinBox()
@@ -112,8 +117,9 @@ class PointExplainWidget(DockWidget):
         self.scope.setToolTip("the clicked cell (why this cell?): only the clicked object's "
                               "cell (its label grown by one object diameter, not into its "
                               "neighbours) may change; channel occlusion and the evidence "
-                              "check act inside it. Needs a Labels layer and an object "
-                              "under the click, else the whole crop is used.\n"
+                              "check act inside it. Without a Labels layer the first "
+                              "click segments the field's nuclei; a click on no "
+                              "object uses the whole crop.\n"
                               "the whole crop (what in this crop made the model say so?): "
                               "PCIM may change every pixel of the model's input, which "
                               "holds the neighbours too.\n"
@@ -368,10 +374,11 @@ class PointExplainWidget(DockWidget):
         return (tuple(id(ly.data) for ly in sel.layers), sel.index,
                 tuple(sel.channel_names), sel.images.shape, int(downsample))
 
-    def _objects_layer(self, sel: Selection, seg: Any) -> Any:
+    def _objects_layer(self, sel: Selection, seg: Any, outline: bool = False) -> Any:
         """The Labels layer ``cells · <image>`` holding ``seg`` (added once per
         segmentation, with how it was made in its metadata) and chosen under
-        **Objects**."""
+        **Objects**; ``outline``: shown as outlines (a click's: the field stays
+        visible), else filled (the object table colours the cells)."""
         token = f"{id(seg):x}"
         layer = next((ly for ly in self.viewer.layers
                       if ly.metadata.get("segmented_by_dock") == token), None)
@@ -386,6 +393,8 @@ class PointExplainWidget(DockWidget):
             layer.metadata["segmentation_channel_named"] = bool(seg.named)
             layer.metadata["segmentation_diameter_px"] = seg.diameter
             layer.metadata["segmented_by_dock"] = token
+            if outline:
+                layer.contour = 1
         self.labels_box.setCurrentText(layer.name)
         return layer
 
@@ -524,7 +533,7 @@ class PointExplainWidget(DockWidget):
             try:
                 prep, res, seg = outcome["value"]
                 if seg is not None:   # the field's own nuclei: a Labels layer, once
-                    self._objects_layer(req["sel"], seg)
+                    self._objects_layer(req["sel"], seg, outline=True)
                     req["labels"] = seg.labels
                     res.params["objects_from"] = seg.method
                 self.show_result(req, prep, res, 0)
@@ -812,6 +821,8 @@ class PointExplainWidget(DockWidget):
             layer = self._objects_layer(sel, seg)
         else:
             layer = self.viewer.layers[layer_name]
+        if "segmented_by_dock" in layer.metadata and layer.contour:
+            layer.contour = 0          # filled: the table colours the cells
         rows = res.rows()
         layer.features = features_table(rows)
         self.table_layer, self.table_result = layer, res
