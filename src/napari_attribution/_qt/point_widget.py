@@ -127,9 +127,10 @@ class PointExplainWidget(DockWidget):
         self.evidence = QCheckBox("evidence check")
         self.evidence.setToolTip("Check that the map localises evidence: deleting its top "
                                  "pixels must lower the class log-odds more than deleting "
-                                 "other pixels (from the clicked cell: random pixels of "
-                                 "the same cell; from the whole crop: the same mask "
-                                 f"moved elsewhere in the crop; {evidence_forwards()} "
+                                 "other pixels (from the clicked cell: the same mask "
+                                 "moved elsewhere in the cell; from the whole crop: the "
+                                 f"same mask moved elsewhere in the crop; "
+                                 f"{evidence_forwards()} "
                                  "forward passes)")
         self.evidence.setChecked(True)
         self.pin_btn = QPushButton("Pin")
@@ -708,7 +709,8 @@ class PointExplainWidget(DockWidget):
         in_cell = res.scope == "cell"
         objects = self._objects_note()
         where = "in this cell" if in_cell else "in this crop"
-        others = "other pixels of the cell" if in_cell else "pixels elsewhere in the crop"
+        others = ("the same number of pixels elsewhere in the cell" if in_cell
+                  else "pixels elsewhere in the crop")
         ev = {"localised": f"the map localises evidence {where} (its top pixels matter "
                            f"more than {others})",
               "none": f"<span style='color:#ffb060'>no localised evidence {where}: the "

@@ -18,7 +18,8 @@ Scope (``scope``): ``"cell"`` (default wherever a label image names the object) 
 "why this cell?": PCIM may change only the object's cell (its label grown by one object
 diameter without crossing neighbours, :func:`cell_regions`), channel occlusion replaces a
 channel inside the cell only, and the evidence check deletes pixels of the cell against
-random pixels of the same cell. The whole crop's channel occlusion is reported beside
+the same mask moved elsewhere in the cell (``EvidenceConfig.within_null``, calibrated by
+benchmarks/evidence_within.py). The whole crop's channel occlusion is reported beside
 it (``crop_channel_evidence``, C + 1 more forward passes): one cell moves a prediction
 its neighbours share only a little, so the cell's numbers are small even for the
 channel that decides. ``"crop"`` asks "what in this crop made the model say so" (the
@@ -407,9 +408,10 @@ def explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
     (:class:`Within`), the rest of the crop stays as the model saw it and gets no
     evidence; channel occlusion then replaces a channel inside the region only (and,
     with ``crop_channels``, over the whole crop too: ``crop_channel_evidence``); the
-    evidence check deletes the map's top pixels of the region against random pixels of
-    the region, in the intact crop. ``options`` (:class:`PointOptions`) and ``overrides``
-    (``steps=3``, ``threads=1``, PCIM settings such as ``lr``): how to explain.
+    evidence check deletes the map's top pixels of the region against the same mask
+    moved elsewhere in the region, in the intact crop. ``options``
+    (:class:`PointOptions`) and ``overrides`` (``steps=3``, ``threads=1``, PCIM
+    settings such as ``lr``): how to explain.
     """
     opts = PointOptions.build(options, **overrides)
     with torch_threads(opts.threads):
