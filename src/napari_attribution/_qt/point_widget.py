@@ -709,12 +709,16 @@ class PointExplainWidget(DockWidget):
         in_cell = res.scope == "cell"
         objects = self._objects_note()
         where = "in this cell" if in_cell else "in this crop"
-        others = ("the same number of pixels elsewhere in the cell" if in_cell
+        others = ("the same shape moved elsewhere in the cell" if in_cell
                   else "pixels elsewhere in the crop")
+        # within one cell the check is strict (calibrated: docs/benchmarks.md): 'none'
+        # is weak evidence against a map, one cell often moves the crop only a little
+        weak = (" (for one cell weak evidence against the map: its neighbours may carry "
+                "the crop's prediction)" if in_cell else "")
         ev = {"localised": f"the map localises evidence {where} (its top pixels matter "
                            f"more than {others})",
               "none": f"<span style='color:#ffb060'>no localised evidence {where}: the "
-                      f"map's top pixels matter no more than {others}</span>",
+                      f"map's top pixels matter no more than {others}{weak}</span>",
               "undetermined": "the evidence check cannot tell (the prediction stays "
                               "saturated after every deletion)",
               None: "evidence not checked"}.get(res.evidence_state[k], "evidence: "
