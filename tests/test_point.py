@@ -337,6 +337,9 @@ def test_within_nulls_keep_the_size_and_the_moved_one_the_shape():
             # a scattered top mask stays scattered
             sc = deletion_masks(scattered, cfg, within=region)
             assert min(ndi.label(sc[0, r, 0].reshape(24, 24))[1] for r in range(1, 6)) > 3
+        # an empty region counts as the whole image, for every null
+        whole = deletion_masks(m, cfg, within=np.zeros_like(region))
+        assert whole[0, :, 0].sum(-1).tolist() == [36] * 6   # 16/256 of 576 pixels
     with pytest.raises(InputError, match="within_null"):
         EvidenceConfig(within_null="rings")
 

@@ -268,7 +268,8 @@ def _masks_within(flat: np.ndarray, region: np.ndarray, cfg: EvidenceConfig,
     n, npix = flat.shape
     masks = np.zeros((n, 1 + cfg.n_random, len(cfg.fractions), npix), bool)
     for i in range(n):
-        idx = np.flatnonzero(region[i]) if region[i].any() else np.arange(npix)
+        inside = region[i] if region[i].any() else np.ones(npix, bool)
+        idx = np.flatnonzero(inside)
         order = idx[np.argsort(-flat[i, idx], kind="stable")]
         blobs = seeds = near = None
         if cfg.within_null in ("blobs", "moved"):
@@ -283,7 +284,7 @@ def _masks_within(flat: np.ndarray, region: np.ndarray, cfg: EvidenceConfig,
             masks[i, 0, j, order[:k]] = True
             for r in range(cfg.n_random):
                 if cfg.within_null == "moved":
-                    pick = _moved_mask(order[:k], seeds[r], blobs[r], region[i], shape)
+                    pick = _moved_mask(order[:k], seeds[r], blobs[r], inside, shape)
                 elif blobs is not None:
                     pick = blobs[r, :k]
                 else:
