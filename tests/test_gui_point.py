@@ -31,11 +31,12 @@ def click(viewer, qtbot, world_yx) -> None:
                                                             int(round(xy[1]))))
 
 
-def _setup(make_napari_viewer, labels=True, scale=(0.5, 0.5), translate=(10.0, 20.0)):
+def _setup(make_napari_viewer, labels=True, scale=(0.5, 0.5), translate=(10.0, 20.0),
+           field_labels=None):
     from napari_attribution._qt._common import session_for
     from napari_attribution._qt.point_widget import PointExplainWidget
 
-    field, lab = _field()
+    field, lab = field_labels if field_labels is not None else _field()
     viewer = make_napari_viewer(show=True)
     for c, name in enumerate(("spot", "noise")):
         viewer.add_image(field[c], name=name, blending="additive", scale=scale,
@@ -154,6 +155,7 @@ def test_a_click_puts_the_map_on_the_clicked_cell_and_a_second_click_replaces_it
 def test_a_drag_explains_nothing_and_a_newer_click_cancels_an_older_one(
         make_napari_viewer, qtbot, errors):
     viewer, w, field, lab = _setup(make_napari_viewer, labels=False)
+    w.scope.setCurrentIndex(w.scope.findData("crop"))   # no segmentation: only the crop
     w.steps.setValue(60)                  # slow enough to be overtaken
     w.explain_at(_world((45, 45)))
     w.explain_at(_world((15, 15)))
@@ -163,8 +165,9 @@ def test_a_drag_explains_nothing_and_a_newer_click_cancels_an_older_one(
     res, k = w.last["res"], w.last["k"]
     assert w.session.point is res  # the last clicked cell is the session's
     assert res.labels[k] == 0 and res.centres[k].tolist() == [15.0, 15.0]
-    # no Labels layer: the cell is not known, the whole crop is used and the line says so
-    assert res.scope == "crop" and "no label image" in w.result.text()
+    assert res.scope == "crop" and "(the model's input, neighbours included)" in \
+        w.result.text()
+    assert not any(ly.name.startswith("cells") for ly in viewer.layers)
     # the cancelled run left the model's parameters as they were
     assert all(p.requires_grad for p in w.session.bundle.module.parameters())
     # clicking outside the image explains nothing
@@ -222,6 +225,61 @@ def test_points_layer_and_table_features_and_export(make_napari_viewer, qtbot, e
     assert "crop_channel_spot" not in viewer.layers["nuclei"].features.columns
     headers = [w.table.horizontalHeaderItem(c).text() for c in range(w.table.columnCount())]
     assert "spot (crop)" in headers and "spot (cell)" not in headers
+
+
+def test_a_click_without_labels_segments_the_field_once_and_explains_the_cell(
+        make_napari_viewer, qtbot, errors, monkeypatch):
+    from napari.layers import Labels
+
+    import napari_attribution.core.attribution.point as point
+
+    calls = []
+    real = point.segment_field
+    monkeypatch.setattr(point, "segment_field",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    field, lab = _field()
+    field[1][lab > 0] += 0.8        # the nuclei, in a channel not named like a stain
+    viewer, w, field, lab = _setup(make_napari_viewer, labels=False,
+                                   field_labels=(field, lab))
+    assert w.scope.currentData() == "cell" and w.labels_layer() is None
+    click(viewer, qtbot, _world((47, 41)))          # inside spot B
+    qtbot.waitUntil(lambda: len(w.timings) == 1, timeout=30000)
+    assert errors == [] and calls == [1]
+    (layer,) = [ly for ly in viewer.layers if isinstance(ly, Labels)]
+    assert layer.name == "cells · B-02" and w.labels_box.currentText() == layer.name
+    assert np.allclose(layer.scale, [0.5, 0.5]) and np.allclose(layer.translate, [10, 20])
+    assert layer.metadata["segmentation"] == "built-in Otsu + watershed on noise"
+    assert layer.metadata["segmentation_channel_named"] is False
+    assert layer.contour == 1             # outlines: the field stays visible
+    seg = np.asarray(layer.data)
+    assert seg.max() == 2 and (seg[lab == 2] == seg[47, 41]).all()   # the two spots
+    res = w.last["res"]
+    assert res.scope == "cell" and int(res.labels[0]) == seg[47, 41] > 0
+    assert seg[_map_peak_in_field(_point_layers(viewer)[0])] == seg[47, 41]
+    text = w.result.text()
+    assert "evidence from the clicked cell" in text
+    assert "nuclei segmented on noise" in text and "not named like a nuclear stain" in text
+    prov = _point_layers(viewer)[0].metadata["napari_attribution"]["provenance"]
+    assert prov["objects_from"] == "built-in Otsu + watershed on noise"
+    assert len(_point_layers(viewer, "point_contour")) == 1
+    # a second click reuses the segmentation: no new Labels layer, its own cell
+    click(viewer, qtbot, _world((14, 16)))
+    qtbot.waitUntil(lambda: len(w.timings) == 2, timeout=30000)
+    assert calls == [1] and len([ly for ly in viewer.layers if isinstance(ly, Labels)]) == 1
+    assert int(w.last["res"].labels[0]) == seg[14, 16] != seg[47, 41]
+    assert w.last["res"].scope == "cell"
+    # background (label 0): the whole crop, and the line says why
+    click(viewer, qtbot, _world((30, 30)))
+    qtbot.waitUntil(lambda: len(w.timings) == 3, timeout=30000)
+    assert w.last["res"].scope == "crop" and "no object under the click" in w.result.text()
+    assert "click on a segmented nucleus" in w.result.text()
+    # every cell: the same segmentation, the same layer
+    w.steps.setValue(2)
+    w.explain_all()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    assert errors == [] and calls == [1] and w.table_layer is layer
+    assert len([ly for ly in viewer.layers if isinstance(ly, Labels)]) == 1
+    assert len(layer.features) == 2 and layer.contour == 0   # filled for the colours
 
 
 def test_explain_every_cell_segments_the_field_without_labels(make_napari_viewer, qtbot,

@@ -280,7 +280,7 @@ def test_point_options_split_keywords_and_check_them():
 
 def test_evidence_check_within_a_region_deletes_only_there():
     """The cell scope's evidence check: fractions of the region's pixels, the map's top
-    pixels inside it against random pixels of the same region."""
+    pixels inside it against null deletions in the same region."""
     from napari_attribution.core.attribution.evidence import (
         EvidenceConfig,
         deletion_masks,
@@ -299,3 +299,65 @@ def test_evidence_check_within_a_region_deletes_only_there():
     assert masks[0, :, 1].sum(-1).tolist() == [8] * 4
     assert masks[0, 0, 0, 2 * 8 + 2]            # the top pixel of the region first
     assert masks[1, :, 0].sum(-1).tolist() == [6] * 4     # an empty region: the image
+
+
+def test_within_nulls_keep_the_size_and_the_moved_one_the_shape():
+    """Null deletions inside a cell: random pixels, random discs, or the map's own top
+    mask moved elsewhere in the cell (shape kept, clipped pixels replaced by nearby
+    ones); always as many pixels as the top mask, never outside the cell."""
+    from scipy import ndimage as ndi
+
+    from napari_attribution.core.attribution.evidence import (
+        EvidenceConfig,
+        deletion_masks,
+    )
+
+    m = np.zeros((1, 24, 24), np.float32)
+    m[0, 10:14, 10:14] = 1.0                    # a compact 4 x 4 top
+    scattered = np.random.default_rng(1).random((1, 24, 24)).astype(np.float32)
+    region = np.zeros((1, 24, 24), bool)
+    region[0, 4:20, 4:20] = True                # 256 pixels
+    inside = region[0].ravel()
+    for null in ("pixels", "blobs", "moved"):
+        cfg = EvidenceConfig(fractions=(16 / 256, 0.3), n_random=5, within_null=null)
+        masks = deletion_masks(m, cfg, within=region)
+        assert not masks[0][..., ~inside].any()
+        assert masks[0, :, 0].sum(-1).tolist() == [16] * 6
+        assert masks[0, :, 1].sum(-1).tolist() == [77] * 6
+        blobs = [ndi.label(masks[0, r, 0].reshape(24, 24))[1] for r in range(1, 6)]
+        if null == "pixels":
+            assert max(blobs) > 3               # scattered
+        else:
+            assert blobs == [1] * 5             # one compact piece each
+        if null == "moved":
+            # the 4 x 4 square moved whole unless it hit the cell's edge
+            boxes = [np.ptp(np.nonzero(masks[0, r, 0].reshape(24, 24)), axis=1).tolist()
+                     for r in range(1, 6)]
+            assert [3, 3] in boxes
+            # a scattered top mask stays scattered
+            sc = deletion_masks(scattered, cfg, within=region)
+            assert min(ndi.label(sc[0, r, 0].reshape(24, 24))[1] for r in range(1, 6)) > 3
+        # an empty region counts as the whole image, for every null
+        whole = deletion_masks(m, cfg, within=np.zeros_like(region))
+        assert whole[0, :, 0].sum(-1).tolist() == [36] * 6   # 16/256 of 576 pixels
+    with pytest.raises(InputError, match="within_null"):
+        EvidenceConfig(within_null="rings")
+
+
+def test_segment_field_takes_the_nuclear_stain_channel_sized_to_the_model():
+    from napari_attribution.core.attribution.point import segment_field
+
+    field, lab = _field()
+    field[1][lab > 0] += 0.8            # nuclei in the second channel
+    seg = segment_field(field, ["GFP", "Hoechst 33342"], ModelScale(2, 16))
+    assert (seg.channel, seg.channel_name, seg.named) == (1, "Hoechst 33342", True)
+    assert seg.diameter == 16.0 and seg.objects == 2 and seg.seconds >= 0
+    assert seg.labels.shape == (64, 64) and (seg.labels[lab == 1] == seg.labels[15, 15]).all()
+    assert seg.method == "built-in Otsu + watershed on Hoechst 33342"
+    # no stain name: the last channel, said to be a guess; a shrunk layer: smaller nuclei
+    other = segment_field(field, ["spot", "noise"], ModelScale(2, 16), layer_downsample=2)
+    assert (other.channel, other.named, other.diameter) == (1, False, None)
+    # the first channel when it is the one named so
+    assert segment_field(field[::-1], ["DAPI", "GFP"], ModelScale(2, 16)).channel == 0
+    with pytest.raises(InputError, match="one plane per channel"):
+        segment_field(field, ["GFP"])

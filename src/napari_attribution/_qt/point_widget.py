@@ -5,8 +5,10 @@ object table picks a cell. The cell is cropped at the model's training scale (ce
 its label's centroid when a Labels layer is chosen), predicted and explained with a few
 PCIM steps in a worker (``core.attribution.point``). **Evidence from** defaults to the
 clicked cell (only its cell may change: "why this cell?"); the whole crop the model
-sees is the other choice, and a click without an object under it (or without a Labels
-layer) uses the crop and says so. The class probabilities are the crop's (the model's
+sees is the other choice. Without a Labels layer the first click segments the field's
+nuclei (the same built-in segmentation as "Explain every cell", once per field, in the
+worker) into a Labels layer ``cells · <image>`` that later clicks use; a click without
+an object under it uses the crop and says so. The class probabilities are the crop's (the model's
 input) in both scopes. The map is shown exactly over the
 cell (one result layer and one box for the crop, replaced by the next click; "Pin"
 keeps them). A newer click cancels an older one. "Explain every cell" segments the field
@@ -92,7 +94,10 @@ class PointExplainWidget(DockWidget):
         self.labels_box = QComboBox()
         self.labels_box.setToolTip("A Labels layer (nuclei or cells): a click snaps to the "
                                    "object under it, and its mask measures how much of "
-                                   "the evidence lies on the cell")
+                                   "the evidence lies on the cell. None with evidence "
+                                   "from the clicked cell: the first click segments the "
+                                   "field's nuclei (on the DNA/DAPI/Hoechst channel) "
+                                   "into a new Labels layer, once")
         self.active = QCheckBox("explain clicked cells")
         self.active.setChecked(True)
         self.steps = QSpinBox()
@@ -112,8 +117,9 @@ class PointExplainWidget(DockWidget):
         self.scope.setToolTip("the clicked cell (why this cell?): only the clicked object's "
                               "cell (its label grown by one object diameter, not into its "
                               "neighbours) may change; channel occlusion and the evidence "
-                              "check act inside it. Needs a Labels layer and an object "
-                              "under the click, else the whole crop is used.\n"
+                              "check act inside it. Without a Labels layer the first "
+                              "click segments the field's nuclei; a click on no "
+                              "object uses the whole crop.\n"
                               "the whole crop (what in this crop made the model say so?): "
                               "PCIM may change every pixel of the model's input, which "
                               "holds the neighbours too.\n"
@@ -121,9 +127,10 @@ class PointExplainWidget(DockWidget):
         self.evidence = QCheckBox("evidence check")
         self.evidence.setToolTip("Check that the map localises evidence: deleting its top "
                                  "pixels must lower the class log-odds more than deleting "
-                                 "other pixels (from the clicked cell: random pixels of "
-                                 "the same cell; from the whole crop: the same mask "
-                                 f"moved elsewhere in the crop; {evidence_forwards()} "
+                                 "other pixels (from the clicked cell: the same mask "
+                                 "moved elsewhere in the cell; from the whole crop: the "
+                                 f"same mask moved elsewhere in the crop; "
+                                 f"{evidence_forwards()} "
                                  "forward passes)")
         self.evidence.setChecked(True)
         self.pin_btn = QPushButton("Pin")
@@ -201,6 +208,7 @@ class PointExplainWidget(DockWidget):
         self._gen: Any = None
         self._pending: dict | None = None
         self._cache: tuple[tuple, Any] | None = None
+        self._seg_cache: tuple[tuple, Any] | None = None   # the field's own nuclei
         self.last: dict | None = None      # the request and result shown last
         self.table_result: Any = None      # ObjectResults of the last table
         self.table_layer: Any = None
@@ -340,6 +348,82 @@ class PointExplainWidget(DockWidget):
         self._cache = (key, prep)
         return prep
 
+    def _segmented(self, bundle, sel: Selection) -> Generator[Progress, None, Any]:
+        """The field's nuclei by the built-in segmentation (``segment_field``: the
+        DNA/DAPI/Hoechst channel, sized to the model's training scale), cached per field
+        like :meth:`_prepared`: the cell scope without a Labels layer and *Explain every
+        cell* segment a field once."""
+        from ..core.attribution.point import segment_field
+        from .attribution_widget import AttributionWidget
+
+        scale = AttributionWidget._scale(bundle)
+        key = self._seg_key(sel, scale.downsample)
+        if self._seg_cache is not None and self._seg_cache[0] == key:
+            return self._seg_cache[1]
+        from ..core.data.segmentation import choose_nuclei_channel
+
+        k, _ = choose_nuclei_channel(list(sel.channel_names))
+        yield Progress(0, 0, f"segmenting nuclei on {sel.channel_names[k]}")
+        seg = segment_field(sel.images[0], sel.channel_names, scale,
+                            layer_downsample=sel.downsample)
+        self._seg_cache = (key, seg)
+        yield Progress(0, 0, f"{seg.objects} nuclei segmented on {seg.channel_name}")
+        return seg
+
+    @staticmethod
+    def _seg_key(sel: Selection, downsample: int) -> tuple:
+        return (tuple(id(ly.data) for ly in sel.layers), sel.index,
+                tuple(sel.channel_names), sel.images.shape, int(downsample))
+
+    def _objects_layer(self, sel: Selection, seg: Any, outline: bool = False) -> Any:
+        """The Labels layer ``cells · <image>`` holding ``seg`` (added once per
+        segmentation, with how it was made in its metadata) and chosen under
+        **Objects**; ``outline``: shown as outlines (a click's: the field stays
+        visible), else filled (the object table colours the cells)."""
+        token = f"{id(seg):x}"
+        layer = next((ly for ly in self.viewer.layers
+                      if ly.metadata.get("segmented_by_dock") == token), None)
+        if layer is None:
+            lab = seg.labels
+            lead = (1,) * len(sel.stack_shape)
+            layer = self.viewer.add_labels(lab.reshape(*lead, *lab.shape),
+                                           name=f"cells · {self._image_tag(sel)}",
+                                           **sel.placement())
+            layer.metadata["segmentation"] = seg.method
+            layer.metadata["segmentation_channel"] = seg.channel_name
+            layer.metadata["segmentation_channel_named"] = bool(seg.named)
+            layer.metadata["segmentation_diameter_px"] = seg.diameter
+            layer.metadata["segmented_by_dock"] = token
+            if outline:
+                layer.contour = 1
+        self.labels_box.setCurrentText(layer.name)
+        return layer
+
+    def _objects_from(self) -> str | None:
+        """How the chosen Labels layer's objects were made (its ``segmentation``
+        metadata, else its name); None without one."""
+        layer = self.labels_layer()
+        if layer is None:
+            return None
+        return (layer.metadata or {}).get("segmentation") or f"Labels layer {layer.name}"
+
+    def _objects_note(self) -> str:
+        """Where the cells come from when the dock segmented them (the chosen Labels
+        layer's metadata), with a warning when no channel is named like a nuclear
+        stain; empty for the user's own Labels layer."""
+        layer = self.labels_layer()
+        meta = getattr(layer, "metadata", {}) or {}
+        if "segmented_by_dock" not in meta:
+            return ""
+        channel = meta.get("segmentation_channel", "?")
+        note = f"cells: nuclei segmented on {channel} (Labels layer {layer.name!r})"
+        if not meta.get("segmentation_channel_named", True):
+            note += (f" <span style='color:#ffb060'>({channel} is not named like a "
+                     "nuclear stain (DNA, DAPI, Hoechst): segmented as a guess; choose "
+                     "your own Labels layer under Objects if the outlines are wrong)"
+                     "</span>")
+        return note
+
     # -- picking a cell ----------------------------------------------------------------
 
     def _on_mouse(self, viewer, event) -> Generator[None, None, None]:
@@ -407,12 +491,18 @@ class PointExplainWidget(DockWidget):
         def work() -> Generator[Progress, None, tuple]:
             if req.get("warm_up"):
                 return (yield from warm_up(req["bundle"]))
+            labels, seg = req["labels"], None
+            if labels is None and req["scope"] == "cell":
+                # no Labels layer: the cell is known from the field's own nuclei,
+                # segmented once per field (the first click pays for it)
+                seg = yield from self._segmented(req["bundle"], req["sel"])
+                labels = seg.labels
             prep = yield from self._prepared(req["bundle"], req["sel"])
-            res = yield from explain_point(req["bundle"], prep, req["point"], req["labels"],
+            res = yield from explain_point(req["bundle"], prep, req["point"], labels,
                                            steps=req["steps"],
                                            channel_evidence=req["channels"],
                                            evidence=req["evidence"], scope=req["scope"])
-            return prep, res
+            return prep, res, seg
 
         gen = work()
         leave_a_core()
@@ -442,7 +532,11 @@ class PointExplainWidget(DockWidget):
             notify_error(outcome["error"], "point and explain", self.status)
         elif "value" in outcome:
             try:
-                prep, res = outcome["value"]
+                prep, res, seg = outcome["value"]
+                if seg is not None:   # the field's own nuclei: a Labels layer, once
+                    self._objects_layer(req["sel"], seg, outline=True)
+                    req["labels"] = seg.labels
+                    res.params["objects_from"] = seg.method
                 self.show_result(req, prep, res, 0)
                 self.session.point = res   # the last clicked cell's result
             except Exception as err:
@@ -497,6 +591,7 @@ class PointExplainWidget(DockWidget):
                 "target_names": [res.class_names[int(res.targets[k])]],
                 "evidence": res.evidence_state[k],
                 "scope": res.scope, "scope_note": res.params.get("scope_note"),
+                "objects_from": self._objects_from(),
                 "probabilities_of": "the crop (the model's input)",
                 "channel_evidence": dict(zip(res.channel_names,
                                              res.channel_evidence[k].tolist(), strict=True)),
@@ -612,12 +707,18 @@ class PointExplainWidget(DockWidget):
         parts = [f"{'<b>' if i == best else ''}{n} {probs[i]:.2f}{'</b>' if i == best else ''}"
                  for i, n in enumerate(res.class_names)]
         in_cell = res.scope == "cell"
+        objects = self._objects_note()
         where = "in this cell" if in_cell else "in this crop"
-        others = "other pixels of the cell" if in_cell else "pixels elsewhere in the crop"
+        others = ("the same shape moved elsewhere in the cell" if in_cell
+                  else "pixels elsewhere in the crop")
+        # within one cell the check is strict (calibrated: docs/benchmarks.md): 'none'
+        # is weak evidence against a map, one cell often moves the crop only a little
+        weak = (" (for one cell weak evidence against the map: its neighbours may carry "
+                "the crop's prediction)" if in_cell else "")
         ev = {"localised": f"the map localises evidence {where} (its top pixels matter "
                            f"more than {others})",
               "none": f"<span style='color:#ffb060'>no localised evidence {where}: the "
-                      f"map's top pixels matter no more than {others}</span>",
+                      f"map's top pixels matter no more than {others}{weak}</span>",
               "undetermined": "the evidence check cannot tell (the prediction stays "
                               "saturated after every deletion)",
               None: "evidence not checked"}.get(res.evidence_state[k], "evidence: "
@@ -626,9 +727,11 @@ class PointExplainWidget(DockWidget):
             scope = "evidence from the clicked cell (only its pixels may change)"
         else:
             note = res.params.get("scope_note")
+            hint = ("click on a segmented nucleus, or choose a Labels layer under "
+                    "Objects" if objects else "choose a Labels layer under Objects and "
+                    "click on an object") + " to explain one cell"
             scope = "evidence from the whole crop" + (
-                f" <span style='color:#ffb060'>({note}: choose a Labels layer under "
-                "Objects and click on an object to explain one cell)</span>"
+                f" <span style='color:#ffb060'>({note}: {hint})</span>"
                 if note else " (the model's input, neighbours included)")
         imp = getattr(bundle, "importance", None)
         weights = imp.as_dict() if imp is not None else {}
@@ -654,7 +757,8 @@ class PointExplainWidget(DockWidget):
         inside = "" if np.isnan(res.inside[k]) else (
             f"; {100 * res.inside[k]:.0f} % of the positive evidence lies on the object")
         self.result.setText(
-            f"<b>{tag} · {cell}</b><br>{scope}<br>prediction for the "
+            f"<b>{tag} · {cell}</b><br>{scope}<br>"
+            + (f"{objects}<br>" if objects else "") + "prediction for the "
             f"{res.crop * res.factor} px crop around it (the model's input"
             + (f", shrunk {res.factor}x" if res.factor > 1 else "")
             + f"): {', '.join(parts)}<br>{ev}{inside}<br>"
@@ -685,15 +789,9 @@ class PointExplainWidget(DockWidget):
         """Segment (or take the Labels layer), predict and explain every object of the
         field on screen; results go into the Labels layer's features and the table."""
         from ..core.attribution.point import explain_labels
-        from ..core.data.segmentation import TARGET_NUCLEUS_PX, segment_nuclei
-        from .attribution_widget import AttributionWidget
 
         try:
             bundle, sel, labels = self._field()
-            scale = AttributionWidget._scale(bundle)
-            names = [c.lower() for c in sel.channel_names]
-            nuc = next((i for i, c in enumerate(names) if c in (
-                "dna", "dapi", "hoechst", "nuclei", "nucleus")), len(names) - 1)
             steps, mode = self.steps.value(), self.channel_mode.currentText()
             scope = self.scope.currentData()
             check = self.evidence.isChecked()
@@ -703,40 +801,34 @@ class PointExplainWidget(DockWidget):
         layer_name = self.labels_box.currentText()
 
         def work() -> Generator[Progress, None, tuple]:
-            lab, segmented = labels, False
-            if lab is None:
-                yield Progress(0, 0, f"segmenting nuclei on {sel.channel_names[nuc]}")
-                diameter = TARGET_NUCLEUS_PX * scale.downsample / max(sel.downsample, 1)
-                lab = segment_nuclei(sel.images[0, nuc],
-                                     diameter=diameter if diameter > 8 else None)
-                segmented = True
+            lab, seg = labels, None
+            if lab is None:   # the same segmentation as a click's, cached per field
+                seg = yield from self._segmented(bundle, sel)
+                lab = seg.labels
             prep = yield from self._prepared(bundle, sel)
             res = yield from explain_labels(bundle, prep, lab, steps=steps, scope=scope,
                                             channel_evidence=mode, evidence=check)
-            return lab, segmented, prep, res
+            return lab, seg, prep, res
 
         def done(value: tuple) -> None:
-            lab, segmented, prep, res = value
-            self._show_table(bundle, sel, lab, segmented, layer_name, prep, res,
-                             sel.channel_names[nuc])
+            lab, seg, prep, res = value
+            self._show_table(bundle, sel, lab, seg, layer_name, prep, res)
 
         self.table_request = {"bundle": bundle, "sel": sel, "labels": labels,
                               "t_click": time.perf_counter()}
         return self.runner.start(work(), "explaining every cell", done)
 
-    def _show_table(self, bundle, sel: Selection, lab: np.ndarray, segmented: bool,
-                    layer_name: str, prep: Any, res: Any, nuc_channel: str) -> None:
+    def _show_table(self, bundle, sel: Selection, lab: np.ndarray, seg: Any,
+                    layer_name: str, prep: Any, res: Any) -> None:
         from .object_table import features_table
 
         tag = self._image_tag(sel)
-        if segmented:
-            lead = (1,) * len(sel.stack_shape)
-            layer = self.viewer.add_labels(lab.reshape(*lead, *lab.shape),
-                                           name=f"cells · {tag}", **sel.placement())
-            layer.metadata["segmentation"] = f"built-in Otsu + watershed on {nuc_channel}"
-            self.labels_box.setCurrentText(layer.name)
+        if seg is not None:
+            layer = self._objects_layer(sel, seg)
         else:
             layer = self.viewer.layers[layer_name]
+        if "segmented_by_dock" in layer.metadata and layer.contour:
+            layer.contour = 0          # filled: the table colours the cells
         rows = res.rows()
         layer.features = features_table(rows)
         self.table_layer, self.table_result = layer, res

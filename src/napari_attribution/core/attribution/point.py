@@ -18,7 +18,8 @@ Scope (``scope``): ``"cell"`` (default wherever a label image names the object) 
 "why this cell?": PCIM may change only the object's cell (its label grown by one object
 diameter without crossing neighbours, :func:`cell_regions`), channel occlusion replaces a
 channel inside the cell only, and the evidence check deletes pixels of the cell against
-random pixels of the same cell. The whole crop's channel occlusion is reported beside
+the same mask moved elsewhere in the cell (``EvidenceConfig.within_null``, calibrated by
+benchmarks/evidence_within.py). The whole crop's channel occlusion is reported beside
 it (``crop_channel_evidence``, C + 1 more forward passes): one cell moves a prediction
 its neighbours share only a little, so the cell's numbers are small even for the
 channel that decides. ``"crop"`` asks "what in this crop made the model say so" (the
@@ -139,6 +140,63 @@ def prepare_field(clf: Any, image: np.ndarray, scale: ModelScale | None = None,
     x = small if per_crop else clf.prepare(small[None])[0]
     return PreparedField(x=np.ascontiguousarray(x, np.float32), factor=factor, crop=side,
                          shape=(int(arr.shape[-2]), int(arr.shape[-1])), per_crop=per_crop)
+
+
+@dataclass
+class FieldNuclei:
+    """The built-in nuclei segmentation of one field (:func:`segment_field`).
+
+    ``labels`` (H, W) int32, field pixels; ``channel``/``channel_name``: the channel
+    segmented; ``named``: its name is a nuclear stain (False: no channel is, the last one
+    was taken as a guess); ``diameter``: the nucleus diameter (field pixels) the
+    segmentation was sized for (None: its defaults); ``seconds``: its cost."""
+
+    labels: np.ndarray
+    channel: int
+    channel_name: str
+    named: bool
+    diameter: float | None
+    seconds: float = 0.0
+
+    @property
+    def method(self) -> str:
+        """How the objects were made (a Labels layer's ``segmentation`` metadata)."""
+        return f"built-in Otsu + watershed on {self.channel_name}"
+
+    @property
+    def objects(self) -> int:
+        return int(len(np.unique(self.labels)) - (1 if (self.labels == 0).any() else 0))
+
+
+def segment_field(image: np.ndarray, channel_names: Sequence[str],
+                  scale: ModelScale | None = None, layer_downsample: int = 1
+                  ) -> FieldNuclei:
+    """The nuclei of a raw field (C, H, W): built-in Otsu + watershed
+    (:func:`...data.segmentation.segment_nuclei`) on the channel named like a DNA /
+    nuclear stain (:func:`...data.segmentation.choose_nuclei_channel`; none: the last),
+    sized so that a nucleus is ``TARGET_NUCLEUS_PX`` across at the model's training
+    scale (``scale.downsample``; ``layer_downsample``: how much the field is already
+    shrunk). The objects of point and explain's cell scope and of the object table when
+    no label image is given."""
+    from ..data.segmentation import (
+        TARGET_NUCLEUS_PX,
+        choose_nuclei_channel,
+        segment_nuclei,
+    )
+
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[0] != len(channel_names):
+        raise InputError(f"a field must be (C, H, W) with one plane per channel "
+                         f"({len(channel_names)}); got shape {arr.shape}")
+    t0 = time.perf_counter()
+    k, how = choose_nuclei_channel(list(channel_names))
+    down = scale.downsample if scale is not None else 1
+    diameter = TARGET_NUCLEUS_PX * down / max(int(layer_downsample), 1)
+    size = diameter if diameter > 8 else None
+    labels = segment_nuclei(arr[k], diameter=size)
+    return FieldNuclei(labels=labels, channel=k, channel_name=str(channel_names[k]),
+                       named=how == "named", diameter=size,
+                       seconds=time.perf_counter() - t0)
 
 
 def placement(scale: Sequence[float], translate: Sequence[float], factor: int,
@@ -350,9 +408,10 @@ def explain_objects(clf: Any, prep: PreparedField, centres: np.ndarray,
     (:class:`Within`), the rest of the crop stays as the model saw it and gets no
     evidence; channel occlusion then replaces a channel inside the region only (and,
     with ``crop_channels``, over the whole crop too: ``crop_channel_evidence``); the
-    evidence check deletes the map's top pixels of the region against random pixels of
-    the region, in the intact crop. ``options`` (:class:`PointOptions`) and ``overrides``
-    (``steps=3``, ``threads=1``, PCIM settings such as ``lr``): how to explain.
+    evidence check deletes the map's top pixels of the region against the same mask
+    moved elsewhere in the region, in the intact crop. ``options``
+    (:class:`PointOptions`) and ``overrides`` (``steps=3``, ``threads=1``, PCIM
+    settings such as ``lr``): how to explain.
     """
     opts = PointOptions.build(options, **overrides)
     with torch_threads(opts.threads):
