@@ -188,6 +188,9 @@ def label_randomised_model(model: torch.nn.Module, images: np.ndarray, labels: n
         raise InputError(f"{y.shape[0]} labels for {np.shape(images)[0]} images")
     if not np.issubdtype(y.dtype, np.integer):
         raise InputError("label randomisation needs integer class labels")
+    if np.unique(y).size < 2:
+        raise InputError("label randomisation needs images of at least two classes: "
+                         "shuffling the labels of one class changes nothing")
     rng = np.random.default_rng(seed)
     shuffled = torch.as_tensor(rng.permutation(y), device=device).long()
     net = randomize_model(model, seed=seed).to(device)
