@@ -23,6 +23,13 @@ reports on what was not tuned on:
   |rho| > 0.5 in any seed; ``--sanity-mode cascade`` (default) randomises each seed's
   model layer by layer from the logits down to DCMIX's mixing layer first and tables
   the median rho after each step (the last step is the full randomisation);
+  ``--label-sanity`` adds the data-label randomisation over the same seeds: per seed a
+  randomised copy trained on the images with shuffled labels (the core's
+  ``label_randomised_model``; sets that share a model -- BBBC013's positives and
+  negatives, one class each -- pool their images, as a one-class set's shuffle changes
+  nothing), its accuracy on the shuffled and on the true labels reported
+  (``--label-epochs``, default 30 as in the core; 100 fitted every copy on 64 cells or
+  digits, 30 did not);
 * **intervals**: the mean over images with a 95 % bootstrap interval, and the paired
   bootstrap interval of PCIM minus each baseline (same images);
 * **cost** per method: forward and backward passes and ms per image, and the peak memory
@@ -71,6 +78,7 @@ from napari_attribution.core.evaluation.model_free import (  # noqa: E402
     MODEL_FREE,
     model_free_maps,
 )
+from napari_attribution.core.evaluation.sanity import label_randomised_model  # noqa: E402
 from napari_attribution.core.runtime.peak_memory import track_peak  # noqa: E402
 from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
@@ -169,20 +177,91 @@ def attribute(model, x: np.ndarray, t: np.ndarray, method: str, params: dict, ba
 
 
 def sanity(model, x: np.ndarray, t: np.ndarray, maps: np.ndarray, method: str,
-           params: dict, batch: int, seeds: list[int], mode: str = "cascade") -> dict:
+           params: dict, batch: int, seeds: list[int], mode: str = "cascade",
+           label_models: list[tuple[torch.nn.Module, float]] | None = None) -> dict:
     """The model-randomisation check of one variant over ``seeds``: the full
     randomisation's summary (pass / fail), and with ``mode="cascade"`` the layer-by-layer
-    curve before it (see :mod:`napari_attribution.core.evaluation.sanity`)."""
+    curve before it (see :mod:`napari_attribution.core.evaluation.sanity`); with
+    ``label_models`` (one per seed, :func:`label_models_for`) the data-label
+    randomisation's summary under ``"labels"`` (its own ``failing``; the top-level
+    ``failing`` stays the model randomisation's)."""
     out = run_generator(sanity_check(maps, model, x, t, method, params, "cpu", batch,
-                                     seeds[0], len(seeds), [], mode))
+                                     seeds[0], len(seeds), list(label_models or []), mode))
     summary = out["model"]
     if "cascade" in out:
         summary["cascade"] = out["cascade"]
+    if "labels" in out:
+        summary["labels"] = out["labels"]
     return summary
 
 
+def label_models_for(model, x: np.ndarray, y: np.ndarray, seeds: list[int], epochs: int
+                     ) -> tuple[list[tuple[torch.nn.Module, float]], list[dict]]:
+    """The data-label randomisation's models, one per seed: a randomised copy of
+    ``model`` trained ``epochs`` epochs on ``x`` with ``y`` shuffled
+    (:func:`label_randomised_model`), and per seed a report that it is random with
+    respect to the labels and that training did happen: its accuracy on the shuffled
+    labels it was trained on (memorisation; above the majority share: it learned) and on
+    the true labels (about ``shuffle_agreement``, the share of labels the shuffle left
+    in place, for a model that learned the shuffle and nothing of the true labels), the
+    classes it predicts and whether every parameter is finite. The global torch RNG is
+    left as it was (the fidelity scores after it stay those of a run without it)."""
+    y = np.asarray(y)
+    models, reports = [], []
+    for s in seeds:
+        with torch.random.fork_rng():
+            net, acc = label_randomised_model(model, x, y, seed=s, epochs=epochs)
+        # the core's shuffle (np.random.default_rng(seed).permutation); checked below
+        # against the accuracy the core reports
+        shuffled = np.random.default_rng(s).permutation(y)
+        with torch.no_grad():
+            pred = torch.cat([net(torch.from_numpy(np.asarray(x[i:i + 256], np.float32)))
+                              .argmax(1) for i in range(0, len(x), 256)]).numpy()
+        acc_shuffled = float((pred == shuffled).mean())
+        if abs(acc_shuffled - acc) > 1e-9:
+            raise SystemExit(f"label randomisation, seed {s}: the shuffle here does not "
+                             f"match the core's (accuracy {acc_shuffled} vs {acc})")
+        majority = float(np.bincount(y).max() / len(y))
+        reports.append({
+            "seed": int(s), "n_images": int(len(y)), "epochs": int(epochs),
+            "accuracy_shuffled_labels": acc, "accuracy_true_labels": float((pred == y).mean()),
+            "shuffle_agreement": float((shuffled == y).mean()), "majority_share": majority,
+            "predicted_classes": int(len(np.unique(pred))),
+            "learned_shuffle": bool(acc > majority),
+            "finite_parameters": bool(all(torch.isfinite(p).all() for p in net.parameters()))})
+        models.append((net, acc))
+    return models, reports
+
+
+def add_label_models(sets: dict[str, dict], seeds: list[int], epochs: int) -> None:
+    """Train the label-randomised models (:func:`label_models_for`) once per model and
+    attach them to its sets (``label_models``, ``label_training``). Sets that share a
+    model pool their images and labels: BBBC013's positive and negative report sets
+    hold one class each, and shuffling one class's labels would change nothing."""
+    groups: dict[int, list[str]] = {}
+    for name, s in sets.items():
+        groups.setdefault(id(s["model"]), []).append(name)
+    for names in groups.values():
+        first = sets[names[0]]
+        x = np.concatenate([sets[n]["images"] for n in names])
+        y = np.concatenate([np.asarray(sets[n]["targets"]) for n in names])
+        t0, c0 = time.perf_counter(), time.process_time()
+        models, runs = label_models_for(first["model"], x, y, seeds, epochs)
+        what = (f"the {len(y)} images of {' + '.join(names)}" if len(names) > 1
+                else f"the set's {len(y)} images")
+        report = {"trained_on": what, "sets": names, "runs": runs,
+                  "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+        for n in names:
+            sets[n]["label_models"], sets[n]["label_training"] = models, report
+        print(f"label-randomised models for {', '.join(names)}: " + "; ".join(
+            f"seed {d['seed']}: acc shuffled {d['accuracy_shuffled_labels']:.2f}, true "
+            f"{d['accuracy_true_labels']:.2f} (agreement {d['shuffle_agreement']:.2f})"
+            for d in runs), flush=True)
+
+
 def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None,
-            n_sanity: int = 0, sanity_mode: str = "cascade") -> dict:
+            n_sanity: int = 0, sanity_mode: str = "cascade",
+            label_models: list[tuple[torch.nn.Module, float]] | None = None) -> dict:
     model, x, t = s["model"], s["images"], s["targets"]
     scores: dict[str, dict[str, np.ndarray]] = {}
     cost: dict[str, dict] = {}
@@ -197,7 +276,8 @@ def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None,
                          for m in (*INDEPENDENT, *TRAINED)}
         if n_sanity:
             sanity_out[label] = sanity(model, x, t, maps, method, params, batch,
-                                       list(range(seed, seed + n_sanity)), sanity_mode)
+                                       list(range(seed, seed + n_sanity)), sanity_mode,
+                                       label_models)
     summary: dict[str, dict] = {}
     for label in variants:
         summary[label] = {m: bootstrap_interval(v, seed=seed) for m, v in scores[label].items()}
@@ -218,7 +298,8 @@ def run_set(s: dict, batch: int, seed: int, labels: list[str] | None = None,
             "verdicts": verdicts, "sanity": sanity_out, "ties": ties,
             "model_free": list(MODEL_FREE),
             "n_images": int(x.shape[0]), "batch": int(batch), "model_accuracy": s["model_accuracy"],
-            "note": s["note"], "trained_on": trained_perturbations("pcim")}
+            "note": s["note"], "trained_on": trained_perturbations("pcim"),
+            **({"label_training": s["label_training"]} if "label_training" in s else {})}
 
 
 def merge(old: dict, new: dict, labels: list[str], stamp: dict) -> dict:
@@ -240,6 +321,8 @@ def merge(old: dict, new: dict, labels: list[str], stamp: dict) -> dict:
             for key in ("verdicts", "sanity", "ties"):
                 if label in r.get(key, {}):
                     out[name].setdefault(key, {})[label] = r[key][label]
+        if "label_training" in r:
+            out[name]["label_training"] = r["label_training"]
     runs = old.get("column_runs") or {label: {"date": old["date"]} for label in VARIANTS}
     runs.update({label: stamp for label in labels})
     return {"results": out, "column_runs": runs}
@@ -333,6 +416,53 @@ def cascade_table(r: dict) -> list[str]:
     return lines
 
 
+def label_sanity_rows(r: dict, labels: list[str]) -> list[str]:
+    """The data-label randomisation's rows of one set's table (none if it did not run):
+    median / worst ρ, signed and absolute maps, and pass / FAIL with the seeds whose maps
+    survived."""
+    lab = {v: r["sanity"][v]["labels"] for v in labels
+           if "labels" in r.get("sanity", {}).get(v, {})}
+    if not lab:
+        return []
+
+    def cell(v: str, fmt) -> str:
+        return fmt(lab[v]) if v in lab else "–"
+
+    return [
+        "| label-randomised ρ median / worst | " + " | ".join(
+            cell(v, lambda d: f"{d['median']:.2f} / {d['worst']:.2f}") for v in labels) + " |",
+        "| label-randomised \\|map\\| ρ median / worst | " + " | ".join(
+            cell(v, lambda d: f"{d['abs_median']:.2f} / {d['abs_worst']:.2f}")
+            for v in labels) + " |",
+        "| label sanity (seeds surviving) | " + " | ".join(
+            cell(v, lambda d: f"{'FAIL' if d['failing'] else 'pass'} "
+                              f"({len(d['survived_seeds'])} of {len(d['seeds'])})")
+            for v in labels) + " |"]
+
+
+def label_training_lines(r: dict) -> list[str]:
+    """One line on the label-randomised models of a set: what they were trained on and
+    their accuracy on the shuffled and on the true labels (range over seeds)."""
+    rep = r.get("label_training")
+    if not rep:
+        return []
+    runs = rep["runs"]
+
+    def rng(key: str) -> str:
+        lo, hi = min(d[key] for d in runs), max(d[key] for d in runs)
+        return f"{lo:.2f}" if abs(hi - lo) < 5e-3 else f"{lo:.2f}-{hi:.2f}"
+
+    ok = all(d["learned_shuffle"] and d["finite_parameters"] for d in runs)
+    return [f"label-randomised models (seeds {', '.join(str(d['seed']) for d in runs)}; "
+            f"{runs[0]['epochs']} epochs on {rep['trained_on']}): accuracy on the shuffled "
+            f"labels {rng('accuracy_shuffled_labels')}, on the true labels "
+            f"{rng('accuracy_true_labels')} (labels the shuffle left in place "
+            f"{rng('shuffle_agreement')}, majority class {rng('majority_share')}); "
+            + ("every one learned its shuffle (above the majority share), finite "
+               "parameters" if ok else "**a model did not learn its shuffle or has "
+                                        "non-finite parameters**"), ""]
+
+
 def markdown(results: dict, targets: list[dict]) -> str:
     lines = []
     for set_name, r in results.items():
@@ -357,6 +487,7 @@ def markdown(results: dict, targets: list[dict]) -> str:
                 for v in labels) + " |")
             lines.append("| sanity (FAIL: \\|ρ\\| > 0.5 in any seed) | " + " | ".join(
                 ("FAIL" if r["sanity"][v]["failing"] else "pass") for v in labels) + " |")
+            lines += label_sanity_rows(r, labels)
         if r.get("ties"):
             lines.append("| largest tied share of a map (max) | " + " | ".join(
                 f"{r['ties'][v]['largest_tie_max']:.2f}" for v in labels) + " |")
@@ -368,6 +499,7 @@ def markdown(results: dict, targets: list[dict]) -> str:
         lines.append(f"| peak MiB (batch {r.get('batch', '?')}) | " + " | ".join(
             _mib(r["cost"][v].get("peak_mib")) for v in labels) + " |")
         lines.append("")
+        lines += label_training_lines(r)
         lines += cascade_table(r)
         lines.append("W / = / L: beats every model-free baseline (image, image_excess, "
                      "random) / ties / loses to one, paired 95 % bootstrap intervals; ties "
@@ -402,6 +534,11 @@ def main() -> None:
     ap.add_argument("--sanity-mode", choices=("cascade", "full"), default="cascade",
                     help="cascade: randomise layer by layer from the top, then all (the "
                          "curve, then pass / fail on the last step); full: all at once only")
+    ap.add_argument("--label-sanity", action="store_true",
+                    help="also the data-label randomisation over the --sanity seeds (a "
+                         "copy trained on shuffled labels per seed)")
+    ap.add_argument("--label-epochs", type=int, default=30,
+                    help="epochs of each shuffled-label model (--label-sanity)")
     ap.add_argument("--cells-seed", type=int, default=2,
                     help="generator seed of the synthetic report cells (tuning: 1)")
     ap.add_argument("--mnist-start", type=int, default=8000 + TUNING_IMAGES,
@@ -418,6 +555,8 @@ def main() -> None:
             raise SystemExit(f"unknown --methods {unknown}; known: {list(VARIANTS)}")
     if args.merge and not labels:
         raise SystemExit("--merge needs --methods")
+    if args.label_sanity and args.sanity < 1:
+        raise SystemExit("--label-sanity needs --sanity N (its seeds)")
     run_labels = None if labels is None else ["PCIM"] + [v for v in labels if v != "PCIM"]
     if args.quick:
         args.n_images, args.epochs = 12, 3
@@ -437,11 +576,14 @@ def main() -> None:
         if not b:
             print("skipping BBBC013: ../shared/data/bbbc013 not found")
         sets.update(b)
+    if args.label_sanity:
+        add_label_models(sets, list(range(args.seed, args.seed + args.sanity)),
+                         args.label_epochs)
     results = {}
     for name, s in sets.items():
         t0 = time.perf_counter()
         results[name] = run_set(s, args.batch, args.seed, run_labels, args.sanity,
-                                args.sanity_mode)
+                                args.sanity_mode, s.get("label_models"))
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     import os
 

@@ -358,3 +358,48 @@ def explain_gen(model, x, t):
 
     res = yield from explain(model, x, t, method="saliency", device="cpu")
     return res.maps
+
+
+def test_fidelity_benchmark_label_sanity_trains_on_shuffled_labels_and_tables_it():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fidelity
+
+    model, _ = _spot_dcmix()
+    x, _ = spot_images(n=24, size=12, seed=3)
+    x[12:, 0] = np.random.default_rng(3).uniform(0, 0.3, (12, 12, 12))
+    y = np.array([1] * 12 + [0] * 12)
+    state = torch.random.get_rng_state()
+    models, runs = fidelity.label_models_for(model, x, y, [4, 5], epochs=60)
+    assert torch.equal(torch.random.get_rng_state(), state)     # global RNG untouched
+    assert len(models) == 2 and [d["seed"] for d in runs] == [4, 5]
+    for (net, acc), d in zip(models, runs, strict=True):
+        assert d["accuracy_shuffled_labels"] == acc
+        # it memorised its shuffle, not the true labels: on the true labels it scores
+        # what the shuffle left in place, not the trained model's accuracy
+        assert d["learned_shuffle"] and acc > d["majority_share"] == 0.5
+        assert abs(d["accuracy_true_labels"] - d["shuffle_agreement"]) <= 1 - acc + 1e-9
+        assert d["accuracy_true_labels"] < 0.9 and d["finite_parameters"]
+        assert not any(p.requires_grad for p in net.parameters())
+    # a one-class set: the shuffle would change nothing (fidelity.py pools such sets)
+    with pytest.raises(InputError, match="at least two classes"):
+        fidelity.label_models_for(model, x[:12], y[:12], [4], epochs=5)
+
+    xs, t = x[:6], y[:6]
+    maps = _run(explain_gen(model, xs, t))
+    sal = fidelity.sanity(model, xs, t, maps, "saliency", {}, 8, [4, 5], "full", models)
+    image = fidelity.sanity(model, xs, t, xs.sum(1), "image", {}, 8, [4, 5], "full", models)
+    assert sal["labels"]["seeds"] == [4, 5] and len(sal["labels"]["signed"]) == 2
+    assert image["labels"]["failing"] and image["labels"]["median"] == pytest.approx(1.0)
+    assert "labels" not in fidelity.sanity(model, xs, t, maps, "saliency", {}, 8, [4], "full")
+    r = {"sanity": {"saliency": sal, "image": image},
+         "label_training": {"trained_on": "the set's 24 images", "runs": runs}}
+    rows = fidelity.label_sanity_rows(r, ["saliency", "image"])
+    assert len(rows) == 3 and rows[2].endswith("| FAIL (2 of 2) |")
+    assert rows[2].startswith("| label sanity (seeds surviving) | " + (
+        "FAIL" if sal["labels"]["failing"] else "pass"))
+    line = fidelity.label_training_lines(r)[0]
+    assert "seeds 4, 5; 60 epochs on the set's 24 images" in line
+    assert "every one learned its shuffle" in line

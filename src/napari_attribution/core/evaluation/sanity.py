@@ -182,12 +182,17 @@ def label_randomised_model(model: torch.nn.Module, images: np.ndarray, labels: n
                            ) -> tuple[torch.nn.Module, float]:
     """A randomised copy of ``model`` trained for ``epochs`` on ``images`` with their
     ``labels`` shuffled (seeded): (model in eval mode, its accuracy on the shuffled
-    labels, i.e. how much of the noise it memorised)."""
+    labels, i.e. how much of the noise it memorised; no better than the majority class:
+    it did not learn). Labels of a single class are refused (their shuffle changes
+    nothing)."""
     y = np.asarray(labels)
     if y.shape[0] != np.shape(images)[0]:
         raise InputError(f"{y.shape[0]} labels for {np.shape(images)[0]} images")
     if not np.issubdtype(y.dtype, np.integer):
         raise InputError("label randomisation needs integer class labels")
+    if np.unique(y).size < 2:
+        raise InputError("label randomisation needs images of at least two classes: "
+                         "shuffling the labels of one class changes nothing")
     rng = np.random.default_rng(seed)
     shuffled = torch.as_tensor(rng.permutation(y), device=device).long()
     net = randomize_model(model, seed=seed).to(device)
