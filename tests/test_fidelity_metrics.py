@@ -403,3 +403,21 @@ def test_fidelity_benchmark_label_sanity_trains_on_shuffled_labels_and_tables_it
     line = fidelity.label_training_lines(r)[0]
     assert "seeds 4, 5; 60 epochs on the set's 24 images" in line
     assert "every one learned its shuffle" in line
+
+
+def test_label_randomised_model_trains_until_it_fits_the_shuffle():
+    from napari_attribution.core.channels.dcmix import build_dcmix
+    from napari_attribution.core.evaluation.sanity import label_fit_note, label_randomised_model
+
+    torch.manual_seed(0)
+    model = build_dcmix(n_channels=2, n_classes=2, width=4)
+    x, _ = spot_images(n=8, size=12, seed=3)
+    labels = np.array([0, 1] * 4)
+    _, short = label_randomised_model(model, x, labels, seed=1, epochs=1, max_epochs=1)
+    _, fitted = label_randomised_model(model, x, labels, seed=1, epochs=1)
+    assert fitted >= 0.95 > short
+    # a model that cannot learn (SpotModel: class 0 is a constant) keeps trying, then says so
+    _, stuck = label_randomised_model(SpotModel(), x, labels, seed=1, epochs=1, max_epochs=20)
+    note = label_fit_note([fitted, stuck])
+    assert stuck < 0.95 and note is not None and "1 of 2 shuffled-label models" in note
+    assert label_fit_note([fitted]) is None

@@ -116,6 +116,8 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         lines.append("sanity: Spearman rho between the maps of the trained and of randomised "
                      "models (mean over images, per seed; median and worst over seeds); "
                      "FAIL: |rho| > 0.5 in any seed")
+    notes = {r["sanity_labels_note"] for r in rows if "sanity_labels_note" in r}
+    lines += [f"warning: {n}" for n in sorted(notes)]
     lines += _cascade_lines(rows, width)
     if rows and "ties" in rows[0]:
         lines.append(f"ties in the maps: {_ties(rows[0])} (largest tied share of a map: "

@@ -27,6 +27,7 @@ from .model_free import MODEL_FREE, model_free_maps
 from .sanity import (
     SANITY_MODES,
     cascade_models,
+    label_fit_note,
     label_randomised_model,
     layer_name,
     parameter_layers,
@@ -188,6 +189,9 @@ def sanity_check(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarr
         signed, absolute = yield from rhos(net for net, _ in label_models)
         out["labels"] = summarise(signed, absolute, seeds[:len(label_models)])
         out["labels"]["shuffled_label_accuracy"] = [acc for _, acc in label_models]
+        note = label_fit_note([acc for _, acc in label_models])
+        if note:
+            out["labels"]["note"] = note
     out["failing"] = any(v["failing"] for k, v in out.items()
                          if k in ("model", "labels"))
     return out
@@ -341,6 +345,8 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
                 if "labels" in san:
                     row.update({"sanity_labels_median": san["labels"]["median"],
                                 "sanity_labels_worst": san["labels"]["worst"]})
+                    if "note" in san["labels"]:
+                        row["sanity_labels_note"] = san["labels"]["note"]
         rows.append(row)
     if model_free:
         for row in rows:
