@@ -37,9 +37,10 @@ import numpy as np
 
 TICK_MS = 10
 TARGETS = {"p95_ms": 30.0, "max_ms": 200.0, "slowdown": 1.25, "stall_ms": 50.0}
+SETTLE_MS = 300  # the timer's run after a job's end (its last repaints)
 #: The stall watchdog of ``--trace-stalls`` (``stall_trace.StallTracer``), else None.
 TRACER = None
-VARIANTS = ("full", "no-plots", "hidden-canvas", "train-behind")
+VARIANTS = ("full", "no-plots", "hidden-canvas", "train-behind", "native-docks")
 
 
 class TickRecorder:
@@ -152,10 +153,14 @@ def run_on_event_loop(start: Callable[[], object], timeout_s: float = 900,
         worker = start()
         if worker is None:
             raise RuntimeError("the job did not start (bad input?)")
-        worker.finished.connect(loop.quit)  # after the widget's own handlers
+        done: list[float] = []
+        # after the widget's own handlers; the timer runs on for SETTLE_MS, so that the
+        # repaints a run leaves behind count in this run, not in the next one
+        worker.finished.connect(lambda: (done.append(time.perf_counter()),
+                                         QTimer.singleShot(SETTLE_MS, loop.quit)))
         QTimer.singleShot(int(timeout_s * 1000), loop.quit)
         loop.exec()
-        seconds = time.perf_counter() - t0
+        seconds = (done[0] if done else time.perf_counter()) - t0
     cpu = cpu_by_group()
     out = {**rec.stats(), "seconds": round(seconds, 2),
            "cpu_s": {k: round(cpu[k] - cpu0[k], 3) for k in cpu}}
@@ -196,6 +201,11 @@ def apply_variant(variant: str, viewer, train, attr) -> None:
         train._plot = lambda weights: None
     elif variant == "hidden-canvas":
         viewer.window._qt_viewer.canvas.native.setVisible(False)  # diagnosis only
+    elif variant == "native-docks":  # the widgets in native windows of their own
+        from qtpy.QtCore import Qt
+
+        for w in (train, attr):
+            w.setAttribute(Qt.WidgetAttribute.WA_NativeWindow)
     elif variant == "train-behind":  # the Pixel attribution tab on top
         viewer.window._dock_widgets["Pixel attribution"].raise_()  # diagnosis only
 
@@ -237,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="full", choices=VARIANTS,
                    help="diagnosis: run the widgets with a part switched off: no-plots "
                         "(no live training plot updates), hidden-canvas (napari's canvas "
-                        "hidden), train-behind (the Train dock's tab not on top)")
+                        "hidden), train-behind (the Train dock's tab not on top), native-docks "
+                        "(the widgets in native windows of their own)")
     args = p.parse_args(argv)
     phases = [x.strip().lower() for x in args.phases.split(",") if x.strip()]
     loads = [x.strip() for x in args.loads.split(",") if x.strip()]

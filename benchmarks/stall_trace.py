@@ -271,6 +271,30 @@ def instrument(tracer: StallTracer, train: Any, attr: Any) -> None:
     progress.update = noted_update
 
 
+#: Stall categories, first match wins: (name, test on a traced stall).
+CATEGORIES = (
+    ("job start in the GUI thread", lambda smp: any(
+        "start_training" in f or "run (attribution_widget" in f or "bare_worker" in f
+        for f in smp["gui_stack"])),
+    ("plot render thread running", lambda smp: any(
+        "_render" in k for k in smp["python_threads"]) or any(
+        "_render" in k for k in smp["running"])),
+    ("window repaint/composition (main window event, progress bar)", lambda smp: any(
+        "qt_main_window" in f or "qt_progress_bar" in f or "processEvents" in f
+        for f in smp["gui_stack"])),
+    ("GUI thread blocked in the event loop", lambda smp: smp["gui_state"] != "R"),
+    ("GUI thread runnable in the event loop (waiting for a CPU)", lambda smp: True),
+)
+
+
+def classify(stall: dict) -> str:
+    """The first category (of :data:`CATEGORIES`) that any sample of ``stall`` fits."""
+    for name, test in CATEGORIES:
+        if any(test(smp) for smp in stall["samples"]):
+            return name
+    return "unsampled"
+
+
 def report(rows: dict[str, dict]) -> None:
     """Print, per phase, the widget's calls and paint events per run against the bare
     worker's, then every traced stall: how late, how the GUI thread spent it, its stack,
@@ -289,6 +313,10 @@ def report(rows: dict[str, dict]) -> None:
                       f"{cpu['llvmpipe']:.2f} other {cpu['other']:.2f}")
                 print(f"    calls: {calls or '-'}")
                 print(f"    events: {paints or '-'}")
+        for kind, traces in (("widget", r["trace"]), ("bare", r["baseline_trace"])):
+            cats = Counter(classify(s) for t in traces for s in t["traced_stalls"])
+            print(f"  {kind} stalls by what the samples show: "
+                  + ("; ".join(f"{k}: {v}" for k, v in cats.most_common()) or "none"))
         for traces in (r["trace"], r["baseline_trace"]):
             for t in traces:
                 for s in t["traced_stalls"]:

@@ -26,8 +26,11 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 from ..core.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
-FLUSH_MS = 500  # GUI updates from progress events at most this often (each one
-# repaints the window: ~10-25 ms of GUI-thread time under Xvfb on 2 cores)
+FLUSH_MS = 1000  # GUI updates from progress events at most this often: each one
+# repaints the window, which napari's canvas makes Qt compose with OpenGL (on a machine
+# without a GPU Mesa's llvmpipe threads, which must get a core before the GUI thread
+# goes on: beside a busy worker and another busy process, a 50-100 ms stall now and
+# then; gui_latency.py --trace-stalls)
 PBAR_EVERY_S = 1.0  # napari's activity bar moves at most this often (each move runs
 # QApplication.processEvents and repaints the window)
 
@@ -263,15 +266,28 @@ class TaskRunner(QObject):
 
     def _show_progress(self, ev: Progress) -> None:
         """Progress goes into the bars only: changing a label's text makes Qt lay out the
-        dock and then napari's main window again (milliseconds each, 10 times a second)."""
-        if ev.total > 0:
-            if self._bar.maximum() != ev.total:
-                self._bar.setRange(0, ev.total)
-            self._bar.setValue(min(ev.step, ev.total))
-        if ev.message:
-            text = ev.message if len(ev.message) <= 48 else ev.message[:47] + "…"
-            self._bar.setFormat(f"{text.replace('%', '%%')}  %p%")
-            self._bar.setToolTip(ev.message)
+        dock and then napari's main window again (milliseconds each, 10 times a second).
+
+        One window repaint per flush: ``QProgressBar.setValue`` repaints at once (a
+        synchronous composition of the whole window, with software OpenGL under napari's
+        canvas) and the format change would ask for a second one, so the bar's updates
+        are held while it changes and it is repainted with the next window update, with
+        the live plots'. napari's activity bar repaints and processes events itself: it
+        moves last, in the same composition."""
+        bar = self._bar
+        held = bar.updatesEnabled()
+        bar.setUpdatesEnabled(False)
+        try:
+            if ev.total > 0:
+                if bar.maximum() != ev.total:
+                    bar.setRange(0, ev.total)
+                bar.setValue(min(ev.step, ev.total))
+            if ev.message:
+                text = ev.message if len(ev.message) <= 48 else ev.message[:47] + "…"
+                bar.setFormat(f"{text.replace('%', '%%')}  %p%")
+                bar.setToolTip(ev.message)
+        finally:
+            bar.setUpdatesEnabled(held)  # (re)enabling schedules the one repaint
         pbar = self._pbar
         now = time.monotonic()
         if pbar is None or (now - self._pbar_shown < PBAR_EVERY_S and ev.step < ev.total):
