@@ -139,6 +139,11 @@ class TaskRunner(QObject):
         self._throttled = qthrottled(self._flush, timeout=FLUSH_MS, parent=self)
         cancel.setEnabled(False)
         cancel.clicked.connect(self.cancel)
+        # the bar's room stays when it hides: starting and ending work then repaint the
+        # bar only, without laying out the dock and the window again
+        policy = bar.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        bar.setSizePolicy(policy)
         bar.setVisible(False)
 
     @property

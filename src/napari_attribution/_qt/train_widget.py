@@ -44,12 +44,12 @@ def _split(text: str) -> list[str]:
 
 
 def _steady_top(top: float, want: float) -> float:
-    """The loss axis' top: ``top`` while ``want`` fits it and uses at least 40 % of it,
-    else ``want`` rounded up to 1, 1.5, 2, 3, 5 or 7 times a power of ten, so that a
-    live plot changes its axis (a full render) only a few times per run."""
+    """The loss axis' top: ``top`` while ``want`` fits it and uses at least a quarter of
+    it, else ``want`` rounded up to 1, 1.5, 2, 3, 5 or 7 times a power of ten, so that a
+    live plot changes its axis (a full render) once or twice per run."""
     if not np.isfinite(want) or want <= 0:
         return top if top > 0 else 1.0
-    if 0.4 * top <= want <= top:
+    if 0.25 * top <= want <= top:
         return top
     scale = 10.0 ** np.floor(np.log10(want))
     return next(float(m * scale) for m in (1, 1.5, 2, 3, 5, 7, 10) if m * scale >= want)
@@ -476,7 +476,11 @@ class TrainWidget(DockWidget):
                 self.session.history = [*self.session.history, p]
                 changed = True
             elif "loss" in p:
-                self._live_loss.append((ev.step, p["loss"]))
+                # the running loss of the epoch under way, at its fraction of the epoch
+                # (progress steps are epochs x batches)
+                x = ev.step * self._run_epochs / ev.total if ev.total and self._run_epochs \
+                    else float(p.get("epoch", 1))
+                self._live_loss.append((x, p["loss"]))
                 changed = True
             if p.get("channel_weights") is not None:
                 self._weights = p["channel_weights"]
@@ -499,6 +503,7 @@ class TrainWidget(DockWidget):
         }
         ax_curve.set_xlabel("epoch")
         ax_curve.set_ylabel("loss")
+        ax_curve.set_ylim(0, 1)
         ax_curve.set_title("loss / accuracy")
         h1, l1 = ax_curve.get_legend_handles_labels()
         h2, l2 = ax_acc.get_legend_handles_labels()
@@ -526,7 +531,7 @@ class TrainWidget(DockWidget):
 
     def _plot_now(self, weights: list[list[float]]) -> None:
         """Curves and bars get their new data; a full render only when the axes change
-        (new artists, limits, the x label), otherwise a blit of the changed artists."""
+        (new artists, axis limits), otherwise a blit of the changed artists."""
         w = np.asarray(weights, dtype=float)
         names = self._channel_names if len(self._channel_names) == w.shape[1] else \
             [str(i) for i in range(w.shape[1])]
@@ -539,38 +544,24 @@ class TrainWidget(DockWidget):
             art = self._artists
         ax = art["curve"]
         history = self.session.history
-        xlabel, xlim, ylim = ax.get_xlabel(), ax.get_xlim(), ax.get_ylim()
-        if history:
-            ep = [h["epoch"] for h in history]
-            tl = [h["train_loss"] for h in history]
-            vl = [h["val_loss"] for h in history]
-            art["lines"]["train"].set_data(ep, tl)
-            art["lines"]["val"].set_data(ep, vl)
-            art["lines"]["acc"].set_data(ep, [h["val_accuracy"] for h in history])
-            # the run's epochs from the start (no new ticks each epoch); linear axis up
-            # to a high percentile, so that a spike does not flatten the rest
-            last = max(max(ep), self._run_epochs or 0)
-            want_x = (min(ep) - 0.5, last + 0.5)
-            want_top = float(np.percentile(np.r_[tl, vl], 90)) * 1.3
-            want_label = "epoch"
-        elif self._live_loss:
-            s, v = zip(*self._live_loss, strict=True)
-            art["lines"]["train"].set_data(s, v)
-            per_epoch = self._run_total / self._run_epochs if self._run_epochs else 0
-            want_x = (0, max(max(s) + 1, per_epoch))
-            want_top = max(v) * 1.1
-            want_label = "step"
-        else:
-            want_x, want_top, want_label = xlim, ylim[1], xlabel
-        top = _steady_top(ylim[1], want_top)
-        if want_label != xlabel:
-            ax.set_xlabel(want_label)
-        if tuple(want_x) != tuple(xlim):
-            ax.set_xlim(*want_x)
-        if (0, top) != tuple(ylim):
-            ax.set_ylim(0, top)
-        full = full or want_label != xlabel or tuple(want_x) != tuple(xlim) or \
-            (0, top) != tuple(ylim)
+        ep = [h["epoch"] for h in history]
+        tl = [h["train_loss"] for h in history]
+        vl = [h["val_loss"] for h in history]
+        # the train loss: per epoch, then the running loss of the epoch under way
+        live = [(x, v) for x, v in self._live_loss if x > max(ep, default=0)]
+        art["lines"]["train"].set_data(ep + [x for x, _ in live], tl + [v for _, v in live])
+        art["lines"]["val"].set_data(ep, vl)
+        art["lines"]["acc"].set_data(ep, [h["val_accuracy"] for h in history])
+        # the run's epochs from the start (no new ticks each epoch); a linear axis up to
+        # a high percentile, so that a spike does not flatten the rest
+        xlim = (0.0, max(max(ep, default=1), self._run_epochs or 0) + 0.5)
+        losses = np.r_[tl, vl, [v for _, v in live]]
+        ylim = (0.0, _steady_top(ax.get_ylim()[1], float(np.percentile(losses, 90)) * 1.3
+                                 if losses.size else 0.0))
+        if tuple(ax.get_xlim()) != xlim or tuple(ax.get_ylim()) != ylim:
+            ax.set_xlim(*xlim)
+            ax.set_ylim(*ylim)
+            full = True
         for h, bars in enumerate(art["bars"]):
             for patch, value in zip(bars.patches, w[h], strict=False):
                 patch.set_height(float(value))
