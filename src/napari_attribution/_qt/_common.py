@@ -120,33 +120,6 @@ class DockWidget(QWidget):
     def finish_layout(self) -> None:
         self.body.addStretch(1)
 
-    def blit(self) -> None:
-        """Show the animated artists' new state over the last full render's background,
-        in the GUI thread; a full :meth:`draw` when there is no valid background (none
-        yet, the canvas was resized, a render is running or the canvas is hidden)."""
-        bg = self._background
-        if (self._rendering or self._dirty or not self.isVisible() or bg is None
-                or bg[1] != self._agg.get_width_height() or bg[2] != self._target_size()):
-            self.draw()
-            return
-        self._agg.restore_region(bg[0])
-        for artist in self._animated():
-            self.figure.draw_artist(artist)
-        w, h = self._agg.get_width_height()
-        self._show(bytes(self._agg.buffer_rgba()), w, h)
-
-    def _animated(self) -> list:
-        return [a for ax in self.figure.axes for a in ax.get_children() if a.get_animated()]
-
-    def _target_size(self) -> tuple[int, int]:
-        return max(self.width(), 200), max(self.height(), self.minimumHeight())
-
-    def _show(self, buf: bytes, w: int, h: int) -> None:
-        from qtpy.QtGui import QImage, QPixmap
-
-        img = QImage(buf, w, h, QImage.Format.Format_RGBA8888).copy()
-        self.image.setPixmap(QPixmap.fromImage(img))
-
     def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
         super().showEvent(event)
         if not getattr(self, "_tabs_joined", False):
@@ -228,6 +201,30 @@ class _RenderDone(QObject):
     done = QtSignal(object)
 
 
+class _Picture(QWidget):
+    """Shows a pixmap. Unlike ``QLabel.setPixmap``, a new picture asks for a repaint of
+    this widget only, not for a new layout of the dock and the window."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._pixmap = None
+
+    def setPixmap(self, pixmap) -> None:  # noqa: N802 (QLabel's name)
+        self._pixmap = pixmap
+        self.update()
+
+    def pixmap(self):
+        return self._pixmap
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        if self._pixmap is not None:
+            from qtpy.QtGui import QPainter
+
+            painter = QPainter(self)
+            painter.drawPixmap(0, 0, self._pixmap)
+            painter.end()
+
+
 class PlotCanvas(QWidget):
     """A small matplotlib figure shown in a Qt widget, styled for napari's dark theme.
 
@@ -251,7 +248,7 @@ class PlotCanvas(QWidget):
         super().__init__(parent)
         self.figure = Figure(figsize=(3.6, height), dpi=80, facecolor="#262930")
         self._agg = FigureCanvasAgg(self.figure)
-        self.image = QLabel()
+        self.image = _Picture()
         self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.image.setMinimumHeight(int(height * 70))
         self.setMinimumHeight(int(height * 70))
