@@ -17,7 +17,17 @@ job <= 1.25x the bare worker's time (medians), and no widget stall above 50 ms t
 the bare worker does not have (the widget runs have no more ticks over 50 ms late than
 the bare runs). The exit status is 0 only when every target of every phase passes.
 
+A job's run ends when its worker has finished and the timer has run ``SETTLE_MS`` more
+(its last repaints count in its own run). Per run the output also gives the CPU seconds
+of the GUI thread and of Mesa's llvmpipe threads (software OpenGL composition).
+
+Diagnosis: ``--trace-stalls`` records, at every tick over 40 ms late, the GUI thread's
+stack, the running threads and the widget's last actions, and counts the widget's
+repaint-triggering calls and paint events per run (``stall_trace.py``); ``--variant``
+runs the widgets with a part switched off; ``--phases`` and ``--loads`` pick the rows.
+
     xvfb-run -a python benchmarks/gui_latency.py [--quick] [--json PATH]
+    xvfb-run -a python benchmarks/gui_latency.py --quick --trace-stalls --phases training
 """
 
 from __future__ import annotations

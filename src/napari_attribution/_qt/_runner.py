@@ -173,11 +173,13 @@ class TaskRunner(QObject):
         self._on_progress = on_progress
         self._pending = []
         self._cancelled = False
+        # the widget's own changes first: napari's bar processes events as it appears,
+        # so they are repainted with it, in one composition of the window
+        self._set_busy(True, description)
         self._pbar = progress(total=0, desc=description)
         self._calmed = calm_indicators(self._widget.window())
         self._pbar_shown = 0.0
         self._calm_again = True  # napari may start its animation after this call
-        self._set_busy(True, description)
         outcome: dict[str, Any] = {}
 
         def on_yielded(ev: Progress) -> None:
@@ -323,10 +325,10 @@ class TaskRunner(QObject):
         self._pending = []
         restore_indicators(self._calmed)
         self._calmed = []
+        self._set_busy(False)  # (before napari's bar goes: one repaint for both)
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-        self._set_busy(False)
 
     def _watch_window(self) -> None:
         """Stop the work when the top-level (viewer) window closes."""
