@@ -17,7 +17,17 @@ job <= 1.25x the bare worker's time (medians), and no widget stall above 50 ms t
 the bare worker does not have (the widget runs have no more ticks over 50 ms late than
 the bare runs). The exit status is 0 only when every target of every phase passes.
 
+A job's run ends when its worker has finished and the timer has run ``SETTLE_MS`` more
+(its last repaints count in its own run). Per run the output also gives the CPU seconds
+of the GUI thread and of Mesa's llvmpipe threads (software OpenGL composition).
+
+Diagnosis: ``--trace-stalls`` records, at every tick over 40 ms late, the GUI thread's
+stack, the running threads and the widget's last actions, and counts the widget's
+repaint-triggering calls and paint events per run (``stall_trace.py``); ``--variant``
+runs the widgets with a part switched off; ``--phases`` and ``--loads`` pick the rows.
+
     xvfb-run -a python benchmarks/gui_latency.py [--quick] [--json PATH]
+    xvfb-run -a python benchmarks/gui_latency.py --quick --trace-stalls --phases training
 """
 
 from __future__ import annotations
@@ -37,6 +47,10 @@ import numpy as np
 
 TICK_MS = 10
 TARGETS = {"p95_ms": 30.0, "max_ms": 200.0, "slowdown": 1.25, "stall_ms": 50.0}
+SETTLE_MS = 300  # the timer's run after a job's end (its last repaints)
+#: The stall watchdog of ``--trace-stalls`` (``stall_trace.StallTracer``), else None.
+TRACER = None
+VARIANTS = ("full", "no-plots", "hidden-canvas", "train-behind", "native-docks")
 
 
 class TickRecorder:
@@ -54,17 +68,24 @@ class TickRecorder:
 
     def _tick(self) -> None:
         now = time.perf_counter()
+        if TRACER is not None:
+            TRACER.heartbeat()
         self.late.append(max(0.0, (now - self._last) * 1000 - TICK_MS))
         self._last = now
 
     def __enter__(self) -> TickRecorder:
         self.late = []
         self._last = time.perf_counter()
+        if TRACER is not None:
+            TRACER.heartbeat()
+            TRACER.active = True
         self.timer.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.timer.stop()
+        if TRACER is not None:
+            TRACER.active = False
 
     def stats(self) -> dict:
         return lateness_stats(self.late[1:])
@@ -105,6 +126,11 @@ def combine(runs: list[dict]) -> dict:
     out = lateness_stats(late)
     out["seconds"] = round(float(np.median([r["seconds"] for r in runs])), 2)
     out["runs_seconds"] = [r["seconds"] for r in runs]
+    out["runs_stalls"] = [r["stalls"] for r in runs]
+    out["cpu_s"] = {k: round(float(np.median([r["cpu_s"][k] for r in runs])), 3)
+                    for k in runs[0]["cpu_s"]}
+    if "trace" in runs[0]:
+        out["trace"] = [r["trace"] for r in runs]
     return out
 
 
@@ -117,33 +143,50 @@ def verdicts(w: dict, b: dict) -> dict[str, bool]:
             "stalls": w["stalls"] <= b["stalls"]}
 
 
-def run_on_event_loop(start: Callable[[], object], timeout_s: float = 900) -> dict:
+def run_on_event_loop(start: Callable[[], object], timeout_s: float = 900,
+                      label: str = "") -> dict:
     """Call ``start()`` (returns a worker), run the Qt event loop until the worker has
-    finished (its ``finished`` handlers included), return timer stats and seconds."""
+    finished (its ``finished`` handlers included), return timer stats, seconds and the
+    CPU seconds of the GUI thread, of Mesa's llvmpipe threads and of the others (with
+    ``--trace-stalls`` also the widget's calls, paint events and traced stalls)."""
     from qtpy.QtCore import QEventLoop, QTimer
+
+    from stall_trace import cpu_by_group
 
     loop = QEventLoop()
     rec = TickRecorder()
+    cpu0 = cpu_by_group()
+    if TRACER is not None:
+        TRACER.start_run(label)
     with rec:
         t0 = time.perf_counter()
         worker = start()
         if worker is None:
             raise RuntimeError("the job did not start (bad input?)")
-        worker.finished.connect(loop.quit)  # after the widget's own handlers
+        done: list[float] = []
+        # after the widget's own handlers; the timer runs on for SETTLE_MS, so that the
+        # repaints a run leaves behind count in this run, not in the next one
+        worker.finished.connect(lambda: (done.append(time.perf_counter()),
+                                         QTimer.singleShot(SETTLE_MS, loop.quit)))
         QTimer.singleShot(int(timeout_s * 1000), loop.quit)
         loop.exec()
-        seconds = time.perf_counter() - t0
-    return {**rec.stats(), "seconds": round(seconds, 2)}
+        seconds = (done[0] if done else time.perf_counter()) - t0
+    cpu = cpu_by_group()
+    out = {**rec.stats(), "seconds": round(seconds, 2),
+           "cpu_s": {k: round(cpu[k] - cpu0[k], 3) for k in cpu}}
+    if TRACER is not None:
+        out["trace"] = TRACER.end_run()
+    return out
 
 
 def interleaved(widget_start: Callable[[], object], bare_start: Callable[[], object],
-                repeats: int) -> tuple[dict, dict]:
+                repeats: int, name: str = "") -> tuple[dict, dict]:
     """Widget and bare runs in the order W B B W W B ... (``repeats`` of each)."""
     w_runs, b_runs = [], []
     for i in range(repeats):
-        order = ((widget_start, w_runs), (bare_start, b_runs))
-        for start, runs in (order if i % 2 == 0 else order[::-1]):
-            runs.append(run_on_event_loop(start))
+        order = ((widget_start, w_runs, "widget"), (bare_start, b_runs, "bare"))
+        for start, runs, kind in (order if i % 2 == 0 else order[::-1]):
+            runs.append(run_on_event_loop(start, label=f"{name} {kind} #{len(runs) + 1}"))
     return combine(w_runs), combine(b_runs)
 
 
@@ -160,6 +203,21 @@ def bare_worker(make_gen: Callable[[], object]) -> Callable[[], object]:
         return worker
 
     return start
+
+
+def apply_variant(variant: str, viewer, train, attr) -> None:
+    """Switch a part of the widgets off for diagnosis (``--variant``)."""
+    if variant == "no-plots":
+        train._plot = lambda weights: None
+    elif variant == "hidden-canvas":
+        viewer.window._qt_viewer.canvas.native.setVisible(False)  # diagnosis only
+    elif variant == "native-docks":  # the widgets in native windows of their own
+        from qtpy.QtCore import Qt
+
+        for w in (train, attr):
+            w.setAttribute(Qt.WidgetAttribute.WA_NativeWindow)
+    elif variant == "train-behind":  # the Pixel attribution tab on top
+        viewer.window._dock_widgets["Pixel attribution"].raise_()  # diagnosis only
 
 
 class CpuHog:
@@ -187,7 +245,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None,
                    help="widget and bare runs of each job and load (default 2; 3 full)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--phases", default="training,PCIM",
+                   help="comma-separated jobs to measure (training, PCIM)")
+    p.add_argument("--loads", default="idle,cpu hog",
+                   help="comma-separated loads (idle, cpu hog)")
+    p.add_argument("--trace-stalls", action="store_true",
+                   help="diagnosis: a watchdog records the GUI thread's stack, thread "
+                        "states and the widget's last actions at every tick over 40 ms "
+                        "late, and counts repaint-triggering calls and paint events per run "
+                        "(benchmarks/stall_trace.py); adds a little GUI work")
+    p.add_argument("--variant", default="full", choices=VARIANTS,
+                   help="diagnosis: run the widgets with a part switched off: no-plots "
+                        "(no live training plot updates), hidden-canvas (napari's canvas "
+                        "hidden), train-behind (the Train dock's tab not on top), native-docks "
+                        "(the widgets in native windows of their own)")
     args = p.parse_args(argv)
+    phases = [x.strip().lower() for x in args.phases.split(",") if x.strip()]
+    loads = [x.strip() for x in args.loads.split(",") if x.strip()]
     n_images = args.images or (120 if args.quick else 300)
     epochs = args.epochs or (4 if args.quick else 12)
     n_pcim = args.pcim_images or (32 if args.quick else 128)
@@ -217,8 +291,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(epochs=epochs, batch_size=32, device=args.device, seed=0,
                       progress_every=1)
 
+    apply_variant(args.variant, viewer, train, attr)
     # warm-up (first torch calls allocate and pick kernels) and the model PCIM explains
     run_on_event_loop(lambda: train.start_training(dataclasses.replace(cfg, epochs=1)))
+    if args.trace_stalls:
+        from qtpy.QtWidgets import QApplication
+
+        from stall_trace import StallTracer, instrument
+
+        global TRACER
+        TRACER = StallTracer(tick_ms=TICK_MS)
+        instrument(TRACER, train, attr)
+        TRACER.count_paints(QApplication.instance())
+        TRACER.__enter__()
     rows: dict[str, dict] = {}
     with TickRecorder() as rec:
         from qtpy.QtCore import QEventLoop, QTimer
@@ -238,20 +323,27 @@ def main(argv: list[str] | None = None) -> int:
                               input_size=None)
 
     def measure(name: str, widget_start, make_gen) -> None:
-        for load in ("idle", "cpu hog"):
+        if name.lower() not in phases:
+            return
+        for load in loads:
+            phase = f"{name} ({load})"
             if load == "cpu hog":
                 with CpuHog():
-                    w, b = interleaved(widget_start, bare_worker(make_gen), repeats)
+                    w, b = interleaved(widget_start, bare_worker(make_gen), repeats, phase)
             else:
-                w, b = interleaved(widget_start, bare_worker(make_gen), repeats)
+                w, b = interleaved(widget_start, bare_worker(make_gen), repeats, phase)
             w.pop("late"), b.pop("late")
-            rows[f"{name} ({load})"] = {**w, "baseline_p95_ms": b["p95_ms"],
-                                        "baseline_max_ms": b["max_ms"],
-                                        "baseline_stalls": b["stalls"],
-                                        "baseline_seconds": b["seconds"],
-                                        "baseline_runs_seconds": b["runs_seconds"],
-                                        "pass": verdicts(w, b)}
-            print(f"  {name} ({load}): done", flush=True)
+            rows[phase] = {**w, "baseline_p95_ms": b["p95_ms"],
+                           "baseline_max_ms": b["max_ms"],
+                           "baseline_stalls": b["stalls"],
+                           "baseline_runs_stalls": b["runs_stalls"],
+                           "baseline_seconds": b["seconds"],
+                           "baseline_runs_seconds": b["runs_seconds"],
+                           "baseline_cpu_s": b["cpu_s"],
+                           "pass": verdicts(w, b)}
+            if "trace" in b:
+                rows[phase]["baseline_trace"] = b["trace"]
+            print(f"  {phase}: done", flush=True)
 
     measure("training", lambda: train.start_training(cfg), lambda: train_dcmix(data, cfg))
     attr.scope.setCurrentText("all images")
@@ -282,6 +374,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['seconds']:>7.1f} | {r['baseline_p95_ms']:>9.1f}{r['baseline_max_ms']:>9.1f}"
               f"{r['baseline_stalls']:>5}{r['baseline_seconds']:>7.1f}{ratio:>7.2f} | "
               f"{flags}{'PASS' if good['stalls'] else 'FAIL':>6}")
+    print("CPU seconds per run (median): GUI thread / llvmpipe (software OpenGL) threads, "
+          "widget vs bare")
+    for name, r in rows.items():
+        if "baseline_cpu_s" in r:
+            c, bc = r["cpu_s"], r["baseline_cpu_s"]
+            print(f"  {name:<22} widget {c['gui']:.2f} / {c['llvmpipe']:.2f}   "
+                  f"bare {bc['gui']:.2f} / {bc['llvmpipe']:.2f}")
+    if TRACER is not None:
+        TRACER.__exit__(None, None, None)
+        from stall_trace import report
+
+        report(rows)
+    if args.variant != "full":
+        print(f"variant: {args.variant} (a diagnosis, not the benchmark's verdict)")
     print(f"targets: p95 <= {TARGETS['p95_ms']:.0f} ms, max <= {TARGETS['max_ms']:.0f} ms, "
           f"job <= {TARGETS['slowdown']}x the bare worker (median of {repeats} interleaved "
           f"runs), no more ticks over {TARGETS['stall_ms']:.0f} ms late than the bare worker: "
@@ -291,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         "all_pass": bool(ok), "repeats": repeats,
         "setup": {"train_images": n_images, "size": args.size, "epochs": epochs,
                   "pcim_images": n_pcim, "pcim_steps": args.pcim_steps,
-                  "device": args.device, "quick": args.quick},
+                  "device": args.device, "quick": args.quick, "variant": args.variant,
+                  "trace_stalls": args.trace_stalls},
         "machine": gui_machine(), "date": time.strftime("%Y-%m-%d"),
     }
     write_result(args.json, result)

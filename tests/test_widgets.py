@@ -125,6 +125,51 @@ def test_train_widget_end_to_end(make_napari_viewer, qtbot, small_cells, tmp_pat
     assert w.session.bundle.sha256 is not None
 
 
+def test_live_plot_blits_without_full_renders(make_napari_viewer, qtbot, small_cells):
+    """Live updates that keep the axes draw the curves and bars over the kept background
+    in the GUI thread (no background render); a loss beyond the axis' top renders the
+    figure once more, with the axis grown (issue 23: the renders' thread stalled the GUI)."""
+    from napari_attribution._qt import TrainWidget
+
+    viewer = make_napari_viewer()
+    _add_cells(viewer, small_cells)
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+    w.show()
+    starts: list[int] = []
+    start = w.plot._start
+    w.plot._start = lambda: (starts.append(1), start())
+    w.start_training(_cfg(epochs=3))
+    _wait_idle(qtbot, w)
+    assert 1 <= len(starts) <= 3 and w.plot._background is not None
+    curves, bars = w.plot.figure.axes[:2]
+    assert curves.get_xlim() == (0.0, 3.5)  # the run's epochs from the start
+    before = w.plot.image.pixmap().toImage()
+    n = len(starts)
+    heads = len(w._weights)
+    weights = [[0.7, 0.1, 0.1, 0.1]] * heads
+    w._plot(weights)
+    assert len(starts) == n and w.plot.idle  # a blit: no render started
+    assert [p.get_height() for p in bars.patches[:4]] == pytest.approx([0.7, 0.1, 0.1, 0.1])
+    assert w.plot.image.pixmap().toImage() != before  # and it is shown
+    top = curves.get_ylim()[1]
+    w.session.history = [*w.session.history,
+                         {**w.session.history[-1], "train_loss": 20 * top,
+                          "val_loss": 20 * top}]
+    w._plot(weights)
+    _wait_idle(qtbot, w)
+    assert len(starts) == n + 1 and curves.get_ylim()[1] > top
+
+
+def test_loss_axis_top_changes_rarely():
+    from napari_attribution._qt.train_widget import _steady_top
+
+    assert _steady_top(1.0, 0.8) == 1.0 and _steady_top(1.0, 0.3) == 1.0  # kept
+    assert _steady_top(1.0, 1.2) == 1.5 and _steady_top(1.0, 0.2) == 0.2  # nice steps
+    assert _steady_top(2.0, 0.45) == 0.5 and _steady_top(0.5, 6.5) == 7.0
+    assert _steady_top(1.0, float("nan")) == 1.0 and _steady_top(0.0, 0.0) == 1.0
+
+
 def test_assign_labels_by_hand(make_napari_viewer, small_cells):
     from napari_attribution._qt import TrainWidget
 

@@ -83,6 +83,12 @@ def result_key(meta: dict) -> tuple:
     return (info.get("kind"), info.get("key"))
 
 
+def _differs(a, b) -> bool:
+    """Two numeric sequences differ (in length or in a value)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return a.shape != b.shape or not np.allclose(a, b, rtol=1e-12, atol=0.0)
+
+
 def put_result_layer(viewer, data: np.ndarray, name: str, key: str, meta: dict,
                      contrast: tuple[float, float], placement: dict,
                      signed: bool = False) -> Any:
@@ -94,14 +100,19 @@ def put_result_layer(viewer, data: np.ndarray, name: str, key: str, meta: dict,
     cmap = signed_colormap() if signed else evidence_colormap()
     for layer in list(viewer.layers):
         if result_key(layer.metadata) == ("attribution", key):
+            # only what changed: each setter makes napari recompute extents, redraw
+            # the layer list or the canvas (on the GUI thread, after every run)
             layer.data = data
             layer.metadata = meta
-            layer.scale = placement["scale"]
-            layer.translate = placement["translate"]
+            for attr in ("scale", "translate"):
+                if _differs(getattr(layer, attr), placement[attr]):
+                    setattr(layer, attr, placement[attr])
             if layer.colormap.name != cmap.name:
                 layer.colormap = cmap
-            layer.contrast_limits = contrast
-            layer.name = name
+            if _differs(layer.contrast_limits, contrast):
+                layer.contrast_limits = contrast
+            if layer.name != name:
+                layer.name = name
             return layer
     layer = viewer.add_image(data, name=name, metadata=meta, colormap=cmap,
                              blending="translucent", opacity=0.8, contrast_limits=contrast,

@@ -26,8 +26,11 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 from ..core.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
-FLUSH_MS = 500  # GUI updates from progress events at most this often (each one
-# repaints the window: ~10-25 ms of GUI-thread time under Xvfb on 2 cores)
+FLUSH_MS = 1000  # GUI updates from progress events at most this often: each one
+# repaints the window, which napari's canvas makes Qt compose with OpenGL (on a machine
+# without a GPU Mesa's llvmpipe threads, which must get a core before the GUI thread
+# goes on: beside a busy worker and another busy process, a 50-100 ms stall now and
+# then; gui_latency.py --trace-stalls)
 PBAR_EVERY_S = 1.0  # napari's activity bar moves at most this often (each move runs
 # QApplication.processEvents and repaints the window)
 
@@ -136,6 +139,11 @@ class TaskRunner(QObject):
         self._throttled = qthrottled(self._flush, timeout=FLUSH_MS, parent=self)
         cancel.setEnabled(False)
         cancel.clicked.connect(self.cancel)
+        # the bar's room stays when it hides: starting and ending work then repaint the
+        # bar only, without laying out the dock and the window again
+        policy = bar.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        bar.setSizePolicy(policy)
         bar.setVisible(False)
 
     @property
@@ -165,11 +173,13 @@ class TaskRunner(QObject):
         self._on_progress = on_progress
         self._pending = []
         self._cancelled = False
+        # the widget's own changes first: napari's bar processes events as it appears,
+        # so they are repainted with it, in one composition of the window
+        self._set_busy(True, description)
         self._pbar = progress(total=0, desc=description)
         self._calmed = calm_indicators(self._widget.window())
         self._pbar_shown = 0.0
         self._calm_again = True  # napari may start its animation after this call
-        self._set_busy(True, description)
         outcome: dict[str, Any] = {}
 
         def on_yielded(ev: Progress) -> None:
@@ -263,15 +273,28 @@ class TaskRunner(QObject):
 
     def _show_progress(self, ev: Progress) -> None:
         """Progress goes into the bars only: changing a label's text makes Qt lay out the
-        dock and then napari's main window again (milliseconds each, 10 times a second)."""
-        if ev.total > 0:
-            if self._bar.maximum() != ev.total:
-                self._bar.setRange(0, ev.total)
-            self._bar.setValue(min(ev.step, ev.total))
-        if ev.message:
-            text = ev.message if len(ev.message) <= 48 else ev.message[:47] + "…"
-            self._bar.setFormat(f"{text.replace('%', '%%')}  %p%")
-            self._bar.setToolTip(ev.message)
+        dock and then napari's main window again (milliseconds each, 10 times a second).
+
+        One window repaint per flush: ``QProgressBar.setValue`` repaints at once (a
+        synchronous composition of the whole window, with software OpenGL under napari's
+        canvas) and the format change would ask for a second one, so the bar's updates
+        are held while it changes and it is repainted with the next window update, with
+        the live plots'. napari's activity bar repaints and processes events itself: it
+        moves last, in the same composition."""
+        bar = self._bar
+        held = bar.updatesEnabled()
+        bar.setUpdatesEnabled(False)
+        try:
+            if ev.total > 0:
+                if bar.maximum() != ev.total:
+                    bar.setRange(0, ev.total)
+                bar.setValue(min(ev.step, ev.total))
+            if ev.message:
+                text = ev.message if len(ev.message) <= 48 else ev.message[:47] + "…"
+                bar.setFormat(f"{text.replace('%', '%%')}  %p%")
+                bar.setToolTip(ev.message)
+        finally:
+            bar.setUpdatesEnabled(held)  # (re)enabling schedules the one repaint
         pbar = self._pbar
         now = time.monotonic()
         if pbar is None or (now - self._pbar_shown < PBAR_EVERY_S and ev.step < ev.total):
@@ -302,10 +325,10 @@ class TaskRunner(QObject):
         self._pending = []
         restore_indicators(self._calmed)
         self._calmed = []
+        self._set_busy(False)  # (before napari's bar goes: one repaint for both)
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-        self._set_busy(False)
 
     def _watch_window(self) -> None:
         """Stop the work when the top-level (viewer) window closes."""

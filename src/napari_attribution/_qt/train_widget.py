@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,23 @@ from ._layers import ChannelPicker, Selection, combine_layers
 from ._runner import TaskRunner
 
 NO_OBJECTS = "(whole images)"
-PLOT_EVERY_S = 3.0  # live plot within an epoch at most this often (renders cost CPU)
-EPOCH_PLOT_S = 1.5  # and after an epoch at most this often
 PER_CROP_KEYS = ("well", "site", "field", "control", "dose", "y", "x")
 
 
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _steady_top(top: float, want: float) -> float:
+    """The loss axis' top: ``top`` while ``want`` fits it and uses at least a quarter of
+    it, else ``want`` rounded up to 1, 1.5, 2, 3, 5 or 7 times a power of ten, so that a
+    live plot changes its axis (a full render) once or twice per run."""
+    if not np.isfinite(want) or want <= 0:
+        return top if top > 0 else 1.0
+    if 0.25 * top <= want <= top:
+        return top
+    scale = 10.0 ** np.floor(np.log10(want))
+    return next(float(m * scale) for m in (1, 1.5, 2, 3, 5, 7, 10) if m * scale >= want)
 
 
 #: The widget's object budget for plates: crops become napari layers, held in memory.
@@ -59,7 +68,8 @@ class TrainWidget(DockWidget):
         self._live_loss: list[tuple[float, float]] = []
         self._channel_names: list[str] = []
         self._weights: list | None = None
-        self._last_plot = 0.0
+        self._run_epochs: int | None = None  # the epochs of the run being trained
+        self._run_total = 0  # its progress steps
         self._make_data_controls()
         self._make_model_controls()
         self.body.addWidget(self._lay_out_data(QGroupBox("Data")))
@@ -431,7 +441,8 @@ class TrainWidget(DockWidget):
             self.fail(err, "training")
             return None
         self.session.history, self._live_loss = [], []
-        self._weights, self._last_plot = None, 0.0
+        self._weights = None
+        self._run_epochs, self._run_total = cfg.epochs, 0
         self._channel_names = list(data.channel_names)
         source = [ly.name for ly in sel.layers]
 
@@ -455,25 +466,26 @@ class TrainWidget(DockWidget):
                                  self._on_progress)
 
     def _on_progress(self, events: list[Progress]) -> None:
-        new_epoch = False
+        """Live curves and weight bars from the events since the last GUI update (one
+        update per flush of the runner, in the same repaint as the progress bar)."""
+        changed = False
         for ev in events:
             p = ev.partial
+            self._run_total = max(self._run_total, ev.total)
             if "val_accuracy" in p:
                 self.session.history = [*self.session.history, p]
-                new_epoch = True
+                changed = True
             elif "loss" in p:
-                self._live_loss.append((ev.step, p["loss"]))
+                # the running loss of the epoch under way, at its fraction of the epoch
+                # (progress steps are epochs x batches)
+                x = ev.step * self._run_epochs / ev.total if ev.total and self._run_epochs \
+                    else float(p.get("epoch", 1))
+                self._live_loss.append((x, p["loss"]))
+                changed = True
             if p.get("channel_weights") is not None:
                 self._weights = p["channel_weights"]
-        # artists are updated in place: after an epoch at most every EPOCH_PLOT_S (and
-        # after the last one), within an epoch at most every PLOT_EVERY_S; each render and
-        # repaint takes CPU from the training on a small machine
-        now = time.monotonic()
-        last = bool(events) and events[-1].total > 0 and events[-1].step >= events[-1].total
-        since = now - self._last_plot
-        if self._weights is not None and (last or since > PLOT_EVERY_S
-                                          or (new_epoch and since > EPOCH_PLOT_S)):
-            self._last_plot = now
+                changed = True
+        if changed and self._weights is not None:
             self._plot(self._weights)
 
     def _init_plot(self, names: list[str], n_heads: int) -> None:
@@ -491,6 +503,7 @@ class TrainWidget(DockWidget):
         }
         ax_curve.set_xlabel("epoch")
         ax_curve.set_ylabel("loss")
+        ax_curve.set_ylim(0, 1)
         ax_curve.set_title("loss / accuracy")
         h1, l1 = ax_curve.get_legend_handles_labels()
         h2, l2 = ax_acc.get_legend_handles_labels()
@@ -506,6 +519,9 @@ class TrainWidget(DockWidget):
                         rotation_mode="anchor")
         ax_w.set_ylim(0, 1)
         ax_w.set_title("channel weights")
+        # live updates redraw only these over the kept background (PlotCanvas.blit)
+        for artist in [*lines.values(), *(p for b in bars for p in b.patches)]:
+            artist.set_animated(True)
         self._artists = {"key": (tuple(names), n_heads), "curve": ax_curve, "acc": ax_acc,
                          "lines": lines, "bars": bars}
 
@@ -514,38 +530,45 @@ class TrainWidget(DockWidget):
         self.plot.update(lambda: self._plot_now(weights))
 
     def _plot_now(self, weights: list[list[float]]) -> None:
+        """Curves and bars get their new data; a full render only when the axes change
+        (new artists, axis limits), otherwise a blit of the changed artists."""
         w = np.asarray(weights, dtype=float)
         names = self._channel_names if len(self._channel_names) == w.shape[1] else \
             [str(i) for i in range(w.shape[1])]
         art = getattr(self, "_artists", None)
-        if art is None or art["key"] != (tuple(names), w.shape[0]) or \
-                art["curve"].figure is not self.plot.figure or \
-                art["curve"] not in self.plot.figure.axes:
+        full = art is None or art["key"] != (tuple(names), w.shape[0]) or \
+            art["curve"].figure is not self.plot.figure or \
+            art["curve"] not in self.plot.figure.axes
+        if full:
             self._init_plot(names, w.shape[0])
             art = self._artists
         ax = art["curve"]
         history = self.session.history
-        if history:
-            ep = [h["epoch"] for h in history]
-            tl = [h["train_loss"] for h in history]
-            vl = [h["val_loss"] for h in history]
-            art["lines"]["train"].set_data(ep, tl)
-            art["lines"]["val"].set_data(ep, vl)
-            art["lines"]["acc"].set_data(ep, [h["val_accuracy"] for h in history])
-            # linear axis up to a high percentile: a spike does not flatten the rest
-            top = float(np.percentile(np.r_[tl, vl], 90)) * 1.3 or 1.0
-            ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
-            ax.set_ylim(0, top)
-        elif self._live_loss:
-            s, v = zip(*self._live_loss, strict=True)
-            art["lines"]["train"].set_data(s, v)
-            ax.set_xlabel("step")
-            ax.set_xlim(0, max(s) + 1)
-            ax.set_ylim(0, max(v) * 1.1 or 1.0)
+        ep = [h["epoch"] for h in history]
+        tl = [h["train_loss"] for h in history]
+        vl = [h["val_loss"] for h in history]
+        # the train loss: per epoch, then the running loss of the epoch under way
+        live = [(x, v) for x, v in self._live_loss if x > max(ep, default=0)]
+        art["lines"]["train"].set_data(ep + [x for x, _ in live], tl + [v for _, v in live])
+        art["lines"]["val"].set_data(ep, vl)
+        art["lines"]["acc"].set_data(ep, [h["val_accuracy"] for h in history])
+        # the run's epochs from the start (no new ticks each epoch); a linear axis up to
+        # a high percentile, so that a spike does not flatten the rest
+        xlim = (0.0, max(max(ep, default=1), self._run_epochs or 0) + 0.5)
+        losses = np.r_[tl, vl, [v for _, v in live]]
+        ylim = (0.0, _steady_top(ax.get_ylim()[1], float(np.percentile(losses, 90)) * 1.3
+                                 if losses.size else 0.0))
+        if tuple(ax.get_xlim()) != xlim or tuple(ax.get_ylim()) != ylim:
+            ax.set_xlim(*xlim)
+            ax.set_ylim(*ylim)
+            full = True
         for h, bars in enumerate(art["bars"]):
             for patch, value in zip(bars.patches, w[h], strict=False):
                 patch.set_height(float(value))
-        self.plot.draw()
+        if full:
+            self.plot.draw()
+        else:
+            self.plot.blit()
 
     # -- crops and controls ------------------------------------------------------------------
 
