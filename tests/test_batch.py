@@ -228,7 +228,7 @@ def test_killed_worker_run_completes_without_loss(tmp_path, records, bundle_path
             if busy:
                 pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
                 os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+                killed.append(busy[0])
 
         seen = []
 
@@ -242,7 +242,10 @@ def test_killed_worker_run_completes_without_loss(tmp_path, records, bundle_path
     assert killed, "no worker was busy when the first images finished"
     # the death is reported, not silently absorbed: in the progress and the store's log
     lost = [w for e in seen for w in e.partial.get("workers_lost", [])]
-    assert len(lost) == 1 and any("died" in e.message for e in seen)
+    # the killed worker is named once (on a loaded machine the scheduler may also drop a
+    # worker that missed its heartbeats: that one is reported too, never absorbed)
+    assert killed[0] in lost and len(set(lost)) == len(lost)
+    assert any("died" in e.message for e in seen)
     assert open_result(out).meta["summary"]["workers_lost"] == lost
     assert result.n_computed == len(records)
     store = open_result(out)
