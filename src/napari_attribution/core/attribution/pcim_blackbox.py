@@ -122,6 +122,9 @@ MODULATIONS = ("deletion", "contrast", "excess", "none")
 #: defaults were tuned on 28-48 px images: 6-10 px per logit)
 COARSE_CELL_PX = 24
 DIFFERENCES = ("central", "forward")
+#: how the blend's weights are normalised: mean one over the image (PCIM's) or so that
+#: the blend keeps the image's total contrast to the substrate
+NORMALISATIONS = ("mean", "contrast")
 
 
 @dataclass
@@ -161,6 +164,9 @@ class BlackboxPCIMConfig(MethodConfig):
     difference: str = setting("forward", choices=DIFFERENCES, advanced=True)
     max_forward: int | None = setting(None, minimum=2, maximum=10**6, advanced=True,
                                       help="cap on forward passes per image")
+    normalise: str = setting("mean", choices=NORMALISATIONS, advanced=True,
+                             help="'contrast': the weights keep the image's total "
+                                  "contrast to the substrate")
     substrate: str = setting("zero", choices=SUBSTRATES, advanced=True)
     preserve_substrate: str | None = setting("blur", choices=SUBSTRATES, advanced=True)
     blur_sigma: float = setting(5.0, minimum=0.1, maximum=100.0, advanced=True)
@@ -180,6 +186,9 @@ class BlackboxPCIMConfig(MethodConfig):
         if self.difference not in DIFFERENCES:
             raise InputError(f"unknown difference {self.difference!r}; use one of "
                              f"{DIFFERENCES}")
+        if self.normalise not in NORMALISATIONS:
+            raise InputError(f"unknown normalise {self.normalise!r}; use one of "
+                             f"{NORMALISATIONS}")
         if self.modulate not in MODULATIONS:
             raise InputError(f"unknown modulate {self.modulate!r}; use one of {MODULATIONS}")
         for name in ("substrate", "preserve_substrate"):
@@ -337,6 +346,10 @@ def pcim_blackbox_batch(model, x: torch.Tensor, targets: torch.Tensor,
         keep_kind = cfg.preserve_substrate or cfg.substrate
         keep_sub = make_substrate(x, keep_kind, cfg.blur_sigma)
         mod = modulation(x, delete_sub, keep_sub, cfg.modulate, cfg.power, cfg.blur_sigma)
+        keep_contrast = cfg.normalise == "contrast"
+        if keep_contrast:
+            delete_c = (x - delete_sub).abs().sum(1, keepdim=True)
+            keep_c = (x - keep_sub).abs().sum(1, keepdim=True)
         logits = torch.zeros(b, 1, gh, gw, device=x.device, dtype=x.dtype)
     central = cfg.difference == "central"
     for step, (factor, k) in enumerate(plan):
@@ -356,6 +369,8 @@ def pcim_blackbox_batch(model, x: torch.Tensor, targets: torch.Tensor,
                 idx = rep[i:i + batch_size]
                 lg = _upsample(flat[i:i + batch_size], (h, w)) * mod_rep[i:i + batch_size]
                 a = mixing_weights([-lg if delete else lg], (h, w))
+                if keep_contrast:
+                    a = keep_total(a, (delete_c if delete else keep_c)[idx])
                 out = model(blend(x[idx], a, sub[idx]))
                 losses.append(_target_loss(out.float(), targets[idx], cfg.loss))
             loss = torch.cat(losses).view(b, n_cand).to(x.dtype)
@@ -371,6 +386,18 @@ def pcim_blackbox_batch(model, x: torch.Tensor, targets: torch.Tensor,
         a = mixing_weights([_upsample(logits, (h, w)) * mod], (h, w))
         out_map = torch.log(a.clamp_min(1e-30))[:, 0]
     return out_map.clone()      # a normal tensor, usable outside inference mode
+
+
+def keep_total(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Weights ``a`` (B, 1, H, W) rescaled per image so that ``Σ a·c = Σ c`` for the
+    per-pixel contrast ``c`` (B, 1, H, W) to the substrate: the blend
+    ``s + a(x − s)`` then keeps the image's total contrast, and a map cannot lower the
+    loss by amplifying (or fading) the image as a whole, only by *where* it puts the
+    contrast. Unchanged where the image has no contrast to the substrate."""
+    total = c.flatten(1).sum(1)
+    kept = (a * c).flatten(1).sum(1)
+    scale = torch.where(kept > 0, total / kept.clamp_min(1e-30), torch.ones_like(total))
+    return a * scale.view(-1, 1, 1, 1)
 
 
 def _upsample(coarse_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
