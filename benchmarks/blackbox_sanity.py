@@ -51,6 +51,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "bb-keep-contrast": ("pcim_blackbox", {"normalise": "contrast"}),
     "bb-keep-contrast-grid12": ("pcim_blackbox", {"normalise": "contrast", "grid": 12,
                                                   "samples": 144}),
+    # the finest exact field tried: 16 x 16 logits (3 px cells on 48 px), 2 x 257 passes
+    "bb-grid16-exact": ("pcim_blackbox", {"grid": 16, "samples": 256}),
+    # gradient PCIM on black-box PCIM's fields (exact gradients, its 2 steps): which
+    # cell size lets a map pass, whatever the estimate
+    "PCIM-cells7-2steps": ("pcim", {"scales": (7,), "steps": 2}),
+    "PCIM-cells4-2steps": ("pcim", {"scales": (4,), "steps": 2}),
+    "PCIM-cells3-2steps": ("pcim", {"scales": (3,), "steps": 2}),
+    "PCIM-cells2-2steps": ("pcim", {"scales": (2,), "steps": 2}),
     "RISE": ("rise", {}),
     "occlusion": ("occlusion", {}),
 }

@@ -11,6 +11,7 @@ from napari_attribution.core.attribution.pcim_blackbox import (
     BlackboxPCIMConfig,
     _gaussian,
     contrast,
+    keep_total,
     modulation,
     pcim_blackbox_batch,
 )
@@ -216,6 +217,8 @@ def test_bad_options_are_refused_clearly():
         BlackboxPCIMConfig(power=0.0)
     with pytest.raises(InputError, match="unknown modulate"):
         BlackboxPCIMConfig(modulate="edges")
+    with pytest.raises(InputError, match="unknown normalise"):
+        BlackboxPCIMConfig(normalise="sum")
     with pytest.raises(InputError, match="unknown difference"):
         BlackboxPCIMConfig(difference="backward")
     with pytest.raises(InputError, match="unknown black-box PCIM parameter"):
@@ -354,3 +357,26 @@ def test_coarse_grid_on_large_images_is_warned_about():
     small = run_generator(explain(model, x[..., :40, :40], 1, method="pcim_blackbox",
                                   device="cpu", samples=4))
     assert small.warnings == []
+
+
+def test_contrast_keeping_weights_hold_the_total_contrast_and_still_find_the_region():
+    """``normalise="contrast"`` rescales each candidate's weights so that the blend keeps
+    the image's total contrast to the substrate (a flat image is left alone); the map
+    still favours the only region the model reads, at the same cost."""
+    rng = np.random.default_rng(1)
+    a = torch.from_numpy(rng.uniform(0.0, 3.0, (2, 1, 6, 6)).astype(np.float32))
+    c = torch.from_numpy(rng.uniform(0.0, 1.0, (2, 1, 6, 6)).astype(np.float32))
+    c[1] = 0.0
+    out = keep_total(a, c)
+    assert torch.allclose((out[0] * c[0]).sum(), c[0].sum(), rtol=1e-5)
+    assert not torch.allclose((a[0] * c[0]).sum(), c[0].sum(), rtol=1e-2)
+    assert torch.equal(out[1], a[1])                       # no contrast: unchanged
+    x, t = _images(), torch.ones(3, dtype=torch.long)
+    cfg = BlackboxPCIMConfig(normalise="contrast")
+    model = RegionModel()
+    maps, _ = _run(pcim_blackbox_batch(model, x, t, cfg))
+    inside = np.zeros((24, 24), bool)
+    inside[REGION] = True
+    for m in maps.numpy():
+        assert m[inside].mean() > m[~inside].mean() + 0.1
+    assert sum(model.calls) == 3 * cfg.forward_passes(24, 24)
