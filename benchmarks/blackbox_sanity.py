@@ -43,6 +43,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "PCIM-blackbox": ("pcim_blackbox", {}),
     "PCIM-blackbox-excess": ("pcim_blackbox", pb.V5),
     "bb-central": ("pcim_blackbox", {"difference": "central"}),
+    "bb-steps1": ("pcim_blackbox", {"steps": 1}),
     "bb-steps4": ("pcim_blackbox", {"steps": 4}),
     "bb-grid10": ("pcim_blackbox", {"grid": 10, "samples": 100}),
     "bb-logit": ("pcim_blackbox", {"loss": "logit"}),
@@ -51,6 +52,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "bb-keep-contrast": ("pcim_blackbox", {"normalise": "contrast"}),
     "bb-keep-contrast-grid12": ("pcim_blackbox", {"normalise": "contrast", "grid": 12,
                                                   "samples": 144}),
+    # finer fields with random (not exact) directions, about 300 passes
+    "bb-grid16-k36x8": ("pcim_blackbox", {"grid": 16, "samples": 36, "steps": 8}),
+    "bb-grid16-k96x3": ("pcim_blackbox", {"grid": 16, "samples": 96, "steps": 3}),
+    "bb-grid12-k36x8": ("pcim_blackbox", {"grid": 12, "samples": 36, "steps": 8}),
     # the finest exact field tried: 16 x 16 logits (3 px cells on 48 px), 2 x 257 passes
     "bb-grid16-exact": ("pcim_blackbox", {"grid": 16, "samples": 256}),
     # gradient PCIM on black-box PCIM's fields (exact gradients, its 2 steps): which
