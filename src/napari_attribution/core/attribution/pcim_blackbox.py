@@ -52,7 +52,7 @@ as the cells shrink: 0.79 (7 px cells), 0.59 (4 px), 0.45 (3 px), 0.35 (2 px), 0
 weights between regions follows how much of each channel a region holds, and so does
 the trained model's. Not passing (worst |ρ|, signed / absolute; passes per image):
 central differences 0.79 / 0.61 (197); 4 steps 0.78 / 0.60 (201); 1 step 0.82 / 0.63
-(51); ``loss="logit"`` 0.79 / 0.61 and ``"ce"`` 0.79 / 0.60; channel-mean substrates
+(51); ``loss="logit"`` 0.79 / 0.61; channel-mean substrates
 0.83 / 0.63; ``normalise="contrast"`` 0.70 / 0.59 (12 x 12: 0.67 / 0.65, 291);
 10 x 10 exact 0.69 / 0.49 (203); 12 x 12 exact 0.64 / 0.43 (291); random directions on
 finer fields are worse than exact ones (16 x 16 with 36 directions x 8 steps, 297
