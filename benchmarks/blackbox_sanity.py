@@ -58,6 +58,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "bb-grid12-k36x8": ("pcim_blackbox", {"grid": 12, "samples": 36, "steps": 8}),
     # the finest exact field tried: 16 x 16 logits (3 px cells on 48 px), 2 x 257 passes
     "bb-grid16-exact": ("pcim_blackbox", {"grid": 16, "samples": 256}),
+    # the same with a smaller finite-difference step (its estimate then matches exact
+    # gradients on that field): fidelity.py's PCIM-blackbox-fine
+    "bb-grid16-exact-sigma005": ("pcim_blackbox", {"grid": 16, "samples": 256,
+                                                   "sigma": 0.005}),
     # gradient PCIM on black-box PCIM's fields (exact gradients, its 2 steps): which
     # cell size lets a map pass, whatever the estimate
     "PCIM-cells7-2steps": ("pcim", {"scales": (7,), "steps": 2}),

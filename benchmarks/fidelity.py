@@ -81,6 +81,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the previous default: a 5 x 5 field times the image's excess (an image prior)
     "PCIM-blackbox-excess": ("pcim_blackbox", {"modulate": "excess", "grid": 5,
                                                "samples": 25}),
+    # issue 24: a 16 x 16 field estimated exactly with a small step (2 x 257 passes;
+    # chosen on tuning images with benchmarks/blackbox_sanity.py; not the default)
+    "PCIM-blackbox-fine": ("pcim_blackbox", {"grid": 16, "samples": 256, "sigma": 0.005}),
     "IG50": ("integrated_gradients", {"n_steps": 50}),
     "IG8": ("integrated_gradients", {"n_steps": 8}),
     "IG50-blur": ("integrated_gradients_blur", {"n_steps": 50}),
