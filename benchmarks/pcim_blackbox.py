@@ -71,10 +71,10 @@ V3 = {"steps": 2, "samples": 9, "sigma": 0.1, "lr": 0.15, "grid": 3, "difference
       "modulate": "deletion", "power": 0.75}
 #: black-box PCIM's defaults of issue #14's third rework: as now, but the coarse field
 #: modulated by the contrast to the deletion substrate (power 0.75), not the excess
-V4 = {"modulate": "deletion", "power": 0.75, "grid": 5, "samples": 25}
+V4 = {"modulate": "deletion", "power": 0.75, "grid": 5, "samples": 25, "sigma": 0.02}
 #: black-box PCIM's defaults until issue 24: a 5 x 5 field times the image's excess over
 #: its blur (an image prior; the maps survived model randomisation in an audit)
-V5 = {"modulate": "excess", "power": 0.5, "grid": 5, "samples": 25}
+V5 = {"modulate": "excess", "power": 0.5, "grid": 5, "samples": 25, "sigma": 0.02}
 #: the tuning split's MNIST digits continue at 8000 + TUNING_MORE past its first 32
 TUNING_MORE = 1000
 

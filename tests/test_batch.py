@@ -510,14 +510,14 @@ def test_plan_warns_about_black_box_pcims_coarse_grid_on_whole_fields(tmp_path, 
     from napari_attribution.batch.runner import plan_warnings
 
     cfg = BatchConfig(methods=["pcim_blackbox", "saliency"])
-    (msg,) = plan_warnings(cfg, cfg.methods, (320, 400), regions=False)
-    assert msg.startswith("black-box PCIM's 7 x 9 logits span 46 px each on these 320x400")
-    assert plan_warnings(replace(cfg, input_size=48), cfg.methods, (320, 400), False) == []
+    (msg,) = plan_warnings(cfg, cfg.methods, (640, 800), regions=False)
+    assert msg.startswith("black-box PCIM's 16 x 20 logits span 40 px each on these 640x800")
+    assert plan_warnings(replace(cfg, input_size=48), cfg.methods, (640, 800), False) == []
     (region,) = plan_warnings(cfg, cfg.methods, (20000, 20000), regions=True)
     assert "1024x1024 images" in region            # what explain sees: one region
     assert plan_warnings(BatchConfig(methods=["pcim_blackbox"],
                                      params={"pcim_blackbox": {"cell": 8}}),
-                         ["pcim_blackbox"], (320, 400), False) == []
+                         ["pcim_blackbox"], (640, 800), False) == []
     # a run on small images: nothing to warn about, and the store says so
     run = BatchConfig(methods=["pcim_blackbox"], params={"pcim_blackbox": {"samples": 4}},
                       device="cpu", batch_size=6)

@@ -50,14 +50,14 @@ def test_explain_torchscript_and_errors(tmp_path, capsys):
     maps, meta = read_attribution_tiff(tmp_path / "x.integrated_gradients.ome.tif")
     assert maps.shape == (16, 16) and meta["provenance"]["model_kind"] == "torchscript"
     assert meta["provenance"]["warnings"] == []
-    # Black-box PCIM's default 7 x 7 grid on a larger image: a plain warning, printed and
+    # Black-box PCIM's coarse 7 x 7 grid on a larger image: a plain warning, printed and
     # kept in the file's provenance.
     field = tmp_path / "field.npy"
     np.save(field, np.random.default_rng(1).normal(size=(2, 224, 224)).astype(np.float32))
     capsys.readouterr()
     assert main(["explain", str(model), str(field), "-m", "pcim_blackbox", "--trust-model",
-                 "--param",
-                 "samples=4", "--no-evidence-check", "--device", "cpu", "-q"]) == 0
+                 "--param", "grid=7",
+                 "--param", "samples=4", "--no-evidence-check", "--device", "cpu", "-q"]) == 0
     out = capsys.readouterr().out
     assert "warning: black-box PCIM's 7 x 7 logits span 32 px each" in out
     assert "grid=14, samples=196" in out

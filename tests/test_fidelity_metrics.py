@@ -158,7 +158,7 @@ def test_blackbox_pcim_finds_the_spot_with_forward_passes_only():
         res = _run(explain(model, x, 1, method="pcim_blackbox", device="cpu"))
     assert passes["backward"] == 0
     cfg = BlackboxPCIMConfig()
-    assert cfg.forward_passes(24, 24) == cfg.steps * (36 + 1)  # 6 x 6 logits on 24 px
+    assert cfg.forward_passes(24, 24) == cfg.steps * (144 + 1)  # 12 x 12 logits on 24 px
     assert passes["forward"] == 4 * (1 + cfg.forward_passes(24, 24))  # probe + steps
     share = masks.mean(axis=(1, 2))                          # the spot is ~4 % of the image
     assert (relevance_mass(res.maps, masks) > 5 * share).all()

@@ -11,6 +11,7 @@ from napari_attribution.core.attribution.pcim_blackbox import (
     BlackboxPCIMConfig,
     _gaussian,
     contrast,
+    keep_total,
     modulation,
     pcim_blackbox_batch,
 )
@@ -96,11 +97,14 @@ def test_forward_budget_is_respected_and_counted():
 
 
 def test_grid_from_image_size_and_no_more_directions_than_logits():
-    cfg = BlackboxPCIMConfig()                           # 7 cells across the shorter side
-    assert cfg.coarse_shape(28, 28) == (7, 7) and cfg.coarse_shape(48, 96) == (7, 14)
+    cfg = BlackboxPCIMConfig()                          # 16 cells across the shorter side
+    assert cfg.coarse_shape(48, 48) == (16, 16) and cfg.coarse_shape(48, 96) == (16, 32)
+    assert cfg.coarse_shape(28, 28) == (14, 14)         # 2 px cells: 14 cover 28 px
     assert BlackboxPCIMConfig(cell=4).coarse_shape(28, 28) == (7, 7)
-    assert cfg.plan(28, 28) == [(1, 49), (1, 49)] and cfg.forward_passes(28, 28) == 100
-    assert cfg.forward_passes(48, 96) == 100             # 98 logits, still 49 directions
+    assert cfg.plan(28, 28) == [(1, 196), (1, 196)] and cfg.forward_passes(28, 28) == 394
+    assert cfg.forward_passes(48, 96) == 514            # 512 logits, still 256 directions
+    before = BlackboxPCIMConfig(grid=7, samples=49, sigma=0.02)   # the default until 24
+    assert before.coarse_shape(28, 28) == (7, 7) and before.forward_passes(28, 28) == 100
     old = BlackboxPCIMConfig(grid=5, samples=25)
     assert old.coarse_shape(28, 28) == (5, 5) and old.forward_passes(28, 28) == 52
     wide = BlackboxPCIMConfig(samples=16, steps=4, levels=2, grid=3, difference="central")
@@ -216,6 +220,8 @@ def test_bad_options_are_refused_clearly():
         BlackboxPCIMConfig(power=0.0)
     with pytest.raises(InputError, match="unknown modulate"):
         BlackboxPCIMConfig(modulate="edges")
+    with pytest.raises(InputError, match="unknown normalise"):
+        BlackboxPCIMConfig(normalise="sum")
     with pytest.raises(InputError, match="unknown difference"):
         BlackboxPCIMConfig(difference="backward")
     with pytest.raises(InputError, match="unknown black-box PCIM parameter"):
@@ -335,22 +341,45 @@ def test_coarse_grid_on_large_images_is_warned_about():
     from napari_attribution.core.runtime.progress import run_generator
 
     cfg = BlackboxPCIMConfig()
-    assert cfg.coarseness_warning(48, 48) is None          # the tuned scale: ~10 px/logit
-    assert cfg.coarseness_warning(120, 120) is None        # 24 px per logit: the limit
-    msg = cfg.coarseness_warning(320, 320)
-    assert "7 x 7 logits span 46 px" in msg and "grid=20, samples=400" in msg
-    assert "802 forward passes per image instead of 100" in msg
+    assert cfg.coarseness_warning(48, 48) is None          # the tuned scale: 3 px/logit
+    assert cfg.coarseness_warning(384, 384) is None        # 24 px per logit: the limit
+    msg = cfg.coarseness_warning(640, 640)
+    assert "16 x 16 logits span 40 px" in msg and "grid=40, samples=1600" in msg
+    assert "3202 forward passes per image instead of 514" in msg
     assert "from the image itself" not in msg
     assert "from the image itself" in BlackboxPCIMConfig(
-        modulate="excess").coarseness_warning(320, 320)
-    assert BlackboxPCIMConfig(cell=8).coarseness_warning(320, 320) is None
+        modulate="excess").coarseness_warning(640, 640)
+    assert BlackboxPCIMConfig(cell=8).coarseness_warning(640, 640) is None
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1),
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                 torch.nn.Linear(4, 2)).eval()
     x = np.random.default_rng(0).random((1, 2, 200, 200), dtype=np.float32)
     res = run_generator(explain(model, x, 1, method="pcim_blackbox", device="cpu",
-                                samples=4))
+                                samples=4, grid=7))                    # 29 px cells
     assert len(res.warnings) == 1 and res.provenance()["warnings"] == res.warnings
     small = run_generator(explain(model, x[..., :40, :40], 1, method="pcim_blackbox",
                                   device="cpu", samples=4))
     assert small.warnings == []
+
+
+def test_contrast_keeping_weights_hold_the_total_contrast_and_still_find_the_region():
+    """``normalise="contrast"`` rescales each candidate's weights so that the blend keeps
+    the image's total contrast to the substrate (a flat image is left alone); the map
+    still favours the only region the model reads, at the same cost."""
+    rng = np.random.default_rng(1)
+    a = torch.from_numpy(rng.uniform(0.0, 3.0, (2, 1, 6, 6)).astype(np.float32))
+    c = torch.from_numpy(rng.uniform(0.0, 1.0, (2, 1, 6, 6)).astype(np.float32))
+    c[1] = 0.0
+    out = keep_total(a, c)
+    assert torch.allclose((out[0] * c[0]).sum(), c[0].sum(), rtol=1e-5)
+    assert not torch.allclose((a[0] * c[0]).sum(), c[0].sum(), rtol=1e-2)
+    assert torch.equal(out[1], a[1])                       # no contrast: unchanged
+    x, t = _images(), torch.ones(3, dtype=torch.long)
+    cfg = BlackboxPCIMConfig(normalise="contrast")
+    model = RegionModel()
+    maps, _ = _run(pcim_blackbox_batch(model, x, t, cfg))
+    inside = np.zeros((24, 24), bool)
+    inside[REGION] = True
+    for m in maps.numpy():
+        assert m[inside].mean() > m[~inside].mean() + 0.1
+    assert sum(model.calls) == 3 * cfg.forward_passes(24, 24)
