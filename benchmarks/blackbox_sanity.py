@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pcim_blackbox as pb  # noqa: E402
+from fidelity import _git_commit  # noqa: E402
 from napari_attribution.core.attribution.explain import explain  # noqa: E402
 from napari_attribution.core.evaluation.comparison import count_passes, sanity_check  # noqa: E402
 from napari_attribution.core.evaluation.metrics import FIDELITY_METRICS  # noqa: E402
@@ -75,16 +76,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "occlusion": ("occlusion", {}),
 }
 METRICS = ("road_morf", "deletion_mean")
-
-
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_variant(s: dict, method: str, params: dict, seeds: list[int], batch: int,

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -63,6 +62,9 @@ from napari_attribution.core.attribution.evidence import (  # noqa: E402
 )
 from napari_attribution.core.runtime.progress import run_generator  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evidence_check import wilson  # noqa: E402
+
 #: BBBC013 fields never used before (image-row-col; dose 8-9 and dose 1-2 of the dose
 #: series, which the bundle is not trained on), split tune / report
 FIELDS = {"tune": ("34-C-10", "27-C-03"),
@@ -73,17 +75,6 @@ CONFIRM_FIELDS = ("70-F-10", "71-F-11", "63-F-03", "64-F-04")
 CONFIRM_SEED = 3
 NEGATIVE = ("random", "smooth", "anti-truth")
 POSITIVE = ("pcim", "truth")
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a rate k/n."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float = 1.5
