@@ -588,6 +588,7 @@ def explain_labels(clf: Any, prep: PreparedField, labels: np.ndarray,
     cell's) or ``"crop"``, as in :func:`explain_point`)."""
     from ..data.segmentation import check_labels_image, object_centres
 
+    _check_scope(scope)
     lab = check_labels_image(labels, prep.shape, "the label image")
     all_ids, centres = object_centres(lab)
     if ids is not None:
@@ -595,13 +596,24 @@ def explain_labels(clf: Any, prep: PreparedField, labels: np.ndarray,
         all_ids, centres = all_ids[keep], centres[keep]
     if all_ids.size == 0:
         raise InputError("the label image holds no objects (all 0)")
-    origins = np.array([prep.origin(c) for c in centres], np.int64)
-    masks = object_masks(lab, all_ids, prep, origins)
+    return (yield from _explain_labelled(clf, prep, lab, all_ids, centres, scope, options))
+
+
+def _check_scope(scope: str) -> None:
     if scope not in SCOPES:
         raise InputError(f"unknown scope {scope!r}; choose one of {SCOPES}")
+
+
+def _explain_labelled(clf: Any, prep: PreparedField, lab: np.ndarray, ids: Sequence[int],
+                      centres: Sequence[Sequence[float]], scope: str, options: dict
+                      ) -> Generator[Progress, None, ObjectResults]:
+    """:func:`explain_objects` for objects ``ids`` of the label image ``lab`` centred on
+    ``centres``: their masks, and in the cell scope their cells as regions."""
+    origins = np.array([prep.origin(c) for c in centres], np.int64)
+    masks = object_masks(lab, ids, prep, origins)
     if scope == "cell":
-        options["regions"] = cell_regions(lab, all_ids, prep, origins)
-    return (yield from explain_objects(clf, prep, centres, labels=all_ids, masks=masks,
+        options["regions"] = cell_regions(lab, ids, prep, origins)
+    return (yield from explain_objects(clf, prep, centres, labels=ids, masks=masks,
                                        **options))
 
 
@@ -625,8 +637,7 @@ def explain_point(clf: Any, prep: PreparedField, point: Sequence[float],
     point the crop scope is used and ``params["scope_note"]`` says why. One torch thread
     unless ``threads`` says otherwise (``POINT_THREADS``)."""
     options.setdefault("threads", POINT_THREADS)
-    if scope not in SCOPES:
-        raise InputError(f"unknown scope {scope!r}; choose one of {SCOPES}")
+    _check_scope(scope)
     if labels is not None:
         lab = np.asarray(labels)
         if lab.shape[-2:] != prep.shape:
@@ -636,12 +647,8 @@ def explain_point(clf: Any, prep: PreparedField, point: Sequence[float],
         if hit:
             ys, xs = np.nonzero(lab == hit)
             centre = (float(ys.mean()), float(xs.mean()))
-            origin = np.array([prep.origin(centre)])
-            masks = object_masks(lab, [hit], prep, origin)
-            if scope == "cell":
-                options["regions"] = cell_regions(lab, [hit], prep, origin)
-            return (yield from explain_objects(clf, prep, [centre], labels=[hit],
-                                               masks=masks, **options))
+            return (yield from _explain_labelled(clf, prep, lab, [hit], [centre], scope,
+                                                 options))
     res = yield from explain_objects(clf, prep, [tuple(point)], labels=[0], **options)
     if scope == "cell":
         res.params["scope_note"] = ("no label image: the object is not known"
