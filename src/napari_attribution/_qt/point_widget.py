@@ -338,8 +338,7 @@ class PointExplainWidget(DockWidget):
         from ..core.attribution.point import prepare_field
         from .attribution_widget import AttributionWidget
 
-        key = (id(bundle), tuple(id(ly.data) for ly in sel.layers), sel.index,
-               tuple(sel.channel_names), sel.images.shape)
+        key = (id(bundle), *self._field_key(sel))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         yield Progress(0, 0, "preparing the field")
@@ -357,7 +356,7 @@ class PointExplainWidget(DockWidget):
         from .attribution_widget import AttributionWidget
 
         scale = AttributionWidget._scale(bundle)
-        key = self._seg_key(sel, scale.downsample)
+        key = (*self._field_key(sel), int(scale.downsample))
         if self._seg_cache is not None and self._seg_cache[0] == key:
             return self._seg_cache[1]
         from ..core.data.segmentation import choose_nuclei_channel
@@ -371,9 +370,11 @@ class PointExplainWidget(DockWidget):
         return seg
 
     @staticmethod
-    def _seg_key(sel: Selection, downsample: int) -> tuple:
+    def _field_key(sel: Selection) -> tuple:
+        """What identifies the field on screen for the caches of :meth:`_prepared` and
+        :meth:`_segmented`: its layers' data, the slice, the channels and the shape."""
         return (tuple(id(ly.data) for ly in sel.layers), sel.index,
-                tuple(sel.channel_names), sel.images.shape, int(downsample))
+                tuple(sel.channel_names), sel.images.shape)
 
     def _objects_layer(self, sel: Selection, seg: Any, outline: bool = False) -> Any:
         """The Labels layer ``cells · <image>`` holding ``seg`` (added once per
