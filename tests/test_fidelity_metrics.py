@@ -421,3 +421,6 @@ def test_label_randomised_model_trains_until_it_fits_the_shuffle():
     note = label_fit_note([fitted, stuck])
     assert stuck < 0.95 and note is not None and "1 of 2 shuffled-label models" in note
     assert label_fit_note([fitted]) is None
+    # no first block (epochs=0) still trains on, 10 epochs at a time, and ends
+    _, from_zero = label_randomised_model(model, x, labels, seed=1, epochs=0, max_epochs=20)
+    assert 0.0 <= from_zero <= 1.0

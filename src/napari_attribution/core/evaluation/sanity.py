@@ -220,10 +220,10 @@ def label_randomised_model(model: torch.nn.Module, images: np.ndarray, labels: n
                               for i in range(0, x.shape[0], 256)])
         return float((pred == shuffled).float().mean())
 
-    done, acc = 0, 0.0
+    done, block = 0, int(epochs)     # the first block is ``epochs``, then 10 at a time
     while True:
         net.train()
-        for _ in range(int(epochs) if done == 0 else min(10, int(max_epochs) - done)):
+        for _ in range(block):
             order = torch.randperm(x.shape[0], generator=gen).to(device)
             for i in range(0, x.shape[0], batch_size):
                 idx = order[i:i + batch_size]
@@ -237,6 +237,7 @@ def label_randomised_model(model: torch.nn.Module, images: np.ndarray, labels: n
         acc = accuracy()
         if acc >= fit or done >= int(max_epochs):
             break
+        block = min(10, int(max_epochs) - done)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
