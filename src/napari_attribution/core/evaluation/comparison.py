@@ -134,6 +134,11 @@ def verdict(metric: str, method_scores: np.ndarray,
     return ("win" if better and all(better) else "tie"), paired
 
 
+def _check_sanity_mode(mode: str) -> None:
+    if mode not in SANITY_MODES:
+        raise InputError(f"unknown sanity mode {mode!r}; choose from {list(SANITY_MODES)}")
+
+
 def sanity_check(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarray,
                  targets: np.ndarray, method: str, params: dict, device: str,
                  batch_size: int, seed: int, n_seeds: int,
@@ -145,8 +150,7 @@ def sanity_check(rows_maps: np.ndarray, model: torch.nn.Module, images: np.ndarr
     :func:`.sanity.cascade_models`, whose last step is the full randomisation), and the
     label-randomised copies ``label_models`` (model, accuracy on the shuffled labels),
     if any."""
-    if mode not in SANITY_MODES:
-        raise InputError(f"unknown sanity mode {mode!r}; choose from {list(SANITY_MODES)}")
+    _check_sanity_mode(mode)
 
     def maps_of(net: torch.nn.Module) -> Generator[Progress, None, np.ndarray]:
         if method in MODEL_FREE:
@@ -251,9 +255,7 @@ def evaluate_methods(model: torch.nn.Module, images: np.ndarray,
     if masks is not None and np.asarray(masks).shape != (images.shape[0], *images.shape[-2:]):
         raise InputError(f"masks of shape {np.asarray(masks).shape} do not fit images of "
                          f"shape {images.shape}")
-    if sanity_mode not in SANITY_MODES:
-        raise InputError(f"unknown sanity mode {sanity_mode!r}; choose from "
-                         f"{list(SANITY_MODES)}")
+    _check_sanity_mode(sanity_mode)
     if int(sanity_seeds) < 1:
         raise InputError(f"sanity needs at least one seed; got {sanity_seeds}")
     if sanity_labels and labels is None:
