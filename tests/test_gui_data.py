@@ -67,6 +67,24 @@ def test_picker_defaults_to_the_active_group_and_matches_names(make_napari_viewe
     sel = picker.selection(model_channels=["DNA", "GFP"])  # model order, by name
     assert sel.channel_names == ["DNA", "GFP"]
     np.testing.assert_array_equal(sel.images[0, 0], viewer.layers["DNA (A02)"].data)
+    assert [ly.name for ly in sel.layers] == ["DNA (A02)", "GFP (A02)"]  # channel order
+
+
+def test_selection_names_only_the_layers_the_model_uses(make_napari_viewer):
+    """A ticked layer that is none of the model's channels (a plain image of the same
+    shape added later) is not part of the run: not in its source layers, provenance or
+    result-layer key, so a rerun replaces its result instead of adding a second one."""
+    from napari_attribution._qt._layers import ChannelPicker
+
+    viewer = make_napari_viewer()
+    for ch in ("GFP", "DNA"):
+        viewer.add_image(RNG.random((3, 8, 8), dtype=np.float32), name=ch)
+    picker = ChannelPicker(viewer)
+    viewer.add_image(RNG.random((3, 8, 8), dtype=np.float32), name="notes")
+    picker.set_checked(["GFP", "DNA", "notes"])
+    sel = picker.selection(model_channels=["DNA", "GFP"])
+    assert [ly.name for ly in sel.layers] == ["DNA", "GFP"]
+    assert sel.images.shape == (3, 2, 8, 8)
 
 
 def test_channel_axis_is_detected(make_napari_viewer):

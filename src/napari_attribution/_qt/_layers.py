@@ -36,7 +36,7 @@ _DUPLICATE = re.compile(r"\s*\[\d+\]$")  # napari's " [1]" for a repeated layer 
 class Selection:
     """The input of one run, frozen at its start: layers, images and where they came from."""
 
-    layers: list[Any]
+    layers: list[Any]  # the layers used (one per channel: in the channels' order)
     images: np.ndarray  # (N, C, H, W) raw
     stack_shape: tuple[int, ...]  # leading (non-channel, non-spatial) axes
     channel_names: list[str]
@@ -340,6 +340,8 @@ class ChannelPicker(QWidget):
             order = match_channels(names, list(model_channels), self.channel_map())
             data = data[..., order, :, :]
             names = [names[i] for i in order]
+            if axis < 0:  # one layer per channel: the layers used, in the model's order
+                layers = [layers[i] for i in order]
         stack_shape = tuple(data.shape[:-3])
         index = None
         if current_only and stack_shape:
