@@ -7,7 +7,11 @@ On the real Qt event loop (``QEventLoop.exec``; no ``processEvents`` pump), a 10
 * the Pixel attribution widget runs PCIM over a stack (maps added as layers at the end),
 
 and, in the same run, while a bare ``napari.qt.threading.create_worker`` runs the same
-generator with nothing connected (the baseline). Widget and bare runs interleave
+generator (the baseline). The bare PCIM worker shows its maps the least way a script
+does (``plain_display``: napari's plain Image layer, added by the first run, given new
+data by the next ones), since showing a first layer costs napari a GUI tick of its own;
+``--baseline nothing`` connects nothing (the computation alone). Training adds no layer.
+Widget and bare runs interleave
 (widget, bare, bare, widget, ... ``--repeats`` pairs, so a drift in the machine's load
 falls on both alike), on an otherwise idle machine and beside a CPU hog (one process
 spinning on one core).
