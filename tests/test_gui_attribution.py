@@ -170,6 +170,31 @@ def test_channels_reach_the_model_by_name(make_napari_viewer, qtbot, cells, bund
     np.testing.assert_allclose(w2.last_probabilities, ref, atol=1e-5)
 
 
+def test_an_extra_layer_of_the_same_shape_does_not_change_the_result_layer(
+        make_napari_viewer, qtbot, cells, bundle, errors):
+    """A plain image of the input's shape added between two runs (ticked as a channel of
+    the group) is no input of the model: the rerun replaces the first result layer, and
+    the provenance names the model's channels' layers in the model's order."""
+    viewer = make_napari_viewer()
+    _add(viewer, cells, order=[3, 1, 0, 2], n=4)
+    w = _widget(viewer, bundle)
+    w.method.setCurrentText("saliency")
+    w.run()
+    _wait(qtbot, w)
+    first = w.last_layers[0]
+    n_layers = len(viewer.layers)
+    viewer.add_image(np.zeros_like(cells.images[:4, 0]), name="notes")
+    w.picker.set_checked([ly.name for ly in viewer.layers
+                          if ly.name in (*cells.channel_names, "notes")])
+    assert "notes" in w.picker.checked_names()
+    w.run()
+    _wait(qtbot, w)
+    assert errors == []
+    assert w.last_layers[0] is first and len(viewer.layers) == n_layers + 1
+    prov = first.metadata["napari_attribution"]["provenance"]
+    assert prov["source_layers"] == list(cells.channel_names)
+
+
 def test_a_swapped_channel_map_is_flagged(make_napari_viewer, qtbot, cells, bundle, errors):
     """DNA's pixels under the Marker name (and the reverse): Predict and Explain say the
     channels look like the other trained channels; the right map says nothing."""
