@@ -11,10 +11,9 @@ generator (the baseline). The bare PCIM worker shows its maps the least way a sc
 does (``plain_display``: napari's plain Image layer, added by the first run, given new
 data by the next ones), since showing a first layer costs napari a GUI tick of its own;
 ``--baseline nothing`` connects nothing (the computation alone). Training adds no layer.
-Widget and bare runs interleave
-(widget, bare, bare, widget, ... ``--repeats`` pairs, so a drift in the machine's load
-falls on both alike), on an otherwise idle machine and beside a CPU hog (one process
-spinning on one core).
+Widget and bare runs interleave (widget, bare, bare, widget, ... ``--repeats`` pairs, so
+a drift in the machine's load falls on both alike), on an otherwise idle machine and
+beside a CPU hog (one process spinning on one core).
 
 Targets per phase (issue 23), each reported as PASS/FAIL: p95 <= 30 ms, max <= 200 ms,
 job <= 1.25x the bare worker's time (medians), and no widget stall above 50 ms that
