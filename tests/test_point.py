@@ -361,3 +361,54 @@ def test_segment_field_takes_the_nuclear_stain_channel_sized_to_the_model():
     assert segment_field(field[::-1], ["DAPI", "GFP"], ModelScale(2, 16)).channel == 0
     with pytest.raises(InputError, match="one plane per channel"):
         segment_field(field, ["GFP"])
+
+
+def test_occlusion_log_odds_rank_channels_where_the_probability_saturates():
+    """A model whose target logit is 40 x channel 0's mean: P(target) stays 1.0 with the
+    channel replaced, so the probability drop is 0 for both channels, while the log-odds
+    drop is the logit's change for channel 0 and 0 for channel 1 (same passes)."""
+    from napari_attribution.core.attribution.point import channel_occlusion, occlusion_drops
+
+    class Saturated(torch.nn.Module):
+        def forward(self, x):
+            a = 40 * x[:, 0].mean(dim=(1, 2)) + 40 * x[:, 0, :4, :4].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(a), a], 1)
+
+    x = np.zeros((2, 2, 8, 8), np.float32)
+    x[:, 0, :4, :4] = 1.0     # channel 0 bright in one corner: its mean is 0.25
+    x[:, 1] = np.random.default_rng(0).random((2, 8, 8))
+    targets = np.array([1, 1])
+    p, lo = occlusion_drops(Saturated(), x, targets)
+    np.testing.assert_allclose(p, 0.0, atol=1e-6)           # saturated: P stays 1
+    np.testing.assert_allclose(channel_occlusion(Saturated(), x, targets), p)
+    # logit 40 * 0.25 + 40 * 1 = 50 -> 40 * 0.25 + 40 * 0.25 = 20: 30 nats for channel 0
+    np.testing.assert_allclose(lo[:, 0], 30.0, rtol=1e-4)
+    np.testing.assert_allclose(lo[:, 1], 0.0, atol=1e-5)
+    # three classes: the log-odds of the target against the log-sum-exp of the others
+    class Three(torch.nn.Module):
+        def forward(self, x):
+            m = x[:, 0, :4, :4].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(m), torch.zeros_like(m), 8 * m], 1)
+
+    p3, lo3 = occlusion_drops(Three(), x, np.array([2, 2]))
+    # corner mean 1 -> 0.25: log-odds 8 - log 2 -> 2 - log 2, a drop of 6 nats
+    np.testing.assert_allclose(lo3[:, 0], 6.0, rtol=1e-4)
+    np.testing.assert_allclose(lo3[:, 1], 0.0, atol=1e-5)
+    soft = np.exp([8.0, 2.0]) / (np.exp([8.0, 2.0]) + 2)
+    np.testing.assert_allclose(p3[:, 0], soft[0] - soft[1], rtol=1e-4)
+
+
+def test_object_rows_carry_the_log_odds_drops():
+    field, labels = _field()
+    clf = _clf()
+    prep = prepare_field(clf, field)
+    cell = run_generator(explain_labels(clf, prep, labels, steps=2, scope="cell"))
+    assert cell.channel_log_odds.shape == (2, 2)
+    row = cell.rows()[0]
+    assert row["log_odds_spot"] == pytest.approx(float(cell.channel_log_odds[0, 0]), abs=1e-5)
+    assert cell.channel_log_odds[:, 0].min() > 0.5            # the spot channel decides
+    assert np.abs(cell.channel_log_odds[:, 1]).max() < 0.2    # the noise channel does not
+    assert "log_odds_means" in cell.provenance()
+    pcim = run_generator(explain_labels(clf, prep, labels, steps=2, scope="cell",
+                                        channel_evidence="pcim"))
+    assert pcim.channel_log_odds is None and "log_odds_spot" not in pcim.rows()[0]
