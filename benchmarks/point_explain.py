@@ -133,6 +133,15 @@ def crop_channel_cost(clf, prep, labels: np.ndarray, centres: np.ndarray, steps:
             "median_paired_extra_s": round(float(np.median(diff)), 4)}
 
 
+def _ranks_like(res, weights: dict) -> float | None:
+    """Share of the objects whose log-odds drop puts first the channel with the largest
+    DCMIX weight (None without log-odds or weights)."""
+    if res.channel_log_odds is None or not weights:
+        return None
+    top = res.channel_names.index(max(weights, key=weights.get))
+    return round(float(np.mean(res.channel_log_odds.argmax(1) == top)), 3)
+
+
 def _channel_medians(rows: list[dict], key: str) -> dict | None:
     """Median per channel of ``row[key]`` (a channel -> value dict) over the rows that
     have it; None when none has."""
@@ -263,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                                             np.round(res.channel_evidence[kk], 4).tolist(),
                                             strict=True)),
                "crop_channel_evidence": None if crop_ch is None else dict(zip(
-                   res.channel_names, np.round(crop_ch[kk], 4).tolist(), strict=True))}
+                   res.channel_names, np.round(crop_ch[kk], 4).tolist(), strict=True)),
+               "channel_log_odds": None if res.channel_log_odds is None else dict(zip(
+                   res.channel_names, np.round(res.channel_log_odds[kk], 4).tolist(),
+                   strict=True))}
         rows.append(row)
         print(f"click {n:2d}: label {label:4d} -> {row['snapped_label']:4d}  "
               f"{row['seconds']:.3f} s (explain {row['explain_s']:.3f})  {row['predicted']} "
@@ -315,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_object": target_object,
         "channel_evidence_median": _channel_medians(timed, "channel_evidence"),
         "crop_channel_evidence_median": _channel_medians(timed, "crop_channel_evidence"),
+        "channel_log_odds_median": _channel_medians(timed, "channel_log_odds"),
         "dcmix_weights": {k: round(float(v), 4) for k, v in weights.items()},
     }
     summary["median_inside_object"] = summary[f"median_inside_{target_object}"]
@@ -362,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
                          [r[f"crop_channel_{c}"] for r in rws])), 4)
                          for c in res.channel_names} if f"crop_channel_{res.channel_names[0]}"
                      in rws[0] else None,
+                     "channel_log_odds_median": None if res.channel_log_odds is None else {
+                         c: round(float(np.median(res.channel_log_odds[:, i])), 4)
+                         for i, c in enumerate(res.channel_names)},
+                     "share_log_odds_ranks_like_dcmix": _ranks_like(res, weights),
                      "predicted": {c: int(sum(r["predicted"] == c for r in rws))
                                    for c in res.class_names}}
             print("table:", json.dumps(table), flush=True)

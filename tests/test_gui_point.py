@@ -100,10 +100,13 @@ def test_a_click_puts_the_map_on_the_clicked_cell_and_a_second_click_replaces_it
     text = w.result.text()
     assert "evidence from the clicked cell" in text
     assert "prediction for the 32 px crop around it (the model's input, shrunk 2x)" in text
-    assert "<th>this cell</th><th>whole crop</th>" in text and "does not mean" in text
+    assert ("<th>this cell ΔP</th><th>this cell Δlog-odds</th><th>whole crop ΔP</th>"
+            in text and "still ranks the channels" in text)
     assert res.crop_channel_evidence is not None
+    assert res.channel_log_odds[0, 0] > res.channel_log_odds[0, 1]   # spot over noise
     prov = layers[0].metadata["napari_attribution"]["provenance"]
     assert prov["scope"] == "cell" and set(prov["crop_channel_evidence"]) == {"spot", "noise"}
+    assert set(prov["channel_log_odds"]) == {"spot", "noise"}
     (outline,) = _point_layers(viewer, "point_contour")
     edge = np.asarray(outline.data).reshape(lab.shape).astype(bool)
     assert edge.any() and set(np.unique(lab[edge])) == {2}   # on cell 2's own pixels
@@ -129,7 +132,8 @@ def test_a_click_puts_the_map_on_the_clicked_cell_and_a_second_click_replaces_it
     qtbot.waitUntil(lambda: len(w.timings) == 3, timeout=30000)
     assert w.last["res"].scope == "crop" and len(_point_layers(viewer)) == 1
     assert "evidence from the whole crop (the model's input" in w.result.text()
-    assert "whole crop</th>" in w.result.text() and "this cell" not in w.result.text()
+    assert ("<th>whole crop ΔP</th><th>whole crop Δlog-odds</th>" in w.result.text()
+            and "this cell" not in w.result.text())
     assert lab[_map_peak_in_field(_point_layers(viewer)[0])] == 1
     w.scope.setCurrentIndex(w.scope.findData("cell"))
     edge = np.asarray(outline.data).reshape(lab.shape).astype(bool)
@@ -192,12 +196,20 @@ def test_points_layer_and_table_features_and_export(make_napari_viewer, qtbot, e
     assert feats["index"].tolist() == [1, 2]
     assert set(feats["predicted"]) == {"on"}
     assert {"p_on", "p_off", "evidence", "channel_spot", "channel_noise",
-            "crop_channel_spot", "crop_channel_noise", "inside_share"} <= set(feats.columns)
+            "crop_channel_spot", "crop_channel_noise", "log_odds_spot", "log_odds_noise",
+            "inside_share"} <= set(feats.columns)
     assert (feats["channel_spot"] > feats["channel_noise"]).all()
+    assert (feats["log_odds_spot"] > feats["log_odds_noise"]).all()
     assert w.table.rowCount() == 2 and w.table_result.scope == "cell"   # each cell's own
     headers = [w.table.horizontalHeaderItem(c).text() for c in range(w.table.columnCount())]
     assert "spot (cell)" in headers and "spot (crop)" in headers
+    assert "spot (cell, nats)" in headers
     assert "evidence from each cell" in w.status.text()
+    # colour by a channel's log-odds drop: the cells take different colours
+    w.colour_by.setCurrentText("log_odds_spot")
+    cmap = viewer.layers["nuclei"].colormap
+    if feats["log_odds_spot"].nunique() > 1:
+        assert not np.allclose(cmap.map(np.array([1]))[0], cmap.map(np.array([2]))[0])
     # colour by prediction: both cells take the colour of class "on"
     w.colour_by.setCurrentText("prediction")
     cmap = viewer.layers["nuclei"].colormap

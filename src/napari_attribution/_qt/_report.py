@@ -173,6 +173,10 @@ def _results_html(session) -> list[str]:
         label = int(cell.labels[0])
         evidence = ", ".join(f"{html.escape(c)} {v:+.3f}" for c, v in zip(
             cell.channel_names, cell.channel_evidence[0], strict=True))
+        if cell.channel_log_odds is not None:
+            evidence += "; log-odds drop (nats): " + ", ".join(
+                f"{html.escape(c)} {v:+.2f}" for c, v in zip(
+                    cell.channel_names, cell.channel_log_odds[0], strict=True))
         out.append(f"<p>last clicked cell ({'label ' + str(label) if label else 'no label'}):"
                    f" {html.escape(best)} {probs.max():.2f}; channel evidence "
                    f"({html.escape(cell.channel_method)}): {evidence}</p>")

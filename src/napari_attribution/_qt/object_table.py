@@ -23,16 +23,21 @@ def shown_columns(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     keys = list(rows[0])
-    return [k for k in keys if k in SHOWN or k.startswith(("channel_", "crop_channel_"))]
+    return [k for k in keys if k in SHOWN
+            or k.startswith(("channel_", "log_odds_", "crop_channel_"))]
 
 
 def column_header(key: str, scope: str = "crop") -> str:
     """A column's header: channel evidence says whose it is (``scope``: the cell's own
-    or the whole crop's), ``crop_channel_*`` is always the whole crop's."""
+    or the whole crop's), ``crop_channel_*`` is always the whole crop's; ``log_odds_*``
+    is the scope's drop of the log-odds (nats)."""
+    whose = "cell" if scope == "cell" else "crop"
     if key.startswith("crop_channel_"):
         return f"{key.removeprefix('crop_channel_')} (crop)"
     if key.startswith("channel_"):
-        return f"{key.removeprefix('channel_')} ({'cell' if scope == 'cell' else 'crop'})"
+        return f"{key.removeprefix('channel_')} ({whose})"
+    if key.startswith("log_odds_"):
+        return f"{key.removeprefix('log_odds_')} ({whose}, nats)"
     return key
 
 
@@ -98,12 +103,13 @@ def features_table(rows: list[dict[str, Any]]) -> Any:
 
 def colour_dict(rows: list[dict[str, Any]], by: str, class_names: list[str]) -> dict | None:
     """Label -> RGBA for colouring the cells ``by`` prediction or by one channel's evidence
-    (``channel_<name>``: viridis from the lowest to the highest value); None: napari's
-    own label colours."""
+    (``channel_<name>`` or ``log_odds_<name>``: viridis from the lowest to the highest
+    value); None: napari's own label colours (also when the rows lack ``by``, e.g. the
+    log-odds of a table made with PCIM channel evidence)."""
     from matplotlib import colormaps
     from matplotlib.colors import to_rgba
 
-    if by == BY_LABEL or not rows:
+    if by == BY_LABEL or not rows or (by != BY_PREDICTION and by not in rows[0]):
         return None
     out: dict[int | None, np.ndarray] = {None: TRANSPARENT, 0: TRANSPARENT}
     if by == BY_PREDICTION:

@@ -250,7 +250,8 @@ class PointExplainWidget(DockWidget):
         current = self.colour_by.currentText()
         self.colour_by.clear()
         self.colour_by.addItems([BY_LABEL, BY_PREDICTION] + [
-            f"channel_{c}" for c in bundle.channel_names])
+            f"channel_{c}" for c in bundle.channel_names] + [
+            f"log_odds_{c}" for c in bundle.channel_names])
         if self.colour_by.findText(current) >= 0:
             self.colour_by.setCurrentText(current)
         self.colour_by.blockSignals(False)
@@ -597,6 +598,8 @@ class PointExplainWidget(DockWidget):
                 "channel_evidence": dict(zip(res.channel_names,
                                              res.channel_evidence[k].tolist(), strict=True)),
                 "channel_evidence_means": res.provenance()["channel_evidence_means"],
+                "channel_log_odds": None if res.channel_log_odds is None else
+                dict(zip(res.channel_names, res.channel_log_odds[k].tolist(), strict=True)),
                 "crop_channel_evidence": None if res.crop_channel_evidence is None else
                 dict(zip(res.channel_names, res.crop_channel_evidence[k].tolist(),
                          strict=True)),
@@ -739,22 +742,29 @@ class PointExplainWidget(DockWidget):
         what = ("drop in P(class) without the channel" if res.channel_method == "occlusion"
                 else "share of the positive evidence")
         crop_ch = res.crop_channel_evidence
+        lo = res.channel_log_odds
         first = "this cell" if in_cell else "whole crop"
-        head = (f"<tr><th align='left'>channel</th><th>{first}</th>"
-                + ("<th>whole crop</th>" if crop_ch is not None else "")
+        unit = " ΔP" if res.channel_method == "occlusion" else ""
+        head = (f"<tr><th align='left'>channel</th><th>{first}{unit}</th>"
+                + (f"<th>{first} Δlog-odds</th>" if lo is not None else "")
+                + ("<th>whole crop ΔP</th>" if crop_ch is not None else "")
                 + ("<th>DCMIX weight</th>" if weights else "") + "</tr>")
         rows = "".join(
             f"<tr><td>{c}</td><td align='right'>{res.channel_evidence[k, i]:+.3f}</td>"
+            + (f"<td align='right'>{lo[k, i]:+.2f}</td>" if lo is not None else "")
             + (f"<td align='right'>{crop_ch[k, i]:+.3f}</td>" if crop_ch is not None else "")
             + ((f"<td align='right'>{weights[c]:.3f}</td>" if c in weights else "<td></td>")
                if weights else "") + "</tr>" for i, c in enumerate(res.channel_names))
         legend = f"{first}: {what}" + (
             " (the channel replaced inside the cell only)"
             if in_cell and res.channel_method == "occlusion" else "")
+        if lo is not None:
+            legend += "; Δlog-odds: the same as a drop of the class's log-odds, in nats"
         if crop_ch is not None:
-            legend += ("; whole crop: the same over the whole crop. One cell moves a "
-                       "prediction its neighbours share only a little: a small number "
-                       "for the cell does not mean the channel does not matter")
+            legend += ("; whole crop: the drop in P(class) over the whole crop. One cell "
+                       "moves a prediction its neighbours share only a little: its ΔP "
+                       "is often 0 when the crop is sure, its Δlog-odds still ranks the "
+                       "channels")
         inside = "" if np.isnan(res.inside[k]) else (
             f"; {100 * res.inside[k]:.0f} % of the positive evidence lies on the object")
         self.result.setText(
