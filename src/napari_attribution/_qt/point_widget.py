@@ -743,28 +743,32 @@ class PointExplainWidget(DockWidget):
                 else "share of the positive evidence")
         crop_ch = res.crop_channel_evidence
         lo = res.channel_log_odds
-        first = "this cell" if in_cell else "whole crop"
+        first = "cell" if in_cell else "crop"
         unit = " ΔP" if res.channel_method == "occlusion" else ""
-        head = (f"<tr><th align='left'>channel</th><th>{first}{unit}</th>"
-                + (f"<th>{first} Δlog-odds</th>" if lo is not None else "")
-                + ("<th>whole crop ΔP</th>" if crop_ch is not None else "")
-                + ("<th>DCMIX weight</th>" if weights else "") + "</tr>")
+        th = "<th style='padding-left:8px'>"           # columns apart, rows compact
+        td = "<td align='right' style='padding-left:8px'>"
+        head = (f"<tr><th align='left'>channel</th>{th}{first}{unit}</th>"
+                + (f"{th}{first} Δlog-odds</th>" if lo is not None else "")
+                + (f"{th}crop ΔP</th>" if crop_ch is not None else "")
+                + (f"{th}DCMIX</th>" if weights else "") + "</tr>")
         rows = "".join(
-            f"<tr><td>{c}</td><td align='right'>{res.channel_evidence[k, i]:+.3f}</td>"
-            + (f"<td align='right'>{lo[k, i]:+.2f}</td>" if lo is not None else "")
-            + (f"<td align='right'>{crop_ch[k, i]:+.3f}</td>" if crop_ch is not None else "")
-            + ((f"<td align='right'>{weights[c]:.3f}</td>" if c in weights else "<td></td>")
+            f"<tr><td>{c}</td>{td}{res.channel_evidence[k, i]:+.3f}</td>"
+            + (f"{td}{lo[k, i]:+.2f}</td>" if lo is not None else "")
+            + (f"{td}{crop_ch[k, i]:+.3f}</td>" if crop_ch is not None else "")
+            + ((f"{td}{weights[c]:.3f}</td>" if c in weights else "<td></td>")
                if weights else "") + "</tr>" for i, c in enumerate(res.channel_names))
-        legend = f"{first}: {what}" + (
+        legend = f"{first}{unit}: {what}" + (
             " (the channel replaced inside the cell only)"
             if in_cell and res.channel_method == "occlusion" else "")
         if lo is not None:
             legend += "; Δlog-odds: the same as a drop of the class's log-odds, in nats"
         if crop_ch is not None:
-            legend += ("; whole crop: the drop in P(class) over the whole crop. One cell "
+            legend += ("; crop ΔP: the drop in P(class) over the whole crop. One cell "
                        "moves a prediction its neighbours share only a little: its ΔP "
                        "is often 0 when the crop is sure, its Δlog-odds still ranks the "
                        "channels")
+        if weights:
+            legend += "; DCMIX: the model's channel weights"
         inside = "" if np.isnan(res.inside[k]) else (
             f"; {100 * res.inside[k]:.0f} % of the positive evidence lies on the object")
         self.result.setText(
@@ -773,7 +777,7 @@ class PointExplainWidget(DockWidget):
             f"{res.crop * res.factor} px crop around it (the model's input"
             + (f", shrunk {res.factor}x" if res.factor > 1 else "")
             + f"): {', '.join(parts)}<br>{ev}{inside}<br>"
-            f"<table>{head}{rows}</table><small>{legend}</small>")
+            f"<table cellspacing='0'>{head}{rows}</table><small>{legend}</small>")
         how = (f"PCIM {res.params.get('steps')} steps on a {res.crop} px crop, shrunk "
                f"{res.factor}x, evidence from the {'cell' if res.scope == 'cell' else 'crop'}")
         if len(res) > 1:
