@@ -53,6 +53,7 @@ from ..models.inference import ModelScale, shrink
 from ..runtime.devices import resolve_device
 from ..runtime.errors import InputError
 from ..runtime.progress import Progress
+from .evidence import target_scores
 
 CHANNEL_EVIDENCE = ("occlusion", "pcim")
 SCOPES = ("cell", "crop")
@@ -353,9 +354,10 @@ def occlusion_drops(model: torch.nn.Module, x: np.ndarray, targets: np.ndarray,
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) twice, from the same C + 1 forward passes per image: the drop of the
     target probability and the drop of the target's log-odds (nats: the target logit
-    minus the log-sum-exp of the others) when one channel is replaced by its mean over
-    the image. Where the model is saturated (one cell of a crop whose neighbours keep
-    P near 1) the probability hardly moves while the log-odds still do."""
+    minus the log-sum-exp of the others, :func:`.evidence.target_scores`) when one
+    channel is replaced by its mean over the image. Where the model is saturated (one
+    cell of a crop whose neighbours keep P near 1) the probability hardly moves while
+    the log-odds still do."""
     xt = torch.as_tensor(np.asarray(x, np.float32), device=device)
     n, c = xt.shape[:2]
     drop_p = np.zeros((n, c), np.float32)
@@ -369,12 +371,9 @@ def occlusion_drops(model: torch.nn.Module, x: np.ndarray, targets: np.ndarray,
             mean = xi.mean(dim=(2, 3))
             for k in range(c):
                 var[:, k + 1, k] = mean[:, k, None, None]
-            z = model(var.reshape(-1, *xi.shape[1:])).float().view(b, c + 1, -1)
+            z = model(var.reshape(-1, *xi.shape[1:])).float()
             t = torch.as_tensor(targets[i0:i0 + b], device=device).long()
-            pick = t.view(b, 1, 1).expand(b, c + 1, 1)
-            pt = torch.softmax(z, 2).gather(2, pick)[..., 0]
-            others = z.scatter(2, pick, float("-inf"))
-            lo = z.gather(2, pick)[..., 0] - torch.logsumexp(others, 2)
+            lo, pt = (v.view(b, c + 1) for v in target_scores(z, t.repeat_interleave(c + 1)))
             drop_p[i0:i0 + b] = (pt[:, :1] - pt[:, 1:]).cpu().numpy()
             drop_lo[i0:i0 + b] = (lo[:, :1] - lo[:, 1:]).cpu().numpy()
     return drop_p, drop_lo
